@@ -1,0 +1,117 @@
+"""Per-(sample, channel) moments and the L2BN channel statistics built from them.
+
+Notation of DESIGN.md / paper eq. (3): input ``x`` of shape ``(N, C, M)`` after
+flattening the spatial dims, ``D = C * M`` values per sample, ``K = N * M``
+values per channel. The l2-normalized input is ``xh[n] = x[n] / rho[n]`` with
+``rho[n] = max(||x[n]||, l2_eps) / sqrt(D)`` (``scale=True``) or
+``max(||x[n]||, l2_eps)`` (``scale=False``).
+
+Everything batch normalization needs about ``xh`` follows from two numbers per
+``(n, c)``: the spatial mean of ``x`` and its spatial (population) variance.
+Both come from one read of ``x`` (a sum and a sum of squares); the variance is
+recomputed by a centred second pass only for the rows where the one-pass form
+would lose precision, so ordinary inputs pay for one pass.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+# A row's one-pass variance is trusted when mean^2 + var <= COND * var, i.e. the
+# cancellation in E[x^2] - E[x]^2 costs at most log2(COND) bits.
+_COND_LIMIT = {torch.float64: 1e4}
+_COND_LIMIT_DEFAULT = 16.0
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics of half / bfloat16 inputs are accumulated in float32, as BatchNorm does."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class RowMoments(NamedTuple):
+    """Spatial moments of each ``(n, c)`` row of ``x``, in the accumulation dtype."""
+
+    mean: Tensor  # (N, C): mean over the M positions
+    var: Tensor  # (N, C): population variance over the M positions
+
+
+def row_moments(x3: Tensor) -> RowMoments:
+    """Mean and variance of every ``(n, c)`` row of ``x3`` of shape ``(N, C, M)``."""
+    acc = accumulation_dtype(x3.dtype)
+    m = x3.shape[2]
+    xa = x3 if x3.dtype == acc else x3.to(acc)
+    mean = xa.sum(dim=2) / m
+    if m == 1:
+        return RowMoments(mean, torch.zeros_like(mean))
+    second = torch.linalg.vector_norm(xa, dim=2).square_() / m
+    var = second - mean.square()
+    limit = _COND_LIMIT.get(x3.dtype, _COND_LIMIT_DEFAULT)
+    ill = var * limit <= second
+    if bool(ill.any()):
+        var = torch.where(ill, _centred_var(xa, mean, ill), var)
+    return RowMoments(mean, var.clamp_(min=0))
+
+
+def _centred_var(xa: Tensor, mean: Tensor, ill: Tensor) -> Tensor:
+    """Two-pass (corrected) variance of the rows selected by ``ill``; other rows are 0."""
+    n_idx, c_idx = ill.nonzero(as_tuple=True)
+    rows = xa[n_idx, c_idx] - mean[n_idx, c_idx].unsqueeze(1)
+    m = rows.shape[1]
+    centred = (torch.linalg.vector_norm(rows, dim=1).square() - rows.sum(1).square() / m) / m
+    out = torch.zeros_like(mean)
+    out[n_idx, c_idx] = centred
+    return out
+
+
+def sample_scale(
+    moments: RowMoments, spatial: int, l2_eps: float, scale: bool
+) -> tuple[Tensor, Tensor]:
+    """``rho[n]`` of eq. (3) and a 0/1 mask of samples whose norm was not clamped.
+
+    ``||x[n]||^2 = sum_c M * (var + mean^2)``: a sum of non-negative terms, no cancellation.
+    """
+    norm_sq = (moments.var + moments.mean.square()).sum(dim=1) * spatial
+    norm = norm_sq.sqrt()
+    active = norm > l2_eps
+    rho = norm.clamp(min=l2_eps)
+    if scale:
+        rho = rho / math.sqrt(spatial * moments.mean.shape[1])
+    return rho, active
+
+
+def sample_scale_direct(x: Tensor, l2_eps: float, scale: bool) -> Tensor:
+    """``rho[n]`` computed straight from ``x`` (eval path: no moments needed)."""
+    acc = accumulation_dtype(x.dtype)
+    norm = torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1, dtype=acc)
+    rho = norm.clamp(min=l2_eps)
+    if scale:
+        rho = rho / math.sqrt(math.prod(x.shape[1:]))
+    return rho
+
+
+class ChannelStats(NamedTuple):
+    """Batch statistics of the l2-normalized input, per channel (eq. 2)."""
+
+    mean: Tensor  # (C,) mu
+    var: Tensor  # (C,) biased variance (delta^2 of eq. 2)
+    row_mean: Tensor  # (N, C) m[n, c] = spatial mean of xh
+    row_var: Tensor  # (N, C) v[n, c] = spatial variance of xh
+
+
+def channel_stats(moments: RowMoments, rho: Tensor) -> ChannelStats:
+    """Combine per-row moments of ``xh = x / rho`` into per-channel mean and variance.
+
+    Each row holds M values, so the channel mean is the plain mean over rows and
+    the variance is within-row plus between-row variance (Chan et al.'s pairwise
+    combination with equal counts), which is free of cancellation.
+    """
+    inv = rho.reciprocal().unsqueeze(1)
+    row_mean = moments.mean * inv
+    row_var = moments.var * inv.square()
+    mean = row_mean.mean(dim=0)
+    var = (row_var + (row_mean - mean).square()).mean(dim=0)
+    return ChannelStats(mean, var, row_mean, row_var)

@@ -1,0 +1,157 @@
+"""Functional L2BN, mirroring :func:`torch.nn.functional.batch_norm`.
+
+L2BN (paper eqs. 1-3): l2-normalize each sample's whole feature (all channels and
+positions), optionally rescaled by ``sqrt(D)``, then batch-normalize per channel.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from l2bn import _stats
+from l2bn._autograd import L2BatchNormFunction, affine_output, train_forward
+
+DEFAULT_L2_EPS = 1e-12
+"""The epsilon of eq. (3); the same default as :func:`torch.nn.functional.normalize`."""
+
+
+def validate_input(
+    input: Tensor,
+    num_features: int | None,
+    training: bool,
+    expected_dims: tuple[int, ...] | None = None,
+) -> None:
+    """Raise a clear error for input that L2BN cannot normalize (see README, "Bad input")."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"l2bn: expected a torch.Tensor, got {type(input).__name__}")
+    if expected_dims is not None and input.dim() not in expected_dims:
+        dims = " or ".join(f"{d}D" for d in expected_dims)
+        raise ValueError(f"l2bn: expected {dims} input (got {input.dim()}D input)")
+    if input.dim() < 2:
+        raise ValueError(f"l2bn: expected input of shape (N, C, *), got {input.dim()}D input")
+    if not (input.is_floating_point() or input.is_complex()):
+        raise TypeError(
+            f"l2bn: expected a floating-point input, got {input.dtype}; "
+            "convert it first, e.g. input.float()"
+        )
+    if input.is_complex():
+        raise TypeError(f"l2bn: complex input ({input.dtype}) is not supported")
+    if num_features is not None and input.shape[1] != num_features:
+        raise ValueError(
+            f"l2bn: expected input with {num_features} channels (dim 1), "
+            f"got {input.shape[1]} (input shape {tuple(input.shape)})"
+        )
+    if training and input.numel() > 0:
+        per_channel = input.numel() // input.shape[1]
+        if per_channel == 1:
+            raise ValueError(
+                "l2bn: expected more than 1 value per channel when training, "
+                f"got input size {tuple(input.shape)}"
+            )
+
+
+def _check_param(name: str, t: Tensor | None, c: int) -> None:
+    if t is not None and t.numel() != c:
+        raise ValueError(f"l2bn: {name} should contain {c} elements, not {t.numel()}")
+
+
+@torch.no_grad()
+def _update_running_stats(
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    mean: Tensor,
+    var: Tensor,
+    count: int,
+    momentum: float,
+) -> None:
+    """Exponential update with the unbiased variance, exactly as BatchNorm."""
+    if running_mean is not None:
+        running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+    if running_var is not None:
+        unbiased = var * (count / max(count - 1, 1))
+        running_var.lerp_(unbiased.to(running_var.dtype), momentum)
+
+
+def l2_batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    l2_eps: float = DEFAULT_L2_EPS,
+    scale: bool = True,
+) -> Tensor:
+    """L2BN of ``input`` of shape ``(N, C, *)`` (paper eq. 1 for 2-D input, eq. 3 otherwise).
+
+    Arguments mean what they mean in :func:`torch.nn.functional.batch_norm`; in addition
+    ``l2_eps`` is the lower bound of the per-sample norm (eq. 3) and ``scale`` selects the
+    ``sqrt(D)``-rescaled form of eq. (3) (default) or the plain ``x / ||x||`` form.
+    Training mode uses batch statistics of the normalized input and updates the running
+    statistics in place; otherwise the running statistics are used.
+    """
+    validate_input(input, None, training)
+    c = input.shape[1]
+    for name, t in (
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("weight", weight),
+        ("bias", bias),
+    ):
+        _check_param(name, t, c)
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("l2bn: running_mean and running_var are required when training=False")
+
+    if input.shape[0] == 0:
+        # As BatchNorm: an empty batch gives an empty output and leaves the statistics alone.
+        return _empty_output(input, weight, bias)
+
+    if not training:
+        return _eval_forward(input, running_mean, running_var, weight, bias, eps, l2_eps, scale)
+
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (input, weight, bias)
+    )
+    if needs_grad:
+        out, mean, var = L2BatchNormFunction.apply(input, weight, bias, eps, l2_eps, scale)
+    else:
+        out, stats, *_ = train_forward(input, weight, bias, eps, l2_eps, scale)
+        mean, var = stats.mean, stats.var
+    count = input.numel() // c
+    _update_running_stats(running_mean, running_var, mean, var, count, momentum)
+    return out
+
+
+def _eval_forward(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+) -> Tensor:
+    """Eval path: plain tensor ops, differentiable by autograd and traceable by torch.export."""
+    rho = _stats.sample_scale_direct(x, l2_eps, scale)
+    acc = rho.dtype
+    gain = (running_var.to(acc) + eps).rsqrt()
+    if weight is not None:
+        gain = gain * weight.to(acc)
+    shift = -running_mean.to(acc) * gain
+    if bias is not None:
+        shift = shift + bias.to(acc)
+    a = gain.unsqueeze(0) / rho.unsqueeze(1)
+    return affine_output(x, a, shift)
+
+
+def _empty_output(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    out = x.clone()
+    # Keep the autograd graph connected to the parameters, as BatchNorm does.
+    for p in (weight, bias):
+        if p is not None and p.requires_grad:
+            out = out + 0 * p.sum().to(out.dtype)
+    return out
