@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -81,7 +82,9 @@ def convert_bn_to_l2bn(
         kwargs = dict(_device_dtype(bn), **extra)
         if isinstance(bn, nn.SyncBatchNorm):
             kwargs["process_group"] = bn.process_group
-        return cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, **kwargs)
+        return cls(
+            bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, **kwargs
+        )
 
     return _swap(module, _BN_TO_L2BN, predicate, make)
 
@@ -104,10 +107,8 @@ def convert_l2bn_to_bn(module: nn.Module, predicate: Predicate | None = None) ->
 
 def _ensure_sync_registered() -> None:
     """SyncBatchNorm <-> SyncL2BatchNorm, when the sync module is available."""
-    try:
+    with contextlib.suppress(ImportError):
         from l2bn import sync  # noqa: F401  (registers itself on import)
-    except ImportError:
-        pass
 
 
 __all__ = ["Predicate", "convert_bn_to_l2bn", "convert_l2bn_to_bn", "register_conversion"]

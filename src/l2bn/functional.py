@@ -102,6 +102,8 @@ def l2_batch_norm(
         ("bias", bias),
     ):
         _check_param(name, t, c)
+    if training and eps <= 0:
+        raise ValueError(f"l2bn: eps must be positive during training, got {eps}")
     if not training and (running_mean is None or running_var is None):
         raise ValueError("l2bn: running_mean and running_var are required when training=False")
 

@@ -1,0 +1,100 @@
+"""Bad and unusual input: clear errors, or BatchNorm's documented behaviour."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, l2_batch_norm
+
+
+@pytest.mark.parametrize(
+    "layer,shape,expected",
+    [
+        (L2BatchNorm1d(4), (2, 4, 3, 3), "expected 2D or 3D input (got 4D input)"),
+        (L2BatchNorm2d(4), (2, 4, 3), "expected 4D input (got 3D input)"),
+        (L2BatchNorm3d(4), (2, 4, 3, 3), "expected 5D input (got 4D input)"),
+    ],
+)
+def test_wrong_number_of_dims(layer, shape, expected):
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        layer(torch.randn(shape))
+
+
+def test_wrong_channel_count():
+    with pytest.raises(ValueError, match="expected input with 4 channels.*got 3"):
+        L2BatchNorm2d(4)(torch.randn(2, 3, 5, 5))
+    with pytest.raises(ValueError, match="expected input with 4 channels"):
+        L2BatchNorm2d(4).eval()(torch.randn(2, 3, 5, 5))
+
+
+def test_functional_wrong_parameter_size():
+    with pytest.raises(ValueError, match="running_mean should contain 3 elements, not 4"):
+        l2_batch_norm(torch.randn(2, 3, 4, 4), torch.zeros(4), torch.ones(4))
+    with pytest.raises(ValueError, match="weight should contain 3 elements"):
+        l2_batch_norm(torch.randn(2, 3, 4, 4), None, None, torch.ones(5), training=True)
+
+
+@pytest.mark.parametrize(
+    "layer,shape",
+    [(L2BatchNorm1d(4), (1, 4)), (L2BatchNorm2d(4), (1, 4, 1, 1)), (L2BatchNorm1d(4), (1, 4, 1))],
+)
+def test_one_value_per_channel_in_training(layer, shape):
+    with pytest.raises(ValueError, match="more than 1 value per channel when training"):
+        layer(torch.randn(shape))
+    # BatchNorm raises the same error for the same shapes...
+    with pytest.raises(ValueError):
+        nn.BatchNorm1d(4)(torch.randn(1, 4))
+    # ... and in eval mode the running statistics are used: no error.
+    layer.eval()
+    assert layer(torch.randn(shape)).shape == shape
+
+
+def test_batch_of_one_with_positions_trains_like_batchnorm():
+    """N = 1 with H*W > 1 is allowed by BatchNorm (statistics over positions) and by L2BN."""
+    y = L2BatchNorm2d(3)(torch.randn(1, 3, 4, 4))
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+def test_integer_input_is_rejected(dtype):
+    x = torch.ones(2, 3, 4, 4, dtype=dtype)
+    with pytest.raises(TypeError, match="expected a floating-point input"):
+        L2BatchNorm2d(3)(x)
+    with pytest.raises(TypeError, match="floating-point"):
+        l2_batch_norm(x, None, None, training=True)
+
+
+def test_non_tensor_is_rejected():
+    with pytest.raises(TypeError, match=r"expected a torch\.Tensor"):
+        L2BatchNorm1d(3)([[1.0, 2.0, 3.0]])
+
+
+def test_empty_batch_behaves_as_batchnorm():
+    l2, bn = L2BatchNorm2d(3), nn.BatchNorm2d(3)
+    x = torch.randn(0, 3, 4, 4, requires_grad=True)
+    y_l2, y_bn = l2(x), bn(x)
+    assert y_l2.shape == y_bn.shape == (0, 3, 4, 4)
+    assert torch.equal(l2.running_mean, bn.running_mean)
+    assert torch.equal(l2.running_var, bn.running_var)
+    assert int(l2.num_batches_tracked) == int(bn.num_batches_tracked) == 1
+    y_l2.sum().backward()
+    assert l2.weight.grad is not None and torch.equal(l2.weight.grad, torch.zeros(3))
+
+
+def test_eps_must_be_positive_in_training():
+    with pytest.raises(ValueError, match="eps must be positive"):
+        L2BatchNorm2d(3, eps=0.0)(torch.randn(2, 3, 4, 4))
+
+
+def test_negative_l2_eps_is_rejected():
+    with pytest.raises(ValueError, match="l2_eps must be non-negative"):
+        L2BatchNorm2d(3, l2_eps=-1.0)
+
+
+def test_eval_requires_running_stats_in_functional_form():
+    with pytest.raises(ValueError, match="running_mean and running_var are required"):
+        l2_batch_norm(torch.randn(2, 3, 4, 4), None, None, training=False)
