@@ -25,7 +25,7 @@ def test_wrong_number_of_dims(layer, shape, expected):
 
 
 def test_wrong_channel_count():
-    with pytest.raises(ValueError, match="expected input with 4 channels.*got 3"):
+    with pytest.raises(ValueError, match=r"expected input with 4 channels.*got 3"):
         L2BatchNorm2d(4)(torch.randn(2, 3, 5, 5))
     with pytest.raises(ValueError, match="expected input with 4 channels"):
         L2BatchNorm2d(4).eval()(torch.randn(2, 3, 5, 5))
