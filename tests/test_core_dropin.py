@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+import l2bn
 from _reference import reference_l2bn, relative_error
 from l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d
 
@@ -55,6 +56,19 @@ def test_constructor_options_match_batchnorm(affine, track):
     x = torch.randn(4, 3, 5, 5)
     assert l2(x).shape == x.shape
     assert "scale=True" in repr(l2) and "l2_eps=" in repr(l2)
+
+
+def test_weight_without_bias_as_batchnorm():
+    l2, bn = L2BatchNorm2d(3, bias=False), nn.BatchNorm2d(3, bias=False)
+    assert l2.bias is None and l2.weight is not None
+    assert list(l2.state_dict()) == list(bn.state_dict())
+    with torch.no_grad():
+        l2.weight.uniform_(0.5, 2)
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    ref = reference_l2bn(x, None, None, l2.weight.double(), None, training=True)
+    assert relative_error(l2.double()(x), ref) < 1e-12
+    converted = l2bn.convert_l2bn_to_bn(nn.Sequential(l2))[0]
+    assert isinstance(converted, nn.BatchNorm2d) and converted.bias is None
 
 
 def test_device_and_dtype_arguments():

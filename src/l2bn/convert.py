@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -57,9 +56,13 @@ def _swap(
     return module
 
 
-def _device_dtype(module: _BatchNorm) -> dict[str, torch.device | torch.dtype | None]:
+def _factory_kwargs(module: _BatchNorm) -> dict[str, object]:
+    """device, dtype and (when the affine layer has no bias) ``bias=False`` of ``module``."""
     ref = module.weight if module.weight is not None else module.running_mean
-    return {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    kwargs: dict[str, object] = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    if module.affine and module.bias is None:
+        kwargs["bias"] = False
+    return kwargs
 
 
 def convert_bn_to_l2bn(
@@ -79,7 +82,7 @@ def convert_bn_to_l2bn(
     extra = {"scale": scale} if l2_eps is None else {"scale": scale, "l2_eps": l2_eps}
 
     def make(cls: type[nn.Module], bn: _BatchNorm) -> _BatchNorm:
-        kwargs = dict(_device_dtype(bn), **extra)
+        kwargs = dict(_factory_kwargs(bn), **extra)
         if isinstance(bn, nn.SyncBatchNorm):
             kwargs["process_group"] = bn.process_group
         return cls(
@@ -94,7 +97,7 @@ def convert_l2bn_to_bn(module: nn.Module, predicate: Predicate | None = None) ->
     _ensure_sync_registered()
 
     def make(cls: type[nn.Module], l2bn: _BatchNorm) -> _BatchNorm:
-        kwargs = _device_dtype(l2bn)
+        kwargs = _factory_kwargs(l2bn)
         if cls is nn.SyncBatchNorm:
             kwargs["process_group"] = getattr(l2bn, "process_group", None)
         return cls(

@@ -31,9 +31,20 @@ class _L2BatchNorm(_BatchNorm):
         dtype: Any = None,
         l2_eps: float = DEFAULT_L2_EPS,
         scale: bool = True,
+        *,
+        bias: bool = True,
     ) -> None:
+        # ``bias=False`` (affine weight only) exists in torch's BatchNorm since 2.6.
+        extra = {} if bias else {"bias": False}
         super().__init__(
-            num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device=device,
+            dtype=dtype,
+            **extra,
         )
         if l2_eps < 0:
             raise ValueError(f"l2_eps must be non-negative, got {l2_eps}")
