@@ -1,0 +1,59 @@
+"""Where datasets are looked for, and the error raised when they are not found.
+
+Order: the explicit ``root``, then ``$L2BN_DATA/<name>`` and ``$L2BN_DATA``, then any
+reader-specific system places (Debian's ``/usr/share/datasets/fashion-mnist``), then the
+download cache ``$XDG_CACHE_HOME/l2bn/<name>`` (default ``~/.cache/l2bn/<name>``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+ENV_VAR = "L2BN_DATA"
+
+
+def download_dir(name: str) -> Path:
+    """Where ``download=True`` stores ``name`` when no root is given."""
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser() / name
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "l2bn" / name
+
+
+def candidate_dirs(
+    name: str, root: str | os.PathLike[str] | None, extra: Iterable[str | Path] = ()
+) -> list[Path]:
+    """The directories to search for dataset ``name``, in order, without duplicates."""
+    dirs: list[Path] = []
+    if root is not None:
+        dirs.append(Path(root).expanduser())
+    env = os.environ.get(ENV_VAR)
+    if env:
+        dirs += [Path(env).expanduser() / name, Path(env).expanduser()]
+    dirs += [Path(p) for p in extra]
+    dirs.append(download_dir(name))
+    unique: list[Path] = []
+    for d in dirs:
+        if d not in unique:
+            unique.append(d)
+    return unique
+
+
+def find_dir(
+    dirs: Sequence[Path], subdirs: Sequence[str], is_complete: Callable[[Path], bool]
+) -> Path | None:
+    """The first ``d / sub`` (``sub`` in ``subdirs``, "" meaning ``d``) that is complete."""
+    for d in dirs:
+        for sub in subdirs:
+            path = d / sub if sub else d
+            if path.is_dir() and is_complete(path):
+                return path
+    return None
+
+
+def not_found(what: str, dirs: Sequence[Path], how_to_get: str) -> FileNotFoundError:
+    """A FileNotFoundError listing what was expected, every place looked, and a remedy."""
+    looked = "\n".join(f"  - {d}" for d in dirs)
+    return FileNotFoundError(f"{what} not found. Looked in:\n{looked}\n{how_to_get}")

@@ -1,0 +1,64 @@
+"""`l2bn data`: lists where datasets are, `--check NAME` fails when NAME is unavailable."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import pytest
+
+from l2bn.cli import COMMANDS
+from l2bn.data import command
+from l2bn.data.synthetic import write_cifar_dataset, write_idx_dataset
+
+
+def main(argv: Sequence[str]) -> int:
+    """`l2bn data ...` through the subcommand's own configure/run (as l2bn.cli does)."""
+    assert argv[0] == "data"
+    parser = argparse.ArgumentParser(prog="l2bn data")
+    command.configure(parser)
+    return command.run(parser.parse_args(argv[1:]))
+
+
+def test_the_cli_dispatches_data_to_this_module():
+    assert COMMANDS["data"][0] == "l2bn.data.command"
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("L2BN_DATA", str(tmp_path / "store"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    write_idx_dataset(tmp_path / "store" / "mnist", train=10, test=10)
+    return tmp_path / "store"
+
+
+def test_listing_says_where_each_dataset_is(store, capsys):
+    assert main(["data"]) == 0
+    out = capsys.readouterr().out
+    assert f"mnist: found in {store / 'mnist'}" in out
+    assert "cifar10: not found" in out and "cifar-10-batches-py" in out
+    assert str(store / "cifar100") in out  # where it looked
+
+
+def test_check_available_and_missing(store, capsys):
+    assert main(["data", "--check", "mnist"]) == 0
+    assert "mnist [train]: 10 samples, 10 classes, 1x28x28" in capsys.readouterr().out
+    assert main(["data", "--check", "cifar100"]) == 1
+    assert "cifar100: unavailable" in capsys.readouterr().err
+    write_cifar_dataset(store / "cifar100", "cifar100", per_file=5)
+    assert main(["data", "--check", "cifar100"]) == 0
+    assert main(["data", "--check", "svhn"]) == 2
+    assert "valid names" in capsys.readouterr().err
+
+
+def test_download_offline_fails_with_a_message(store, capsys, monkeypatch):
+    def offline(url, timeout):
+        raise OSError("no network")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    assert main(["data", "--download", "mnist"]) == 0  # already present in $L2BN_DATA/mnist
+    assert main(["data", "--download", "mnist", "--root", str(store / "elsewhere")]) == 0
+    monkeypatch.setenv("L2BN_DATA", str(store / "empty"))
+    assert main(["data", "--download", "mnist"]) == 1
+    err = capsys.readouterr().err
+    assert "download failed" in err and "yann.lecun.com" in err
