@@ -14,6 +14,10 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     echo "Fashion-MNIST installed in /usr/share/datasets/fashion-mnist"; exit 0
   fi
 fi
+l2bn_cmd="$(dirname "$0")/../.venv/bin/l2bn"
+if [ -x "$l2bn_cmd" ] && "$l2bn_cmd" data --download fashion-mnist >/dev/null 2>&1; then
+  echo "Fashion-MNIST downloaded"; exit 0
+fi
 cat >&2 <<MSG
 Fashion-MNIST was not found and could not be installed.
 Looked in: \$L2BN_DATA/fashion-mnist, \$L2BN_DATA, /usr/share/datasets/fashion-mnist

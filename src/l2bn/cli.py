@@ -22,33 +22,32 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported (one broken command breaks no other)."""
     parser = argparse.ArgumentParser(
         prog="l2bn", description="L2BN: train, compare, analyse and benchmark."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
-        try:
+        if name == command:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if not module_name.startswith(err.name or "\0"):
-                raise
-            cmd.set_defaults(_missing=module_name)
-            continue
-        module.configure(cmd)
-        cmd.set_defaults(_run=module.run)
+            module.configure(cmd)
+            cmd.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_chosen_command(argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    if getattr(args, "_missing", None):
-        raise NotImplementedError(f"l2bn {args.command}: {args._missing} is not implemented yet")
     return int(args._run(args) or 0)
 
 
