@@ -1,0 +1,62 @@
+"""Table 3's alternatives to the l2 normalization of L2BN: LNBN, INBN and PNBN.
+
+Each is a parameter-free normalization of the sample followed by an ordinary
+BatchNorm2d (the paper's "LNB", "INB", "PNB"): Layer Normalization over each
+sample's whole (C, H, W) map, Instance Normalization per (sample, channel) over
+(H, W), or Positional Normalization per (sample, position) over C. None of the
+pre-normalizations has an affine (Table 3: the following BN would make it useless).
+
+They subclass :class:`torch.nn.BatchNorm2d`, so parameters, buffers and
+``state_dict`` keys are those of BatchNorm2d; the converters in :mod:`l2bn.convert`
+leave them alone (they match exact types).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+class _PreNormBatchNorm2d(nn.BatchNorm2d):
+    """A parameter-free per-sample normalization, then BatchNorm2d."""
+
+    def __init__(self, num_features: int, *args: Any, pre_eps: float = 1e-5, **kwargs: Any):
+        super().__init__(num_features, *args, **kwargs)
+        if pre_eps < 0:
+            raise ValueError(f"pre_eps must be non-negative, got {pre_eps}")
+        self.pre_eps = float(pre_eps)
+
+    def prenormalize(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        return super().forward(self.prenormalize(input))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, pre_eps={self.pre_eps}"
+
+
+class LayerNormBatchNorm2d(_PreNormBatchNorm2d):
+    """LNBN: LayerNorm over each sample's (C, H, W) without affine, then BN (Table 3)."""
+
+    def prenormalize(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, x.shape[1:], eps=self.pre_eps)
+
+
+class InstanceNormBatchNorm2d(_PreNormBatchNorm2d):
+    """INBN: InstanceNorm per (sample, channel) over (H, W) without affine, then BN."""
+
+    def prenormalize(self, x: Tensor) -> Tensor:
+        return F.instance_norm(x, eps=self.pre_eps)
+
+
+class PositionNormBatchNorm2d(_PreNormBatchNorm2d):
+    """PNBN: PositionalNorm per (sample, h, w) over the channels without affine, then BN."""
+
+    def prenormalize(self, x: Tensor) -> Tensor:
+        var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
+        return (x - mean) * (var + self.pre_eps).rsqrt()

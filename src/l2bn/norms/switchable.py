@@ -1,0 +1,107 @@
+"""Switchable Normalization (Luo et al. 2018, "Differentiable Learning-to-Normalize").
+
+The mean and the variance are each a softmax-weighted mix of the IN, LN and BN
+statistics (paper eqs. 3-5):
+
+* IN: per (n, c) over (H, W): ``mu_in``, ``var_in`` (biased);
+* LN: per n, from the IN statistics: ``mu_ln = mean_c mu_in``,
+  ``var_ln = mean_c (var_in + mu_in^2) - mu_ln^2``;
+* BN: per c, from the IN statistics: ``mu_bn = mean_n mu_in``,
+  ``var_bn = mean_n (var_in + mu_in^2) - mu_bn^2``;
+
+``y = gamma * (x - sum_k w_k mu_k) / sqrt(sum_k w'_k var_k + eps) + beta`` with
+``w = softmax(mean_weight)``, ``w' = softmax(var_weight)`` (control parameters
+initialized to 1, i.e. equal weights). At evaluation the BN statistics are the
+running averages, kept exactly as BatchNorm keeps them (the paper's moving-average
+option); IN and LN statistics are always those of the sample.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from l2bn.norms._running import (
+    check_4d,
+    momentum_factor,
+    register_running_stats,
+    update_running_stats,
+)
+
+SN_SOURCES = ("in", "ln", "bn")
+"""Order of the importance weights in ``mean_weight`` / ``var_weight``."""
+
+
+class SwitchableNorm2d(nn.Module):
+    """Switchable Normalization for (N, C, H, W) maps, mixing IN, LN and BN."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        self.mean_weight = nn.Parameter(torch.ones(len(SN_SOURCES), **factory))
+        self.var_weight = nn.Parameter(torch.ones(len(SN_SOURCES), **factory))
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features, **factory))
+            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        register_running_stats(self, num_features, track_running_stats, device, dtype)
+
+    def importance_weights(self) -> tuple[Tensor, Tensor]:
+        """Softmax-normalized weights (IN, LN, BN) for the mean and for the variance."""
+        return self.mean_weight.softmax(0), self.var_weight.softmax(0)
+
+    def _batch_statistics(
+        self, mu_in: Tensor, second_in: Tensor, count: int
+    ) -> tuple[Tensor, Tensor]:
+        use_batch = self.training or self.running_mean is None
+        if not use_batch:
+            shape = (1, self.num_features, 1, 1)
+            return self.running_mean.view(shape), self.running_var.view(shape)
+        mu_bn = mu_in.mean(0, keepdim=True)
+        var_bn = second_in.mean(0, keepdim=True) - mu_bn.square()
+        if self.training and self.running_mean is not None:
+            factor = momentum_factor(self, self.momentum)
+            update_running_stats(self, mu_bn.flatten(), var_bn.flatten(), count, factor)
+        return mu_bn, var_bn
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_4d(self, x, self.num_features)
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        if self.training and count <= 1:
+            raise ValueError(f"SwitchableNorm2d: need more than 1 value per channel, got {x.shape}")
+        var_in, mu_in = torch.var_mean(x, dim=(2, 3), unbiased=False, keepdim=True)
+        second_in = var_in + mu_in.square()
+        mu_ln = mu_in.mean(1, keepdim=True)
+        var_ln = second_in.mean(1, keepdim=True) - mu_ln.square()
+        mu_bn, var_bn = self._batch_statistics(mu_in, second_in, count)
+        w_mean, w_var = self.importance_weights()
+        mean = w_mean[0] * mu_in + w_mean[1] * mu_ln + w_mean[2] * mu_bn
+        var = w_var[0] * var_in + w_var[1] * var_ln + w_var[2] * var_bn
+        y = (x - mean) * (var.clamp_min(0) + self.eps).rsqrt()
+        if self.weight is not None:
+            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+        )
