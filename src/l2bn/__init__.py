@@ -7,6 +7,7 @@ The library needs torch alone; ``l2bn.experiments`` and the command line need th
 from l2bn.convert import convert_bn_to_l2bn, convert_l2bn_to_bn
 from l2bn.functional import DEFAULT_L2_EPS, l2_batch_norm
 from l2bn.layers import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, is_l2_batch_norm
+from l2bn.sync import SyncL2BatchNorm, convert_sync_l2batchnorm
 
 __version__ = "0.1.0"
 
@@ -15,9 +16,11 @@ __all__ = [
     "L2BatchNorm1d",
     "L2BatchNorm2d",
     "L2BatchNorm3d",
+    "SyncL2BatchNorm",
     "__version__",
     "convert_bn_to_l2bn",
     "convert_l2bn_to_bn",
+    "convert_sync_l2batchnorm",
     "is_l2_batch_norm",
     "l2_batch_norm",
 ]

@@ -1,0 +1,124 @@
+"""Training-mode L2BN with channel statistics synchronized over a process group.
+
+Forward (paper eqs. 2-3): local per-(n, c) moments and ``rho[n]``, one all-gather of the
+per-channel ``(count, mean, M2)`` (see :mod:`l2bn._sync_stats`), then the local output
+``y = a[n, c] * x + b[c]`` with the global ``mu`` and ``delta``.
+
+Backward: the gradient of BatchNorm needs two channel sums over the whole batch,
+``dbeta = sum dy`` and ``dgamma = sum dy * z``. Each rank computes its share from the
+per-(n, c) sums ``T1 = sum_s dy`` and ``T2 = sum_s dy * x``; one all-reduce adds them up;
+the input gradient ``dx = P * dy + Q * x + R`` (DESIGN.md) then uses the global sums and
+the global count. The l2-normalization's own term, the per-sample projection ``e[n]``, is
+local to the sample. The weight and bias gradients returned are each rank's share, as
+``torch.nn.SyncBatchNorm`` does: DistributedDataParallel averages them over the ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from l2bn._sync_stats import gather_channel_stats, local_stats
+
+
+def _per_sample(t: Tensor, dims: int) -> Tensor:
+    return t.reshape(t.shape + (1,) * (dims - t.dim()))
+
+
+def _per_channel(t: Tensor, dims: int) -> Tensor:
+    return t.reshape((t.shape[0],) + (1,) * (dims - 2))
+
+
+class SyncL2BatchNormFunction(torch.autograd.Function):
+    """Returns ``(y, mean, var, count)``: output and the global statistics (non-differentiable)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        eps: float,
+        l2_eps: float,
+        scale: bool,
+        group: Any,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        n, c = x.shape[0], x.shape[1]
+        x3 = x.reshape(n, c, math.prod(x.shape[2:]))
+        local = local_stats(x3, l2_eps, scale)
+        stats = gather_channel_stats(local, group)
+        invstd = (stats.var + eps).rsqrt()
+        acc = invstd.dtype
+        gain = invstd if weight is None else weight.to(acc) * invstd
+        shift = -stats.mean * gain
+        if bias is not None:
+            shift = shift + bias.to(acc)
+        a = gain / local.rho.unsqueeze(1)
+        y = torch.addcmul(_per_channel(shift, x.dim()), x, _per_sample(a, x.dim()))
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
+
+        ctx.save_for_backward(
+            x, weight, local.rho, local.active, local.moments.mean, local.row_mean,
+            local.row_var, stats.mean, invstd, stats.count,
+        )  # fmt: skip
+        ctx.scale = scale
+        ctx.group = group
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.mark_non_differentiable(stats.mean, stats.var, stats.count)
+        return y, stats.mean, stats.var, stats.count
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, dy: Tensor, _dmean: Tensor, _dvar: Tensor, _dcount: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        x, weight, rho, active, x_mean, m, v, mu, invstd, count = ctx.saved_tensors
+        n, c = x.shape[0], x.shape[1]
+        acc = invstd.dtype
+        spatial = math.prod(x.shape[2:])
+        x3 = x.reshape(n, c, spatial).to(acc)
+        dy3 = dy.reshape(n, c, spatial).to(acc)
+
+        t1 = dy3.sum(dim=2)
+        # sum_s dy * (x - row mean): centred so that dgamma stays accurate under offsets.
+        t2c = (dy3 * x3).sum(dim=2) - x_mean * t1
+        inv_rho = rho.reciprocal().unsqueeze(1)
+        dbeta_local = t1.sum(dim=0)
+        dgamma_local = (invstd * (t2c * inv_rho + (m - mu) * t1)).sum(dim=0)
+
+        dx = None
+        if ctx.needs_input_grad[0]:
+            sums = torch.cat([dbeta_local, dgamma_local])
+            dist.all_reduce(sums, group=ctx.group)
+            dbeta, dgamma = sums[:c], sums[c:]
+            total = count.clamp(min=1)
+            gain = invstd if weight is None else weight.to(acc) * invstd
+            # e[n] = sum_{c,s} xh * dL/dxh, from this sample's row sums and the global sums.
+            xh_dy = t2c * inv_rho + m * t1
+            xh_z = invstd * spatial * (v + m * (m - mu))
+            e = (gain * (xh_dy - (dbeta * spatial * m + dgamma * xh_z) / total)).sum(dim=1)
+            proj = active.to(acc) * e
+            if ctx.scale:
+                proj = proj / (c * spatial)
+            p = gain * inv_rho
+            q = -inv_rho.square() * (gain * dgamma * invstd / total + proj.unsqueeze(1))
+            r = gain * inv_rho * ((dgamma * invstd * mu - dbeta) / total)
+            dims = x.dim()
+            dx = torch.addcmul(_per_sample(r, dims), dy.to(acc), _per_sample(p, dims))
+            dx.addcmul_(x.to(acc), _per_sample(q, dims))
+            if dx.dtype != x.dtype:
+                dx = dx.to(x.dtype)
+
+        dweight = None
+        if weight is not None and ctx.needs_input_grad[1]:
+            dweight = dgamma_local.to(weight.dtype)
+        dbias = None
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+            dbias = dbeta_local.to(ctx.bias_dtype)
+        return dx, dweight, dbias, None, None, None, None
