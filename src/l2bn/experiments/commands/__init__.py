@@ -1,0 +1,106 @@
+"""Command modules ``l2bn train | compare | report`` and their shared options."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+# Flags that set one config field each: (flag, field, help).
+_SHORTCUTS = (
+    ("--epochs", "epochs", "number of epochs"),
+    ("--model", "model", "model name (l2bn.models)"),
+    ("--norm", "norm", "normalization name (l2bn.norms)"),
+    ("--seeds", "seeds", "comma-separated seeds, e.g. 121,122,123"),
+    ("--batch-size", "batch_size", "training batch size (total over all processes)"),
+    ("--lr", "lr", "peak learning rate"),
+    ("--dataset", "dataset", "dataset name (l2bn.data)"),
+    ("--data-root", "data_root", "dataset folder"),
+    ("--train-subset", "train_subset", "train on a fixed subset of this many samples"),
+    ("--test-subset", "test_subset", "evaluate on a fixed subset of this many samples"),
+    ("--device", "device", "auto, cpu, cuda or cuda:N"),
+    ("--threads", "threads", "torch CPU threads per process"),
+    ("--name", "name", "experiment name (first level of the runs directory)"),
+)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str | None) -> None:
+    """--preset, --config, --set and the shortcut flags; later sources override earlier ones."""
+    from l2bn.experiments.presets import DEFAULT_PRESET
+
+    preset_default = default_preset or DEFAULT_PRESET
+    group = parser.add_argument_group("configuration (preset < --config < flags < --set)")
+    group.add_argument(
+        "--preset",
+        default=preset_default,
+        help=f"named preset (default {preset_default}); `--preset list` lists them",
+    )
+    group.add_argument("--config", metavar="FILE", help="YAML file overriding the preset")
+    group.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config field (repeatable), e.g. --set weight_decay=1e-4",
+    )
+    for flag, key, text in _SHORTCUTS:
+        group.add_argument(flag, dest=f"cfg_{key}", default=None, metavar=key.upper(), help=text)
+    group.add_argument(
+        "--no-metrics", action="store_true", help="skip the intra/inter angles and IIR"
+    )
+
+
+def resolve_config(args: argparse.Namespace) -> Any:
+    """The config from preset, file, shortcut flags and --set, in that order."""
+    from l2bn.experiments.config import apply_assignments, coerce
+    from l2bn.experiments.presets import load_config_file, load_preset
+
+    config = load_preset(args.preset)
+    if args.config:
+        config = load_config_file(args.config, base=config)
+    changes = {}
+    for _, key, _ in _SHORTCUTS:
+        value = getattr(args, f"cfg_{key}", None)
+        if value is not None:
+            changes[key] = coerce(key, value)
+    if getattr(args, "no_metrics", False):
+        changes["metrics"] = False
+    if changes:
+        config = config.replace(**changes)
+    return apply_assignments(config, args.assignments)
+
+
+def list_presets_if_asked(args: argparse.Namespace) -> bool:
+    if args.preset != "list":
+        return False
+    from l2bn.experiments.presets import list_presets
+
+    print("\n".join(list_presets()))
+    return True
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs-dir", default="runs", help="root of the run directories")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    parser.add_argument(
+        "--tensorboard", action="store_true", help="also write TensorBoard logs (needs tensorboard)"
+    )
+    parser.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun: synchronize BN/L2BN statistics across processes",
+    )
+
+
+def run_guarded(command: str, body: Callable[[], int]) -> int:
+    """Run ``body``; user-facing errors become one message on stderr and exit code 1."""
+    from l2bn.experiments.checkpoint import CheckpointError
+    from l2bn.experiments.train import RunExistsError
+
+    try:
+        return body()
+    except (FileNotFoundError, ValueError, ImportError, CheckpointError, RunExistsError) as err:
+        print(f"l2bn {command}: error: {err}", file=sys.stderr)
+        return 1

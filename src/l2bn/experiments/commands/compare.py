@@ -1,0 +1,223 @@
+"""``l2bn compare``: train several norms (or L2BN placements) over seeds, then report.
+
+With no arguments this is the project's main job: preset ``fmnist-resnet20`` (ResNet-20 on
+Fashion-MNIST, BN vs L2BN, 3 seeds, sized to finish within 10 minutes on a 2-core CPU).
+Tables 3 and 5 of the paper are ``--norms``, Table 4 is ``--placements``. Finished runs are
+not repeated; unfinished ones resume from their checkpoint. On a CPU the runs go to parallel
+worker processes (``--jobs``), each with its share of the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from l2bn.experiments.commands import (
+    add_config_arguments,
+    add_run_arguments,
+    list_presets_if_asked,
+    resolve_config,
+    run_guarded,
+)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from l2bn.experiments.presets import DEFAULT_PRESET
+
+    add_config_arguments(parser, DEFAULT_PRESET)
+    add_run_arguments(parser)
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument(
+        "--norms",
+        default="bn,l2bn",
+        help="comma-separated norms to compare (default bn,l2bn; Table 3: bn,lnbn,inbn,pnbn,l2bn;"
+        " Table 5: bn,ln,in,gn-cpg4,gn-cpg8,sn,bcn,bin,l2bn)",
+    )
+    what.add_argument(
+        "--placements",
+        help="comma-separated L2BN placements (Table 4): none,classifier,stage1,stage2-3,all",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="parallel worker processes (default 0 = auto: one per core on CPU, 1 on GPU)",
+    )
+    parser.add_argument("--out", help="report folder (default RUNS_DIR/NAME/report)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the resolved config and the planned runs"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if list_presets_if_asked(args):
+        return 0
+    return run_guarded("compare", lambda: _run(args))
+
+
+def plan_variants(config: Any, norms: str, placements: str | None) -> list[Any]:
+    """One config per compared variant; placement ``none`` is the BN model, ``all`` is L2BN."""
+    variants = []
+    if placements:
+        for where in _split(placements):
+            if where == "none":
+                variants.append(config.replace(norm="bn", l2bn_layers="all"))
+            else:
+                variants.append(config.replace(norm="l2bn", l2bn_layers=where))
+    else:
+        variants = [config.replace(norm=norm, l2bn_layers="all") for norm in _split(norms)]
+    return variants
+
+
+def _split(text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ValueError(f"expected a comma-separated list, got {text!r}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"duplicate entries in {text!r}")
+    return items
+
+
+def _auto_jobs(config: Any, pending: int) -> int:
+    from l2bn.experiments.distributed import resolve_device
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return 1
+    if resolve_device(config.device).type != "cpu":
+        return 1
+    return max(1, min(pending, os.cpu_count() or 1))
+
+
+def _worker(config_dict: dict, seed: int, directory: str, options: dict) -> dict:
+    """Entry point of a spawned worker process: one run."""
+    from l2bn.experiments.config import ExperimentConfig
+    from l2bn.experiments.train import train_run
+
+    return train_run(ExperimentConfig.from_dict(config_dict), seed, directory, **options)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from l2bn.experiments.runs import is_done, load_run, run_dir
+
+    started = time.time()
+    config = resolve_config(args)
+    variants = plan_variants(config, args.norms, args.placements)
+    runs = [(v, seed, run_dir(args.runs_dir, v, seed)) for v in variants for seed in config.seeds]
+    if args.dry_run:
+        sys.stdout.write(config.to_yaml())
+        for _, _, directory in runs:
+            print(f"# run: {directory}{' (done)' if is_done(directory) else ''}")
+        return 0
+    pending = [(v, s, d) for v, s, d in runs if not is_done(d)]
+    skipped = len(runs) - len(pending)
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    say(
+        f"l2bn compare: preset {config.name}, {len(variants)} variant(s) x "
+        f"{len(config.seeds)} seed(s) = {len(runs)} run(s); {skipped} already finished"
+    )
+    if pending:
+        _check_data(config)
+        jobs = args.jobs if args.jobs > 0 else _auto_jobs(config, len(pending))
+        options = {
+            "resume": True,
+            "quiet": args.quiet,
+            "tensorboard": args.tensorboard,
+            "sync_bn": args.sync_bn,
+        }
+        if jobs == 1:
+            _run_sequential(pending, options)
+        else:
+            _run_parallel(pending, options, jobs, say)
+    records = [load_run(d) for _, _, d in runs]
+    records = [r for r in records if r is not None]
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    from l2bn.experiments.report import write_report
+
+    out = Path(args.out) if args.out else Path(args.runs_dir) / config.name / "report"
+    result = write_report(records, out, plots=not args.no_plots)
+    print(result["text"], end="")
+    print(f"\nReport files: {', '.join(str(p) for p in result['files'])}")
+    if result["plots"]:
+        print(f"Plots: {', '.join(str(p) for p in result['plots'])}")
+    print(f"Wall time: {time.time() - started:.1f} s")
+    return 0
+
+
+def _check_data(config: Any) -> None:
+    """Fail early, with the data loader's own message, when the dataset is missing."""
+    from l2bn.data import load_dataset
+
+    load_dataset(config.dataset, root=config.data_root, train=True, **config.dataset_kwargs)
+
+
+def _run_sequential(pending: list[tuple[Any, int, Path]], options: dict) -> None:
+    from l2bn.experiments.distributed import init_distributed, shutdown_distributed
+    from l2bn.experiments.train import train_run
+
+    context = init_distributed(pending[0][0].device)
+    try:
+        for config, seed, directory in pending:
+            train_run(config, seed, directory, context=context, **options)
+    finally:
+        shutdown_distributed(context)
+
+
+def _run_parallel(pending: list[tuple[Any, int, Path]], options: dict, jobs: int, say: Any) -> None:
+    """Runs in ``jobs`` spawned processes; on a terminal one bar counts finished epochs."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    cores = os.cpu_count() or 1
+    say(f"l2bn compare: {len(pending)} run(s) on {jobs} worker process(es)")
+    bar = _epoch_bar(pending, enabled=not options["quiet"])
+    # with the bar on, workers stay quiet (their lines would break it)
+    options = {**options, "progress_bars": False, "quiet": options["quiet"] or bar is not None}
+    report = bar.write if bar is not None else say
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {}
+        for config, seed, directory in pending:
+            if config.threads is None:
+                config = config.replace(threads=max(1, cores // jobs))
+            future = pool.submit(_worker, config.to_dict(), seed, str(directory), options)
+            futures[future] = directory
+        try:
+            waiting = set(futures)
+            while waiting:
+                done, waiting = wait(waiting, timeout=2.0, return_when=FIRST_COMPLETED)
+                if bar is not None:
+                    bar.update(_epochs_done(pending) - bar.n)
+                for future in done:
+                    best = future.result()["best_test_acc"]
+                    report(f"finished {futures[future]}: best test accuracy {best:.2f}%")
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _epochs_done(pending: list[tuple[Any, int, Path]]) -> int:
+    from l2bn.experiments.metrics_log import read_metrics
+    from l2bn.experiments.runs import METRICS_FILE
+
+    return sum(len(read_metrics(Path(d) / METRICS_FILE)) for _, _, d in pending)
+
+
+def _epoch_bar(pending: list[tuple[Any, int, Path]], enabled: bool) -> Any:
+    """A tqdm bar over all epochs of the pending runs, or None (quiet, or not a terminal)."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    total = sum(config.epochs for config, _, _ in pending)
+    bar = tqdm(total=total, desc="epochs", unit="epoch", file=sys.stderr, dynamic_ncols=True)
+    bar.update(_epochs_done(pending))
+    return bar

@@ -1,0 +1,34 @@
+"""``l2bn report RUNS_DIR``: the Table 1 layout, paired t-tests and curves from saved runs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from l2bn.experiments.commands import run_guarded
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs_dir", metavar="RUNS_DIR", help="folder holding run directories")
+    parser.add_argument("--out", help="report folder (default RUNS_DIR/report)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_guarded("report", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from l2bn.experiments.report import write_report
+    from l2bn.experiments.runs import find_runs
+
+    records = find_runs(args.runs_dir)
+    if not records:
+        raise ValueError(f"no runs with metrics found under {args.runs_dir}")
+    out = Path(args.out) if args.out else Path(args.runs_dir) / "report"
+    result = write_report(records, out, plots=not args.no_plots)
+    print(result["text"], end="")
+    print(f"\nReport files: {', '.join(str(p) for p in result['files'])}")
+    if result["plots"]:
+        print(f"Plots: {', '.join(str(p) for p in result['plots'])}")
+    return 0

@@ -1,0 +1,247 @@
+"""One experiment's settings: a dataclass that round-trips through YAML.
+
+The fields cover the training settings of the supplement's Table 1 (optimizer, learning-rate
+schedule, weight decay, batch size, epochs, warm-up, mixup, label smoothing) and the
+acoustic-scene recipe of section 4.2 (cosine decay with restarts), plus the CPU-scale knobs
+(subsets, threads, metrics budget).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEDULERS = ("cosine", "multistep", "cosine_restarts")
+PLACEMENTS = ("none", "all", "classifier", "stage1", "stage2-3")
+
+
+@dataclass
+class ExperimentConfig:
+    """The resolved configuration of one experiment (all seeds share it).
+
+    ``batch_size`` is the total over all processes (the paper's BS); under torchrun each of
+    the N processes takes ``batch_size / N`` samples per step.
+    """
+
+    name: str = "custom"
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
+    model: str = "resnet20"
+    norm: str = "bn"
+    norm_kwargs: dict[str, Any] = field(default_factory=dict)
+    l2bn_layers: str = "all"
+    epochs: int = 1
+    batch_size: int = 128
+    eval_batch_size: int | None = None
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    scheduler: str = "cosine"
+    min_lr: float = 0.0
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    restart_epochs: list[int] = field(default_factory=list)
+    augment: str = "none"
+    mixup_alpha: float = 0.0
+    label_smoothing: float = 0.0
+    seeds: list[int] = field(default_factory=lambda: [121, 122, 123, 124, 125])
+    train_subset: int | None = None
+    test_subset: int | None = None
+    metrics: bool = True
+    metrics_max_samples: int | None = None
+    num_workers: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first inconsistent setting."""
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(
+                f"unknown scheduler {self.scheduler!r}; valid: {', '.join(SCHEDULERS)}"
+            )
+        if self.l2bn_layers not in PLACEMENTS:
+            raise ValueError(
+                f"unknown l2bn_layers {self.l2bn_layers!r}; valid: {', '.join(PLACEMENTS)}"
+            )
+        if self.l2bn_layers != "all" and self.norm != "l2bn":
+            raise ValueError(
+                f"l2bn_layers={self.l2bn_layers!r} places L2BN in some layers of a BN model "
+                f"(Table 4); it needs norm 'l2bn', got {self.norm!r}"
+            )
+        positive = ("epochs", "batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "min_lr", "weight_decay", "momentum", "mixup_alpha", "warmup_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})"
+            )
+        if not self.seeds:
+            raise ValueError("seeds must list at least one seed")
+        for name in ("train_subset", "test_subset", "metrics_max_samples", "eval_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or null, got {value}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or null, got {self.threads}")
+        if sorted(self.milestones) != list(self.milestones):
+            raise ValueError(f"milestones must be increasing, got {self.milestones}")
+        restarts = list(self.restart_epochs)
+        if sorted(set(restarts)) != restarts or any(e <= 0 for e in restarts):
+            raise ValueError(f"restart_epochs must be positive and increasing, got {restarts}")
+        if self.scheduler == "cosine_restarts" and not restarts:
+            raise ValueError("scheduler 'cosine_restarts' needs restart_epochs (e.g. [3, 7, 15])")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (YAML-safe) with the fields in declaration order."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+        """Build from a dict, coercing strings such as ``"5e-4"`` to the field types."""
+        unknown = sorted(set(data) - set(field_names()))
+        if unknown:
+            raise ValueError(
+                f"unknown config key(s) {', '.join(unknown)}; valid: {', '.join(field_names())}"
+            )
+        return cls(**{key: coerce(key, value) for key, value in data.items()})
+
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        """A copy with some fields changed (coerced and validated)."""
+        merged = self.to_dict()
+        merged.update(changes)
+        return ExperimentConfig.from_dict(merged)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> ExperimentConfig:
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"a config must be a YAML mapping, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(ExperimentConfig)]
+
+
+def _field_type(name: str) -> Any:
+    return typing.get_type_hints(ExperimentConfig)[name]
+
+
+def _coerce_to(kind: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        is_null = value is None or (
+            isinstance(value, str) and value.lower() in ("null", "none", "~")
+        )
+        if is_null and type(None) in options:
+            return None
+        inner = [t for t in options if t is not type(None)]
+        return _coerce_to(inner[0], value, name)
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        if isinstance(value, str):
+            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} must be a list, got {value!r}")
+        return [_coerce_to(item, v, name) for v in value]
+    if origin is dict:
+        if isinstance(value, str):
+            import yaml
+
+            value = yaml.safe_load(value) or {}
+        if not isinstance(value, dict):
+            raise ValueError(f"{name} must be a mapping, got {value!r}")
+        return dict(value)
+    if kind is bool:
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in ("true", "yes", "on", "1"):
+                return True
+            if lowered in ("false", "no", "off", "0"):
+                return False
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be an integer, got {value!r}") from None
+        if as_float != int(as_float):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return int(as_float)
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if kind is str:
+        if value is None or isinstance(value, (dict, list)):
+            raise ValueError(f"{name} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert ``value`` (from YAML or the command line) to the type of field ``name``."""
+    if name not in field_names():
+        raise ValueError(f"unknown config key {name!r}; valid: {', '.join(field_names())}")
+    return _coerce_to(_field_type(name), value, name)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Split ``key=value`` (the ``--set`` syntax); the value is read as YAML."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key:
+        raise ValueError(f"--set expects key=value, got {text!r}")
+    if key.startswith("norm_kwargs."):
+        return key, yaml.safe_load(raw)
+    if key not in field_names():
+        raise ValueError(f"unknown config key {key!r}; valid: {', '.join(field_names())}")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return key, coerce(key, value)
+
+
+def apply_assignments(config: ExperimentConfig, assignments: list[str]) -> ExperimentConfig:
+    """Apply ``--set key=value`` strings (``norm_kwargs.NAME=value`` sets one norm kwarg)."""
+    data = config.to_dict()
+    for text in assignments:
+        key, value = parse_assignment(text)
+        if key.startswith("norm_kwargs."):
+            data["norm_kwargs"] = {**data["norm_kwargs"], key.split(".", 1)[1]: value}
+        else:
+            data[key] = value
+    return ExperimentConfig.from_dict(data)

@@ -1,0 +1,154 @@
+"""Evaluation of a run at the end of each epoch: test loss and accuracy, and the
+intra-angle, inter-angle and IIR of the classification layer's input (supplement eqs. 1-3,
+paper eq. 4), measured as in the paper's section 4.1: class centers from training features,
+test intra-angle against them, inter-angle on training data only.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from l2bn.experiments import checkpoint as ckpt
+from l2bn.experiments.config import ExperimentConfig
+from l2bn.experiments.progress import progress
+
+
+def classifier_module(model: nn.Module) -> nn.Module:
+    """The classification layer (``model.classifier``, else the last ``nn.Linear``)."""
+    layer = getattr(model, "classifier", None)
+    if isinstance(layer, nn.Module):
+        return layer
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no classifier attribute and no nn.Linear")
+    return linears[-1]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Any,
+    device: torch.device,
+    *,
+    capture: nn.Module | None = None,
+    max_capture: int | None = None,
+    show_progress: bool = False,
+    desc: str = "eval",
+) -> dict[str, Any]:
+    """Loss and accuracy over ``loader``; optionally the inputs of ``capture`` (the classifier).
+
+    Runs in eval mode and restores the previous mode.
+    """
+    was_training = model.training
+    model.eval()
+    captured: list[torch.Tensor] = []
+    captured_labels: list[torch.Tensor] = []
+    kept = 0
+    handle = None
+    if capture is not None:
+
+        def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            captured.append(inputs[0].detach().flatten(1).float())
+
+        handle = capture.register_forward_pre_hook(hook)
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    try:
+        for images, labels in progress(loader, total=len(loader), desc=desc, enabled=show_progress):
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            logits = model(images)
+            total_loss += F.cross_entropy(logits.float(), labels, reduction="sum").double()
+            correct += (logits.argmax(1) == labels).sum()
+            count += labels.numel()
+            if capture is not None:
+                room = labels.numel() if max_capture is None else max(0, max_capture - kept)
+                if room < labels.numel():
+                    captured[-1] = captured[-1][:room]
+                captured_labels.append(labels[:room])
+                kept += min(room, labels.numel())
+    finally:
+        if handle is not None:
+            handle.remove()
+        model.train(was_training)
+    result: dict[str, Any] = {
+        "loss": float(total_loss) / max(count, 1),
+        "acc": 100.0 * float(correct) / max(count, 1),
+        "count": count,
+    }
+    if capture is not None:
+        result["features"] = torch.cat(captured) if captured else torch.empty(0)
+        result["labels"] = torch.cat(captured_labels) if captured_labels else torch.empty(0)
+    return result
+
+
+def evaluate_epoch(
+    model: nn.Module,
+    train_set: Any,
+    test_set: Any,
+    config: ExperimentConfig,
+    seed: int,
+    eval_batch: int,
+    device: torch.device,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Test loss/accuracy and, with metrics on, intra/inter angles and IIR (section 4.1)."""
+    from l2bn.data import build_loader
+
+    model = ckpt.unwrap(model)
+    test_loader = build_loader(
+        test_set,
+        batch_size=eval_batch,
+        train=False,
+        seed=seed,
+        augment=config.augment,  # train=False: the augmentation's evaluation transform
+        subset=config.test_subset,
+        num_workers=config.num_workers,
+    )
+    capture = classifier_module(model) if config.metrics else None
+    test = evaluate(
+        model,
+        test_loader,
+        device,
+        capture=capture,
+        max_capture=config.metrics_max_samples,
+        show_progress=show_progress,
+        desc="test",
+    )
+    row: dict[str, Any] = {"test_loss": test["loss"], "test_acc": test["acc"]}
+    if not config.metrics:
+        return row
+    from l2bn.analysis import collect_features, train_test_metrics
+
+    limit = [v for v in (config.train_subset, config.metrics_max_samples) if v is not None]
+    feature_loader = build_loader(
+        train_set,
+        batch_size=eval_batch,
+        train=False,
+        seed=seed,
+        augment=config.augment,
+        subset=min(limit) if limit else None,
+        num_workers=config.num_workers,
+    )
+    train_features, train_labels = collect_features(
+        model, feature_loader, layer=capture, device=device
+    )
+    with warnings.catch_warnings():
+        # torch warns once per process about sparse invariant checks (l2bn.analysis builds a
+        # well-formed sparse one-hot matrix); it is noise in every run's log
+        warnings.filterwarnings("ignore", message="Sparse invariant checks", category=UserWarning)
+        metrics = train_test_metrics(
+            train_features,
+            train_labels,
+            test["features"],
+            test["labels"],
+            int(train_set.num_classes),
+        )
+    row.update({key: float(metrics[key]) for key in metrics})
+    return row

@@ -1,0 +1,397 @@
+"""One training run: model, data, SGD with Nesterov momentum, per-epoch metrics, checkpoints.
+
+The settings follow the supplement's section B (Table 1 rows are presets). Every epoch logs
+loss and accuracy on train and test data and, with ``metrics`` on, the intra-angle,
+inter-angle and IIR of the classification layer's input (supplement eqs. 1-3, paper eq. 4,
+measured as in section 4.1: class centers from training features).
+
+Reproducibility: the model is initialized after ``torch.manual_seed(seed)``; every source of
+randomness in epoch ``e`` (data order and augmentation inside ``build_loader``, mixup, dropout)
+is seeded from ``(seed, e, rank)`` alone. A run resumed from the checkpoint of epoch ``e``
+therefore ends with exactly the weights of an uninterrupted run (same seed, CPU, threads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from l2bn.experiments import checkpoint as ckpt
+from l2bn.experiments.config import ExperimentConfig
+from l2bn.experiments.distributed import (
+    DistContext,
+    convert_sync_norms,
+    init_distributed,
+    shutdown_distributed,
+    wrap_model,
+)
+from l2bn.experiments.evaluation import evaluate_epoch
+from l2bn.experiments.metrics_log import append_metrics, keep_epochs_before, read_metrics
+from l2bn.experiments.progress import progress
+from l2bn.experiments.runs import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    is_done,
+    variant_name,
+    write_done,
+)
+from l2bn.experiments.schedule import build_scheduler
+
+# Settings that change how a run executes but not its numbers: may differ on resume.
+_EXECUTION_ONLY = ("num_workers", "device", "threads", "data_root", "notes")
+# Test hook: "EPOCH:STEP" (0-based) makes the process kill itself with SIGKILL there.
+KILL_ENV = "L2BN_TEST_KILL_AT"
+
+_MASK64 = (1 << 64) - 1
+
+
+def derive_seed(*values: int) -> int:
+    """A 63-bit seed from integers (SplitMix64 steps): one stream per (seed, epoch, rank, use)."""
+    state = 0x2545F4914F6CDD1D
+    for value in values:
+        state = (state + (int(value) & _MASK64) + 0x9E3779B97F4A7C15) & _MASK64
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        state = z ^ (z >> 31)
+    return state & ((1 << 63) - 1)
+
+
+class RunExistsError(RuntimeError):
+    """The run directory already holds a different or unfinished run."""
+
+
+def build_model(config: ExperimentConfig, num_classes: int, in_channels: int) -> nn.Module:
+    """The zoo model with ``config.norm`` everywhere, or L2BN placed as in Table 4."""
+    from l2bn.models import create_model
+
+    if config.l2bn_layers != "all":
+        from l2bn.norms.placement import apply_l2bn
+
+        model = create_model(
+            config.model, num_classes=num_classes, in_channels=in_channels, norm_layer="bn"
+        )
+        return apply_l2bn(model, config.l2bn_layers)
+    norm_layer: Any = config.norm
+    if config.norm_kwargs:
+        from l2bn.norms import get_norm_layer
+
+        norm_layer = get_norm_layer(config.norm, **config.norm_kwargs)
+    return create_model(
+        config.model, num_classes=num_classes, in_channels=in_channels, norm_layer=norm_layer
+    )
+
+
+def _kill_point() -> tuple[int, int] | None:
+    value = os.environ.get(KILL_ENV)
+    if not value:
+        return None
+    epoch, _, step = value.partition(":")
+    return int(epoch), int(step or 0)
+
+
+def _train_batch_inputs(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: ExperimentConfig,
+    num_classes: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Mixup (RegNet recipe, acoustic recipe) and label smoothing as soft targets, or None."""
+    from l2bn.data import mixup, smooth_targets
+
+    if config.mixup_alpha > 0:
+        images, targets = mixup(images, labels, num_classes, config.mixup_alpha, generator)
+        if config.label_smoothing > 0:
+            targets = (
+                targets * (1.0 - config.label_smoothing) + config.label_smoothing / num_classes
+            )
+        return images, targets
+    if config.label_smoothing > 0:
+        return images, smooth_targets(labels, num_classes, config.label_smoothing)
+    return images, None
+
+
+def _check_same_config(directory: Path, config: ExperimentConfig) -> None:
+    path = directory / CONFIG_FILE
+    if not path.exists():
+        return
+    saved = ExperimentConfig.from_yaml(path.read_text(encoding="utf-8")).to_dict()
+    current = config.to_dict()
+    differing = [
+        key for key in current if key not in _EXECUTION_ONLY and saved.get(key) != current[key]
+    ]
+    if differing:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in differing)
+        raise RunExistsError(
+            f"{directory} holds a run with a different config ({details}); "
+            "use another --runs-dir or --name, or delete the directory"
+        )
+
+
+@contextlib.contextmanager
+def _tensorboard(directory: Path, enabled: bool) -> Iterator[Any]:
+    if not enabled:
+        yield None
+        return
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise ImportError(
+            "--tensorboard needs the tensorboard package: pip install 'l2bn[tensorboard]'"
+        ) from err
+    writer = SummaryWriter(log_dir=str(directory / "tensorboard"))
+    try:
+        yield writer
+    finally:
+        writer.close()
+
+
+def train_run(
+    config: ExperimentConfig,
+    seed: int,
+    directory: str | Path,
+    *,
+    resume: bool = True,
+    quiet: bool = False,
+    tensorboard: bool = False,
+    sync_bn: bool = False,
+    context: DistContext | None = None,
+    progress_bars: bool = True,
+) -> dict[str, Any]:
+    """Train one seed of ``config`` into ``directory``; returns the run summary.
+
+    A finished run (``done`` marker) is not repeated. An unfinished one continues from its
+    last good checkpoint when ``resume`` is true; otherwise RunExistsError is raised.
+    """
+    directory = Path(directory)
+    config = config.replace(seeds=[seed])
+    if is_done(directory):
+        _check_same_config(directory, config)
+        import json
+
+        return json.loads((directory / "done").read_text(encoding="utf-8"))
+    own_context = context is None
+    context = context or init_distributed(config.device)
+    try:
+        bars = progress_bars and not quiet
+        return _train(config, seed, directory, resume, quiet, bars, tensorboard, sync_bn, context)
+    finally:
+        if own_context:
+            shutdown_distributed(context)
+
+
+def _train(
+    config: ExperimentConfig,
+    seed: int,
+    directory: Path,
+    resume: bool,
+    quiet: bool,
+    bars: bool,
+    tensorboard: bool,
+    sync_bn: bool,
+    context: DistContext,
+) -> dict[str, Any]:
+    from l2bn.data import build_loader, load_dataset
+
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    device = context.device
+    _check_same_config(directory, config)
+    state = ckpt.load_latest_checkpoint(directory)
+    if state is not None and not resume:
+        raise RunExistsError(
+            f"{directory} holds an unfinished run (checkpoint after epoch {state['epoch']}); "
+            "pass --resume to continue it"
+        )
+    if context.is_main:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / (CONFIG_FILE + ".tmp")
+        tmp.write_text(config.to_yaml(), encoding="utf-8")
+        os.replace(tmp, directory / CONFIG_FILE)  # other ranks may be reading it
+
+    data_kwargs = dict(config.dataset_kwargs)
+    train_set = load_dataset(config.dataset, root=config.data_root, train=True, **data_kwargs)
+    test_set = load_dataset(config.dataset, root=config.data_root, train=False, **data_kwargs)
+    num_classes = int(train_set.num_classes)
+
+    torch.manual_seed(seed)
+    model = build_model(config, num_classes, int(train_set.in_channels)).to(device)
+    if sync_bn and context.distributed:
+        model = convert_sync_norms(model, device)
+    net = wrap_model(model, context)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov and config.momentum > 0,
+        weight_decay=config.weight_decay,
+    )
+
+    if config.batch_size % context.world_size:
+        raise ValueError(
+            f"batch_size {config.batch_size} (the total over all processes, as in the paper) "
+            f"is not divisible by the {context.world_size} processes"
+        )
+    batch_per_process = config.batch_size // context.world_size
+
+    def train_loader(epoch: int) -> Any:
+        return build_loader(
+            train_set,
+            batch_size=batch_per_process,
+            train=True,
+            seed=seed,
+            epoch=epoch,
+            augment=config.augment,
+            subset=config.train_subset,
+            num_replicas=context.world_size,
+            rank=context.rank,
+            drop_last=False,
+            num_workers=config.num_workers,
+        )
+
+    eval_batch = config.eval_batch_size or config.batch_size
+    steps_per_epoch = len(train_loader(0))
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
+
+    start_epoch, best_acc, best_epoch = 0, -math.inf, 0
+    if state is not None:
+        ckpt.load_model_state(model, state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"])
+        _realign_schedule(scheduler, start_epoch * steps_per_epoch)
+        best_acc, best_epoch = float(state["best_acc"]), int(state["best_epoch"])
+    if context.is_main:
+        keep_epochs_before(directory / METRICS_FILE, start_epoch + 1)
+
+    label = f"{variant_name(config)} seed{seed}"
+    show = bars and context.is_main
+    kill_at = _kill_point()
+    started = time.time()
+    with _tensorboard(directory, tensorboard and context.is_main) as writer:
+        for epoch in range(start_epoch, config.epochs):
+            tick = time.time()
+            torch.manual_seed(derive_seed(seed, epoch, context.rank, 0))
+            mix_generator = torch.Generator().manual_seed(derive_seed(seed, epoch, context.rank, 1))
+            loader = train_loader(epoch)
+            epoch_lr = optimizer.param_groups[0]["lr"]
+            net.train()
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            seen = 0
+            desc = f"{label} epoch {epoch + 1}/{config.epochs}"
+            for step, (images, labels) in enumerate(
+                progress(loader, total=len(loader), desc=desc, enabled=show)
+            ):
+                if kill_at == (epoch, step):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                images = images.to(device, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
+                images, targets = _train_batch_inputs(
+                    images, labels, config, num_classes, mix_generator
+                )
+                logits = net(images)
+                if targets is None:
+                    loss = F.cross_entropy(logits, labels)
+                else:
+                    from l2bn.data import soft_cross_entropy
+
+                    loss = soft_cross_entropy(logits, targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                loss_sum += loss.detach().double() * labels.numel()
+                correct += (logits.detach().argmax(1) == labels).sum()
+                seen += labels.numel()
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "lr": epoch_lr,
+                "train_loss": float(loss_sum) / max(seen, 1),
+                "train_acc": 100.0 * float(correct) / max(seen, 1),
+            }
+            if context.is_main:
+                row.update(
+                    evaluate_epoch(
+                        model, train_set, test_set, config, seed, eval_batch, device, show
+                    )
+                )
+                row["seconds"] = time.time() - tick
+                if row["test_acc"] > best_acc:
+                    best_acc, best_epoch = row["test_acc"], epoch + 1
+                append_metrics(directory / METRICS_FILE, row)
+                ckpt.save_checkpoint(
+                    directory,
+                    {
+                        "epoch": epoch + 1,
+                        "model": ckpt.unwrap(model).state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": ckpt.scheduler_state(scheduler),
+                        "best_acc": best_acc,
+                        "best_epoch": best_epoch,
+                        "seed": seed,
+                        "world_size": context.world_size,
+                        "config": config.to_dict(),
+                    },
+                )
+                if writer is not None:
+                    for key, value in row.items():
+                        if key != "epoch" and value is not None:
+                            writer.add_scalar(key, value, epoch + 1)
+                if not quiet:
+                    print(_epoch_line(label, row, config.epochs), file=sys.stderr, flush=True)
+            context.barrier()
+
+    summary = _summary(directory, config, seed, time.time() - started)
+    if context.is_main:
+        write_done(directory, summary)
+    context.barrier()
+    return summary
+
+
+def _realign_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
+    """Put the per-iteration schedule at ``step``: a checkpoint written with another number
+    of processes (so another number of steps per epoch) resumes at the right point."""
+    scheduler.last_epoch = step
+    lrs = [
+        base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+    ]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
+
+
+def _epoch_line(label: str, row: dict[str, Any], epochs: int) -> str:
+    line = (
+        f"{label} epoch {row['epoch']}/{epochs}: lr {row['lr']:.4g} "
+        f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | "
+        f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}%"
+    )
+    if row.get("iir_test") is not None:
+        line += f" | IIR train {row['iir_train']:.3f} test {row['iir_test']:.3f}"
+    return line + f" ({row['seconds']:.1f} s)"
+
+
+def _summary(directory: Path, config: ExperimentConfig, seed: int, seconds: float) -> dict:
+    rows = read_metrics(directory / METRICS_FILE)
+    best = max(rows, key=lambda r: r["test_acc"]) if rows else {}
+    return {
+        "seed": seed,
+        "epochs": config.epochs,
+        "best_test_acc": best.get("test_acc"),
+        "best_epoch": best.get("epoch"),
+        "final": rows[-1] if rows else {},
+        "seconds_this_session": seconds,
+    }

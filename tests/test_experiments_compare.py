@@ -1,0 +1,74 @@
+"""``l2bn compare``: norms x seeds in worker processes, the report, and no repeated runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from l2bn.cli import main
+from l2bn.experiments.metrics_log import read_metrics
+from test_experiments_datasets import write_idx
+
+
+def test_compare_runs_each_variant_then_skips_finished_runs(tmp_path: Path, capsys) -> None:
+    root = write_idx(tmp_path / "data", n_train=32, n_test=16)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "name: tiny\nmodel: resnet20\nepochs: 1\nbatch_size: 16\nlr: 0.05\n"
+        f"seeds: [5]\ntrain_subset: null\ntest_subset: null\ndata_root: {root}\n"
+        "metrics: true\nmetrics_max_samples: 16\ndevice: cpu\n"
+    )
+    runs = tmp_path / "runs"
+    args = ["compare", "--config", str(config), "--runs-dir", str(runs), "--jobs", "2"]
+    assert main(args) == 0
+    first = capsys.readouterr()
+    dirs = sorted(runs.glob("tiny/*/seed*"))
+    assert [d.relative_to(runs).as_posix() for d in dirs] == [
+        "tiny/resnet20-bn/seed5",
+        "tiny/resnet20-l2bn/seed5",
+    ]
+    assert all((d / "done").is_file() for d in dirs)
+    assert "L2BN vs BN (resnet20, 1 seed(s) paired: 5)" in first.out
+    assert (runs / "tiny" / "report" / "resnet20_iir.png").is_file()
+    # L2BN really differs from BN with the same seed (same data order and init)
+    bn = read_metrics(runs / "tiny/resnet20-bn/seed5/metrics.jsonl")[0]
+    l2 = read_metrics(runs / "tiny/resnet20-l2bn/seed5/metrics.jsonl")[0]
+    assert bn["train_loss"] != l2["train_loss"]
+    assert bn["iir_train"] is not None and bn["iir_train"] != l2["iir_train"]
+
+    stamps = {d: (d / "checkpoint.pt").stat().st_mtime_ns for d in dirs}
+    assert main([*args, "--no-plots"]) == 0
+    second = capsys.readouterr()
+    assert "2 already finished" in second.err
+    assert {d: (d / "checkpoint.pt").stat().st_mtime_ns for d in dirs} == stamps
+    assert "L2BN vs BN" in second.out
+
+
+def test_compare_placements_plan_and_missing_data_message(tmp_path: Path, capsys) -> None:
+    from l2bn.experiments.commands.compare import plan_variants
+    from l2bn.experiments.config import ExperimentConfig
+    from l2bn.experiments.runs import variant_name
+
+    base = ExperimentConfig(model="resnet56")
+    names = [variant_name(v) for v in plan_variants(base, "bn", "none,classifier,stage1,all")]
+    assert names == [
+        "resnet56-bn",
+        "resnet56-l2bn-classifier",
+        "resnet56-l2bn-stage1",
+        "resnet56-l2bn",
+    ]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = main(
+        [
+            "compare",
+            "--data-root",
+            str(empty),
+            "--runs-dir",
+            str(tmp_path / "r"),
+            "--set",
+            "dataset=mnist",
+        ]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "l2bn compare: error:" in err and str(empty) in err

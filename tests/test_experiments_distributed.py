@@ -1,0 +1,79 @@
+"""The harness under ``torchrun`` (gloo, 2 processes): resume across world sizes both ways."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from l2bn import L2BatchNorm2d
+from l2bn.experiments.checkpoint import load_checkpoint_file, load_model_state
+from l2bn.experiments.config import ExperimentConfig
+from l2bn.experiments.metrics_log import read_metrics
+from l2bn.experiments.train import build_model, train_run
+from test_experiments_datasets import tiny_config, write_idx
+
+
+def test_torchrun_two_processes_resume_and_checkpoint_portability(tmp_path: Path) -> None:
+    root = write_idx(tmp_path / "data", n_train=32, n_test=16)
+    config = tiny_config(data_root=str(root), epochs=2, batch_size=8, norm="l2bn")
+    directory = tmp_path / "run"
+    # epoch 1 in one process, stopped there (as if killed after its checkpoint)
+    train_run(config.replace(epochs=1), 3, directory, quiet=True)
+    (directory / "done").unlink()
+    single = load_checkpoint_file(directory / "checkpoint.pt")
+    assert single["world_size"] == 1
+
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(config.to_yaml())
+    (directory / "config.yaml").write_text(config.replace(seeds=[3]).to_yaml())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "l2bn.cli", "train", "--config", str(config_path), "--run-dir"]
+    cmd += [str(directory), "--resume", "--quiet", "--sync-bn"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    state = load_checkpoint_file(directory / "checkpoint.pt")
+    assert state["world_size"] == 2 and state["epoch"] == 2
+    assert not any(key.startswith("module.") for key in state["model"])
+    # batch 8 is the total: 4 per process, 32 / 8 = 4 steps per epoch in both set-ups
+    assert state["scheduler"]["last_epoch"] == 4 + 4
+    assert [row["epoch"] for row in read_metrics(directory / "metrics.jsonl")] == [1, 2]
+    moved = any(
+        not torch.equal(single["model"][k], state["model"][k])
+        for k in single["model"]
+        if k.endswith("weight")
+    )
+    assert moved
+
+    # the distributed checkpoint loads in a single process and evaluates
+    saved = ExperimentConfig.from_yaml((directory / "config.yaml").read_text())
+    model = build_model(saved, 10, 1)
+    load_model_state(model, state["model"])
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(4, 1, 8, 8)).shape == (4, 10)
+
+
+def test_sync_conversion_keeps_l2bn_apart_from_bn() -> None:
+    import pytest
+    from torch import nn
+
+    from l2bn import is_l2_batch_norm
+    from l2bn.experiments.distributed import convert_sync_norms
+    from l2bn.sync import SyncL2BatchNorm
+
+    l2 = build_model(tiny_config(norm="l2bn"), 10, 1)
+    norms_before = sum(is_l2_batch_norm(m) for m in l2.modules())
+    converted = convert_sync_norms(l2, torch.device("cpu"))
+    synced = [m for m in converted.modules() if isinstance(m, SyncL2BatchNorm)]
+    assert len(synced) == norms_before > 0
+    assert not any(type(m) in (nn.BatchNorm2d, L2BatchNorm2d) for m in converted.modules())
+    bn = build_model(tiny_config(norm="bn"), 10, 1)
+    with pytest.raises(ValueError, match=r"plain BatchNorm2d.*CUDA only"):
+        convert_sync_norms(bn, torch.device("cpu"))
+    assert not any(is_l2_batch_norm(m) for m in bn.modules())  # BN never becomes L2BN
