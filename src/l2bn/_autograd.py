@@ -6,7 +6,9 @@ Forward (paper eqs. 2-3): ``y = a[n, c] * x + b[c]`` with
 Backward: with ``T1 = sum_s dy`` and ``T2 = sum_s dy * x`` per ``(n, c)``, the input
 gradient is ``dx = P[n, c] * dy + Q[n, c] * x + R[n, c]``, where P, Q, R are built from
 ``O(N * C)`` statistics (derivation in DESIGN.md). Only ``x`` and those statistics
-are saved for backward.
+are saved for backward. The full-size passes are in ``_kernels`` (fast CPU paths and a
+generic path); ``(N, C)`` input on the fast path uses ``_kernels_vector`` instead, where
+per-row statistics would be as large as the input.
 """
 
 from __future__ import annotations
@@ -17,31 +19,24 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from l2bn import _stats
+from l2bn import _kernels, _kernels_vector, _stats
 
 
-def _coeff_shape(x: Tensor) -> tuple[int, ...]:
-    return (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
+def affine_output(x: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
+    """``a[n, c] * x + b[c]`` in the accumulation dtype, returned in ``x``'s dtype.
 
-
-def _channel_shape(x: Tensor) -> tuple[int, ...]:
-    return (x.shape[1],) + (1,) * (x.dim() - 2)
-
-
-def affine_output(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """``a[n, c] * x + b[c]`` in the accumulation dtype, returned in ``x``'s dtype."""
-    y = torch.addcmul(b.reshape(_channel_shape(x)), x, a.reshape(_coeff_shape(x)))
-    return y if y.dtype == x.dtype else y.to(x.dtype)
+    ``out``: optional fresh buffer shaped like ``x`` to write into (see ``_kernels``).
+    """
+    return _kernels.scale_shift(x, a, b, out)
 
 
 def train_forward(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, l2_eps: float, scale: bool
 ) -> tuple[Tensor, _stats.ChannelStats, _stats.RowMoments, Tensor, Tensor, Tensor]:
     """Training-mode forward; returns the output and what backward needs."""
-    n, c = x.shape[0], x.shape[1]
-    x3 = x.reshape(n, c, -1)
-    moments = _stats.row_moments(x3)
-    rho, active = _stats.sample_scale(moments, x3.shape[2], l2_eps, scale)
+    moments, buffer = _stats.input_moments(x)
+    spatial = x.numel() // max(x.shape[0] * x.shape[1], 1)
+    rho, active = _stats.sample_scale(moments, spatial, l2_eps, scale)
     stats = _stats.channel_stats(moments, rho)
     invstd = (stats.var + eps).rsqrt()
     gain = invstd if weight is None else weight.to(invstd.dtype) * invstd
@@ -49,7 +44,7 @@ def train_forward(
     if bias is not None:
         shift = shift + bias.to(shift.dtype)
     a = gain / rho.unsqueeze(1)
-    return affine_output(x, a, shift), stats, moments, rho, active, invstd
+    return affine_output(x, a, shift, buffer), stats, moments, rho, active, invstd
 
 
 class L2BatchNormFunction(torch.autograd.Function):
@@ -65,42 +60,58 @@ class L2BatchNormFunction(torch.autograd.Function):
         l2_eps: float,
         scale: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        y, stats, moments, rho, active, invstd = train_forward(x, weight, bias, eps, l2_eps, scale)
-        ctx.save_for_backward(
-            x, weight, rho, active, moments.mean, stats.row_mean, stats.row_var, stats.mean, invstd
-        )
         ctx.scale = scale
         ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.vector = x.dim() == 2 and _kernels.fast_applies(x, weight, bias)
+        if ctx.vector:
+            # (N, C) input: BatchNorm's kernels on xh (see _kernels_vector).
+            y, xh, mean, var, invstd, rho, active = _kernels_vector.vector_forward(
+                x, weight, bias, eps, l2_eps, scale
+            )
+            ctx.eps = eps
+            ctx.save_for_backward(xh, weight, mean, invstd, rho, active)
+            ctx.mark_non_differentiable(mean, var)
+            return y, mean, var
+        y, stats, moments, rho, active, invstd = train_forward(x, weight, bias, eps, l2_eps, scale)
+        # x and O(N * C) statistics only; the row moments of xh are recomputed in backward.
+        ctx.save_for_backward(x, weight, rho, active, moments.mean, moments.var, stats.mean, invstd)
         ctx.mark_non_differentiable(stats.mean, stats.var)
         return y, stats.mean, stats.var
 
     @staticmethod
     @once_differentiable
-    def backward(
-        ctx: Any, dy: Tensor, _dmean: Tensor, _dvar: Tensor
-    ) -> tuple[Tensor | None, ...]:
-        x, weight, rho, active, x_mean, m, v, mu, invstd = ctx.saved_tensors
+    def backward(ctx: Any, dy: Tensor, _dmean: Tensor, _dvar: Tensor) -> tuple[Tensor | None, ...]:
+        if ctx.vector:
+            xh, weight, mean, invstd, rho, active = ctx.saved_tensors
+            mask = (
+                ctx.needs_input_grad[0],
+                weight is not None and ctx.needs_input_grad[1],
+                ctx.bias_dtype is not None and ctx.needs_input_grad[2],
+            )
+            grads = _kernels_vector.vector_backward(
+                dy, xh, weight, mean, invstd, rho, active, ctx.eps, ctx.scale, mask
+            )
+            return (*grads, None, None, None)
+        x, weight, rho, active, x_mean, x_var, mu, invstd = ctx.saved_tensors
         n, c = x.shape[0], x.shape[1]
         acc = invstd.dtype
-        xa = x if x.dtype == acc else x.to(acc)
-        dya = dy if dy.dtype == acc else dy.to(acc)
-        x3 = xa.reshape(n, c, -1)
-        dy3 = dya.reshape(n, c, -1)
-        spatial = x3.shape[2]
+        spatial = x.numel() // (n * c)
         count = n * spatial
 
-        t1 = dy3.sum(dim=2)
-        # sum_s dy * (x - mean_row): the centred form keeps dgamma accurate under offsets.
-        t2c = (dy3 * x3).sum(dim=2) - x_mean * t1
+        # t2 = sum_s dy * (x - mu * rho) = rho * sum_s dy * (xh - mu): centred on the channel
+        # mean element by element, so dgamma needs no difference of rounded row means.
         inv_rho = rho.reciprocal().unsqueeze(1)
+        t1, t2, buffer = _kernels.grad_sums(dy, x, mu * rho.unsqueeze(1))
+        m = x_mean * inv_rho  # row mean of xh, as in _stats.channel_stats
+        v = x_var * inv_rho.square()  # row variance of xh
         dbeta = t1.sum(dim=0)
-        dgamma = (invstd * (t2c * inv_rho + (m - mu) * t1)).sum(dim=0)
+        dgamma = invstd * (t2 * inv_rho).sum(dim=0)
 
         gain = invstd if weight is None else weight.to(acc) * invstd
         dx = None
         if ctx.needs_input_grad[0]:
             # e[n] = sum_{c,s} xh * dxh, from per-row sums only.
-            xh_dy = t2c * inv_rho + m * t1
+            xh_dy = t2 * inv_rho + mu * t1  # sum_s xh * dy
             xh_z = invstd * spatial * (v + m * (m - mu))
             e = (gain * (xh_dy - (dbeta * spatial * m + dgamma * xh_z) / count)).sum(dim=1)
             proj = active.to(acc) * e
@@ -109,11 +120,7 @@ class L2BatchNormFunction(torch.autograd.Function):
             p = gain * inv_rho
             q = -inv_rho.square() * (gain * dgamma * invstd / count + proj.unsqueeze(1))
             r = gain * inv_rho * ((dgamma * invstd * mu - dbeta) / count)
-            shape = _coeff_shape(x)
-            dx = torch.addcmul(r.reshape(shape), dya, p.reshape(shape))
-            dx.addcmul_(xa, q.reshape(shape))
-            if dx.dtype != x.dtype:
-                dx = dx.to(x.dtype)
+            dx = _kernels.grad_combine(dy, x, p, q, r, buffer)
 
         dweight = None
         if weight is not None and ctx.needs_input_grad[1]:

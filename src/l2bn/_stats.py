@@ -21,15 +21,23 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from l2bn._kernels import accumulation_dtype, input_sums, rows
+
+__all__ = [
+    "ChannelStats",
+    "RowMoments",
+    "accumulation_dtype",
+    "channel_stats",
+    "input_moments",
+    "row_moments",
+    "sample_scale",
+    "sample_scale_direct",
+]
+
 # A row's one-pass variance is trusted when mean^2 + var <= COND * var, i.e. the
 # cancellation in E[x^2] - E[x]^2 costs at most log2(COND) bits.
 _COND_LIMIT = {torch.float64: 1e4}
 _COND_LIMIT_DEFAULT = 16.0
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Statistics of half / bfloat16 inputs are accumulated in float32, as BatchNorm does."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class RowMoments(NamedTuple):
@@ -39,29 +47,44 @@ class RowMoments(NamedTuple):
     var: Tensor  # (N, C): population variance over the M positions
 
 
+def input_moments(x: Tensor) -> tuple[RowMoments, Tensor | None]:
+    """Row moments of ``x`` of shape ``(N, C, *S)``, plus a reusable output buffer or None.
+
+    The buffer is a fresh tensor shaped like ``x`` that the reduction had to fill; the
+    caller may overwrite it with the layer's output (see :func:`l2bn._kernels.input_sums`).
+    """
+    s1, s2, buffer = input_sums(x)
+    return _moments_from_sums(s1, s2, rows(x)), buffer
+
+
 def row_moments(x3: Tensor) -> RowMoments:
     """Mean and variance of every ``(n, c)`` row of ``x3`` of shape ``(N, C, M)``."""
-    acc = accumulation_dtype(x3.dtype)
+    return input_moments(x3)[0]
+
+
+def _moments_from_sums(s1: Tensor, s2: Tensor, x3: Tensor) -> RowMoments:
+    """Mean and variance from sum and sum of squares; ill-conditioned rows are recomputed."""
     m = x3.shape[2]
-    xa = x3 if x3.dtype == acc else x3.to(acc)
-    mean = xa.sum(dim=2) / m
     if m == 1:
-        return RowMoments(mean, torch.zeros_like(mean))
-    second = torch.linalg.vector_norm(xa, dim=2).square_() / m
-    var = second - mean.square()
+        # (N, C) input: the mean is x itself (a view when no cast was needed) and the
+        # variance an expanded zero, so that saving them for backward costs no memory.
+        return RowMoments(s1, s1.new_zeros(()).expand_as(s1))
+    mean = s1 / m
+    second = s2.div_(m)
+    var = torch.addcmul(second, mean, mean, value=-1)
     limit = _COND_LIMIT.get(x3.dtype, _COND_LIMIT_DEFAULT)
     ill = var * limit <= second
     if bool(ill.any()):
-        var = torch.where(ill, _centred_var(xa, mean, ill), var)
+        var = torch.where(ill, _centred_var(x3, mean, ill), var)
     return RowMoments(mean, var.clamp_(min=0))
 
 
-def _centred_var(xa: Tensor, mean: Tensor, ill: Tensor) -> Tensor:
+def _centred_var(x3: Tensor, mean: Tensor, ill: Tensor) -> Tensor:
     """Two-pass (corrected) variance of the rows selected by ``ill``; other rows are 0."""
     n_idx, c_idx = ill.nonzero(as_tuple=True)
-    rows = xa[n_idx, c_idx] - mean[n_idx, c_idx].unsqueeze(1)
-    m = rows.shape[1]
-    centred = (torch.linalg.vector_norm(rows, dim=1).square() - rows.sum(1).square() / m) / m
+    rows_ = x3[n_idx, c_idx].to(mean.dtype) - mean[n_idx, c_idx].unsqueeze(1)
+    m = rows_.shape[1]
+    centred = (torch.linalg.vector_norm(rows_, dim=1).square() - rows_.sum(1).square() / m) / m
     out = torch.zeros_like(mean)
     out[n_idx, c_idx] = centred
     return out
@@ -86,7 +109,8 @@ def sample_scale(
 def sample_scale_direct(x: Tensor, l2_eps: float, scale: bool) -> Tensor:
     """``rho[n]`` computed straight from ``x`` (eval path: no moments needed)."""
     acc = accumulation_dtype(x.dtype)
-    norm = torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1, dtype=acc)
+    # Reduce over every dim but the batch: no reshape, hence no copy of channels_last input.
+    norm = torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), dtype=acc)
     rho = norm.clamp(min=l2_eps)
     if scale:
         rho = rho / math.sqrt(math.prod(x.shape[1:]))

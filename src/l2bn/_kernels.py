@@ -1,0 +1,309 @@
+"""The full-size passes of L2BN, chosen per device, layout and dtype (issue 3, DESIGN.md).
+
+Everything else L2BN computes is ``O(N * C)``; these four passes are what costs time:
+
+* ``input_sums``: per ``(n, c)`` sum and sum of squares of ``x`` (forward reduction);
+* ``grad_sums``: per ``(n, c)`` sums of ``dy`` and ``dy * (x - shift)`` (backward reduction);
+* ``scale_shift``: ``a[n, c] * x + b[c]`` (forward and eval output, eq. 2-3);
+* ``grad_combine``: ``p[n, c] * dy + q[n, c] * x + r[n, c]`` (input gradient).
+
+Two implementations of each, selected by :func:`fast_paths`:
+
+* the *generic* path: plain broadcasting tensor ops, correct on every device, layout and
+  dtype, and the one traced by ``torch.compile`` / ``torch.export``;
+* the *fast* path (CPU, float32/float64): it allocates no full-size temporary besides the
+  output (on a 2-core test machine a fresh 50 MB tensor cost more in page faults than a
+  pass over it): inputs reuse the buffer of the products ``x * x`` or ``dy * x`` as the
+  output; with one thread, large inputs are processed a chunk of samples at a time with a
+  small scratch buffer, so that the second op on a chunk finds it in cache. It picks a reduction
+  that is vectorised for the layout at hand, and writes row-wise affine maps of contiguous
+  input with BatchNorm's own eval kernel on an ``(1, N * C, M)`` view (``eps = 0``, mean 0,
+  variance 1: the kernel then computes exactly ``a * x + b``); the backward sums of
+  contiguous input come from BatchNorm's backward reduction on the same view, which reads
+  ``dy`` and ``x`` once.
+
+Both paths give the same results up to float rounding; ``tests/test_paths_*.py`` checks it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Below this many positions per (n, c) row, a row-wise BatchNorm call costs more per row
+# than the broadcasting addcmul it replaces.
+_MIN_ROW_LENGTH = 8
+
+# Large inputs are processed in chunks of whole samples of about this many bytes: eager
+# PyTorch cannot fuse two ops, but it can keep the operands of the second one in cache.
+_CHUNK_BYTES = 1 << 20
+_MIN_CHUNKED_BYTES = 4 * _CHUNK_BYTES
+
+_state = {"fast": True}
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    check = getattr(compiler, "is_compiling", None)
+    return bool(check()) if check is not None else False
+
+
+@contextlib.contextmanager
+def fast_paths(enabled: bool) -> Iterator[None]:
+    """Enable or disable the fast paths inside a ``with`` block (tests compare both)."""
+    previous = _state["fast"]
+    _state["fast"] = bool(enabled)
+    try:
+        yield
+    finally:
+        _state["fast"] = previous
+
+
+def fast_paths_enabled() -> bool:
+    """True when the fast paths are switched on (the default)."""
+    return _state["fast"]
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics of half / bfloat16 inputs are accumulated in float32, as BatchNorm does."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _fast(*tensors: Tensor) -> bool:
+    """Whether the fast path applies: CPU, full-precision dtype, eager mode."""
+    if not _state["fast"] or _compiling():
+        return False
+    return all(
+        t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors
+    ) and (len({t.dtype for t in tensors}) == 1)
+
+
+def fast_applies(*tensors: Tensor | None) -> bool:
+    """Whether the fast paths apply to these tensors (None entries are ignored)."""
+    return _fast(*(t for t in tensors if t is not None))
+
+
+def rows(x: Tensor) -> Tensor:
+    """``x`` of shape ``(N, C, *S)`` as ``(N, C, M)`` (a view for contiguous and channels_last)."""
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def coeff_shape(x: Tensor) -> tuple[int, ...]:
+    """Shape of a per-``(n, c)`` coefficient broadcast against ``x``."""
+    return (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
+
+
+def channel_shape(x: Tensor) -> tuple[int, ...]:
+    """Shape of a per-channel coefficient broadcast against ``x``."""
+    return (x.shape[1],) + (1,) * (x.dim() - 2)
+
+
+def _sample_chunks(x: Tensor) -> list[slice] | None:
+    """Slices of whole samples of about ``_CHUNK_BYTES``, or None for small or
+    autograd-tracked input (``out=`` ops cannot record a graph), or when torch runs
+    more than one thread."""
+    total = x.numel() * x.element_size()
+    if total < _MIN_CHUNKED_BYTES or (torch.is_grad_enabled() and x.requires_grad):
+        return None
+    if torch.get_num_threads() > 1:
+        # Every op on a chunk is a parallel region; on a busy machine each region can wait
+        # a scheduler tick for a preempted thread (measured: 10x slower on 2 shared cores).
+        return None
+    n = x.shape[0]
+    step = max(1, _CHUNK_BYTES * n // total)
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def _chunked_sums(a: Tensor, b: Tensor, chunks: list[slice]) -> tuple[Tensor, Tensor]:
+    """Per-``(n, c)`` ``sum a`` and ``sum a * b``, a chunk of samples at a time."""
+    n, c = a.shape[0], a.shape[1]
+    total = torch.empty(n, c, dtype=a.dtype, device=a.device)
+    dot = torch.empty_like(total)
+    scratch = torch.empty_like(a[chunks[0]])
+    for chunk in chunks:
+        ai = a[chunk]
+        products = scratch[: ai.shape[0]]
+        torch.mul(ai, b[chunk], out=products)
+        torch.sum(rows(ai), dim=2, out=total[chunk])
+        torch.sum(rows(products), dim=2, out=dot[chunk])
+    return total, dot
+
+
+def input_sums(x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Per-``(n, c)`` sum and sum of squares of ``x``, in the accumulation dtype.
+
+    The third value is a fresh tensor shaped like ``x`` that the fast path had to fill
+    (with ``x * x``) and that the caller may overwrite with the output, or None.
+    """
+    acc = accumulation_dtype(x.dtype)
+    x3 = rows(x)
+    if x3.shape[2] == 1:
+        xa = x3[:, :, 0].to(acc)
+        return xa, xa.square(), None
+    if not _fast(x):
+        s1 = x3.sum(dim=2, dtype=acc)
+        s2 = torch.linalg.vector_norm(x3, dim=2, dtype=acc).square_()
+        return s1, s2, None
+    if x3.stride(2) == 1:
+        s1 = x3.sum(dim=2)
+        # Rows are contiguous: the norm kernel vectorises along them, no temporary.
+        return s1, torch.linalg.vector_norm(x3, dim=2).square_(), None
+    # channels_last and other layouts: the norm kernel is slow across strided rows, but a
+    # product pass plus a plain sum is fast (chunked when large; otherwise its buffer
+    # becomes the output later).
+    chunks = _sample_chunks(x)
+    if chunks is not None:
+        return (*_chunked_sums(x, x, chunks), None)
+    squares = torch.mul(x, x)
+    return x3.sum(dim=2), rows(squares).sum(dim=2), squares
+
+
+def grad_sums(dy: Tensor, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Per-``(n, c)`` ``sum dy`` and ``sum dy * (x - shift)``, in the accumulation dtype.
+
+    ``shift`` has shape ``(N, C)``. The third value is a fresh tensor shaped like ``x`` that
+    the caller may overwrite with the input gradient, or None.
+    """
+    acc = accumulation_dtype(x.dtype)
+    if _fast(dy, x):
+        if _bn_kernel_applies(dy, x):
+            return _row_grad_sums_bn(dy, x, shift)
+        chunks = _sample_chunks(x)
+        if chunks is not None:
+            t1, t2 = _chunked_sums(dy, x, chunks)
+            return t1, t2.sub_(shift * t1), None
+        products = torch.mul(dy, x)
+        t1 = rows(dy).sum(dim=2)
+        return t1, rows(products).sum(dim=2) - shift * t1, products
+    xa = x if x.dtype == acc else x.to(acc)
+    dya = dy if dy.dtype == acc else dy.to(acc)
+    t1 = rows(dy).sum(dim=2, dtype=acc)
+    return t1, (rows(dya) * rows(xa)).sum(dim=2) - shift * t1, None
+
+
+def _row_grad_sums_bn(dy: Tensor, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor, None]:
+    """Both backward sums in one read of ``dy`` and ``x``: BatchNorm's backward reduction
+    over ``N * C`` rows (eval mode, mean ``shift``, variance 1, ``eps = 0``)."""
+    n, c = x.shape[0], x.shape[1]
+    view = (1, n * c, -1)
+    ones = torch.ones(n * c, dtype=shift.dtype, device=shift.device)
+    _, dot, total = torch.ops.aten.native_batch_norm_backward(
+        dy.view(view),
+        x.view(view),
+        None,
+        shift.reshape(-1),
+        ones,
+        None,
+        None,
+        False,
+        0.0,
+        [False, True, True],
+    )
+    return total.view(n, c), dot.view(n, c), None
+
+
+def _row_affine_bn(x: Tensor, a: Tensor, b: Tensor, out: Tensor | None) -> Tensor:
+    """``a[n, c] * x + b[n, c]`` by BatchNorm's eval kernel over ``N * C`` rows."""
+    n, c = x.shape[0], x.shape[1]
+    view = (1, n * c, -1)
+    zeros = torch.zeros(n * c, dtype=a.dtype, device=a.device)
+    ones = torch.ones(n * c, dtype=a.dtype, device=a.device)
+    weight, bias = a.reshape(-1), b.expand(n, c).reshape(-1)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, a, b)):
+        # Differentiable (eval path with autograd): a view of BatchNorm's output is fine.
+        y = F.batch_norm(x.view(view), zeros, ones, weight, bias, False, 0.0, 0.0)
+        return y.view(x.shape)
+    if out is None:
+        # A fresh tensor, not a view: a custom Function must not return a view (in-place
+        # ops on it, e.g. ReLU(inplace=True), would be refused).
+        out = torch.empty_like(x)
+    empty = torch.empty(0, dtype=a.dtype, device=a.device)
+    torch.ops.aten.native_batch_norm.out(
+        x.view(view),
+        weight,
+        bias,
+        zeros,
+        ones,
+        False,
+        0.0,
+        0.0,
+        out=out.view(view),
+        save_mean=empty,
+        save_invstd=empty.clone(),
+    )
+    return out
+
+
+def _bn_kernel_applies(*tensors: Tensor) -> bool:
+    return (
+        _fast(*tensors)
+        and tensors[0].dim() > 2
+        and rows(tensors[0]).shape[2] >= _MIN_ROW_LENGTH
+        and all(t.is_contiguous() for t in tensors)
+    )
+
+
+def _usable_buffer(out: Tensor | None, *inputs: Tensor) -> Tensor | None:
+    """``out`` unless writing into it would break autograd."""
+    if out is None:
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return None
+    return out
+
+
+def scale_shift(x: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
+    """``a[n, c] * x + b[c]`` computed in ``a``'s dtype, returned in ``x``'s dtype.
+
+    ``a`` has shape ``(N, C)`` and ``b`` shape ``(C,)``; ``out`` (a fresh tensor shaped like
+    ``x``, e.g. from :func:`input_sums`) is filled and returned when given and usable.
+    """
+    out = _usable_buffer(out, x, a, b)
+    if x.dtype == a.dtype and _bn_kernel_applies(x) and (out is None or out.is_contiguous()):
+        return _row_affine_bn(x, a, b, out)
+    y = torch.addcmul(b.reshape(channel_shape(x)), x, a.reshape(coeff_shape(x)), out=out)
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def grad_combine(
+    dy: Tensor, x: Tensor, p: Tensor, q: Tensor, r: Tensor, out: Tensor | None = None
+) -> Tensor:
+    """``p * dy + q * x + r`` with per-``(n, c)`` ``p, q, r`` of shape ``(N, C)``, in x's dtype.
+
+    ``out`` (the buffer returned by :func:`grad_sums`) is overwritten when given.
+    """
+    shape = coeff_shape(x)
+    qs = q.reshape(shape)
+    if _fast(dy, x) and (out is None or _fast(out)):
+        # Contiguous input: BatchNorm's kernel writes the output in one call; chunking it
+        # measured no faster. Other layouts: chunk, so that the in-place update hits cache.
+        contiguous = dy.is_contiguous() and x.is_contiguous()
+        chunks = None if contiguous else _sample_chunks(x)
+        if chunks is not None:
+            if out is None:
+                out = torch.empty_like(x, memory_format=torch.preserve_format)
+            for chunk in chunks:
+                _grad_combine_fast(dy[chunk], x[chunk], p[chunk], q[chunk], r[chunk], out[chunk])
+            return out
+        return _grad_combine_fast(dy, x, p, q, r, out)
+    acc = p.dtype
+    xa = x if x.dtype == acc else x.to(acc)
+    dya = dy if dy.dtype == acc else dy.to(acc)
+    dx = torch.addcmul(r.reshape(shape), dya, p.reshape(shape))
+    dx.addcmul_(xa, qs)
+    return dx if dx.dtype == x.dtype else dx.to(x.dtype)
+
+
+def _grad_combine_fast(
+    dy: Tensor, x: Tensor, p: Tensor, q: Tensor, r: Tensor, out: Tensor | None
+) -> Tensor:
+    shape = coeff_shape(x)
+    if _bn_kernel_applies(dy, x) and (out is None or out.is_contiguous()):
+        out = _row_affine_bn(dy, p, r, out)
+    else:
+        out = torch.addcmul(r.reshape(shape), dy, p.reshape(shape), out=out)
+    return out.addcmul_(x, q.reshape(shape))

@@ -1,0 +1,151 @@
+"""``l2bn bench``: interleaved timing of native BatchNorm, the naive composite and L2BN."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from l2bn.bench import contenders as cn
+from l2bn.bench.e2e import time_training_step
+from l2bn.bench.report import format_table, timing_row, to_json
+from l2bn.bench.saved import saved_bytes
+from l2bn.bench.timing import time_interleaved
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny shapes and 2 rounds (proves the command runs)"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="interleaved rounds (default 15; quick 2)"
+    )
+    parser.add_argument(
+        "--cases", default="", help="only cases whose name contains this text, e.g. '56x56'"
+    )
+    parser.add_argument(
+        "--modes",
+        default=",".join(cn.MODES),
+        help=f"comma-separated subset of {', '.join(cn.MODES)}",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time (default); cpu: process CPU time, robust on a shared "
+        "machine when used with --threads 1",
+    )
+    parser.add_argument("--no-e2e", action="store_true", help="skip the ResNet-20 step")
+    parser.add_argument(
+        "--e2e-batch", type=int, default=None, help="ResNet-20 batch size (default 128; quick 4)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument("--output", default=None, help="also write the JSON to this file")
+
+
+def _parse_modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in cn.MODES]
+    if unknown or not modes:
+        raise ValueError(f"unknown mode(s) {unknown}; valid modes: {', '.join(cn.MODES)}")
+    return modes
+
+
+def bench_case(
+    case: cn.Case, modes: list[str], rounds: int, seed: int, clock: str = "wall"
+) -> tuple[list, list]:
+    """Timing rows and saved-bytes rows of one case."""
+    gen = torch.Generator().manual_seed(seed)
+    x = case.input(gen).requires_grad_()
+    dy = case.input(gen)
+    dims, channels = len(case.shape), case.shape[1]
+    modules = {name: cn.build(name, channels, dims) for name in cn.CONTENDERS}
+    if case.layout == "channels_last":
+        for m in modules.values():
+            m.to(memory_format=torch.channels_last)
+
+    def drop_grads() -> None:
+        x.grad = None
+        for m in modules.values():
+            for p in m.parameters():
+                p.grad = None
+
+    rows = []
+    for mode in modes:
+        for m in modules.values():
+            m.train(mode != "eval_fwd")
+        calls = {name: cn.mode_call(m, mode, x, dy) for name, m in modules.items()}
+        timings = time_interleaved(calls, rounds, warmup=1, before=drop_grads, clock=clock)
+        for name, t in timings.items():
+            rows.append(timing_row(case.name, mode, name, t, timings["bn"], timings["naive"]))
+
+    saved = {}
+    for name, m in modules.items():
+        m.train()
+        saved[name] = saved_bytes(lambda m=m: m(x))
+    saved_rows = [
+        {
+            "case": case.name,
+            "contender": name,
+            "saved_bytes": b,
+            "input_bytes": x.numel() * x.element_size(),
+            "ratio_to_bn": b / saved["bn"],
+        }
+        for name, b in saved.items()
+    ]
+    return rows, saved_rows
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every selected case (and the ResNet-20 step); return the results dict."""
+    modes = _parse_modes(args.modes)
+    rounds = args.rounds or (2 if args.quick else 15)
+    selected = [c for c in cn.cases(args.quick) if args.cases in c.name]
+    results: dict[str, Any] = {
+        "meta": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "rounds": rounds,
+            "device": "cpu",
+            "clock": args.clock,
+            "quick": bool(args.quick),
+        },
+        "timings": [],
+        "saved": [],
+    }
+    for i, case in enumerate(selected):
+        rows, saved_rows = bench_case(case, modes, rounds, seed=i, clock=args.clock)
+        results["timings"] += rows
+        results["saved"] += saved_rows
+    if not args.no_e2e:
+        batch = args.e2e_batch or (4 if args.quick else 128)
+        t = time_training_step(batch, rounds, clock=args.clock)
+        results["resnet20"] = {
+            "batch": batch,
+            "rounds": rounds,
+            **{
+                name: {"median_ms": v.median * 1e3, "min_ms": v.min * 1e3, "max_ms": v.max * 1e3}
+                for name, v in t.items()
+            },
+            "ratio": t["l2bn"].median / t["bn"].median,
+        }
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        results = run_benchmark(args)
+    finally:
+        torch.set_num_threads(previous)
+    text = to_json(results)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    print(text if args.json else format_table(results))
+    return 0

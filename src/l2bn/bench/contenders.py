@@ -1,0 +1,101 @@
+"""What ``l2bn bench`` times: native BatchNorm, the naive composite, and L2BN's layers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from l2bn.layers import L2BatchNorm1d, L2BatchNorm2d
+
+CONTENDERS = ("bn", "naive", "l2bn")
+MODES = ("train_fwd", "train_fwd_bwd", "eval_fwd")
+MODE_LABELS = {"train_fwd": "train fwd", "train_fwd_bwd": "train fwd+bwd", "eval_fwd": "eval fwd"}
+
+FULL_SHAPES_2D = (
+    (128, 16, 32, 32),
+    (128, 32, 16, 16),
+    (128, 64, 8, 8),
+    (256, 256, 14, 14),
+    (64, 64, 56, 56),
+)
+FULL_SHAPES_1D = ((1024, 512),)
+QUICK_SHAPES_2D = ((8, 4, 6, 6),)
+QUICK_SHAPES_1D = ((16, 8),)
+
+
+class NaiveComposite(nn.Module):
+    """Eq. (3) done naively: ``F.normalize`` of each flattened sample times ``sqrt(D)``,
+    then the given BatchNorm layer."""
+
+    def __init__(self, bn: nn.Module, l2_eps: float = 1e-12) -> None:
+        super().__init__()
+        self.bn = bn
+        self.l2_eps = l2_eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.reshape(x.shape[0], -1)
+        xh = F.normalize(flat, dim=1, eps=self.l2_eps) * math.sqrt(flat.shape[1])
+        return self.bn(xh.reshape(x.shape))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input shape in one memory layout."""
+
+    shape: tuple[int, ...]
+    layout: str  # "contiguous" or "channels_last"
+
+    @property
+    def name(self) -> str:
+        dims = "x".join(str(s) for s in self.shape)
+        kind = "1d" if len(self.shape) == 2 else "2d"
+        suffix = " CL" if self.layout == "channels_last" else ""
+        return f"{kind} {dims}{suffix}"
+
+    def input(self, generator: torch.Generator) -> Tensor:
+        x = torch.randn(self.shape, generator=generator)
+        if self.layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def cases(quick: bool) -> list[Case]:
+    """The issue's shapes (or tiny ones), 2d in both layouts, 1d contiguous."""
+    shapes_2d = QUICK_SHAPES_2D if quick else FULL_SHAPES_2D
+    shapes_1d = QUICK_SHAPES_1D if quick else FULL_SHAPES_1D
+    out = [Case(s, layout) for s in shapes_2d for layout in ("contiguous", "channels_last")]
+    return out + [Case(s, "contiguous") for s in shapes_1d]
+
+
+def build(name: str, num_features: int, dims: int) -> nn.Module:
+    """A fresh contender module for ``dims``-D input (2: BatchNorm1d family, 4: 2d)."""
+    bn_cls = nn.BatchNorm1d if dims == 2 else nn.BatchNorm2d
+    if name == "bn":
+        return bn_cls(num_features)
+    if name == "naive":
+        return NaiveComposite(bn_cls(num_features))
+    if name == "l2bn":
+        return (L2BatchNorm1d if dims == 2 else L2BatchNorm2d)(num_features)
+    raise ValueError(f"unknown contender {name!r}; valid names: {', '.join(CONTENDERS)}")
+
+
+def mode_call(module: nn.Module, mode: str, x: Tensor, dy: Tensor) -> Callable[[], object]:
+    """The call timed for ``mode``: training forward (graph recorded), forward+backward,
+    or eval forward under ``no_grad``."""
+    if mode == "train_fwd":
+        return lambda: module(x)
+    if mode == "train_fwd_bwd":
+        return lambda: module(x).backward(dy)
+    if mode == "eval_fwd":
+
+        def call() -> Tensor:
+            with torch.no_grad():
+                return module(x)
+
+        return call
+    raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")

@@ -1,0 +1,76 @@
+"""The benchmark's results as plain data, a text table, and JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from l2bn.bench.contenders import MODE_LABELS
+from l2bn.bench.timing import Timing
+
+
+def timing_row(case: str, mode: str, name: str, t: Timing, base: Timing, naive: Timing | None):
+    """One result row; ratios are of medians taken in the same interleaved run."""
+    row: dict[str, Any] = {
+        "case": case,
+        "mode": mode,
+        "contender": name,
+        "median_ms": t.median * 1e3,
+        "min_ms": t.min * 1e3,
+        "max_ms": t.max * 1e3,
+        "rounds": len(t.samples),
+        "ratio_to_bn": t.median / base.median,
+    }
+    if naive is not None and name == "l2bn":
+        row["speedup_over_naive"] = naive.median / t.median
+    return row
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Fixed-width text table of ``results`` (the dict that ``--json`` prints)."""
+    meta = results["meta"]
+    lines = [
+        f"l2bn bench: torch {meta['torch']}, {meta['threads']} threads, "
+        f"{meta['rounds']} interleaved rounds, {meta['clock']} clock, device {meta['device']}",
+        "",
+        f"{'case':<24} {'mode':<14} {'contender':<6} {'median ms':>10} {'min-max ms':>17} "
+        f"{'x BN':>6} {'naive/l2bn':>10}",
+    ]
+    previous = None
+    for row in results["timings"]:
+        if previous is not None and row["case"] != previous:
+            lines.append("")
+        previous = row["case"]
+        speedup = row.get("speedup_over_naive")
+        lines.append(
+            f"{row['case']:<24} {MODE_LABELS.get(row['mode'], row['mode']):<14} "
+            f"{row['contender']:<6} {row['median_ms']:>10.2f} "
+            f"{row['min_ms']:>8.2f}-{row['max_ms']:<8.2f} {row['ratio_to_bn']:>6.2f} "
+            f"{'' if speedup is None else f'{speedup:.2f}x':>10}"
+        )
+    lines += ["", "bytes saved for backward (unique storages; input itself included)"]
+    lines.append(f"{'case':<24} {'contender':<6} {'saved MB':>10} {'input MB':>10} {'x BN':>6}")
+    for row in results["saved"]:
+        lines.append(
+            f"{row['case']:<24} {row['contender']:<6} {row['saved_bytes'] / 1e6:>10.3f} "
+            f"{row['input_bytes'] / 1e6:>10.3f} {row['ratio_to_bn']:>6.2f}"
+        )
+    e2e = results.get("resnet20")
+    if e2e:
+        lines += [
+            "",
+            f"ResNet-20 (CIFAR-100 head) SGD step, batch {e2e['batch']}, "
+            f"{e2e['rounds']} interleaved rounds:",
+        ]
+        for name in ("bn", "l2bn"):
+            t = e2e[name]
+            lines.append(
+                f"  {name:<5} median {t['median_ms']:.1f} ms "
+                f"(min {t['min_ms']:.1f}, max {t['max_ms']:.1f})"
+            )
+        lines.append(f"  L2BN / BN step time (ratio of medians): {e2e['ratio']:.3f}")
+    return "\n".join(lines)
+
+
+def to_json(results: dict[str, Any]) -> str:
+    return json.dumps(results, indent=2, sort_keys=False)

@@ -1,0 +1,107 @@
+"""``l2bn bench``: the quick mode runs once end to end; helpers are checked on their own.
+
+No timing assertion: only the structure of the results and the bytes saved for backward.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from l2bn import L2BatchNorm2d
+from l2bn.bench import contenders as cn
+from l2bn.bench.saved import saved_bytes
+from l2bn.bench.timing import time_interleaved
+from l2bn.cli import main
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    threads = torch.get_num_threads()
+    assert main(["bench", "--quick", "--threads", "1", "--output", str(path)]) == 0
+    assert torch.get_num_threads() == threads  # restored
+    return json.loads(path.read_text())
+
+
+def test_quick_covers_every_case_mode_and_contender(quick_results):
+    expected_cases = {c.name for c in cn.cases(quick=True)}
+    seen = {(r["case"], r["mode"], r["contender"]) for r in quick_results["timings"]}
+    assert seen == {
+        (case, mode, name) for case in expected_cases for mode in cn.MODES for name in cn.CONTENDERS
+    }
+    assert any(name.endswith("CL") for name in expected_cases)
+    for row in quick_results["timings"]:
+        assert 0 < row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+        if row["contender"] == "bn":
+            assert row["ratio_to_bn"] == pytest.approx(1.0)
+        if row["contender"] == "l2bn":
+            assert row["speedup_over_naive"] > 0
+
+
+def test_quick_reports_saved_bytes_and_resnet20(quick_results):
+    saved = {(r["case"], r["contender"]): r for r in quick_results["saved"]}
+    for case in {c.name for c in cn.cases(quick=True)}:
+        assert saved[(case, "naive")]["saved_bytes"] > saved[(case, "bn")]["saved_bytes"]
+    e2e = quick_results["resnet20"]
+    assert e2e["ratio"] == pytest.approx(e2e["l2bn"]["median_ms"] / e2e["bn"]["median_ms"])
+    assert quick_results["meta"]["threads"] == 1
+
+
+def test_table_output(capsys):
+    assert main(["bench", "--quick", "--threads", "1", "--no-e2e", "--cases", "1d"]) == 0
+    out = capsys.readouterr().out
+    assert "1d 16x8" in out and "train fwd+bwd" in out and "naive/l2bn" in out
+    assert "2d" not in out.split("bytes saved")[0].split("\n", 2)[2]
+
+
+def test_bad_mode_is_rejected():
+    with pytest.raises(ValueError, match="valid modes"):
+        main(["bench", "--quick", "--modes", "backward"])
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_l2bn_saves_input_plus_per_row_statistics(layout):
+    """Bytes saved for backward <= BatchNorm's + O(N * C) (issue 3)."""
+    n, c = 8, 16
+    x = torch.randn(n, c, 12, 12)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    bn, l2 = torch.nn.BatchNorm2d(c), L2BatchNorm2d(c)
+    if layout == "channels_last":
+        bn, l2 = bn.to(memory_format=torch.channels_last), l2.to(memory_format=torch.channels_last)
+    bn_bytes, l2_bytes = saved_bytes(lambda: bn(x)), saved_bytes(lambda: l2(x))
+    assert bn_bytes >= x.numel() * 4
+    assert l2_bytes <= bn_bytes + 8 * n * c * 8  # a few (N, C) tensors at most
+    naive = cn.build("naive", c, 4)
+    assert saved_bytes(lambda: naive(x)) >= bn_bytes + x.numel() * 4
+
+
+def test_saved_bytes_counts_shared_storage_once():
+    x = torch.randn(100, requires_grad=True)
+    assert saved_bytes(lambda: x * x) == 400
+    assert saved_bytes(lambda: (x * 2).exp()) == 400  # exp saves its output only
+
+
+def test_time_interleaved_rotates_order_and_runs_before_hook():
+    order: list[str] = []
+    hooks: list[int] = []
+    calls = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    result = time_interleaved(calls, rounds=3, warmup=0, before=lambda: hooks.append(1))
+    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert len(hooks) == 9
+    assert all(len(t.samples) == 3 for t in result.values())
+    with pytest.raises(ValueError, match="rounds"):
+        time_interleaved(calls, rounds=0)
+
+
+def test_naive_composite_is_the_reference_formula():
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 4, 4) * torch.linspace(0.5, 4, 6).view(-1, 1, 1, 1)
+    naive, l2 = cn.build("naive", 3, 4), cn.build("l2bn", 3, 4)
+    torch.testing.assert_close(naive(x), l2(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="valid names"):
+        cn.build("gn", 3, 4)
