@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from l2bn.sync import convert_sync_l2batchnorm
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -88,7 +90,7 @@ def convert_sync_norms(model: nn.Module, device: torch.device) -> nn.Module:
         for name, child in module.named_children():
             qualified = f"{prefix}.{name}" if prefix else name
             if is_l2_batch_norm(child):
-                new = _sync_l2bn(child)
+                new = convert_sync_l2batchnorm(child)
             elif type(child) in _PLAIN_BATCH_NORMS:
                 if device.type != "cuda":
                     raise ValueError(
@@ -104,17 +106,6 @@ def convert_sync_norms(model: nn.Module, device: torch.device) -> nn.Module:
 
     swap(model, "")
     return model
-
-
-def _sync_l2bn(layer: nn.Module) -> nn.Module:
-    try:
-        from l2bn.sync import convert_sync_l2batchnorm
-    except ImportError:
-        raise NotImplementedError(
-            "--sync-bn with L2BN needs l2bn.sync.convert_sync_l2batchnorm, which is not "
-            "available in this installation"
-        ) from None
-    return convert_sync_l2batchnorm(layer)
 
 
 def wrap_model(model: nn.Module, context: DistContext) -> nn.Module:
