@@ -13,7 +13,7 @@ per-row statistics would be as large as the input.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -45,6 +45,66 @@ def train_forward(
         shift = shift + bias.to(shift.dtype)
     a = gain / rho.unsqueeze(1)
     return affine_output(x, a, shift, buffer), stats, moments, rho, active, invstd
+
+
+class GradRowSums(NamedTuple):
+    """Per-``(n, c)`` sums of the backward, in the accumulation dtype."""
+
+    dy: Tensor  # sum_s dy
+    dy_xc: Tensor  # sum_s dy * (x - mu * rho): rho * sum_s dy * (xh - mu)
+    buffer: Tensor | None  # a fresh tensor shaped like x, reusable for dx
+
+
+def grad_row_sums(dy: Tensor, x: Tensor, mu: Tensor, rho: Tensor) -> GradRowSums:
+    """One read of ``dy`` and ``x``, centred on the channel mean element by element, so that
+    dgamma needs no difference of rounded row means (accuracy under large offsets)."""
+    t1, t2, buffer = _kernels.grad_sums(dy, x, mu * rho.unsqueeze(1))
+    return GradRowSums(t1, t2, buffer)
+
+
+def channel_grad_sums(sums: GradRowSums, inv_rho: Tensor, invstd: Tensor) -> tuple[Tensor, Tensor]:
+    """``dbeta = sum dy`` and ``dgamma = sum dy * z`` over the rows given (eq. 2)."""
+    return sums.dy.sum(dim=0), invstd * (sums.dy_xc * inv_rho).sum(dim=0)
+
+
+def input_grad(
+    dy: Tensor,
+    x: Tensor,
+    sums: GradRowSums,
+    m: Tensor,
+    v: Tensor,
+    mu: Tensor,
+    invstd: Tensor,
+    weight: Tensor | None,
+    rho: Tensor,
+    active: Tensor,
+    dbeta: Tensor,
+    dgamma: Tensor,
+    count: int | Tensor,
+    scale: bool,
+) -> Tensor:
+    """``dx = P * dy + Q * x + R`` through BN (eq. 2) and the l2 normalization (eq. 3).
+
+    ``dbeta``, ``dgamma`` and ``count`` are sums over the whole batch (all processes, for
+    SyncL2BatchNorm); everything else is per row of this process. ``m`` and ``v`` are the
+    row mean and variance of ``xh``; ``e[n] = sum_{c,s} xh * dxh`` is the projection of the
+    l2 normalization, zero for samples whose norm was clamped.
+    """
+    c = x.shape[1]
+    spatial = x.numel() // max(x.shape[0] * c, 1)
+    acc = invstd.dtype
+    inv_rho = rho.reciprocal().unsqueeze(1)
+    gain = invstd if weight is None else weight.to(acc) * invstd
+    xh_dy = sums.dy_xc * inv_rho + mu * sums.dy  # sum_s xh * dy
+    xh_z = invstd * spatial * (v + m * (m - mu))  # sum_s xh * z
+    e = (gain * (xh_dy - (dbeta * spatial * m + dgamma * xh_z) / count)).sum(dim=1)
+    proj = active.to(acc) * e
+    if scale:
+        proj = proj / (c * spatial)
+    p = gain * inv_rho
+    q = -inv_rho.square() * (gain * dgamma * invstd / count + proj.unsqueeze(1))
+    r = gain * inv_rho * ((dgamma * invstd * mu - dbeta) / count)
+    return _kernels.grad_combine(dy, x, p, q, r, sums.buffer)
 
 
 class L2BatchNormFunction(torch.autograd.Function):
@@ -93,34 +153,17 @@ class L2BatchNormFunction(torch.autograd.Function):
             )
             return (*grads, None, None, None)
         x, weight, rho, active, x_mean, x_var, mu, invstd = ctx.saved_tensors
-        n, c = x.shape[0], x.shape[1]
-        acc = invstd.dtype
-        spatial = x.numel() // (n * c)
-        count = n * spatial
-
-        # t2 = sum_s dy * (x - mu * rho) = rho * sum_s dy * (xh - mu): centred on the channel
-        # mean element by element, so dgamma needs no difference of rounded row means.
         inv_rho = rho.reciprocal().unsqueeze(1)
-        t1, t2, buffer = _kernels.grad_sums(dy, x, mu * rho.unsqueeze(1))
-        m = x_mean * inv_rho  # row mean of xh, as in _stats.channel_stats
-        v = x_var * inv_rho.square()  # row variance of xh
-        dbeta = t1.sum(dim=0)
-        dgamma = invstd * (t2 * inv_rho).sum(dim=0)
-
-        gain = invstd if weight is None else weight.to(acc) * invstd
+        sums = grad_row_sums(dy, x, mu, rho)
+        dbeta, dgamma = channel_grad_sums(sums, inv_rho, invstd)
         dx = None
         if ctx.needs_input_grad[0]:
-            # e[n] = sum_{c,s} xh * dxh, from per-row sums only.
-            xh_dy = t2 * inv_rho + mu * t1  # sum_s xh * dy
-            xh_z = invstd * spatial * (v + m * (m - mu))
-            e = (gain * (xh_dy - (dbeta * spatial * m + dgamma * xh_z) / count)).sum(dim=1)
-            proj = active.to(acc) * e
-            if ctx.scale:
-                proj = proj / (c * spatial)
-            p = gain * inv_rho
-            q = -inv_rho.square() * (gain * dgamma * invstd / count + proj.unsqueeze(1))
-            r = gain * inv_rho * ((dgamma * invstd * mu - dbeta) / count)
-            dx = _kernels.grad_combine(dy, x, p, q, r, buffer)
+            m = x_mean * inv_rho  # row mean of xh, as in _stats.channel_stats
+            v = x_var * inv_rho.square()  # row variance of xh
+            count = x.numel() // x.shape[1]
+            dx = input_grad(
+                dy, x, sums, m, v, mu, invstd, weight, rho, active, dbeta, dgamma, count, ctx.scale
+            )
 
         dweight = None
         if weight is not None and ctx.needs_input_grad[1]:

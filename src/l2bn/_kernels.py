@@ -28,6 +28,7 @@ Both paths give the same results up to float rounding; ``tests/test_paths_*.py``
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -77,6 +78,8 @@ def _fast(*tensors: Tensor) -> bool:
     """Whether the fast path applies: CPU, full-precision dtype, eager mode."""
     if not _state["fast"] or _compiling():
         return False
+    if any(t.numel() == 0 for t in tensors):
+        return False  # empty batches (e.g. a rank with no samples) take the generic path
     return all(
         t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors
     ) and (len({t.dtype for t in tensors}) == 1)
@@ -89,7 +92,8 @@ def fast_applies(*tensors: Tensor | None) -> bool:
 
 def rows(x: Tensor) -> Tensor:
     """``x`` of shape ``(N, C, *S)`` as ``(N, C, M)`` (a view for contiguous and channels_last)."""
-    return x.reshape(x.shape[0], x.shape[1], -1)
+    # prod(S) rather than -1: a reshape cannot infer -1 for an empty batch.
+    return x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
 
 
 def coeff_shape(x: Tensor) -> tuple[int, ...]:

@@ -6,11 +6,12 @@ per-channel ``(count, mean, M2)`` (see :mod:`l2bn._sync_stats`), then the local 
 
 Backward: the gradient of BatchNorm needs two channel sums over the whole batch,
 ``dbeta = sum dy`` and ``dgamma = sum dy * z``. Each rank computes its share from the
-per-(n, c) sums ``T1 = sum_s dy`` and ``T2 = sum_s dy * x``; one all-reduce adds them up;
-the input gradient ``dx = P * dy + Q * x + R`` (DESIGN.md) then uses the global sums and
-the global count. The l2-normalization's own term, the per-sample projection ``e[n]``, is
-local to the sample. The weight and bias gradients returned are each rank's share, as
-``torch.nn.SyncBatchNorm`` does: DistributedDataParallel averages them over the ranks.
+per-(n, c) sums of :func:`l2bn._autograd.grad_row_sums`; one all-reduce adds them up;
+:func:`l2bn._autograd.input_grad` (``dx = P * dy + Q * x + R``, the derivation shared with
+L2BatchNorm) then uses the global sums and the global count. The l2-normalization's own
+term, the per-sample projection ``e[n]``, is local to the sample. The weight and bias
+gradients returned are each rank's share, as ``torch.nn.SyncBatchNorm`` does:
+DistributedDataParallel averages them over the ranks.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from l2bn._autograd import channel_grad_sums, grad_row_sums, input_grad
 from l2bn._sync_stats import gather_channel_stats, local_stats
 
 
@@ -78,42 +80,21 @@ class SyncL2BatchNormFunction(torch.autograd.Function):
     def backward(
         ctx: Any, dy: Tensor, _dmean: Tensor, _dvar: Tensor, _dcount: Tensor
     ) -> tuple[Tensor | None, ...]:
-        x, weight, rho, active, x_mean, m, v, mu, invstd, count = ctx.saved_tensors
-        n, c = x.shape[0], x.shape[1]
-        acc = invstd.dtype
-        spatial = math.prod(x.shape[2:])
-        x3 = x.reshape(n, c, spatial).to(acc)
-        dy3 = dy.reshape(n, c, spatial).to(acc)
-
-        t1 = dy3.sum(dim=2)
-        # sum_s dy * (x - row mean): centred so that dgamma stays accurate under offsets.
-        t2c = (dy3 * x3).sum(dim=2) - x_mean * t1
+        x, weight, rho, active, _x_mean, m, v, mu, invstd, count = ctx.saved_tensors
+        c = x.shape[1]
         inv_rho = rho.reciprocal().unsqueeze(1)
-        dbeta_local = t1.sum(dim=0)
-        dgamma_local = (invstd * (t2c * inv_rho + (m - mu) * t1)).sum(dim=0)
+        sums = grad_row_sums(dy, x, mu, rho)
+        dbeta_local, dgamma_local = channel_grad_sums(sums, inv_rho, invstd)
 
         dx = None
         if ctx.needs_input_grad[0]:
-            sums = torch.cat([dbeta_local, dgamma_local])
-            dist.all_reduce(sums, group=ctx.group)
-            dbeta, dgamma = sums[:c], sums[c:]
-            total = count.clamp(min=1)
-            gain = invstd if weight is None else weight.to(acc) * invstd
-            # e[n] = sum_{c,s} xh * dL/dxh, from this sample's row sums and the global sums.
-            xh_dy = t2c * inv_rho + m * t1
-            xh_z = invstd * spatial * (v + m * (m - mu))
-            e = (gain * (xh_dy - (dbeta * spatial * m + dgamma * xh_z) / total)).sum(dim=1)
-            proj = active.to(acc) * e
-            if ctx.scale:
-                proj = proj / (c * spatial)
-            p = gain * inv_rho
-            q = -inv_rho.square() * (gain * dgamma * invstd / total + proj.unsqueeze(1))
-            r = gain * inv_rho * ((dgamma * invstd * mu - dbeta) / total)
-            dims = x.dim()
-            dx = torch.addcmul(_per_sample(r, dims), dy.to(acc), _per_sample(p, dims))
-            dx.addcmul_(x.to(acc), _per_sample(q, dims))
-            if dx.dtype != x.dtype:
-                dx = dx.to(x.dtype)
+            totals = torch.cat([dbeta_local, dgamma_local])
+            dist.all_reduce(totals, group=ctx.group)
+            dbeta, dgamma = totals[:c], totals[c:]
+            dx = input_grad(
+                dy, x, sums, m, v, mu, invstd, weight, rho, active, dbeta, dgamma,
+                count.clamp(min=1), ctx.scale,
+            )  # fmt: skip
 
         dweight = None
         if weight is not None and ctx.needs_input_grad[1]:
