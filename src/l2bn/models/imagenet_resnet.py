@@ -15,14 +15,15 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from l2bn.models._init import init_conv_linear_
+from l2bn.models.bottleneck import GroupedBottleneck
 from l2bn.models.registry import register_model
 from l2bn.norms.registry import NormLayer
 
 EXPANSION = 4
 
 
-class Bottleneck(nn.Module):
-    """conv1x1-norm-ReLU, conv3x3 (``groups``)-norm-ReLU, conv1x1-norm, + shortcut, ReLU."""
+class Bottleneck(GroupedBottleneck):
+    """ImageNet bottleneck: ``planes`` sets the width (scaled for ResNeXt) and 4x output."""
 
     def __init__(
         self,
@@ -33,27 +34,8 @@ class Bottleneck(nn.Module):
         width_per_group: int,
         norm_layer: NormLayer,
     ) -> None:
-        super().__init__()
         width = planes * width_per_group * groups // 64
-        out_channels = planes * EXPANSION
-        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
-        self.norm1 = norm_layer(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
-        self.norm2 = norm_layer(width)
-        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
-        self.norm3 = norm_layer(out_channels)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                norm_layer(out_channels),
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.norm1(self.conv1(x)))
-        out = F.relu(self.norm2(self.conv2(out)))
-        out = self.norm3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
+        super().__init__(in_channels, width, planes * EXPANSION, groups, stride, norm_layer)
 
 
 class ImageNetResNet(nn.Module):

@@ -15,41 +15,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from l2bn.models._init import init_conv_linear_
+from l2bn.models.bottleneck import GroupedBottleneck
 from l2bn.models.registry import register_model
 from l2bn.norms.registry import NormLayer
-
-
-class ResNeXtBlock(nn.Module):
-    """Aggregated residual transformation as a grouped-convolution bottleneck."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        width: int,
-        cardinality: int,
-        stride: int,
-        norm_layer: NormLayer,
-    ) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
-        self.norm1 = norm_layer(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=cardinality, bias=False)
-        self.norm2 = norm_layer(width)
-        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
-        self.norm3 = norm_layer(out_channels)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                norm_layer(out_channels),
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.norm1(self.conv1(x)))
-        out = F.relu(self.norm2(self.conv2(out)))
-        out = self.norm3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
 
 
 class CifarResNeXt(nn.Module):
@@ -78,7 +46,9 @@ class CifarResNeXt(nn.Module):
             for b in range(blocks):
                 stride = 2 if index > 1 and b == 0 else 1
                 layers.append(
-                    ResNeXtBlock(width, out_width, group_width, cardinality, stride, norm_layer)
+                    GroupedBottleneck(
+                        width, group_width, out_width, cardinality, stride, norm_layer
+                    )
                 )
                 width = out_width
             self.add_module(f"layer{index}", nn.Sequential(*layers))
