@@ -59,3 +59,15 @@ def test_export_layer_with_dynamic_batch():
     )
     x = torch.randn(7, 4, 5, 5)
     torch.testing.assert_close(exported.module()(x), layer(x))
+
+
+def test_export_training_mode_under_no_grad():
+    """Training mode under torch.no_grad is traceable too (no data-dependent branch),
+    including inputs whose rows need the centred variance (offsets of 1e3)."""
+    layer = L2BatchNorm2d(4).train()
+    with torch.no_grad():
+        exported = torch.export.export(layer, (torch.randn(3, 4, 5, 5),))
+        x = torch.randn(3, 4, 5, 5) * 3 + 1
+        x[:, 1] += 1e3
+        eager = L2BatchNorm2d(4).train()
+        torch.testing.assert_close(exported.module()(x), eager(x), rtol=1e-5, atol=1e-4)

@@ -47,10 +47,11 @@ _MIN_CHUNKED_BYTES = 4 * _CHUNK_BYTES
 _state = {"fast": True}
 
 
-def _compiling() -> bool:
+def tracing() -> bool:
+    """True under torch.compile or torch.export: take data-independent code paths."""
     compiler = getattr(torch, "compiler", None)
-    check = getattr(compiler, "is_compiling", None)
-    return bool(check()) if check is not None else False
+    checks = (getattr(compiler, "is_compiling", None), getattr(compiler, "is_exporting", None))
+    return any(bool(check()) for check in checks if check is not None)
 
 
 @contextlib.contextmanager
@@ -76,7 +77,7 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _fast(*tensors: Tensor) -> bool:
     """Whether the fast path applies: CPU, full-precision dtype, eager mode."""
-    if not _state["fast"] or _compiling():
+    if not _state["fast"] or tracing():
         return False
     if any(t.numel() == 0 for t in tensors):
         return False  # empty batches (e.g. a rank with no samples) take the generic path

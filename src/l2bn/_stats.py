@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from l2bn._kernels import accumulation_dtype, input_sums, rows
+from l2bn._kernels import accumulation_dtype, input_sums, rows, tracing
 
 __all__ = [
     "ChannelStats",
@@ -74,9 +74,19 @@ def _moments_from_sums(s1: Tensor, s2: Tensor, x3: Tensor) -> RowMoments:
     var = torch.addcmul(second, mean, mean, value=-1)
     limit = _COND_LIMIT.get(x3.dtype, _COND_LIMIT_DEFAULT)
     ill = var * limit <= second
-    if bool(ill.any()):
+    if tracing():
+        # No data-dependent branch for torch.compile / torch.export: centre every row.
+        var = torch.where(ill, _centred_var_all(x3, mean), var)
+    elif bool(ill.any()):
         var = torch.where(ill, _centred_var(x3, mean, ill), var)
     return RowMoments(mean, var.clamp_(min=0))
+
+
+def _centred_var_all(x3: Tensor, mean: Tensor) -> Tensor:
+    """Two-pass (corrected) variance of every row."""
+    centred = x3.to(mean.dtype) - mean.unsqueeze(2)
+    m = centred.shape[2]
+    return (centred.square().sum(2) - centred.sum(2).square() / m) / m
 
 
 def _centred_var(x3: Tensor, mean: Tensor, ill: Tensor) -> Tensor:
