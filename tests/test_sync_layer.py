@@ -211,3 +211,11 @@ def test_generic_converters_know_sync_layers() -> None:
     assert type(back) is nn.SyncBatchNorm
     assert back.process_group is group
     assert back.weight is sbn.weight
+
+
+def test_weight_without_bias_as_batchnorm():
+    layer = SyncL2BatchNorm(3, bias=False)
+    assert layer.bias is None and layer.weight is not None
+    assert list(layer.state_dict()) == list(torch.nn.SyncBatchNorm(3, bias=False).state_dict())
+    converted = convert_sync_l2batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(3, bias=False)))
+    assert converted[0].bias is None and isinstance(converted[0], SyncL2BatchNorm)

@@ -26,8 +26,9 @@ def register_conversion(bn_type: type[nn.Module], l2bn_type: type[nn.Module]) ->
     _L2BN_TO_BN[l2bn_type] = bn_type
 
 
-def _copy_state(source: _BatchNorm, target: _BatchNorm) -> _BatchNorm:
-    """Move parameters and buffers (the same objects: optimizers keep working)."""
+def move_state(source: _BatchNorm, target: _BatchNorm) -> _BatchNorm:
+    """Move parameters, buffers and mode into ``target``: the same objects, so optimizers
+    and ``requires_grad`` carry over."""
     target.weight = source.weight
     target.bias = source.bias
     target.running_mean = source.running_mean
@@ -48,7 +49,7 @@ def _swap(
 ) -> nn.Module:
     target_type = table.get(type(module))
     if target_type is not None and (predicate is None or predicate(prefix, module)):
-        return _copy_state(module, make(target_type, module))
+        return move_state(module, make(target_type, module))
     for name, child in module.named_children():
         new = _swap(child, table, predicate, make, f"{prefix}.{name}" if prefix else name)
         if new is not child:
@@ -114,4 +115,10 @@ def _ensure_sync_registered() -> None:
         from l2bn import sync  # noqa: F401  (registers itself on import)
 
 
-__all__ = ["Predicate", "convert_bn_to_l2bn", "convert_l2bn_to_bn", "register_conversion"]
+__all__ = [
+    "Predicate",
+    "convert_bn_to_l2bn",
+    "convert_l2bn_to_bn",
+    "move_state",
+    "register_conversion",
+]

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from l2bn._sync_function import SyncL2BatchNormFunction
-from l2bn.convert import Predicate, register_conversion
+from l2bn.convert import Predicate, move_state, register_conversion
 from l2bn.functional import DEFAULT_L2_EPS, validate_input
 from l2bn.layers import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, _L2BatchNorm
 
@@ -54,6 +54,8 @@ class SyncL2BatchNorm(_L2BatchNorm):
         dtype: Any = None,
         l2_eps: float = DEFAULT_L2_EPS,
         scale: bool = True,
+        *,
+        bias: bool = True,
     ) -> None:
         super().__init__(
             num_features,
@@ -65,6 +67,7 @@ class SyncL2BatchNorm(_L2BatchNorm):
             dtype=dtype,
             l2_eps=l2_eps,
             scale=scale,
+            bias=bias,
         )
         self.process_group = process_group
 
@@ -132,17 +135,7 @@ def _to_sync(layer: _BatchNorm, process_group: Any | None) -> SyncL2BatchNorm:
         scale=getattr(layer, "scale", True),
         **placement,
     )
-    with torch.no_grad():
-        # The same Parameter and buffer objects: optimizers and requires_grad carry over.
-        out.weight = layer.weight
-        out.bias = layer.bias
-    out.running_mean = layer.running_mean
-    out.running_var = layer.running_var
-    out.num_batches_tracked = layer.num_batches_tracked
-    out.train(layer.training)
-    if hasattr(layer, "qconfig"):
-        out.qconfig = layer.qconfig
-    return out
+    return move_state(layer, out)
 
 
 def convert_sync_l2batchnorm(
