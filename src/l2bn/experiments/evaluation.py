@@ -6,7 +6,6 @@ test intra-angle against them, inter-angle on training data only.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -139,16 +138,8 @@ def evaluate_epoch(
     train_features, train_labels = collect_features(
         model, feature_loader, layer=capture, device=device
     )
-    with warnings.catch_warnings():
-        # torch warns once per process about sparse invariant checks (l2bn.analysis builds a
-        # well-formed sparse one-hot matrix); it is noise in every run's log
-        warnings.filterwarnings("ignore", message="Sparse invariant checks", category=UserWarning)
-        metrics = train_test_metrics(
-            train_features,
-            train_labels,
-            test["features"],
-            test["labels"],
-            int(train_set.num_classes),
-        )
+    metrics = train_test_metrics(
+        train_features, train_labels, test["features"], test["labels"], int(train_set.num_classes)
+    )
     row.update({key: float(metrics[key]) for key in metrics})
     return row
