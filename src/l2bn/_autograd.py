@@ -30,6 +30,28 @@ def affine_output(x: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) ->
     return _kernels.scale_shift(x, a, b, out)
 
 
+def affine_coefficients(
+    mean: Tensor,
+    var: Tensor,
+    rho: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``a[n, c]``, ``b[c]`` and ``1 / sqrt(var + eps)`` of ``y = a * x + b`` (eqs. 2-3).
+
+    ``a = gamma / (rho[n] * sqrt(var + eps))``, ``b = beta - gamma * mean / sqrt(var + eps)``,
+    in ``rho``'s (accumulation) dtype; ``mean`` and ``var`` are batch or running statistics.
+    """
+    acc = rho.dtype
+    invstd = (var.to(acc) + eps).rsqrt()
+    gain = invstd if weight is None else weight.to(acc) * invstd
+    shift = -mean.to(acc) * gain
+    if bias is not None:
+        shift = shift + bias.to(acc)
+    return gain / rho.unsqueeze(1), shift, invstd
+
+
 def train_forward(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, l2_eps: float, scale: bool
 ) -> tuple[Tensor, _stats.ChannelStats, _stats.RowMoments, Tensor, Tensor, Tensor]:
@@ -38,12 +60,7 @@ def train_forward(
     spatial = x.numel() // max(x.shape[0] * x.shape[1], 1)
     rho, active = _stats.sample_scale(moments, spatial, l2_eps, scale)
     stats = _stats.channel_stats(moments, rho)
-    invstd = (stats.var + eps).rsqrt()
-    gain = invstd if weight is None else weight.to(invstd.dtype) * invstd
-    shift = -stats.mean * gain
-    if bias is not None:
-        shift = shift + bias.to(shift.dtype)
-    a = gain / rho.unsqueeze(1)
+    a, shift, invstd = affine_coefficients(stats.mean, stats.var, rho, weight, bias, eps)
     return affine_output(x, a, shift, buffer), stats, moments, rho, active, invstd
 
 

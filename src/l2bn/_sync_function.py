@@ -24,16 +24,14 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from l2bn._autograd import channel_grad_sums, grad_row_sums, input_grad
+from l2bn._autograd import (
+    affine_coefficients,
+    affine_output,
+    channel_grad_sums,
+    grad_row_sums,
+    input_grad,
+)
 from l2bn._sync_stats import gather_channel_stats, local_stats
-
-
-def _per_sample(t: Tensor, dims: int) -> Tensor:
-    return t.reshape(t.shape + (1,) * (dims - t.dim()))
-
-
-def _per_channel(t: Tensor, dims: int) -> Tensor:
-    return t.reshape((t.shape[0],) + (1,) * (dims - 2))
 
 
 class SyncL2BatchNormFunction(torch.autograd.Function):
@@ -54,16 +52,8 @@ class SyncL2BatchNormFunction(torch.autograd.Function):
         x3 = x.reshape(n, c, math.prod(x.shape[2:]))
         local = local_stats(x3, l2_eps, scale)
         stats = gather_channel_stats(local, group)
-        invstd = (stats.var + eps).rsqrt()
-        acc = invstd.dtype
-        gain = invstd if weight is None else weight.to(acc) * invstd
-        shift = -stats.mean * gain
-        if bias is not None:
-            shift = shift + bias.to(acc)
-        a = gain / local.rho.unsqueeze(1)
-        y = torch.addcmul(_per_channel(shift, x.dim()), x, _per_sample(a, x.dim()))
-        if y.dtype != x.dtype:
-            y = y.to(x.dtype)
+        a, shift, invstd = affine_coefficients(stats.mean, stats.var, local.rho, weight, bias, eps)
+        y = affine_output(x, a, shift)
 
         ctx.save_for_backward(
             x, weight, local.rho, local.active, local.moments.mean, local.row_mean,

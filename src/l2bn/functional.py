@@ -10,7 +10,12 @@ import torch
 from torch import Tensor
 
 from l2bn import _stats
-from l2bn._autograd import L2BatchNormFunction, affine_output, train_forward
+from l2bn._autograd import (
+    L2BatchNormFunction,
+    affine_coefficients,
+    affine_output,
+    train_forward,
+)
 
 DEFAULT_L2_EPS = 1e-12
 """The epsilon of eq. (3); the same default as :func:`torch.nn.functional.normalize`."""
@@ -139,14 +144,7 @@ def _eval_forward(
 ) -> Tensor:
     """Eval path: plain tensor ops, differentiable by autograd and traceable by torch.export."""
     rho = _stats.sample_scale_direct(x, l2_eps, scale)
-    acc = rho.dtype
-    gain = (running_var.to(acc) + eps).rsqrt()
-    if weight is not None:
-        gain = gain * weight.to(acc)
-    shift = -running_mean.to(acc) * gain
-    if bias is not None:
-        shift = shift + bias.to(acc)
-    a = gain.unsqueeze(0) / rho.unsqueeze(1)
+    a, shift, _ = affine_coefficients(running_mean, running_var, rho, weight, bias, eps)
     return affine_output(x, a, shift)
 
 
