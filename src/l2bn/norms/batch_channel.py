@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
 from l2bn.norms._batch_part import batch_normalize
-from l2bn.norms._running import check_4d, register_running_stats
+from l2bn.norms._batch_stats_base import BatchStatsNorm2d
+from l2bn.norms._running import check_4d
 from l2bn.norms.groups import nearest_divisor
 
 BCN_MAX_GROUPS = 32
@@ -32,7 +32,7 @@ def bcn_num_groups(num_channels: int) -> int:
     return nearest_divisor(num_channels, target)
 
 
-class BatchChannelNorm2d(nn.Module):
+class BatchChannelNorm2d(BatchStatsNorm2d):
     """BCN for (N, C, H, W) maps: BatchNorm (with affine) then GroupNorm (with affine)."""
 
     def __init__(
@@ -46,27 +46,14 @@ class BatchChannelNorm2d(nn.Module):
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        super().__init__()
-        factory = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.num_groups = bcn_num_groups(num_features) if num_groups is None else num_groups
-        if num_features % self.num_groups:
+        groups = bcn_num_groups(num_features) if num_groups is None else num_groups
+        if num_features % groups:
             raise ValueError(
-                f"bcn: num_groups={self.num_groups} does not divide num_features={num_features}"
+                f"bcn: num_groups={groups} does not divide num_features={num_features}"
             )
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        if affine:
-            self.bn_weight = nn.Parameter(torch.ones(num_features, **factory))
-            self.bn_bias = nn.Parameter(torch.zeros(num_features, **factory))
-            self.weight = nn.Parameter(torch.ones(num_features, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
-        else:
-            for name in ("bn_weight", "bn_bias", "weight", "bias"):
-                self.register_parameter(name, None)
-        register_running_stats(self, num_features, track_running_stats, device, dtype)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.num_groups = groups
+        self.register_affine("bn_weight", "bn_bias")  # the BatchNorm half's own affine
 
     def forward(self, x: Tensor) -> Tensor:
         check_4d(self, x, self.num_features)

@@ -21,10 +21,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from l2bn.norms._batch_part import batch_normalize
-from l2bn.norms._running import check_4d, register_running_stats
+from l2bn.norms._batch_stats_base import BatchStatsNorm2d
+from l2bn.norms._running import check_4d
 
 
-class BatchInstanceNorm2d(nn.Module):
+class BatchInstanceNorm2d(BatchStatsNorm2d):
     """BIN for (N, C, H, W) maps: a per-channel gate in [0, 1] mixes BN and IN, then affine."""
 
     def __init__(
@@ -37,21 +38,8 @@ class BatchInstanceNorm2d(nn.Module):
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        super().__init__()
-        factory = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        self.gate = nn.Parameter(torch.ones(num_features, **factory))
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        register_running_stats(self, num_features, track_running_stats, device, dtype)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.gate = nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
 
     @torch.no_grad()
     def clip_gate_(self) -> None:
@@ -67,12 +55,6 @@ class BatchInstanceNorm2d(nn.Module):
         if self.weight is not None:
             y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
         return y
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
-        )
 
 
 def clip_gates_(module: nn.Module) -> int:

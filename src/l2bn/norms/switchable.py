@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from l2bn.norms._batch_stats_base import BatchStatsNorm2d
 from l2bn.norms._running import (
     check_4d,
     momentum_factor,
-    register_running_stats,
     update_running_stats,
 )
 
@@ -34,7 +34,7 @@ SN_SOURCES = ("in", "ln", "bn")
 """Order of the importance weights in ``mean_weight`` / ``var_weight``."""
 
 
-class SwitchableNorm2d(nn.Module):
+class SwitchableNorm2d(BatchStatsNorm2d):
     """Switchable Normalization for (N, C, H, W) maps, mixing IN, LN and BN."""
 
     def __init__(
@@ -47,22 +47,10 @@ class SwitchableNorm2d(nn.Module):
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         factory = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
         self.mean_weight = nn.Parameter(torch.ones(len(SN_SOURCES), **factory))
         self.var_weight = nn.Parameter(torch.ones(len(SN_SOURCES), **factory))
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        register_running_stats(self, num_features, track_running_stats, device, dtype)
 
     def importance_weights(self) -> tuple[Tensor, Tensor]:
         """Softmax-normalized weights (IN, LN, BN) for the mean and for the variance."""
@@ -99,9 +87,3 @@ class SwitchableNorm2d(nn.Module):
         if self.weight is not None:
             y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
         return y
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
-        )
