@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from l2bn.models._init import init_conv_linear_
+from l2bn.models.bottleneck import GroupedBottleneck
 from l2bn.models.registry import register_model
 from l2bn.norms.registry import NormLayer
 
@@ -91,7 +92,7 @@ class SqueezeExcite(nn.Module):
         return x * self.expand(F.relu(self.reduce(s))).sigmoid()
 
 
-class RegNetBlock(nn.Module):
+class RegNetBlock(GroupedBottleneck):
     """X block (bottleneck ratio 1, group convolution), with optional SE (Y block)."""
 
     def __init__(
@@ -103,28 +104,11 @@ class RegNetBlock(nn.Module):
         se: bool,
         norm_layer: NormLayer,
     ) -> None:
-        super().__init__()
+        squeeze = SqueezeExcite(out_channels, round(in_channels * SE_RATIO)) if se else None
         groups = out_channels // group_width
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 1, bias=False)
-        self.norm1 = norm_layer(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride, 1, groups=groups, bias=False)
-        self.norm2 = norm_layer(out_channels)
-        squeezed = round(in_channels * SE_RATIO)
-        self.se: nn.Module = SqueezeExcite(out_channels, squeezed) if se else nn.Identity()
-        self.conv3 = nn.Conv2d(out_channels, out_channels, 1, bias=False)
-        self.norm3 = norm_layer(out_channels)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                norm_layer(out_channels),
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.norm1(self.conv1(x)))
-        out = self.se(F.relu(self.norm2(self.conv2(out))))
-        out = self.norm3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
+        super().__init__(
+            in_channels, out_channels, out_channels, groups, stride, norm_layer, squeeze
+        )
 
 
 class RegNet(nn.Module):
