@@ -15,6 +15,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from l2bn.models._cifar_base import ThreeStageCifarNet
 from l2bn.models._init import init_conv_linear_
 from l2bn.models.registry import register_model
 from l2bn.norms.registry import NormLayer
@@ -57,7 +58,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ThreeStageCifarNet):
     """ResNet of depth ``6n + 2`` for 32x32 (or 28x28) images."""
 
     def __init__(
@@ -80,15 +81,6 @@ class CifarResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(width, num_classes)
         init_conv_linear_(self)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """The pooled feature fed to the classification layer."""
-        x = F.relu(self.norm1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.pool(x).flatten(1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.forward_features(x))
 
 
 def _builder(depth: int):

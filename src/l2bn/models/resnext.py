@@ -11,16 +11,16 @@ ReLU. Global average pooling and the classification layer follow. Published size
 
 from __future__ import annotations
 
-from torch import Tensor, nn
-from torch.nn import functional as F
+from torch import nn
 
+from l2bn.models._cifar_base import ThreeStageCifarNet
 from l2bn.models._init import init_conv_linear_
 from l2bn.models.bottleneck import GroupedBottleneck
 from l2bn.models.registry import register_model
 from l2bn.norms.registry import NormLayer
 
 
-class CifarResNeXt(nn.Module):
+class CifarResNeXt(ThreeStageCifarNet):
     """ResNeXt-(9b + 2) with ``cardinality`` groups of ``base_width`` channels in stage 1."""
 
     def __init__(
@@ -55,15 +55,6 @@ class CifarResNeXt(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(width, num_classes)
         init_conv_linear_(self)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """The pooled feature fed to the classification layer."""
-        x = F.relu(self.norm1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.pool(x).flatten(1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.forward_features(x))
 
 
 @register_model("resnext29_8x64d")
