@@ -65,12 +65,7 @@ PUBLISHED_SIZES = [
 PUBLISHED_CLASSES = {name: classes for name, classes, _ in PUBLISHED_SIZES}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass

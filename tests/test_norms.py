@@ -27,12 +27,7 @@ from l2bn.norms.groups import nearest_divisor
 PAPER_NAMES = ["bn", "l2bn", "lnbn", "inbn", "pnbn", "ln", "in", "gn", "sn", "bcn", "bin"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _input(seed: int = 0, shape=(4, 16, 5, 5)) -> torch.Tensor:

@@ -11,13 +11,7 @@ from l2bn import is_l2_batch_norm
 from l2bn.models import create_model
 from l2bn.norms.placement import PLACEMENTS, apply_l2bn, placement_predicate
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _resnet56() -> nn.Module:
