@@ -10,11 +10,16 @@ STAMP := $(VENV)/.l2bn-installed
 setup: $(STAMP)
 
 # torch first, pinned to the CPU build, so that resolving the project's
-# `torch>=2.1` never pulls a CUDA build.
-$(STAMP): pyproject.toml requirements-torch-cpu.txt
+# `torch>=2.1` never pulls a CUDA build. The project is then installed without build
+# isolation, so that setup.py compiles the fused CPU kernels (l2bn._C) against that torch;
+# an isolated build would fetch another torch into the build environment.
+CSRC := $(wildcard src/l2bn/csrc/*)
+
+$(STAMP): pyproject.toml setup.py requirements-torch-cpu.txt requirements-build.txt $(CSRC)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -r requirements-torch-cpu.txt
-	$(BIN)/pip install --quiet -e '.[experiments,dev]'
+	$(BIN)/pip install --quiet -r requirements-torch-cpu.txt -r requirements-build.txt
+	$(BIN)/pip install --quiet --no-build-isolation -e '.[experiments,dev]'
+	$(BIN)/python -c "import l2bn._fused as f; print('l2bn:', f.status())"
 	touch $(STAMP)
 
 data:
@@ -31,8 +36,9 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# L2BN_REQUIRE_FUSED: a test fails if the fused kernels were not built (no silent fallback).
 test: setup
-	$(BIN)/python -m pytest -q
+	L2BN_REQUIRE_FUSED=1 $(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/l2bn bench

@@ -1,5 +1,8 @@
 """The fast paths of ``l2bn._kernels`` against the generic path and the float64 reference.
 
+Both are pure PyTorch: the fused C++ kernels are switched off here (they are compared with
+these paths in ``test_paths_fused.py``).
+
 Every path is forced on small tensors: the chunk size is shrunk so that the chunked loops
 run, and the calls of each fast helper are counted so that a test fails if its path is
 not taken.
@@ -11,10 +14,16 @@ import pytest
 import torch
 
 from _reference import adversarial_input, reference_l2bn, relative_error
-from l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, _kernels, l2_batch_norm
+from l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, _fused, _kernels, l2_batch_norm
 
 LAYOUTS = ("contiguous", "channels_last")
 NAMES = ("y", "dx", "dw", "db", "running_mean", "running_var")
+
+
+@pytest.fixture(autouse=True)
+def pytorch_paths_only():
+    with _fused.fused_kernels(False):
+        yield
 
 
 @pytest.fixture

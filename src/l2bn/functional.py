@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from l2bn import _stats
+from l2bn import _fused, _stats
 from l2bn._autograd import (
     L2BatchNormFunction,
     affine_coefficients,
@@ -118,6 +118,10 @@ def l2_batch_norm(
 
     if not training:
         return _eval_forward(input, running_mean, running_var, weight, bias, eps, l2_eps, scale)
+    if _fused.applies(input, weight, bias, running_mean, running_var):
+        return _fused.train(
+            input, running_mean, running_var, weight, bias, momentum, eps, l2_eps, scale
+        )
 
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (input, weight, bias)
@@ -142,7 +146,13 @@ def _eval_forward(
     l2_eps: float,
     scale: bool,
 ) -> Tensor:
-    """Eval path: plain tensor ops, differentiable by autograd and traceable by torch.export."""
+    """Eval path: the fused kernel when no gradient is needed; otherwise plain tensor ops,
+    differentiable by autograd and traceable by torch.export."""
+    params = (running_mean, running_var, weight, bias)
+    if _fused.applies(x, *params) and not (
+        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *params))
+    ):
+        return _fused.evaluate(x, running_mean, running_var, weight, bias, eps, l2_eps, scale)
     rho = _stats.sample_scale_direct(x, l2_eps, scale)
     a, shift, _ = affine_coefficients(running_mean, running_var, rho, weight, bias, eps)
     return affine_output(x, a, shift)

@@ -1,0 +1,155 @@
+"""The fused CPU kernels of ``l2bn._C`` (issue 3): whether they are there, when they apply,
+and the autograd function around them.
+
+``l2bn._C`` is a C++ extension built by the project's install step (``make setup``; see
+setup.py). It registers ``torch.ops.l2bn.train_forward``, ``train_backward`` and
+``eval_forward``: each one reduction pass and one output pass over the input, with every
+``O(N * C)`` step (statistics, coefficients, running-statistics update) in C++ as well.
+When the extension is missing (an install without a compiler, or a torch it was not built
+against) or for input it does not take (other devices, half precision, ``torch.compile``
+and ``torch.export``), L2BN runs the pure-PyTorch path of ``_autograd`` / ``_kernels``,
+which gives the same results up to rounding. ``L2BN_DISABLE_FUSED=1`` in the environment
+switches the extension off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from l2bn import _kernels
+
+
+def _load() -> str | None:
+    """None when the operators are registered, else why not."""
+    if os.environ.get("L2BN_DISABLE_FUSED", "") not in ("", "0"):
+        return "switched off by L2BN_DISABLE_FUSED"
+    try:
+        from l2bn import _C  # noqa: F401  (registers torch.ops.l2bn.*)
+    except (ImportError, OSError) as exc:
+        return f"l2bn._C could not be loaded ({exc})"
+    return None
+
+
+_UNAVAILABLE_REASON = _load()
+_state = {"enabled": _UNAVAILABLE_REASON is None}
+_FULL_PRECISION = (torch.float32, torch.float64)
+
+
+def available() -> bool:
+    """True when the fused CPU kernels were built and loaded."""
+    return _UNAVAILABLE_REASON is None
+
+
+def status() -> str:
+    """Which implementation L2BN runs on CPU, and why."""
+    if _UNAVAILABLE_REASON is None:
+        return "fused C++ kernels (l2bn._C)"
+    return f"pure PyTorch ({_UNAVAILABLE_REASON})"
+
+
+@contextlib.contextmanager
+def fused_kernels(enabled: bool) -> Iterator[None]:
+    """Use (or not) the fused kernels inside a ``with`` block; tests compare the paths."""
+    previous = _state["enabled"]
+    _state["enabled"] = bool(enabled) and available()
+    try:
+        yield
+    finally:
+        _state["enabled"] = previous
+
+
+def applies(x: Tensor, *per_channel: Tensor | None) -> bool:
+    """Whether the fused kernels take ``x`` with these per-channel tensors."""
+    return (
+        _state["enabled"]
+        and x.device.type == "cpu"
+        and x.dtype in _FULL_PRECISION
+        and x.numel() > 0
+        and all(t is None or t.device.type == "cpu" for t in per_channel)
+        and _kernels.fast_paths_enabled()
+        and not _kernels.tracing()
+    )
+
+
+def train(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    momentum: float,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+) -> Tensor:
+    """Training-mode L2BN (eqs. 2-3); updates the running statistics in place."""
+    args = (x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale)
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias)
+    ):
+        return FusedL2BatchNormFunction.apply(*args)
+    return torch.ops.l2bn.train_forward(*args)[0]
+
+
+def evaluate(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+) -> Tensor:
+    """Eval-mode L2BN with the running statistics (not differentiable)."""
+    return torch.ops.l2bn.eval_forward(
+        x, running_mean, running_var, weight, bias, eps, l2_eps, scale
+    )
+
+
+class FusedL2BatchNormFunction(torch.autograd.Function):
+    """Training-mode L2BN on the fused operators. Saves ``x`` and ``O(N * C)`` statistics."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+        momentum: float,
+        eps: float,
+        l2_eps: float,
+        scale: bool,
+    ) -> Tensor:
+        y, *stats = torch.ops.l2bn.train_forward(
+            x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale
+        )
+        # stats: rho, active, row mean and variance of x (None for (N, C)), mean, invstd.
+        ctx.save_for_backward(x, weight, *stats)
+        ctx.scale = scale
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, *stats = ctx.saved_tensors
+        dx, dweight, dbias = torch.ops.l2bn.train_backward(
+            dy, x, weight, *stats, ctx.scale, ctx.needs_input_grad[0]
+        )
+        if weight is None or not ctx.needs_input_grad[1]:
+            dweight = None
+        if ctx.bias_dtype is None or not ctx.needs_input_grad[2]:
+            dbias = None
+        elif dbias.dtype != ctx.bias_dtype:
+            dbias = dbias.to(ctx.bias_dtype)
+        return dx, dweight, dbias, None, None, None, None, None, None

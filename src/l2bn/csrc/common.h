@@ -1,0 +1,131 @@
+// Helpers shared by the L2BN operators: argument checks, threading, per-channel values,
+// eq. (3)'s rho, and BatchNorm's running-statistics update.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <vector>
+
+#include "layout.h"
+
+namespace l2bn {
+
+using at::Tensor;
+
+// Elements per parallel task, as ATen's own grain size.
+constexpr int64_t kGrain = 32768;
+
+inline int64_t grain(int64_t per_unit) {
+  return std::max<int64_t>(1, kGrain / std::max<int64_t>(per_unit, 1));
+}
+
+inline void check_input(const Tensor& x, const char* op) {
+  TORCH_CHECK(x.device().is_cpu(), "l2bn.", op, ": expected a CPU tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "l2bn.", op,
+              ": expected float32 or float64 input, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() >= 2, "l2bn.", op, ": expected input of shape (N, C, *)");
+  TORCH_CHECK(x.numel() > 0, "l2bn.", op, ": expected a non-empty input");
+}
+
+// A per-channel tensor as doubles (`fill` when absent).
+inline std::vector<double> channel_values(const std::optional<Tensor>& t, int64_t c,
+                                          double fill) {
+  std::vector<double> out(c, fill);
+  if (!t.has_value() || !t->defined()) {
+    return out;
+  }
+  TORCH_CHECK(t->dim() == 1 && t->numel() == c, "l2bn: expected ", c,
+              " per-channel values, got shape ", t->sizes());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t->scalar_type(), "l2bn", [&] {
+    const auto* p = t->const_data_ptr<scalar_t>();
+    const int64_t stride = t->stride(0);
+    for (int64_t k = 0; k < c; ++k) {
+      out[k] = static_cast<double>(p[k * stride]);
+    }
+  });
+  return out;
+}
+
+// t <- t + momentum * (values - t), as BatchNorm's running-statistics update.
+inline void update_running(const std::optional<Tensor>& t, const std::vector<double>& values,
+                           double momentum) {
+  if (!t.has_value() || !t->defined()) {
+    return;
+  }
+  const int64_t c = static_cast<int64_t>(values.size());
+  TORCH_CHECK(t->dim() == 1 && t->numel() == c, "l2bn: expected ", c,
+              " running statistics, got shape ", t->sizes());
+  Tensor buffer = *t;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, buffer.scalar_type(), "l2bn", [&] {
+    auto* p = buffer.data_ptr<scalar_t>();
+    const int64_t stride = buffer.stride(0);
+    for (int64_t k = 0; k < c; ++k) {
+      const double old = static_cast<double>(p[k * stride]);
+      p[k * stride] = static_cast<scalar_t>(old + momentum * (values[k] - old));
+    }
+  });
+}
+
+inline Tensor doubles(at::IntArrayRef shape) {
+  return at::empty(shape, at::TensorOptions(at::kDouble));
+}
+
+// rho[n] of eq. (3) from ||x[n]||^2; NaN propagates as in torch.clamp.
+inline double sample_scale(double norm_sq, double l2_eps, double sqrt_d, bool scale,
+                           bool* active) {
+  const double norm = std::sqrt(norm_sq);
+  *active = norm > l2_eps;
+  const double rho = std::isnan(norm) ? norm : std::max(norm, l2_eps);
+  return scale ? rho / sqrt_d : rho;
+}
+
+// A channel's one-pass variance E[v^2] - E[v]^2 (in double) is trusted while
+// E[v^2] <= kCondLimit * var; other rows or channels are recomputed by a centred pass.
+constexpr double kCondLimit = 1e4;
+
+inline bool ill_conditioned(double var, double second) {
+  return second > 0 && var * kCondLimit <= second;
+}
+
+// Per-thread partial sums of `width` doubles, zeroed; summed by `total`.
+class Partials {
+ public:
+  explicit Partials(int64_t width)
+      : width_(width), data_(static_cast<size_t>(at::get_num_threads() * width), 0.0) {}
+  double* mine() { return data_.data() + at::get_thread_num() * width_; }
+  std::vector<double> total() const {
+    std::vector<double> out(width_, 0.0);
+    for (size_t i = 0; i < data_.size(); ++i) {
+      out[i % width_] += data_[i];
+    }
+    return out;
+  }
+
+ private:
+  int64_t width_;
+  std::vector<double> data_;
+};
+
+// dweight and dbias in the weight's dtype (the input's without a weight).
+inline Tensor parameter_grad(const std::vector<double>& values, const Tensor& x,
+                             const std::optional<Tensor>& weight) {
+  const auto dtype = weight.has_value() && weight->defined() ? weight->scalar_type()
+                                                              : x.scalar_type();
+  const int64_t c = static_cast<int64_t>(values.size());
+  Tensor out = at::empty({c}, at::TensorOptions(dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "l2bn", [&] {
+    auto* p = out.data_ptr<scalar_t>();
+    for (int64_t k = 0; k < c; ++k) {
+      p[k] = static_cast<scalar_t>(values[k]);
+    }
+  });
+  return out;
+}
+
+}  // namespace l2bn

@@ -1,0 +1,86 @@
+// Instantiates the passes of passes.h for float and double, one multiversioned function
+// per pass (see kernels.h).
+#include "kernels.h"
+
+#include "passes.h"
+#include "vector_passes.h"
+
+namespace l2bn {
+
+#define L2BN_DEFINE_KERNELS(T)                                                                \
+  L2BN_MULTIVERSION void sums(const T* x, int64_t c, int64_t m, bool cl, int64_t i0,          \
+                              int64_t i1, double* s1, double* s2) {                           \
+    if (cl) {                                                                                 \
+      sums_cl<T>(x, c, m, i0, i1, s1, s2);                                                    \
+    } else {                                                                                  \
+      sums_rows<T>(x, m, i0, i1, s1, s2);                                                     \
+    }                                                                                         \
+  }                                                                                           \
+  L2BN_MULTIVERSION void grad_sums(const T* dy, const T* x, const double* h, int64_t c,       \
+                                   int64_t m, bool cl, int64_t i0, int64_t i1, double* t1,    \
+                                   double* t2) {                                              \
+    if (cl) {                                                                                 \
+      grad_sums_cl<T>(dy, x, h, c, m, i0, i1, t1, t2);                                        \
+    } else {                                                                                  \
+      grad_sums_rows<T>(dy, x, h, m, i0, i1, t1, t2);                                         \
+    }                                                                                         \
+  }                                                                                           \
+  L2BN_MULTIVERSION void centred_sums(const T* x, const double* mean, int64_t c, int64_t m,   \
+                                      bool cl, int64_t i0, int64_t i1, double* d1,            \
+                                      double* d2) {                                           \
+    if (cl) {                                                                                 \
+      centred_cl<T>(x, mean, c, m, i0, i1, d1, d2);                                           \
+    } else {                                                                                  \
+      centred_rows<T>(x, mean, m, i0, i1, d1, d2);                                            \
+    }                                                                                         \
+  }                                                                                           \
+  L2BN_MULTIVERSION double block_sum_squares(const T* x, int64_t len) {                       \
+    return sum_squares<T>(x, len);                                                            \
+  }                                                                                           \
+  L2BN_MULTIVERSION void affine(T* out, const T* u, const T* v, const Coef<T>& p,             \
+                                const Coef<T>& q, const Coef<T>& r, int64_t c, int64_t m,     \
+                                bool cl, int64_t i0, int64_t i1) {                            \
+    if (cl) {                                                                                 \
+      if (v != nullptr) {                                                                     \
+        affine_cl<T, true>(out, u, v, p, q, r, c, m, i0, i1);                                 \
+      } else {                                                                                \
+        affine_cl<T, false>(out, u, v, p, q, r, c, m, i0, i1);                                \
+      }                                                                                       \
+    } else if (v != nullptr) {                                                                \
+      affine_rows<T, true>(out, u, v, p, q, r, c, m, i0, i1);                                 \
+    } else {                                                                                  \
+      affine_rows<T, false>(out, u, v, p, q, r, c, m, i0, i1);                                \
+    }                                                                                         \
+  }                                                                                           \
+  L2BN_MULTIVERSION void channel_sums(const T* x, int64_t c, double inv, double* s1,          \
+                                      double* s2) {                                           \
+    channel_sums<T>(x, c, inv, s1, s2);                                                       \
+  }                                                                                           \
+  L2BN_MULTIVERSION void channel_dev(const T* x, int64_t c, double inv, const double* mu,     \
+                                     double* d1, double* d2) {                                \
+    channel_dev<T>(x, c, inv, mu, d1, d2);                                                    \
+  }                                                                                           \
+  L2BN_MULTIVERSION void row_output(T* out, const T* x, int64_t c, T inv, const T* gain,      \
+                                    const T* shift) {                                         \
+    row_output<T>(out, x, c, inv, gain, shift);                                               \
+  }                                                                                           \
+  L2BN_MULTIVERSION void grad_channel(const T* dy, const T* x, int64_t c, double inv,         \
+                                      const double* mu, double* t1, double* t2) {             \
+    grad_channel<T>(dy, x, c, inv, mu, t1, t2);                                               \
+  }                                                                                           \
+  L2BN_MULTIVERSION double projection(const T* dy, const T* x, int64_t c, double inv,         \
+                                      const double* gain, const double* c1,                   \
+                                      const double* alpha, const double* mu) {                \
+    return projection<T>(dy, x, c, inv, gain, c1, alpha, mu);                                 \
+  }                                                                                           \
+  L2BN_MULTIVERSION void grad_row(T* out, const T* dy, const T* x, int64_t c, T inv, T inv2,  \
+                                  T proj, const T* gain, const T* beta, const T* alpha) {     \
+    grad_row<T>(out, dy, x, c, inv, inv2, proj, gain, beta, alpha);                           \
+  }
+
+L2BN_DEFINE_KERNELS(float)
+L2BN_DEFINE_KERNELS(double)
+
+#undef L2BN_DEFINE_KERNELS
+
+}  // namespace l2bn

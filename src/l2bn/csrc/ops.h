@@ -1,0 +1,48 @@
+// The L2BN operators (registered in register.cpp as torch.ops.l2bn.*).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+
+namespace l2bn {
+
+using at::Tensor;
+
+// (y, rho, active, x_mean, x_var, mean, invstd); x_mean and x_var are undefined for
+// (N, C) input. Updates the running statistics in place when given.
+using ForwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+ForwardResult train_forward(const Tensor& x, const std::optional<Tensor>& weight,
+                            const std::optional<Tensor>& bias,
+                            const std::optional<Tensor>& running_mean,
+                            const std::optional<Tensor>& running_var, double momentum,
+                            double eps, double l2_eps, bool scale);
+
+// (dx, dweight, dbias); dx is undefined unless input_grad.
+std::tuple<Tensor, Tensor, Tensor> train_backward(
+    const Tensor& dy, const Tensor& x, const std::optional<Tensor>& weight, const Tensor& rho,
+    const Tensor& active, const std::optional<Tensor>& x_mean,
+    const std::optional<Tensor>& x_var, const Tensor& mean, const Tensor& invstd, bool scale,
+    bool input_grad);
+
+Tensor eval_forward(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                    const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
+                    double eps, double l2_eps, bool scale);
+
+// The (N, C) forms of train_forward / train_backward (vector.cpp); running statistics
+// and parameter gradients are handled by the callers.
+struct VectorForward {
+  Tensor y, rho, active, mean, invstd;
+  std::vector<double> mean_values, var_values;
+};
+VectorForward vector_forward(const Tensor& x, const std::vector<double>& weight,
+                             const std::vector<double>& bias, double eps, double l2_eps,
+                             bool scale);
+Tensor vector_backward(const Tensor& dy, const Tensor& x, const std::vector<double>& weight,
+                       const Tensor& rho, const Tensor& active, const Tensor& mean,
+                       const Tensor& invstd, bool scale, bool input_grad,
+                       std::vector<double>* dgamma, std::vector<double>* dbeta);
+
+}  // namespace l2bn

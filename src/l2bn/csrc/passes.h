@@ -1,0 +1,270 @@
+// The full-size passes of L2BN (DESIGN.md): every other step costs O(N * C).
+//
+//   sums:         s1[n, c] = sum_m x,  s2[n, c] = sum_m x^2               (forward reduction)
+//   grad_sums:    t1[n, c] = sum_m dy, t2[n, c] = sum_m dy * (x - h[n, c]) (backward reduction)
+//   centred:      sum_m (x - mean[n, c]) and its square, for rows whose one-pass variance
+//                 would cancel (rare)
+//   affine:       out = p[n, c] * u + q[n, c] * v + r[n, c]                 (outputs, eqs. 2-3)
+//   sum_squares:  sum of x^2 over one contiguous block                     (eval: ||x[n]||^2)
+//
+// Each kernel handles a range of rows (row-wise layout) or of samples / positions
+// (channel-last layout); ops.cpp spreads the ranges over threads with at::parallel_for.
+// Sums are accumulated in double. Each kernel is compiled for AVX-512, AVX2 and baseline
+// x86-64 and picked at load time (GCC / Clang function multiversioning).
+#pragma once
+
+#include <cstdint>
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#define L2BN_MULTIVERSION \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define L2BN_MULTIVERSION
+#endif
+
+#if defined(__GNUC__)
+#define L2BN_INLINE inline __attribute__((always_inline))
+#else
+#define L2BN_INLINE inline
+#endif
+
+namespace l2bn {
+
+// A per-(n, c) coefficient: value(n, c) = ptr[n * n_stride + c]; n_stride 0 broadcasts a
+// per-channel vector over samples.
+template <typename T>
+struct Coef {
+  const T* ptr;
+  int64_t n_stride;
+  L2BN_INLINE const T* row(int64_t n) const { return ptr + n * n_stride; }
+};
+
+// ---- reductions ---------------------------------------------------------------------------
+
+// Number of independent partial sums of a contiguous reduction: enough vector accumulators
+// to hide the latency of the adds.
+constexpr int64_t kLanes = 16;
+
+// (sum_i u(i), sum_i v(i)) over [0, len), where term(i, u, v) sets u and v.
+template <typename F>
+L2BN_INLINE void reduce_pair(int64_t len, const F& term, double* out_u, double* out_v) {
+  double a[kLanes] = {}, b[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes) {
+#pragma omp simd
+    for (int64_t l = 0; l < kLanes; ++l) {
+      double u, v;
+      term(i + l, u, v);
+      a[l] += u;
+      b[l] += v;
+    }
+  }
+  double su = 0, sv = 0;
+  for (; i < len; ++i) {
+    double u, v;
+    term(i, u, v);
+    su += u;
+    sv += v;
+  }
+  for (int64_t l = 0; l < kLanes; ++l) {
+    su += a[l];
+    sv += b[l];
+  }
+  *out_u = su;
+  *out_v = sv;
+}
+
+template <typename T>
+L2BN_INLINE void sums_rows(
+    const T* x, int64_t m, int64_t r0, int64_t r1, double* s1, double* s2) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* row = x + r * m;
+    reduce_pair(
+        m,
+        [row](int64_t i, double& u, double& v) {
+          u = row[i];
+          v = u * u;
+        },
+        s1 + r, s2 + r);
+  }
+}
+
+template <typename T>
+L2BN_INLINE void sums_cl(
+    const T* x, int64_t c, int64_t m, int64_t n0, int64_t n1, double* s1, double* s2) {
+  for (int64_t n = n0; n < n1; ++n) {
+    double* a = s1 + n * c;
+    double* b = s2 + n * c;
+    for (int64_t k = 0; k < c; ++k) {
+      a[k] = 0;
+      b[k] = 0;
+    }
+    const T* sample = x + n * c * m;
+    for (int64_t j = 0; j < m; ++j) {
+      const T* pos = sample + j * c;
+#pragma omp simd
+      for (int64_t k = 0; k < c; ++k) {
+        const double v = pos[k];
+        a[k] += v;
+        b[k] += v * v;
+      }
+    }
+  }
+}
+
+template <typename T>
+L2BN_INLINE void grad_sums_rows(
+    const T* dy, const T* x, const double* h, int64_t m, int64_t r0, int64_t r1, double* t1,
+    double* t2) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* g = dy + r * m;
+    const T* row = x + r * m;
+    const double shift = h[r];
+    reduce_pair(
+        m,
+        [g, row, shift](int64_t i, double& u, double& v) {
+          u = g[i];
+          v = u * (static_cast<double>(row[i]) - shift);
+        },
+        t1 + r, t2 + r);
+  }
+}
+
+template <typename T>
+L2BN_INLINE void grad_sums_cl(
+    const T* dy, const T* x, const double* h, int64_t c, int64_t m, int64_t n0, int64_t n1,
+    double* t1, double* t2) {
+  for (int64_t n = n0; n < n1; ++n) {
+    double* a = t1 + n * c;
+    double* b = t2 + n * c;
+    const double* shift = h + n * c;
+    for (int64_t k = 0; k < c; ++k) {
+      a[k] = 0;
+      b[k] = 0;
+    }
+    const int64_t base = n * c * m;
+    for (int64_t j = 0; j < m; ++j) {
+      const T* g = dy + base + j * c;
+      const T* pos = x + base + j * c;
+#pragma omp simd
+      for (int64_t k = 0; k < c; ++k) {
+        const double d = g[k];
+        a[k] += d;
+        b[k] += d * (static_cast<double>(pos[k]) - shift[k]);
+      }
+    }
+  }
+}
+
+// Centred sums of the rows of samples [n0, n1) around mean[n, c]: d1 = sum (x - mean),
+// d2 = sum (x - mean)^2; the corrected variance is (d2 - d1^2 / M) / M.
+template <typename T>
+L2BN_INLINE void centred_rows(
+    const T* x, const double* mean, int64_t m, int64_t r0, int64_t r1, double* d1, double* d2) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* row = x + r * m;
+    const double mu = mean[r];
+    reduce_pair(
+        m,
+        [row, mu](int64_t i, double& u, double& v) {
+          u = static_cast<double>(row[i]) - mu;
+          v = u * u;
+        },
+        d1 + r, d2 + r);
+  }
+}
+
+template <typename T>
+L2BN_INLINE void centred_cl(
+    const T* x, const double* mean, int64_t c, int64_t m, int64_t n0, int64_t n1, double* d1,
+    double* d2) {
+  for (int64_t n = n0; n < n1; ++n) {
+    double* a = d1 + n * c;
+    double* b = d2 + n * c;
+    const double* mu = mean + n * c;
+    for (int64_t k = 0; k < c; ++k) {
+      a[k] = 0;
+      b[k] = 0;
+    }
+    const T* sample = x + n * c * m;
+    for (int64_t j = 0; j < m; ++j) {
+      const T* pos = sample + j * c;
+#pragma omp simd
+      for (int64_t k = 0; k < c; ++k) {
+        const double v = static_cast<double>(pos[k]) - mu[k];
+        a[k] += v;
+        b[k] += v * v;
+      }
+    }
+  }
+}
+
+template <typename T>
+L2BN_INLINE double sum_squares(const T* x, int64_t len) {
+  double ignored = 0, squares = 0;
+  reduce_pair(
+      len,
+      [x](int64_t i, double& u, double& v) {
+        u = 0;
+        v = static_cast<double>(x[i]) * x[i];
+      },
+      &ignored, &squares);
+  return squares;
+}
+
+// ---- elementwise outputs ------------------------------------------------------------------
+
+// Rows [r0, r1) of the row-wise layout: out = p * u (+ q * v) + r, with row r = n * C + c.
+template <typename T, bool kTwoInputs>
+L2BN_INLINE void affine_rows(
+    T* out, const T* u, const T* v, Coef<T> p, Coef<T> q, Coef<T> r, int64_t c, int64_t m,
+    int64_t r0, int64_t r1) {
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t n = row / c, k = row % c;
+    const T a = p.row(n)[k], b = r.row(n)[k];
+    const T* ur = u + row * m;
+    T* o = out + row * m;
+    if constexpr (kTwoInputs) {
+      const T e = q.row(n)[k];
+      const T* vr = v + row * m;
+#pragma omp simd
+      for (int64_t i = 0; i < m; ++i) {
+        o[i] = a * ur[i] + e * vr[i] + b;
+      }
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < m; ++i) {
+        o[i] = a * ur[i] + b;
+      }
+    }
+  }
+}
+
+// Positions [j0, j1) of the channel-last layout (position j = n * M + s holds C values).
+template <typename T, bool kTwoInputs>
+L2BN_INLINE void affine_cl(
+    T* out, const T* u, const T* v, Coef<T> p, Coef<T> q, Coef<T> r, int64_t c, int64_t m,
+    int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const int64_t n = j / m;
+    const T* a = p.row(n);
+    const T* b = r.row(n);
+    const T* up = u + j * c;
+    T* o = out + j * c;
+    if constexpr (kTwoInputs) {
+      const T* e = q.row(n);
+      const T* vp = v + j * c;
+#pragma omp simd
+      for (int64_t k = 0; k < c; ++k) {
+        o[k] = a[k] * up[k] + e[k] * vp[k] + b[k];
+      }
+    } else {
+#pragma omp simd
+      for (int64_t k = 0; k < c; ++k) {
+        o[k] = a[k] * up[k] + b[k];
+      }
+    }
+  }
+}
+
+}  // namespace l2bn

@@ -1,0 +1,297 @@
+// Training-mode L2BN (paper eqs. 2-3) on (N, C, *S) input: the forward of one reduction
+// pass over x, O(N * C) statistics and one output pass; the backward of DESIGN.md, one
+// reduction pass over dy and x, O(N * C) coefficients and one output pass
+// (dx = p * dy + q * x + r). Mirrors l2bn/_autograd.py and _stats.py (the pure-PyTorch
+// path, the fallback the tests compare against). (N, C) input goes to vector.cpp.
+#include <ATen/ops/empty_like.h>
+
+#include "common.h"
+#include "kernels.h"
+#include "ops.h"
+#include "passes.h"
+
+namespace l2bn {
+namespace {
+
+// Rows (row-wise) or samples (channel-last): the units of the reduction kernels.
+template <typename F>
+void over_reduction_units(const Layout& l, const F& f) {
+  if (l.channels_last) {
+    at::parallel_for(0, l.n, grain(l.c * l.m), f);
+  } else {
+    at::parallel_for(0, l.n * l.c, grain(l.m), f);
+  }
+}
+
+// Rows (row-wise) or positions (channel-last): the units of the output kernel.
+template <typename F>
+void over_output_units(const Layout& l, const F& f) {
+  if (l.channels_last) {
+    at::parallel_for(0, l.n * l.m, grain(l.c), f);
+  } else {
+    at::parallel_for(0, l.n * l.c, grain(l.m), f);
+  }
+}
+
+// Mean and population variance of each (n, c) row from the one-pass sums; rows whose
+// variance would cancel are recomputed by a centred pass.
+template <typename T>
+void row_moments(const T* x, const Layout& l, const double* s1, const double* s2,
+                 double* mean, double* var) {
+  const int64_t rows = l.n * l.c;
+  const double inv_m = 1.0 / static_cast<double>(l.m);
+  std::vector<int64_t> ill;
+  for (int64_t r = 0; r < rows; ++r) {
+    mean[r] = s1[r] * inv_m;
+    const double second = s2[r] * inv_m;
+    var[r] = second - mean[r] * mean[r];
+    if (ill_conditioned(var[r], second)) {
+      ill.push_back(r);
+    }
+  }
+  if (!ill.empty()) {
+    // Channel-last rows are strided: recompute whole samples that hold an ill row.
+    std::vector<int64_t> units;
+    for (const int64_t r : ill) {
+      const int64_t unit = l.channels_last ? r / l.c : r;
+      if (units.empty() || units.back() != unit) {
+        units.push_back(unit);
+      }
+    }
+    std::vector<double> d1(rows), d2(rows);
+    const int64_t per_unit = l.channels_last ? l.c * l.m : l.m;
+    at::parallel_for(0, static_cast<int64_t>(units.size()), grain(per_unit),
+                     [&](int64_t a, int64_t b) {
+                       for (int64_t i = a; i < b; ++i) {
+                         centred_sums(x, mean, l.c, l.m, l.channels_last, units[i],
+                                      units[i] + 1, d1.data(), d2.data());
+                       }
+                     });
+    for (const int64_t r : ill) {
+      var[r] = (d2[r] - d1[r] * d1[r] * inv_m) * inv_m;
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    var[r] = std::max(var[r], 0.0);  // NaN stays NaN
+  }
+}
+
+struct Statistics {
+  Tensor rho, active, x_mean, x_var, mean, invstd;
+  std::vector<double> var;
+};
+
+// rho[n] (eq. 3) and the channel statistics of xh = x / rho (eq. 2): the mean of the row
+// means, and within-row plus between-row variance (free of cancellation).
+Statistics channel_statistics(const Layout& l, const double* sumsq, Tensor x_mean, Tensor x_var,
+                              double eps, double l2_eps, bool scale) {
+  const int64_t n = l.n, c = l.c;
+  Statistics s{doubles({n}), at::empty({n}, at::TensorOptions(at::kBool)), x_mean, x_var,
+               doubles({c}), doubles({c}), std::vector<double>(c, 0.0)};
+  double* rho = s.rho.data_ptr<double>();
+  bool* active = s.active.data_ptr<bool>();
+  const double* xm = x_mean.const_data_ptr<double>();
+  const double* xv = x_var.const_data_ptr<double>();
+  const double sqrt_d = std::sqrt(static_cast<double>(c * l.m));
+  std::vector<double> inv(n);
+  for (int64_t i = 0; i < n; ++i) {
+    double norm_sq = 0;
+    for (int64_t k = 0; k < c; ++k) {
+      norm_sq += sumsq[i * c + k];
+    }
+    rho[i] = sample_scale(norm_sq, l2_eps, sqrt_d, scale, &active[i]);
+    inv[i] = 1.0 / rho[i];
+  }
+  double* mu = s.mean.data_ptr<double>();
+  std::fill(mu, mu + c, 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t k = 0; k < c; ++k) {
+      mu[k] += xm[i * c + k] * inv[i];
+    }
+  }
+  for (int64_t k = 0; k < c; ++k) {
+    mu[k] /= static_cast<double>(n);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t k = 0; k < c; ++k) {
+      const double d = xm[i * c + k] * inv[i] - mu[k];
+      s.var[k] += xv[i * c + k] * inv[i] * inv[i] + d * d;
+    }
+  }
+  double* invstd = s.invstd.data_ptr<double>();
+  for (int64_t k = 0; k < c; ++k) {
+    s.var[k] /= static_cast<double>(n);
+    invstd[k] = 1.0 / std::sqrt(s.var[k] + eps);
+  }
+  return s;
+}
+
+}  // namespace
+
+ForwardResult train_forward(const Tensor& input, const std::optional<Tensor>& weight,
+                            const std::optional<Tensor>& bias,
+                            const std::optional<Tensor>& running_mean,
+                            const std::optional<Tensor>& running_var, double momentum,
+                            double eps, double l2_eps, bool scale) {
+  check_input(input, "train_forward");
+  const Tensor x = supported_layout(input);
+  const Layout l = layout_of(x);
+  const int64_t n = l.n, c = l.c;
+  const std::vector<double> w = channel_values(weight, c, 1.0);
+  const std::vector<double> b = channel_values(bias, c, 0.0);
+  const double count = static_cast<double>(n * l.m);
+  const double unbias = count / std::max(count - 1.0, 1.0);
+
+  if (l.m == 1) {
+    VectorForward f = vector_forward(x, w, b, eps, l2_eps, scale);
+    for (double& v : f.var_values) {
+      v *= unbias;
+    }
+    update_running(running_mean, f.mean_values, momentum);
+    update_running(running_var, f.var_values, momentum);
+    return {f.y, f.rho, f.active, Tensor(), Tensor(), f.mean, f.invstd};
+  }
+
+  Tensor s1 = doubles({n, c}), s2 = doubles({n, c});
+  Tensor x_mean = doubles({n, c}), x_var = doubles({n, c});
+  Tensor y = at::empty_like(x);
+  Statistics stats;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_train_forward", [&] {
+    using T = scalar_t;
+    const T* xp = x.const_data_ptr<T>();
+    double* sum = s1.data_ptr<double>();
+    double* sumsq = s2.data_ptr<double>();
+    over_reduction_units(l, [&](int64_t i0, int64_t i1) {
+      sums(xp, c, l.m, l.channels_last, i0, i1, sum, sumsq);
+    });
+    row_moments(xp, l, sum, sumsq, x_mean.data_ptr<double>(), x_var.data_ptr<double>());
+    stats = channel_statistics(l, sumsq, x_mean, x_var, eps, l2_eps, scale);
+
+    // y = a[n, c] * x + shift[c], a = gamma / (rho[n] * sqrt(var + eps)) (eqs. 2-3).
+    const double* mu = stats.mean.const_data_ptr<double>();
+    const double* invstd = stats.invstd.const_data_ptr<double>();
+    const double* rho = stats.rho.const_data_ptr<double>();
+    std::vector<T> shift(c), a(n * c);
+    for (int64_t k = 0; k < c; ++k) {
+      shift[k] = static_cast<T>(b[k] - mu[k] * w[k] * invstd[k]);
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t k = 0; k < c; ++k) {
+        a[i * c + k] = static_cast<T>(w[k] * invstd[k] / rho[i]);
+      }
+    }
+    T* yp = y.data_ptr<T>();
+    const Coef<T> pa{a.data(), c}, rb{shift.data(), 0};
+    over_output_units(l, [&](int64_t i0, int64_t i1) {
+      affine(yp, xp, static_cast<const T*>(nullptr), pa, pa, rb, c, l.m, l.channels_last, i0, i1);
+    });
+  });
+  std::vector<double> mean_values(stats.mean.const_data_ptr<double>(),
+                                  stats.mean.const_data_ptr<double>() + c);
+  for (double& v : stats.var) {
+    v *= unbias;
+  }
+  update_running(running_mean, mean_values, momentum);
+  update_running(running_var, stats.var, momentum);
+  return {y, stats.rho, stats.active, x_mean, x_var, stats.mean, stats.invstd};
+}
+
+std::tuple<Tensor, Tensor, Tensor> train_backward(
+    const Tensor& dy_in, const Tensor& x_in, const std::optional<Tensor>& weight,
+    const Tensor& rho, const Tensor& active, const std::optional<Tensor>& x_mean,
+    const std::optional<Tensor>& x_var, const Tensor& mean, const Tensor& invstd, bool scale,
+    bool input_grad) {
+  check_input(x_in, "train_backward");
+  TORCH_CHECK(dy_in.sizes() == x_in.sizes() && dy_in.scalar_type() == x_in.scalar_type(),
+              "l2bn.train_backward: grad_output must match the input's shape and dtype");
+  const Tensor x = supported_layout(x_in);
+  const Tensor dy = like(dy_in, x);
+  const Layout l = layout_of(x);
+  const int64_t n = l.n, c = l.c;
+  const std::vector<double> w = channel_values(weight, c, 1.0);
+  std::vector<double> dgamma(c, 0.0), dbeta(c, 0.0);
+
+  if (l.m == 1) {
+    Tensor dx = vector_backward(dy, x, w, rho, active, mean, invstd, scale, input_grad, &dgamma,
+                                &dbeta);
+    return {dx, parameter_grad(dgamma, x, weight), parameter_grad(dbeta, x, weight)};
+  }
+  TORCH_CHECK(x_mean.has_value() && x_var.has_value(),
+              "l2bn.train_backward: x_mean and x_var are required for (N, C, *S) input");
+
+  const double count = static_cast<double>(n * l.m);
+  const double spatial = static_cast<double>(l.m);
+  const double* rp = rho.const_data_ptr<double>();
+  const bool* ap = active.const_data_ptr<bool>();
+  const double* xm = x_mean->const_data_ptr<double>();
+  const double* xv = x_var->const_data_ptr<double>();
+  const double* mu = mean.const_data_ptr<double>();
+  const double* is = invstd.const_data_ptr<double>();
+
+  // Backward sums centred on the channel mean of xh (x - mu * rho): dgamma needs no
+  // difference of rounded row means.
+  std::vector<double> h(n * c), t1(n * c), t2(n * c);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t k = 0; k < c; ++k) {
+      h[i * c + k] = mu[k] * rp[i];
+    }
+  }
+  Tensor dx;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_train_backward", [&] {
+    using T = scalar_t;
+    const T* xp = x.const_data_ptr<T>();
+    const T* gp = dy.const_data_ptr<T>();
+    over_reduction_units(l, [&](int64_t i0, int64_t i1) {
+      grad_sums(gp, xp, h.data(), c, l.m, l.channels_last, i0, i1, t1.data(), t2.data());
+    });
+    // dbeta = sum dy, dgamma = sum dy * z (eq. 2).
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t k = 0; k < c; ++k) {
+        dbeta[k] += t1[i * c + k];
+        dgamma[k] += t2[i * c + k] / rp[i];
+      }
+    }
+    for (int64_t k = 0; k < c; ++k) {
+      dgamma[k] *= is[k];
+    }
+    if (!input_grad) {
+      return;
+    }
+    // dx = p * dy + q * x + r (DESIGN.md): e[n] = sum_c xh * dxh is the projection of the
+    // l2 normalization, zero for samples whose norm was clamped.
+    std::vector<T> p(n * c), q(n * c), r(n * c);
+    const double d = static_cast<double>(c) * spatial;
+    for (int64_t i = 0; i < n; ++i) {
+      const double inv = 1.0 / rp[i];
+      double e = 0;
+      for (int64_t k = 0; k < c; ++k) {
+        const int64_t j = i * c + k;
+        const double gain = w[k] * is[k];
+        const double m = xm[j] * inv, v = xv[j] * inv * inv;
+        const double xh_dy = t2[j] * inv + mu[k] * t1[j];
+        const double xh_z = is[k] * spatial * (v + m * (m - mu[k]));
+        e += gain * (xh_dy - (dbeta[k] * spatial * m + dgamma[k] * xh_z) / count);
+      }
+      double proj = ap[i] ? e : 0.0;
+      if (scale) {
+        proj /= d;
+      }
+      for (int64_t k = 0; k < c; ++k) {
+        const int64_t j = i * c + k;
+        const double gain = w[k] * is[k];
+        p[j] = static_cast<T>(gain * inv);
+        q[j] = static_cast<T>(-inv * inv * (gain * dgamma[k] * is[k] / count + proj));
+        r[j] = static_cast<T>(gain * inv * ((dgamma[k] * is[k] * mu[k] - dbeta[k]) / count));
+      }
+    }
+    dx = at::empty_like(x);
+    T* out = dx.data_ptr<T>();
+    const Coef<T> cp{p.data(), c}, cq{q.data(), c}, cr{r.data(), c};
+    over_output_units(l, [&](int64_t i0, int64_t i1) {
+      affine(out, gp, xp, cp, cq, cr, c, l.m, l.channels_last, i0, i1);
+    });
+  });
+  return {dx, parameter_grad(dgamma, x, weight), parameter_grad(dbeta, x, weight)};
+}
+
+}  // namespace l2bn

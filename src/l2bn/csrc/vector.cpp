@@ -1,0 +1,141 @@
+// Training-mode L2BN of (N, C) input (paper eq. 1): two passes each way, like BatchNorm,
+// with no array the size of the input besides the output (see vector_passes.h).
+//
+// Forward: per sample row, ||x[n]|| and then its share of the per-channel sums of xh
+// (while the row is in cache); one output pass. Backward: per-channel sums of dy and
+// dy * (xh - mu); then per row, the projection e[n] and the row of dx.
+#include <ATen/ops/empty_like.h>
+
+#include "common.h"
+#include "kernels.h"
+#include "ops.h"
+
+namespace l2bn {
+
+VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
+                             const std::vector<double>& b, double eps, double l2_eps,
+                             bool scale) {
+  const int64_t n = x.size(0), c = x.size(1);
+  const double sqrt_d = std::sqrt(static_cast<double>(c));
+  VectorForward f{at::empty_like(x), doubles({n}), at::empty({n}, at::TensorOptions(at::kBool)),
+                  doubles({c}), doubles({c}), std::vector<double>(c), std::vector<double>(c)};
+  double* rho = f.rho.data_ptr<double>();
+  bool* active = f.active.data_ptr<bool>();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_vector_forward", [&] {
+    using T = scalar_t;
+    const T* xp = x.const_data_ptr<T>();
+    Partials sums(2 * c);
+    at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
+      double* s = sums.mine();
+      for (int64_t i = i0; i < i1; ++i) {
+        const T* row = xp + i * c;
+        rho[i] = sample_scale(block_sum_squares(row, c), l2_eps, sqrt_d, scale, &active[i]);
+        channel_sums(row, c, 1.0 / rho[i], s, s + c);
+      }
+    });
+    const std::vector<double> total = sums.total();
+    std::vector<double>& mu = f.mean_values;
+    std::vector<double>& var = f.var_values;
+    bool any_ill = false;
+    for (int64_t k = 0; k < c; ++k) {
+      mu[k] = total[k] / static_cast<double>(n);
+      const double second = total[c + k] / static_cast<double>(n);
+      var[k] = second - mu[k] * mu[k];
+      any_ill = any_ill || ill_conditioned(var[k], second);
+    }
+    if (any_ill) {
+      Partials dev(2 * c);
+      at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
+        double* d = dev.mine();
+        for (int64_t i = i0; i < i1; ++i) {
+          channel_dev(xp + i * c, c, 1.0 / rho[i], mu.data(), d, d + c);
+        }
+      });
+      const std::vector<double> centred = dev.total();
+      for (int64_t k = 0; k < c; ++k) {
+        const double d1 = centred[k] / static_cast<double>(n);
+        var[k] = centred[c + k] / static_cast<double>(n) - d1 * d1;
+      }
+    }
+    double* mean = f.mean.data_ptr<double>();
+    double* invstd = f.invstd.data_ptr<double>();
+    std::vector<T> gain(c), shift(c);
+    for (int64_t k = 0; k < c; ++k) {
+      var[k] = std::max(var[k], 0.0);  // NaN stays NaN
+      mean[k] = mu[k];
+      invstd[k] = 1.0 / std::sqrt(var[k] + eps);
+      gain[k] = static_cast<T>(w[k] * invstd[k]);
+      shift[k] = static_cast<T>(b[k] - mu[k] * w[k] * invstd[k]);
+    }
+    T* yp = f.y.data_ptr<T>();
+    at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        row_output(yp + i * c, xp + i * c, c, static_cast<T>(1.0 / rho[i]), gain.data(),
+                   shift.data());
+      }
+    });
+  });
+  return f;
+}
+
+Tensor vector_backward(const Tensor& dy, const Tensor& x, const std::vector<double>& w,
+                       const Tensor& rho_t, const Tensor& active_t, const Tensor& mean,
+                       const Tensor& invstd, bool scale, bool input_grad,
+                       std::vector<double>* dgamma, std::vector<double>* dbeta) {
+  const int64_t n = x.size(0), c = x.size(1);
+  const double count = static_cast<double>(n);
+  const double* rho = rho_t.const_data_ptr<double>();
+  const bool* active = active_t.const_data_ptr<bool>();
+  const double* mu = mean.const_data_ptr<double>();
+  const double* is = invstd.const_data_ptr<double>();
+  Tensor dx;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_vector_backward", [&] {
+    using T = scalar_t;
+    const T* xp = x.const_data_ptr<T>();
+    const T* gp = dy.const_data_ptr<T>();
+    Partials sums(2 * c);
+    at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
+      double* s = sums.mine();
+      for (int64_t i = i0; i < i1; ++i) {
+        grad_channel(gp + i * c, xp + i * c, c, 1.0 / rho[i], mu, s, s + c);
+      }
+    });
+    const std::vector<double> total = sums.total();
+    std::vector<double> gain(c), c1(c), alpha(c);
+    std::vector<T> gain_t(c), alpha_t(c), beta_t(c);
+    for (int64_t k = 0; k < c; ++k) {
+      (*dbeta)[k] = total[k];
+      (*dgamma)[k] = is[k] * total[c + k];
+      gain[k] = w[k] * is[k];
+      c1[k] = gain[k] * (*dbeta)[k] / count;
+      alpha[k] = gain[k] * (*dgamma)[k] * is[k] / count;
+      gain_t[k] = static_cast<T>(gain[k]);
+      alpha_t[k] = static_cast<T>(alpha[k]);
+      beta_t[k] = static_cast<T>(gain[k] * ((*dgamma)[k] * is[k] * mu[k] - (*dbeta)[k]) / count);
+    }
+    if (!input_grad) {
+      return;
+    }
+    dx = at::empty_like(x);
+    T* out = dx.data_ptr<T>();
+    at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const double inv = 1.0 / rho[i];
+        const T* g = gp + i * c;
+        const T* row = xp + i * c;
+        double proj = 0;
+        if (active[i]) {
+          proj = projection(g, row, c, inv, gain.data(), c1.data(), alpha.data(), mu);
+          if (scale) {
+            proj /= static_cast<double>(c);
+          }
+        }
+        grad_row(out + i * c, g, row, c, static_cast<T>(inv), static_cast<T>(inv * inv),
+                 static_cast<T>(proj), gain_t.data(), beta_t.data(), alpha_t.data());
+      }
+    });
+  });
+  return dx;
+}
+
+}  // namespace l2bn
