@@ -13,3 +13,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=["fused", "pytorch"])
+def each_path(request):
+    """Run a test on the fused C++ kernels and on the pure-PyTorch path (issue 3)."""
+    from l2bn import _fused
+
+    if request.param == "fused" and not _fused.available():
+        pytest.skip(f"fused kernels not built: {_fused.status()}")
+    with _fused.fused_kernels(request.param == "fused"):
+        yield request.param

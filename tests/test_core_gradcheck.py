@@ -8,6 +8,9 @@ from torch.autograd import gradcheck
 
 from l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, l2_batch_norm
 
+# Every test runs on the fused C++ kernels and on the pure-PyTorch path.
+pytestmark = pytest.mark.usefixtures("each_path")
+
 CASES = [
     (L2BatchNorm1d, (6, 4)),
     (L2BatchNorm1d, (4, 3, 5)),

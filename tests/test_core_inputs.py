@@ -10,6 +10,9 @@ from torch import nn
 
 from l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, l2_batch_norm
 
+# Every test runs on the fused C++ kernels and on the pure-PyTorch path.
+pytestmark = pytest.mark.usefixtures("each_path")
+
 
 @pytest.mark.parametrize(
     "layer,shape,expected",
@@ -43,6 +46,7 @@ def test_functional_wrong_parameter_size():
     [(L2BatchNorm1d(4), (1, 4)), (L2BatchNorm2d(4), (1, 4, 1, 1)), (L2BatchNorm1d(4), (1, 4, 1))],
 )
 def test_one_value_per_channel_in_training(layer, shape):
+    layer.train()  # the same module object serves every path
     with pytest.raises(ValueError, match="more than 1 value per channel when training"):
         layer(torch.randn(shape))
     # BatchNorm raises the same error for the same shapes...

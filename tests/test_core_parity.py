@@ -8,6 +8,9 @@ import torch
 from _reference import adversarial_input, reference_l2bn, relative_error
 from l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d
 
+# Every test runs on the fused C++ kernels and on the pure-PyTorch path.
+pytestmark = pytest.mark.usefixtures("each_path")
+
 SHAPES = {
     "1d-NC": (L2BatchNorm1d, (12, 6)),
     "1d-NCL": (L2BatchNorm1d, (6, 5, 9)),

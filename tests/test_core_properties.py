@@ -8,6 +8,9 @@ from torch import nn
 
 from l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d
 
+# Every test runs on the fused C++ kernels and on the pure-PyTorch path.
+pytestmark = pytest.mark.usefixtures("each_path")
+
 LAYERS = [
     (L2BatchNorm1d, nn.BatchNorm1d, (8, 5)),
     (L2BatchNorm1d, nn.BatchNorm1d, (6, 4, 7)),

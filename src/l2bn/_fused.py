@@ -69,10 +69,10 @@ def applies(x: Tensor, *per_channel: Tensor | None) -> bool:
     """Whether the fused kernels take ``x`` with these per-channel tensors."""
     return (
         _state["enabled"]
-        and x.device.type == "cpu"
+        and x.is_cpu
         and x.dtype in _FULL_PRECISION
         and x.numel() > 0
-        and all(t is None or t.device.type == "cpu" for t in per_channel)
+        and all(t is None or t.is_cpu for t in per_channel)
         and _kernels.fast_paths_enabled()
         and not _kernels.tracing()
     )

@@ -47,11 +47,18 @@ _MIN_CHUNKED_BYTES = 4 * _CHUNK_BYTES
 _state = {"fast": True}
 
 
+def _compiler_checks() -> tuple:
+    compiler = getattr(torch, "compiler", None)
+    names = ("is_compiling", "is_exporting")
+    return tuple(c for c in (getattr(compiler, n, None) for n in names) if c is not None)
+
+
+_COMPILER_CHECKS = _compiler_checks()
+
+
 def tracing() -> bool:
     """True under torch.compile or torch.export: take data-independent code paths."""
-    compiler = getattr(torch, "compiler", None)
-    checks = (getattr(compiler, "is_compiling", None), getattr(compiler, "is_exporting", None))
-    return any(bool(check()) for check in checks if check is not None)
+    return any(check() for check in _COMPILER_CHECKS)
 
 
 @contextlib.contextmanager

@@ -107,11 +107,30 @@ def l2_batch_norm(
         ("bias", bias),
     ):
         _check_param(name, t, c)
-    if training and eps <= 0:
-        raise ValueError(f"l2bn: eps must be positive during training, got {eps}")
     if not training and (running_mean is None or running_var is None):
         raise ValueError("l2bn: running_mean and running_var are required when training=False")
 
+    return checked_l2_batch_norm(
+        input, running_mean, running_var, weight, bias, training, momentum, eps, l2_eps, scale
+    )
+
+
+def checked_l2_batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+) -> Tensor:
+    """:func:`l2_batch_norm` on arguments already checked (by it, or by a layer that owns
+    the parameters and has validated ``input``)."""
+    if training and eps <= 0:
+        raise ValueError(f"l2bn: eps must be positive during training, got {eps}")
     if input.shape[0] == 0:
         # As BatchNorm: an empty batch gives an empty output and leaves the statistics alone.
         return _empty_output(input, weight, bias)
@@ -131,7 +150,7 @@ def l2_batch_norm(
     else:
         out, stats, *_ = train_forward(input, weight, bias, eps, l2_eps, scale)
         mean, var = stats.mean, stats.var
-    count = input.numel() // c
+    count = input.numel() // input.shape[1]
     _update_running_stats(running_mean, running_var, mean, var, count, momentum)
     return out
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from l2bn.functional import DEFAULT_L2_EPS, l2_batch_norm, validate_input
+from l2bn.functional import DEFAULT_L2_EPS, checked_l2_batch_norm, validate_input
 
 
 class _L2BatchNorm(_BatchNorm):
@@ -71,7 +71,7 @@ class _L2BatchNorm(_BatchNorm):
         validate_input(input, self.num_features, use_batch_stats, self._expected_dims or None)
         factor = self._momentum_factor()
         track = not self.training or self.track_running_stats
-        return l2_batch_norm(
+        return checked_l2_batch_norm(
             input,
             self.running_mean if track else None,
             self.running_var if track else None,

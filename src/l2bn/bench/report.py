@@ -32,6 +32,7 @@ def format_table(results: dict[str, Any]) -> str:
     lines = [
         f"l2bn bench: torch {meta['torch']}, {meta['threads']} threads, "
         f"{meta['rounds']} interleaved rounds, {meta['clock']} clock, device {meta['device']}",
+        f"l2bn implementation: {meta.get('l2bn_implementation', 'unknown')}",
         "",
         f"{'case':<24} {'mode':<14} {'contender':<6} {'median ms':>10} {'min-max ms':>17} "
         f"{'x BN':>6} {'naive/l2bn':>10}",

@@ -44,6 +44,18 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
       shift[k] = static_cast<T>(b[k] - rm[k] * gain[k]);
     }
     const Coef<T> rb{shift.data(), 0};
+    if (l.m == 1) {
+      // (N, C): one row per sample, scaled by rank-one coefficients (vector_passes.h).
+      std::vector<T> gain_t(gain.begin(), gain.end());
+      at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+          const T* row = xp + i * c;
+          const double inv = inverse_scale(block_sum_squares(row, c));
+          row_output(yp + i * c, row, c, static_cast<T>(inv), gain_t.data(), shift.data());
+        }
+      });
+      return;
+    }
     if (n >= at::get_num_threads()) {
       at::parallel_for(0, n, grain(per_sample), [&](int64_t i0, int64_t i1) {
         std::vector<T> a(c);

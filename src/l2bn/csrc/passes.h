@@ -201,15 +201,24 @@ L2BN_INLINE void centred_cl(
 
 template <typename T>
 L2BN_INLINE double sum_squares(const T* x, int64_t len) {
-  double ignored = 0, squares = 0;
-  reduce_pair(
-      len,
-      [x](int64_t i, double& u, double& v) {
-        u = 0;
-        v = static_cast<double>(x[i]) * x[i];
-      },
-      &ignored, &squares);
-  return squares;
+  double a[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes) {
+#pragma omp simd
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const double v = x[i + l];
+      a[l] += v * v;
+    }
+  }
+  double total = 0;
+  for (; i < len; ++i) {
+    const double v = x[i];
+    total += v * v;
+  }
+  for (int64_t l = 0; l < kLanes; ++l) {
+    total += a[l];
+  }
+  return total;
 }
 
 // ---- elementwise outputs ------------------------------------------------------------------

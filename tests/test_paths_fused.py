@@ -1,0 +1,324 @@
+"""The fused C++ kernels (``l2bn._C``) against the pure-PyTorch path and the float64 reference.
+
+Each comparison also counts the calls into ``l2bn._fused`` so that a test fails if the
+fused path was not taken (or, with it switched off, if it was).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from _reference import adversarial_input, reference_l2bn, relative_error
+from l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, _fused, l2_batch_norm
+
+needs_fused = pytest.mark.skipif(not _fused.available(), reason=_fused.status())
+
+LAYER = {2: L2BatchNorm1d, 3: L2BatchNorm1d, 4: L2BatchNorm2d, 5: L2BatchNorm3d}
+NAMES = ("y", "dx", "dweight", "dbias", "running_mean", "running_var", "eval y")
+
+
+def _arrange(x: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "channels_last":
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        return x.contiguous(memory_format=fmt)
+    if layout == "strided":  # neither layout: the kernels copy it first
+        return x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    return x.contiguous()
+
+
+# (shape, layout): every layout the kernels take, and one they copy.
+CASES = [
+    ((6, 5, 7, 9), "contiguous"),
+    ((6, 5, 7, 9), "channels_last"),
+    ((6, 5, 7, 9), "strided"),
+    ((4, 3, 3, 4, 5), "contiguous"),
+    ((4, 3, 3, 4, 5), "channels_last"),
+    ((6, 5, 11), "contiguous"),
+    ((12, 7), "contiguous"),
+    ((9, 6, 1, 1), "contiguous"),
+    ((1, 4, 5, 5), "contiguous"),  # one sample: fewer samples than threads
+]
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Count the calls of the fused training and eval entry points."""
+    counts = {"train": 0, "evaluate": 0}
+    for name in counts:
+        original = getattr(_fused, name)
+
+        def wrapper(*args, _name=name, _original=original, **kwargs):
+            counts[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(_fused, name, wrapper)
+    return counts
+
+
+def _step(x, dy, *, fused, affine=True, scale=True, momentum=0.1):
+    """Training forward + backward, then an eval forward under no_grad, of a fresh layer."""
+    torch.manual_seed(0)
+    layer = LAYER[x.dim()](x.shape[1], affine=affine, scale=scale, momentum=momentum)
+    layer = layer.to(x.dtype)
+    if affine:
+        c = x.shape[1]
+        with torch.no_grad():  # the reference's values, drawn in float64
+            layer.weight.copy_(torch.empty(c, dtype=torch.float64).uniform_(0.5, 1.5))
+            layer.bias.copy_(torch.empty(c, dtype=torch.float64).uniform_(-1, 1))
+    xg = x.detach().clone().requires_grad_()
+    with _fused.fused_kernels(fused):
+        y = layer(xg)
+        y.backward(dy)
+        layer.eval()
+        with torch.no_grad():
+            y_eval = layer(x)
+    grads = (layer.weight.grad, layer.bias.grad) if affine else (None, None)
+    out = [y, xg.grad, *grads, layer.running_mean, layer.running_var, y_eval]
+    return [None if t is None else t.detach().clone() for t in out]
+
+
+def _reference_step(x, dy, *, affine=True, scale=True):
+    torch.manual_seed(0)
+    c = x.shape[1]
+    w = b = None
+    if affine:
+        w = torch.empty(c, dtype=torch.float64).uniform_(0.5, 1.5).requires_grad_()
+        b = torch.empty(c, dtype=torch.float64).uniform_(-1, 1).requires_grad_()
+    rm, rv = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    xg = x.detach().double().clone().requires_grad_()
+    y = reference_l2bn(xg, rm, rv, w, b, training=True, scale=scale)
+    y.backward(dy.double())
+    with torch.no_grad():
+        y_eval = reference_l2bn(x.double(), rm, rv, w, b, training=False, scale=scale)
+    grads = (w.grad, b.grad) if affine else (None, None)
+    return [y.detach(), xg.grad, *grads, rm, rv, y_eval]
+
+
+def _compare(x, dy, calls, tol_paths, tol_reference, **kw):
+    fused = _step(x, dy, fused=True, **kw)
+    assert calls == {"train": 1, "evaluate": 1}, "the fused path was not taken"
+    pytorch = _step(x, dy, fused=False, **kw)
+    assert calls == {"train": 1, "evaluate": 1}, "the PyTorch path called the fused kernels"
+    reference = _reference_step(x, dy, **kw)
+    for name, a, b, r in zip(NAMES, fused, pytorch, reference, strict=True):
+        if r is None:
+            assert a is None and b is None, name
+            continue
+        assert a.dtype == x.dtype and a.shape == r.shape, name
+        assert relative_error(a, b) < tol_paths, name
+        assert relative_error(a, r) < tol_reference, name
+    return fused
+
+
+@needs_fused
+@pytest.mark.parametrize("shape,layout", CASES)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("scale", [True, False])
+def test_fused_matches_pytorch_and_reference_float64(shape, layout, affine, scale, calls):
+    g = torch.Generator().manual_seed(1)
+    x = _arrange(torch.randn(shape, generator=g, dtype=torch.float64) * 3 + 2, layout)
+    dy = _arrange(torch.randn(shape, generator=g, dtype=torch.float64), layout)
+    fused = _compare(x, dy, calls, 1e-12, 1e-10, affine=affine, scale=scale)
+    if layout == "channels_last":
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        assert fused[0].is_contiguous(memory_format=fmt)
+        assert fused[1].is_contiguous(memory_format=fmt)
+
+
+@needs_fused
+@pytest.mark.parametrize("shape,layout", CASES)
+def test_fused_matches_pytorch_float32(shape, layout, calls):
+    g = torch.Generator().manual_seed(2)
+    x = _arrange(torch.randn(shape, generator=g) * 3 + 2, layout)
+    dy = _arrange(torch.randn(shape, generator=g), layout)
+    _compare(x, dy, calls, 1e-5, 1e-5)
+
+
+@needs_fused
+@pytest.mark.parametrize("kind", ["offset", "norms"])
+@pytest.mark.parametrize("shape,layout", [CASES[0], CASES[1], CASES[6]])
+def test_fused_adversarial_inputs(kind, shape, layout, calls):
+    """Channel offsets of 1e3 (one-pass variances would cancel) and norms 1e6 apart."""
+    x64 = _arrange(adversarial_input(kind, shape), layout)
+    dy = _arrange(torch.randn(shape, generator=torch.Generator().manual_seed(3)), layout)
+    _compare(x64, dy.double(), calls, 1e-10, 1e-10)
+    calls.update(train=0, evaluate=0)
+    reference = _reference_step(x64, dy.double())
+    fused = _step(x64.float(), dy, fused=True)
+    pytorch = _step(x64.float(), dy, fused=False)
+    for name, a, b, r in zip(NAMES, fused, pytorch, reference, strict=True):
+        e_fused, e_pytorch = relative_error(a, r), relative_error(b, r)
+        assert e_fused <= max(2 * e_pytorch, 1e-5), (name, e_fused, e_pytorch)
+
+
+@needs_fused
+@pytest.mark.parametrize("shape,layout", [CASES[0], CASES[1], CASES[6]])
+def test_fused_centred_recompute_of_constant_rows(shape, layout):
+    """Rows (or (N, C) channels) with a huge mean and tiny spread take the centred pass."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 1e-4 + 1e3
+    x[0] = torch.randn(shape[1:], generator=g, dtype=torch.float64)  # one ordinary sample
+    x = _arrange(x, layout)
+    out = l2_batch_norm(x, None, None, training=True)
+    reference = reference_l2bn(x, None, None, training=True)
+    assert relative_error(out, reference) < 1e-8
+
+
+@needs_fused
+@pytest.mark.parametrize("shape", [(5, 4, 3, 3), (8, 6)])
+def test_fused_zero_and_nan_samples(shape):
+    """A zero sample (norm clamped by l2_eps) is finite; a NaN sample poisons the batch
+    statistics, hence every output, as in BatchNorm; both paths agree."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    x[1] = 0
+    dy = torch.randn(shape, generator=g, dtype=torch.float64)
+    outs = []
+    for fused in (True, False):
+        xg = x.clone().requires_grad_()
+        with _fused.fused_kernels(fused):
+            y = l2_batch_norm(xg, None, None, training=True)
+            y.backward(dy)
+        assert torch.isfinite(y).all() and torch.isfinite(xg.grad).all()
+        outs.append((y.detach(), xg.grad))
+    assert relative_error(outs[0][0], outs[1][0]) < 1e-12
+    assert relative_error(outs[0][1], outs[1][1]) < 1e-10
+    x[2].view(-1)[0] = float("nan")
+    with _fused.fused_kernels(True):
+        y = l2_batch_norm(x, None, None, training=True)
+        y_eval = l2_batch_norm(x, torch.zeros(shape[1]).double(), torch.ones(shape[1]).double())
+    assert torch.isnan(y).all()
+    assert torch.isnan(y_eval[2]).all() and torch.isfinite(y_eval[[0, 1, 3]]).all()
+
+
+@needs_fused
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_fused_gradcheck(layout):
+    g = torch.Generator().manual_seed(5)
+    for shape in ((3, 3, 4, 5), (6, 4)):
+        x = torch.randn(shape, generator=g, dtype=torch.float64)
+        x = _arrange(x, layout) if x.dim() == 4 else x
+        w = torch.rand(shape[1], generator=g, dtype=torch.float64) + 0.5
+        b = torch.randn(shape[1], generator=g, dtype=torch.float64)
+        args = [t.clone().requires_grad_() for t in (x, w, b)]
+        for scale in (True, False):
+
+            def fn(x, w, b, scale=scale):
+                return l2_batch_norm(x, None, None, w, b, training=True, scale=scale)
+
+            with _fused.fused_kernels(True):
+                assert torch.autograd.gradcheck(fn, args)
+
+
+@needs_fused
+def test_fused_grad_output_in_other_layouts(calls):
+    """autograd may hand back dy expanded or in another memory format."""
+    x = torch.randn(4, 3, 5, 6).contiguous(memory_format=torch.channels_last)
+    grads = []
+    for fused in (True, False):
+        xg = x.clone().requires_grad_()
+        layer = L2BatchNorm2d(3)
+        with _fused.fused_kernels(fused):
+            (layer(xg) * torch.arange(6.0)).sum().backward()  # dy contiguous, expanded rows
+        grads.append(xg.grad)
+    assert calls["train"] == 1
+    assert relative_error(grads[0], grads[1]) < 1e-5
+
+
+@needs_fused
+def test_fused_eval_one_sample_matches_across_thread_counts():
+    """Eval with fewer samples than threads splits each norm across threads instead."""
+    x = torch.randn(1, 8, 32, 32, dtype=torch.float64)
+    rm, rv = torch.randn(8, dtype=torch.float64), torch.rand(8, dtype=torch.float64) + 0.5
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outs.append(l2_batch_norm(x, rm, rv, training=False))
+    finally:
+        torch.set_num_threads(threads)
+    reference = reference_l2bn(x, rm, rv, training=False)
+    assert relative_error(outs[0], reference) < 1e-12
+    assert relative_error(outs[1], reference) < 1e-12
+
+
+@needs_fused
+def test_fused_cumulative_running_average():
+    """momentum=None: the running statistics are the running mean of the batch statistics."""
+    g = torch.Generator().manual_seed(6)
+    batches = [torch.randn(4, 3, 5, 5, generator=g, dtype=torch.float64) for _ in range(3)]
+    stats = []
+    for fused in (True, False):
+        layer = L2BatchNorm2d(3, momentum=None).double()
+        with _fused.fused_kernels(fused), torch.no_grad():
+            for x in batches:
+                layer(x)
+        stats.append((layer.running_mean.clone(), layer.running_var.clone()))
+    assert relative_error(stats[0][0], stats[1][0]) < 1e-12
+    assert relative_error(stats[0][1], stats[1][1]) < 1e-12
+
+
+@needs_fused
+@pytest.mark.parametrize("shape", [(16, 8, 6, 6), (64, 32)])
+def test_fused_saves_input_and_per_sample_statistics_only(shape):
+    """Bytes saved for backward: x (as BatchNorm) plus O(N * C) statistics."""
+    x = torch.randn(shape, requires_grad=True)
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    layer = L2BatchNorm1d(shape[1]) if len(shape) == 2 else L2BatchNorm2d(shape[1])
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x)
+    n, c = shape[0], shape[1]
+    per_row_stats = 0 if len(shape) == 2 else 2 * n * c * 8  # row mean and variance of x
+    budget = x.numel() * 4 + c * 4 + per_row_stats + n * 9 + 2 * c * 8
+    assert sum(saved.values()) <= budget
+
+
+@needs_fused
+def test_fused_operators_reject_bad_input_with_clear_errors():
+    x = torch.randn(4, 3, 5, 5)
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        torch.ops.l2bn.train_forward(x.int(), None, None, None, None, 0.1, 1e-5, 1e-12, True)
+    with pytest.raises(RuntimeError, match="non-empty"):
+        torch.ops.l2bn.eval_forward(x[:0], x[0, :, 0, 0], x[0, :, 0, 0], None, None, 0, 0, True)
+    with pytest.raises(RuntimeError, match="3 per-channel values"):
+        torch.ops.l2bn.train_forward(x, torch.ones(4), None, None, None, 0.1, 1e-5, 1e-12, True)
+
+
+@needs_fused
+def test_pytorch_path_taken_for_what_the_kernels_do_not_take(calls):
+    """Half precision and torch.compile-style tracing fall back to the PyTorch path."""
+    with torch.no_grad():
+        L2BatchNorm2d(3).to(torch.bfloat16)(torch.randn(4, 3, 5, 5, dtype=torch.bfloat16))
+    assert calls == {"train": 0, "evaluate": 0}
+
+
+def test_fused_kernels_built_when_required():
+    """`make test` sets L2BN_REQUIRE_FUSED=1: the install step must have built l2bn._C."""
+    if os.environ.get("L2BN_REQUIRE_FUSED") != "1":
+        pytest.skip("set L2BN_REQUIRE_FUSED=1 to require the fused kernels")
+    assert _fused.available(), _fused.status()
+
+
+def test_disabling_the_extension_falls_back_to_pytorch():
+    code = (
+        "import torch, l2bn, l2bn._fused as f; "
+        "x = torch.randn(4, 3, 5, 5, requires_grad=True); "
+        "l2bn.L2BatchNorm2d(3)(x).sum().backward(); "
+        "print(f.available(), f.status())"
+    )
+    env = dict(os.environ, L2BN_DISABLE_FUSED="1")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.startswith("False pure PyTorch (switched off by L2BN_DISABLE_FUSED)")
