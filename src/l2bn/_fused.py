@@ -39,6 +39,11 @@ def _load() -> str | None:
 
 _UNAVAILABLE_REASON = _load()
 _state = {"enabled": _UNAVAILABLE_REASON is None}
+if _UNAVAILABLE_REASON is None:
+    # The overloads themselves: calling them skips the packet's overload resolution.
+    _train_forward = torch.ops.l2bn.train_forward.default
+    _train_backward = torch.ops.l2bn.train_backward.default
+    _eval_forward = torch.ops.l2bn.eval_forward.default
 _FULL_PRECISION = (torch.float32, torch.float64)
 
 
@@ -95,7 +100,7 @@ def train(
         t is not None and t.requires_grad for t in (x, weight, bias)
     ):
         return FusedL2BatchNormFunction.apply(*args)
-    return torch.ops.l2bn.train_forward(*args)[0]
+    return _train_forward(*args)[0]
 
 
 def evaluate(
@@ -109,9 +114,7 @@ def evaluate(
     scale: bool,
 ) -> Tensor:
     """Eval-mode L2BN with the running statistics (not differentiable)."""
-    return torch.ops.l2bn.eval_forward(
-        x, running_mean, running_var, weight, bias, eps, l2_eps, scale
-    )
+    return _eval_forward(x, running_mean, running_var, weight, bias, eps, l2_eps, scale)
 
 
 class FusedL2BatchNormFunction(torch.autograd.Function):
@@ -130,7 +133,7 @@ class FusedL2BatchNormFunction(torch.autograd.Function):
         l2_eps: float,
         scale: bool,
     ) -> Tensor:
-        y, *stats = torch.ops.l2bn.train_forward(
+        y, *stats = _train_forward(
             x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale
         )
         # stats: rho, active, row mean and variance of x (None for (N, C)), mean, invstd.
@@ -143,7 +146,7 @@ class FusedL2BatchNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, *stats = ctx.saved_tensors
-        dx, dweight, dbias = torch.ops.l2bn.train_backward(
+        dx, dweight, dbias = _train_backward(
             dy, x, weight, *stats, ctx.scale, ctx.needs_input_grad[0]
         )
         if weight is None or not ctx.needs_input_grad[1]:
