@@ -47,16 +47,16 @@ CASES = [
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Count the calls of the fused training and eval entry points."""
+    """Count the calls of the fused training and eval operators."""
     counts = {"train": 0, "evaluate": 0}
-    for name in counts:
-        original = getattr(_fused, name)
+    for name, attribute in (("train", "_train_forward"), ("evaluate", "_eval_forward")):
+        original = getattr(_fused, attribute)
 
         def wrapper(*args, _name=name, _original=original, **kwargs):
             counts[_name] += 1
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(_fused, name, wrapper)
+        monkeypatch.setattr(_fused, attribute, wrapper)
     return counts
 
 

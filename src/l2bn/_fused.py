@@ -70,50 +70,43 @@ def fused_kernels(enabled: bool) -> Iterator[None]:
         _state["enabled"] = previous
 
 
-def applies(x: Tensor, *per_channel: Tensor | None) -> bool:
-    """Whether the fused kernels take ``x`` with these per-channel tensors."""
-    return (
-        _state["enabled"]
-        and x.is_cpu
-        and x.dtype in _FULL_PRECISION
-        and x.numel() > 0
-        and all(t is None or t.is_cpu for t in per_channel)
-        and _kernels.fast_paths_enabled()
-        and not _kernels.tracing()
-    )
-
-
-def train(
+def forward(
     x: Tensor,
     running_mean: Tensor | None,
     running_var: Tensor | None,
     weight: Tensor | None,
     bias: Tensor | None,
+    training: bool,
     momentum: float,
     eps: float,
     l2_eps: float,
     scale: bool,
-) -> Tensor:
-    """Training-mode L2BN (eqs. 2-3); updates the running statistics in place."""
-    args = (x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale)
-    if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias)
-    ):
-        return FusedL2BatchNormFunction.apply(*args)
-    return _train_forward(*args)[0]
+) -> Tensor | None:
+    """L2BN of checked arguments on the fused kernels, or None where they do not apply.
 
-
-def evaluate(
-    x: Tensor,
-    running_mean: Tensor,
-    running_var: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    eps: float,
-    l2_eps: float,
-    scale: bool,
-) -> Tensor:
-    """Eval-mode L2BN with the running statistics (not differentiable)."""
+    Training mode updates the running statistics in place. Eval mode with a gradient
+    required returns None: the pure-PyTorch eval path is differentiable, the kernel is not.
+    Written flat (few calls, no generators): it runs once per layer and step.
+    """
+    if not (_state["enabled"] and x.is_cpu and x.dtype in _FULL_PRECISION and x.numel()):
+        return None
+    for t in (running_mean, running_var, weight, bias):
+        if t is not None and not t.is_cpu:
+            return None
+    if not _kernels.fast_paths_enabled() or _kernels.tracing():
+        return None
+    grad = torch.is_grad_enabled() and (
+        x.requires_grad
+        or (weight is not None and weight.requires_grad)
+        or (bias is not None and bias.requires_grad)
+    )
+    if training:
+        args = (x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale)
+        if grad:
+            return FusedL2BatchNormFunction.apply(*args)
+        return _train_forward(*args)[0]
+    if grad or running_mean.requires_grad or running_var.requires_grad:
+        return None
     return _eval_forward(x, running_mean, running_var, weight, bias, eps, l2_eps, scale)
 
 

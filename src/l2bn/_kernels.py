@@ -58,7 +58,10 @@ _COMPILER_CHECKS = _compiler_checks()
 
 def tracing() -> bool:
     """True under torch.compile or torch.export: take data-independent code paths."""
-    return any(check() for check in _COMPILER_CHECKS)
+    for check in _COMPILER_CHECKS:  # noqa: SIM110 (a loop: no generator on this hot path)
+        if check():
+            return True
+    return False
 
 
 @contextlib.contextmanager

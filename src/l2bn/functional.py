@@ -135,12 +135,13 @@ def checked_l2_batch_norm(
         # As BatchNorm: an empty batch gives an empty output and leaves the statistics alone.
         return _empty_output(input, weight, bias)
 
+    out = _fused.forward(
+        input, running_mean, running_var, weight, bias, training, momentum, eps, l2_eps, scale
+    )
+    if out is not None:
+        return out
     if not training:
         return _eval_forward(input, running_mean, running_var, weight, bias, eps, l2_eps, scale)
-    if _fused.applies(input, weight, bias, running_mean, running_var):
-        return _fused.train(
-            input, running_mean, running_var, weight, bias, momentum, eps, l2_eps, scale
-        )
 
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (input, weight, bias)
@@ -165,13 +166,8 @@ def _eval_forward(
     l2_eps: float,
     scale: bool,
 ) -> Tensor:
-    """Eval path: the fused kernel when no gradient is needed; otherwise plain tensor ops,
-    differentiable by autograd and traceable by torch.export."""
-    params = (running_mean, running_var, weight, bias)
-    if _fused.applies(x, *params) and not (
-        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *params))
-    ):
-        return _fused.evaluate(x, running_mean, running_var, weight, bias, eps, l2_eps, scale)
+    """Eval path of plain tensor ops: differentiable by autograd and traceable by
+    torch.export (the fused kernel serves eval when no gradient is needed)."""
     rho = _stats.sample_scale_direct(x, l2_eps, scale)
     a, shift, _ = affine_coefficients(running_mean, running_var, rho, weight, bias, eps)
     return affine_output(x, a, shift)

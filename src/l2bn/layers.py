@@ -69,7 +69,7 @@ class _L2BatchNorm(_BatchNorm):
     def forward(self, input: Tensor) -> Tensor:
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         validate_input(input, self.num_features, use_batch_stats, self._expected_dims or None)
-        factor = self._momentum_factor()
+        factor = self._momentum_factor() if self.training else 0.0
         track = not self.training or self.track_running_stats
         return checked_l2_batch_norm(
             input,

@@ -11,6 +11,12 @@
 #include "passes.h"
 
 namespace l2bn {
+namespace {
+
+// Elements of one group of output units in the pipelined per-sample loop.
+constexpr int64_t kGroupElements = 4096;
+
+}  // namespace
 
 Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tensor& running_var,
                     const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
@@ -57,16 +63,35 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
       return;
     }
     if (n >= at::get_num_threads()) {
+      // Each task walks its samples in groups of output units: the output of sample i is
+      // written while the norm of sample i + 1 is read, so both memory streams are in
+      // flight. Norms are summed group by group, the same way for every sample.
+      const int64_t unit_len = l.channels_last ? c : l.m;
+      const int64_t group = std::max<int64_t>(1, kGroupElements / unit_len);
+      auto group_norm_sq = [&](const T* sample, int64_t u) {
+        return block_sum_squares(sample + u * unit_len, std::min(group, units - u) * unit_len);
+      };
       at::parallel_for(0, n, grain(per_sample), [&](int64_t i0, int64_t i1) {
         std::vector<T> a(c);
+        double norm_sq = 0;
+        for (int64_t u = 0; u < units; u += group) {
+          norm_sq += group_norm_sq(xp + i0 * per_sample, u);
+        }
         for (int64_t i = i0; i < i1; ++i) {
-          const double inv = inverse_scale(block_sum_squares(xp + i * per_sample, per_sample));
+          const double inv = inverse_scale(norm_sq);
           for (int64_t k = 0; k < c; ++k) {
             a[k] = static_cast<T>(gain[k] * inv);
           }
           const Coef<T> pa{a.data(), 0};
-          affine(yp, xp, static_cast<const T*>(nullptr), pa, pa, rb, c, l.m, l.channels_last,
-                 i * units, (i + 1) * units);
+          const T* next = i + 1 < i1 ? xp + (i + 1) * per_sample : nullptr;
+          norm_sq = 0;
+          for (int64_t u = 0; u < units; u += group) {
+            affine(yp, xp, static_cast<const T*>(nullptr), pa, pa, rb, c, l.m, l.channels_last,
+                   i * units + u, i * units + std::min(u + group, units));
+            if (next != nullptr) {
+              norm_sq += group_norm_sq(next, u);
+            }
+          }
         }
       });
       return;
