@@ -11,13 +11,6 @@
 #include "passes.h"
 
 namespace l2bn {
-namespace {
-
-// Elements of one group of output units in the pipelined per-sample loop.
-constexpr int64_t kGroupElements = 4096;
-
-}  // namespace
-
 Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tensor& running_var,
                     const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
                     double eps, double l2_eps, bool scale) {
@@ -49,7 +42,6 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
     for (int64_t k = 0; k < c; ++k) {
       shift[k] = static_cast<T>(b[k] - rm[k] * gain[k]);
     }
-    const Coef<T> rb{shift.data(), 0};
     if (l.m == 1) {
       // (N, C): one row per sample, scaled by rank-one coefficients (vector_passes.h).
       std::vector<T> gain_t(gain.begin(), gain.end());
@@ -63,35 +55,19 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
       return;
     }
     if (n >= at::get_num_threads()) {
-      // Each task walks its samples in groups of output units: the output of sample i is
-      // written while the norm of sample i + 1 is read, so both memory streams are in
-      // flight. Norms are summed group by group, the same way for every sample.
-      const int64_t unit_len = l.channels_last ? c : l.m;
-      const int64_t group = std::max<int64_t>(1, kGroupElements / unit_len);
-      auto group_norm_sq = [&](const T* sample, int64_t u) {
-        return block_sum_squares(sample + u * unit_len, std::min(group, units - u) * unit_len);
-      };
+      // Each task walks its samples: the output of sample i is written in the same loop
+      // that reads sample i + 1 for its norm, so both memory streams are in flight.
       at::parallel_for(0, n, grain(per_sample), [&](int64_t i0, int64_t i1) {
         std::vector<T> a(c);
-        double norm_sq = 0;
-        for (int64_t u = 0; u < units; u += group) {
-          norm_sq += group_norm_sq(xp + i0 * per_sample, u);
-        }
+        double norm_sq = sample_sum_squares(xp + i0 * per_sample, c, l.m, l.channels_last);
         for (int64_t i = i0; i < i1; ++i) {
           const double inv = inverse_scale(norm_sq);
           for (int64_t k = 0; k < c; ++k) {
             a[k] = static_cast<T>(gain[k] * inv);
           }
-          const Coef<T> pa{a.data(), 0};
           const T* next = i + 1 < i1 ? xp + (i + 1) * per_sample : nullptr;
-          norm_sq = 0;
-          for (int64_t u = 0; u < units; u += group) {
-            affine(yp, xp, static_cast<const T*>(nullptr), pa, pa, rb, c, l.m, l.channels_last,
-                   i * units + u, i * units + std::min(u + group, units));
-            if (next != nullptr) {
-              norm_sq += group_norm_sq(next, u);
-            }
-          }
+          norm_sq = sample_output_next(yp + i * per_sample, xp + i * per_sample, a.data(),
+                                       shift.data(), next, c, l.m, l.channels_last);
         }
       });
       return;
@@ -111,7 +87,7 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
         a[i * c + k] = static_cast<T>(gain[k] * inv);
       }
     }
-    const Coef<T> pa{a.data(), c};
+    const Coef<T> pa{a.data(), c}, rb{shift.data(), 0};
     const int64_t per_unit = l.channels_last ? c : l.m;
     at::parallel_for(0, n * units, grain(per_unit), [&](int64_t i0, int64_t i1) {
       affine(yp, xp, static_cast<const T*>(nullptr), pa, pa, rb, c, l.m, l.channels_last, i0, i1);

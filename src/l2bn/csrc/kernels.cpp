@@ -52,6 +52,13 @@ namespace l2bn {
       affine_rows<T, false>(out, u, v, p, q, r, c, m, i0, i1);                                \
     }                                                                                         \
   }                                                                                           \
+  L2BN_MULTIVERSION double sample_output_next(T* out, const T* u, const T* a, const T* b,     \
+                                             const T* next, int64_t c, int64_t m, bool cl) {  \
+    return sample_output_next<T>(out, u, a, b, next, c, m, cl);                               \
+  }                                                                                           \
+  L2BN_MULTIVERSION double sample_sum_squares(const T* x, int64_t c, int64_t m, bool cl) {    \
+    return sample_sum_squares<T>(x, c, m, cl);                                                \
+  }                                                                                           \
   L2BN_MULTIVERSION void channel_sums(const T* x, int64_t c, double inv, double* s1,          \
                                       double* s2) {                                           \
     channel_sums<T>(x, c, inv, s1, s2);                                                       \

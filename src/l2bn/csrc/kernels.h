@@ -22,6 +22,9 @@ struct Coef;
   double block_sum_squares(const T* x, int64_t len);                                        \
   void affine(T* out, const T* u, const T* v, const Coef<T>& p, const Coef<T>& q,           \
               const Coef<T>& r, int64_t c, int64_t m, bool cl, int64_t i0, int64_t i1);    \
+  double sample_output_next(T* out, const T* u, const T* a, const T* b, const T* next,       \
+                            int64_t c, int64_t m, bool cl);                                 \
+  double sample_sum_squares(const T* x, int64_t c, int64_t m, bool cl);                     \
   void channel_sums(const T* x, int64_t c, double inv, double* s1, double* s2);              \
   void channel_dev(const T* x, int64_t c, double inv, const double* mu, double* d1,          \
                    double* d2);                                                             \

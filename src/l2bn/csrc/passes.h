@@ -276,4 +276,93 @@ L2BN_INLINE void affine_cl(
   }
 }
 
+// ---- eval: output of one sample fused with the norm of the next -------------------------
+//
+// A sample is `units` units of `len` contiguous values: C rows of M (row-wise, one a and b
+// per row) or M positions of C (channel-last, a[c] and b[c]). kLanes partial sums run
+// across the whole sample; values past the last full block of a unit go to one more.
+
+// out[i] = a[i * kStep] * u[i] + b[i * kStep] over one unit of len values, summing next^2
+// into acc / tail when kNext.
+template <typename T, int kStep, bool kNext>
+L2BN_INLINE void unit_output_next(
+    T* out, const T* u, const T* a, const T* b, const T* next, int64_t len, double* acc,
+    double* tail) {
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes) {
+#pragma omp simd
+    for (int64_t l = 0; l < kLanes; ++l) {
+      out[i + l] = a[(i + l) * kStep] * u[i + l] + b[(i + l) * kStep];
+      if constexpr (kNext) {
+        const double v = next[i + l];
+        acc[l] += v * v;
+      }
+    }
+  }
+  for (; i < len; ++i) {
+    out[i] = a[i * kStep] * u[i] + b[i * kStep];
+    if constexpr (kNext) {
+      const double v = next[i];
+      *tail += v * v;
+    }
+  }
+}
+
+// Output of one sample, out = a * u + b, while summing next^2 (next == nullptr: output
+// only, returns 0).
+template <typename T, bool kNext>
+L2BN_INLINE double sample_output(
+    T* out, const T* u, const T* a, const T* b, const T* next, int64_t c, int64_t m, bool cl) {
+  double acc[kLanes] = {}, tail = 0;
+  if (cl) {
+    for (int64_t j = 0; j < m; ++j) {
+      unit_output_next<T, 1, kNext>(out + j * c, u + j * c, a, b, next + j * c, c, acc, &tail);
+    }
+  } else {
+    for (int64_t k = 0; k < c; ++k) {
+      unit_output_next<T, 0, kNext>(out + k * m, u + k * m, a + k, b + k, next + k * m, m, acc,
+                                    &tail);
+    }
+  }
+  for (int64_t l = 0; l < kLanes; ++l) {
+    tail += acc[l];
+  }
+  return tail;
+}
+
+template <typename T>
+L2BN_INLINE double sample_output_next(
+    T* out, const T* u, const T* a, const T* b, const T* next, int64_t c, int64_t m, bool cl) {
+  if (next == nullptr) {
+    return sample_output<T, false>(out, u, a, b, u, c, m, cl);
+  }
+  return sample_output<T, true>(out, u, a, b, next, c, m, cl);
+}
+
+// ||x||^2 of one sample, summed exactly as sample_output_next sums `next`.
+template <typename T>
+L2BN_INLINE double sample_sum_squares(const T* x, int64_t c, int64_t m, bool cl) {
+  const int64_t units = cl ? m : c, len = cl ? c : m;
+  double acc[kLanes] = {}, tail = 0;
+  for (int64_t j = 0; j < units; ++j) {
+    const T* unit = x + j * len;
+    int64_t i = 0;
+    for (; i + kLanes <= len; i += kLanes) {
+#pragma omp simd
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const double v = unit[i + l];
+        acc[l] += v * v;
+      }
+    }
+    for (; i < len; ++i) {
+      const double v = unit[i];
+      tail += v * v;
+    }
+  }
+  for (int64_t l = 0; l < kLanes; ++l) {
+    tail += acc[l];
+  }
+  return tail;
+}
+
 }  // namespace l2bn
