@@ -59,21 +59,22 @@ namespace l2bn {
   L2BN_MULTIVERSION double sample_sum_squares(const T* x, int64_t c, int64_t m, bool cl) {    \
     return sample_sum_squares<T>(x, c, m, cl);                                                \
   }                                                                                           \
-  L2BN_MULTIVERSION void channel_sums(const T* x, int64_t c, double inv, double* s1,          \
-                                      double* s2) {                                           \
-    channel_sums<T>(x, c, inv, s1, s2);                                                       \
+  L2BN_MULTIVERSION void tile_sums(const T* x, int64_t rows, int64_t c, const double* inv,    \
+                                   double* s1, double* s2) {                                  \
+    tile_sums<T>(x, rows, c, inv, s1, s2);                                                    \
   }                                                                                           \
-  L2BN_MULTIVERSION void channel_dev(const T* x, int64_t c, double inv, const double* mu,     \
-                                     double* d1, double* d2) {                                \
-    channel_dev<T>(x, c, inv, mu, d1, d2);                                                    \
+  L2BN_MULTIVERSION void tile_dev(const T* x, int64_t rows, int64_t c, const double* inv,     \
+                                  const double* mu, double* d1, double* d2) {                 \
+    tile_dev<T>(x, rows, c, inv, mu, d1, d2);                                                 \
   }                                                                                           \
   L2BN_MULTIVERSION void row_output(T* out, const T* x, int64_t c, T inv, const T* gain,      \
                                     const T* shift) {                                         \
     row_output<T>(out, x, c, inv, gain, shift);                                               \
   }                                                                                           \
-  L2BN_MULTIVERSION void grad_channel(const T* dy, const T* x, int64_t c, double inv,         \
-                                      const double* mu, double* t1, double* t2) {             \
-    grad_channel<T>(dy, x, c, inv, mu, t1, t2);                                               \
+  L2BN_MULTIVERSION void tile_grad(const T* dy, const T* x, int64_t rows, int64_t c,          \
+                                   const double* inv, const double* mu, double* t1,           \
+                                   double* t2) {                                              \
+    tile_grad<T>(dy, x, rows, c, inv, mu, t1, t2);                                            \
   }                                                                                           \
   L2BN_MULTIVERSION double projection(const T* dy, const T* x, int64_t c, double inv,         \
                                       const double* gain, const double* c1,                   \

@@ -25,12 +25,13 @@ struct Coef;
   double sample_output_next(T* out, const T* u, const T* a, const T* b, const T* next,       \
                             int64_t c, int64_t m, bool cl);                                 \
   double sample_sum_squares(const T* x, int64_t c, int64_t m, bool cl);                     \
-  void channel_sums(const T* x, int64_t c, double inv, double* s1, double* s2);              \
-  void channel_dev(const T* x, int64_t c, double inv, const double* mu, double* d1,          \
-                   double* d2);                                                             \
+  void tile_sums(const T* x, int64_t rows, int64_t c, const double* inv, double* s1,        \
+                 double* s2);                                                               \
+  void tile_dev(const T* x, int64_t rows, int64_t c, const double* inv, const double* mu,    \
+                double* d1, double* d2);                                                    \
   void row_output(T* out, const T* x, int64_t c, T inv, const T* gain, const T* shift);      \
-  void grad_channel(const T* dy, const T* x, int64_t c, double inv, const double* mu,        \
-                    double* t1, double* t2);                                                \
+  void tile_grad(const T* dy, const T* x, int64_t rows, int64_t c, const double* inv,        \
+                 const double* mu, double* t1, double* t2);                                 \
   double projection(const T* dy, const T* x, int64_t c, double inv, const double* gain,      \
                     const double* c1, const double* alpha, const double* mu);               \
   void grad_row(T* out, const T* dy, const T* x, int64_t c, T inv, T inv2, T proj,           \

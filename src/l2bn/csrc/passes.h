@@ -89,26 +89,58 @@ L2BN_INLINE void sums_rows(
   }
 }
 
+// Channel-last reductions: each sample is M positions of C values. A block of kLanes
+// channels is summed over all positions in registers (one cache line per position and
+// block, so the sample is still read once); leftover channels take a plain loop.
+// term(j, k, u, v) sets the two summands of channel k at position j.
+template <typename F>
+L2BN_INLINE void channel_block_sums(
+    int64_t c, int64_t m, const F& term, double* out_u, double* out_v) {
+  int64_t k0 = 0;
+  for (; k0 + kLanes <= c; k0 += kLanes) {
+    double a[kLanes] = {}, b[kLanes] = {};
+    for (int64_t j = 0; j < m; ++j) {
+#pragma omp simd
+      for (int64_t l = 0; l < kLanes; ++l) {
+        double u, v;
+        term(j, k0 + l, u, v);
+        a[l] += u;
+        b[l] += v;
+      }
+    }
+    for (int64_t l = 0; l < kLanes; ++l) {
+      out_u[k0 + l] = a[l];
+      out_v[k0 + l] = b[l];
+    }
+  }
+  for (int64_t k = k0; k < c; ++k) {
+    out_u[k] = 0;
+    out_v[k] = 0;
+  }
+  if (k0 < c) {
+    for (int64_t j = 0; j < m; ++j) {
+      for (int64_t k = k0; k < c; ++k) {
+        double u, v;
+        term(j, k, u, v);
+        out_u[k] += u;
+        out_v[k] += v;
+      }
+    }
+  }
+}
+
 template <typename T>
 L2BN_INLINE void sums_cl(
     const T* x, int64_t c, int64_t m, int64_t n0, int64_t n1, double* s1, double* s2) {
   for (int64_t n = n0; n < n1; ++n) {
-    double* a = s1 + n * c;
-    double* b = s2 + n * c;
-    for (int64_t k = 0; k < c; ++k) {
-      a[k] = 0;
-      b[k] = 0;
-    }
     const T* sample = x + n * c * m;
-    for (int64_t j = 0; j < m; ++j) {
-      const T* pos = sample + j * c;
-#pragma omp simd
-      for (int64_t k = 0; k < c; ++k) {
-        const double v = pos[k];
-        a[k] += v;
-        b[k] += v * v;
-      }
-    }
+    channel_block_sums(
+        c, m,
+        [sample, c](int64_t j, int64_t k, double& u, double& v) {
+          u = sample[j * c + k];
+          v = u * u;
+        },
+        s1 + n * c, s2 + n * c);
   }
 }
 
@@ -135,24 +167,16 @@ L2BN_INLINE void grad_sums_cl(
     const T* dy, const T* x, const double* h, int64_t c, int64_t m, int64_t n0, int64_t n1,
     double* t1, double* t2) {
   for (int64_t n = n0; n < n1; ++n) {
-    double* a = t1 + n * c;
-    double* b = t2 + n * c;
+    const T* g = dy + n * c * m;
+    const T* sample = x + n * c * m;
     const double* shift = h + n * c;
-    for (int64_t k = 0; k < c; ++k) {
-      a[k] = 0;
-      b[k] = 0;
-    }
-    const int64_t base = n * c * m;
-    for (int64_t j = 0; j < m; ++j) {
-      const T* g = dy + base + j * c;
-      const T* pos = x + base + j * c;
-#pragma omp simd
-      for (int64_t k = 0; k < c; ++k) {
-        const double d = g[k];
-        a[k] += d;
-        b[k] += d * (static_cast<double>(pos[k]) - shift[k]);
-      }
-    }
+    channel_block_sums(
+        c, m,
+        [g, sample, shift, c](int64_t j, int64_t k, double& u, double& v) {
+          u = g[j * c + k];
+          v = u * (static_cast<double>(sample[j * c + k]) - shift[k]);
+        },
+        t1 + n * c, t2 + n * c);
   }
 }
 
@@ -179,23 +203,15 @@ L2BN_INLINE void centred_cl(
     const T* x, const double* mean, int64_t c, int64_t m, int64_t n0, int64_t n1, double* d1,
     double* d2) {
   for (int64_t n = n0; n < n1; ++n) {
-    double* a = d1 + n * c;
-    double* b = d2 + n * c;
-    const double* mu = mean + n * c;
-    for (int64_t k = 0; k < c; ++k) {
-      a[k] = 0;
-      b[k] = 0;
-    }
     const T* sample = x + n * c * m;
-    for (int64_t j = 0; j < m; ++j) {
-      const T* pos = sample + j * c;
-#pragma omp simd
-      for (int64_t k = 0; k < c; ++k) {
-        const double v = static_cast<double>(pos[k]) - mu[k];
-        a[k] += v;
-        b[k] += v * v;
-      }
-    }
+    const double* mu = mean + n * c;
+    channel_block_sums(
+        c, m,
+        [sample, mu, c](int64_t j, int64_t k, double& u, double& v) {
+          u = static_cast<double>(sample[j * c + k]) - mu[k];
+          v = u * u;
+        },
+        d1 + n * c, d2 + n * c);
   }
 }
 

@@ -1,8 +1,8 @@
 // Training-mode L2BN of (N, C) input (paper eq. 1): two passes each way, like BatchNorm,
 // with no array the size of the input besides the output (see vector_passes.h).
 //
-// Forward: per sample row, ||x[n]|| and then its share of the per-channel sums of xh
-// (while the row is in cache); one output pass. Backward: per-channel sums of dy and
+// Forward: per tile of a few rows, each row's ||x[n]|| and then the tile's per-channel sums
+// of xh (while the tile is in cache); one output pass. Backward: per-channel sums of dy and
 // dy * (xh - mu); then per row, the projection e[n] and the row of dx.
 #include <ATen/ops/empty_like.h>
 
@@ -11,6 +11,28 @@
 #include "ops.h"
 
 namespace l2bn {
+namespace {
+
+// Rows per tile of the channel reductions: a tile stays in L1 while its channels are summed.
+constexpr int64_t kRowTile = 8;
+
+// For each tile of rows [t, t + rows) of [i0, i1): prepare(t, rows, inv) fills inv, then
+// the tile's per-channel pair of sums (2 * C values, computed by sum_tile) is added to acc.
+template <typename Prepare, typename SumTile>
+void over_tiles(int64_t i0, int64_t i1, int64_t c, double* acc, const Prepare& prepare,
+                const SumTile& sum_tile) {
+  std::vector<double> tile(2 * c), inv(kRowTile);
+  for (int64_t t = i0; t < i1; t += kRowTile) {
+    const int64_t rows = std::min(kRowTile, i1 - t);
+    prepare(t, rows, inv.data());
+    sum_tile(t, rows, inv.data(), tile.data(), tile.data() + c);
+    for (int64_t k = 0; k < 2 * c; ++k) {
+      acc[k] += tile[k];
+    }
+  }
+}
+
+}  // namespace
 
 VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
                              const std::vector<double>& b, double eps, double l2_eps,
@@ -25,13 +47,19 @@ VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
     using T = scalar_t;
     const T* xp = x.const_data_ptr<T>();
     Partials sums(2 * c);
-    at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
-      double* s = sums.mine();
-      for (int64_t i = i0; i < i1; ++i) {
-        const T* row = xp + i * c;
-        rho[i] = sample_scale(block_sum_squares(row, c), l2_eps, sqrt_d, scale, &active[i]);
-        channel_sums(row, c, 1.0 / rho[i], s, s + c);
+    // Per tile: each row's norm (eq. 1), then the tile's channel sums of xh.
+    auto norms = [&](int64_t t, int64_t rows, double* inv) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = t + r;
+        rho[i] = sample_scale(block_sum_squares(xp + i * c, c), l2_eps, sqrt_d, scale, &active[i]);
+        inv[r] = 1.0 / rho[i];
       }
+    };
+    at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
+      over_tiles(i0, i1, c, sums.mine(), norms,
+                 [&](int64_t t, int64_t rows, const double* inv, double* s1, double* s2) {
+                   tile_sums(xp + t * c, rows, c, inv, s1, s2);
+                 });
     });
     const std::vector<double> total = sums.total();
     std::vector<double>& mu = f.mean_values;
@@ -45,11 +73,16 @@ VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
     }
     if (any_ill) {
       Partials dev(2 * c);
-      at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
-        double* d = dev.mine();
-        for (int64_t i = i0; i < i1; ++i) {
-          channel_dev(xp + i * c, c, 1.0 / rho[i], mu.data(), d, d + c);
+      auto inverses = [&](int64_t t, int64_t rows, double* inv) {
+        for (int64_t r = 0; r < rows; ++r) {
+          inv[r] = 1.0 / rho[t + r];
         }
+      };
+      at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
+        over_tiles(i0, i1, c, dev.mine(), inverses,
+                   [&](int64_t t, int64_t rows, const double* inv, double* d1, double* d2) {
+                     tile_dev(xp + t * c, rows, c, inv, mu.data(), d1, d2);
+                   });
       });
       const std::vector<double> centred = dev.total();
       for (int64_t k = 0; k < c; ++k) {
@@ -94,11 +127,16 @@ Tensor vector_backward(const Tensor& dy, const Tensor& x, const std::vector<doub
     const T* xp = x.const_data_ptr<T>();
     const T* gp = dy.const_data_ptr<T>();
     Partials sums(2 * c);
-    at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
-      double* s = sums.mine();
-      for (int64_t i = i0; i < i1; ++i) {
-        grad_channel(gp + i * c, xp + i * c, c, 1.0 / rho[i], mu, s, s + c);
+    auto inverses = [&](int64_t t, int64_t rows, double* inv) {
+      for (int64_t r = 0; r < rows; ++r) {
+        inv[r] = 1.0 / rho[t + r];
       }
+    };
+    at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
+      over_tiles(i0, i1, c, sums.mine(), inverses,
+                 [&](int64_t t, int64_t rows, const double* inv, double* t1, double* t2) {
+                   tile_grad(gp + t * c, xp + t * c, rows, c, inv, mu, t1, t2);
+                 });
     });
     const std::vector<double> total = sums.total();
     std::vector<double> gain(c), c1(c), alpha(c);

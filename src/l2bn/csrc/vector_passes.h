@@ -4,10 +4,11 @@
 // array that size costs more in page faults than a pass), so these kernels fold each row
 // into per-channel sums right away and write outputs from rank-one coefficients:
 //
-//   channel_sums:  s1[c] += xh, s2[c] += xh^2 with xh = x * inv (forward reduction)
-//   channel_dev:   d1[c] += xh - mu[c], d2[c] += (xh - mu[c])^2 (ill-conditioned channels)
+//   tile_sums:     s1[c] = sum xh, s2[c] = sum xh^2 over a tile of rows, xh = x * inv[row]
+//                  (forward reduction)
+//   tile_dev:      d1[c] = sum xh - mu[c], d2[c] = sum (xh - mu[c])^2 (ill-conditioned)
 //   row_output:    y = x * (gain[c] * inv) + shift[c]
-//   grad_channel:  t1[c] += dy, t2[c] += dy * (xh - mu[c])     (backward reduction)
+//   tile_grad:     t1[c] = sum dy, t2[c] = sum dy * (xh - mu[c])  (backward reduction)
 //   projection:    e = sum_c xh * (gain * dy - c1 - alpha * (xh - mu))  (l2 projection)
 //   grad_row:      dx = inv * (gain * dy + beta) - inv^2 * (alpha + proj) * x
 #pragma once
@@ -18,25 +19,31 @@
 
 namespace l2bn {
 
+// The tile reductions are channel_block_sums (passes.h) with rows in place of positions:
+// a tile of a few rows stays in cache while blocks of channels are summed in registers.
 template <typename T>
-L2BN_INLINE void channel_sums(const T* x, int64_t c, double inv, double* s1, double* s2) {
-#pragma omp simd
-  for (int64_t k = 0; k < c; ++k) {
-    const double v = x[k] * inv;
-    s1[k] += v;
-    s2[k] += v * v;
-  }
+L2BN_INLINE void tile_sums(
+    const T* x, int64_t rows, int64_t c, const double* inv, double* s1, double* s2) {
+  channel_block_sums(
+      c, rows,
+      [=](int64_t r, int64_t k, double& u, double& v) {
+        u = x[r * c + k] * inv[r];
+        v = u * u;
+      },
+      s1, s2);
 }
 
 template <typename T>
-L2BN_INLINE void channel_dev(
-    const T* x, int64_t c, double inv, const double* mu, double* d1, double* d2) {
-#pragma omp simd
-  for (int64_t k = 0; k < c; ++k) {
-    const double v = x[k] * inv - mu[k];
-    d1[k] += v;
-    d2[k] += v * v;
-  }
+L2BN_INLINE void tile_dev(
+    const T* x, int64_t rows, int64_t c, const double* inv, const double* mu, double* d1,
+    double* d2) {
+  channel_block_sums(
+      c, rows,
+      [=](int64_t r, int64_t k, double& u, double& v) {
+        u = x[r * c + k] * inv[r] - mu[k];
+        v = u * u;
+      },
+      d1, d2);
 }
 
 template <typename T>
@@ -49,14 +56,16 @@ L2BN_INLINE void row_output(
 }
 
 template <typename T>
-L2BN_INLINE void grad_channel(
-    const T* dy, const T* x, int64_t c, double inv, const double* mu, double* t1, double* t2) {
-#pragma omp simd
-  for (int64_t k = 0; k < c; ++k) {
-    const double d = dy[k];
-    t1[k] += d;
-    t2[k] += d * (x[k] * inv - mu[k]);
-  }
+L2BN_INLINE void tile_grad(
+    const T* dy, const T* x, int64_t rows, int64_t c, const double* inv, const double* mu,
+    double* t1, double* t2) {
+  channel_block_sums(
+      c, rows,
+      [=](int64_t r, int64_t k, double& u, double& v) {
+        u = dy[r * c + k];
+        v = u * (x[r * c + k] * inv[r] - mu[k]);
+      },
+      t1, t2);
 }
 
 template <typename T>
