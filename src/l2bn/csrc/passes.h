@@ -13,6 +13,7 @@
 // x86-64 and picked at load time (GCC / Clang function multiversioning).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
@@ -89,36 +90,41 @@ L2BN_INLINE void sums_rows(
   }
 }
 
-// Channel-last reductions: each sample is M positions of C values. A block of kLanes
-// channels is summed over all positions in registers (one cache line per position and
-// block, so the sample is still read once); leftover channels take a plain loop.
+// Channel-last reductions: each sample is M positions of C values. Positions are taken
+// a chunk of about kChunkValues values at a time (contiguous, so the read stays
+// sequential); within a chunk each block of kLanes channels is summed in registers and
+// added to the output once. Leftover channels take a plain loop.
 // term(j, k, u, v) sets the two summands of channel k at position j.
+constexpr int64_t kChunkValues = 1024;
+
 template <typename F>
 L2BN_INLINE void channel_block_sums(
     int64_t c, int64_t m, const F& term, double* out_u, double* out_v) {
-  int64_t k0 = 0;
-  for (; k0 + kLanes <= c; k0 += kLanes) {
-    double a[kLanes] = {}, b[kLanes] = {};
-    for (int64_t j = 0; j < m; ++j) {
-#pragma omp simd
-      for (int64_t l = 0; l < kLanes; ++l) {
-        double u, v;
-        term(j, k0 + l, u, v);
-        a[l] += u;
-        b[l] += v;
-      }
-    }
-    for (int64_t l = 0; l < kLanes; ++l) {
-      out_u[k0 + l] = a[l];
-      out_v[k0 + l] = b[l];
-    }
-  }
-  for (int64_t k = k0; k < c; ++k) {
+  for (int64_t k = 0; k < c; ++k) {
     out_u[k] = 0;
     out_v[k] = 0;
   }
-  if (k0 < c) {
-    for (int64_t j = 0; j < m; ++j) {
+  const int64_t chunk = std::max<int64_t>(1, kChunkValues / c);
+  for (int64_t j0 = 0; j0 < m; j0 += chunk) {
+    const int64_t j1 = std::min(m, j0 + chunk);
+    int64_t k0 = 0;
+    for (; k0 + kLanes <= c; k0 += kLanes) {
+      double a[kLanes] = {}, b[kLanes] = {};
+      for (int64_t j = j0; j < j1; ++j) {
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes; ++l) {
+          double u, v;
+          term(j, k0 + l, u, v);
+          a[l] += u;
+          b[l] += v;
+        }
+      }
+      for (int64_t l = 0; l < kLanes; ++l) {
+        out_u[k0 + l] += a[l];
+        out_v[k0 + l] += b[l];
+      }
+    }
+    for (int64_t j = j0; j < j1; ++j) {
       for (int64_t k = k0; k < c; ++k) {
         double u, v;
         term(j, k, u, v);
@@ -244,8 +250,8 @@ template <typename T, bool kTwoInputs>
 L2BN_INLINE void affine_rows(
     T* out, const T* u, const T* v, Coef<T> p, Coef<T> q, Coef<T> r, int64_t c, int64_t m,
     int64_t r0, int64_t r1) {
+  int64_t n = r0 / c, k = r0 % c;  // stepped below: no division per row
   for (int64_t row = r0; row < r1; ++row) {
-    const int64_t n = row / c, k = row % c;
     const T a = p.row(n)[k], b = r.row(n)[k];
     const T* ur = u + row * m;
     T* o = out + row * m;
@@ -262,6 +268,10 @@ L2BN_INLINE void affine_rows(
         o[i] = a * ur[i] + b;
       }
     }
+    if (++k == c) {
+      k = 0;
+      ++n;
+    }
   }
 }
 
@@ -270,8 +280,8 @@ template <typename T, bool kTwoInputs>
 L2BN_INLINE void affine_cl(
     T* out, const T* u, const T* v, Coef<T> p, Coef<T> q, Coef<T> r, int64_t c, int64_t m,
     int64_t j0, int64_t j1) {
+  int64_t n = j0 / m, s = j0 % m;  // stepped below: no division per position
   for (int64_t j = j0; j < j1; ++j) {
-    const int64_t n = j / m;
     const T* a = p.row(n);
     const T* b = r.row(n);
     const T* up = u + j * c;
@@ -288,6 +298,10 @@ L2BN_INLINE void affine_cl(
       for (int64_t k = 0; k < c; ++k) {
         o[k] = a[k] * up[k] + b[k];
       }
+    }
+    if (++s == m) {
+      s = 0;
+      ++n;
     }
   }
 }

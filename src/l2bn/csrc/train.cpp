@@ -40,12 +40,18 @@ void row_moments(const T* x, const Layout& l, const double* s1, const double* s2
                  double* mean, double* var) {
   const int64_t rows = l.n * l.c;
   const double inv_m = 1.0 / static_cast<double>(l.m);
+  std::vector<char> flagged(rows);
+  at::parallel_for(0, rows, grain(16), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      mean[r] = s1[r] * inv_m;
+      const double second = s2[r] * inv_m;
+      var[r] = second - mean[r] * mean[r];
+      flagged[r] = ill_conditioned(var[r], second);
+    }
+  });
   std::vector<int64_t> ill;
   for (int64_t r = 0; r < rows; ++r) {
-    mean[r] = s1[r] * inv_m;
-    const double second = s2[r] * inv_m;
-    var[r] = second - mean[r] * mean[r];
-    if (ill_conditioned(var[r], second)) {
+    if (flagged[r]) {
       ill.push_back(r);
     }
   }
@@ -105,6 +111,7 @@ Statistics channel_statistics(const Layout& l, const double* sumsq, Tensor x_mea
   double* mu = s.mean.data_ptr<double>();
   std::fill(mu, mu + c, 0.0);
   for (int64_t i = 0; i < n; ++i) {
+#pragma omp simd
     for (int64_t k = 0; k < c; ++k) {
       mu[k] += xm[i * c + k] * inv[i];
     }
@@ -113,6 +120,7 @@ Statistics channel_statistics(const Layout& l, const double* sumsq, Tensor x_mea
     mu[k] /= static_cast<double>(n);
   }
   for (int64_t i = 0; i < n; ++i) {
+#pragma omp simd
     for (int64_t k = 0; k < c; ++k) {
       const double d = xm[i * c + k] * inv[i] - mu[k];
       s.var[k] += xv[i * c + k] * inv[i] * inv[i] + d * d;
@@ -172,14 +180,21 @@ ForwardResult train_forward(const Tensor& input, const std::optional<Tensor>& we
     const double* invstd = stats.invstd.const_data_ptr<double>();
     const double* rho = stats.rho.const_data_ptr<double>();
     std::vector<T> shift(c), a(n * c);
+    std::vector<double> gain(c);
     for (int64_t k = 0; k < c; ++k) {
-      shift[k] = static_cast<T>(b[k] - mu[k] * w[k] * invstd[k]);
+      gain[k] = w[k] * invstd[k];
+      shift[k] = static_cast<T>(b[k] - mu[k] * gain[k]);
     }
-    for (int64_t i = 0; i < n; ++i) {
-      for (int64_t k = 0; k < c; ++k) {
-        a[i * c + k] = static_cast<T>(w[k] * invstd[k] / rho[i]);
+    at::parallel_for(0, n, grain(4 * c), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const double inv = 1.0 / rho[i];
+        T* row = a.data() + i * c;
+        _Pragma("omp simd")
+        for (int64_t k = 0; k < c; ++k) {
+          row[k] = static_cast<T>(gain[k] * inv);
+        }
       }
-    }
+    });
     T* yp = y.data_ptr<T>();
     const Coef<T> pa{a.data(), c}, rb{shift.data(), 0};
     over_output_units(l, [&](int64_t i0, int64_t i1) {
@@ -245,10 +260,15 @@ std::tuple<Tensor, Tensor, Tensor> train_backward(
       grad_sums(gp, xp, h.data(), c, l.m, l.channels_last, i0, i1, t1.data(), t2.data());
     });
     // dbeta = sum dy, dgamma = sum dy * z (eq. 2).
+    std::vector<double> inv_rho(n);
     for (int64_t i = 0; i < n; ++i) {
+      inv_rho[i] = 1.0 / rp[i];
+      const double* r1 = t1.data() + i * c;
+      const double* r2 = t2.data() + i * c;
+      _Pragma("omp simd")
       for (int64_t k = 0; k < c; ++k) {
-        dbeta[k] += t1[i * c + k];
-        dgamma[k] += t2[i * c + k] / rp[i];
+        dbeta[k] += r1[k];
+        dgamma[k] += r2[k] * inv_rho[i];
       }
     }
     for (int64_t k = 0; k < c; ++k) {
@@ -259,31 +279,45 @@ std::tuple<Tensor, Tensor, Tensor> train_backward(
     }
     // dx = p * dy + q * x + r (DESIGN.md): e[n] = sum_c xh * dxh is the projection of the
     // l2 normalization, zero for samples whose norm was clamped.
-    std::vector<T> p(n * c), q(n * c), r(n * c);
-    const double d = static_cast<double>(c) * spatial;
-    for (int64_t i = 0; i < n; ++i) {
-      const double inv = 1.0 / rp[i];
-      double e = 0;
-      for (int64_t k = 0; k < c; ++k) {
-        const int64_t j = i * c + k;
-        const double gain = w[k] * is[k];
-        const double m = xm[j] * inv, v = xv[j] * inv * inv;
-        const double xh_dy = t2[j] * inv + mu[k] * t1[j];
-        const double xh_z = is[k] * spatial * (v + m * (m - mu[k]));
-        e += gain * (xh_dy - (dbeta[k] * spatial * m + dgamma[k] * xh_z) / count);
-      }
-      double proj = ap[i] ? e : 0.0;
-      if (scale) {
-        proj /= d;
-      }
-      for (int64_t k = 0; k < c; ++k) {
-        const int64_t j = i * c + k;
-        const double gain = w[k] * is[k];
-        p[j] = static_cast<T>(gain * inv);
-        q[j] = static_cast<T>(-inv * inv * (gain * dgamma[k] * is[k] / count + proj));
-        r[j] = static_cast<T>(gain * inv * ((dgamma[k] * is[k] * mu[k] - dbeta[k]) / count));
-      }
+    // Per-channel parts of p, q, r and of e (the 1 / count factors folded in).
+    const double inv_count = 1.0 / count;
+    std::vector<double> gain(c), e_beta(c), e_gamma(c), q_c(c), r_c(c);
+    for (int64_t k = 0; k < c; ++k) {
+      gain[k] = w[k] * is[k];
+      e_beta[k] = dbeta[k] * spatial * inv_count;
+      e_gamma[k] = dgamma[k] * is[k] * spatial * inv_count;
+      q_c[k] = gain[k] * dgamma[k] * is[k] * inv_count;
+      r_c[k] = gain[k] * (dgamma[k] * is[k] * mu[k] - dbeta[k]) * inv_count;
     }
+    std::vector<T> p(n * c), q(n * c), r(n * c);
+    const double inv_d = scale ? 1.0 / (static_cast<double>(c) * spatial) : 1.0;
+    at::parallel_for(0, n, grain(8 * c), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const double inv = inv_rho[i], inv2 = inv * inv;
+        const double* xmi = xm + i * c;
+        const double* xvi = xv + i * c;
+        const double* t1i = t1.data() + i * c;
+        const double* t2i = t2.data() + i * c;
+        double e = 0;
+        _Pragma("omp simd reduction(+ : e)")
+        for (int64_t k = 0; k < c; ++k) {
+          const double m = xmi[k] * inv, v = xvi[k] * inv2;
+          const double xh_dy = t2i[k] * inv + mu[k] * t1i[k];  // sum_s xh * dy
+          const double xh_zc = v + m * (m - mu[k]);  // sum_s xh * z, over invstd * M
+          e += gain[k] * (xh_dy - e_beta[k] * m - e_gamma[k] * xh_zc);
+        }
+        const double proj = ap[i] ? e * inv_d : 0.0;
+        T* pi = p.data() + i * c;
+        T* qi = q.data() + i * c;
+        T* ri = r.data() + i * c;
+        _Pragma("omp simd")
+        for (int64_t k = 0; k < c; ++k) {
+          pi[k] = static_cast<T>(gain[k] * inv);
+          qi[k] = static_cast<T>(-inv2 * (q_c[k] + proj));
+          ri[k] = static_cast<T>(inv * r_c[k]);
+        }
+      }
+    });
     dx = at::empty_like(x);
     T* out = dx.data_ptr<T>();
     const Coef<T> cp{p.data(), c}, cq{q.data(), c}, cr{r.data(), c};
