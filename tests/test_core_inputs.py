@@ -35,10 +35,13 @@ def test_wrong_channel_count():
 
 
 def test_functional_wrong_parameter_size():
-    with pytest.raises(ValueError, match="running_mean should contain 3 elements, not 4"):
+    message = r"running_mean should contain 3 elements in one dimension, not shape \(4,\)"
+    with pytest.raises(ValueError, match=message):
         l2_batch_norm(torch.randn(2, 3, 4, 4), torch.zeros(4), torch.ones(4))
     with pytest.raises(ValueError, match="weight should contain 3 elements"):
         l2_batch_norm(torch.randn(2, 3, 4, 4), None, None, torch.ones(5), training=True)
+    with pytest.raises(ValueError, match=r"bias should contain 3 elements.*shape \(1, 3\)"):
+        l2_batch_norm(torch.randn(2, 3, 4, 4), None, None, None, torch.ones(1, 3), training=True)
 
 
 @pytest.mark.parametrize(

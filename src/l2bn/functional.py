@@ -57,8 +57,10 @@ def validate_input(
 
 
 def _check_param(name: str, t: Tensor | None, c: int) -> None:
-    if t is not None and t.numel() != c:
-        raise ValueError(f"l2bn: {name} should contain {c} elements, not {t.numel()}")
+    if t is not None and (t.numel() != c or t.dim() != 1):
+        raise ValueError(
+            f"l2bn: {name} should contain {c} elements in one dimension, not shape {tuple(t.shape)}"
+        )
 
 
 @torch.no_grad()
