@@ -18,7 +18,7 @@ CSRC := $(wildcard src/l2bn/csrc/*)
 $(STAMP): pyproject.toml setup.py requirements-torch-cpu.txt requirements-build.txt $(CSRC)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements-torch-cpu.txt -r requirements-build.txt
-	$(BIN)/pip install --quiet --no-build-isolation -e '.[experiments,dev]'
+	L2BN_REQUIRE_EXTENSION=1 $(BIN)/pip install --quiet --no-build-isolation -e '.[experiments,dev]'
 	$(BIN)/python -c "import l2bn._fused as f; print('l2bn:', f.status())"
 	touch $(STAMP)
 

@@ -4,7 +4,9 @@ The extension is compiled against the torch already installed, so it is only bui
 torch is importable at build time: ``make setup`` installs torch first and then the
 project with ``pip install --no-build-isolation``. An isolated build (plain
 ``pip install .``) finds no torch and installs the pure-PyTorch package, which works
-everywhere and is slower on CPU. ``L2BN_NO_EXTENSION=1`` skips the build on purpose.
+everywhere and is slower on CPU. ``L2BN_NO_EXTENSION=1`` skips the build on purpose. A
+failed compilation (no C++ compiler, say) is reported and skipped, unless
+``L2BN_REQUIRE_EXTENSION=1`` (set by ``make setup``) makes it an error.
 """
 
 from __future__ import annotations
@@ -17,8 +19,31 @@ from setuptools import setup
 SOURCES = ("module.cpp", "register.cpp", "train.cpp", "vector.cpp", "eval.cpp", "kernels.cpp")
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
+def _optional(build_ext: type) -> type:
+    """``build_ext`` that reports a failed compilation and goes on without the extension."""
+
+    class OptionalBuildExtension(build_ext):
+        def build_extension(self, ext) -> None:
+            try:
+                super().build_extension(ext)
+            except Exception as exc:
+                if _flag("L2BN_REQUIRE_EXTENSION"):
+                    raise
+                print(
+                    f"l2bn: building {ext.name} failed ({exc}); installing without the fused "
+                    "CPU kernels (L2BN runs its pure-PyTorch path)",
+                    file=sys.stderr,
+                )
+
+    return OptionalBuildExtension
+
+
 def extension_setup() -> dict:
-    if os.environ.get("L2BN_NO_EXTENSION", "") not in ("", "0"):
+    if _flag("L2BN_NO_EXTENSION"):
         return {}
     try:
         from torch.utils.cpp_extension import BuildExtension, CppExtension
@@ -36,7 +61,8 @@ def extension_setup() -> dict:
     extension = CppExtension(
         "l2bn._C", sources, extra_compile_args={"cxx": compile_args}, extra_link_args=link_args
     )
-    return {"ext_modules": [extension], "cmdclass": {"build_ext": BuildExtension}}
+    build_ext = _optional(BuildExtension.with_options(no_python_abi_suffix=False))
+    return {"ext_modules": [extension], "cmdclass": {"build_ext": build_ext}}
 
 
 setup(**extension_setup())

@@ -322,3 +322,12 @@ def test_disabling_the_extension_falls_back_to_pytorch():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.startswith("False pure PyTorch (switched off by L2BN_DISABLE_FUSED)")
+
+
+def test_missing_extension_is_reported(monkeypatch):
+    """An install without the compiled module says so (and L2BN runs the PyTorch path)."""
+    import importlib.util
+
+    monkeypatch.delenv("L2BN_DISABLE_FUSED", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert _fused._load() == "l2bn._C was not built (README: Set-up)"

@@ -15,6 +15,7 @@ switches the extension off.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +31,8 @@ def _load() -> str | None:
     """None when the operators are registered, else why not."""
     if os.environ.get("L2BN_DISABLE_FUSED", "") not in ("", "0"):
         return "switched off by L2BN_DISABLE_FUSED"
+    if importlib.util.find_spec("l2bn._C") is None:
+        return "l2bn._C was not built (README: Set-up)"
     try:
         from l2bn import _C  # noqa: F401  (registers torch.ops.l2bn.*)
     except (ImportError, OSError) as exc:
