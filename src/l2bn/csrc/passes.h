@@ -222,26 +222,35 @@ L2BN_INLINE void centred_cl(
   }
 }
 
+// acc[l] += x^2 over the full blocks of kLanes values of x[0, len), *tail += the rest.
 template <typename T>
-L2BN_INLINE double sum_squares(const T* x, int64_t len) {
-  double a[kLanes] = {};
+L2BN_INLINE void add_squares(const T* x, int64_t len, double* acc, double* tail) {
   int64_t i = 0;
   for (; i + kLanes <= len; i += kLanes) {
 #pragma omp simd
     for (int64_t l = 0; l < kLanes; ++l) {
       const double v = x[i + l];
-      a[l] += v * v;
+      acc[l] += v * v;
     }
   }
-  double total = 0;
   for (; i < len; ++i) {
     const double v = x[i];
-    total += v * v;
+    *tail += v * v;
   }
+}
+
+L2BN_INLINE double lane_total(const double* acc, double tail) {
   for (int64_t l = 0; l < kLanes; ++l) {
-    total += a[l];
+    tail += acc[l];
   }
-  return total;
+  return tail;
+}
+
+template <typename T>
+L2BN_INLINE double sum_squares(const T* x, int64_t len) {
+  double acc[kLanes] = {}, tail = 0;
+  add_squares(x, len, acc, &tail);
+  return lane_total(acc, tail);
 }
 
 // ---- elementwise outputs ------------------------------------------------------------------
@@ -355,10 +364,7 @@ L2BN_INLINE double sample_output(
                                     &tail);
     }
   }
-  for (int64_t l = 0; l < kLanes; ++l) {
-    tail += acc[l];
-  }
-  return tail;
+  return lane_total(acc, tail);
 }
 
 template <typename T>
@@ -376,24 +382,9 @@ L2BN_INLINE double sample_sum_squares(const T* x, int64_t c, int64_t m, bool cl)
   const int64_t units = cl ? m : c, len = cl ? c : m;
   double acc[kLanes] = {}, tail = 0;
   for (int64_t j = 0; j < units; ++j) {
-    const T* unit = x + j * len;
-    int64_t i = 0;
-    for (; i + kLanes <= len; i += kLanes) {
-#pragma omp simd
-      for (int64_t l = 0; l < kLanes; ++l) {
-        const double v = unit[i + l];
-        acc[l] += v * v;
-      }
-    }
-    for (; i < len; ++i) {
-      const double v = unit[i];
-      tail += v * v;
-    }
+    add_squares(x + j * len, len, acc, &tail);
   }
-  for (int64_t l = 0; l < kLanes; ++l) {
-    tail += acc[l];
-  }
-  return tail;
+  return lane_total(acc, tail);
 }
 
 }  // namespace l2bn

@@ -32,6 +32,16 @@ void over_tiles(int64_t i0, int64_t i1, int64_t c, double* acc, const Prepare& p
   }
 }
 
+// The prepare step of over_tiles when the norms are known: inv[r] = 1 / rho[t + r].
+struct InverseScales {
+  const double* rho;
+  void operator()(int64_t t, int64_t rows, double* inv) const {
+    for (int64_t r = 0; r < rows; ++r) {
+      inv[r] = 1.0 / rho[t + r];
+    }
+  }
+};
+
 }  // namespace
 
 VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
@@ -73,13 +83,8 @@ VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
     }
     if (any_ill) {
       Partials dev(2 * c);
-      auto inverses = [&](int64_t t, int64_t rows, double* inv) {
-        for (int64_t r = 0; r < rows; ++r) {
-          inv[r] = 1.0 / rho[t + r];
-        }
-      };
       at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
-        over_tiles(i0, i1, c, dev.mine(), inverses,
+        over_tiles(i0, i1, c, dev.mine(), InverseScales{rho},
                    [&](int64_t t, int64_t rows, const double* inv, double* d1, double* d2) {
                      tile_dev(xp + t * c, rows, c, inv, mu.data(), d1, d2);
                    });
@@ -127,13 +132,8 @@ Tensor vector_backward(const Tensor& dy, const Tensor& x, const std::vector<doub
     const T* xp = x.const_data_ptr<T>();
     const T* gp = dy.const_data_ptr<T>();
     Partials sums(2 * c);
-    auto inverses = [&](int64_t t, int64_t rows, double* inv) {
-      for (int64_t r = 0; r < rows; ++r) {
-        inv[r] = 1.0 / rho[t + r];
-      }
-    };
     at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
-      over_tiles(i0, i1, c, sums.mine(), inverses,
+      over_tiles(i0, i1, c, sums.mine(), InverseScales{rho},
                  [&](int64_t t, int64_t rows, const double* inv, double* t1, double* t2) {
                    tile_grad(gp + t * c, xp + t * c, rows, c, inv, mu, t1, t2);
                  });
