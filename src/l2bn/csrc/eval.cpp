@@ -43,13 +43,20 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
       shift[k] = static_cast<T>(b[k] - rm[k] * gain[k]);
     }
     if (l.m == 1) {
-      // (N, C): one row per sample, scaled by rank-one coefficients (vector_passes.h).
+      // (N, C): rank-one coefficients (vector_passes.h); row i is written in the loop that
+      // reads row i + 1 for its norm, summed in the lane order of block_sum_squares.
       std::vector<T> gain_t(gain.begin(), gain.end());
       at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
+        double norm_sq = block_sum_squares(xp + i0 * c, c);
         for (int64_t i = i0; i < i1; ++i) {
+          const T inv = static_cast<T>(inverse_scale(norm_sq));
           const T* row = xp + i * c;
-          const double inv = inverse_scale(block_sum_squares(row, c));
-          row_output(yp + i * c, row, c, static_cast<T>(inv), gain_t.data(), shift.data());
+          if (i + 1 < i1) {
+            norm_sq = row_output_next(yp + i * c, row, c, inv, gain_t.data(), shift.data(),
+                                      row + c);
+          } else {
+            row_output(yp + i * c, row, c, inv, gain_t.data(), shift.data());
+          }
         }
       });
       return;

@@ -71,6 +71,10 @@ namespace l2bn {
                                     const T* shift) {                                         \
     row_output<T>(out, x, c, inv, gain, shift);                                               \
   }                                                                                           \
+  L2BN_MULTIVERSION double row_output_next(T* out, const T* x, int64_t c, T inv,              \
+                                           const T* gain, const T* shift, const T* next) {    \
+    return row_output_next<T>(out, x, c, inv, gain, shift, next);                             \
+  }                                                                                           \
   L2BN_MULTIVERSION void tile_grad(const T* dy, const T* x, int64_t rows, int64_t c,          \
                                    const double* inv, const double* mu, double* t1,           \
                                    double* t2) {                                              \

@@ -30,6 +30,8 @@ struct Coef;
   void tile_dev(const T* x, int64_t rows, int64_t c, const double* inv, const double* mu,    \
                 double* d1, double* d2);                                                    \
   void row_output(T* out, const T* x, int64_t c, T inv, const T* gain, const T* shift);      \
+  double row_output_next(T* out, const T* x, int64_t c, T inv, const T* gain,               \
+                         const T* shift, const T* next);                                    \
   void tile_grad(const T* dy, const T* x, int64_t rows, int64_t c, const double* inv,        \
                  const double* mu, double* t1, double* t2);                                 \
   double projection(const T* dy, const T* x, int64_t c, double inv, const double* gain,      \

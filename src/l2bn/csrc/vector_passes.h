@@ -7,7 +7,8 @@
 //   tile_sums:     s1[c] = sum xh, s2[c] = sum xh^2 over a tile of rows, xh = x * inv[row]
 //                  (forward reduction)
 //   tile_dev:      d1[c] = sum xh - mu[c], d2[c] = sum (xh - mu[c])^2 (ill-conditioned)
-//   row_output:    y = x * (gain[c] * inv) + shift[c]
+//   row_output:    y = x * (gain[c] * inv) + shift[c] (row_output_next: and the next
+//                  row's sum of squares, for eval)
 //   tile_grad:     t1[c] = sum dy, t2[c] = sum dy * (xh - mu[c])  (backward reduction)
 //   projection:    e = sum_c xh * (gain * dy - c1 - alpha * (xh - mu))  (l2 projection)
 //   grad_row:      dx = inv * (gain * dy + beta) - inv^2 * (alpha + proj) * x
@@ -53,6 +54,28 @@ L2BN_INLINE void row_output(
   for (int64_t k = 0; k < c; ++k) {
     out[k] = x[k] * (gain[k] * inv) + shift[k];
   }
+}
+
+// row_output of one row while summing next^2 (the lane order of sum_squares): eval.
+template <typename T>
+L2BN_INLINE double row_output_next(
+    T* out, const T* x, int64_t c, T inv, const T* gain, const T* shift, const T* next) {
+  double acc[kLanes] = {}, tail = 0;
+  int64_t k = 0;
+  for (; k + kLanes <= c; k += kLanes) {
+#pragma omp simd
+    for (int64_t l = 0; l < kLanes; ++l) {
+      out[k + l] = x[k + l] * (gain[k + l] * inv) + shift[k + l];
+      const double v = next[k + l];
+      acc[l] += v * v;
+    }
+  }
+  for (; k < c; ++k) {
+    out[k] = x[k] * (gain[k] * inv) + shift[k];
+    const double v = next[k];
+    tail += v * v;
+  }
+  return lane_total(acc, tail);
 }
 
 template <typename T>
