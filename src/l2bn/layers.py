@@ -67,14 +67,19 @@ class _L2BatchNorm(_BatchNorm):
         return factor
 
     def forward(self, input: Tensor) -> Tensor:
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        training = self.training
+        running_mean, running_var = self.running_mean, self.running_var
+        use_batch_stats = training or (running_mean is None and running_var is None)
         validate_input(input, self.num_features, use_batch_stats, self._expected_dims or None)
-        factor = self._momentum_factor() if self.training else 0.0
-        track = not self.training or self.track_running_stats
+        factor = 0.0
+        if training:
+            factor = self._momentum_factor()
+            if not self.track_running_stats:
+                running_mean = running_var = None
         return checked_l2_batch_norm(
             input,
-            self.running_mean if track else None,
-            self.running_var if track else None,
+            running_mean,
+            running_var,
             self.weight,
             self.bias,
             use_batch_stats,
