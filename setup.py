@@ -61,8 +61,7 @@ def extension_setup() -> dict:
     extension = CppExtension(
         "l2bn._C", sources, extra_compile_args={"cxx": compile_args}, extra_link_args=link_args
     )
-    build_ext = _optional(BuildExtension.with_options(no_python_abi_suffix=False))
-    return {"ext_modules": [extension], "cmdclass": {"build_ext": build_ext}}
+    return {"ext_modules": [extension], "cmdclass": {"build_ext": _optional(BuildExtension)}}
 
 
 setup(**extension_setup())

@@ -96,7 +96,7 @@ def forward(
     for t in (running_mean, running_var, weight, bias):
         if t is not None and not t.is_cpu:
             return None
-    if not _kernels._state["fast"] or _kernels.tracing():
+    if not _kernels.fast_paths_enabled() or _kernels.tracing():
         return None
     grad = torch.is_grad_enabled() and (
         x.requires_grad

@@ -52,13 +52,12 @@ inline std::vector<double> channel_values(const std::optional<Tensor>& t, int64_
   return out;
 }
 
-// t <- t + momentum * (values - t), as BatchNorm's running-statistics update.
-inline void update_running(const std::optional<Tensor>& t, const std::vector<double>& values,
+// t <- t + momentum * (values - t) over its c values, as BatchNorm's running statistics.
+inline void update_running(const std::optional<Tensor>& t, const double* values, int64_t c,
                            double momentum) {
   if (!t.has_value() || !t->defined()) {
     return;
   }
-  const int64_t c = static_cast<int64_t>(values.size());
   TORCH_CHECK(t->dim() == 1 && t->numel() == c, "l2bn: expected ", c,
               " running statistics, got shape ", t->sizes());
   Tensor buffer = *t;
@@ -70,6 +69,20 @@ inline void update_running(const std::optional<Tensor>& t, const std::vector<dou
       p[k * stride] = static_cast<scalar_t>(old + momentum * (values[k] - old));
     }
   });
+}
+
+// BatchNorm's update of both running statistics from the batch mean and the biased
+// variance of `count` values per channel (the variance enters unbiased).
+inline void update_running_stats(const std::optional<Tensor>& running_mean,
+                                 const std::optional<Tensor>& running_var, const Tensor& mean,
+                                 std::vector<double> var, double count, double momentum) {
+  const int64_t c = static_cast<int64_t>(var.size());
+  const double unbias = count / std::max(count - 1.0, 1.0);
+  for (double& v : var) {
+    v *= unbias;
+  }
+  update_running(running_mean, mean.const_data_ptr<double>(), c, momentum);
+  update_running(running_var, var.data(), c, momentum);
 }
 
 inline Tensor doubles(at::IntArrayRef shape) {

@@ -35,7 +35,7 @@ Tensor eval_forward(const Tensor& x, const Tensor& running_mean, const Tensor& r
 // and parameter gradients are handled by the callers.
 struct VectorForward {
   Tensor y, rho, active, mean, invstd;
-  std::vector<double> mean_values, var_values;
+  std::vector<double> var;  // biased, per channel
 };
 VectorForward vector_forward(const Tensor& x, const std::vector<double>& weight,
                              const std::vector<double>& bias, double eps, double l2_eps,

@@ -5,6 +5,8 @@
 // path, the fallback the tests compare against). (N, C) input goes to vector.cpp.
 #include <ATen/ops/empty_like.h>
 
+#include <utility>
+
 #include "common.h"
 #include "kernels.h"
 #include "ops.h"
@@ -83,17 +85,17 @@ void row_moments(const T* x, const Layout& l, const double* s1, const double* s2
 }
 
 struct Statistics {
-  Tensor rho, active, x_mean, x_var, mean, invstd;
-  std::vector<double> var;
+  Tensor rho, active, mean, invstd;
+  std::vector<double> var;  // biased, per channel
 };
 
 // rho[n] (eq. 3) and the channel statistics of xh = x / rho (eq. 2): the mean of the row
 // means, and within-row plus between-row variance (free of cancellation).
-Statistics channel_statistics(const Layout& l, const double* sumsq, Tensor x_mean, Tensor x_var,
-                              double eps, double l2_eps, bool scale) {
+Statistics channel_statistics(const Layout& l, const double* sumsq, const Tensor& x_mean,
+                              const Tensor& x_var, double eps, double l2_eps, bool scale) {
   const int64_t n = l.n, c = l.c;
-  Statistics s{doubles({n}), at::empty({n}, at::TensorOptions(at::kBool)), x_mean, x_var,
-               doubles({c}), doubles({c}), std::vector<double>(c, 0.0)};
+  Statistics s{doubles({n}), at::empty({n}, at::TensorOptions(at::kBool)), doubles({c}),
+               doubles({c}), std::vector<double>(c, 0.0)};
   double* rho = s.rho.data_ptr<double>();
   bool* active = s.active.data_ptr<bool>();
   const double* xm = x_mean.const_data_ptr<double>();
@@ -148,15 +150,10 @@ ForwardResult train_forward(const Tensor& input, const std::optional<Tensor>& we
   const std::vector<double> w = channel_values(weight, c, 1.0);
   const std::vector<double> b = channel_values(bias, c, 0.0);
   const double count = static_cast<double>(n * l.m);
-  const double unbias = count / std::max(count - 1.0, 1.0);
 
   if (l.m == 1) {
     VectorForward f = vector_forward(x, w, b, eps, l2_eps, scale);
-    for (double& v : f.var_values) {
-      v *= unbias;
-    }
-    update_running(running_mean, f.mean_values, momentum);
-    update_running(running_var, f.var_values, momentum);
+    update_running_stats(running_mean, running_var, f.mean, std::move(f.var), count, momentum);
     return {f.y, f.rho, f.active, Tensor(), Tensor(), f.mean, f.invstd};
   }
 
@@ -201,13 +198,8 @@ ForwardResult train_forward(const Tensor& input, const std::optional<Tensor>& we
       affine(yp, xp, static_cast<const T*>(nullptr), pa, pa, rb, c, l.m, l.channels_last, i0, i1);
     });
   });
-  std::vector<double> mean_values(stats.mean.const_data_ptr<double>(),
-                                  stats.mean.const_data_ptr<double>() + c);
-  for (double& v : stats.var) {
-    v *= unbias;
-  }
-  update_running(running_mean, mean_values, momentum);
-  update_running(running_var, stats.var, momentum);
+  update_running_stats(running_mean, running_var, stats.mean, std::move(stats.var), count,
+                       momentum);
   return {y, stats.rho, stats.active, x_mean, x_var, stats.mean, stats.invstd};
 }
 

@@ -50,7 +50,7 @@ VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
   const int64_t n = x.size(0), c = x.size(1);
   const double sqrt_d = std::sqrt(static_cast<double>(c));
   VectorForward f{at::empty_like(x), doubles({n}), at::empty({n}, at::TensorOptions(at::kBool)),
-                  doubles({c}), doubles({c}), std::vector<double>(c), std::vector<double>(c)};
+                  doubles({c}), doubles({c}), std::vector<double>(c)};
   double* rho = f.rho.data_ptr<double>();
   bool* active = f.active.data_ptr<bool>();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_vector_forward", [&] {
@@ -72,8 +72,8 @@ VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
                  });
     });
     const std::vector<double> total = sums.total();
-    std::vector<double>& mu = f.mean_values;
-    std::vector<double>& var = f.var_values;
+    double* mu = f.mean.data_ptr<double>();
+    std::vector<double>& var = f.var;
     bool any_ill = false;
     for (int64_t k = 0; k < c; ++k) {
       mu[k] = total[k] / static_cast<double>(n);
@@ -86,7 +86,7 @@ VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
       at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
         over_tiles(i0, i1, c, dev.mine(), InverseScales{rho},
                    [&](int64_t t, int64_t rows, const double* inv, double* d1, double* d2) {
-                     tile_dev(xp + t * c, rows, c, inv, mu.data(), d1, d2);
+                     tile_dev(xp + t * c, rows, c, inv, mu, d1, d2);
                    });
       });
       const std::vector<double> centred = dev.total();
@@ -95,12 +95,10 @@ VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
         var[k] = centred[c + k] / static_cast<double>(n) - d1 * d1;
       }
     }
-    double* mean = f.mean.data_ptr<double>();
     double* invstd = f.invstd.data_ptr<double>();
     std::vector<T> gain(c), shift(c);
     for (int64_t k = 0; k < c; ++k) {
       var[k] = std::max(var[k], 0.0);  // NaN stays NaN
-      mean[k] = mu[k];
       invstd[k] = 1.0 / std::sqrt(var[k] + eps);
       gain[k] = static_cast<T>(w[k] * invstd[k]);
       shift[k] = static_cast<T>(b[k] - mu[k] * w[k] * invstd[k]);
