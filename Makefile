@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml setup.py requirements-torch-cpu.txt requirements-build.
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements-torch-cpu.txt -r requirements-build.txt
 	L2BN_REQUIRE_EXTENSION=1 $(BIN)/pip install --quiet --no-build-isolation -e '.[experiments,dev]'
-	$(BIN)/python -c "import l2bn._fused as f; print('l2bn:', f.status())"
+	$(BIN)/python -c "import l2bn; print(l2bn.backends.status())"
 	touch $(STAMP)
 
 data:

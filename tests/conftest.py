@@ -18,9 +18,9 @@ def one_thread():
 @pytest.fixture(params=["fused", "pytorch"])
 def each_path(request):
     """Run a test on the fused C++ kernels and on the pure-PyTorch path (issue 3)."""
-    from l2bn import _fused
+    from l2bn import backends
 
-    if request.param == "fused" and not _fused.available():
-        pytest.skip(f"fused kernels not built: {_fused.status()}")
-    with _fused.fused_kernels(request.param == "fused"):
+    if request.param == "fused" and not backends.available("cpu"):
+        pytest.skip(f"fused kernels not built: {backends.unavailable_reason('cpu')}")
+    with backends.flags(cpu=request.param == "fused"):
         yield request.param

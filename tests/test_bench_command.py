@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from l2bn import L2BatchNorm2d, _fused
+from l2bn import L2BatchNorm2d, backends
 from l2bn.bench import contenders as cn
 from l2bn.bench.saved import saved_bytes
 from l2bn.bench.timing import time_interleaved
@@ -48,7 +48,7 @@ def test_quick_reports_saved_bytes_and_resnet20(quick_results):
     e2e = quick_results["resnet20"]
     assert e2e["ratio"] == pytest.approx(e2e["l2bn"]["median_ms"] / e2e["bn"]["median_ms"])
     assert quick_results["meta"]["threads"] == 1
-    assert quick_results["meta"]["l2bn_implementation"] == _fused.status()
+    assert quick_results["meta"]["l2bn_implementation"] == backends.status("cpu")
 
 
 def test_table_output(capsys):

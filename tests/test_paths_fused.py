@@ -1,7 +1,7 @@
 """The fused C++ kernels (``l2bn._C``) against the pure-PyTorch path and the float64 reference.
 
-Each comparison also counts the calls into ``l2bn._fused`` so that a test fails if the
-fused path was not taken (or, with it switched off, if it was).
+Each comparison also counts the calls into the CPU backend (``l2bn._impl.cpu``), so that a
+test fails if the fused path was not taken (or, with it switched off, if it was).
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ import pytest
 import torch
 
 from _reference import adversarial_input, reference_l2bn, relative_error
-from l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, _fused, l2_batch_norm
+from l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, backends, l2_batch_norm
+from l2bn._impl import cpu as _fused
 
-needs_fused = pytest.mark.skipif(not _fused.available(), reason=_fused.status())
+needs_fused = pytest.mark.skipif(
+    not backends.available("cpu"), reason=str(backends.unavailable_reason("cpu"))
+)
 
 LAYER = {2: L2BatchNorm1d, 3: L2BatchNorm1d, 4: L2BatchNorm2d, 5: L2BatchNorm3d}
 NAMES = ("y", "dx", "dweight", "dbias", "running_mean", "running_var", "eval y")
@@ -71,7 +74,7 @@ def _step(x, dy, *, fused, affine=True, scale=True, momentum=0.1):
             layer.weight.copy_(torch.empty(c, dtype=torch.float64).uniform_(0.5, 1.5))
             layer.bias.copy_(torch.empty(c, dtype=torch.float64).uniform_(-1, 1))
     xg = x.detach().clone().requires_grad_()
-    with _fused.fused_kernels(fused):
+    with backends.flags(cpu=fused):
         y = layer(xg)
         y.backward(dy)
         layer.eval()
@@ -181,7 +184,7 @@ def test_fused_zero_and_nan_samples(shape):
     outs = []
     for fused in (True, False):
         xg = x.clone().requires_grad_()
-        with _fused.fused_kernels(fused):
+        with backends.flags(cpu=fused):
             y = l2_batch_norm(xg, None, None, training=True)
             y.backward(dy)
         assert torch.isfinite(y).all() and torch.isfinite(xg.grad).all()
@@ -189,7 +192,7 @@ def test_fused_zero_and_nan_samples(shape):
     assert relative_error(outs[0][0], outs[1][0]) < 1e-12
     assert relative_error(outs[0][1], outs[1][1]) < 1e-10
     x[2].view(-1)[0] = float("nan")
-    with _fused.fused_kernels(True):
+    with backends.flags(cpu=True):
         y = l2_batch_norm(x, None, None, training=True)
         y_eval = l2_batch_norm(x, torch.zeros(shape[1]).double(), torch.ones(shape[1]).double())
     assert torch.isnan(y).all()
@@ -211,7 +214,7 @@ def test_fused_gradcheck(layout):
             def fn(x, w, b, scale=scale):
                 return l2_batch_norm(x, None, None, w, b, training=True, scale=scale)
 
-            with _fused.fused_kernels(True):
+            with backends.flags(cpu=True):
                 assert torch.autograd.gradcheck(fn, args)
 
 
@@ -223,7 +226,7 @@ def test_fused_grad_output_in_other_layouts(calls):
     for fused in (True, False):
         xg = x.clone().requires_grad_()
         layer = L2BatchNorm2d(3)
-        with _fused.fused_kernels(fused):
+        with backends.flags(cpu=fused):
             (layer(xg) * torch.arange(6.0)).sum().backward()  # dy contiguous, expanded rows
         grads.append(xg.grad)
     assert calls["train"] == 1
@@ -256,7 +259,7 @@ def test_fused_cumulative_running_average():
     stats = []
     for fused in (True, False):
         layer = L2BatchNorm2d(3, momentum=None).double()
-        with _fused.fused_kernels(fused), torch.no_grad():
+        with backends.flags(cpu=fused), torch.no_grad():
             for x in batches:
                 layer(x)
         stats.append((layer.running_mean.clone(), layer.running_var.clone()))
@@ -307,21 +310,23 @@ def test_fused_kernels_built_when_required():
     """`make test` sets L2BN_REQUIRE_FUSED=1: the install step must have built l2bn._C."""
     if os.environ.get("L2BN_REQUIRE_FUSED") != "1":
         pytest.skip("set L2BN_REQUIRE_FUSED=1 to require the fused kernels")
-    assert _fused.available(), _fused.status()
+    assert backends.available("cpu"), backends.unavailable_reason("cpu")
 
 
 def test_disabling_the_extension_falls_back_to_pytorch():
     code = (
-        "import torch, l2bn, l2bn._fused as f; "
+        "import torch, l2bn; "
         "x = torch.randn(4, 3, 5, 5, requires_grad=True); "
         "l2bn.L2BatchNorm2d(3)(x).sum().backward(); "
-        "print(f.available(), f.status())"
+        "print(l2bn.backends.available('cpu'), l2bn.backends.unavailable_reason('cpu')); "
+        "print(l2bn.backends.status('cpu'))"
     )
     env = dict(os.environ, L2BN_DISABLE_FUSED="1")
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    assert out.stdout.startswith("False pure PyTorch (switched off by L2BN_DISABLE_FUSED)")
+    assert out.stdout.startswith("False switched off by L2BN_DISABLE_FUSED")
+    assert "cpu float32: training -> pytorch, eval -> pytorch" in out.stdout
 
 
 def test_missing_extension_is_reported(monkeypatch):

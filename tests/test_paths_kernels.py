@@ -1,4 +1,4 @@
-"""The fast paths of ``l2bn._kernels`` against the generic path and the float64 reference.
+"""The fast paths of ``l2bn._impl.passes`` against the generic path and the float64 reference.
 
 Both are pure PyTorch: the fused C++ kernels are switched off here (they are compared with
 these paths in ``test_paths_fused.py``).
@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from _reference import adversarial_input, reference_l2bn, relative_error
-from l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, _fused, _kernels, l2_batch_norm
+from l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, backends, l2_batch_norm
+from l2bn._impl import passes as _kernels
 
 LAYOUTS = ("contiguous", "channels_last")
 NAMES = ("y", "dx", "dw", "db", "running_mean", "running_var")
@@ -22,7 +23,7 @@ NAMES = ("y", "dx", "dw", "db", "running_mean", "running_var")
 
 @pytest.fixture(autouse=True)
 def pytorch_paths_only():
-    with _fused.fused_kernels(False):
+    with backends.flags(cpu=False):
         yield
 
 
@@ -219,7 +220,7 @@ def test_fast_path_distinguishes_l2bn_from_bn():
 def test_vector_path_for_2d_input(scale, monkeypatch):
     """(N, C) input takes the BatchNorm-kernel path; it matches the generic path and the
     reference, and passes gradcheck, also with a sample whose norm is clamped."""
-    from l2bn import _kernels_vector
+    from l2bn._impl import vector_passes as _kernels_vector
 
     calls = []
     original = _kernels_vector.vector_forward

@@ -4,6 +4,7 @@ The library needs torch alone; ``l2bn.experiments`` and the command line need th
 ``experiments`` extra.
 """
 
+from l2bn import backends
 from l2bn.convert import convert_bn_to_l2bn, convert_l2bn_to_bn
 from l2bn.functional import DEFAULT_L2_EPS, l2_batch_norm
 from l2bn.layers import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, is_l2_batch_norm
@@ -18,6 +19,7 @@ __all__ = [
     "L2BatchNorm3d",
     "SyncL2BatchNorm",
     "__version__",
+    "backends",
     "convert_bn_to_l2bn",
     "convert_l2bn_to_bn",
     "convert_sync_l2batchnorm",

@@ -6,16 +6,9 @@ positions), optionally rescaled by ``sqrt(D)``, then batch-normalize per channel
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from l2bn import _fused, _stats
-from l2bn._autograd import (
-    L2BatchNormFunction,
-    affine_coefficients,
-    affine_output,
-    train_forward,
-)
+from l2bn._impl import dispatch
 
 DEFAULT_L2_EPS = 1e-12
 """The epsilon of eq. (3); the same default as :func:`torch.nn.functional.normalize`."""
@@ -61,23 +54,6 @@ def _check_param(name: str, t: Tensor | None, c: int) -> None:
         raise ValueError(
             f"l2bn: {name} should contain {c} elements in one dimension, not shape {tuple(t.shape)}"
         )
-
-
-@torch.no_grad()
-def _update_running_stats(
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    mean: Tensor,
-    var: Tensor,
-    count: int,
-    momentum: float,
-) -> None:
-    """Exponential update with the unbiased variance, exactly as BatchNorm."""
-    if running_mean is not None:
-        running_mean.lerp_(mean.to(running_mean.dtype), momentum)
-    if running_var is not None:
-        unbiased = var * (count / max(count - 1, 1))
-        running_var.lerp_(unbiased.to(running_var.dtype), momentum)
 
 
 def l2_batch_norm(
@@ -137,42 +113,9 @@ def checked_l2_batch_norm(
         # As BatchNorm: an empty batch gives an empty output and leaves the statistics alone.
         return _empty_output(input, weight, bias)
 
-    out = _fused.forward(
+    return dispatch.l2_batch_norm(
         input, running_mean, running_var, weight, bias, training, momentum, eps, l2_eps, scale
     )
-    if out is not None:
-        return out
-    if not training:
-        return _eval_forward(input, running_mean, running_var, weight, bias, eps, l2_eps, scale)
-
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (input, weight, bias)
-    )
-    if needs_grad:
-        out, mean, var = L2BatchNormFunction.apply(input, weight, bias, eps, l2_eps, scale)
-    else:
-        out, stats, *_ = train_forward(input, weight, bias, eps, l2_eps, scale)
-        mean, var = stats.mean, stats.var
-    count = input.numel() // input.shape[1]
-    _update_running_stats(running_mean, running_var, mean, var, count, momentum)
-    return out
-
-
-def _eval_forward(
-    x: Tensor,
-    running_mean: Tensor,
-    running_var: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    eps: float,
-    l2_eps: float,
-    scale: bool,
-) -> Tensor:
-    """Eval path of plain tensor ops: differentiable by autograd and traceable by
-    torch.export (the fused kernel serves eval when no gradient is needed)."""
-    rho = _stats.sample_scale_direct(x, l2_eps, scale)
-    a, shift, _ = affine_coefficients(running_mean, running_var, rho, weight, bias, eps)
-    return affine_output(x, a, shift)
 
 
 def _empty_output(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:

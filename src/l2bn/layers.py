@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from l2bn._impl.running import momentum_factor
 from l2bn.functional import DEFAULT_L2_EPS, checked_l2_batch_norm, validate_input
 
 
@@ -57,37 +58,77 @@ class _L2BatchNorm(_BatchNorm):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, l2_eps={self.l2_eps}, scale={self.scale}"
 
-    def _momentum_factor(self) -> float:
-        """BatchNorm's rule: ``momentum``, or a cumulative average when it is None."""
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked)
-        return factor
+    def __prepare_scriptable__(self) -> torch.nn.Module:
+        raise RuntimeError(
+            f"l2bn: torch.jit.script does not support {type(self).__name__}; use "
+            "torch.jit.trace or torch.export (both record L2BN exactly), or torch.compile"
+        )
 
     def forward(self, input: Tensor) -> Tensor:
-        training = self.training
-        running_mean, running_var = self.running_mean, self.running_var
-        use_batch_stats = training or (running_mean is None and running_var is None)
-        validate_input(input, self.num_features, use_batch_stats, self._expected_dims or None)
-        factor = 0.0
-        if training:
-            factor = self._momentum_factor()
-            if not self.track_running_stats:
-                running_mean = running_var = None
-        return checked_l2_batch_norm(
+        return layer_forward(
             input,
-            running_mean,
-            running_var,
             self.weight,
             self.bias,
-            use_batch_stats,
-            factor,
+            self.running_mean,
+            self.running_var,
+            self.num_batches_tracked,
+            self.training,
+            self.track_running_stats,
+            self.momentum,
             self.eps,
             self.l2_eps,
             self.scale,
+            self.num_features,
+            self._expected_dims or None,
         )
+
+
+def layer_forward(
+    input: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    num_batches_tracked: Tensor | None,
+    training: bool,
+    track_running_stats: bool,
+    momentum: float | None,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+    num_features: int,
+    expected_dims: tuple[int, ...] | None,
+) -> Tensor:
+    """The forward of an L2BN layer, BatchNorm's mode rules included.
+
+    Batch statistics in training mode, or in eval mode without running statistics; the
+    running statistics are updated (and ``num_batches_tracked`` advanced) in training mode
+    when tracked. A module-level function registered with :func:`torch.fx.wrap`, so that
+    ``torch.fx.symbolic_trace`` records an L2BN layer as one call.
+    """
+    use_batch_stats = training or (running_mean is None and running_var is None)
+    validate_input(input, num_features, use_batch_stats, expected_dims)
+    factor = 0.0
+    if training:
+        if track_running_stats:
+            factor = momentum_factor(momentum, num_batches_tracked)
+        else:
+            running_mean = running_var = None
+    return checked_l2_batch_norm(
+        input,
+        running_mean,
+        running_var,
+        weight,
+        bias,
+        use_batch_stats,
+        factor,
+        eps,
+        l2_eps,
+        scale,
+    )
+
+
+torch.fx.wrap("layer_forward")
 
 
 class L2BatchNorm1d(_L2BatchNorm):

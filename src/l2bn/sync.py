@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from l2bn._sync_function import SyncL2BatchNormFunction
+from l2bn._impl.running import momentum_factor, update_running_stats
+from l2bn._impl.sync_function import SyncL2BatchNormFunction
 from l2bn.convert import Predicate, move_state, register_conversion
 from l2bn.functional import DEFAULT_L2_EPS, validate_input
 from l2bn.layers import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, _L2BatchNorm
@@ -84,29 +84,17 @@ class SyncL2BatchNorm(_L2BatchNorm):
             return super().forward(input)
         # Local checks only: a rank may hold 1 value per channel, or none at all.
         validate_input(input, self.num_features, False)
-        factor = self._momentum_factor()
+        factor = 0.0
+        if self.track_running_stats:
+            factor = momentum_factor(self.momentum, self.num_batches_tracked)
         group = self.process_group or dist.group.WORLD
         out, mean, var, count = SyncL2BatchNormFunction.apply(
             input, self.weight, self.bias, self.eps, self.l2_eps, self.scale, group
         )
         if self.track_running_stats:
-            self._update_running_stats(mean, var, count, factor)
+            # The global count is a tensor: no host synchronization.
+            update_running_stats(self.running_mean, self.running_var, mean, var, count, factor)
         return out
-
-    @torch.no_grad()
-    def _update_running_stats(
-        self, mean: Tensor, var: Tensor, count: Tensor, factor: float
-    ) -> None:
-        """BatchNorm's exponential update with the global unbiased variance ``var * K/(K-1)``.
-
-        Tensor arithmetic only (no host synchronization); an empty global batch
-        leaves the statistics unchanged.
-        """
-        unbiased = var * (count / (count - 1).clamp(min=1))
-        weight = (count > 0).to(mean.dtype) * factor
-        for buf, value in ((self.running_mean, mean), (self.running_var, unbiased)):
-            if buf is not None:
-                buf.lerp_(value.to(buf.dtype), weight.to(buf.dtype))
 
 
 _CONVERTIBLE: tuple[type[nn.Module], ...] = (

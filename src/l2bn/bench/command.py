@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from l2bn import _fused
+from l2bn import backends
 from l2bn.bench import contenders as cn
 from l2bn.bench.e2e import time_training_step
 from l2bn.bench.report import format_table, timing_row, to_json
@@ -112,7 +112,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "device": "cpu",
             "clock": args.clock,
             "quick": bool(args.quick),
-            "l2bn_implementation": _fused.status(),
+            "l2bn_implementation": backends.status("cpu"),
         },
         "timings": [],
         "saved": [],

@@ -10,7 +10,7 @@ namespace l2bn {
 
 using at::Tensor;
 
-// (y, rho, active, x_mean, x_var, mean, invstd); x_mean and x_var are undefined for
+// (y, rho, active, x_mean, x_var, mean, invstd); x_mean and x_var are empty for
 // (N, C) input. Updates the running statistics in place when given.
 using ForwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
@@ -20,7 +20,7 @@ ForwardResult train_forward(const Tensor& x, const std::optional<Tensor>& weight
                             const std::optional<Tensor>& running_var, double momentum,
                             double eps, double l2_eps, bool scale);
 
-// (dx, dweight, dbias); dx is undefined unless input_grad.
+// (dx, dweight, dbias); dx is empty unless input_grad.
 std::tuple<Tensor, Tensor, Tensor> train_backward(
     const Tensor& dy, const Tensor& x, const std::optional<Tensor>& weight, const Tensor& rho,
     const Tensor& active, const std::optional<Tensor>& x_mean,

@@ -154,7 +154,9 @@ ForwardResult train_forward(const Tensor& input, const std::optional<Tensor>& we
   if (l.m == 1) {
     VectorForward f = vector_forward(x, w, b, eps, l2_eps, scale);
     update_running_stats(running_mean, running_var, f.mean, std::move(f.var), count, momentum);
-    return {f.y, f.rho, f.active, Tensor(), Tensor(), f.mean, f.invstd};
+    // Empty row moments: (N, C) input has none (a defined tensor, so that every output
+    // has a fake implementation of fixed rank).
+    return {f.y, f.rho, f.active, doubles({0}), doubles({0}), f.mean, f.invstd};
   }
 
   Tensor s1 = doubles({n, c}), s2 = doubles({n, c});
@@ -243,7 +245,8 @@ std::tuple<Tensor, Tensor, Tensor> train_backward(
       h[i * c + k] = mu[k] * rp[i];
     }
   }
-  Tensor dx;
+  // Without input_grad, dx is an empty tensor (defined: every output has a fake form).
+  Tensor dx = at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_train_backward", [&] {
     using T = scalar_t;
     const T* xp = x.const_data_ptr<T>();

@@ -124,7 +124,7 @@ Tensor vector_backward(const Tensor& dy, const Tensor& x, const std::vector<doub
   const bool* active = active_t.const_data_ptr<bool>();
   const double* mu = mean.const_data_ptr<double>();
   const double* is = invstd.const_data_ptr<double>();
-  Tensor dx;
+  Tensor dx = at::empty({0}, x.options());  // empty without input_grad
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_vector_backward", [&] {
     using T = scalar_t;
     const T* xp = x.const_data_ptr<T>();

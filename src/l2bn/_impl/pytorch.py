@@ -1,14 +1,14 @@
-"""The fused training-mode L2BN: one reduction and one elementwise pass each way.
+"""The PyTorch backend: L2BN in PyTorch operations, one reduction and one output pass each way.
 
 Forward (paper eqs. 2-3): ``y = a[n, c] * x + b[c]`` with
 ``a = gamma / (rho[n] * sqrt(var + eps))`` and ``b = beta - gamma * mu / sqrt(var + eps)``.
 
 Backward: with ``T1 = sum_s dy`` and ``T2 = sum_s dy * x`` per ``(n, c)``, the input
 gradient is ``dx = P[n, c] * dy + Q[n, c] * x + R[n, c]``, where P, Q, R are built from
-``O(N * C)`` statistics (derivation in DESIGN.md). Only ``x`` and those statistics
-are saved for backward. The full-size passes are in ``_kernels`` (fast CPU paths and a
-generic path); ``(N, C)`` input on the fast path uses ``_kernels_vector`` instead, where
-per-row statistics would be as large as the input.
+``O(N * C)`` statistics (derived in ``input_grad``). Only ``x`` and those statistics are
+saved for backward. The full-size passes are in ``passes`` (fast CPU paths and a generic
+path); ``(N, C)`` input on the fast path uses ``vector_passes`` instead, where per-row
+statistics would be as large as the input. It runs on every device and dtype.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from l2bn import _kernels, _kernels_vector, _stats
+from l2bn._impl import moments as _moments
+from l2bn._impl import passes, vector_passes
+from l2bn._impl.composite import differentiable_train_grads
+from l2bn._impl.running import update_running_stats
 
 
 def affine_output(x: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
@@ -27,7 +29,7 @@ def affine_output(x: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) ->
 
     ``out``: optional fresh buffer shaped like ``x`` to write into (see ``_kernels``).
     """
-    return _kernels.scale_shift(x, a, b, out)
+    return passes.scale_shift(x, a, b, out)
 
 
 def affine_coefficients(
@@ -54,12 +56,12 @@ def affine_coefficients(
 
 def train_forward(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, l2_eps: float, scale: bool
-) -> tuple[Tensor, _stats.ChannelStats, _stats.RowMoments, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, _moments.ChannelStats, _moments.RowMoments, Tensor, Tensor, Tensor]:
     """Training-mode forward; returns the output and what backward needs."""
-    moments, buffer = _stats.input_moments(x)
+    moments, buffer = _moments.input_moments(x)
     spatial = x.numel() // max(x.shape[0] * x.shape[1], 1)
-    rho, active = _stats.sample_scale(moments, spatial, l2_eps, scale)
-    stats = _stats.channel_stats(moments, rho)
+    rho, active = _moments.sample_scale(moments, spatial, l2_eps, scale)
+    stats = _moments.channel_stats(moments, rho)
     a, shift, invstd = affine_coefficients(stats.mean, stats.var, rho, weight, bias, eps)
     return affine_output(x, a, shift, buffer), stats, moments, rho, active, invstd
 
@@ -75,7 +77,7 @@ class GradRowSums(NamedTuple):
 def grad_row_sums(dy: Tensor, x: Tensor, mu: Tensor, rho: Tensor) -> GradRowSums:
     """One read of ``dy`` and ``x``, centred on the channel mean element by element, so that
     dgamma needs no difference of rounded row means (accuracy under large offsets)."""
-    t1, t2, buffer = _kernels.grad_sums(dy, x, mu * rho.unsqueeze(1))
+    t1, t2, buffer = passes.grad_sums(dy, x, mu * rho.unsqueeze(1))
     return GradRowSums(t1, t2, buffer)
 
 
@@ -121,11 +123,15 @@ def input_grad(
     p = gain * inv_rho
     q = -inv_rho.square() * (gain * dgamma * invstd / count + proj.unsqueeze(1))
     r = gain * inv_rho * ((dgamma * invstd * mu - dbeta) / count)
-    return _kernels.grad_combine(dy, x, p, q, r, sums.buffer)
+    return passes.grad_combine(dy, x, p, q, r, sums.buffer)
 
 
 class L2BatchNormFunction(torch.autograd.Function):
-    """Training-mode L2BN with a hand-written backward. Returns ``(y, mean, var)``."""
+    """Training-mode L2BN with a hand-written backward. Returns ``(y, mean, var)``.
+
+    A backward run with ``create_graph=True`` returns the differentiable gradient of the
+    composite instead (:func:`l2bn._impl.composite.differentiable_train_grads`).
+    """
 
     @staticmethod
     def forward(
@@ -137,16 +143,16 @@ class L2BatchNormFunction(torch.autograd.Function):
         l2_eps: float,
         scale: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        ctx.scale = scale
+        ctx.eps, ctx.l2_eps, ctx.scale = eps, l2_eps, scale
         ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.vector = x.dim() == 2 and _kernels.fast_applies(x, weight, bias)
+        ctx.vector = x.dim() == 2 and passes.fast_applies(x, weight, bias)
         if ctx.vector:
-            # (N, C) input: BatchNorm's kernels on xh (see _kernels_vector).
-            y, xh, mean, var, invstd, rho, active = _kernels_vector.vector_forward(
+            # (N, C) input: BatchNorm's kernels on xh (see vector_passes); xh is
+            # recomputed from x in backward.
+            y, _xh, mean, var, invstd, rho, active = vector_passes.vector_forward(
                 x, weight, bias, eps, l2_eps, scale
             )
-            ctx.eps = eps
-            ctx.save_for_backward(xh, weight, mean, invstd, rho, active)
+            ctx.save_for_backward(x, weight, mean, invstd, rho, active)
             ctx.mark_non_differentiable(mean, var)
             return y, mean, var
         y, stats, moments, rho, active, invstd = train_forward(x, weight, bias, eps, l2_eps, scale)
@@ -156,36 +162,96 @@ class L2BatchNormFunction(torch.autograd.Function):
         return y, stats.mean, stats.var
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, dy: Tensor, _dmean: Tensor, _dvar: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, *saved = ctx.saved_tensors
+        needs = (
+            ctx.needs_input_grad[0],
+            weight is not None and ctx.needs_input_grad[1],
+            ctx.bias_dtype is not None and ctx.needs_input_grad[2],
+        )
+        if torch.is_grad_enabled():
+            grads = differentiable_train_grads(dy, x, weight, ctx.eps, ctx.l2_eps, ctx.scale, needs)
+            return (*grads, None, None, None)
         if ctx.vector:
-            xh, weight, mean, invstd, rho, active = ctx.saved_tensors
-            mask = (
-                ctx.needs_input_grad[0],
-                weight is not None and ctx.needs_input_grad[1],
-                ctx.bias_dtype is not None and ctx.needs_input_grad[2],
-            )
-            grads = _kernels_vector.vector_backward(
-                dy, xh, weight, mean, invstd, rho, active, ctx.eps, ctx.scale, mask
+            mean, invstd, rho, active = saved
+            xh = x / rho.unsqueeze(1)
+            grads = vector_passes.vector_backward(
+                dy, xh, weight, mean, invstd, rho, active, ctx.eps, ctx.scale, needs
             )
             return (*grads, None, None, None)
-        x, weight, rho, active, x_mean, x_var, mu, invstd = ctx.saved_tensors
+        rho, active, x_mean, x_var, mu, invstd = saved
         inv_rho = rho.reciprocal().unsqueeze(1)
         sums = grad_row_sums(dy, x, mu, rho)
         dbeta, dgamma = channel_grad_sums(sums, inv_rho, invstd)
         dx = None
-        if ctx.needs_input_grad[0]:
-            m = x_mean * inv_rho  # row mean of xh, as in _stats.channel_stats
+        if needs[0]:
+            m = x_mean * inv_rho  # row mean of xh, as in _moments.channel_stats
             v = x_var * inv_rho.square()  # row variance of xh
             count = x.numel() // x.shape[1]
             dx = input_grad(
                 dy, x, sums, m, v, mu, invstd, weight, rho, active, dbeta, dgamma, count, ctx.scale
             )
-
-        dweight = None
-        if weight is not None and ctx.needs_input_grad[1]:
-            dweight = dgamma.to(weight.dtype)
-        dbias = None
-        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
-            dbias = dbeta.to(ctx.bias_dtype)
+        dweight = dgamma.to(weight.dtype) if needs[1] else None
+        dbias = dbeta.to(ctx.bias_dtype) if needs[2] else None
         return dx, dweight, dbias, None, None, None
+
+
+NAME = "pytorch"
+DESCRIPTION = "PyTorch operations with a hand-written backward"
+UNAVAILABLE_REASON = None
+
+
+def applies(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    grad: bool,
+) -> bool:
+    """Every device, layout and floating dtype."""
+    return True
+
+
+def run(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+    grad: bool,
+) -> Tensor:
+    """L2BN of checked arguments; updates the running statistics in training mode."""
+    if not training:
+        return eval_forward(x, running_mean, running_var, weight, bias, eps, l2_eps, scale)
+    if grad:
+        out, mean, var = L2BatchNormFunction.apply(x, weight, bias, eps, l2_eps, scale)
+    else:
+        out, stats, *_ = train_forward(x, weight, bias, eps, l2_eps, scale)
+        mean, var = stats.mean, stats.var
+    if running_mean is not None or running_var is not None:
+        count = x.numel() // x.shape[1]
+        update_running_stats(running_mean, running_var, mean, var, count, momentum)
+    return out
+
+
+def eval_forward(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+) -> Tensor:
+    """Eval mode: plain tensor ops, differentiable by autograd and traceable by export."""
+    rho = _moments.sample_scale_direct(x, l2_eps, scale)
+    a, shift, _ = affine_coefficients(running_mean, running_var, rho, weight, bias, eps)
+    return affine_output(x, a, shift)

@@ -1,13 +1,13 @@
 """Training-mode L2BN with channel statistics synchronized over a process group.
 
 Forward (paper eqs. 2-3): local per-(n, c) moments and ``rho[n]``, one all-gather of the
-per-channel ``(count, mean, M2)`` (see :mod:`l2bn._sync_stats`), then the local output
+per-channel ``(count, mean, M2)`` (see :mod:`l2bn._impl.sync_stats`), then the local output
 ``y = a[n, c] * x + b[c]`` with the global ``mu`` and ``delta``.
 
 Backward: the gradient of BatchNorm needs two channel sums over the whole batch,
 ``dbeta = sum dy`` and ``dgamma = sum dy * z``. Each rank computes its share from the
-per-(n, c) sums of :func:`l2bn._autograd.grad_row_sums`; one all-reduce adds them up;
-:func:`l2bn._autograd.input_grad` (``dx = P * dy + Q * x + R``, the derivation shared with
+per-(n, c) sums of :func:`l2bn._impl.pytorch.grad_row_sums`; one all-reduce adds them up;
+:func:`l2bn._impl.pytorch.input_grad` (``dx = P * dy + Q * x + R``, the derivation shared with
 L2BatchNorm) then uses the global sums and the global count. The l2-normalization's own
 term, the per-sample projection ``e[n]``, is local to the sample. The weight and bias
 gradients returned are each rank's share, as ``torch.nn.SyncBatchNorm`` does:
@@ -22,16 +22,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from l2bn._autograd import (
+from l2bn._impl.pytorch import (
     affine_coefficients,
     affine_output,
     channel_grad_sums,
     grad_row_sums,
     input_grad,
 )
-from l2bn._sync_stats import gather_channel_stats, local_stats
+from l2bn._impl.sync_stats import gather_channel_stats, local_stats
 
 
 class SyncL2BatchNormFunction(torch.autograd.Function):
@@ -66,10 +65,15 @@ class SyncL2BatchNormFunction(torch.autograd.Function):
         return y, stats.mean, stats.var, stats.count
 
     @staticmethod
-    @once_differentiable
     def backward(
         ctx: Any, dy: Tensor, _dmean: Tensor, _dvar: Tensor, _dcount: Tensor
     ) -> tuple[Tensor | None, ...]:
+        if torch.is_grad_enabled():
+            raise NotImplementedError(
+                "l2bn: double backward (create_graph=True) through SyncL2BatchNorm across "
+                "processes is not implemented; a single process, eval mode and "
+                "L2BatchNorm*d support it"
+            )
         x, weight, rho, active, _x_mean, m, v, mu, invstd, count = ctx.saved_tensors
         c = x.shape[1]
         inv_rho = rho.reciprocal().unsqueeze(1)

@@ -1,4 +1,4 @@
-"""The full-size passes of L2BN, chosen per device, layout and dtype (issue 3, DESIGN.md).
+"""The full-size passes of L2BN, chosen per device, layout and dtype.
 
 Everything else L2BN computes is ``O(N * C)``; these four passes are what costs time:
 
@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from l2bn._impl.transforms import compiling
+
 # Below this many positions per (n, c) row, a row-wise BatchNorm call costs more per row
 # than the broadcasting addcmul it replaces.
 _MIN_ROW_LENGTH = 8
@@ -45,23 +47,6 @@ _CHUNK_BYTES = 1 << 20
 _MIN_CHUNKED_BYTES = 4 * _CHUNK_BYTES
 
 _state = {"fast": True}
-
-
-def _compiler_checks() -> tuple:
-    compiler = getattr(torch, "compiler", None)
-    names = ("is_compiling", "is_exporting")
-    return tuple(c for c in (getattr(compiler, n, None) for n in names) if c is not None)
-
-
-_COMPILER_CHECKS = _compiler_checks()
-
-
-def tracing() -> bool:
-    """True under torch.compile or torch.export: take data-independent code paths."""
-    for check in _COMPILER_CHECKS:  # noqa: SIM110 (a loop: no generator on this hot path)
-        if check():
-            return True
-    return False
 
 
 @contextlib.contextmanager
@@ -87,7 +72,7 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _fast(*tensors: Tensor) -> bool:
     """Whether the fast path applies: CPU, full-precision dtype, eager mode."""
-    if not _state["fast"] or tracing():
+    if not _state["fast"] or compiling():
         return False
     if any(t.numel() == 0 for t in tensors):
         return False  # empty batches (e.g. a rank with no samples) take the generic path

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from l2bn import _stats
+from l2bn._impl import moments as _stats
 
 
 class GlobalStats(NamedTuple):

@@ -1,6 +1,6 @@
 """Per-(sample, channel) moments and the L2BN channel statistics built from them.
 
-Notation of DESIGN.md / paper eq. (3): input ``x`` of shape ``(N, C, M)`` after
+Notation of paper eq. (3): input ``x`` of shape ``(N, C, M)`` after
 flattening the spatial dims, ``D = C * M`` values per sample, ``K = N * M``
 values per channel. The l2-normalized input is ``xh[n] = x[n] / rho[n]`` with
 ``rho[n] = max(||x[n]||, l2_eps) / sqrt(D)`` (``scale=True``) or
@@ -21,7 +21,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from l2bn._kernels import accumulation_dtype, input_sums, rows, tracing
+from l2bn._impl.passes import accumulation_dtype, input_sums, rows
+from l2bn._impl.transforms import compiling
 
 __all__ = [
     "ChannelStats",
@@ -51,7 +52,7 @@ def input_moments(x: Tensor) -> tuple[RowMoments, Tensor | None]:
     """Row moments of ``x`` of shape ``(N, C, *S)``, plus a reusable output buffer or None.
 
     The buffer is a fresh tensor shaped like ``x`` that the reduction had to fill; the
-    caller may overwrite it with the layer's output (see :func:`l2bn._kernels.input_sums`).
+    caller may overwrite it with the layer's output (see :func:`l2bn._impl.passes.input_sums`).
     """
     s1, s2, buffer = input_sums(x)
     return _moments_from_sums(s1, s2, rows(x)), buffer
@@ -74,7 +75,7 @@ def _moments_from_sums(s1: Tensor, s2: Tensor, x3: Tensor) -> RowMoments:
     var = torch.addcmul(second, mean, mean, value=-1)
     limit = _COND_LIMIT.get(x3.dtype, _COND_LIMIT_DEFAULT)
     ill = var * limit <= second
-    if tracing():
+    if compiling():
         # No data-dependent branch for torch.compile / torch.export: centre every row.
         var = torch.where(ill, _centred_var_all(x3, mean), var)
     elif bool(ill.any()):

@@ -1,0 +1,107 @@
+"""L2BN as a composite of differentiable torch operations (paper eqs. 1-3).
+
+``xh = x / rho[n]`` with ``rho[n] = max(||x[n]||, l2_eps) / sqrt(D)`` (``scale=True``) or
+``max(||x[n]||, l2_eps)``, then :func:`torch.nn.functional.batch_norm` on ``xh``. It has no
+data-dependent branch and no host synchronization, so every PyTorch transform handles it
+as it handles BatchNorm: ``torch.func`` (``grad``, ``vmap``, ``jvp``), forward-mode AD,
+``torch.jit.trace``, both ONNX exporters, and any order of ``torch.autograd.grad``. The
+backends with hand-written backward passes use :func:`differentiable_train_grads` when
+their gradient must itself be differentiated (``create_graph=True``).
+
+Statistics of float16/bfloat16 input are computed in float32, as BatchNorm does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def normalize_samples(x: Tensor, l2_eps: float, scale: bool) -> Tensor:
+    """``xh`` of eq. (3) in the accumulation dtype: each sample divided by ``rho[n]``."""
+    acc = _accumulation_dtype(x.dtype)
+    dims = tuple(range(1, x.dim()))
+    norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=acc)
+    rho = norm.clamp(min=l2_eps)
+    if scale:
+        rho = rho / math.sqrt(math.prod(x.shape[1:]))
+    return x.to(acc) / rho
+
+
+def l2_batch_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+) -> Tensor:
+    """L2BN of checked arguments; updates the running statistics in training mode."""
+    xh = normalize_samples(x, l2_eps, scale)
+    acc = xh.dtype
+    y = F.batch_norm(
+        xh,
+        running_mean,
+        running_var,
+        None if weight is None else weight.to(acc),
+        None if bias is None else bias.to(acc),
+        training,
+        momentum,
+        eps,
+    )
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def differentiable_train_grads(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+    needs: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``(dx, dweight, dbias)`` of training-mode L2BN as a differentiable graph.
+
+    For backward passes run with ``create_graph=True`` (gradient penalties, ``gradgradcheck``):
+    the forward is recomputed as the composite and differentiated by autograd, so the
+    gradient is itself differentiable in ``dy``, ``x`` and ``weight``. ``needs`` says which
+    of the three are wanted (the bias gradient is ``dy`` summed over all but dim 1).
+    """
+    dx = dweight = dbias = None
+    if needs[2]:
+        dbias = dy.sum(dim=(0, *range(2, dy.dim())))
+    targets = []
+    with torch.enable_grad():
+        xs = x if x.requires_grad else x.detach().requires_grad_(needs[0])
+        ws = weight
+        if weight is not None and not weight.requires_grad:
+            ws = weight.detach().requires_grad_(needs[1])
+        if needs[0]:
+            targets.append(xs)
+        if needs[1] and ws is not None:
+            targets.append(ws)
+        if not targets:
+            return dx, dweight, dbias
+        y = l2_batch_norm(xs, None, None, ws, None, True, 0.0, eps, l2_eps, scale)
+        found = list(torch.autograd.grad(y, targets, dy, create_graph=True, allow_unused=True))
+    if needs[0]:
+        dx = found.pop(0)
+        dx = torch.zeros_like(x) if dx is None else dx
+    if needs[1] and ws is not None:
+        dweight = found.pop(0)
+        dweight = torch.zeros_like(weight) if dweight is None else dweight
+    if dbias is not None and weight is not None:
+        dbias = dbias.to(weight.dtype)
+    return dx, dweight, dbias

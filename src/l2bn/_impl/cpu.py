@@ -1,0 +1,195 @@
+"""The CPU backend: the fused C++ operators of ``l2bn._C``.
+
+``l2bn._C`` is a C++ extension built by the project's install step (``make setup``; see
+setup.py). It registers ``torch.ops.l2bn.train_forward``, ``train_backward`` and
+``eval_forward`` for CPU tensors: each is one reduction pass and one output pass over the
+input, with every ``O(N * C)`` step (statistics, coefficients, the running-statistics
+update) in C++ as well. This module registers their fake (meta) implementations, so that
+``torch.compile(fullgraph=True)`` and ``torch.export`` keep them in the graph, and wraps the
+training pair in an autograd function (the forward mutates the running statistics, so the
+operator itself cannot carry an autograd formula).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from l2bn._impl.composite import differentiable_train_grads
+
+NAME = "cpu"
+DESCRIPTION = "fused C++ kernels (l2bn._C)"
+_FULL_PRECISION = (torch.float32, torch.float64)
+
+
+def _load() -> str | None:
+    """None when the operators are registered, else why not."""
+    if os.environ.get("L2BN_DISABLE_FUSED", "") not in ("", "0"):
+        return "switched off by L2BN_DISABLE_FUSED"
+    if importlib.util.find_spec("l2bn._C") is None:
+        return "l2bn._C was not built (README: Set-up)"
+    try:
+        from l2bn import _C  # noqa: F401  (registers torch.ops.l2bn.*)
+    except (ImportError, OSError) as exc:
+        return f"l2bn._C could not be loaded ({exc})"
+    return None
+
+
+UNAVAILABLE_REASON = _load()
+
+
+def _channels_last_like(x: Tensor) -> bool:
+    """``x`` of shape ``(N, C, *S)`` stored as ``(N, *S, C)`` (size-1 dims unconstrained)."""
+    expected = 1
+    for dim in (1, *range(x.dim() - 1, 1, -1), 0):
+        if x.shape[dim] != 1 and x.stride(dim) != expected:
+            return False
+        expected *= x.shape[dim]
+    return True
+
+
+def _output_like(x: Tensor) -> Tensor:
+    """An empty tensor in the layout the kernels write (``x``'s, or row-wise)."""
+    if not (x.is_contiguous() or _channels_last_like(x)):
+        x = x.contiguous()
+    return torch.empty_like(x)
+
+
+def _register_fakes() -> None:
+    def train_forward_fake(
+        x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale
+    ):
+        n, c = x.shape[0], x.shape[1]
+        double = {"dtype": torch.float64, "device": x.device}
+        rows = (n, c) if x.dim() > 2 else (0,)
+        return (
+            _output_like(x),
+            x.new_empty((n,), **double),
+            x.new_empty((n,), dtype=torch.bool),
+            x.new_empty(rows, **double),
+            x.new_empty(rows, **double),
+            x.new_empty((c,), **double),
+            x.new_empty((c,), **double),
+        )
+
+    def train_backward_fake(
+        dy, x, weight, rho, active, x_mean, x_var, mean, invstd, scale, input_grad
+    ):
+        c = x.shape[1]
+        dtype = x.dtype if weight is None else weight.dtype
+        dx = _output_like(x) if input_grad else x.new_empty((0,))
+        return dx, x.new_empty((c,), dtype=dtype), x.new_empty((c,), dtype=dtype)
+
+    def eval_forward_fake(x, running_mean, running_var, weight, bias, eps, l2_eps, scale):
+        return _output_like(x)
+
+    torch.library.register_fake("l2bn::train_forward", train_forward_fake)
+    torch.library.register_fake("l2bn::train_backward", train_backward_fake)
+    torch.library.register_fake("l2bn::eval_forward", eval_forward_fake)
+
+
+if UNAVAILABLE_REASON is None:
+    _register_fakes()
+    # The overloads themselves: calling them skips the packet's overload resolution.
+    _train_forward = torch.ops.l2bn.train_forward.default
+    _train_backward = torch.ops.l2bn.train_backward.default
+    _eval_forward = torch.ops.l2bn.eval_forward.default
+
+
+def applies(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    grad: bool,
+) -> bool:
+    """CPU float32/float64 input, CPU parameters; eval only without autograd."""
+    if not (x.is_cpu and x.dtype in _FULL_PRECISION and x.numel()):
+        return False
+    for t in (running_mean, running_var, weight, bias):
+        if t is not None and not t.is_cpu:
+            return False
+    if training:
+        return True
+    return not (grad or running_mean.requires_grad or running_var.requires_grad)
+
+
+def run(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+    grad: bool,
+) -> Tensor:
+    """L2BN of checked arguments that :func:`applies` accepted."""
+    if training:
+        args = (x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale)
+        if grad:
+            return FusedL2BatchNormFunction.apply(*args)[0]
+        return _train_forward(*args)[0]
+    return _eval_forward(x, running_mean, running_var, weight, bias, eps, l2_eps, scale)
+
+
+class FusedL2BatchNormFunction(torch.autograd.Function):
+    """Training-mode L2BN on the fused operators. Saves ``x`` and ``O(N * C)`` statistics.
+
+    A backward run with ``create_graph=True`` returns the differentiable gradient of the
+    composite (:func:`l2bn._impl.composite.differentiable_train_grads`), so that gradient
+    penalties and ``gradgradcheck`` see the true second derivatives.
+    """
+
+    @staticmethod
+    def forward(
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+        momentum: float,
+        eps: float,
+        l2_eps: float,
+        scale: bool,
+    ) -> tuple[Tensor, ...]:
+        return _train_forward(
+            x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale
+        )
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        x, weight, bias, _rm, _rv, _momentum, eps, l2_eps, scale = inputs
+        # output: y, then rho, active, row mean and variance of x (empty for (N, C)),
+        # channel mean and invstd.
+        ctx.save_for_backward(x, weight, *output[1:])
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.eps, ctx.l2_eps, ctx.scale = eps, l2_eps, scale
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor, *_stats: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, *stats = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():
+            grads = differentiable_train_grads(dy, x, weight, ctx.eps, ctx.l2_eps, ctx.scale, needs)
+            return (*grads, None, None, None, None, None, None)
+        dx, dweight, dbias = _train_backward(dy, x, weight, *stats, ctx.scale, needs[0])
+        if not needs[0]:
+            dx = None
+        if weight is None or not needs[1]:
+            dweight = None
+        if ctx.bias_dtype is None or not needs[2]:
+            dbias = None
+        elif dbias.dtype != ctx.bias_dtype:
+            dbias = dbias.to(ctx.bias_dtype)
+        return dx, dweight, dbias, None, None, None, None, None, None

@@ -1,0 +1,113 @@
+"""The one place that decides which backend runs an L2BN call.
+
+Backends, in the order they are tried (:mod:`l2bn.backends` switches them):
+
+* ``composite`` whenever a PyTorch transform records the call (``transforms``); otherwise
+* ``cpu``: the fused C++ operators, for CPU float32/float64 tensors;
+* ``pytorch``: PyTorch operations with a hand-written backward; every device and dtype.
+
+Each backend module exposes ``NAME``, ``DESCRIPTION``, ``UNAVAILABLE_REASON`` (None when
+usable), ``applies(x, running_mean, running_var, weight, bias, training, grad)`` (a plain
+predicate on the call) and ``run(...)`` (the call, running statistics updated in place).
+A backend whose gradient cannot be differentiated again routes a ``create_graph=True``
+backward to the composite, so every backend gives correct higher-order gradients.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from l2bn._impl import composite, cpu, pytorch
+from l2bn._impl.transforms import composite_required
+
+
+class _CompositeBackend:
+    """The composite as a backend (chosen for transforms, or by request)."""
+
+    NAME = "composite"
+    DESCRIPTION = "composite of differentiable torch operations (F.normalize-style + F.batch_norm)"
+    UNAVAILABLE_REASON = None
+
+    @staticmethod
+    def applies(*_args: object) -> bool:
+        return True
+
+    @staticmethod
+    def run(
+        x, running_mean, running_var, weight, bias, training, momentum, eps, l2_eps, scale, grad
+    ):
+        return composite.l2_batch_norm(
+            x, running_mean, running_var, weight, bias, training, momentum, eps, l2_eps, scale
+        )
+
+
+BACKENDS: dict[str, ModuleType | type] = {
+    "cpu": cpu,
+    "pytorch": pytorch,
+    "composite": _CompositeBackend,
+}
+ORDER: tuple[str, ...] = ("cpu", "pytorch")
+
+# enabled: the user's switches; preferred: a backend tried first (tests, benchmarks).
+STATE: dict[str, object] = {
+    "enabled": {name: True for name in BACKENDS},
+    "preferred": None,
+}
+
+
+def choose(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    grad: bool,
+):
+    """The backend module that runs this call (the first usable one that applies)."""
+    if composite_required():
+        return _CompositeBackend
+    enabled = STATE["enabled"]
+    preferred = STATE["preferred"]
+    if preferred is not None:
+        backend = BACKENDS[preferred]
+        if backend.UNAVAILABLE_REASON is None and backend.applies(
+            x, running_mean, running_var, weight, bias, training, grad
+        ):
+            return backend
+    for name in ORDER:
+        backend = BACKENDS[name]
+        if (
+            enabled[name]
+            and backend.UNAVAILABLE_REASON is None
+            and backend.applies(x, running_mean, running_var, weight, bias, training, grad)
+        ):
+            return backend
+    return _CompositeBackend
+
+
+def l2_batch_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+) -> Tensor:
+    """L2BN of checked, non-empty arguments on the chosen backend."""
+    grad = torch.is_grad_enabled() and (
+        x.requires_grad
+        or (weight is not None and weight.requires_grad)
+        or (bias is not None and bias.requires_grad)
+    )
+    backend = choose(x, running_mean, running_var, weight, bias, training, grad)
+    return backend.run(
+        x, running_mean, running_var, weight, bias, training, momentum, eps, l2_eps, scale, grad
+    )

@@ -1,0 +1,50 @@
+"""Whether a PyTorch transform records the current call, and which code it needs.
+
+* ``composite_required()``: ``torch.func`` transforms (``grad``, ``vmap``, ``jvp``),
+  forward-mode AD, ``torch.jit.trace`` and the ONNX exporters trace or transform plain
+  tensor operations; they get the differentiable composite (``composite``), which each of
+  them supports as it supports BatchNorm.
+* ``compiling()``: ``torch.compile`` and ``torch.export`` keep the registered fused
+  operators, but the PyTorch backend must take data-independent code paths.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.autograd.forward_ad as _forward_ad
+
+_functorch_active = torch._C._are_functorch_transforms_active
+_jit_tracing = torch._C._is_tracing
+
+
+def _compiler_checks() -> tuple:
+    compiler = getattr(torch, "compiler", None)
+    names = ("is_compiling", "is_exporting")
+    return tuple(c for c in (getattr(compiler, n, None) for n in names) if c is not None)
+
+
+_COMPILER_CHECKS = _compiler_checks()
+
+
+def _onnx_exporting() -> bool:
+    onnx = getattr(torch, "onnx", None)
+    check = getattr(onnx, "is_in_onnx_export", None)
+    return bool(check is not None and check())
+
+
+def composite_required() -> bool:
+    """True when the call must run as plain differentiable tensor operations."""
+    return (
+        _functorch_active()
+        or _forward_ad._current_level >= 0
+        or _jit_tracing()
+        or _onnx_exporting()
+    )
+
+
+def compiling() -> bool:
+    """True under torch.compile or torch.export: take data-independent code paths."""
+    for check in _COMPILER_CHECKS:  # noqa: SIM110 (a loop: no generator on this hot path)
+        if check():
+            return True
+    return False
