@@ -73,7 +73,7 @@ def _moments_from_sums(s1: Tensor, s2: Tensor, x3: Tensor) -> RowMoments:
     mean = s1 / m
     second = s2.div_(m)
     var = torch.addcmul(second, mean, mean, value=-1)
-    limit = _COND_LIMIT.get(x3.dtype, _COND_LIMIT_DEFAULT)
+    limit = _COND_LIMIT.get(s1.dtype, _COND_LIMIT_DEFAULT)
     ill = var * limit <= second
     if compiling():
         # No data-dependent branch for torch.compile / torch.export: centre every row.
@@ -119,7 +119,7 @@ def sample_scale(
 
 def sample_scale_direct(x: Tensor, l2_eps: float, scale: bool) -> Tensor:
     """``rho[n]`` computed straight from ``x`` (eval path: no moments needed)."""
-    acc = accumulation_dtype(x.dtype)
+    acc = accumulation_dtype(x)
     # Reduce over every dim but the batch: no reshape, hence no copy of channels_last input.
     norm = torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), dtype=acc)
     rho = norm.clamp(min=l2_eps)

@@ -65,9 +65,14 @@ def fast_paths_enabled() -> bool:
     return _state["fast"]
 
 
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Statistics of half / bfloat16 inputs are accumulated in float32, as BatchNorm does."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def accumulation_dtype(x: Tensor) -> torch.dtype:
+    """The dtype of the statistics of ``x``: float64 for float64 input and for float32 input
+    on CPU (where it costs little, as in the fused kernels; with channel offsets of 1e3,
+    float32 statistics lose the weight gradient's accuracy), float32 otherwise (half and
+    bfloat16 inputs accumulate in float32, as BatchNorm does)."""
+    if x.dtype == torch.float64 or (x.dtype == torch.float32 and x.device.type == "cpu"):
+        return torch.float64
+    return torch.float32
 
 
 def _fast(*tensors: Tensor) -> bool:
@@ -118,18 +123,25 @@ def _sample_chunks(x: Tensor) -> list[slice] | None:
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def _chunked_sums(a: Tensor, b: Tensor, chunks: list[slice]) -> tuple[Tensor, Tensor]:
-    """Per-``(n, c)`` ``sum a`` and ``sum a * b``, a chunk of samples at a time."""
+def _chunked_sums(
+    a: Tensor, b: Tensor, chunks: list[slice], acc: torch.dtype, shift: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Per-``(n, c)`` ``sum a`` and ``sum a * (b - shift)`` in ``acc``, a chunk of samples at a
+    time (``shift`` of shape ``(N, C)`` in ``b``'s dtype, or None for 0)."""
     n, c = a.shape[0], a.shape[1]
-    total = torch.empty(n, c, dtype=a.dtype, device=a.device)
+    total = torch.empty(n, c, dtype=acc, device=a.device)
     dot = torch.empty_like(total)
     scratch = torch.empty_like(a[chunks[0]])
     for chunk in chunks:
         ai = a[chunk]
         products = scratch[: ai.shape[0]]
-        torch.mul(ai, b[chunk], out=products)
-        torch.sum(rows(ai), dim=2, out=total[chunk])
-        torch.sum(rows(products), dim=2, out=dot[chunk])
+        if shift is None:
+            torch.mul(ai, b[chunk], out=products)
+        else:
+            torch.sub(b[chunk], shift[chunk].reshape(coeff_shape(ai)), out=products)
+            products.mul_(ai)
+        torch.sum(rows(ai), dim=2, dtype=acc, out=total[chunk])
+        torch.sum(rows(products), dim=2, dtype=acc, out=dot[chunk])
     return total, dot
 
 
@@ -139,7 +151,7 @@ def input_sums(x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
     The third value is a fresh tensor shaped like ``x`` that the fast path had to fill
     (with ``x * x``) and that the caller may overwrite with the output, or None.
     """
-    acc = accumulation_dtype(x.dtype)
+    acc = accumulation_dtype(x)
     x3 = rows(x)
     if x3.shape[2] == 1:
         xa = x3[:, :, 0].to(acc)
@@ -149,40 +161,51 @@ def input_sums(x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         s2 = torch.linalg.vector_norm(x3, dim=2, dtype=acc).square_()
         return s1, s2, None
     if x3.stride(2) == 1:
-        s1 = x3.sum(dim=2)
+        s1 = x3.sum(dim=2, dtype=acc)
         # Rows are contiguous: the norm kernel vectorises along them, no temporary.
-        return s1, torch.linalg.vector_norm(x3, dim=2).square_(), None
+        return s1, torch.linalg.vector_norm(x3, dim=2, dtype=acc).square_(), None
     # channels_last and other layouts: the norm kernel is slow across strided rows, but a
     # product pass plus a plain sum is fast (chunked when large; otherwise its buffer
     # becomes the output later).
     chunks = _sample_chunks(x)
     if chunks is not None:
-        return (*_chunked_sums(x, x, chunks), None)
+        return (*_chunked_sums(x, x, chunks, acc), None)
     squares = torch.mul(x, x)
-    return x3.sum(dim=2), rows(squares).sum(dim=2), squares
+    return x3.sum(dim=2, dtype=acc), rows(squares).sum(dim=2, dtype=acc), squares
 
 
 def grad_sums(dy: Tensor, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
     """Per-``(n, c)`` ``sum dy`` and ``sum dy * (x - shift)``, in the accumulation dtype.
 
-    ``shift`` has shape ``(N, C)``. The third value is a fresh tensor shaped like ``x`` that
-    the caller may overwrite with the input gradient, or None.
+    ``shift`` (shape ``(N, C)``, accumulation dtype) is subtracted element by element, in
+    ``x``'s dtype, and the rounding of ``shift`` to that dtype is corrected afterwards:
+    no cancellation under large channel offsets. The third value is a fresh tensor shaped
+    like ``x`` that the caller may overwrite with the input gradient, or None.
     """
-    acc = accumulation_dtype(x.dtype)
+    acc = accumulation_dtype(x)
     if _fast(dy, x):
+        near = shift.to(x.dtype)
         if _bn_kernel_applies(dy, x):
-            return _row_grad_sums_bn(dy, x, shift)
-        chunks = _sample_chunks(x)
-        if chunks is not None:
-            t1, t2 = _chunked_sums(dy, x, chunks)
-            return t1, t2.sub_(shift * t1), None
-        products = torch.mul(dy, x)
-        t1 = rows(dy).sum(dim=2)
-        return t1, rows(products).sum(dim=2) - shift * t1, products
+            t1, t2, buffer = _row_grad_sums_bn(dy, x, near)
+            t1, t2 = t1.to(acc), t2.to(acc)
+        else:
+            chunks = _sample_chunks(x)
+            if chunks is not None:
+                t1, t2 = _chunked_sums(dy, x, chunks, acc, near)
+                buffer = None
+            else:
+                buffer = torch.sub(x, near.reshape(coeff_shape(x)))
+                buffer.mul_(dy)
+                t1 = rows(dy).sum(dim=2, dtype=acc)
+                t2 = rows(buffer).sum(dim=2, dtype=acc)
+        if near.dtype != acc:
+            t2 = t2.addcmul_(near.to(acc) - shift, t1)
+        return t1, t2, buffer
     xa = x if x.dtype == acc else x.to(acc)
     dya = dy if dy.dtype == acc else dy.to(acc)
-    t1 = rows(dy).sum(dim=2, dtype=acc)
-    return t1, (rows(dya) * rows(xa)).sum(dim=2) - shift * t1, None
+    t1 = rows(dya).sum(dim=2)
+    centred = rows(xa) - shift.unsqueeze(2)
+    return t1, (rows(dya) * centred).sum(dim=2), None
 
 
 def _row_grad_sums_bn(dy: Tensor, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor, None]:
@@ -263,6 +286,9 @@ def scale_shift(x: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> T
     ``x``, e.g. from :func:`input_sums`) is filled and returned when given and usable.
     """
     out = _usable_buffer(out, x, a, b)
+    if _fast(x) and a.dtype != x.dtype:
+        # float64 coefficients of float32 CPU input: the output pass runs in float32.
+        a, b = a.to(x.dtype), b.to(x.dtype)
     if x.dtype == a.dtype and _bn_kernel_applies(x) and (out is None or out.is_contiguous()):
         return _row_affine_bn(x, a, b, out)
     y = torch.addcmul(b.reshape(channel_shape(x)), x, a.reshape(coeff_shape(x)), out=out)
@@ -277,6 +303,8 @@ def grad_combine(
     ``out`` (the buffer returned by :func:`grad_sums`) is overwritten when given.
     """
     shape = coeff_shape(x)
+    if _fast(dy, x) and p.dtype != x.dtype:
+        p, q, r = p.to(x.dtype), q.to(x.dtype), r.to(x.dtype)
     qs = q.reshape(shape)
     if _fast(dy, x) and (out is None or _fast(out)):
         # Contiguous input: BatchNorm's kernel writes the output in one call; chunking it

@@ -58,7 +58,7 @@ def local_stats(x3: Tensor, l2_eps: float, scale: bool) -> LocalStats:
     n, c, spatial = x3.shape
     if n == 0:
         # Built here rather than by the core kernels, which need not accept empty input.
-        empty = x3.new_zeros((0, c), dtype=_stats.accumulation_dtype(x3.dtype))
+        empty = x3.new_zeros((0, c), dtype=_stats.accumulation_dtype(x3))
         zeros = empty.new_zeros(c)
         moments = _stats.RowMoments(empty, empty)
         return LocalStats(moments, empty[:, 0], empty[:, 0] > 0, empty, empty, 0, zeros, zeros)
