@@ -28,16 +28,25 @@ data:
 compare: setup data
 	$(BIN)/l2bn compare
 
+# lint-imports: the layering contracts of pyproject.toml ([tool.importlinter]).
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 # L2BN_REQUIRE_FUSED: a test fails if the fused kernels were not built (no silent fallback).
+# The core parity and gradient suites run again under ATen's lower CPU capabilities, so
+# that no result depends on the processor the tests happen to run on.
+CORE_SUITES := tests/test_core_parity.py tests/test_core_gradcheck.py
 test: setup
+	for cap in default avx2; do \
+	  echo "== core suites under ATEN_CPU_CAPABILITY=$$cap"; \
+	  ATEN_CPU_CAPABILITY=$$cap L2BN_REQUIRE_FUSED=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(CORE_SUITES) || exit 1; \
+	done
 	L2BN_REQUIRE_FUSED=1 $(BIN)/python -m pytest -q
 
 bench: setup

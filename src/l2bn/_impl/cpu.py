@@ -13,6 +13,7 @@ operator itself cannot carry an autograd formula).
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from typing import Any
 
@@ -90,6 +91,51 @@ def _register_fakes() -> None:
     torch.library.register_fake("l2bn::train_forward", train_forward_fake)
     torch.library.register_fake("l2bn::train_backward", train_backward_fake)
     torch.library.register_fake("l2bn::eval_forward", eval_forward_fake)
+    torch.library.register_autograd(
+        "l2bn::eval_forward", _eval_backward, setup_context=_eval_setup_context
+    )
+
+
+def _eval_setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+    x, running_mean, running_var, weight, bias, eps, l2_eps, scale = inputs
+    ctx.save_for_backward(x, running_mean, running_var, weight)
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.eps, ctx.l2_eps, ctx.scale = eps, l2_eps, scale
+
+
+def _eval_backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+    """Gradients of eval-mode L2BN ``y = gamma * invstd * (x / rho[n] - mean) + beta``.
+
+    In torch operations (differentiable again, for double backward). ``rho[n]`` is
+    recomputed from ``x``; through it, ``dL/drho = -sum_{c,s} dy * gamma * invstd * x /
+    rho^2`` and ``d||x||/dx = x / ||x||`` (zero where the norm was clamped by ``l2_eps``).
+    The running statistics get no gradient.
+    """
+    x, running_mean, running_var, weight = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    acc = torch.float64 if x.dtype == torch.float64 or x.is_cpu else torch.float32
+    dims = (0, *range(2, x.dim()))
+    sample_dims = tuple(range(1, x.dim()))
+    channel = (1, x.shape[1]) + (1,) * (x.dim() - 2)
+    xa, dya = x.to(acc), dy.to(acc)
+    invstd = (running_var.to(acc) + ctx.eps).rsqrt()
+    norm = torch.linalg.vector_norm(xa, dim=sample_dims, keepdim=True)
+    k = math.sqrt(math.prod(x.shape[1:])) if ctx.scale else 1.0
+    rho = norm.clamp(min=ctx.l2_eps) / k
+    xh = xa / rho
+    dx = dweight = dbias = None
+    if needs[0]:
+        gain = invstd if weight is None else weight.to(acc) * invstd
+        g = dya * gain.view(channel)
+        through_norm = -(g * xh).sum(dim=sample_dims, keepdim=True) / rho / k
+        through_norm = torch.where(norm > ctx.l2_eps, through_norm / norm, 0.0)
+        dx = (g / rho + xa * through_norm).to(x.dtype)
+    if weight is not None and needs[3]:
+        z = (xh - running_mean.to(acc).view(channel)) * invstd.view(channel)
+        dweight = (dya * z).sum(dim=dims).to(weight.dtype)
+    if ctx.bias_dtype is not None and needs[4]:
+        dbias = dy.sum(dim=dims, dtype=acc).to(ctx.bias_dtype)
+    return dx, None, None, dweight, dbias, None, None, None
 
 
 if UNAVAILABLE_REASON is None:
@@ -109,7 +155,7 @@ def applies(
     training: bool,
     grad: bool,
 ) -> bool:
-    """CPU float32/float64 input, CPU parameters; eval only without autograd."""
+    """CPU float32/float64 input and parameters (eval: running statistics without grad)."""
     if not (x.is_cpu and x.dtype in _FULL_PRECISION and x.numel()):
         return False
     for t in (running_mean, running_var, weight, bias):
@@ -117,7 +163,7 @@ def applies(
             return False
     if training:
         return True
-    return not (grad or running_mean.requires_grad or running_var.requires_grad)
+    return not (running_mean.requires_grad or running_var.requires_grad)
 
 
 def run(

@@ -26,6 +26,11 @@ def _compiler_checks() -> tuple:
 _COMPILER_CHECKS = _compiler_checks()
 
 
+def _exporting() -> bool:
+    check = getattr(getattr(torch, "compiler", None), "is_exporting", None)
+    return bool(check is not None and check())
+
+
 def _onnx_exporting() -> bool:
     onnx = getattr(torch, "onnx", None)
     check = getattr(onnx, "is_in_onnx_export", None)
@@ -33,7 +38,11 @@ def _onnx_exporting() -> bool:
 
 
 def composite_required() -> bool:
-    """True when the call must run as plain differentiable tensor operations."""
+    """True when the call must run as plain differentiable tensor operations (never under
+    torch.compile / torch.export, which keep the registered operators)."""
+    if compiling():
+        # ONNX's exporter runs torch.export, then needs operations it can translate.
+        return _exporting() and _onnx_exporting()
     return (
         _functorch_active()
         or _forward_ad._current_level >= 0
