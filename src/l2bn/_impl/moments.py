@@ -75,8 +75,9 @@ def _moments_from_sums(s1: Tensor, s2: Tensor, x3: Tensor) -> RowMoments:
     var = torch.addcmul(second, mean, mean, value=-1)
     limit = _COND_LIMIT.get(s1.dtype, _COND_LIMIT_DEFAULT)
     ill = var * limit <= second
-    if compiling():
-        # No data-dependent branch for torch.compile / torch.export: centre every row.
+    if compiling() or x3.device.type != "cpu":
+        # No data-dependent branch (no host synchronization on a GPU, none for
+        # torch.compile / torch.export): the centred variance replaces ill-conditioned rows.
         var = torch.where(ill, _centred_var_all(x3, mean), var)
     elif bool(ill.any()):
         var = torch.where(ill, _centred_var(x3, mean, ill), var)
