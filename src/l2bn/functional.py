@@ -68,13 +68,38 @@ def l2_batch_norm(
     l2_eps: float = DEFAULT_L2_EPS,
     scale: bool = True,
 ) -> Tensor:
-    """L2BN of ``input`` of shape ``(N, C, *)`` (paper eq. 1 for 2-D input, eq. 3 otherwise).
+    r"""L2BN of ``input`` (Wang et al., https://arxiv.org/abs/2207.02625, eqs. 1-3).
 
-    Arguments mean what they mean in :func:`torch.nn.functional.batch_norm`; in addition
-    ``l2_eps`` is the lower bound of the per-sample norm (eq. 3) and ``scale`` selects the
-    ``sqrt(D)``-rescaled form of eq. (3) (default) or the plain ``x / ||x||`` form.
-    Training mode uses batch statistics of the normalized input and updates the running
-    statistics in place; otherwise the running statistics are used.
+    Each sample is divided by ``rho_n = max(||x_n||_2, l2_eps) / sqrt(D)`` (``D`` values per
+    sample; ``scale=False`` drops the ``sqrt(D)``), then batch-normalized per channel as
+    :func:`torch.nn.functional.batch_norm` does. Training mode uses the batch statistics of
+    the normalized input and updates ``running_mean`` / ``running_var`` in place (unbiased
+    variance, weight ``momentum``); eval mode uses the running statistics.
+
+    Args:
+        input: ``(N, C, *)`` floating-point tensor (float16/bfloat16 statistics are
+            accumulated in float32).
+        running_mean, running_var: ``(C,)`` tensors, or None (required in eval mode).
+        weight, bias: ``(C,)`` affine parameters, or None.
+        training: use batch statistics (and update the running ones).
+        momentum: weight of this batch in the running statistics.
+        eps: added to the variance (eq. 2).
+        l2_eps: lower bound of each sample's norm (eq. 3).
+        scale: the scaled form of eq. 3 (default) or plain ``x / ||x||``.
+
+    Returns:
+        Tensor of the shape, dtype and memory layout of ``input``.
+
+    Raises:
+        ValueError: wrong shapes of the per-channel tensors, missing running statistics in
+            eval mode, ``eps <= 0`` or one value per channel in training.
+        TypeError: non-tensor, integer, bool or complex input.
+
+    Example::
+
+        >>> x = torch.randn(8, 4, 5, 5)
+        >>> rm, rv = torch.zeros(4), torch.ones(4)
+        >>> y = l2bn.l2_batch_norm(x, rm, rv, training=True)
     """
     validate_input(input, None, training)
     c = input.shape[1]

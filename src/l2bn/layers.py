@@ -1,7 +1,10 @@
 """L2BatchNorm1d/2d/3d: drop-in replacements for :class:`torch.nn.BatchNorm1d/2d/3d`.
 
-They subclass torch's ``_BatchNorm``: same constructor (plus ``l2_eps`` and ``scale``),
-same parameters, buffers and ``state_dict`` keys, same ``isinstance`` behaviour.
+L2BN (Wang et al., "L2BN: Enhancing Batch Normalization by Equalizing the L2 Norms of
+Features", https://arxiv.org/abs/2207.02625) l2-normalizes each sample's whole feature
+(eq. 3) and then batch-normalizes it (eq. 2). The layers take BatchNorm's constructor
+(plus ``l2_eps`` and ``scale``) and keep its parameters, buffers, ``state_dict`` keys and
+running-statistics rules.
 """
 
 from __future__ import annotations
@@ -131,20 +134,102 @@ def layer_forward(
 torch.fx.wrap("layer_forward")
 
 
+_ARGS = """
+    Args:
+        num_features: ``C``, the number of channels of the input.
+        eps: added to the batch variance for numerical stability (eq. 2). Default: 1e-5.
+        momentum: weight of the current batch in the running statistics, or None for a
+            cumulative average (as BatchNorm). Default: 0.1.
+        affine: learnable per-channel ``gamma`` (weight) and ``beta`` (bias). Default: True.
+        track_running_stats: keep running mean and variance for eval mode; without them
+            eval mode uses batch statistics, as BatchNorm. Default: True.
+        device, dtype: of the parameters and buffers.
+        l2_eps: lower bound of each sample's l2 norm (eq. 3): a sample whose norm is below
+            it is divided by ``l2_eps`` and passes no gradient through its norm. Default:
+            1e-12, as :func:`torch.nn.functional.normalize`.
+        scale: divide by ``||x_n|| / sqrt(D)`` (default, the scaled form of eq. 3, values
+            at unit scale) instead of ``||x_n||`` (values of size ``1/sqrt(D)``, where BN's
+            ``eps`` is no longer negligible; see the README).
+        bias: keyword-only; ``False`` keeps the weight without a bias (torch >= 2.6).
+
+    Raises:
+        ValueError: for input of the wrong dimension or channel count, one value per
+            channel in training, ``eps <= 0`` in training, or ``l2_eps < 0``.
+        TypeError: for non-tensor, integer, bool or complex input.
+        RuntimeError: from :func:`torch.jit.script` (use :func:`torch.jit.trace` or
+            :func:`torch.export.export`).
+"""
+
+
 class L2BatchNorm1d(_L2BatchNorm):
-    """L2BN over ``(N, C)`` (paper eq. 1) or ``(N, C, L)`` (eq. 3 over C*L values)."""
+    __doc__ = (
+        r"""L2BN over ``(N, C)`` (paper eq. 1) or ``(N, C, L)`` input (eq. 3 over C*L values).
+
+    For each sample ``x_n`` with ``D`` values (``D = C`` or ``C * L``),
+    ``xh_n = sqrt(D) * x_n / max(||x_n||_2, l2_eps)`` (eq. 3, ``scale=True``), then
+    ``y = gamma * (xh - mean) / sqrt(var + eps) + beta`` with the per-channel mean and
+    biased variance of ``xh`` over the batch (and length) in training mode, the running
+    statistics in eval mode (eq. 2).
+"""
+        + _ARGS
+        + r"""
+    Shape:
+        - Input: ``(N, C)`` or ``(N, C, L)``.
+        - Output: same shape (and memory layout) as the input.
+
+    Example::
+
+        >>> layer = l2bn.L2BatchNorm1d(64)
+        >>> y = layer(torch.randn(32, 64))
+    """
+    )
 
     _expected_dims = (2, 3)
 
 
 class L2BatchNorm2d(_L2BatchNorm):
-    """L2BN over ``(N, C, H, W)``: each sample's whole C*H*W feature map (eq. 3)."""
+    __doc__ = (
+        r"""L2BN over ``(N, C, H, W)`` input: each sample's whole ``C*H*W`` feature map.
+
+    ``xh_n = sqrt(D) * x_n / max(||x_n||_2, l2_eps)`` with ``D = C * H * W`` (paper eq. 3,
+    ``scale=True``), then ``y = gamma * (xh - mean) / sqrt(var + eps) + beta`` with the
+    per-channel statistics of ``xh`` over ``(N, H, W)`` in training mode and the running
+    statistics in eval mode (eq. 2). Eval mode still normalizes each sample by its own
+    norm.
+"""
+        + _ARGS
+        + r"""
+    Shape:
+        - Input: ``(N, C, H, W)``, contiguous or channels_last.
+        - Output: same shape and memory layout as the input.
+
+    Example::
+
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), l2bn.L2BatchNorm2d(16))
+        >>> y = model(torch.randn(8, 3, 32, 32))
+    """
+    )
 
     _expected_dims = (4,)
 
 
 class L2BatchNorm3d(_L2BatchNorm):
-    """L2BN over ``(N, C, D, H, W)``: each sample's whole C*D*H*W feature (eq. 3)."""
+    __doc__ = (
+        r"""L2BN over ``(N, C, D, H, W)`` input: each sample's whole ``C*D*H*W`` feature.
+
+    As :class:`L2BatchNorm2d` with ``D = C * D * H * W`` values per sample (paper eq. 3).
+"""
+        + _ARGS
+        + r"""
+    Shape:
+        - Input: ``(N, C, D, H, W)``, contiguous or channels_last_3d.
+        - Output: same shape and memory layout as the input.
+
+    Example::
+
+        >>> y = l2bn.L2BatchNorm3d(8)(torch.randn(4, 8, 5, 6, 7))
+    """
+    )
 
     _expected_dims = (5,)
 
