@@ -183,7 +183,7 @@ def run(
     if training:
         args = (x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale)
         if grad:
-            return FusedL2BatchNormFunction.apply(*args)[0]
+            return FusedL2BatchNormFunction.apply(*args)
         return _train_forward(*args)[0]
     return _eval_forward(x, running_mean, running_var, weight, bias, eps, l2_eps, scale)
 
@@ -198,6 +198,7 @@ class FusedL2BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
+        ctx: Any,
         x: Tensor,
         weight: Tensor | None,
         bias: Tensor | None,
@@ -207,23 +208,19 @@ class FusedL2BatchNormFunction(torch.autograd.Function):
         eps: float,
         l2_eps: float,
         scale: bool,
-    ) -> tuple[Tensor, ...]:
-        return _train_forward(
+    ) -> Tensor:
+        y, *stats = _train_forward(
             x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale
         )
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-        x, weight, bias, _rm, _rv, _momentum, eps, l2_eps, scale = inputs
-        # output: y, then rho, active, row mean and variance of x (empty for (N, C)),
-        # channel mean and invstd.
-        ctx.save_for_backward(x, weight, *output[1:])
+        # stats: rho, active, row mean and variance of x (empty for (N, C)), channel mean
+        # and invstd. One output: the statistics are not outputs of the autograd graph.
+        ctx.save_for_backward(x, weight, *stats)
         ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.mark_non_differentiable(*output[1:])
         ctx.eps, ctx.l2_eps, ctx.scale = eps, l2_eps, scale
+        return y
 
     @staticmethod
-    def backward(ctx: Any, dy: Tensor, *_stats: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, *stats = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():
