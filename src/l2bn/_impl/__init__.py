@@ -6,6 +6,7 @@ One module per role:
 * ``transforms``: whether a PyTorch transform (``torch.func``, forward-mode AD, tracing,
   ONNX export, ``torch.compile``) is recording the call;
 * ``running``: the running-statistics rule (momentum factor and update), as BatchNorm's;
+* ``sample_scale``: the per-sample scale ``rho_n`` of eq. (3);
 * ``moments``: per-``(n, c)`` moments, the per-sample scale of eq. (3), channel statistics;
 * ``passes`` / ``vector_passes``: the full-size passes of the PyTorch backend;
 * ``composite``: the differentiable composite of torch operations (transforms, double

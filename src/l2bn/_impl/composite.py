@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from l2bn._impl.sample_scale import sample_scale
+
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -29,9 +31,7 @@ def normalize_samples(x: Tensor, l2_eps: float, scale: bool) -> Tensor:
     acc = _accumulation_dtype(x.dtype)
     dims = tuple(range(1, x.dim()))
     norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=acc)
-    rho = norm.clamp(min=l2_eps)
-    if scale:
-        rho = rho / math.sqrt(math.prod(x.shape[1:]))
+    rho = sample_scale(norm, math.prod(x.shape[1:]), l2_eps, scale)
     return x.to(acc) / rho
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from l2bn._impl.composite import differentiable_train_grads
+from l2bn._impl.sample_scale import norm_divisor, sample_scale
 
 NAME = "cpu"
 DESCRIPTION = "fused C++ kernels (l2bn._C)"
@@ -120,8 +121,9 @@ def _eval_backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
     xa, dya = x.to(acc), dy.to(acc)
     invstd = (running_var.to(acc) + ctx.eps).rsqrt()
     norm = torch.linalg.vector_norm(xa, dim=sample_dims, keepdim=True)
-    k = math.sqrt(math.prod(x.shape[1:])) if ctx.scale else 1.0
-    rho = norm.clamp(min=ctx.l2_eps) / k
+    values = math.prod(x.shape[1:])
+    k = norm_divisor(values, ctx.scale)
+    rho = sample_scale(norm, values, ctx.l2_eps, ctx.scale)
     xh = xa / rho
     dx = dweight = dbias = None
     if needs[0]:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from l2bn._impl.passes import accumulation_dtype, input_sums, rows
+from l2bn._impl.sample_scale import sample_scale as _rho
 from l2bn._impl.transforms import compiling
 
 __all__ = [
@@ -112,9 +113,7 @@ def sample_scale(
     norm_sq = (moments.var + moments.mean.square()).sum(dim=1) * spatial
     norm = norm_sq.sqrt()
     active = norm > l2_eps
-    rho = norm.clamp(min=l2_eps)
-    if scale:
-        rho = rho / math.sqrt(spatial * moments.mean.shape[1])
+    rho = _rho(norm, spatial * moments.mean.shape[1], l2_eps, scale)
     return rho, active
 
 
@@ -123,9 +122,7 @@ def sample_scale_direct(x: Tensor, l2_eps: float, scale: bool) -> Tensor:
     acc = accumulation_dtype(x)
     # Reduce over every dim but the batch: no reshape, hence no copy of channels_last input.
     norm = torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), dtype=acc)
-    rho = norm.clamp(min=l2_eps)
-    if scale:
-        rho = rho / math.sqrt(math.prod(x.shape[1:]))
+    rho = _rho(norm, math.prod(x.shape[1:]), l2_eps, scale)
     return rho
 
 

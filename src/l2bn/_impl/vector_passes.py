@@ -14,10 +14,10 @@ Only ``xh`` (the size of ``x``) and ``O(C + N)`` statistics are saved for backwa
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
+
+from l2bn._impl.sample_scale import sample_scale
 
 
 def vector_forward(
@@ -26,9 +26,7 @@ def vector_forward(
     """Returns ``y, xh, mean, var (biased), invstd, rho, active`` for ``x`` of shape (N, C)."""
     norm = torch.linalg.vector_norm(x, dim=1)
     active = norm > l2_eps
-    rho = norm.clamp(min=l2_eps)
-    if scale:
-        rho = rho / math.sqrt(x.shape[1])
+    rho = sample_scale(norm, x.shape[1], l2_eps, scale)
     xh = x / rho.unsqueeze(1)
     # BatchNorm's training kernel; with momentum 1 its running buffers receive the exact
     # batch mean and unbiased variance (torch.var_mean over dim 0 is 10x slower here).
