@@ -17,6 +17,8 @@ Example::
     ...     y = layer(x)
     >>> with l2bn.backends.prefer("composite"):  # try one backend first
     ...     y = layer(x)
+    >>> with l2bn.backends.prefer("cpu", strict=True):  # that one or an error
+    ...     y = layer(x)
 
 ``L2BN_DISABLE_FUSED=1`` in the environment makes ``"cpu"`` unavailable at import.
 """
@@ -78,11 +80,16 @@ def set_enabled(name: str, enabled: bool) -> None:
     dispatch.STATE["enabled"][name] = bool(enabled)
 
 
-def set_preferred(name: str | None) -> None:
-    """Try backend ``name`` first, where it applies (None: the normal order)."""
+def set_preferred(name: str | None, strict: bool = False) -> None:
+    """Try backend ``name`` first, where it applies (None: the normal order).
+
+    With ``strict=True`` a call that the backend cannot run raises ``RuntimeError``
+    instead of going to the next backend (calls recorded by a transform still run the
+    composite)."""
     if name is not None:
         _backend(name)
     dispatch.STATE["preferred"] = name
+    dispatch.STATE["strict"] = bool(strict) and name is not None
 
 
 @contextlib.contextmanager
@@ -100,14 +107,14 @@ def flags(**enabled: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def prefer(name: str | None) -> Iterator[None]:
-    """Try backend ``name`` first inside a ``with`` block."""
-    previous = dispatch.STATE["preferred"]
-    set_preferred(name)
+def prefer(name: str | None, strict: bool = False) -> Iterator[None]:
+    """Try backend ``name`` first inside a ``with`` block (see :func:`set_preferred`)."""
+    previous = dispatch.STATE["preferred"], dispatch.STATE["strict"]
+    set_preferred(name, strict)
     try:
         yield
     finally:
-        dispatch.STATE["preferred"] = previous
+        dispatch.STATE["preferred"], dispatch.STATE["strict"] = previous
 
 
 def _describe(name: str) -> str:

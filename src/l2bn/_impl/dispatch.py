@@ -51,10 +51,12 @@ BACKENDS: dict[str, ModuleType | type] = {
 }
 ORDER: tuple[str, ...] = ("cpu", "pytorch")
 
-# enabled: the user's switches; preferred: a backend tried first (tests, benchmarks).
+# enabled: the user's switches; preferred: a backend tried first (tests, benchmarks);
+# strict: a preferred backend that does not apply is an error rather than skipped.
 STATE: dict[str, object] = {
     "enabled": {name: True for name in BACKENDS},
     "preferred": None,
+    "strict": False,
 }
 
 
@@ -78,6 +80,12 @@ def choose(
             x, running_mean, running_var, weight, bias, training, grad
         ):
             return backend
+        if STATE["strict"]:
+            why = backend.UNAVAILABLE_REASON or (
+                f"it does not take {x.device.type} {x.dtype} input "
+                f"({'training' if training else 'eval'}, grad={grad})"
+            )
+            raise RuntimeError(f"l2bn: backend {preferred!r} is required, but {why}")
     for name in ORDER:
         backend = BACKENDS[name]
         if (
