@@ -1,0 +1,341 @@
+"""Frozen L2BN for fine-tuning: fixed statistics and affine map, still l2-normalized.
+
+The L2BN counterparts of torchvision's ``FrozenBatchNorm2d`` and timm's
+``freeze_batch_norm_2d``. A frozen layer computes exactly what an L2BN layer computes in
+eval mode (paper eq. 3, then the affine map of eq. 2 with the running statistics),
+whatever ``train()`` says: nothing is learned and nothing is updated. ``weight``,
+``bias``, ``running_mean``, ``running_var`` and ``num_batches_tracked`` are buffers with
+the names of BatchNorm's, so the ``state_dict`` of a BatchNorm, an L2BN or a frozen layer
+loads into any of the others with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from l2bn.functional import DEFAULT_L2_EPS, l2_batch_norm, validate_input
+from l2bn.layers import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, _L2BatchNorm
+
+Predicate = Callable[[str, nn.Module], bool]
+
+
+class FrozenL2BatchNorm(nn.Module):
+    """Eval-mode L2BN with fixed buffers, for input of shape ``(N, C, *)``.
+
+    The base of :class:`FrozenL2BatchNorm1d`/``2d``/``3d`` (which check the input's
+    dimensionality) and what :func:`freeze` makes of a :class:`~l2bn.SyncL2BatchNorm`.
+    ``momentum`` and ``process_group`` are kept only so that :func:`unfreeze` can restore
+    the layer it froze. Without ``affine``, ``weight`` and ``bias`` are ``None`` (as in the
+    unfrozen layer's ``state_dict``).
+    """
+
+    _version = 2  # the state_dict version of torch's _NormBase (num_batches_tracked kept)
+    _expected_dims: tuple[int, ...] = ()
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        l2_eps: float = DEFAULT_L2_EPS,
+        scale: bool = True,
+        *,
+        bias: bool = True,
+        momentum: float | None = 0.1,
+        process_group: Any = None,
+    ) -> None:
+        super().__init__()
+        if l2_eps < 0:
+            raise ValueError(f"l2_eps must be non-negative, got {l2_eps}")
+        factory = {"device": device, "dtype": dtype}
+        self.num_features = num_features
+        self.eps = eps
+        self.affine = affine
+        self.l2_eps = float(l2_eps)
+        self.scale = bool(scale)
+        self.momentum = momentum
+        self.process_group = process_group
+        self.register_buffer("weight", torch.ones(num_features, **factory) if affine else None)
+        self.register_buffer(
+            "bias", torch.zeros(num_features, **factory) if affine and bias else None
+        )
+        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+        self.register_buffer("running_var", torch.ones(num_features, **factory))
+        self.register_buffer(
+            "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
+        )
+
+    @property
+    def track_running_stats(self) -> bool:
+        return True
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # torchvision's and timm's FrozenBatchNorm2d save no num_batches_tracked: keep ours.
+        key = prefix + "num_batches_tracked"
+        if key not in state_dict:
+            state_dict[key] = self.num_batches_tracked
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def forward(self, input: Tensor) -> Tensor:
+        return frozen_forward(
+            input,
+            self.weight,
+            self.bias,
+            self.running_mean,
+            self.running_var,
+            self.eps,
+            self.l2_eps,
+            self.scale,
+            self.num_features,
+            self._expected_dims or None,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, affine={self.affine}, "
+            f"l2_eps={self.l2_eps}, scale={self.scale}"
+        )
+
+
+def frozen_forward(
+    input: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+    num_features: int,
+    expected_dims: tuple[int, ...] | None,
+) -> Tensor:
+    """Eval-mode L2BN (the core's functional path, ``training=False``). Registered with
+    :func:`torch.fx.wrap` so that ``torch.fx.symbolic_trace`` records one call."""
+    validate_input(input, num_features, False, expected_dims)
+    return l2_batch_norm(
+        input,
+        running_mean,
+        running_var,
+        weight,
+        bias,
+        training=False,
+        eps=eps,
+        l2_eps=l2_eps,
+        scale=scale,
+    )
+
+
+torch.fx.wrap("frozen_forward")
+
+
+class FrozenL2BatchNorm1d(FrozenL2BatchNorm):
+    """Frozen :class:`~l2bn.L2BatchNorm1d`: input ``(N, C)`` or ``(N, C, L)``."""
+
+    _expected_dims = (2, 3)
+
+
+class FrozenL2BatchNorm2d(FrozenL2BatchNorm):
+    """Frozen :class:`~l2bn.L2BatchNorm2d`: input ``(N, C, H, W)``."""
+
+    _expected_dims = (4,)
+
+
+class FrozenL2BatchNorm3d(FrozenL2BatchNorm):
+    """Frozen :class:`~l2bn.L2BatchNorm3d`: input ``(N, C, D, H, W)``."""
+
+    _expected_dims = (5,)
+
+
+def is_frozen_l2_batch_norm(module: nn.Module) -> bool:
+    """True for every frozen L2BN layer (:class:`FrozenL2BatchNorm` and its subclasses)."""
+    return isinstance(module, FrozenL2BatchNorm)
+
+
+def _tables() -> tuple[dict[type[nn.Module], type[nn.Module]], dict[type[nn.Module], type]]:
+    from l2bn.norm_act import FrozenL2BatchNormAct2d, L2BatchNormAct2d, SyncL2BatchNormAct
+    from l2bn.sync import SyncL2BatchNorm
+
+    freezing: dict[type[nn.Module], type[nn.Module]] = {
+        L2BatchNorm1d: FrozenL2BatchNorm1d,
+        L2BatchNorm2d: FrozenL2BatchNorm2d,
+        L2BatchNorm3d: FrozenL2BatchNorm3d,
+        SyncL2BatchNorm: FrozenL2BatchNorm,
+        L2BatchNormAct2d: FrozenL2BatchNormAct2d,
+        SyncL2BatchNormAct: FrozenL2BatchNormAct2d,
+    }
+    unfreezing: dict[type[nn.Module], type] = {
+        FrozenL2BatchNorm1d: L2BatchNorm1d,
+        FrozenL2BatchNorm2d: L2BatchNorm2d,
+        FrozenL2BatchNorm3d: L2BatchNorm3d,
+        FrozenL2BatchNorm: SyncL2BatchNorm,
+        FrozenL2BatchNormAct2d: L2BatchNormAct2d,
+    }
+    return freezing, unfreezing
+
+
+def _move_act(source: nn.Module, target: nn.Module) -> None:
+    for name in ("drop", "act"):
+        child = getattr(source, name, None)
+        if isinstance(child, nn.Module):
+            target.add_module(name, child)
+
+
+def _frozen_from(layer: _L2BatchNorm, cls: type[nn.Module], path: str) -> nn.Module:
+    if layer.running_mean is None or layer.running_var is None:
+        raise ValueError(
+            f"l2bn.freeze: {path or 'the module'} ({type(layer).__name__}) has no running "
+            "statistics (track_running_stats=False), so there is nothing to freeze it to; "
+            "exclude it with predicate"
+        )
+    ref = layer.running_mean
+    frozen = cls(
+        layer.num_features,
+        layer.eps,
+        layer.affine,
+        device=ref.device,
+        dtype=ref.dtype,
+        l2_eps=layer.l2_eps,
+        scale=layer.scale,
+        momentum=layer.momentum,
+        process_group=getattr(layer, "process_group", None),
+    )
+    with torch.no_grad():
+        # Copies of the affine parameters: an optimizer that still holds them cannot move
+        # the frozen layer. The statistics are the layer's own buffers.
+        frozen.weight = None if layer.weight is None else layer.weight.detach().clone()
+        frozen.bias = None if layer.bias is None else layer.bias.detach().clone()
+    frozen.running_mean = layer.running_mean
+    frozen.running_var = layer.running_var
+    if layer.num_batches_tracked is not None:
+        frozen.num_batches_tracked = layer.num_batches_tracked
+    frozen.train(layer.training)
+    _move_act(layer, frozen)
+    return frozen
+
+
+def _unfrozen_from(frozen: FrozenL2BatchNorm, cls: type, path: str) -> nn.Module:
+    ref = frozen.running_mean
+    kwargs: dict[str, Any] = {"device": ref.device, "dtype": ref.dtype}
+    if frozen.affine and frozen.bias is None:
+        kwargs["bias"] = False
+    if "process_group" in inspect.signature(cls).parameters:
+        kwargs["process_group"] = frozen.process_group
+    layer = cls(
+        frozen.num_features,
+        frozen.eps,
+        frozen.momentum,
+        frozen.affine,
+        True,
+        l2_eps=frozen.l2_eps,
+        scale=frozen.scale,
+        **kwargs,
+    )
+    with torch.no_grad():
+        if frozen.weight is not None:
+            layer.weight.copy_(frozen.weight)
+        if frozen.bias is not None:
+            layer.bias.copy_(frozen.bias)
+    layer.running_mean = frozen.running_mean
+    layer.running_var = frozen.running_var
+    layer.num_batches_tracked = frozen.num_batches_tracked
+    layer.train(frozen.training)
+    _move_act(frozen, layer)
+    return layer
+
+
+def _swap(
+    module: nn.Module,
+    table: dict[type[nn.Module], type],
+    make: Callable[[Any, type, str], nn.Module],
+    predicate: Predicate | None,
+    on_other: Callable[[str, nn.Module], None] | None,
+    prefix: str = "",
+) -> nn.Module:
+    target = table.get(type(module))
+    if target is not None:
+        if predicate is None or predicate(prefix, module):
+            return make(module, target, prefix)
+        return module
+    if on_other is not None:
+        on_other(prefix, module)
+    for name, child in module.named_children():
+        new = _swap(child, table, make, predicate, on_other, f"{prefix}.{name}" if prefix else name)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
+def freeze(module: nn.Module, predicate: Predicate | None = None) -> nn.Module:
+    """Replace the L2BN layers of ``module`` by frozen ones (see :class:`FrozenL2BatchNorm`).
+
+    ``L2BatchNorm1d/2d/3d`` become ``FrozenL2BatchNorm1d/2d/3d``, ``SyncL2BatchNorm``
+    becomes ``FrozenL2BatchNorm``, the timm-layout ``L2BatchNormAct2d`` and
+    ``SyncL2BatchNormAct`` become ``FrozenL2BatchNormAct2d`` (keeping ``drop`` and
+    ``act``). ``predicate(qualified_name, layer) -> bool`` selects layers. The frozen
+    layers hold copies of the affine parameters and the layers' own running statistics;
+    they have no parameters left, so build the optimizer after freezing. Plain BatchNorm
+    layers are left as they are, with a warning: freeze them with torchvision or timm
+    (``timm.layers.freeze_batch_norm_2d`` leaves L2BN layers alone). Returns the module (a
+    new object when ``module`` itself is an L2BN layer).
+    """
+    freezing, _ = _tables()
+    plain: list[str] = []
+
+    def on_other(path: str, m: nn.Module) -> None:
+        if isinstance(m, _BatchNorm) and (predicate is None or predicate(path, m)):
+            plain.append(f"{path or '<root>'} ({type(m).__name__})")
+
+    out = _swap(module, freezing, _frozen_from, predicate, on_other)
+    if plain:
+        warnings.warn(
+            "l2bn.freeze froze the L2BN layers only; these BatchNorm layers keep training: "
+            + ", ".join(plain)
+            + ". Freeze them with timm.layers.freeze_batch_norm_2d or torchvision's "
+            "FrozenBatchNorm2d (both leave L2BN layers alone).",
+            stacklevel=2,
+        )
+    return out
+
+
+def unfreeze(module: nn.Module, predicate: Predicate | None = None) -> nn.Module:
+    """Turn the frozen L2BN layers of ``module`` back into trainable L2BN layers.
+
+    The inverse of :func:`freeze`: ``FrozenL2BatchNorm1d/2d/3d`` become
+    ``L2BatchNorm1d/2d/3d``, ``FrozenL2BatchNorm`` a ``SyncL2BatchNorm`` (with the process
+    group it had), ``FrozenL2BatchNormAct2d`` an ``L2BatchNormAct2d``; weight and bias
+    become new parameters (build the optimizer afterwards), the running statistics and
+    ``momentum`` are those of the frozen layer.
+    """
+    _, unfreezing = _tables()
+    return _swap(module, unfreezing, _unfrozen_from, predicate, None)
+
+
+__all__ = [
+    "FrozenL2BatchNorm",
+    "FrozenL2BatchNorm1d",
+    "FrozenL2BatchNorm2d",
+    "FrozenL2BatchNorm3d",
+    "freeze",
+    "is_frozen_l2_batch_norm",
+    "unfreeze",
+]
