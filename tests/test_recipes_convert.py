@@ -59,14 +59,14 @@ def test_every_torch_batchnorm_becomes_l2bn_and_back(bn_cls, l2_cls, shape):
     layer = converted[0]
     assert type(layer) is l2_cls and layer.weight is bn.weight
     expected = _l2bn_reference(layer, L2BatchNorm2d if l2_cls is SyncL2BatchNorm else l2_cls)
-    torch.testing.assert_close(layer(x), expected(x), rtol=0, atol=0)
+    torch.testing.assert_close(layer(x), expected(x))
     assert (layer(x) - bn(x)).abs().max() > 0.1  # really not BatchNorm any more
     assert [(c.path, c.source, c.target) for c in report.converted] == [
         ("0", bn_cls.__name__, l2_cls.__name__)
     ]
     back, report = l2bn.convert_l2bn_to_bn(converted, return_report=True)
     assert type(back[0]) is bn_cls and back[0].running_mean is bn.running_mean
-    torch.testing.assert_close(back[0](x), bn(x), rtol=0, atol=0)
+    torch.testing.assert_close(back[0](x), bn(x))
     assert len(report.converted) == 1 and not report.left
 
 
@@ -102,10 +102,10 @@ def test_timm_norm_act_layers_keep_activation_and_drop():
     assert list(layer.state_dict()) == list(before)  # timm's layout
     x = torch.randn(5, 4, 3, 3) * torch.logspace(-1, 1, 5).view(-1, 1, 1, 1)
     expected = torch.relu(_l2bn_reference(layer, L2BatchNorm2d)(x))
-    torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
+    torch.testing.assert_close(layer(x), expected)
     back = l2bn.convert_l2bn_to_bn(out)[0]
     assert type(back) is timm.layers.BatchNormAct2d and back.act is layer.act
-    torch.testing.assert_close(back(x), bn(x), rtol=0, atol=0)
+    torch.testing.assert_close(back(x), bn(x))
     # timm's SyncBatchNormAct and back.
     synced = timm.layers.convert_sync_batchnorm(nn.Sequential(timm.layers.BatchNormAct2d(4)))
     l2 = l2bn.convert_bn_to_l2bn(synced)

@@ -41,7 +41,7 @@ def test_torch_convert_sync_batchnorm_leaves_l2bn_alone():
     layer = model[1]
     converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     assert converted[1] is layer and type(converted[1]) is L2BatchNorm2d
-    torch.testing.assert_close(converted(x), before, rtol=0, atol=0)
+    torch.testing.assert_close(converted(x), before)
     # What torch's converter does to a BatchNorm with the same state: the output moves.
     bn = nn.BatchNorm2d(4).eval()
     bn.load_state_dict(layer.state_dict())
@@ -57,7 +57,7 @@ def test_timm_convert_sync_batchnorm_leaves_l2bn_alone():
     before = model(x)
     converted = timm.layers.convert_sync_batchnorm(model)
     assert type(converted[1]) is L2BatchNormAct2d
-    torch.testing.assert_close(converted(x), before, rtol=0, atol=0)
+    torch.testing.assert_close(converted(x), before)
     plain = timm.layers.convert_sync_batchnorm(_conv_l2bn())
     assert type(plain[1]) is L2BatchNorm2d
 

@@ -96,6 +96,12 @@ class FrozenL2BatchNorm(nn.Module):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise RuntimeError(
+            f"l2bn: torch.jit.script does not support {type(self).__name__}; use "
+            "torch.jit.trace or torch.export, or torch.compile"
+        )
+
     def forward(self, input: Tensor) -> Tensor:
         return frozen_forward(
             input,
