@@ -114,6 +114,8 @@ def test_freeze_predicate_unfreeze_round_trip_and_refusals():
         l2bn.freeze(L2BatchNorm2d(3, track_running_stats=False))
     with pytest.warns(UserWarning, match=r"BatchNorm layers keep training: 0 \(BatchNorm2d\)"):
         l2bn.freeze(nn.Sequential(nn.BatchNorm2d(3), L2BatchNorm2d(3)))
+    with pytest.warns(UserWarning, match=r"L2BN classes, which keep training: 0 \(LazyL2"):
+        l2bn.freeze(nn.Sequential(l2bn.LazyL2BatchNorm2d()))
 
 
 def test_frozen_timm_layout_keeps_activation():

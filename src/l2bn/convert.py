@@ -174,10 +174,6 @@ def build_like(
     return target
 
 
-def _l2_options(layer: nn.Module) -> dict[str, Any]:
-    return {k: getattr(layer, k) for k in ("l2_eps", "scale") if hasattr(layer, k)}
-
-
 # --- the kinds of layers ------------------------------------------------------------------
 
 

@@ -307,9 +307,17 @@ def freeze(module: nn.Module, predicate: Predicate | None = None) -> nn.Module:
     freezing, _ = _tables()
     plain: list[str] = []
 
+    unknown: list[str] = []
+
     def on_other(path: str, m: nn.Module) -> None:
-        if isinstance(m, _BatchNorm) and (predicate is None or predicate(path, m)):
+        if predicate is not None and not isinstance(m, (_BatchNorm, _L2BatchNorm)):
+            return
+        if predicate is not None and not predicate(path, m):
+            return
+        if isinstance(m, _BatchNorm):
             plain.append(f"{path or '<root>'} ({type(m).__name__})")
+        elif isinstance(m, _L2BatchNorm):  # a subclass freeze does not know, or lazy
+            unknown.append(f"{path or '<root>'} ({type(m).__name__})")
 
     out = _swap(module, freezing, _frozen_from, predicate, on_other)
     if plain:
@@ -318,6 +326,13 @@ def freeze(module: nn.Module, predicate: Predicate | None = None) -> nn.Module:
             + ", ".join(plain)
             + ". Freeze them with timm.layers.freeze_batch_norm_2d or torchvision's "
             "FrozenBatchNorm2d (both leave L2BN layers alone).",
+            stacklevel=2,
+        )
+    if unknown:
+        warnings.warn(
+            "l2bn.freeze does not know these L2BN classes, which keep training: "
+            + ", ".join(unknown)
+            + " (an uninitialized lazy layer: run one forward first).",
             stacklevel=2,
         )
     return out
