@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _NormBase
 
 import l2bn
 from l2bn import L2BatchNorm1d, L2BatchNorm2d, convert_bn_to_l2bn, convert_l2bn_to_bn
@@ -38,7 +38,8 @@ class TinyResNet(nn.Module):
 
 
 def _bn_layers(model):
-    return {n: m for n, m in model.named_modules() if isinstance(m, _BatchNorm)}
+    # BatchNorm and L2BN layers (L2BN derives from _NormBase, not _BatchNorm).
+    return {n: m for n, m in model.named_modules() if isinstance(m, _NormBase)}
 
 
 def test_converts_every_batchnorm_keeping_state():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _NormBase
 
 from l2bn import is_l2_batch_norm
 from l2bn.models import create_model
@@ -47,7 +47,7 @@ def test_classifier_converts_only_the_bn_feeding_the_classification_layer():
     # it is the last norm executed before the classifier
     order: list[str] = []
     for name, m in model.named_modules():
-        if isinstance(m, _BatchNorm) or name == "classifier":
+        if isinstance(m, _NormBase) or name == "classifier":
             m.register_forward_hook(lambda mod, i, o, name=name: order.append(name))
     model(torch.randn(2, 3, 8, 8))
     assert order[-2:] == ["layer3.8.norm2", "classifier"]

@@ -32,7 +32,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from _reference import relative_error
 from l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, convert_bn_to_l2bn
-from l2bn.sync import SyncL2BatchNorm, convert_sync_l2batchnorm
+from l2bn.sync import SyncL2BatchNorm
+from l2bn.sync_convert import convert_sync_l2batchnorm
 
 WORLD = 2
 SPLITS = ((5, 3), (8, 0), (0, 8))

@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
 from l2bn import (
     L2BatchNorm1d,
@@ -20,7 +20,8 @@ from l2bn import (
     convert_l2bn_to_bn,
     is_l2_batch_norm,
 )
-from l2bn.sync import SyncL2BatchNorm, convert_sync_l2batchnorm
+from l2bn.sync import SyncL2BatchNorm
+from l2bn.sync_convert import convert_sync_l2batchnorm
 
 SHAPES = {
     "NC": (L2BatchNorm1d, nn.BatchNorm1d, (6, 5)),
@@ -38,7 +39,7 @@ def _samples(shape: tuple[int, ...], seed: int = 0, dtype=torch.float32) -> torc
     return x * scales.uniform_(0.3, 3.0, generator=g) + 0.5
 
 
-def _randomize(layer: _BatchNorm, seed: int = 1) -> None:
+def _randomize(layer: _NormBase, seed: int = 1) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * 0.3 + 1)
@@ -110,7 +111,7 @@ def test_module_conventions() -> None:
     """Same state_dict as BatchNorm2d, an L2BN layer, process_group stored as given."""
     group = object()
     sync = SyncL2BatchNorm(4, process_group=group, l2_eps=1e-3, scale=False, dtype=torch.float64)
-    assert isinstance(sync, _BatchNorm)
+    assert isinstance(sync, _NormBase) and not isinstance(sync, _BatchNorm)
     assert is_l2_batch_norm(sync)
     assert sync.process_group is group
     assert sync.weight.dtype == torch.float64
@@ -130,7 +131,7 @@ def _model() -> nn.Sequential:
         nn.BatchNorm1d(4 * 5 * 5, affine=False),
     )
     for m in model.modules():
-        if isinstance(m, _BatchNorm) and m.affine:
+        if isinstance(m, _NormBase) and m.affine:
             _randomize(m)
     model[1].weight.requires_grad_(False)
     model[3].eval()
@@ -139,7 +140,7 @@ def _model() -> nn.Sequential:
 
 def test_convert_sync_l2batchnorm_keeps_state() -> None:
     model = _model()
-    before = {name: m for name, m in model.named_modules() if isinstance(m, _BatchNorm)}
+    before = {name: m for name, m in model.named_modules() if isinstance(m, _NormBase)}
     params = {name: list(m.parameters()) for name, m in before.items()}
     buffers = {name: list(m.buffers()) for name, m in before.items()}
     group = object()

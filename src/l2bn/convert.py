@@ -1,16 +1,49 @@
-"""Swap BatchNorm and L2BN layers in any model (paper Table 4 needs a predicate)."""
+"""Swap BatchNorm and L2BN layers in any model (paper Table 4 needs a predicate).
+
+Every BatchNorm kind is handled explicitly, by exact class (README, "Using L2BN with DDP,
+timm, torchvision, fusion and freezing"):
+
+==================================  =========================================
+BatchNorm                           L2BN
+==================================  =========================================
+``nn.BatchNorm1d/2d/3d``            ``L2BatchNorm1d/2d/3d``
+``nn.SyncBatchNorm``                ``SyncL2BatchNorm``
+``nn.LazyBatchNorm1d/2d/3d``        ``LazyL2BatchNorm1d/2d/3d`` (uninitialized)
+timm ``BatchNormAct2d``             ``L2BatchNormAct2d`` (same ``drop``, ``act``)
+timm ``SyncBatchNormAct``           ``SyncL2BatchNormAct`` (same ``drop``, ``act``)
+==================================  =========================================
+
+plus what :func:`register_conversion` adds. Any other BatchNorm class (a ``_BatchNorm``
+subclass, or a class named like a BatchNorm, such as torchvision's ``FrozenBatchNorm2d``)
+is left as it is with a warning naming its class and path, or refused with
+``strict=True``; the norms of :mod:`l2bn.norms` (LNBN, INBN, PNBN) are other norms and are
+left alone quietly. Both converters can return a :class:`ConversionReport` of what they
+converted and what they left, and log a summary (logger ``l2bn.convert``, level INFO).
+"""
 
 from __future__ import annotations
 
-import contextlib
+import inspect
+import logging
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
+from torch.nn.modules.lazy import LazyModuleMixin
 
+from l2bn.frozen import is_frozen_l2_batch_norm
+from l2bn.kinds import is_l2bn_layer
 from l2bn.layers import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d
+from l2bn.lazy import LazyL2BatchNorm1d, LazyL2BatchNorm2d, LazyL2BatchNorm3d
+from l2bn.norm_act import L2BatchNormAct2d, SyncL2BatchNormAct, timm_norm_act
+from l2bn.sync import SyncL2BatchNorm
 
 Predicate = Callable[[str, nn.Module], bool]
+
+logger = logging.getLogger("l2bn.convert")
 
 _BN_TO_L2BN: dict[type[nn.Module], type[nn.Module]] = {
     nn.BatchNorm1d: L2BatchNorm1d,
@@ -20,13 +53,23 @@ _BN_TO_L2BN: dict[type[nn.Module], type[nn.Module]] = {
 _L2BN_TO_BN: dict[type[nn.Module], type[nn.Module]] = {v: k for k, v in _BN_TO_L2BN.items()}
 
 
+class ConversionWarning(UserWarning):
+    """A converter left a BatchNorm-like layer that it does not know as it was."""
+
+
 def register_conversion(bn_type: type[nn.Module], l2bn_type: type[nn.Module]) -> None:
-    """Add a BatchNorm class and its L2BN counterpart to both converters."""
+    """Add a BatchNorm class and its L2BN counterpart to both converters.
+
+    ``l2bn_type`` is built with the BatchNorm constructor's arguments (``num_features``,
+    ``eps``, ``momentum``, ``affine``, ``track_running_stats``, and ``device``, ``dtype``,
+    ``process_group``, ``l2_eps``, ``scale`` when it accepts them); parameters and buffers,
+    and ``drop``/``act`` children, are then moved over.
+    """
     _BN_TO_L2BN[bn_type] = l2bn_type
     _L2BN_TO_BN[l2bn_type] = bn_type
 
 
-def move_state(source: _BatchNorm, target: _BatchNorm) -> _BatchNorm:
+def move_state(source: _NormBase, target: _NormBase) -> _NormBase:
     """Move parameters, buffers and mode into ``target``: the same objects, so optimizers
     and ``requires_grad`` carry over."""
     target.weight = source.weight
@@ -40,30 +83,221 @@ def move_state(source: _BatchNorm, target: _BatchNorm) -> _BatchNorm:
     return target
 
 
-def _swap(
-    module: nn.Module,
-    table: dict[type[nn.Module], type[nn.Module]],
-    predicate: Predicate | None,
-    make: Callable[[type[nn.Module], _BatchNorm], _BatchNorm],
-    prefix: str = "",
+# --- what a converter did ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Converted:
+    path: str
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
+class Left:
+    path: str
+    cls: str
+    reason: str
+
+
+@dataclass
+class ConversionReport:
+    """The layers a converter replaced (``converted``) and the BatchNorm-like or L2BN
+    layers it left as they were (``left``), each with its qualified name (``""`` for the
+    root module)."""
+
+    converter: str
+    converted: list[Converted] = field(default_factory=list)
+    left: list[Left] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """``"Source -> Target"`` -> number of layers."""
+        out: dict[str, int] = {}
+        for c in self.converted:
+            key = f"{c.source} -> {c.target}"
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def __str__(self) -> str:
+        kinds = ", ".join(f"{n} {k}" for k, n in self.counts().items()) or "none"
+        lines = [f"{self.converter}: converted {len(self.converted)} layers ({kinds})"]
+        lines += [f"  left {x.path or '<root>'} ({x.cls}): {x.reason}" for x in self.left]
+        return "\n".join(lines)
+
+
+def _name(cls: type) -> str:
+    return cls.__name__
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# --- building a layer of another kind -----------------------------------------------------
+
+_SIGNATURES: dict[type, frozenset[str]] = {}
+
+
+def _accepts(cls: type) -> frozenset[str]:
+    if cls not in _SIGNATURES:
+        _SIGNATURES[cls] = frozenset(inspect.signature(cls).parameters)
+    return _SIGNATURES[cls]
+
+
+def _move_children(source: nn.Module, target: nn.Module) -> None:
+    """Keep a norm-act layer's ``drop`` and ``act`` (the same modules)."""
+    for name in ("drop", "act"):
+        child = getattr(source, name, None)
+        if isinstance(child, nn.Module):
+            target.add_module(name, child)
+
+
+def build_like(
+    target_type: type[nn.Module], source: nn.Module, extra: dict[str, Any] | None = None
 ) -> nn.Module:
-    target_type = table.get(type(module))
-    if target_type is not None and (predicate is None or predicate(prefix, module)):
-        return move_state(module, make(target_type, module))
-    for name, child in module.named_children():
-        new = _swap(child, table, predicate, make, f"{prefix}.{name}" if prefix else name)
-        if new is not child:
-            setattr(module, name, new)
-    return module
+    """A ``target_type`` layer with ``source``'s hyper-parameters, device and dtype, holding
+    ``source``'s parameters, buffers, mode and ``drop``/``act`` children (same objects).
+
+    ``extra`` (e.g. ``l2_eps``, ``scale``, ``process_group``) is passed on where the
+    constructor accepts it.
+    """
+    accepts = _accepts(target_type)
+    kwargs: dict[str, Any] = {}
+    ref = source.weight if source.weight is not None else source.running_mean
+    if ref is not None and "device" in accepts:
+        kwargs.update(device=ref.device, dtype=ref.dtype)
+    if "process_group" in accepts:
+        kwargs["process_group"] = getattr(source, "process_group", None)
+    kwargs.update({k: v for k, v in (extra or {}).items() if k in accepts})
+    hyper = (source.eps, source.momentum, source.affine, source.track_running_stats)
+    if issubclass(target_type, LazyModuleMixin):
+        target = target_type(*hyper, **kwargs)
+    else:
+        target = target_type(source.num_features, *hyper, **kwargs)
+    move_state(source, target)
+    _move_children(source, target)
+    return target
 
 
-def _factory_kwargs(module: _BatchNorm) -> dict[str, object]:
-    """device, dtype and (when the affine layer has no bias) ``bias=False`` of ``module``."""
-    ref = module.weight if module.weight is not None else module.running_mean
-    kwargs: dict[str, object] = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
-    if module.affine and module.bias is None:
-        kwargs["bias"] = False
-    return kwargs
+# --- the kinds of layers ------------------------------------------------------------------
+
+
+def _timm_classes() -> dict[str, type[nn.Module]]:
+
+    norm_act = timm_norm_act()
+    if norm_act is None:
+        return {}
+    names = ("BatchNormAct2d", "SyncBatchNormAct", "FrozenBatchNormAct2d")
+    return {n: getattr(norm_act, n) for n in names if hasattr(norm_act, n)}
+
+
+def bn_to_l2bn_table() -> dict[type[nn.Module], type[nn.Module]]:
+    """Every BatchNorm class the converters know, with its L2BN counterpart."""
+
+    table: dict[type[nn.Module], type[nn.Module]] = {
+        nn.SyncBatchNorm: SyncL2BatchNorm,
+        nn.LazyBatchNorm1d: LazyL2BatchNorm1d,
+        nn.LazyBatchNorm2d: LazyL2BatchNorm2d,
+        nn.LazyBatchNorm3d: LazyL2BatchNorm3d,
+    }
+    timm = _timm_classes()
+    if "BatchNormAct2d" in timm:
+        table[timm["BatchNormAct2d"]] = L2BatchNormAct2d
+    if "SyncBatchNormAct" in timm:
+        table[timm["SyncBatchNormAct"]] = SyncL2BatchNormAct
+    table.update(_BN_TO_L2BN)
+    return table
+
+
+def _l2bn_to_bn_table() -> dict[type[nn.Module], type[nn.Module] | str]:
+    """L2BN class -> BatchNorm class, or the name of the timm class it needs."""
+
+    table: dict[type[nn.Module], type[nn.Module] | str] = {
+        SyncL2BatchNorm: nn.SyncBatchNorm,
+        LazyL2BatchNorm1d: nn.LazyBatchNorm1d,
+        LazyL2BatchNorm2d: nn.LazyBatchNorm2d,
+        LazyL2BatchNorm3d: nn.LazyBatchNorm3d,
+        L2BatchNormAct2d: "BatchNormAct2d",
+        SyncL2BatchNormAct: "SyncBatchNormAct",
+    }
+    table.update(_L2BN_TO_BN)
+    return table
+
+
+_OTHER_NORMS: list[type[nn.Module]] = []
+
+
+def register_other_norm(cls: type[nn.Module]) -> None:
+    """Declare a BatchNorm subclass that is another normalization (the paper's LNBN, INBN,
+    PNBN): the converters leave it alone without a warning."""
+    if cls not in _OTHER_NORMS:
+        _OTHER_NORMS.append(cls)
+
+
+def other_norm_classes() -> tuple[type[nn.Module], ...]:
+    """The classes given to :func:`register_other_norm`."""
+    return tuple(_OTHER_NORMS)
+
+
+def looks_like_batch_norm(module: nn.Module) -> bool:
+    """A ``_BatchNorm`` instance, or a module whose class is named like a BatchNorm
+    (torchvision's ``FrozenBatchNorm2d``, timm's ``FrozenBatchNormAct2d``, ...)."""
+    return isinstance(module, _BatchNorm) or "BatchNorm" in type(module).__name__
+
+
+def is_l2bn_kind(module: nn.Module) -> bool:
+
+    return is_l2bn_layer(module)
+
+
+# --- the walk -----------------------------------------------------------------------------
+
+
+class _Walk:
+    def __init__(self, converter: str, predicate: Predicate | None, strict: bool) -> None:
+        self.report = ConversionReport(converter)
+        self.predicate = predicate
+        self.strict = strict
+
+    def selected(self, path: str, module: nn.Module) -> bool:
+        if self.predicate is None or self.predicate(path, module):
+            return True
+        self.report.left.append(Left(path, _name(type(module)), "excluded by the predicate"))
+        return False
+
+    def converted(self, path: str, old: nn.Module, new: nn.Module) -> nn.Module:
+        self.report.converted.append(Converted(path, _name(type(old)), _name(type(new))))
+        return new
+
+    def unknown(self, path: str, module: nn.Module, what: str, advice: str) -> None:
+        where = path or "the root module"
+        message = (
+            f"{self.report.converter}: {where} is a {_qualname(type(module))}, {what}; {advice}"
+        )
+        if self.strict:
+            raise TypeError(message)
+        self.report.left.append(Left(path, _name(type(module)), what))
+        warnings.warn(message, ConversionWarning, stacklevel=2)
+
+    def run(
+        self,
+        module: nn.Module,
+        decide: Callable[[str, nn.Module], nn.Module | None],
+        prefix: str = "",
+    ) -> nn.Module:
+        new = decide(prefix, module)
+        if new is not None:
+            return new
+        for name, child in module.named_children():
+            replaced = self.run(child, decide, f"{prefix}.{name}" if prefix else name)
+            if replaced is not child:
+                setattr(module, name, replaced)
+        return module
+
+    def finish(self, module: nn.Module, return_report: bool) -> Any:
+        if self.report.converted or self.report.left:
+            logger.info("%s", self.report)
+        return (module, self.report) if return_report else module
 
 
 def convert_bn_to_l2bn(
@@ -72,51 +306,110 @@ def convert_bn_to_l2bn(
     *,
     l2_eps: float | None = None,
     scale: bool = True,
-) -> nn.Module:
-    """Replace every BatchNorm1d/2d/3d (and SyncBatchNorm) in ``module`` by its L2BN twin.
+    strict: bool = False,
+    return_report: bool = False,
+) -> Any:
+    """Replace every BatchNorm layer in ``module`` by its L2BN twin (table in the module doc).
 
     ``predicate(qualified_name, layer) -> bool`` selects layers (paper Table 4); the
-    parameters, buffers, device, dtype, mode and ``requires_grad`` are kept. Returns the
-    converted module (a new object only when ``module`` itself is a BatchNorm).
+    parameters, buffers, device, dtype, mode, ``requires_grad`` and a norm-act layer's
+    ``drop``/``act`` are kept. A BatchNorm-like layer of a class the converter does not
+    know is left as it is with a :class:`ConversionWarning` naming its class and path (it
+    still computes BatchNorm), or raises ``TypeError`` with ``strict=True``; exclude it with
+    ``predicate`` or add its class with :func:`register_conversion`. Returns the converted
+    module (a new object only when ``module`` itself is a BatchNorm), or
+    ``(module, ConversionReport)`` with ``return_report=True``.
     """
-    _ensure_sync_registered()
-    extra = {"scale": scale} if l2_eps is None else {"scale": scale, "l2_eps": l2_eps}
+    table = bn_to_l2bn_table()
+    other_norms = other_norm_classes()
+    extra: dict[str, Any] = {"scale": scale}
+    if l2_eps is not None:
+        extra["l2_eps"] = l2_eps
+    walk = _Walk("l2bn.convert_bn_to_l2bn", predicate, strict)
 
-    def make(cls: type[nn.Module], bn: _BatchNorm) -> _BatchNorm:
-        kwargs = dict(_factory_kwargs(bn), **extra)
-        if isinstance(bn, nn.SyncBatchNorm):
-            kwargs["process_group"] = bn.process_group
-        return cls(
-            bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, **kwargs
-        )
+    def decide(path: str, m: nn.Module) -> nn.Module | None:
+        target = table.get(type(m))
+        if target is not None:
+            if not walk.selected(path, m):
+                return None
+            return walk.converted(path, m, build_like(target, m, extra))
+        if is_l2bn_kind(m) or not looks_like_batch_norm(m):
+            return None
+        if isinstance(m, other_norms):
+            walk.report.left.append(Left(path, _name(type(m)), "another norm of l2bn.norms"))
+            return None
+        if walk.selected(path, m):
+            walk.unknown(
+                path,
+                m,
+                "a BatchNorm class that l2bn does not know: left as it is (still BatchNorm)",
+                "convert it with l2bn.register_conversion(cls, l2bn_cls), exclude it with "
+                "predicate, or pass strict=True to make this an error",
+            )
+        return None
 
-    return _swap(module, _BN_TO_L2BN, predicate, make)
-
-
-def convert_l2bn_to_bn(module: nn.Module, predicate: Predicate | None = None) -> nn.Module:
-    """Replace every L2BN layer in ``module`` by the matching ``torch.nn`` BatchNorm."""
-    _ensure_sync_registered()
-
-    def make(cls: type[nn.Module], l2bn: _BatchNorm) -> _BatchNorm:
-        kwargs = _factory_kwargs(l2bn)
-        if cls is nn.SyncBatchNorm:
-            kwargs["process_group"] = getattr(l2bn, "process_group", None)
-        return cls(
-            l2bn.num_features, l2bn.eps, l2bn.momentum, l2bn.affine, l2bn.track_running_stats,
-            **kwargs,
-        )  # fmt: skip
-
-    return _swap(module, _L2BN_TO_BN, predicate, make)
+    return walk.finish(walk.run(module, decide), return_report)
 
 
-def _ensure_sync_registered() -> None:
-    """SyncBatchNorm <-> SyncL2BatchNorm, when the sync module is available."""
-    with contextlib.suppress(ImportError):
-        from l2bn import sync  # noqa: F401  (registers itself on import)
+def convert_l2bn_to_bn(
+    module: nn.Module,
+    predicate: Predicate | None = None,
+    *,
+    strict: bool = False,
+    return_report: bool = False,
+) -> Any:
+    """Replace every L2BN layer in ``module`` by the matching BatchNorm (the table in the
+    module doc, read right to left; the timm-layout layers become timm's classes, which
+    needs timm). A frozen L2BN layer, or an L2BN subclass the converter does not know, is
+    left as it is with a :class:`ConversionWarning` (``TypeError`` with ``strict=True``);
+    :func:`l2bn.unfreeze` makes frozen layers convertible. Returns the module, or
+    ``(module, ConversionReport)`` with ``return_report=True``.
+    """
+
+    table = _l2bn_to_bn_table()
+    walk = _Walk("l2bn.convert_l2bn_to_bn", predicate, strict)
+
+    def decide(path: str, m: nn.Module) -> nn.Module | None:
+        target = table.get(type(m))
+        if target is None:
+            if is_frozen_l2_batch_norm(m):
+                if walk.selected(path, m):
+                    walk.unknown(
+                        path,
+                        m,
+                        "a frozen L2BN layer: left as it is (still L2BN)",
+                        "unfreeze it first with l2bn.unfreeze, or exclude it with predicate",
+                    )
+            elif is_l2bn_kind(m) and walk.selected(path, m):
+                walk.unknown(
+                    path,
+                    m,
+                    "an L2BN class that l2bn does not know: left as it is (still L2BN)",
+                    "add it with l2bn.register_conversion(bn_cls, cls), or exclude it with "
+                    "predicate",
+                )
+            return None
+        if not walk.selected(path, m):
+            return None
+        if isinstance(target, str):
+            norm_act = timm_norm_act(load=True)
+            if norm_act is None:
+                raise RuntimeError(
+                    f"l2bn.convert_l2bn_to_bn: {path or 'the root module'} is a "
+                    f"{type(m).__name__}, whose BatchNorm twin is timm's {target}, and timm "
+                    "cannot be imported; install timm, or exclude the layer with predicate"
+                )
+            target = getattr(norm_act, target)
+        return walk.converted(path, m, build_like(target, m))
+
+    return walk.finish(walk.run(module, decide), return_report)
 
 
 __all__ = [
+    "ConversionReport",
+    "ConversionWarning",
     "Predicate",
+    "build_like",
     "convert_bn_to_l2bn",
     "convert_l2bn_to_bn",
     "move_state",

@@ -5,6 +5,13 @@ Features", https://arxiv.org/abs/2207.02625) l2-normalizes each sample's whole f
 (eq. 3) and then batch-normalizes it (eq. 2). The layers take BatchNorm's constructor
 (plus ``l2_eps`` and ``scale``) and keep its parameters, buffers, ``state_dict`` keys and
 running-statistics rules.
+
+They derive from torch's ``_NormBase``, the base of ``_BatchNorm``: same constructor (plus
+``l2_eps`` and ``scale``), same parameters, buffers, ``state_dict`` keys and
+``num_batches_tracked`` handling, so BatchNorm checkpoints load both ways. They are not
+``_BatchNorm`` instances, so that rewriters written for BatchNorm (``convert_sync_batchnorm``
+of torch and timm, conv-BN folding) leave them alone instead of turning them into BatchNorm
+(README, "Using L2BN with DDP, timm, torchvision, fusion and freezing").
 """
 
 from __future__ import annotations
@@ -13,13 +20,13 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _NormBase
 
 from l2bn._impl.running import momentum_factor
 from l2bn.functional import DEFAULT_L2_EPS, checked_l2_batch_norm, validate_input
 
 
-class _L2BatchNorm(_BatchNorm):
+class _L2BatchNorm(_NormBase):
     """Shared base: l2-normalize each sample (eq. 1/3), then batch-normalize (eq. 2)."""
 
     _expected_dims: tuple[int, ...] = ()

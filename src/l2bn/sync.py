@@ -14,14 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch.distributed as dist
-from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch import Tensor
 
 from l2bn._impl.running import momentum_factor, update_running_stats
 from l2bn._impl.sync_function import SyncL2BatchNormFunction
-from l2bn.convert import Predicate, move_state, register_conversion
 from l2bn.functional import DEFAULT_L2_EPS, validate_input
-from l2bn.layers import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, _L2BatchNorm
+from l2bn.layers import _L2BatchNorm
 
 
 class SyncL2BatchNorm(_L2BatchNorm):
@@ -97,66 +95,4 @@ class SyncL2BatchNorm(_L2BatchNorm):
         return out
 
 
-_CONVERTIBLE: tuple[type[nn.Module], ...] = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.SyncBatchNorm,
-    L2BatchNorm1d,
-    L2BatchNorm2d,
-    L2BatchNorm3d,
-    SyncL2BatchNorm,
-)
-
-
-def _to_sync(layer: _BatchNorm, process_group: Any | None) -> SyncL2BatchNorm:
-    ref = layer.weight if layer.weight is not None else layer.running_mean
-    placement = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
-    out = SyncL2BatchNorm(
-        layer.num_features,
-        layer.eps,
-        layer.momentum,
-        layer.affine,
-        layer.track_running_stats,
-        process_group,
-        l2_eps=getattr(layer, "l2_eps", DEFAULT_L2_EPS),
-        scale=getattr(layer, "scale", True),
-        **placement,
-    )
-    return move_state(layer, out)
-
-
-def convert_sync_l2batchnorm(
-    module: nn.Module,
-    process_group: Any | None = None,
-    *,
-    predicate: Predicate | None = None,
-) -> nn.Module:
-    """Replace BatchNorm1d/2d/3d, SyncBatchNorm and L2BatchNorm* layers by SyncL2BatchNorm.
-
-    Mirrors :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`: parameters and
-    buffers are moved (same objects), mode, ``requires_grad``, ``l2_eps`` and ``scale``
-    are kept (BatchNorm layers get the L2BN defaults), and ``process_group`` is set on
-    every converted layer. Only these exact classes are converted; other normalization
-    layers are left alone. ``predicate(qualified_name, layer) -> bool`` restricts the
-    conversion, as in :func:`l2bn.convert_bn_to_l2bn`; e.g. ``lambda _, m:
-    is_l2_batch_norm(m)`` synchronizes the L2BN layers and leaves BatchNorm a BatchNorm.
-    Returns the converted module (a new object when ``module`` itself is converted).
-    """
-    return _convert(module, process_group, predicate, "")
-
-
-def _convert(
-    module: nn.Module, process_group: Any | None, predicate: Predicate | None, prefix: str
-) -> nn.Module:
-    selected = type(module) in _CONVERTIBLE and (predicate is None or predicate(prefix, module))
-    out = _to_sync(module, process_group) if selected else module
-    for name, child in module.named_children():
-        qualified = f"{prefix}.{name}" if prefix else name
-        out.add_module(name, _convert(child, process_group, predicate, qualified))
-    return out
-
-
-register_conversion(nn.SyncBatchNorm, SyncL2BatchNorm)
-
-__all__ = ["SyncL2BatchNorm", "convert_sync_l2batchnorm"]
+__all__ = ["SyncL2BatchNorm"]

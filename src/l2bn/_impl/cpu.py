@@ -35,7 +35,7 @@ def _load() -> str | None:
     if importlib.util.find_spec("l2bn._C") is None:
         return "l2bn._C was not built (README: Set-up)"
     try:
-        from l2bn import _C  # noqa: F401  (registers torch.ops.l2bn.*)
+        importlib.import_module("l2bn._C")  # registers torch.ops.l2bn.*
     except (ImportError, OSError) as exc:
         return f"l2bn._C could not be loaded ({exc})"
     return None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from l2bn.sync import convert_sync_l2batchnorm
+from l2bn.sync_convert import convert_sync_l2batchnorm
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from l2bn.convert import register_other_norm
+
 
 class _PreNormBatchNorm2d(nn.BatchNorm2d):
     """A parameter-free per-sample normalization, then BatchNorm2d."""
@@ -60,3 +62,7 @@ class PositionNormBatchNorm2d(_PreNormBatchNorm2d):
     def prenormalize(self, x: Tensor) -> Tensor:
         var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
         return (x - mean) * (var + self.pre_eps).rsqrt()
+
+
+# LNBN / INBN / PNBN are BatchNorm subclasses of their own: L2BN's converters leave them alone.
+register_other_norm(_PreNormBatchNorm2d)

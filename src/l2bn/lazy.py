@@ -1,0 +1,64 @@
+"""LazyL2BatchNorm1d/2d/3d: L2BN whose ``num_features`` is read from the first input.
+
+The counterparts of :class:`torch.nn.LazyBatchNorm1d/2d/3d`, built the same way (torch's
+``_LazyNormBase`` on top of the L2BN layer): the parameters and buffers stay uninitialized
+until the first forward, which sets ``num_features`` from ``input.shape[1]`` and turns the
+layer into an :class:`~l2bn.L2BatchNorm2d` (``cls_to_become``) — an L2BN layer, never a
+BatchNorm. :func:`l2bn.convert_bn_to_l2bn` converts an uninitialized ``nn.LazyBatchNorm*d``
+into one of these.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.nn.modules.batchnorm import _LazyNormBase
+
+from l2bn.functional import DEFAULT_L2_EPS
+from l2bn.layers import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d
+
+
+class _LazyL2Init:
+    """``__init__`` of the lazy layers: torch's lazy signature plus ``l2_eps`` and ``scale``."""
+
+    def __init__(
+        self,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        l2_eps: float = DEFAULT_L2_EPS,
+        scale: bool = True,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(  # type: ignore[call-arg]
+            eps, momentum, affine, track_running_stats, device, dtype, bias=bias
+        )
+        if l2_eps < 0:
+            raise ValueError(f"l2_eps must be non-negative, got {l2_eps}")
+        self.l2_eps = float(l2_eps)
+        self.scale = bool(scale)
+
+
+class LazyL2BatchNorm1d(_LazyL2Init, _LazyNormBase, L2BatchNorm1d):
+    """:class:`~l2bn.L2BatchNorm1d` with ``num_features`` inferred from the first input."""
+
+    cls_to_become = L2BatchNorm1d  # type: ignore[assignment]
+
+
+class LazyL2BatchNorm2d(_LazyL2Init, _LazyNormBase, L2BatchNorm2d):
+    """:class:`~l2bn.L2BatchNorm2d` with ``num_features`` inferred from the first input."""
+
+    cls_to_become = L2BatchNorm2d  # type: ignore[assignment]
+
+
+class LazyL2BatchNorm3d(_LazyL2Init, _LazyNormBase, L2BatchNorm3d):
+    """:class:`~l2bn.L2BatchNorm3d` with ``num_features`` inferred from the first input."""
+
+    cls_to_become = L2BatchNorm3d  # type: ignore[assignment]
+
+
+__all__ = ["LazyL2BatchNorm1d", "LazyL2BatchNorm2d", "LazyL2BatchNorm3d"]

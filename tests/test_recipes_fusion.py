@@ -1,0 +1,92 @@
+"""Issue 13: no conv-BN folding path turns an L2BN layer into BatchNorm.
+
+Folding is impossible for L2BN (the per-sample l2 norm depends on the convolution's output):
+every path either leaves the model computing L2BN or refuses with an error that says why.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import fusion
+
+import l2bn
+
+
+def _model() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), l2bn.L2BatchNorm2d(4), nn.ReLU())
+    x = torch.randn(8, 3, 6, 6)
+    with torch.no_grad():
+        model(x)  # running statistics
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def _input() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(4, 3, 6, 6) * torch.logspace(-1, 1, 4).view(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("where", ["fusion", "utils"])
+def test_fuse_conv_bn_eval_refuses_l2bn(where):
+    model = _model()
+    fuse = fusion.fuse_conv_bn_eval if where == "fusion" else nn.utils.fuse_conv_bn_eval
+    with pytest.raises(TypeError, match=r"cannot fold L2BatchNorm2d into a convolution.*l2 norm"):
+        fuse(model[0], model[1])
+    with pytest.raises(TypeError, match="cannot fold"):
+        fuse(conv=model[0], bn=model[1])
+    frozen = l2bn.freeze(copy.deepcopy(model))
+    with pytest.raises(TypeError, match="cannot fold FrozenL2BatchNorm2d"):
+        fuse(frozen[0], frozen[1])
+
+
+def test_fuse_linear_bn_eval_refuses_l2bn():
+    linear, norm = nn.Linear(3, 4).eval(), l2bn.L2BatchNorm1d(4).eval()
+    with pytest.raises(TypeError, match="cannot fold L2BatchNorm1d into a linear layer"):
+        fusion.fuse_linear_bn_eval(linear, norm)
+
+
+def test_fusion_guard_leaves_batchnorm_folding_as_it_was():
+    torch.manual_seed(2)
+    conv, bn = nn.Conv2d(3, 4, 3).eval(), nn.BatchNorm2d(4).eval()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    fused = fusion.fuse_conv_bn_eval(conv, bn)
+    x = _input()
+    torch.testing.assert_close(fused(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
+    assert fusion.fuse_conv_bn_eval.__wrapped__ is not None
+    l2bn.install_fusion_guards()  # idempotent: still one wrapper
+    assert not getattr(fusion.fuse_conv_bn_eval.__wrapped__, "_l2bn_guard", False)
+
+
+def test_fx_fuse_keeps_l2bn():
+    from torch.fx.experimental.optimization import fuse
+
+    model = _model()
+    x = _input()
+    before = model(x)
+    fused = fuse(model)
+    torch.testing.assert_close(fused(x), before)
+    # symbolic_trace records the L2BN layer as one call (torch.fx.wrap), which fuse ignores.
+    targets = {getattr(n.target, "__name__", n.target) for n in fused.graph.nodes}
+    assert "layer_forward" in targets
+    frozen = l2bn.freeze(copy.deepcopy(model))
+    torch.testing.assert_close(fuse(frozen)(x), before)
+
+
+def test_fuse_modules_refuses_l2bn():
+    from torch.ao.quantization import fuse_modules
+
+    model = _model()
+    with pytest.raises((AssertionError, NotImplementedError), match="L2BatchNorm2d"):
+        fuse_modules(model, [["0", "1"]])
+    with pytest.raises((AssertionError, NotImplementedError), match="L2BatchNorm2d"):
+        fuse_modules(model, [["0", "1", "2"]])
+    x = _input()
+    torch.testing.assert_close(model(x), _model()(x))  # untouched

@@ -1,0 +1,88 @@
+"""Issue 13: weight decay and SWA's statistics update reach L2BN whatever its base class."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+import l2bn
+from _timm import import_timm
+
+
+def _model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=False),
+        l2bn.L2BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 1),
+        l2bn.convert_bn_to_l2bn(nn.LazyBatchNorm2d()),
+        nn.GroupNorm(2, 4),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 3),
+    )
+
+
+def test_param_groups_put_l2bn_and_biases_without_decay():
+    model = _model()
+    model(torch.randn(2, 3, 8, 8))  # initializes the lazy layer
+    model[0].weight.requires_grad_(True)
+    groups = l2bn.param_groups(model, 5e-4)
+    decay, no_decay = ({id(p) for p in g["params"]} for g in groups)
+    assert groups[0]["weight_decay"] == 5e-4 and groups[1]["weight_decay"] == 0.0
+    assert decay == {id(model[0].weight), id(model[3].weight), id(model[7].weight)}
+    norm_params = [model[i].weight for i in (1, 4, 5)] + [model[i].bias for i in (1, 4, 5)]
+    assert {id(p) for p in norm_params} | {id(model[3].bias), id(model[7].bias)} == no_decay
+    # The base-class check that torchvision's split_normalization_params uses misses L2BN.
+    assert not isinstance(model[1], _BatchNorm) and isinstance(model[1], l2bn.L2BN_TYPES)
+    opt = torch.optim.SGD(groups, lr=0.1)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_param_groups_options():
+    model = _model()
+    model(torch.randn(2, 3, 8, 8))
+    model[7].weight.requires_grad_(False)
+    groups = l2bn.param_groups(model, 0.1, bias_decay=True, no_decay_names={"0.weight"})
+    decay = {id(p) for p in groups[0]["params"]}
+    assert id(model[3].bias) in decay and id(model[0].weight) not in decay
+    assert id(model[7].weight) not in decay | {id(p) for p in groups[1]["params"]}
+
+
+def test_timm_weight_decay_groups_reach_l2bn():
+    import_timm()
+    from timm.optim import param_groups_weight_decay
+
+    model = _model()
+    model(torch.randn(2, 3, 8, 8))
+    groups = param_groups_weight_decay(model, 1e-4)
+    no_decay = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert {id(model[1].weight), id(model[1].bias), id(model[4].weight)} <= no_decay
+
+
+def test_update_bn_recomputes_l2bn_statistics():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), l2bn.L2BatchNorm2d(4), nn.BatchNorm2d(4))
+    model.train()(torch.randn(4, 3, 6, 6) * 5)  # statistics of the "old weights"
+    by_torch = copy.deepcopy(model)
+    batches = [torch.randn(4, 3, 6, 6) * s for s in (0.5, 1.0, 2.0)]
+    l2bn.update_bn(batches, model)
+    # The cumulative average over the loader, as a fresh layer with momentum=None gives it.
+    reference = l2bn.L2BatchNorm2d(4, momentum=None)
+    with torch.no_grad():
+        for b in batches:
+            reference(model[0](b))
+    torch.testing.assert_close(model[1].running_mean, reference.running_mean)
+    torch.testing.assert_close(model[1].running_var, reference.running_var)
+    assert model[1].momentum == 0.1 and model[1].num_batches_tracked == 3
+    # torch's update_bn resets and recomputes the BatchNorm only: the L2BN layer (not a
+    # _BatchNorm) keeps its old statistics, moved by a few momentum-0.1 steps.
+    torch.optim.swa_utils.update_bn(batches, by_torch)
+    torch.testing.assert_close(by_torch[2].running_mean, model[2].running_mean)
+    assert (by_torch[1].running_mean - reference.running_mean).abs().max() > 1e-3
+    frozen = l2bn.freeze(nn.Sequential(l2bn.L2BatchNorm2d(3)))
+    l2bn.update_bn([torch.randn(2, 3, 2, 2)], frozen)  # frozen layers are left alone
+    assert torch.equal(frozen[0].running_var, torch.ones(3))

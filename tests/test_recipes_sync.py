@@ -1,0 +1,124 @@
+"""Issue 13: the DDP recipe (`convert_sync_batchnorm` of torch and timm) keeps L2BN an L2BN."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import l2bn
+from _timm import import_timm
+from l2bn import L2BatchNorm2d, L2BatchNormAct2d, SyncL2BatchNorm, SyncL2BatchNormAct
+
+
+def _trained(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """A few training forwards (non-trivial running statistics), then eval mode."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+    return model.eval()
+
+
+def _conv_l2bn() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 1))
+    return l2bn.convert_bn_to_l2bn(model)
+
+
+def _input() -> torch.Tensor:
+    torch.manual_seed(1)
+    # Per-sample scales from 0.1 to 10: L2BN and BN outputs differ a lot on such a batch.
+    return torch.randn(4, 3, 8, 8) * torch.logspace(-1, 1, 4).view(-1, 1, 1, 1)
+
+
+def test_torch_convert_sync_batchnorm_leaves_l2bn_alone():
+    x = _input()
+    model = _trained(_conv_l2bn(), x)
+    before = model(x)
+    layer = model[1]
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert converted[1] is layer and type(converted[1]) is L2BatchNorm2d
+    torch.testing.assert_close(converted(x), before)
+    # What torch's converter does to a BatchNorm with the same state: the output moves.
+    bn = nn.BatchNorm2d(4).eval()
+    bn.load_state_dict(layer.state_dict())
+    as_bn = nn.Sequential(model[0], bn, model[2], model[3])
+    assert (as_bn(x) - before).abs().max() > 1.0
+
+
+def test_timm_convert_sync_batchnorm_leaves_l2bn_alone():
+    timm = import_timm()
+    x = _input()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), timm.layers.BatchNormAct2d(4, act_layer=nn.ReLU))
+    model = _trained(l2bn.convert_bn_to_l2bn(model), x)
+    before = model(x)
+    converted = timm.layers.convert_sync_batchnorm(model)
+    assert type(converted[1]) is L2BatchNormAct2d
+    torch.testing.assert_close(converted(x), before)
+    plain = timm.layers.convert_sync_batchnorm(_conv_l2bn())
+    assert type(plain[1]) is L2BatchNorm2d
+
+
+def test_l2bn_convert_sync_batchnorm_keeps_each_kind():
+    torch.manual_seed(2)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        L2BatchNorm2d(4, l2_eps=1e-3, scale=False),
+        nn.BatchNorm2d(4),
+        nn.Flatten(),
+        nn.BatchNorm1d(4 * 6 * 6),
+    )
+    weight = model[1].weight
+    group = object()
+    converted, report = l2bn.convert_sync_batchnorm(model, group, return_report=True)
+    assert type(converted[1]) is SyncL2BatchNorm and converted[1].weight is weight
+    assert converted[1].process_group is group
+    assert converted[1].l2_eps == 1e-3 and converted[1].scale is False
+    assert type(converted[2]) is nn.SyncBatchNorm and type(converted[4]) is nn.SyncBatchNorm
+    assert converted[2].process_group is group
+    assert len(report.converted) == 3
+    # Outside a process group the synchronized L2BN computes what L2BN computes.
+    x = _input()
+    reference = L2BatchNorm2d(4, l2_eps=1e-3, scale=False)
+    reference.load_state_dict(converted[1].state_dict())
+    y = converted[0](x)
+    torch.testing.assert_close(converted[1](y), reference(y))
+
+
+def test_l2bn_convert_sync_batchnorm_refuses_lazy_and_warns_on_unknown_batchnorm():
+    with pytest.raises(ValueError, match="uninitialized LazyBatchNorm2d"):
+        l2bn.convert_sync_batchnorm(nn.Sequential(nn.LazyBatchNorm2d()))
+    with pytest.raises(ValueError, match="uninitialized LazyL2BatchNorm2d"):
+        l2bn.convert_sync_l2batchnorm(nn.Sequential(l2bn.LazyL2BatchNorm2d()))
+
+    class CustomBatchNorm(nn.BatchNorm2d):
+        pass
+
+    model = nn.Sequential(CustomBatchNorm(3))
+    with pytest.warns(l2bn.ConversionWarning, match=r"0 is a .*CustomBatchNorm"):
+        out = l2bn.convert_sync_batchnorm(model)
+    assert type(out[0]) is CustomBatchNorm
+    with pytest.raises(TypeError, match="CustomBatchNorm"):
+        l2bn.convert_sync_l2batchnorm(model, strict=True)
+
+
+def test_convert_sync_l2batchnorm_handles_norm_act_layers():
+    timm = import_timm()
+    act = nn.SiLU()
+    model = nn.Sequential(timm.layers.BatchNormAct2d(4), L2BatchNormAct2d(4, act_layer=nn.GELU))
+    model[0].act = act
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        converted = l2bn.convert_sync_l2batchnorm(model)
+    assert [type(m) for m in converted] == [SyncL2BatchNormAct, SyncL2BatchNormAct]
+    assert converted[0].act is act and isinstance(converted[1].act, nn.GELU)
+    x = _input()[:, :1].expand(4, 4, 8, 8).contiguous()
+    converted.eval()
+    expected = act(L2BatchNorm2d(4).eval()(x))
+    torch.testing.assert_close(converted[0](x), expected)
+    # timm's own SyncBatchNormAct (what timm's converter makes) converts too.
+    synced = timm.layers.convert_sync_batchnorm(nn.Sequential(timm.layers.BatchNormAct2d(4)))
+    assert type(l2bn.convert_bn_to_l2bn(synced)[0]) is SyncL2BatchNormAct
