@@ -162,3 +162,15 @@ def test_seeds_for_power_degenerate_cases() -> None:
     # statsmodels cannot solve for d_z = 20 (NaN power at 2 pairs); 3 pairs reach 80%
     assert seeds_for_power(20.0, 1.0) == 3
     assert describe_seeds(seeds_for_power(1e-5, 1.0)) == "> 1,000,000 seeds"
+
+
+def test_wilcoxon_keeps_ties_that_subtraction_roundoff_would_break() -> None:
+    base = [90.0, 90.3, 89.8, 91.0, 88.5, 90.1]
+    cand = [90.6, 90.9, 90.1, 91.3, 89.0, 90.8]  # differences 0.6, 0.6, 0.3, 0.3, 0.5, 0.7
+    raw = [c - b for b, c in zip(base, cand, strict=True)]
+    assert raw[0] != raw[1]  # roundoff: 0.6 and 0.6 differ in floating point
+    result = paired_test(base, cand, "x")
+    assert "ties" in result.wilcoxon_method
+    rounded = [round(d, 10) for d in raw]
+    assert result.p_wilcoxon == pytest.approx(stats.wilcoxon(rounded).pvalue)
+    assert result.wilcoxon_stat == pytest.approx(stats.wilcoxon(rounded).statistic)

@@ -22,7 +22,9 @@ Degenerate inputs give a documented result, never an exception or a silent numbe
   differences zero): t, its p-value, ``d_z`` and the interval are undefined (NaN) and
   ``note`` says so. Differences count as equal when their standard deviation is below
   ``1e-10`` times the largest absolute input value (floating-point noise of a subtraction),
-  where scipy would return ``t = inf`` or warn about catastrophic cancellation.
+  where scipy would return ``t = inf`` or warn about catastrophic cancellation. For the
+  same reason the Wilcoxon test ranks the differences rounded to that resolution, so that
+  differences tied in exact arithmetic stay tied.
 * Wilcoxon: not run below 6 pairs (its smallest two-sided p-value is ``2 / 2**n``: 0.25
   with 3 pairs, 0.0625 with 5, 0.03125 with 6). Without ties or zero differences the exact
   null distribution is used (``method="exact"``); with ties or zeros the exact distribution
@@ -137,25 +139,31 @@ def fmt_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _wilcoxon(diffs: Sequence[float]) -> tuple[float, float, str]:
-    """(statistic, two-sided p, method) of scipy's signed-rank test on ``diffs`` (n >= 6)."""
+def _wilcoxon(diffs: Sequence[float], quantum: float) -> tuple[float, float, str]:
+    """(statistic, two-sided p, method) of scipy's signed-rank test on ``diffs`` (n >= 6).
+
+    The differences are first rounded to multiples of ``quantum`` (the zero-variance
+    tolerance), as scipy's documentation advises: ``c - b`` carries subtraction roundoff
+    that would rank truly tied differences as distinct. The test uses ranks and signs only,
+    so passing the integer multiples gives the same statistic and p-value.
+    """
     from scipy import stats
 
-    nonzero = [abs(d) for d in diffs if d != 0.0]
-    zeros = len(diffs) - len(nonzero)
+    steps = [float(round(d / quantum)) for d in diffs]
+    nonzero = [abs(d) for d in steps if d != 0.0]
+    zeros = len(steps) - len(nonzero)
     ties = len(set(nonzero)) < len(nonzero)
     if not nonzero:
         return math.nan, math.nan, "not possible: every difference is zero"
+    why = ", ".join(w for w, c in (("ties", ties), (f"{zeros} zero(s)", zeros)) if c)
     if not ties and not zeros:
-        result = stats.wilcoxon(diffs, method="exact")
+        result = stats.wilcoxon(steps, method="exact")
         method = "exact"
-    elif len(diffs) <= 13:
-        result = stats.wilcoxon(diffs, method=stats.PermutationMethod())
-        why = ", ".join(w for w, c in (("ties", ties), (f"{zeros} zero(s)", zeros)) if c)
+    elif len(steps) <= 13:
+        result = stats.wilcoxon(steps, method=stats.PermutationMethod())
         method = f"permutation, {why}: exact test not available"
     else:
-        result = stats.wilcoxon(diffs, method="asymptotic")
-        why = ", ".join(w for w, c in (("ties", ties), (f"{zeros} zero(s)", zeros)) if c)
+        result = stats.wilcoxon(steps, method="asymptotic")
         method = f"normal approximation, {why}: exact test not available"
     return float(result.statistic), float(result.pvalue), method
 
@@ -190,15 +198,16 @@ def paired_test(
             metric, n, mean, nan, nan, nan, nan, nan, nan, note="1 pair: no test possible"
         )
     sd = math.sqrt(math.fsum((d - mean) ** 2 for d in diffs) / (n - 1))
+    scale = max(abs(v) for v in base + cand)
+    quantum = ZERO_VARIANCE_RTOL * scale if scale > 0 else 1.0
     if not wilcoxon:
         signed_rank: tuple[float, float, str] = (nan, nan, "not run")
     elif n >= MIN_WILCOXON_PAIRS:
-        signed_rank = _wilcoxon(diffs)
+        signed_rank = _wilcoxon(diffs, quantum)
     else:
         signed_rank = (nan, nan, f"not run: {n} pairs < {MIN_WILCOXON_PAIRS}")
-    scale = max(abs(v) for v in base + cand)
-    if sd <= ZERO_VARIANCE_RTOL * scale:
-        if all(d == 0.0 for d in diffs) or abs(mean) <= ZERO_VARIANCE_RTOL * scale:
+    if sd <= quantum:
+        if all(d == 0.0 for d in diffs) or abs(mean) <= quantum:
             note = "identical on every seed: t undefined (zero variance)"
         else:
             note = f"every seed differs by {mean:+.4g}: t undefined (zero variance)"
