@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 
 from l2bn.experiments.claims import (
     NO_DIFF,
@@ -144,6 +145,13 @@ def test_claims_block_on_runs_with_a_known_answer(known) -> None:
         stats.wilcoxon(final("l2bn", k), final("bn", k)).pvalue for k in keys
     ]  # 6 pairs: Wilcoxon runs
     assert [t.result.p_wilcoxon for t in comp.tests] == pytest.approx(wilcoxon)
+
+    # seeds for 80% power at Holm's strictest level, alpha / 6, independently from statsmodels
+    intra = by_key["intra_train"].result
+    needed = TTestPower().solve_power(
+        effect_size=abs(intra.mean_diff) / intra.sd_diff, alpha=0.05 / 6, power=0.8
+    )
+    assert by_key["intra_train"].seeds_observed == math.ceil(needed)
 
     text = build_report(summaries, [comp])["txt"]
     claims = text[text.index("Claims of the paper, tested:") :]

@@ -9,6 +9,12 @@ adjusted with Holm's method, and so do its Wilcoxon p-values. Per epoch, the sam
 t-test runs on each per-epoch quantity; those p-values are Holm-adjusted over the epochs of
 one quantity of one comparison.
 
+The seeds needed for 80% power (two-sided paired t-test) are computed at
+``alpha = 0.05 / m``, ``m`` the number of tested quantities of the comparison: Holm's
+strictest step, so that a claim reaching that power passes the adjustment whatever the
+other quantities do (``alpha = 0.05`` alone would promise significance that Holm then
+takes away).
+
 Each claim then gets a verdict, by the sign of the mean difference and the Holm-adjusted
 t-test p-value (alpha 0.05):
 
@@ -221,6 +227,7 @@ def compare_variants(base: VariantSummary, cand: VariantSummary) -> Comparison |
     tested = [r for r in raw if r is not None]
     adjusted = iter(adjust_family(tested))
     results = [None if r is None else next(adjusted) for r in raw]
+    family = sum(1 for r in tested if r.testable)
     tests = []
     for q, result in zip(QUANTITIES, results, strict=True):
         test = QuantityTest(q, result)
@@ -235,8 +242,9 @@ def compare_variants(base: VariantSummary, cand: VariantSummary) -> Comparison |
             test.expected = 1 if test.paper_diff > 0 else -1
             test.expected_source = f"paper Table {test.paper_table}"
         if result is not None:
-            test.seeds_observed = seeds_for_power(result.mean_diff, result.sd_diff)
-            test.seeds_paper = seeds_for_power(test.paper_diff, result.sd_diff)
+            alpha = ALPHA / max(1, family)  # Holm's strictest step: passes whatever the rest
+            test.seeds_observed = seeds_for_power(result.mean_diff, result.sd_diff, alpha=alpha)
+            test.seeds_paper = seeds_for_power(test.paper_diff, result.sd_diff, alpha=alpha)
         test.verdict = verdict(result, test.expected)
         tests.append(test)
     return Comparison(

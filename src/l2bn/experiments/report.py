@@ -343,7 +343,8 @@ def epoch_lines(comp: Comparison) -> list[str]:
             direction = (
                 ("higher" if signs == {True} else "lower") if len(signs) == 1 else "mixed signs"
             )
-            what = f"epochs {_ranges(significant)} ({direction} than {comp.baseline})"
+            epochs = "epoch" if len(significant) == 1 else "epochs"
+            what = f"{epochs} {_ranges(significant)} ({direction} than {comp.baseline})"
         else:
             what = "no epoch"
         lines.append(f"{EPOCH_LABELS[key]}: {what} of {len(rows)} ({testable} testable)")

@@ -57,10 +57,12 @@ WHY_TESTS = (
     "permutation distribution, named in the table); below 6 pairs the signed-rank test "
     "cannot reach p < 0.05 (smallest p = 2/2^n: 0.25 with 3 pairs). The p-values of one "
     "comparison (its 6 quantities) are adjusted together with Holm's method "
-    "(statsmodels); a claim is 'supported' when its Holm-adjusted t-test p < 0.05 and the "
-    "difference has the paper's sign. 'Seeds for 80% power': the number of seeds at which "
-    "the paired t-test (alpha 0.05, two-sided) would detect the observed difference, or the "
-    "paper's difference for the same row, given the observed sd of the differences."
+    "(statsmodels; the Wilcoxon p-values separately, which needs 8+ pairs to get below "
+    "0.05 over six quantities); a claim is 'supported' when its Holm-adjusted t-test "
+    "p < 0.05 and the difference has the paper's sign. 'Seeds for 80% power': the number "
+    "of seeds at which the paired t-test (two-sided, alpha 0.05/m for a family of m "
+    "quantities, so that the claim survives Holm) would detect the observed difference, or "
+    "the paper's difference for the same row, given the observed sd of the differences."
 )
 # kept for callers of the previous API
 WHY_PAIRED_T = WHY_TESTS
