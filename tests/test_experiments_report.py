@@ -72,7 +72,7 @@ def test_report_table_significance_and_plots(runs_root: Path, capsys) -> None:
     assert f"{statistics.fmean(FINAL_IIR['l2bn'].values()):.3f}" in l2_line
     expected = stats.ttest_rel(l2_acc, bn_acc)
     interval = expected.confidence_interval()
-    assert "L2BN vs BN (resnet20, 3 seed(s) paired: 121, 122, 123; Holm over 3" in text
+    assert "L2BN vs BN (resnet20, 3 seed(s) paired: 121, 122, 123), Holm over 3" in text
     acc_row = next(line for line in text.splitlines() if line.startswith("best accuracy (pp)"))
     diff = statistics.fmean(l2_acc) - statistics.fmean(bn_acc)
     assert acc_row.split()[3:7] == [

@@ -190,7 +190,7 @@ def comparison_header(comp: Comparison) -> str:
     family = f"Holm over {k} tested quantit{'y' if k == 1 else 'ies'}" if k else "nothing testable"
     return (
         f"{comp.candidate} vs {comp.baseline} ({comp.model}, {len(comp.seeds)} seed(s) "
-        f"paired: {', '.join(str(s) for s in comp.seeds)}; {family})"
+        f"paired: {', '.join(str(s) for s in comp.seeds)}), {family}"
     )
 
 
