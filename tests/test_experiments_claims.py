@@ -48,8 +48,10 @@ def write_run(
     model: str = "resnet20",
     placement: str = "all",
     norm_kwargs: dict | None = None,
+    metrics: bool = True,
 ) -> None:
-    """A finished run on disk whose last epoch has ``final`` (test_acc, intra_*, inter)."""
+    """A finished run on disk whose last epoch has ``final`` (test_acc, intra_*, inter);
+    ``metrics=False``: angles and IIR null, as with the acoustic presets."""
     config = ExperimentConfig(
         name=preset,
         dataset=dataset,
@@ -85,6 +87,9 @@ def write_run(
                 "seconds": 1.0,
             }
         )
+        if not metrics:
+            rows[-1].update(dict.fromkeys(("intra_train", "intra_test", "inter"), None))
+            rows[-1].update(iir_train=None, iir_test=None)
     (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     write_done(directory, {"seed": seed})
 
@@ -325,3 +330,25 @@ def test_report_puts_the_paper_beside_a_matching_run(tmp_path: Path) -> None:
         and r["quantity"] == "inter"
     )  # fmt: skip
     assert summary["paper_value"] == "34.09"
+
+
+def test_runs_without_angle_metrics_test_accuracy_only(tmp_path: Path) -> None:
+    kwargs = {"preset": "asc-fcnn", "dataset": "dcase2020-1a", "model": "fcnn", "metrics": False}
+    for i, seed in enumerate((121, 122, 123)):
+        base = {"test_acc": 69.0 + 0.5 * i, "intra_train": 0, "intra_test": 0, "inter": 1}
+        cand = {**base, "test_acc": base["test_acc"] + (1.2, 1.6, 1.3)[i]}
+        write_run(tmp_path, norm="bn", seed=seed, final=base, **kwargs)
+        write_run(tmp_path, norm="l2bn", seed=seed, final=cand, **kwargs)
+    report = build_report(summarize(find_runs(tmp_path)))
+    flat = " ".join(report["txt"].split())
+    assert "Holm over 1 tested quantity" in flat
+    assert "raises accuracy: supported" in flat  # a family of one: Holm p = p
+    assert "raises the inter-angle: not measured" in flat
+    assert "paper Table 6, FCNN: BN vs L2BN, 255 epochs, seeds not stated" in flat
+    table = report["txt"][report["txt"].index("paper Table 6") :]
+    acc = next(line for line in table.splitlines() if line.startswith("best accuracy"))
+    assert "69.17" in acc and "70.55" in acc and "+1.38" in acc
+    assert not any(line.startswith("IIR train") for line in table.splitlines()[:6])
+    rows = list(csv.DictReader(io.StringIO(report["csv"])))
+    inter = next(r for r in rows if r["section"] == "test" and r["quantity"] == "inter")
+    assert (inter["verdict"], inter["note"]) == ("not measured", "not measured")
