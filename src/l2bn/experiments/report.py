@@ -86,7 +86,6 @@ TEST_COLUMNS = (
     "Holm p (W)",
     "Seeds 80%: obs / paper",
 )
-PAPER_COLUMNS = ("Quantity", "ours", "paper", "ours ", "paper ", "diff ours", "diff paper", "sign")
 EPOCH_LABELS = {
     "test_acc": "test accuracy",
     "intra_train": "intra-angle train",
@@ -260,6 +259,13 @@ def test_rows(comp: Comparison) -> tuple[list[list[str]], list[str]]:
 # ---- the paper beside us ---------------------------------------------------------------
 
 
+def _mean_std(value: tuple[float, float], digits: int, with_std: bool) -> str:
+    mean, std = value
+    if not with_std or math.isnan(std) or math.isnan(mean):
+        return _fmt(mean, digits)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
 def paper_block(comp: Comparison) -> tuple[str, list[list[str]] | None, tuple[str, ...]]:
     """(heading, rows or None when the paper has no such row, columns)."""
     base_v, cand_v = comp.base_variant, comp.cand_variant
@@ -270,7 +276,7 @@ def paper_block(comp: Comparison) -> tuple[str, list[list[str]] | None, tuple[st
             f"for {comp.model} on {comp.dataset or 'this dataset'} with these norms (its "
             f"tables cover {covered}).",
             None,
-            PAPER_COLUMNS,
+            (),
         )
     p_base, p_cand = comp.paper_rows
     ours_epochs = cand_v.epochs_planned if cand_v is not None else 0
@@ -296,16 +302,16 @@ def paper_block(comp: Comparison) -> tuple[str, list[list[str]] | None, tuple[st
         q = test.quantity
         if math.isnan(test.paper_base) and math.isnan(test.paper_cand):
             continue
-        ours_b = base_v.mean_std(q.key)[0] if base_v is not None else math.nan
-        ours_c = cand_v.mean_std(q.key)[0] if cand_v is not None else math.nan
+        ours_b = base_v.mean_std(q.key) if base_v is not None else (math.nan, math.nan)
+        ours_c = cand_v.mean_std(q.key) if cand_v is not None else (math.nan, math.nan)
+        paper_b = (test.paper_base, p_base.value("acc_std") if q.key == "best_acc" else math.nan)
+        paper_c = (test.paper_cand, p_cand.value("acc_std") if q.key == "best_acc" else math.nan)
+        std = q.key == "best_acc"  # the paper gives mean ± std for accuracy only
         diff = test.result.mean_diff if test.result is not None else math.nan
         rows.append(
             [
                 q.label,
-                _fmt(ours_b, q.digits),
-                _fmt(test.paper_base, q.digits),
-                _fmt(ours_c, q.digits),
-                _fmt(test.paper_cand, q.digits),
+                *(_mean_std(v, q.digits, std) for v in (ours_b, paper_b, ours_c, paper_c)),
                 _signed(diff, q.digits),
                 _signed(test.paper_diff, q.digits),
                 "NO" if test.sign_text == "no" else test.sign_text,
