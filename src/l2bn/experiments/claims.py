@@ -23,13 +23,15 @@ t-test p-value (alpha 0.05):
 * ``opposite direction`` (adjusted p >= 0.05; the line gives p);
 * ``opposite direction, significant``;
 * ``no test possible: 1 seed`` / ``no test possible: zero variance`` (every seed differs by
-  the same amount, t undefined) / ``no difference`` (mean difference exactly 0) /
-  ``not measured`` (the runs have no such metric, e.g. ``metrics: false``).
+  the same amount, t undefined) / ``no difference`` (mean difference 0, or every
+  difference 0 up to rounding) / ``not measured`` (the runs have no such metric, e.g.
+  ``metrics: false``).
 
 The paper's direction for L2BN (any placement) is the claim above. For the other norms the
 paper makes no claim; where one of its tables has the same model, dataset and norm, the
-sign of that table's difference is the expected direction ("paper's result"), otherwise
-the line reports the observed direction only.
+sign of that table's difference is the expected direction ("higher in paper Table 5"),
+otherwise the verdict is ``no paper claim: significant`` / ``no paper claim: not
+significant``.
 """
 
 from __future__ import annotations
