@@ -1,4 +1,4 @@
-"""The report from saved runs: Table 1 layout, the paired t-test line, CSV/markdown, PNGs."""
+"""The report from saved runs: Table 1 layout, tests, claims, CSV/markdown, PNGs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from scipy import stats
 
 from l2bn.experiments.config import ExperimentConfig
 from l2bn.experiments.runs import find_runs, run_dir, write_done
-from l2bn.experiments.stats_tests import paired_t_test
 
 SEEDS = (121, 122, 123)
 # best accuracies per seed (the best is not at the last epoch for seed 122 of BN)
@@ -58,21 +57,6 @@ def runs_root(tmp_path: Path) -> Path:
     return tmp_path / "runs"
 
 
-def test_paired_t_test_matches_scipy_and_gives_the_t_interval() -> None:
-    base, cand = [1.0, 2.0, 3.0, 4.5], [1.5, 2.1, 3.9, 4.8]
-    result = paired_t_test(base, cand, "x")
-    reference = stats.ttest_rel(cand, base)
-    assert result.t == pytest.approx(reference.statistic)
-    assert result.p == pytest.approx(reference.pvalue)
-    diffs = [c - b for b, c in zip(base, cand, strict=True)]
-    half = stats.t.ppf(0.975, 3) * statistics.stdev(diffs) / 2.0
-    assert result.ci_low == pytest.approx(statistics.fmean(diffs) - half)
-    assert result.ci_high == pytest.approx(statistics.fmean(diffs) + half)
-    assert "no test" in paired_t_test([1.0], [2.0], "x").describe()
-    with pytest.raises(ValueError, match="equal lengths"):
-        paired_t_test([1.0, 2.0], [1.0], "x")
-
-
 def test_report_table_significance_and_plots(runs_root: Path, capsys) -> None:
     from l2bn.cli import main
 
@@ -87,19 +71,44 @@ def test_report_table_significance_and_plots(runs_root: Path, capsys) -> None:
     assert f"{statistics.fmean(l2_acc):.2f} ± {statistics.stdev(l2_acc):.2f}" in l2_line
     assert f"{statistics.fmean(FINAL_IIR['l2bn'].values()):.3f}" in l2_line
     expected = stats.ttest_rel(l2_acc, bn_acc)
-    assert "L2BN vs BN (resnet20, 3 seed(s) paired" in text
-    assert f"t(2) = {expected.statistic:.2f}, p = {expected.pvalue:.3f}" in text
+    interval = expected.confidence_interval()
+    assert "L2BN vs BN (resnet20, 3 seed(s) paired: 121, 122, 123), Holm over 3" in text
+    acc_row = next(line for line in text.splitlines() if line.startswith("best accuracy (pp)"))
+    diff = statistics.fmean(l2_acc) - statistics.fmean(bn_acc)
+    assert acc_row.split()[3:7] == [
+        f"{diff:+.3f}",
+        f"[{interval.low:+.3f},",
+        f"{interval.high:+.3f}]",
+        f"{diff / statistics.stdev([c - b for b, c in zip(bn_acc, l2_acc, strict=True)]):+.2f}",
+    ]
+    assert f"{expected.statistic:+.2f}  {expected.pvalue:.3f}" in acc_row
     iir = stats.ttest_rel(list(FINAL_IIR["l2bn"].values()), list(FINAL_IIR["bn"].values()))
-    assert (
-        f"final IIR train: diff {statistics.fmean(FINAL_IIR['l2bn'].values()) - 0.61:+.3f}" in text
-    )
-    assert f"p = {iir.pvalue:.3f}" in text
-    assert "Paired t-test" in text and "0.25" in text  # says which test and why
+    iir_row = next(line for line in text.splitlines() if line.startswith("IIR train"))
+    iir_diff = statistics.fmean(FINAL_IIR["l2bn"].values()) - 0.61
+    assert f"{iir_diff:+.4f}" in iir_row and f"{iir.pvalue:.3f}" in iir_row
+    # intra/inter angles equal on every seed in this fixture: said, not tested
+    assert "intra-angle train: identical on every seed: t undefined (zero variance)" in text
+    assert "Wilcoxon signed-rank: not run with 3 pair(s)" in text
+    assert "paired t-test" in text and "0.25 with 3 pairs" in text  # which test and why
+    claims = text[text.index("Claims of the paper, tested:") :]
+    assert "raises accuracy: same direction, not significant" in claims
+    assert "seeds for 80% power:" in claims and "at the observed effect" in claims
+    assert "no row for resnet20 on fashion-mnist" in " ".join(text.split())
+    assert "Per-epoch paired t-tests" in text
     with open(out / "report.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["norm"] for r in rows] == ["bn", "l2bn"]
-    assert float(rows[1]["acc_mean"]) == pytest.approx(statistics.fmean(l2_acc), abs=1e-4)
-    assert "| resnet20 | L2BN |" in (out / "report.md").read_text()
+    summary = [r for r in rows if r["section"] == "summary" and r["quantity"] == "best_acc"]
+    assert [r["norm"] for r in summary] == ["bn", "l2bn"]
+    assert float(summary[1]["mean"]) == pytest.approx(statistics.fmean(l2_acc), abs=1e-4)
+    acc_test = next(r for r in rows if r["section"] == "test" and r["quantity"] == "best_acc")
+    assert float(acc_test["p"]) == pytest.approx(expected.pvalue, rel=1e-5)
+    assert float(acc_test["ci_low"]) == pytest.approx(interval.low, rel=1e-5)
+    assert acc_test["verdict"] == "same direction, not significant"
+    assert acc_test["seeds_80_observed"] != ""
+    epochs = [r for r in rows if r["section"] == "epoch" and r["quantity"] == "iir_train"]
+    assert [r["epoch"] for r in epochs] == ["1", "2", "3"]
+    markdown = (out / "report.md").read_text()
+    assert "| resnet20 | L2BN |" in markdown and "## Claims of the paper, tested" in markdown
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == ["resnet20_accuracy_loss.png", "resnet20_angles.png", "resnet20_iir.png"]
     assert all((out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)

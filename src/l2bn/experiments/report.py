@@ -1,9 +1,24 @@
-"""The comparison report in the layout of the paper's Table 1, from saved runs.
+"""The comparison report from saved runs: the paper's Table 1 layout, every claim tested.
 
-Per model and norm: accuracy as mean +- std over seeds of each run's best test accuracy (as
-in section 4.1), then intra-angle on train and test data, inter-angle, and IIR on train and
-test data (supplement eqs. 2-3, paper eq. 4) at the final epoch, averaged over seeds. Below
-the table: the paired t-test of every norm against the baseline (BN) over seeds.
+Sections of ``report.txt`` / ``report.md``:
+
+1. The table: per model and norm, accuracy as mean +- std over seeds of each run's best
+   test accuracy (as in section 4.1), then intra-angle on train and test data, inter-angle,
+   and IIR on train and test data (supplement eqs. 2-3, paper eq. 4) at the final epoch,
+   averaged over seeds.
+2. Tests: each norm against the baseline, paired over seeds, for the six quantities (mean
+   difference, 95% CI, Cohen's d_z, t-test, Wilcoxon with 6+ pairs, Holm-adjusted p, seeds
+   for 80% power): :mod:`l2bn.experiments.claims`.
+3. Claims: one line per claim of the paper, in words.
+4. The paper beside us: where the run's dataset and model have a row in the paper's Tables
+   1-6, its numbers next to ours and whether the differences have the same sign.
+5. Per-epoch evidence: the epochs at which the paired difference is significant
+   (Holm-adjusted over epochs); the figures mark them.
+
+``report.csv`` is one long table with a ``section`` column: ``summary`` (one row per
+variant and quantity, with the paper's value where a row matches), ``test`` (one row per
+comparison and quantity: all statistics, verdict, seeds needed, the paper's difference and
+sign agreement) and ``epoch`` (one row per comparison, per-epoch quantity and epoch).
 """
 
 from __future__ import annotations
@@ -11,32 +26,42 @@ from __future__ import annotations
 import csv
 import io
 import math
-import statistics
 import textwrap
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from l2bn.experiments import paper_tables
+from l2bn.experiments.claims import (
+    EPOCH_KEYS,
+    QUANTITIES,
+    Comparison,
+    QuantityTest,
+    claim_lines,
+    compare_to_baseline,
+)
 from l2bn.experiments.runs import RunRecord
-from l2bn.experiments.stats_tests import WHY_PAIRED_T, PairedResult, paired_t_test
+from l2bn.experiments.stats_tests import WHY_TESTS, describe_seeds, fmt_p
+from l2bn.experiments.summary import (
+    ANGLE_KEYS,
+    NORM_LABELS,
+    VariantSummary,
+    norm_label,
+    summarize,
+)
 
-NORM_LABELS = {
-    "bn": "BN",
-    "l2bn": "L2BN",
-    "lnbn": "LNBN",
-    "inbn": "INBN",
-    "pnbn": "PNBN",
-    "ln": "LN",
-    "in": "IN",
-    "gn": "GN",
-    "gn-cpg4": "GN-cpg4",
-    "gn-cpg8": "GN-cpg8",
-    "sn": "SN",
-    "bcn": "BCN",
-    "bin": "BIN",
-}
-ANGLE_KEYS = ("intra_train", "intra_test", "inter", "iir_train", "iir_test")
+__all__ = [
+    "ANGLE_KEYS",
+    "COLUMNS",
+    "NORM_LABELS",
+    "Comparison",
+    "VariantSummary",
+    "build_report",
+    "compare_to_baseline",
+    "norm_label",
+    "summarize",
+    "write_report",
+]
+
 COLUMNS = (
     "Model",
     "Norm",
@@ -49,81 +74,75 @@ COLUMNS = (
     "IIR train",
     "IIR test",
 )
-
-
-def norm_label(norm: str, placement: str, norm_kwargs: dict[str, Any] | None = None) -> str:
-    label = NORM_LABELS.get(norm, norm)
-    if norm == "gn" and norm_kwargs and "channels_per_group" in norm_kwargs:
-        label = f"GN-cpg{norm_kwargs['channels_per_group']}"
-    if placement != "all":
-        label += f" [{placement}]"
-    return label
-
-
-@dataclass
-class VariantSummary:
-    """All seeds of one (preset, model, norm, placement)."""
-
-    preset: str
-    model: str
-    norm: str
-    placement: str
-    label: str
-    runs: dict[int, RunRecord] = field(default_factory=dict)
-
-    @property
-    def seeds(self) -> list[int]:
-        return sorted(self.runs)
-
-    @property
-    def is_baseline(self) -> bool:
-        return (self.norm == "bn" and self.placement == "all") or self.placement == "none"
-
-    def best_acc(self, seed: int) -> float:
-        return max(float(row["test_acc"]) for row in self.runs[seed].rows)
-
-    def final(self, seed: int, key: str) -> float:
-        value = self.runs[seed].rows[-1].get(key)
-        return math.nan if value is None else float(value)
-
-    def epochs_done(self) -> str:
-        counts = sorted({len(run.rows) for run in self.runs.values()})
-        planned = max(run.config.epochs for run in self.runs.values())
-        text = "/".join(str(c) for c in counts)
-        return text if counts == [planned] else f"{text} of {planned}"
-
-    def acc_mean_std(self) -> tuple[float, float]:
-        values = [self.best_acc(s) for s in self.seeds]
-        std = statistics.stdev(values) if len(values) > 1 else math.nan
-        return statistics.fmean(values), std
-
-    def final_mean(self, key: str) -> float:
-        values = [self.final(s, key) for s in self.seeds]
-        values = [v for v in values if not math.isnan(v)]
-        return statistics.fmean(values) if values else math.nan
-
-
-def summarize(records: Iterable[RunRecord]) -> list[VariantSummary]:
-    """Group runs by preset, model, norm and placement (in first-seen order)."""
-    groups: dict[tuple[str, ...], VariantSummary] = {}
-    for record in records:
-        config = record.config
-        norm_key = config.norm
-        if config.norm_kwargs:
-            norm_key += "(" + ",".join(f"{k}={v}" for k, v in sorted(config.norm_kwargs.items()))
-            norm_key += ")"
-        key = (config.name, config.model, norm_key, config.l2bn_layers)
-        if key not in groups:
-            label = norm_label(config.norm, config.l2bn_layers, config.norm_kwargs)
-            groups[key] = VariantSummary(
-                config.name, config.model, config.norm, config.l2bn_layers, label
-            )
-        groups[key].runs[record.seed] = record
-    return list(groups.values())
+TEST_COLUMNS = (
+    "Quantity",
+    "Mean diff",
+    "95% CI",
+    "d_z",
+    "t",
+    "p",
+    "Holm p",
+    "Wilcoxon p",
+    "Holm p (W)",
+    "Seeds 80%: obs / paper",
+)
+EPOCH_LABELS = {
+    "test_acc": "test accuracy",
+    "intra_train": "intra-angle train",
+    "intra_test": "intra-angle test",
+    "inter": "inter-angle",
+    "iir_train": "IIR train",
+    "iir_test": "IIR test",
+}
+CSV_COLUMNS = (
+    "section",
+    "preset",
+    "dataset",
+    "model",
+    "baseline",
+    "variant",
+    "norm",
+    "placement",
+    "quantity",
+    "epoch",
+    "n",
+    "seeds",
+    "mean",
+    "std",
+    "mean_diff",
+    "sd_diff",
+    "ci_low",
+    "ci_high",
+    "d_z",
+    "t",
+    "df",
+    "p",
+    "p_holm",
+    "wilcoxon_stat",
+    "p_wilcoxon",
+    "p_wilcoxon_holm",
+    "wilcoxon_method",
+    "significant",
+    "expected_direction",
+    "verdict",
+    "seeds_80_observed",
+    "seeds_80_paper",
+    "paper_table",
+    "paper_value",
+    "paper_std",
+    "paper_baseline",
+    "paper_diff",
+    "sign_agrees",
+    "note",
+)
 
 
 def _fmt(value: float, digits: int) -> str:
     return "-" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _signed(value: float, digits: int) -> str:
+    return "-" if math.isnan(value) else f"{value:+.{digits}f}"
 
 
 def table_rows(summaries: list[VariantSummary]) -> list[list[str]]:
@@ -157,119 +176,386 @@ def format_text_table(rows: list[list[str]], columns: tuple[str, ...] = COLUMNS)
 
 
 def format_markdown_table(rows: list[list[str]], columns: tuple[str, ...] = COLUMNS) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(c.strip() for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
 
-@dataclass
-class Comparison:
-    """One norm against the baseline of its model, paired by seed."""
-
-    preset: str
-    model: str
-    baseline: str
-    candidate: str
-    seeds: list[int]
-    tests: list[PairedResult]
+# ---- tests ----------------------------------------------------------------------------
 
 
-def compare_to_baseline(summaries: list[VariantSummary]) -> list[Comparison]:
-    """Paired t-tests of best accuracy and final IIR (train, test) against the baseline."""
-    comparisons = []
-    by_model: dict[tuple[str, str], list[VariantSummary]] = {}
-    for s in summaries:
-        by_model.setdefault((s.preset, s.model), []).append(s)
-    for (preset, model), variants in by_model.items():
-        baselines = [v for v in variants if v.is_baseline]
-        if not baselines:
+def comparison_header(comp: Comparison) -> str:
+    k = comp.family_size
+    family = f"Holm over {k} tested quantit{'y' if k == 1 else 'ies'}" if k else "nothing testable"
+    return (
+        f"{comp.candidate} vs {comp.baseline} ({comp.model}, {len(comp.seeds)} seed(s) "
+        f"paired: {', '.join(str(s) for s in comp.seeds)}), {family}"
+    )
+
+
+def _seeds_cell(test: QuantityTest) -> str:
+    r = test.result
+    if r is None or not r.testable:
+        return "-"
+    observed = describe_seeds(test.seeds_observed)
+    paper = "-" if math.isnan(test.paper_diff) else describe_seeds(test.seeds_paper)
+    return f"{observed} / {paper}"
+
+
+def test_columns(comp: Comparison) -> tuple[str, ...]:
+    """The tests table's columns: ``t(df)``; the Wilcoxon columns only when it ran."""
+    columns = list(TEST_COLUMNS)
+    columns[4] = f"t({len(comp.seeds) - 1})"
+    if not _wilcoxon_ran(comp):
+        del columns[7:9]
+    return tuple(columns)
+
+
+def _wilcoxon_ran(comp: Comparison) -> bool:
+    return len(comp.seeds) >= 6
+
+
+def test_rows(comp: Comparison) -> tuple[list[list[str]], list[str]]:
+    """Rows of the tests table (``test_columns``), and notes (untestable quantities,
+    the Wilcoxon method where not exact)."""
+    rows, notes = [], []
+    wilcoxon = _wilcoxon_ran(comp)
+    width = len(test_columns(comp))
+    for test in comp.tests:
+        q, r = test.quantity, test.result
+        label = f"{q.label}{' (' + q.unit.strip() + ')' if q.unit.strip() else ''}"
+        if r is None:
+            rows.append([label, *["-"] * (width - 1)])
+            notes.append(f"{q.label}: not measured on every paired seed (metrics off?)")
             continue
-        base = baselines[0]
-        for other in variants:
-            if other is base:
-                continue
-            seeds = sorted(set(base.seeds) & set(other.seeds))
-            if not seeds:
-                continue
-            tests = [
-                paired_t_test(
-                    [base.best_acc(s) for s in seeds],
-                    [other.best_acc(s) for s in seeds],
-                    "best accuracy (pp)",
-                )
-            ]
-            for key, name in (("iir_train", "final IIR train"), ("iir_test", "final IIR test")):
-                b = [base.final(s, key) for s in seeds]
-                c = [other.final(s, key) for s in seeds]
-                if not any(math.isnan(v) for v in b + c):
-                    tests.append(paired_t_test(b, c, name))
-            comparisons.append(Comparison(preset, model, base.label, other.label, seeds, tests))
-    return comparisons
+        digits = q.digits + 1
+        ci = "-" if math.isnan(r.ci_low) else f"[{r.ci_low:+.{digits}f}, {r.ci_high:+.{digits}f}]"
+        row = [
+            label,
+            _signed(r.mean_diff, digits),
+            ci,
+            _signed(r.d_z, 2),
+            _signed(r.t, 2),
+            fmt_p(r.p),
+            fmt_p(r.p_adj),
+            fmt_p(r.p_wilcoxon),
+            fmt_p(r.p_wilcoxon_adj),
+            _seeds_cell(test),
+        ]
+        if not wilcoxon:
+            del row[7:9]
+        rows.append(row)
+        if r.note:
+            notes.append(f"{q.label}: {r.note}")
+        if r.wilcoxon_method and r.wilcoxon_method != "exact" and r.n >= 6:
+            notes.append(f"{q.label}: Wilcoxon {r.wilcoxon_method}")
+    if not wilcoxon:
+        notes.append(f"Wilcoxon signed-rank: not run with {len(comp.seeds)} pair(s) (needs 6+)")
+    elif any(t.result is not None and t.result.wilcoxon_method == "exact" for t in comp.tests):
+        notes.append("Wilcoxon: exact null distribution where no method is named")
+    return rows, notes
 
 
-def significance_lines(comparisons: list[Comparison]) -> list[str]:
-    lines = []
-    for comp in comparisons:
-        lines.append(
-            f"{comp.candidate} vs {comp.baseline} ({comp.model}, {len(comp.seeds)} seed(s) "
-            f"paired: {', '.join(str(s) for s in comp.seeds)}):"
+# ---- the paper beside us ---------------------------------------------------------------
+
+
+def _mean_std(value: tuple[float, float], digits: int, with_std: bool) -> str:
+    mean, std = value
+    if not with_std or math.isnan(std) or math.isnan(mean):
+        return _fmt(mean, digits)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def paper_block(comp: Comparison) -> tuple[str, list[list[str]] | None, tuple[str, ...]]:
+    """(heading, rows or None when the paper has no such row, columns)."""
+    base_v, cand_v = comp.base_variant, comp.cand_variant
+    if comp.paper_rows is None:
+        covered = ", ".join(paper_tables.datasets())
+        return (
+            f"The paper beside us, {comp.candidate} vs {comp.baseline}: the paper has no row "
+            f"for {comp.model} on {comp.dataset or 'this dataset'} with these norms (its "
+            f"tables cover {covered}).",
+            None,
+            (),
         )
-        lines += [f"  {test.describe()}" for test in comp.tests]
+    p_base, p_cand = comp.paper_rows
+    ours_epochs = cand_v.epochs_planned if cand_v is not None else 0
+    seeds = f"{p_cand.seeds} seed(s)" if p_cand.seeds else "seeds not stated"
+    heading = (
+        f"The paper beside us, {comp.candidate} vs {comp.baseline} ({comp.model} on "
+        f"{comp.dataset}; paper Table {p_cand.table}, {p_cand.paper_model}: "
+        f"{p_base.paper_label} vs {p_cand.paper_label}, {p_cand.epochs} epochs, {seeds}; "
+        f"ours: {ours_epochs} epochs, {len(comp.seeds)} seed(s)):"
+    )
+    columns = (
+        "Quantity",
+        f"{comp.baseline} ours",
+        f"{comp.baseline} paper",
+        f"{comp.candidate} ours",
+        f"{comp.candidate} paper",
+        "diff ours",
+        "diff paper",
+        "same sign",
+    )
+    rows = []
+    for test in comp.tests:
+        q = test.quantity
+        if math.isnan(test.paper_base) and math.isnan(test.paper_cand):
+            continue
+        ours_b = base_v.mean_std(q.key) if base_v is not None else (math.nan, math.nan)
+        ours_c = cand_v.mean_std(q.key) if cand_v is not None else (math.nan, math.nan)
+        paper_b = (test.paper_base, p_base.value("acc_std") if q.key == "best_acc" else math.nan)
+        paper_c = (test.paper_cand, p_cand.value("acc_std") if q.key == "best_acc" else math.nan)
+        std = q.key == "best_acc"  # the paper gives mean ± std for accuracy only
+        diff = test.result.mean_diff if test.result is not None else math.nan
+        rows.append(
+            [
+                q.label,
+                *(_mean_std(v, q.digits, std) for v in (ours_b, paper_b, ours_c, paper_c)),
+                _signed(diff, q.digits),
+                _signed(test.paper_diff, q.digits),
+                "NO" if test.sign_text == "no" else test.sign_text,
+            ]
+        )
+    return heading, rows, columns
+
+
+# ---- per-epoch evidence -----------------------------------------------------------------
+
+
+def _ranges(epochs: list[int]) -> str:
+    parts: list[str] = []
+    start = prev = None
+    for e in [*epochs, None]:
+        if e is not None and prev is not None and e == prev + 1:
+            prev = e
+            continue
+        if start is not None:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = e
+    return ", ".join(parts)
+
+
+def epoch_lines(comp: Comparison) -> list[str]:
+    lines = []
+    for key in EPOCH_KEYS:
+        rows = comp.epochs.get(key)
+        if not rows:
+            continue
+        significant = comp.significant_epochs(key)
+        testable = sum(1 for _, r in rows if r.testable)
+        if significant:
+            signs = {r.mean_diff > 0 for e, r in rows if e in significant}
+            direction = (
+                ("higher" if signs == {True} else "lower") if len(signs) == 1 else "mixed signs"
+            )
+            epochs = "epoch" if len(significant) == 1 else "epochs"
+            what = f"{epochs} {_ranges(significant)} ({direction} than {comp.baseline})"
+        else:
+            what = "no epoch"
+        lines.append(f"{EPOCH_LABELS[key]}: {what} of {len(rows)} ({testable} testable)")
     return lines
 
 
-def build_report(summaries: list[VariantSummary]) -> dict[str, str]:
-    """The report as text, markdown and CSV strings."""
-    rows = table_rows(summaries)
-    comparisons = compare_to_baseline(summaries)
-    presets = sorted({s.preset for s in summaries})
-    legend = (
-        "Accuracy: best test accuracy of each run, mean ± sample std over seeds. Angles in "
-        "degrees and IIR (intra/inter) at the final epoch, mean over seeds; class centers from "
-        "training features (supplement A); inter-angle on training data."
-    )
-    significance = significance_lines(comparisons)
-    wrap = textwrap.fill
-    text = [f"Preset: {', '.join(presets)}", format_text_table(rows), "", wrap(legend, 100)]
-    markdown = [f"Preset: {', '.join(presets)}", "", format_markdown_table(rows), "", legend]
-    if significance:
-        text += ["", "Significance (candidate - baseline):", *significance]
-        text.append(wrap(WHY_PAIRED_T, 100))
-        markdown += ["", "Significance (candidate - baseline):", "", "```", *significance, "```"]
-        markdown += ["", WHY_PAIRED_T]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(
-        [
-            "preset",
-            "model",
-            "norm",
-            "placement",
-            "seeds",
-            "acc_mean",
-            "acc_std",
-            *[f"{k}_mean" for k in ANGLE_KEYS],
-        ]
-    )
+# ---- CSV ---------------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int = 6) -> str:
+    if value is None or math.isnan(value):
+        return ""
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.{digits}g}"
+
+
+def _result_cells(result: Any) -> dict[str, str]:
+    if result is None:
+        return {}
+    return {
+        "n": str(result.n),
+        "mean_diff": _num(result.mean_diff),
+        "sd_diff": _num(result.sd_diff),
+        "ci_low": _num(result.ci_low),
+        "ci_high": _num(result.ci_high),
+        "d_z": _num(result.d_z),
+        "t": _num(result.t),
+        "df": str(result.df) if result.testable else "",
+        "p": _num(result.p),
+        "p_holm": _num(result.p_adj),
+        "wilcoxon_stat": _num(result.wilcoxon_stat),
+        "p_wilcoxon": _num(result.p_wilcoxon),
+        "p_wilcoxon_holm": _num(result.p_wilcoxon_adj),
+        "wilcoxon_method": result.wilcoxon_method,
+        "significant": "" if math.isnan(result.p_adj) else str(result.p_adj < 0.05).lower(),
+        "note": result.note,
+    }
+
+
+def csv_rows(summaries: list[VariantSummary], comparisons: list[Comparison]) -> list[dict]:
+    rows: list[dict] = []
     for s in summaries:
-        mean, std = s.acc_mean_std()
-        writer.writerow(
-            [
-                s.preset,
-                s.model,
-                s.norm,
-                s.placement,
-                " ".join(str(x) for x in s.seeds),
-                f"{mean:.4f}",
-                "" if math.isnan(std) else f"{std:.4f}",
-                *["" if math.isnan(v) else f"{v:.6f}" for v in map(s.final_mean, ANGLE_KEYS)],
-            ]
+        paper = paper_tables.find_row(
+            s.dataset, s.model, paper_tables.norm_key(s.norm, s.norm_kwargs), s.placement
         )
+        for q in QUANTITIES:
+            mean, std = s.mean_std(q.key)
+            row = {
+                "section": "summary",
+                "preset": s.preset,
+                "dataset": s.dataset,
+                "model": s.model,
+                "variant": s.label,
+                "norm": s.norm,
+                "placement": s.placement,
+                "quantity": q.key,
+                "n": str(len(s.seeds)),
+                "seeds": " ".join(str(x) for x in s.seeds),
+                "mean": _num(mean),
+                "std": _num(std),
+            }
+            if paper is not None:
+                row["paper_table"] = str(paper.table)
+                row["paper_value"] = _num(paper.value(q.paper_key))
+                if q.key == "best_acc":
+                    row["paper_std"] = _num(paper.value("acc_std"))
+            rows.append(row)
+    for comp in comparisons:
+        common = {
+            "preset": comp.preset,
+            "dataset": comp.dataset,
+            "model": comp.model,
+            "baseline": comp.baseline,
+            "variant": comp.candidate,
+            "norm": comp.cand_variant.norm if comp.cand_variant else "",
+            "placement": comp.cand_variant.placement if comp.cand_variant else "",
+            "seeds": " ".join(str(s) for s in comp.seeds),
+        }
+        for test in comp.tests:
+            agrees = test.sign_agrees
+            row = {
+                "section": "test",
+                **common,
+                "quantity": test.quantity.key,
+                **_result_cells(test.result),
+                "expected_direction": {1: "+", -1: "-"}.get(test.expected or 0, ""),
+                "verdict": test.verdict,
+                "seeds_80_observed": _num(test.seeds_observed),
+                "seeds_80_paper": _num(test.seeds_paper),
+                "paper_table": "" if test.paper_table is None else str(test.paper_table),
+                "paper_value": _num(test.paper_cand),
+                "paper_baseline": _num(test.paper_base),
+                "paper_diff": _num(test.paper_diff),
+                "sign_agrees": "" if agrees is None else str(agrees).lower(),
+            }
+            if test.result is None:
+                row["note"] = "not measured"
+            rows.append(row)
+        for key in EPOCH_KEYS:
+            for epoch, result in comp.epochs.get(key, []):
+                rows.append(
+                    {
+                        "section": "epoch",
+                        **common,
+                        "quantity": key,
+                        "epoch": str(epoch),
+                        **_result_cells(result),
+                    }
+                )
+    return rows
+
+
+# ---- assembly ----------------------------------------------------------------------------
+
+LEGEND = (
+    "Accuracy: best test accuracy of each run, mean ± sample std over seeds. Angles in "
+    "degrees and IIR (intra/inter) at the final epoch, mean over seeds; class centers from "
+    "training features (supplement A); inter-angle on training data."
+)
+HOW_TO_READ = (
+    "How to read the claims: 'supported' = the paper's direction with Holm-adjusted "
+    "p < 0.05. 'same direction, not significant' = the sign agrees but seed noise could "
+    "explain it: the seeds-needed figure says whether more seeds would likely settle it "
+    "(a few more) or the effect is small against the noise (many). 'opposite direction' = "
+    "the sign disagrees, not significant; 'opposite direction, significant' = the data "
+    "contradict the claim."
+)
+
+
+def build_report(
+    summaries: list[VariantSummary], comparisons: list[Comparison] | None = None
+) -> dict[str, str]:
+    """The report as text, markdown and CSV strings (``comparisons``: computed if None)."""
+    rows = table_rows(summaries)
+    if comparisons is None:
+        comparisons = compare_to_baseline(summaries)
+    presets = sorted({s.preset for s in summaries})
+    wrap = textwrap.fill
+    text = [f"Preset: {', '.join(presets)}", format_text_table(rows), "", wrap(LEGEND, 100)]
+    markdown = [f"Preset: {', '.join(presets)}", "", format_markdown_table(rows), "", LEGEND]
+    if comparisons:
+        text += ["", "Tests (candidate - baseline, paired by seed):"]
+        markdown += ["", "## Tests (candidate - baseline, paired by seed)"]
+        for comp in comparisons:
+            t_rows, notes = test_rows(comp)
+            columns = test_columns(comp)
+            text += ["", comparison_header(comp) + ":", format_text_table(t_rows, columns)]
+            text += [f"  {n}" for n in notes]
+            markdown += ["", f"**{comparison_header(comp)}**", ""]
+            markdown += [format_markdown_table(t_rows, columns), ""]
+            markdown += [f"- {n}" for n in notes]
+        text += ["", wrap(WHY_TESTS, 100)]
+        markdown += ["", WHY_TESTS]
+
+        text += ["", "Claims of the paper, tested:"]
+        markdown += ["", "## Claims of the paper, tested"]
+        for comp in comparisons:
+            header, *lines = claim_lines(comp)
+            text.append(header)
+            text += [wrap(line, 100, subsequent_indent="      ") for line in lines]
+            markdown += ["", f"**{header}**", "", *(f"- {line.strip()}" for line in lines)]
+        text += [wrap(HOW_TO_READ, 100)]
+        markdown += ["", HOW_TO_READ]
+
+        text.append("")
+        markdown += ["", "## The paper beside us"]
+        for comp in comparisons:
+            heading, p_rows, columns = paper_block(comp)
+            text.append(wrap(heading, 100))
+            markdown += ["", heading]
+            if p_rows:
+                text.append(format_text_table(p_rows, columns))
+                markdown += ["", format_markdown_table(p_rows, columns)]
+
+        per_epoch = (
+            "Holm over the epochs of each quantity; the figures mark the significant epochs "
+            "with a star; all numbers in report.csv."
+        )
+        text += ["", wrap(f"Per-epoch paired t-tests ({per_epoch[:-1]}):", 100)]
+        markdown += ["", "## Per-epoch paired t-tests", "", per_epoch]
+        for comp in comparisons:
+            lines = epoch_lines(comp)
+            text.append(f"{comp.candidate} vs {comp.baseline} ({comp.model}):")
+            text += [f"  {line}" for line in lines] or ["  no per-epoch values"]
+            markdown += ["", f"**{comp.candidate} vs {comp.baseline} ({comp.model})**", ""]
+            markdown += [f"- {line}" for line in lines] or ["- no per-epoch values"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows(summaries, comparisons))
     return {
         "txt": "\n".join(text) + "\n",
         "md": "\n".join(markdown) + "\n",
         "csv": buffer.getvalue(),
     }
+
+
+def significant_epochs(comparisons: list[Comparison]) -> dict[tuple[str, str, str, str], list]:
+    """(preset, model, candidate label, key) -> epochs with Holm p < 0.05, for the plots."""
+    marks = {}
+    for comp in comparisons:
+        for key in comp.epochs:
+            marks[(comp.preset, comp.model, comp.candidate, key)] = comp.significant_epochs(key)
+    return marks
 
 
 def write_report(
@@ -281,7 +567,8 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries = summarize(records)
-    texts = build_report(summaries)
+    comparisons = compare_to_baseline(summaries)
+    texts = build_report(summaries, comparisons)
     files = []
     for ext, content in texts.items():
         path = out_dir / f"report.{ext}"
@@ -291,5 +578,5 @@ def write_report(
     if plots:
         from l2bn.experiments.plots import plot_curves
 
-        images = plot_curves(summaries, out_dir)
+        images = plot_curves(summaries, out_dir, marks=significant_epochs(comparisons))
     return {"text": texts["txt"], "files": files, "plots": images}
