@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from l2bn._impl import composite, cpu, pytorch
+from l2bn._impl import triton as triton_backend
 from l2bn._impl.transforms import composite_required
 
 
@@ -45,11 +46,12 @@ class _CompositeBackend:
 
 
 BACKENDS: dict[str, ModuleType | type] = {
+    "triton": triton_backend,
     "cpu": cpu,
     "pytorch": pytorch,
     "composite": _CompositeBackend,
 }
-ORDER: tuple[str, ...] = ("cpu", "pytorch")
+ORDER: tuple[str, ...] = ("triton", "cpu", "pytorch")
 
 # enabled: the user's switches; preferred: a backend tried first (tests, benchmarks).
 STATE: dict[str, object] = {
