@@ -285,6 +285,14 @@ def test_dispatch_rules(launches):
             assert not applies(x, stats, stats, None, None, True, True)
             l2_batch_norm(x, None, None, training=True)
         assert launches.take() == []
+        # torch.compile would trace into the interpreted kernels: not taken there; export
+        # keeps the operators whole: taken.
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch.compiler, "is_compiling", lambda: True)
+            mp.setattr(torch.compiler, "is_exporting", lambda: False)
+            assert not applies(x, stats, stats, None, None, True, True)
+            mp.setattr(torch.compiler, "is_exporting", lambda: True)
+            assert applies(x, stats, stats, None, None, True, True)
     else:
         assert not applies(x, stats.cpu(), stats.cpu(), None, None, True, True)
     with backends.flags(triton=False), backends.prefer(None):

@@ -10,10 +10,11 @@ kernels are :func:`torch.library.triton_op` operators (``torch.ops.l2bn_triton.*
 goes through :class:`.function.TritonL2BatchNormFunction`.
 
 Availability (``UNAVAILABLE_REASON``): triton must be importable (CUDA builds of torch
-bring it; it is not a dependency of l2bn) and CUDA present, unless ``TRITON_INTERPRET=1``:
-then the kernels run in Triton's interpreter, on CPU tensors, for calls made while the
-backend is preferred (``l2bn.backends.prefer("triton")``): the tests' way to check the
-kernels without a GPU. ``L2BN_DISABLE_TRITON=1`` switches the backend off at import;
+bring it; it is not a dependency of l2bn) and CUDA present, unless ``TRITON_INTERPRET=1``
+was set before Python started (triton reads it when it is imported): then the kernels run
+in Triton's interpreter, on CPU tensors, for calls made while the backend is preferred
+(``l2bn.backends.prefer("triton")``): the tests' way to check the kernels without a GPU.
+``L2BN_DISABLE_TRITON=1`` switches the backend off at import;
 ``l2bn.backends.flags(triton=False)`` for a block of code.
 """
 
@@ -55,15 +56,22 @@ def _reason() -> str | None:
         _function = importlib.import_module("l2bn._impl.triton.function")
     except Exception as exc:  # an incompatible triton, a broken install: say so, run without
         return f"the Triton kernels could not be loaded ({type(exc).__name__}: {exc})"
-    kernel = _function.ops.K.row_sums_kernel
-    if interpreting() and "Interpreted" not in type(kernel).__name__:
-        return "the kernels were compiled for the GPU before TRITON_INTERPRET=1 was set"
+    if interpreting():
+        # The interpreter needs triton itself, not only these kernels, imported under it.
+        import triton.language as tl
+
+        for fn in (tl.zeros, _function.ops.K.row_sums_kernel):
+            if "Interpreted" not in type(fn).__name__:
+                return (
+                    "triton was imported before TRITON_INTERPRET=1 was set (set it before "
+                    "Python starts)"
+                )
     return None
 
 
 def load() -> str | None:
     """Decide (again) whether the backend is usable; returns and stores the reason it is
-    not. Called at import; tests call it after setting ``TRITON_INTERPRET``."""
+    not. Called at import."""
     global UNAVAILABLE_REASON, _interpreted
     UNAVAILABLE_REASON = _reason()
     _interpreted = UNAVAILABLE_REASON is None and interpreting()

@@ -58,6 +58,7 @@ def row_sums_kernel(
     x_ptr,
     s1_ptr,
     s2_ptr,
+    k_ptr,
     sq_ptr,
     N,
     C,
@@ -75,9 +76,11 @@ def row_sums_kernel(
     """Program ``(n, channel block, split)``: positions ``[split * split_len, ...)`` of the
     rows ``(n, c)`` of its block.
 
-    Writes ``s1[split, n, c] = sum (x - k)``, ``s2[split, n, c] = sum (x - k)**2`` (when
-    ``WRITE_SUMS``) with ``k = x[n, c, 0]``, and ``sq[pid] = sum x**2`` over the tile, so
-    that ``sq`` read as ``(N, n_cblocks * n_splits)`` holds each sample's partial squares.
+    Writes ``s1[split, n, c] = sum (x - k)``, ``s2[split, n, c] = sum (x - k)**2`` and the
+    shift ``k[n, c] = x[n, c, 0]`` (when ``WRITE_SUMS``; the finalize then reads the shifts
+    contiguously instead of gathering them from ``x``), and ``sq[pid] = sum x**2`` over
+    the tile, so that ``sq`` read as ``(N, n_cblocks * n_splits)`` holds each sample's
+    partial squares.
     """
     pid = tl.program_id(0)
     split = pid % n_splits
@@ -104,9 +107,11 @@ def row_sums_kernel(
             acc1 += d
             acc2 += d * d
     if WRITE_SUMS:
-        out = split.to(tl.int64) * N * C + n * C + cs
+        row = n.to(tl.int64) * C + cs
+        out = split.to(tl.int64) * N * C + row
         tl.store(s1_ptr + out, tl.sum(acc1, 1), mask=cmask)
         tl.store(s2_ptr + out, tl.sum(acc2, 1), mask=cmask)
+        tl.store(k_ptr + row[:, None], shift, mask=cmask[:, None] & (split == 0))
     tl.store(sq_ptr + pid, tl.sum(tl.sum(acc_sq, 1), 0))
 
 
@@ -115,6 +120,7 @@ def forward_finalize_kernel(
     x_ptr,
     s1_ptr,
     s2_ptr,
+    k_ptr,
     sq_ptr,
     w_ptr,
     b_ptr,
@@ -180,8 +186,8 @@ def forward_finalize_kernel(
         tl.store(rho_ptr + ns, rho, mask=first)
         tl.store(active_ptr + ns, (norm > l2_eps).to(tl.float32), mask=first)
         # Row mean and variance of x.
-        at = x_ptr + ns.to(tl.int64)[:, None] * sxn + cs[None, :] * sxc
         if VECTOR:
+            at = x_ptr + ns.to(tl.int64)[:, None] * sxn + cs[None, :] * sxc
             row_mean = tl.load(at, mask=mask, other=0.0).to(tl.float32)
             row_var = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
         else:
@@ -191,7 +197,7 @@ def forward_finalize_kernel(
             for sp in range(0, n_splits):
                 t1 += tl.load(s1_ptr + sp * N * C + idx, mask=mask, other=0.0)
                 t2 += tl.load(s2_ptr + sp * N * C + idx, mask=mask, other=0.0)
-            k = tl.load(at, mask=mask, other=0.0).to(tl.float32)
+            k = tl.load(k_ptr + idx, mask=mask, other=0.0)
             d = t1 * inv_m
             row_mean = k + d
             row_var = t2 * inv_m - d * d

@@ -184,18 +184,20 @@ def _train_forward(
     geo = geometry(n, c, m, sxc == 1)
     sums = 1 if vector else geo.n_splits * n * c
     s1, s2 = _f32(x, sums), _f32(x, sums)
+    shifts = _f32(x, 1 if vector else n * c)
     sq = _f32(x, n * geo.n_parts)
     gain, shift = _f32(x, c), _f32(x, c)
     _launch(
         K.row_sums_kernel, geo.reduction_grid,
-        x, s1, s2, sq, n, c, m, sxn, sxc, sxs, geo.n_cblocks, geo.n_splits, geo.split_len,
+        x, s1, s2, shifts, sq, n, c, m, sxn, sxc, sxs,
+        geo.n_cblocks, geo.n_splits, geo.split_len,
         WRITE_SUMS=not vector, BLOCK_C=geo.block_c, BLOCK_S=geo.block_s,
     )  # fmt: skip
     block_n, block_c = _finalize_blocks(n, c)
     count = n * m
     _launch(
         K.forward_finalize_kernel, (-(-c // block_c),),
-        x, s1, s2, sq,
+        x, s1, s2, shifts, sq,
         mean if weight is None else weight, mean if bias is None else bias,
         mean if running_mean is None else running_mean,
         mean if running_var is None else running_var,
@@ -374,7 +376,7 @@ def _eval_forward(
     sq = _f32(x, n * geo.n_parts)
     _launch(
         K.row_sums_kernel, geo.reduction_grid,
-        x, sq, sq, sq, n, c, m, sxn, sxc, sxs, geo.n_cblocks, geo.n_splits, geo.split_len,
+        x, sq, sq, sq, sq, n, c, m, sxn, sxc, sxs, geo.n_cblocks, geo.n_splits, geo.split_len,
         WRITE_SUMS=False, BLOCK_C=geo.block_c, BLOCK_S=geo.block_s,
     )  # fmt: skip
     _launch(
