@@ -2,6 +2,9 @@
 
 Backends (tried in this order; the first that is usable and applies to a call runs it):
 
+* ``"triton"``: Triton kernels for CUDA tensors (float32, float16, bfloat16), registered as
+  ``torch.ops.l2bn_triton.*``; with ``TRITON_INTERPRET=1`` and ``prefer("triton")`` they run
+  on CPU tensors in Triton's interpreter (how the tests check them without a GPU);
 * ``"cpu"``: the fused C++ operators of ``l2bn._C`` (CPU, float32/float64; built by
   ``make setup``); eval mode with autograd recording goes to the next backend;
 * ``"pytorch"``: PyTorch operations with a hand-written backward; every device and dtype;

@@ -20,7 +20,8 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from l2bn._impl import composite, cpu, pytorch
+from l2bn._impl import composite, cpu, pytorch, switches
+from l2bn._impl import triton as triton_backend
 from l2bn._impl.transforms import composite_required
 
 
@@ -45,19 +46,15 @@ class _CompositeBackend:
 
 
 BACKENDS: dict[str, ModuleType | type] = {
+    "triton": triton_backend,
     "cpu": cpu,
     "pytorch": pytorch,
     "composite": _CompositeBackend,
 }
-ORDER: tuple[str, ...] = ("cpu", "pytorch")
+ORDER: tuple[str, ...] = ("triton", "cpu", "pytorch")
 
-# enabled: the user's switches; preferred: a backend tried first (tests, benchmarks);
-# strict: a preferred backend that does not apply is an error rather than skipped.
-STATE: dict[str, object] = {
-    "enabled": {name: True for name in BACKENDS},
-    "preferred": None,
-    "strict": False,
-}
+STATE = switches.STATE
+STATE["enabled"] = {name: True for name in BACKENDS}
 
 
 def choose(

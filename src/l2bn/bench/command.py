@@ -42,6 +42,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--e2e-batch", type=int, default=None, help="ResNet-20 batch size (default 128; quick 4)"
     )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cpu (default) or cuda: the GPU benchmark of l2bn.bench.gpu (Triton kernels "
+        "vs cuDNN and native BatchNorm)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--output", default=None, help="also write the JSON to this file")
 
@@ -137,6 +144,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "device", "cpu") == "cuda":
+        from l2bn.bench import gpu
+
+        return gpu.run(args)
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     previous = torch.get_num_threads()

@@ -1,0 +1,640 @@
+"""The Triton kernels of L2BN (paper eqs. 2-3), statistics in float32.
+
+Every kernel sees the input ``x`` of shape ``(N, C, *S)`` as ``(N, C, M)`` with
+``M = prod(S)`` through three element strides ``(s_n, s_c, s_s)``: NCHW rows
+(``s_s = 1``), channels_last (``s_c = 1``) and ``(N, C)`` input (``M = 1``) are the same
+code. A tile is ``[BLOCK_C, BLOCK_S]`` (channels x positions) of one sample; Triton
+specializes strides equal to 1, so the loads are coalesced along whichever of the two is
+contiguous. Offsets inside a sample are int32 (a sample holds fewer than 2**31 values);
+the sample offset is int64.
+
+Training forward (three launches):
+
+1. ``row_sums``: per ``(n, c)`` and split of the positions, the sums of ``x - k`` and
+   ``(x - k)**2`` with the per-row shift ``k = x[n, c, 0]`` (so that channel offsets do
+   not cancel in float32), and per program the plain sum of squares (for ``||x[n]||``);
+2. ``forward_finalize``: the ``O(N * C)`` step per block of channels. Each program
+   rebuilds ``rho[n] = max(||x[n]||, l2_eps) / sqrt(D)`` (eq. 3) from the partial sums of
+   squares, the row mean and variance of ``x``, then the channel mean and variance of
+   ``xh = x / rho`` by Chan's pairwise combination over chunks of samples, and applies
+   the running-statistics update of BatchNorm;
+3. ``affine``: ``y = x * gain[c] / rho[n] + shift[c]``.
+
+Training backward (three launches, two for ``(N, C)``): ``grad_sums`` (per-row sums of
+``dy`` and of ``dy * (x - mu[c] * rho[n])``, centred element by element),
+``backward_finalize`` (``dbeta``, ``dgamma``, and per block of channels the partial
+projection ``e[n]`` of the l2 normalization), ``grad_input``
+(``dx = P[n, c] * dy + Q[n, c] * x + R[n, c]``).
+
+Eval forward: ``row_sums`` (sums of squares only) then ``affine`` reading the running
+statistics, or ``eval_sample`` alone when a whole sample fits in one tile.
+
+Nothing here synchronizes with the host; NaN propagates as in BatchNorm (clamps are
+written as ``where(v < bound, bound, v)``, which keeps NaN).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _sample_rho(sq_ptr, n, n_parts, rho_scale, l2_eps, BLOCK_P: tl.constexpr):
+    """``rho[n]`` and the 0/1 activity of sample ``n`` from its ``n_parts`` partial sums of
+    squares (a scalar pair)."""
+    total = tl.zeros([BLOCK_P], dtype=tl.float32)
+    base = sq_ptr + n.to(tl.int64) * n_parts
+    for p0 in range(0, n_parts, BLOCK_P):
+        ps = p0 + tl.arange(0, BLOCK_P)
+        total += tl.load(base + ps, mask=ps < n_parts, other=0.0)
+    norm = tl.sqrt_rn(tl.sum(total, 0))
+    rho = tl.where(norm < l2_eps, l2_eps, norm) * rho_scale
+    return rho, norm > l2_eps
+
+
+@triton.jit
+def row_sums_kernel(
+    x_ptr,
+    s1_ptr,
+    s2_ptr,
+    k_ptr,
+    sq_ptr,
+    N,
+    C,
+    M,
+    sxn,
+    sxc,
+    sxs,
+    n_cblocks,
+    n_splits,
+    split_len,
+    WRITE_SUMS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    """Program ``(n, channel block, split)``: positions ``[split * split_len, ...)`` of the
+    rows ``(n, c)`` of its block.
+
+    Writes ``s1[split, n, c] = sum (x - k)``, ``s2[split, n, c] = sum (x - k)**2`` and the
+    shift ``k[n, c] = x[n, c, 0]`` (when ``WRITE_SUMS``; the finalize then reads the shifts
+    contiguously instead of gathering them from ``x``), and ``sq[pid] = sum x**2`` over
+    the tile, so that ``sq`` read as ``(N, n_cblocks * n_splits)`` holds each sample's
+    partial squares.
+    """
+    pid = tl.program_id(0)
+    split = pid % n_splits
+    rest = pid // n_splits
+    cb = rest % n_cblocks
+    n = rest // n_cblocks
+    cs = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cs < C
+    rows = x_ptr + n.to(tl.int64) * sxn + cs[:, None] * sxc
+    acc_sq = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
+    if WRITE_SUMS:
+        shift = tl.load(rows, mask=cmask[:, None], other=0.0).to(tl.float32)
+        acc1 = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
+    start = split * split_len
+    stop = tl.minimum(start + split_len, M)
+    for s0 in range(start, stop, BLOCK_S):
+        ss = s0 + tl.arange(0, BLOCK_S)
+        mask = cmask[:, None] & (ss < stop)[None, :]
+        v = tl.load(rows + ss[None, :] * sxs, mask=mask, other=0.0).to(tl.float32)
+        acc_sq += v * v
+        if WRITE_SUMS:
+            d = tl.where(mask, v - shift, 0.0)
+            acc1 += d
+            acc2 += d * d
+    if WRITE_SUMS:
+        row = n.to(tl.int64) * C + cs
+        out = split.to(tl.int64) * N * C + row
+        tl.store(s1_ptr + out, tl.sum(acc1, 1), mask=cmask)
+        tl.store(s2_ptr + out, tl.sum(acc2, 1), mask=cmask)
+        tl.store(k_ptr + row[:, None], shift, mask=cmask[:, None] & (split == 0))
+    tl.store(sq_ptr + pid, tl.sum(tl.sum(acc_sq, 1), 0))
+
+
+@triton.jit
+def forward_finalize_kernel(
+    x_ptr,
+    s1_ptr,
+    s2_ptr,
+    k_ptr,
+    sq_ptr,
+    w_ptr,
+    b_ptr,
+    rm_ptr,
+    rv_ptr,
+    rho_ptr,
+    active_ptr,
+    row_mean_ptr,
+    row_var_ptr,
+    mean_ptr,
+    invstd_ptr,
+    gain_ptr,
+    shift_ptr,
+    N,
+    C,
+    sxn,
+    sxc,
+    n_parts,
+    n_splits,
+    inv_m,
+    rho_scale,
+    l2_eps,
+    eps,
+    factor,
+    unbias,
+    VECTOR: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_RM: tl.constexpr,
+    HAS_RV: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """Program ``j``: channels ``[j * BLOCK_C, ...)``, all samples, in chunks of ``BLOCK_N``.
+
+    Per sample: ``rho`` (eq. 3; written by program 0 with the activity mask); per row:
+    mean and population variance of ``x`` (``shift + S1 / M`` and ``S2 / M - (S1 / M)**2``,
+    written for backward unless ``VECTOR``, where ``x`` itself is the row mean); per
+    channel: ``mu`` and ``delta**2`` of ``xh`` (eq. 2) by Chan's combination of chunk
+    means and sums of squared deviations, ``invstd``, ``gain = gamma * invstd``,
+    ``shift = beta - mu * gain``, and the running statistics
+    ``r += factor * (batch - r)`` with the unbiased variance ``delta**2 * unbias``.
+    """
+    pid = tl.program_id(0)
+    cs = pid * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cs < C
+    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        ns = n0 + tl.arange(0, BLOCK_N)
+        nmask = ns < N
+        mask = nmask[:, None] & cmask[None, :]
+        sq = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for p0 in range(0, n_parts, BLOCK_P):
+            ps = p0 + tl.arange(0, BLOCK_P)
+            pmask = nmask[:, None] & (ps < n_parts)[None, :]
+            part = tl.load(sq_ptr + ns[:, None] * n_parts + ps[None, :], mask=pmask, other=0.0)
+            sq += tl.sum(part, 1)
+        norm = tl.sqrt_rn(sq)
+        rho = tl.where(norm < l2_eps, l2_eps, norm) * rho_scale
+        first = nmask & (pid == 0)
+        tl.store(rho_ptr + ns, rho, mask=first)
+        tl.store(active_ptr + ns, (norm > l2_eps).to(tl.float32), mask=first)
+        # Row mean and variance of x.
+        if VECTOR:
+            at = x_ptr + ns.to(tl.int64)[:, None] * sxn + cs[None, :] * sxc
+            row_mean = tl.load(at, mask=mask, other=0.0).to(tl.float32)
+            row_var = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+        else:
+            idx = ns.to(tl.int64)[:, None] * C + cs[None, :]
+            t1 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+            t2 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+            for sp in range(0, n_splits):
+                t1 += tl.load(s1_ptr + sp * N * C + idx, mask=mask, other=0.0)
+                t2 += tl.load(s2_ptr + sp * N * C + idx, mask=mask, other=0.0)
+            k = tl.load(k_ptr + idx, mask=mask, other=0.0)
+            d = t1 * inv_m
+            row_mean = k + d
+            row_var = t2 * inv_m - d * d
+            row_var = tl.where(row_var < 0.0, 0.0, row_var)
+            tl.store(row_mean_ptr + idx, row_mean, mask=mask)
+            tl.store(row_var_ptr + idx, row_var, mask=mask)
+        # Moments of xh = x / rho in this chunk, combined with the chunks before.
+        inv = 1.0 / rho
+        mh = row_mean * inv[:, None]
+        vh = row_var * (inv * inv)[:, None]
+        count = n0 * 1.0  # samples combined so far (every earlier chunk is full)
+        nb = tl.minimum(N - n0, BLOCK_N).to(tl.float32)
+        chunk_mean = tl.sum(tl.where(mask, mh, 0.0), 0) / nb
+        dev = tl.where(mask, mh - chunk_mean[None, :], 0.0)
+        chunk_m2 = tl.sum(tl.where(mask, vh, 0.0), 0) + tl.sum(dev * dev, 0)
+        total = count + nb
+        delta = chunk_mean - mean
+        mean += delta * (nb / total)
+        m2 += chunk_m2 + delta * delta * (count * nb / total)
+    var = m2 / N
+    invstd = 1.0 / tl.sqrt_rn(var + eps)
+    gain = invstd
+    if HAS_W:
+        gain = gain * tl.load(w_ptr + cs, mask=cmask, other=0.0).to(tl.float32)
+    shift = -mean * gain
+    if HAS_B:
+        shift += tl.load(b_ptr + cs, mask=cmask, other=0.0).to(tl.float32)
+    tl.store(mean_ptr + cs, mean, mask=cmask)
+    tl.store(invstd_ptr + cs, invstd, mask=cmask)
+    tl.store(gain_ptr + cs, gain, mask=cmask)
+    tl.store(shift_ptr + cs, shift, mask=cmask)
+    if HAS_RM:
+        rm = tl.load(rm_ptr + cs, mask=cmask, other=0.0).to(tl.float32)
+        rm += factor * (mean - rm)
+        tl.store(rm_ptr + cs, rm.to(rm_ptr.dtype.element_ty), mask=cmask)
+    if HAS_RV:
+        rv = tl.load(rv_ptr + cs, mask=cmask, other=0.0).to(tl.float32)
+        rv += factor * (var * unbias - rv)
+        tl.store(rv_ptr + cs, rv.to(rv_ptr.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def affine_kernel(
+    x_ptr,
+    y_ptr,
+    rho_ptr,
+    sq_ptr,
+    gain_ptr,
+    shift_ptr,
+    w_ptr,
+    b_ptr,
+    rm_ptr,
+    rv_ptr,
+    C,
+    M,
+    sxn,
+    sxc,
+    sxs,
+    syn,
+    syc,
+    sys_,
+    n_cblocks,
+    n_sblocks,
+    n_parts,
+    rho_scale,
+    l2_eps,
+    eps,
+    EVAL: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """Program ``(n, channel block, position block)``: ``y = x * gain[c] / rho[n] + shift[c]``.
+
+    Training: ``rho``, ``gain``, ``shift`` come from ``forward_finalize``. ``EVAL``: ``rho[n]``
+    from the partial sums of squares of ``row_sums``, ``gain`` and ``shift`` from the
+    running statistics (the finalize folded into the output pass).
+    """
+    pid = tl.program_id(0)
+    sb = pid % n_sblocks
+    rest = pid // n_sblocks
+    cb = rest % n_cblocks
+    n = rest // n_cblocks
+    cs = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cs < C
+    if EVAL:
+        rho, _active = _sample_rho(sq_ptr, n, n_parts, rho_scale, l2_eps, BLOCK_P)
+        rv = tl.load(rv_ptr + cs, mask=cmask, other=1.0).to(tl.float32)
+        gain = 1.0 / tl.sqrt_rn(rv + eps)
+        if HAS_W:
+            gain = gain * tl.load(w_ptr + cs, mask=cmask, other=0.0).to(tl.float32)
+        shift = -tl.load(rm_ptr + cs, mask=cmask, other=0.0).to(tl.float32) * gain
+        if HAS_B:
+            shift += tl.load(b_ptr + cs, mask=cmask, other=0.0).to(tl.float32)
+    else:
+        rho = tl.load(rho_ptr + n)
+        gain = tl.load(gain_ptr + cs, mask=cmask, other=0.0)
+        shift = tl.load(shift_ptr + cs, mask=cmask, other=0.0)
+    a = gain / rho
+    ss = sb * BLOCK_S + tl.arange(0, BLOCK_S)
+    mask = cmask[:, None] & (ss < M)[None, :]
+    v = tl.load(
+        x_ptr + n.to(tl.int64) * sxn + cs[:, None] * sxc + ss[None, :] * sxs, mask=mask, other=0.0
+    ).to(tl.float32)
+    y = v * a[:, None] + shift[:, None]
+    tl.store(
+        y_ptr + n.to(tl.int64) * syn + cs[:, None] * syc + ss[None, :] * sys_,
+        y.to(y_ptr.dtype.element_ty),
+        mask=mask,
+    )
+
+
+@triton.jit
+def eval_sample_kernel(
+    x_ptr,
+    y_ptr,
+    w_ptr,
+    b_ptr,
+    rm_ptr,
+    rv_ptr,
+    C,
+    M,
+    sxn,
+    sxc,
+    sxs,
+    syn,
+    syc,
+    sys_,
+    rho_scale,
+    l2_eps,
+    eps,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    """Program ``n``: eval L2BN of the whole sample ``n`` in one tile (one read, one write)."""
+    n = tl.program_id(0)
+    cs = tl.arange(0, BLOCK_C)
+    cmask = cs < C
+    ss = tl.arange(0, BLOCK_S)
+    mask = cmask[:, None] & (ss < M)[None, :]
+    v = tl.load(
+        x_ptr + n.to(tl.int64) * sxn + cs[:, None] * sxc + ss[None, :] * sxs, mask=mask, other=0.0
+    ).to(tl.float32)
+    norm = tl.sqrt_rn(tl.sum(tl.sum(v * v, 1), 0))
+    rho = tl.where(norm < l2_eps, l2_eps, norm) * rho_scale
+    rv = tl.load(rv_ptr + cs, mask=cmask, other=1.0).to(tl.float32)
+    gain = 1.0 / tl.sqrt_rn(rv + eps)
+    if HAS_W:
+        gain = gain * tl.load(w_ptr + cs, mask=cmask, other=0.0).to(tl.float32)
+    shift = -tl.load(rm_ptr + cs, mask=cmask, other=0.0).to(tl.float32) * gain
+    if HAS_B:
+        shift += tl.load(b_ptr + cs, mask=cmask, other=0.0).to(tl.float32)
+    y = v * (gain / rho)[:, None] + shift[:, None]
+    tl.store(
+        y_ptr + n.to(tl.int64) * syn + cs[:, None] * syc + ss[None, :] * sys_,
+        y.to(y_ptr.dtype.element_ty),
+        mask=mask,
+    )
+
+
+@triton.jit
+def grad_sums_kernel(
+    dy_ptr,
+    x_ptr,
+    rho_ptr,
+    mean_ptr,
+    t1_ptr,
+    t2_ptr,
+    N,
+    C,
+    M,
+    sdn,
+    sdc,
+    sds,
+    sxn,
+    sxc,
+    sxs,
+    n_cblocks,
+    n_splits,
+    split_len,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    """Program ``(n, channel block, split)``: ``t1[split, n, c] = sum dy`` and
+    ``t2[split, n, c] = sum dy * (x - mu[c] * rho[n])`` (``rho[n] * sum dy * (xh - mu)``),
+    centred element by element so that ``dgamma`` needs no difference of large sums."""
+    pid = tl.program_id(0)
+    split = pid % n_splits
+    rest = pid // n_splits
+    cb = rest % n_cblocks
+    n = rest // n_cblocks
+    cs = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cs < C
+    centre = tl.load(mean_ptr + cs, mask=cmask, other=0.0) * tl.load(rho_ptr + n)
+    dy_rows = dy_ptr + n.to(tl.int64) * sdn + cs[:, None] * sdc
+    x_rows = x_ptr + n.to(tl.int64) * sxn + cs[:, None] * sxc
+    acc1 = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
+    start = split * split_len
+    stop = tl.minimum(start + split_len, M)
+    for s0 in range(start, stop, BLOCK_S):
+        ss = s0 + tl.arange(0, BLOCK_S)
+        mask = cmask[:, None] & (ss < stop)[None, :]
+        g = tl.load(dy_rows + ss[None, :] * sds, mask=mask, other=0.0).to(tl.float32)
+        v = tl.load(x_rows + ss[None, :] * sxs, mask=mask, other=0.0).to(tl.float32)
+        acc1 += g
+        acc2 += tl.where(mask, g * (v - centre[:, None]), 0.0)
+    out = split.to(tl.int64) * N * C + n * C + cs
+    tl.store(t1_ptr + out, tl.sum(acc1, 1), mask=cmask)
+    tl.store(t2_ptr + out, tl.sum(acc2, 1), mask=cmask)
+
+
+@triton.jit
+def _grad_rows(
+    dy_ptr,
+    x_ptr,
+    t1_ptr,
+    t2_ptr,
+    ns,
+    cs,
+    mask,
+    rho,
+    mu,
+    N,
+    C,
+    sdn,
+    sdc,
+    sxn,
+    sxc,
+    n_splits,
+    VECTOR: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Row sums ``(T1, T2)`` of a ``[BLOCK_N, BLOCK_C]`` chunk (read from ``dy`` and ``x``
+    directly for ``(N, C)`` input, where a row is one value)."""
+    if VECTOR:
+        g = tl.load(
+            dy_ptr + ns.to(tl.int64)[:, None] * sdn + cs[None, :] * sdc, mask=mask, other=0.0
+        ).to(tl.float32)
+        v = tl.load(
+            x_ptr + ns.to(tl.int64)[:, None] * sxn + cs[None, :] * sxc, mask=mask, other=0.0
+        ).to(tl.float32)
+        t1 = g
+        t2 = tl.where(mask, g * (v - mu[None, :] * rho[:, None]), 0.0)
+    else:
+        idx = ns.to(tl.int64)[:, None] * C + cs[None, :]
+        t1 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+        t2 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+        for sp in range(0, n_splits):
+            t1 += tl.load(t1_ptr + sp * N * C + idx, mask=mask, other=0.0)
+            t2 += tl.load(t2_ptr + sp * N * C + idx, mask=mask, other=0.0)
+    return t1, t2
+
+
+@triton.jit
+def backward_finalize_kernel(
+    dy_ptr,
+    x_ptr,
+    t1_ptr,
+    t2_ptr,
+    rho_ptr,
+    row_mean_ptr,
+    row_var_ptr,
+    mean_ptr,
+    invstd_ptr,
+    w_ptr,
+    dw_ptr,
+    db_ptr,
+    epart_ptr,
+    gain_ptr,
+    qc_ptr,
+    rc_ptr,
+    N,
+    C,
+    sdn,
+    sdc,
+    sxn,
+    sxc,
+    n_splits,
+    n_programs,
+    m_f,
+    count,
+    VECTOR: tl.constexpr,
+    HAS_W: tl.constexpr,
+    INPUT_GRAD: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Program ``j``: channels ``[j * BLOCK_C, ...)`` over all samples.
+
+    Pass 1: ``dbeta = sum_n T1`` and ``dgamma = invstd * sum_n T2 / rho[n]`` (written to
+    ``db`` and ``dw``, in their dtypes). Pass 2 (``INPUT_GRAD``): with ``m``, ``v`` the row
+    mean and variance of ``xh``, the partial projection
+    ``epart[n, j] = sum_c gain * (sum_s xh dy - (dbeta * M * m + dgamma * sum_s xh z) / K)``
+    and the per-channel coefficients ``gain``, ``qc = gain * dgamma * invstd / K`` and
+    ``rc = gain * (dgamma * invstd * mu - dbeta) / K`` of ``grad_input`` (``K = N * M``).
+    """
+    pid = tl.program_id(0)
+    cs = pid * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cs < C
+    mu = tl.load(mean_ptr + cs, mask=cmask, other=0.0)
+    invstd = tl.load(invstd_ptr + cs, mask=cmask, other=0.0)
+    dbeta = tl.zeros([BLOCK_C], dtype=tl.float32)
+    dgs = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        ns = n0 + tl.arange(0, BLOCK_N)
+        nmask = ns < N
+        mask = nmask[:, None] & cmask[None, :]
+        rho = tl.load(rho_ptr + ns, mask=nmask, other=1.0)
+        t1, t2 = _grad_rows(
+            dy_ptr, x_ptr, t1_ptr, t2_ptr, ns, cs, mask, rho, mu, N, C, sdn, sdc, sxn, sxc,
+            n_splits, VECTOR, BLOCK_N, BLOCK_C,
+        )  # fmt: skip
+        dbeta += tl.sum(t1, 0)
+        dgs += tl.sum(tl.where(mask, t2 / rho[:, None], 0.0), 0)
+    dgamma = invstd * dgs
+    if HAS_W:
+        tl.store(dw_ptr + cs, dgamma.to(dw_ptr.dtype.element_ty), mask=cmask)
+    tl.store(db_ptr + cs, dbeta.to(db_ptr.dtype.element_ty), mask=cmask)
+    if INPUT_GRAD:
+        gain = invstd
+        if HAS_W:
+            gain = gain * tl.load(w_ptr + cs, mask=cmask, other=0.0).to(tl.float32)
+        k_mean = dbeta * m_f / count
+        k_z = dgamma / count
+        for n0 in range(0, N, BLOCK_N):
+            ns = n0 + tl.arange(0, BLOCK_N)
+            nmask = ns < N
+            mask = nmask[:, None] & cmask[None, :]
+            rho = tl.load(rho_ptr + ns, mask=nmask, other=1.0)
+            inv = 1.0 / rho
+            t1, t2 = _grad_rows(
+                dy_ptr, x_ptr, t1_ptr, t2_ptr, ns, cs, mask, rho, mu, N, C, sdn, sdc, sxn,
+                sxc, n_splits, VECTOR, BLOCK_N, BLOCK_C,
+            )  # fmt: skip
+            if VECTOR:
+                xv = tl.load(
+                    x_ptr + ns.to(tl.int64)[:, None] * sxn + cs[None, :] * sxc,
+                    mask=mask,
+                    other=0.0,
+                ).to(tl.float32)
+                m = xv * inv[:, None]
+                v = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+            else:
+                idx = ns.to(tl.int64)[:, None] * C + cs[None, :]
+                m = tl.load(row_mean_ptr + idx, mask=mask, other=0.0) * inv[:, None]
+                v = tl.load(row_var_ptr + idx, mask=mask, other=0.0) * (inv * inv)[:, None]
+            xh_dy = t2 * inv[:, None] + mu[None, :] * t1
+            xh_z = invstd[None, :] * m_f * (v + m * (m - mu[None, :]))
+            term = gain[None, :] * (xh_dy - k_mean[None, :] * m - k_z[None, :] * xh_z)
+            term = tl.where(mask, term, 0.0)
+            tl.store(epart_ptr + ns.to(tl.int64) * n_programs + pid, tl.sum(term, 1), mask=nmask)
+        tl.store(gain_ptr + cs, gain, mask=cmask)
+        tl.store(qc_ptr + cs, gain * dgamma * invstd / count, mask=cmask)
+        tl.store(rc_ptr + cs, gain * (dgamma * invstd * mu - dbeta) / count, mask=cmask)
+
+
+@triton.jit
+def grad_input_kernel(
+    dy_ptr,
+    x_ptr,
+    dx_ptr,
+    rho_ptr,
+    active_ptr,
+    epart_ptr,
+    gain_ptr,
+    qc_ptr,
+    rc_ptr,
+    C,
+    M,
+    sdn,
+    sdc,
+    sds,
+    sxn,
+    sxc,
+    sxs,
+    son,
+    soc,
+    sos,
+    n_cblocks,
+    n_sblocks,
+    n_parts,
+    proj_scale,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """Program ``(n, channel block, position block)``: ``dx = P * dy + Q * x + R`` with
+    ``P = gain / rho``, ``Q = -(qc + proj[n]) / rho**2``, ``R = rc / rho``, where
+    ``proj[n] = e[n] * proj_scale`` for samples whose norm was not clamped (eq. 3's
+    projection; ``proj_scale = 1 / D`` for the scaled form) and 0 otherwise."""
+    pid = tl.program_id(0)
+    sb = pid % n_sblocks
+    rest = pid // n_sblocks
+    cb = rest % n_cblocks
+    n = rest // n_cblocks
+    total = tl.zeros([BLOCK_P], dtype=tl.float32)
+    base = epart_ptr + n.to(tl.int64) * n_parts
+    for p0 in range(0, n_parts, BLOCK_P):
+        ps = p0 + tl.arange(0, BLOCK_P)
+        total += tl.load(base + ps, mask=ps < n_parts, other=0.0)
+    active = tl.load(active_ptr + n)
+    proj = tl.where(active > 0.0, tl.sum(total, 0) * proj_scale, 0.0)
+    inv = 1.0 / tl.load(rho_ptr + n)
+    cs = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cs < C
+    p = tl.load(gain_ptr + cs, mask=cmask, other=0.0) * inv
+    q = -(tl.load(qc_ptr + cs, mask=cmask, other=0.0) + proj) * (inv * inv)
+    r = tl.load(rc_ptr + cs, mask=cmask, other=0.0) * inv
+    ss = sb * BLOCK_S + tl.arange(0, BLOCK_S)
+    mask = cmask[:, None] & (ss < M)[None, :]
+    g = tl.load(
+        dy_ptr + n.to(tl.int64) * sdn + cs[:, None] * sdc + ss[None, :] * sds, mask=mask, other=0.0
+    ).to(tl.float32)
+    v = tl.load(
+        x_ptr + n.to(tl.int64) * sxn + cs[:, None] * sxc + ss[None, :] * sxs, mask=mask, other=0.0
+    ).to(tl.float32)
+    dx = p[:, None] * g + q[:, None] * v + r[:, None]
+    tl.store(
+        dx_ptr + n.to(tl.int64) * son + cs[:, None] * soc + ss[None, :] * sos,
+        dx.to(dx_ptr.dtype.element_ty),
+        mask=mask,
+    )
+
+
+__all__ = [
+    "affine_kernel",
+    "backward_finalize_kernel",
+    "eval_sample_kernel",
+    "forward_finalize_kernel",
+    "grad_input_kernel",
+    "grad_sums_kernel",
+    "row_sums_kernel",
+    "triton",
+]

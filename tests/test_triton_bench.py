@@ -1,0 +1,81 @@
+"""``l2bn bench --device cuda``: the clear error without CUDA, and the benchmark's own code
+(cases, interleaved timing, rows, table, training steps) run on CPU with tiny inputs. The
+GPU numbers themselves come from ``scripts/gpu-check.sh`` on a machine with a GPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from l2bn.bench import gpu
+from l2bn.cli import main
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_without_cuda_fails_with_one_clear_line(capsys):
+    assert main(["bench", "--device", "cuda", "--quick"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "needs a CUDA GPU" in lines[0], captured.err
+    assert captured.out == ""
+
+
+def test_issue_cases():
+    names = [c.name for c in gpu.cases(quick=False)]
+    assert len(names) == 6 * 2 * 2
+    assert "256x256x56x56 f32" in names and "128x64x8x8 bf16 CL" in names
+    assert [c.name for c in gpu.cases(quick=False, text="2048x7x7 bf16")] == [
+        "256x2048x7x7 bf16",
+        "256x2048x7x7 bf16 CL",
+    ]
+
+
+@pytest.fixture(scope="module")
+def cpu_results():
+    """The benchmark's code on CPU: one small case in bf16 autocast and channels_last, every
+    mode, the eager contenders, the compiled one over budget (skipped), ResNet-20 step."""
+    results = gpu.run_benchmark(
+        torch.device("cpu"),
+        quick=True,
+        rounds=1,
+        case_text="16x32x14x14 bf16 CL",
+        compile_budget=0.0,
+        e2e_batch=2,
+    )
+    return json.loads(json.dumps(results))  # what --json writes
+
+
+def test_rows_cover_every_mode_and_contender(cpu_results):
+    rows = cpu_results["timings"]
+    seen = {(r["mode"], r["contender"]) for r in rows}
+    assert seen == {(m, c) for m in gpu.MODES for c in gpu.CONTENDERS}
+    for row in rows:
+        assert row["case"] == "16x32x14x14 bf16 CL"
+        if row["contender"] == "l2bn_compiled":
+            assert row["skipped"] is True
+            continue
+        assert 0 < row["min_us"] <= row["median_us"] <= row["max_us"]
+        assert row["kernels"] is None  # counted by the profiler on CUDA only
+        if row["contender"] == "cudnn_bn":
+            assert row["ratio_to_cudnn_bn"] == pytest.approx(1.0)
+
+
+def test_training_steps_and_table(cpu_results):
+    (step,) = cpu_results["training_steps"]
+    assert step["model"] == "resnet20" and step["batch"] == 2
+    assert step["ratio"] == pytest.approx(step["l2bn_median_ms"] / step["bn_median_ms"])
+    assert cpu_results["cuda_graph"]["capturable"] is None
+    text = gpu.format_table(cpu_results)
+    assert "16x32x14x14 bf16 CL" in text and "l2bn_compiled" in text and "skipped" in text
+    assert "resnet20 SGD step" in text
+
+
+def test_cases_past_the_time_budget_are_skipped_and_listed():
+    results = gpu.run_benchmark(
+        torch.device("cpu"), quick=True, rounds=1, cases_budget=0.0, e2e=False
+    )
+    assert results["timings"] == []
+    assert results["meta"]["cases_skipped"] == [c.name for c in gpu.cases(quick=True)]
+    assert "skipped (time budget)" in gpu.format_table(results)

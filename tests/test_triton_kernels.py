@@ -1,0 +1,352 @@
+"""The Triton backend against the float64 reference (paper eqs. 1-3).
+
+Runs the compiled kernels on a GPU, or the same kernels in Triton's interpreter on CPU
+(``_triton_support``). Every comparison also records the kernels launched, so a test fails
+if the call silently went to another backend. Shapes are tiny: the interpreter is slow.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from _reference import adversarial_input, reference_l2bn, relative_error
+from _triton_support import (
+    DEVICE,
+    make_interpreter_fixture,
+    make_launches_fixture,
+    make_ops_fixture,
+    make_prefer_fixture,
+)
+from l2bn import L2BatchNorm2d, backends, l2_batch_norm
+from l2bn._impl import triton as triton_backend
+
+triton_backend_ready = make_interpreter_fixture()
+prefer_triton = make_prefer_fixture()
+ops = make_ops_fixture()
+launches = make_launches_fixture()
+
+FORWARD = ["row_sums_kernel", "forward_finalize_kernel", "affine_kernel"]
+BACKWARD = ["grad_sums_kernel", "backward_finalize_kernel", "grad_input_kernel"]
+
+
+def arrange(x: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "channels_last":
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        return x.contiguous(memory_format=fmt)
+    return x.contiguous()
+
+
+def _params(c: int, affine: bool):
+    g = torch.Generator().manual_seed(3)
+    w = torch.rand(c, generator=g, dtype=torch.float64) + 0.5
+    b = torch.randn(c, generator=g, dtype=torch.float64)
+    rm = torch.randn(c, generator=g, dtype=torch.float64) * 0.1
+    rv = torch.rand(c, generator=g, dtype=torch.float64) + 0.5
+    return (w, b) if affine else (None, None), rm, rv
+
+
+def run_triton(x, dy, affine=True, scale=True, param_dtype=torch.float32, momentum=0.1):
+    """Training forward + backward, then eval, on the Triton path (``x`` already in its
+    dtype and layout). Returns (y, dx, dweight, dbias, running_mean, running_var, eval y)."""
+    (w, b), rm, rv = _params(x.shape[1], affine)
+
+    def on(t):
+        return None if t is None else t.to(DEVICE, param_dtype)
+
+    w, b = (on(t).requires_grad_() if t is not None else None for t in (w, b))
+    rm, rv = on(rm), on(rv)
+    xg = x.to(DEVICE).detach().requires_grad_()
+    y = l2_batch_norm(xg, rm, rv, w, b, True, momentum, 1e-5, 1e-12, scale)
+    y.backward(dy.to(DEVICE))
+    with torch.no_grad():
+        y_eval = l2_batch_norm(xg, rm, rv, w, b, False, momentum, 1e-5, 1e-12, scale)
+    grads = (w.grad, b.grad) if affine else (None, None)
+    return [y, xg.grad, *grads, rm, rv, y_eval]
+
+
+def run_reference(x, dy, affine=True, scale=True, momentum=0.1, dtype=torch.float64):
+    """The same with the composite in ``dtype`` (float64: the reference) on CPU."""
+    (w, b), rm, rv = _params(x.shape[1], affine)
+    w, b, rm, rv = (None if t is None else t.to(dtype) for t in (w, b, rm, rv))
+    if affine:
+        w, b = w.requires_grad_(), b.requires_grad_()
+    xg = x.detach().cpu().to(dtype).requires_grad_()
+    y = reference_l2bn(xg, rm, rv, w, b, True, momentum, 1e-5, 1e-12, scale)
+    y.backward(dy.cpu().to(dtype))
+    with torch.no_grad():
+        y_eval = reference_l2bn(xg, rm, rv, w, b, False, momentum, 1e-5, 1e-12, scale)
+    grads = (w.grad, b.grad) if affine else (None, None)
+    return [t if t is None else t.detach() for t in (y, xg.grad, *grads, rm, rv, y_eval)]
+
+
+def expected_launches(x: torch.Tensor, ops) -> list[str]:
+    """The kernels of a training forward, its backward, and an eval forward."""
+    backward = BACKWARD if x.dim() > 2 else BACKWARD[1:]
+    c, m = x.shape[1], math.prod(x.shape[2:])
+    fits = ops._pow2(c) * ops._pow2(m) <= ops.TILING.eval_sample_tile
+    evaluate = ["eval_sample_kernel"] if fits else ["row_sums_kernel", "affine_kernel"]
+    return FORWARD + backward + evaluate
+
+
+NAMES = ("y", "dx", "dweight", "dbias", "running_mean", "running_var", "eval y")
+FULL_SIZE = {"y", "dx", "eval y"}
+# (shape, layout): NCHW and channels_last in 2d and 3d, (N, C, L), (N, C).
+CASES = [
+    ((3, 4, 5, 6), "contiguous"),
+    ((3, 4, 5, 6), "channels_last"),
+    ((2, 3, 3, 4, 5), "contiguous"),
+    ((2, 3, 3, 4, 5), "channels_last"),
+    ((4, 3, 7), "contiguous"),
+    ((6, 5), "contiguous"),
+]
+# Full-size outputs are rounded to the input dtype; statistics and parameter gradients
+# are float32 computations on the (rounded) inputs.
+OUTPUT_TOL = {torch.float32: 1e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3}
+
+
+def compare(x, dy, launches, tol_stats=1e-5, **kw):
+    ours = run_triton(x, dy, **kw)
+    assert launches.take() == expected_launches(x, launches.ops)
+    ref = run_reference(x, dy, **{k: v for k, v in kw.items() if k != "param_dtype"})
+    errors = {}
+    for name, a, r in zip(NAMES, ours, ref, strict=True):
+        if r is None:
+            assert a is None, name
+            continue
+        assert a.device.type == DEVICE and a.shape == r.shape, name
+        if name in FULL_SIZE:
+            assert a.dtype == x.dtype, name
+        errors[name] = relative_error(a.cpu(), r)
+    for name, err in errors.items():
+        tol = OUTPUT_TOL[x.dtype] if name in FULL_SIZE else tol_stats
+        assert err < tol, (name, err, errors)
+    return ours
+
+
+@pytest.mark.parametrize("shape,layout", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("affine,scale", [(True, True), (False, False)])
+def test_matches_reference(shape, layout, dtype, affine, scale, launches):
+    g = torch.Generator().manual_seed(11)
+    x = arrange((torch.randn(shape, generator=g) * 3 + 0.5).to(dtype), layout)
+    dy = arrange(torch.randn(shape, generator=g).to(dtype), layout)
+    ours = compare(x, dy, launches, affine=affine, scale=scale)
+    if layout == "channels_last":
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        for t in (ours[0], ours[1], ours[-1]):
+            assert t.is_contiguous(memory_format=fmt)
+
+
+def test_half_parameters_and_running_statistics(launches):
+    """A layer converted with ``.half()``: float16 parameters and running statistics are
+    read and written in their dtype, computed in float32."""
+    g = torch.Generator().manual_seed(12)
+    x = (torch.randn(4, 3, 5, 5, generator=g) * 2).half()
+    dy = torch.randn(4, 3, 5, 5, generator=g).half()
+    compare(x, dy, launches, tol_stats=2e-3, param_dtype=torch.float16)
+
+
+@pytest.mark.parametrize("kind", ["offset", "norms"])
+@pytest.mark.parametrize(
+    "shape,layout",
+    [((12, 6), "contiguous"), ((5, 4, 6, 7), "contiguous"), ((5, 4, 6, 7), "channels_last")],
+)
+def test_adversarial_float32(kind, shape, layout, launches):
+    """Channel offsets of 1e3 and sample norms 1e6 apart: within twice the error of the
+    float32 composite (F.normalize + native F.batch_norm), and 1e-5 where it reaches it."""
+    x64 = arrange(adversarial_input(kind, shape), layout)
+    dy = arrange(torch.randn(shape, generator=torch.Generator().manual_seed(3)), layout)
+    ours = run_triton(x64.float(), dy)
+    assert launches.take() == expected_launches(x64, launches.ops)
+    reference = run_reference(x64, dy)
+    composite = run_reference(x64, dy, dtype=torch.float32)
+    for name, a, r, c in zip(NAMES, ours, reference, composite, strict=True):
+        e_ours, e_comp = relative_error(a.cpu(), r), relative_error(c, r)
+        assert e_ours < max(1e-5, 2 * e_comp), (name, e_ours, e_comp)
+        if kind == "norms":
+            assert e_ours < 1e-5, (name, e_ours)
+
+
+@pytest.mark.parametrize("shape", [(5, 4, 3, 3), (8, 6)])
+def test_zero_and_nan_samples(shape, launches):
+    """An all-zero sample (norm clamped by l2_eps) stays finite and matches the reference;
+    a NaN poisons the batch statistics (every training output), as in BatchNorm, and in
+    eval only its own sample."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(shape, generator=g)
+    x[1] = 0
+    dy = torch.randn(shape, generator=g)
+    ours = compare(x, dy, launches)
+    assert all(torch.isfinite(t).all() for t in ours if t is not None)
+    x[2].view(-1)[0] = float("nan")
+    c = shape[1]
+    rm, rv = torch.zeros(c, device=DEVICE), torch.ones(c, device=DEVICE)
+    y = l2_batch_norm(x.to(DEVICE), rm, rv, training=True)
+    y_eval = l2_batch_norm(x.to(DEVICE), torch.zeros_like(rm), torch.ones_like(rv))
+    assert len(launches.take()) >= 4
+    assert torch.isnan(y).all() and torch.isnan(rm).all()
+    assert torch.isnan(y_eval[2]).all()
+    assert torch.isfinite(y_eval[[0, 1, 3]]).all()
+
+
+@pytest.mark.parametrize("shape,layout", [((3, 4, 5, 6), "channels_last"), ((7, 5), "contiguous")])
+def test_multi_block_tiling(shape, layout, launches, ops, monkeypatch):
+    """Tiny tiles: several channel and position blocks, positions split over programs,
+    several finalize programs and partial-sum chunks, and the two-kernel eval."""
+    tiny = ops.Tiling(
+        tile=8,
+        max_block_s=4,
+        max_block_c=2,
+        target_programs=64,
+        finalize_block_c=2,
+        finalize_tile=4,
+        block_p=2,
+        eval_sample_tile=4,
+    )
+    monkeypatch.setattr(ops, "TILING", tiny)
+    geo = ops.geometry(shape[0], shape[1], math.prod(shape[2:]), layout == "channels_last", tiny)
+    assert geo.n_cblocks > 1 and (geo.n_splits > 1 or len(shape) == 2)
+    g = torch.Generator().manual_seed(13)
+    x = arrange(torch.randn(shape, generator=g) * 2 + 1, layout)
+    dy = arrange(torch.randn(shape, generator=g), layout)
+    compare(x, dy, launches)
+
+
+def test_running_statistics_over_steps_with_cumulative_average(launches):
+    """Three steps of a layer with ``momentum=None``: BatchNorm's cumulative average."""
+    layer = L2BatchNorm2d(3, momentum=None).to(DEVICE)
+    rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    means, variances = [], []
+    for step in range(3):
+        x = torch.randn(4, 3, 3, 3, generator=torch.Generator().manual_seed(step)) + step
+        layer(x.to(DEVICE))
+        rm, rv = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+        reference_l2bn(x.double(), rm, rv, training=True, momentum=1.0)
+        means.append(rm)
+        variances.append(rv)
+    assert launches.take().count("forward_finalize_kernel") == 3
+    assert relative_error(layer.running_mean.cpu(), torch.stack(means).mean(0)) < 1e-5
+    assert relative_error(layer.running_var.cpu(), torch.stack(variances).mean(0)) < 1e-5
+    assert int(layer.num_batches_tracked) == 3
+
+
+def test_double_backward_goes_through_the_composite(launches):
+    """``create_graph=True``: the gradient is differentiable (the composite's) and equals
+    the reference's second derivative."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64)
+    dy = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64)
+    results = []
+    for preferred in ("triton", None):
+        xg = x.float().to(DEVICE).requires_grad_()
+        with backends.prefer(preferred):
+            y = l2_batch_norm(xg, None, None, training=True)
+            (dx,) = torch.autograd.grad(y, xg, dy.float().to(DEVICE), create_graph=True)
+            (ddx,) = torch.autograd.grad(dx.square().sum(), xg)
+        results.append((dx.detach().cpu(), ddx.cpu()))
+        if preferred == "triton":
+            assert launches.take() == FORWARD
+    assert relative_error(results[0][0], results[1][0]) < 1e-5
+    assert relative_error(results[0][1], results[1][1]) < 1e-4
+
+
+def test_strided_and_expanded_gradients(launches, ops):
+    """Inputs in no supported layout are copied; an expanded ``dy`` (``y.sum()``) and a
+    ``dy`` in another layout than ``x`` are read through their strides."""
+    g = torch.Generator().manual_seed(6)
+    base = torch.randn(4, 3, 6, 5, generator=g)
+    x = base.transpose(-1, -2).contiguous().transpose(-1, -2)  # neither layout
+    assert ops.ncm_strides(x) is None
+    dy_cl = torch.randn(4, 3, 6, 5, generator=g).contiguous(memory_format=torch.channels_last)
+    compare(x, dy_cl, launches)
+    xg = base.to(DEVICE, copy=True).requires_grad_()
+    l2_batch_norm(xg, None, None, training=True).sum().backward()
+    assert launches.take()[-3:] == BACKWARD
+    xr = base.double().requires_grad_()
+    reference_l2bn(xr, None, None, training=True).sum().backward()
+    assert (xg.grad.cpu() - xr.grad).abs().max() < 1e-5
+
+
+def test_dispatch_rules(launches):
+    """What the backend takes: not float64, not eval under autograd, not parameters on
+    another device; CPU tensors only when preferred in the interpreter."""
+    x = torch.randn(2, 3, 4, device=DEVICE)
+    stats = torch.zeros(3, device=DEVICE)
+    applies = triton_backend.applies
+    assert applies(x, stats, stats, None, None, True, True)
+    assert applies(x, stats, stats, None, None, False, False)
+    assert not applies(x, stats, stats, None, None, False, True)
+    assert not applies(x.double(), stats, stats, None, None, True, True)
+    if DEVICE == "cpu":
+        with backends.prefer(None):
+            assert not applies(x, stats, stats, None, None, True, True)
+            l2_batch_norm(x, None, None, training=True)
+        assert launches.take() == []
+        # torch.compile would trace into the interpreted kernels: not taken there; export
+        # keeps the operators whole: taken.
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch.compiler, "is_compiling", lambda: True)
+            mp.setattr(torch.compiler, "is_exporting", lambda: False)
+            assert not applies(x, stats, stats, None, None, True, True)
+            mp.setattr(torch.compiler, "is_exporting", lambda: True)
+            assert applies(x, stats, stats, None, None, True, True)
+    else:
+        assert not applies(x, stats.cpu(), stats.cpu(), None, None, True, True)
+    with backends.flags(triton=False), backends.prefer(None):
+        l2_batch_norm(x, None, None, training=True)
+    assert launches.take() == []
+
+
+def test_unavailable_reasons(monkeypatch):
+    """Why the backend is not used: switched off, triton missing, no CUDA."""
+    monkeypatch.setenv("L2BN_DISABLE_TRITON", "1")
+    assert "L2BN_DISABLE_TRITON" in triton_backend._reason()
+    monkeypatch.delenv("L2BN_DISABLE_TRITON")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "no CUDA device" in triton_backend._reason()
+    monkeypatch.setattr(triton_backend.importlib.util, "find_spec", lambda name: None)
+    assert "triton is not installed" in triton_backend._reason()
+    assert backends.available("triton")  # the module's state is untouched by _reason()
+    assert "triton" in backends.names() and backends.names()[0] == "triton"
+
+
+def _op_samples(ops):
+    g = torch.Generator().manual_seed(9)
+    x = (torch.randn(3, 4, 3, 2, generator=g) + 1).to(DEVICE)
+    w, b = torch.rand(4, device=DEVICE) + 0.5, torch.randn(4, device=DEVICE)
+    rm, rv = torch.zeros(4, device=DEVICE), torch.ones(4, device=DEVICE)
+    forward = (x, w, b, rm, rv, 0.1, 1e-5, 1e-12, True)
+    _y, *stats = ops.train_forward(*forward)
+    backward = (torch.randn_like(x), x, w, *stats, True, True)
+    evaluate = (x.contiguous(memory_format=torch.channels_last), rm, rv, w, None, 1e-5, 0.0, False)
+    return {"train_forward": forward, "train_backward": backward, "eval_forward": evaluate}
+
+
+@pytest.mark.parametrize("name", ["train_forward", "train_backward", "eval_forward"])
+def test_opcheck(name, ops):
+    """Schema, fake-tensor (meta) and autograd-registration checks of each operator; on
+    CUDA also the AOT-dispatch check (the interpreter's kernels cannot be traced)."""
+    op = getattr(torch.ops.l2bn_triton, name).default
+    utils = ["test_schema", "test_faketensor", "test_autograd_registration"]
+    if DEVICE == "cuda":
+        utils.append("test_aot_dispatch_dynamic")
+    torch.library.opcheck(op, _op_samples(ops)[name], test_utils=utils)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_export_keeps_the_operators(training):
+    """``torch.export`` records the Triton operators (eval; training under no_grad, which
+    mutates the running statistics) and the exported program computes the same output."""
+    layer = L2BatchNorm2d(4).to(DEVICE).train(training)
+    x = torch.randn(3, 4, 5, 5, device=DEVICE) * 2 + 1
+    with torch.no_grad():
+        exported = torch.export.export(layer, (x,))
+        graph = str(exported.graph)
+        assert ("l2bn_triton.train_forward" if training else "l2bn_triton.eval_forward") in graph
+        x2 = torch.randn(3, 4, 5, 5, device=DEVICE) * 3
+        eager = L2BatchNorm2d(4).to(DEVICE).train(training)
+        torch.testing.assert_close(exported.module()(x2), eager(x2), rtol=1e-5, atol=1e-5)
