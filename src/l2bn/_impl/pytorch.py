@@ -145,6 +145,7 @@ class L2BatchNormFunction(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor]:
         ctx.eps, ctx.l2_eps, ctx.scale = eps, l2_eps, scale
         ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for mean and var
         ctx.vector = x.dim() == 2 and passes.fast_applies(x, weight, bias)
         if ctx.vector:
             # (N, C) input: BatchNorm's kernels on xh (see vector_passes); xh is
