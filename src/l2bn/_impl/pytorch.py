@@ -163,7 +163,11 @@ class L2BatchNormFunction(torch.autograd.Function):
         return y, stats.mean, stats.var
 
     @staticmethod
-    def backward(ctx: Any, dy: Tensor, _dmean: Tensor, _dvar: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(
+        ctx: Any, dy: Tensor | None, _dmean: Tensor | None, _dvar: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        if dy is None:  # the output received no gradient (grads are not materialized)
+            return None, None, None, None, None, None
         x, weight, *saved = ctx.saved_tensors
         needs = (
             ctx.needs_input_grad[0],
