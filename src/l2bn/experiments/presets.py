@@ -47,8 +47,12 @@ def load_config_file(path: str | Path, base: ExperimentConfig | None = None) -> 
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        state = "is not a file" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"config file {path} {state}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({yaml_problem(err)})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must be a YAML mapping")
     preset = data.pop("preset", None)
@@ -60,3 +64,12 @@ def load_config_file(path: str | Path, base: ExperimentConfig | None = None) -> 
         return ExperimentConfig.from_dict(merged)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
+
+
+def yaml_problem(err: Exception) -> str:
+    """A YAML parse error in one line: where (line, column) and what."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).split("\n")[0]
+    if mark is None:
+        return problem
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
