@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 # Flags that set one config field each: (flag, field, help).
@@ -135,7 +137,8 @@ def run_guarded(command: str, body: Callable[[], int], resume_hint: str = "") ->
         RunLockedError,
     )
     try:
-        return body()
+        with one_line_warnings(command):
+            return body()
     except (UsageError, DatasetOptionError) as err:
         if debug:
             raise
@@ -151,3 +154,19 @@ def run_guarded(command: str, body: Callable[[], int], resume_hint: str = "") ->
             raise
         print(f"\nl2bn {command}: interrupted. {resume_hint}".rstrip(), file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def one_line_warnings(command: str) -> Iterator[None]:
+    """Show warnings (e.g. a checkpoint fallback) as ``l2bn <command>: warning: ...``,
+    without Python's file, line and source excerpt."""
+    original = warnings.formatwarning
+
+    def one_line(message: Warning | str, *args: Any, **kwargs: Any) -> str:
+        return f"l2bn {command}: warning: {message}\n"
+
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original

@@ -22,6 +22,7 @@ from l2bn.experiments.commands import (
     add_config_arguments,
     add_run_arguments,
     list_presets_if_asked,
+    one_line_warnings,
     resolve_config,
     run_guarded,
 )
@@ -101,17 +102,26 @@ def _auto_jobs(config: Any, pending: int) -> int:
     return max(1, min(pending, os.cpu_count() or 1))
 
 
+_worker_interrupted = False
+
+
 def _worker(config_dict: dict, seed: int, directory: str, options: dict) -> dict:
     """Entry point of a spawned worker process: one run. Ctrl-C (SIGINT) stops it at once,
     like the parent, and is reported back as ``{"interrupted": True}``, not as a traceback;
-    between runs the worker ignores SIGINT (see ``_ignore_sigint``)."""
+    after that the worker starts no other run. Between runs it ignores SIGINT (see
+    ``_ignore_sigint``)."""
+    global _worker_interrupted
     from l2bn.experiments.config import ExperimentConfig
     from l2bn.experiments.train import train_run
 
+    if _worker_interrupted:
+        return {"interrupted": True}
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return train_run(ExperimentConfig.from_dict(config_dict), seed, directory, **options)
+        with one_line_warnings("compare"):
+            return train_run(ExperimentConfig.from_dict(config_dict), seed, directory, **options)
     except KeyboardInterrupt:
+        _worker_interrupted = True
         return {"interrupted": True}
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -257,18 +267,18 @@ def _run_parallel(pending: list[tuple[Any, int, Path]], options: dict, jobs: int
                     best = result["best_test_acc"]
                     report(f"finished {futures[future]}: best test accuracy {best:.2f}%")
         except BaseException:
-            for future in futures:
-                future.cancel()
-            _interrupt_workers(pool)
+            workers = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            _interrupt_workers(workers)
             raise
         finally:
             if bar is not None:
                 bar.close()
 
 
-def _interrupt_workers(pool: Any) -> None:
+def _interrupt_workers(workers: list[Any]) -> None:
     """Stop the runs still going (as Ctrl-C would): each keeps its last checkpoint."""
-    for process in list(getattr(pool, "_processes", {}).values()):
+    for process in workers:
         if process.is_alive():
             with contextlib.suppress(OSError):
                 os.kill(process.pid, signal.SIGINT)
