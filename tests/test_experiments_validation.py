@@ -1,5 +1,9 @@
 """Validate before work: every bad name, value, folder or device is one line
-``l2bn <command>: error: ...`` with exit code 2, before anything is written."""
+``l2bn <command>: error: ...`` with exit code 2, before anything is written.
+
+Each command runs on MNIST with an empty ``--data-root`` and no other place to find it:
+should the check it tests be missing, the command stops at the data (exit code 1) instead
+of training."""
 
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ import pytest
 import torch
 
 from l2bn.cli import main
-from l2bn.experiments.errors import UsageError
 from test_experiments_datasets import write_idx
 
 CASES = {
@@ -32,6 +35,16 @@ CASES = {
 }
 
 
+@pytest.fixture
+def no_data(tmp_path: Path, monkeypatch) -> list[str]:
+    """Options that leave a command no dataset to train on (MNIST, an empty root)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.delenv("L2BN_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(empty))
+    return ["--dataset", "mnist", "--data-root", str(empty)]
+
+
 def _one_error_line(capsys, command: str) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
@@ -41,7 +54,7 @@ def _one_error_line(capsys, command: str) -> str:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
-    case: str, tmp_path: Path, monkeypatch, capsys
+    case: str, tmp_path: Path, monkeypatch, capsys, no_data: list[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.yaml").write_text("epochs: 3\nlr: [0.1\nmodel: : x\n")
@@ -50,6 +63,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     argv = [a.format(bad=tmp_path / "bad.yaml", file=tmp_path / "file") for a in argv]
     if "--runs-dir" not in argv:
         argv += ["--runs-dir", str(tmp_path / "runs")]
+    argv[1:1] = no_data
     before = sorted(os.listdir(tmp_path))
     assert main(argv) == 2
     assert expected in _one_error_line(capsys, argv[0])
@@ -57,12 +71,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_without_cuda_is_a_usage_error(tmp_path: Path, capsys) -> None:
-    assert main(["train", "--device", "cuda", "--runs-dir", str(tmp_path / "r")]) == 2
+def test_cuda_without_cuda_is_a_usage_error(tmp_path: Path, capsys, no_data) -> None:
+    assert main(["train", *no_data, "--device", "cuda", "--runs-dir", str(tmp_path / "r")]) == 2
     assert "device 'cuda' requested, but" in _one_error_line(capsys, "train")
 
 
-def test_runs_dir_without_write_permission(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_runs_dir_without_write_permission(
+    tmp_path: Path, monkeypatch, capsys, no_data: list[str]
+) -> None:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     if os.geteuid() == 0:  # root may write anywhere: let the permission check say no
@@ -70,17 +86,19 @@ def test_runs_dir_without_write_permission(tmp_path: Path, monkeypatch, capsys) 
         monkeypatch.setattr(
             os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode)
         )
-    assert main(["compare", "--runs-dir", str(locked / "runs")]) == 2
+    assert main(["compare", *no_data, "--runs-dir", str(locked / "runs")]) == 2
     assert f"{locked / 'runs'} (its existing parent {locked}) is not writable" in _one_error_line(
         capsys, "compare"
     )
     assert os.listdir(locked) == []
 
 
-def test_l2bn_debug_shows_the_exception(tmp_path: Path, monkeypatch) -> None:
+def test_l2bn_debug_shows_the_exception(tmp_path: Path, monkeypatch, no_data) -> None:
+    from l2bn.experiments.errors import UsageError
+
     monkeypatch.setenv("L2BN_DEBUG", "1")
     with pytest.raises(UsageError, match="unknown norm"):
-        main(["compare", "--norms", "nosuch", "--runs-dir", str(tmp_path / "r")])
+        main(["compare", *no_data, "--norms", "nosuch", "--runs-dir", str(tmp_path / "r")])
 
 
 def test_explicit_data_root_is_used_alone_and_checked_before_writing(
