@@ -67,7 +67,7 @@ def _assert_same_result(a_dir: Path, b_dir: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:checkpoint .* does not exist:RuntimeWarning")
-def testkill_at_every_save_step_then_resume_is_bit_identical(
+def test_kill_at_every_save_step_then_resume_is_bit_identical(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = write_idx(tmp_path / "data", n_train=32, n_test=16)
