@@ -57,7 +57,10 @@ def test_download_offline_fails_with_a_message(store, capsys, monkeypatch):
 
     monkeypatch.setattr("urllib.request.urlopen", offline)
     assert main(["data", "--download", "mnist"]) == 0  # already present in $L2BN_DATA/mnist
-    assert main(["data", "--download", "mnist", "--root", str(store / "elsewhere")]) == 0
+    # an explicit root is used alone: the copy in $L2BN_DATA does not count for it
+    assert main(["data", "--check", "mnist", "--root", str(store / "elsewhere")]) == 1
+    assert f"the data root {store / 'elsewhere'} does not exist" in capsys.readouterr().err
+    assert main(["data", "--download", "mnist", "--root", str(store / "elsewhere")]) == 1
     monkeypatch.setenv("L2BN_DATA", str(store / "empty"))
     assert main(["data", "--download", "mnist"]) == 1
     err = capsys.readouterr().err

@@ -117,11 +117,32 @@ def test_label_count_mismatch_is_a_clear_error(tmp_path):
 def test_missing_mnist_names_every_place_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("L2BN_DATA", str(tmp_path / "store"))
     with pytest.raises(FileNotFoundError) as err:
-        data.load_dataset("mnist", root=tmp_path / "nowhere")
+        data.load_dataset("mnist")
     message = str(err.value)
-    for place in (tmp_path / "nowhere", tmp_path / "store" / "mnist", tmp_path / "store"):
+    for place in (tmp_path / "store" / "mnist", tmp_path / "store"):
         assert str(place) in message
     assert "train-images-idx3-ubyte" in message and "l2bn data --download mnist" in message
+
+
+def test_an_explicit_root_is_used_alone(tmp_path, monkeypatch):
+    # complete data in $L2BN_DATA must not stand in for an empty or incomplete explicit root
+    monkeypatch.setenv("L2BN_DATA", str(tmp_path / "store"))
+    write_idx_dataset(tmp_path / "store" / "mnist", train=10, test=10)
+    with pytest.raises(FileNotFoundError) as err:
+        data.load_dataset("mnist", root=tmp_path / "nowhere")
+    assert f"the data root {tmp_path / 'nowhere'} does not exist" in str(err.value)
+    assert str(tmp_path / "store") not in str(err.value).split(". ")[0]
+
+    only_train = tmp_path / "only-train"
+    write_idx_dataset(only_train, train=10, test=10)
+    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        next(only_train.glob(stem + "*")).unlink()
+    assert len(data.load_dataset("mnist", root=only_train, train=True)) == 10
+    with pytest.raises(FileNotFoundError) as err:
+        data.load_dataset("mnist", root=only_train, train=False)
+    first = str(err.value).split(". ")[0]
+    assert f"{only_train} lacks t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte" in first
+    assert "train-images" not in first
 
 
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):

@@ -7,29 +7,34 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from l2bn import L2BatchNorm2d
+from l2bn.experiments import checkpoint as ckpt
 from l2bn.experiments.checkpoint import load_checkpoint_file, load_model_state
 from l2bn.experiments.config import ExperimentConfig
 from l2bn.experiments.metrics_log import read_metrics
 from l2bn.experiments.train import build_model, train_run
+from test_experiments_crash import Killed, kill_at
 from test_experiments_datasets import tiny_config, write_idx
 
 
-def test_torchrun_two_processes_resume_and_checkpoint_portability(tmp_path: Path) -> None:
+def test_torchrun_two_processes_resume_and_checkpoint_portability(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = write_idx(tmp_path / "data", n_train=32, n_test=16)
     config = tiny_config(data_root=str(root), epochs=2, batch_size=8, norm="l2bn")
     directory = tmp_path / "run"
-    # epoch 1 in one process, stopped there (as if killed after its checkpoint)
-    train_run(config.replace(epochs=1), 3, directory, quiet=True)
-    (directory / "done").unlink()
+    # epoch 1 in one process, then killed while saving epoch 2
+    monkeypatch.setattr(ckpt, "SAVE_STEP_HOOK", kill_at(2, "begin", directory))
+    with pytest.raises(Killed):
+        train_run(config, 3, directory, quiet=True)
     single = load_checkpoint_file(directory / "checkpoint.pt")
-    assert single["world_size"] == 1
+    assert single["world_size"] == 1 and single["epoch"] == 1
 
     config_path = tmp_path / "config.yaml"
     config_path.write_text(config.to_yaml())
-    (directory / "config.yaml").write_text(config.replace(seeds=[3]).to_yaml())
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     cmd += ["-m", "l2bn.cli", "train", "--config", str(config_path), "--run-dir"]
     cmd += [str(directory), "--resume", "--quiet", "--sync-bn"]
@@ -60,7 +65,6 @@ def test_torchrun_two_processes_resume_and_checkpoint_portability(tmp_path: Path
 
 
 def test_sync_conversion_keeps_l2bn_apart_from_bn() -> None:
-    import pytest
     from torch import nn
 
     from l2bn import is_l2_batch_norm

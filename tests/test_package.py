@@ -41,3 +41,25 @@ def test_cli_help_lists_commands():
     ).stdout
     for command in ("compare", "train", "report", "geometry", "bench", "data"):
         assert command in out
+
+
+def test_cli_help_does_not_import_torch():
+    # `l2bn --help` must stay fast: neither the command line nor `import l2bn` loads torch
+    code = (
+        "import sys\n"
+        "from l2bn.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "assert 'torch' not in sys.modules, 'l2bn --help imported torch'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_lazy_public_names_are_the_library_objects():
+    import l2bn
+    from l2bn.layers import L2BatchNorm2d
+
+    assert l2bn.L2BatchNorm2d is L2BatchNorm2d
+    assert set(l2bn.__all__) <= set(dir(l2bn))

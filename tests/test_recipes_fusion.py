@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.utils import fusion
 
 import l2bn
+from l2bn.fusion import install_fusion_guards
 
 
 def _model() -> nn.Sequential:
@@ -61,7 +62,7 @@ def test_fusion_guard_leaves_batchnorm_folding_as_it_was():
     x = _input()
     torch.testing.assert_close(fused(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
     assert fusion.fuse_conv_bn_eval.__wrapped__ is not None
-    l2bn.install_fusion_guards()  # idempotent: still one wrapper
+    install_fusion_guards()  # idempotent: still one wrapper
     assert not getattr(fusion.fuse_conv_bn_eval.__wrapped__, "_l2bn_guard", False)
 
 

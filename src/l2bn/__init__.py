@@ -1,40 +1,54 @@
 """l2bn: the reference implementation of L2BN (batch normalization of l2-normalized samples).
 
 The library needs torch alone; ``l2bn.experiments`` and the command line need the
-``experiments`` extra.
+``experiments`` extra. The public names below are imported on first use (PEP 562), so that
+``import l2bn.cli`` (the ``l2bn`` command) does not import torch: ``l2bn --help`` stays fast.
+Importing ``l2bn.layers`` (which any L2BN layer does) makes torch's conv-BN folding refuse
+L2BN layers (see :mod:`l2bn.fusion`).
 """
 
-from l2bn import backends
-from l2bn.convert import (
-    ConversionReport,
-    ConversionWarning,
-    convert_bn_to_l2bn,
-    convert_l2bn_to_bn,
-    register_conversion,
-)
-from l2bn.freeze import freeze, unfreeze
-from l2bn.frozen import (
-    FrozenL2BatchNorm,
-    FrozenL2BatchNorm1d,
-    FrozenL2BatchNorm2d,
-    FrozenL2BatchNorm3d,
-    is_frozen_l2_batch_norm,
-)
-from l2bn.functional import DEFAULT_L2_EPS, l2_batch_norm
-from l2bn.fusion import install_fusion_guards
-from l2bn.kinds import L2BN_TYPES, is_l2bn_layer
-from l2bn.layers import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, is_l2_batch_norm
-from l2bn.lazy import LazyL2BatchNorm1d, LazyL2BatchNorm2d, LazyL2BatchNorm3d
-from l2bn.norm_act import FrozenL2BatchNormAct2d, L2BatchNormAct2d, SyncL2BatchNormAct
-from l2bn.param_groups import param_groups
-from l2bn.swa import update_bn
-from l2bn.sync import SyncL2BatchNorm
-from l2bn.sync_convert import convert_sync_batchnorm, convert_sync_l2batchnorm
+from __future__ import annotations
 
-# torch's fuse_conv_bn_eval / fuse_linear_bn_eval refuse L2BN layers (see l2bn.fusion).
-install_fusion_guards()
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "backends": "l2bn.backends",
+    "ConversionReport": "l2bn.convert",
+    "ConversionWarning": "l2bn.convert",
+    "convert_bn_to_l2bn": "l2bn.convert",
+    "convert_l2bn_to_bn": "l2bn.convert",
+    "register_conversion": "l2bn.convert",
+    "freeze": "l2bn.freezing",
+    "unfreeze": "l2bn.freezing",
+    "FrozenL2BatchNorm": "l2bn.frozen",
+    "FrozenL2BatchNorm1d": "l2bn.frozen",
+    "FrozenL2BatchNorm2d": "l2bn.frozen",
+    "FrozenL2BatchNorm3d": "l2bn.frozen",
+    "is_frozen_l2_batch_norm": "l2bn.frozen",
+    "DEFAULT_L2_EPS": "l2bn.functional",
+    "l2_batch_norm": "l2bn.functional",
+    "L2BN_TYPES": "l2bn.kinds",
+    "is_l2bn_layer": "l2bn.kinds",
+    "L2BatchNorm1d": "l2bn.layers",
+    "L2BatchNorm2d": "l2bn.layers",
+    "L2BatchNorm3d": "l2bn.layers",
+    "is_l2_batch_norm": "l2bn.layers",
+    "LazyL2BatchNorm1d": "l2bn.lazy",
+    "LazyL2BatchNorm2d": "l2bn.lazy",
+    "LazyL2BatchNorm3d": "l2bn.lazy",
+    "FrozenL2BatchNormAct2d": "l2bn.norm_act",
+    "L2BatchNormAct2d": "l2bn.norm_act",
+    "SyncL2BatchNormAct": "l2bn.norm_act",
+    "param_groups": "l2bn.weight_decay",
+    "update_bn": "l2bn.swa",
+    "SyncL2BatchNorm": "l2bn.sync",
+    "convert_sync_batchnorm": "l2bn.sync_convert",
+    "convert_sync_l2batchnorm": "l2bn.sync_convert",
+}
 
 __all__ = [
     "DEFAULT_L2_EPS",
@@ -71,3 +85,44 @@ __all__ = [
     "unfreeze",
     "update_bn",
 ]
+
+if TYPE_CHECKING:
+    from l2bn import backends
+    from l2bn.convert import (
+        ConversionReport,
+        ConversionWarning,
+        convert_bn_to_l2bn,
+        convert_l2bn_to_bn,
+        register_conversion,
+    )
+    from l2bn.freezing import freeze, unfreeze
+    from l2bn.frozen import (
+        FrozenL2BatchNorm,
+        FrozenL2BatchNorm1d,
+        FrozenL2BatchNorm2d,
+        FrozenL2BatchNorm3d,
+        is_frozen_l2_batch_norm,
+    )
+    from l2bn.functional import DEFAULT_L2_EPS, l2_batch_norm
+    from l2bn.kinds import L2BN_TYPES, is_l2bn_layer
+    from l2bn.layers import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, is_l2_batch_norm
+    from l2bn.lazy import LazyL2BatchNorm1d, LazyL2BatchNorm2d, LazyL2BatchNorm3d
+    from l2bn.norm_act import FrozenL2BatchNormAct2d, L2BatchNormAct2d, SyncL2BatchNormAct
+    from l2bn.swa import update_bn
+    from l2bn.sync import SyncL2BatchNorm
+    from l2bn.sync_convert import convert_sync_batchnorm, convert_sync_l2batchnorm
+    from l2bn.weight_decay import param_groups
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'l2bn' has no attribute {name!r}")
+    imported = importlib.import_module(module)
+    value = imported if name == "backends" else getattr(imported, name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -29,6 +29,8 @@ class FrozenL2BatchNorm(nn.Module):
     unfrozen layer's ``state_dict``).
     """
 
+    l2bn_per_sample_norm = True  # marks every L2BN layer (see l2bn.kinds.is_l2bn_layer)
+
     _version = 2  # the state_dict version of torch's _NormBase (num_batches_tracked kept)
     _expected_dims: tuple[int, ...] = ()
 

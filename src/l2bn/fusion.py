@@ -10,10 +10,13 @@ The folding paths a model can reach select layers by exact type or by
 ``torch.ao.quantization.fuse_modules``, inductor's conv-BN passes) and never match L2BN,
 which derives from ``_NormBase``. ``torch.nn.utils.fusion.fuse_conv_bn_eval`` and
 ``fuse_linear_bn_eval`` check nothing: given an L2BN layer they would return a layer that
-computes plain BatchNorm. :func:`install_fusion_guards` (run on ``import l2bn``) wraps them so
+computes plain BatchNorm. :func:`install_fusion_guards` (run when ``l2bn.layers`` is
+imported, as it is by every L2BN layer) wraps them so
 that they raise a ``TypeError`` that says why for an L2BN layer and behave exactly as before
-for anything else. Names bound before ``import l2bn`` (``from torch.nn.utils.fusion import
-fuse_conv_bn_eval`` in a script that imports l2bn later) keep the unwrapped function.
+for anything else; a layer is L2BN when its class sets ``l2bn_per_sample_norm = True`` (the
+L2BN and frozen L2BN base classes do). Names bound before the layers are imported (``from
+torch.nn.utils.fusion import fuse_conv_bn_eval`` in a script that imports l2bn later) keep
+the unwrapped function.
 """
 
 from __future__ import annotations
@@ -21,8 +24,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from typing import Any
-
-from l2bn.kinds import is_l2bn_layer
 
 _GUARDED = {"fuse_conv_bn_eval": "convolution", "fuse_linear_bn_eval": "linear layer"}
 
@@ -40,7 +41,7 @@ def _guard(original: Callable[..., Any], into: str) -> Callable[..., Any]:
     @functools.wraps(original)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         bn = args[1] if len(args) > 1 else kwargs.get("bn")
-        if is_l2bn_layer(bn):
+        if getattr(type(bn), "l2bn_per_sample_norm", False):
             refuse_fold(bn, into)
         return original(*args, **kwargs)
 

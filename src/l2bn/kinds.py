@@ -20,8 +20,9 @@ the lazy and timm-layout ones) and frozen (``FrozenL2BatchNorm*``)."""
 
 
 def is_l2bn_layer(module: nn.Module) -> bool:
-    """True for every L2BN layer, trainable or frozen (see :data:`L2BN_TYPES`)."""
-    return isinstance(module, L2BN_TYPES)
+    """True for every L2BN layer, trainable or frozen (see :data:`L2BN_TYPES`): the classes
+    that set ``l2bn_per_sample_norm = True``."""
+    return bool(getattr(type(module), "l2bn_per_sample_norm", False))
 
 
 __all__ = ["L2BN_TYPES", "is_l2bn_layer"]

@@ -24,12 +24,14 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from l2bn._impl.running import momentum_factor
 from l2bn.functional import DEFAULT_L2_EPS, checked_l2_batch_norm, validate_input
+from l2bn.fusion import install_fusion_guards
 
 
 class _L2BatchNorm(_NormBase):
     """Shared base: l2-normalize each sample (eq. 1/3), then batch-normalize (eq. 2)."""
 
     _expected_dims: tuple[int, ...] = ()
+    l2bn_per_sample_norm = True  # marks every L2BN layer (see l2bn.kinds.is_l2bn_layer)
 
     def __init__(
         self,
@@ -247,3 +249,7 @@ L2_BATCH_NORMS: tuple[type[_L2BatchNorm], ...] = (L2BatchNorm1d, L2BatchNorm2d, 
 def is_l2_batch_norm(module: torch.nn.Module) -> bool:
     """True for every L2BN layer (any dimensionality, synchronized or not)."""
     return isinstance(module, _L2BatchNorm)
+
+
+# torch's fuse_conv_bn_eval / fuse_linear_bn_eval refuse L2BN layers (see l2bn.fusion).
+install_fusion_guards()

@@ -17,7 +17,7 @@ import torch
 
 from l2bn.data.base import InMemoryImageDataset
 from l2bn.data.download import extract_tar, fetch
-from l2bn.data.paths import candidate_dirs, download_dir, find_dir, not_found
+from l2bn.data.paths import candidate_dirs, download_dir, find_dir, missing_in_root, not_found
 from l2bn.data.registry import register_dataset
 from l2bn.data.safe_pickle import load_array_pickle
 
@@ -90,6 +90,12 @@ def locate_cifar(spec: CifarSpec, root: str | Path | None = None) -> Path:
         return all((folder / f).is_file() for f in spec.train_files + spec.test_files)
 
     found = find_dir(dirs, ("", spec.folder), complete)
+    if found is None and root is not None:
+
+        def lacking(folder: Path) -> list[str]:
+            return [f for f in spec.train_files + spec.test_files if not (folder / f).is_file()]
+
+        raise missing_in_root(spec.name, root, ("", spec.folder), lacking, _how_to_get(spec))
     if found is None:
         raise not_found(f"{spec.name} python batches", dirs, _how_to_get(spec))
     return found

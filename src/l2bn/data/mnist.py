@@ -17,7 +17,7 @@ import torch
 from l2bn.data.base import InMemoryImageDataset
 from l2bn.data.download import fetch
 from l2bn.data.idx import read_idx
-from l2bn.data.paths import candidate_dirs, download_dir, find_dir, not_found
+from l2bn.data.paths import candidate_dirs, download_dir, find_dir, missing_in_root, not_found
 from l2bn.data.registry import register_dataset
 
 SPLIT_STEMS = {
@@ -129,6 +129,14 @@ def locate_idx(spec: IdxSpec, root: str | Path | None = None, train: bool | None
 
     found = find_dir(dirs, spec.subdirs, complete)
     if found is None:
+        if root is not None:
+            # both splits belong in a data root: name every file it lacks
+            stems = [*SPLIT_STEMS[True], *SPLIT_STEMS[False]]
+
+            def lacking(folder: Path) -> list[str]:
+                return [f"{s}[.gz]" for s in stems if _find_file(folder, s) is None]
+
+            raise missing_in_root(spec.name, root, spec.subdirs, lacking, spec.how_to_get)
         raise not_found(_expected(spec), dirs, spec.how_to_get)
     return found
 

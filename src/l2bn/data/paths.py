@@ -1,6 +1,8 @@
 """Where datasets are looked for, and the error raised when they are not found.
 
-Order: the explicit ``root``, then ``$L2BN_DATA/<name>`` and ``$L2BN_DATA``, then any
+An explicit ``root`` is used alone: the data must be there (in the folder or one of the
+reader's sub-folders), or loading fails naming that folder and the files it lacks. Without
+a root the search order is ``$L2BN_DATA/<name>`` and ``$L2BN_DATA``, then any
 reader-specific system places (Debian's ``/usr/share/datasets/fashion-mnist``), then the
 download cache ``$XDG_CACHE_HOME/l2bn/<name>`` (default ``~/.cache/l2bn/<name>``).
 """
@@ -25,10 +27,11 @@ def download_dir(name: str) -> Path:
 def candidate_dirs(
     name: str, root: str | os.PathLike[str] | None, extra: Iterable[str | Path] = ()
 ) -> list[Path]:
-    """The directories to search for dataset ``name``, in order, without duplicates."""
-    dirs: list[Path] = []
+    """The directories to search for dataset ``name``, in order, without duplicates:
+    ``[root]`` alone when a root is given."""
     if root is not None:
-        dirs.append(Path(root).expanduser())
+        return [Path(root).expanduser()]
+    dirs: list[Path] = []
     env = os.environ.get(ENV_VAR)
     if env:
         dirs += [Path(env).expanduser() / name, Path(env).expanduser()]
@@ -57,3 +60,25 @@ def not_found(what: str, dirs: Sequence[Path], how_to_get: str) -> FileNotFoundE
     """A FileNotFoundError listing what was expected, every place looked, and a remedy."""
     looked = "\n".join(f"  - {d}" for d in dirs)
     return FileNotFoundError(f"{what} not found. Looked in:\n{looked}\n{how_to_get}")
+
+
+def missing_in_root(
+    what: str,
+    root: str | os.PathLike[str],
+    subdirs: Sequence[str],
+    missing: Callable[[Path], list[str]],
+    how_to_get: str = "",
+) -> FileNotFoundError:
+    """The error for an explicit ``root`` that does not hold the dataset: it names the
+    folder (of ``root`` and its ``subdirs``) that comes closest and what it lacks."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        state = "is not a directory" if root.exists() else "does not exist"
+        return FileNotFoundError(f"{what}: the data root {root} {state}. {how_to_get}".rstrip())
+    folders = [root / sub if sub else root for sub in subdirs]
+    folders = [folder for folder in folders if folder.is_dir()]
+    closest = min(folders, key=lambda folder: len(missing(folder)))
+    return FileNotFoundError(
+        f"{what}: {closest} lacks {', '.join(missing(closest))} (an explicit data root is "
+        f"used alone; without one the default places are searched). {how_to_get}".rstrip()
+    )

@@ -55,6 +55,11 @@ class Augmentation:
         return images if fn is None else fn(images, generator)
 
 
+class DatasetOptionError(TypeError, ValueError):
+    """A dataset option (``dataset_kwargs``) the reader does not accept: a TypeError for
+    callers of :func:`load_dataset`, a ValueError (a bad setting) for the command line."""
+
+
 _DATASETS: dict[str, DatasetEntry] = {}
 _AUGMENTATIONS: dict[str, Augmentation] = {}
 _optional_loaded = False
@@ -161,7 +166,7 @@ def load_dataset(name: str, root: str | Path | None = None, train: bool = True, 
         return entry.factory(root=root, train=train, **kwargs)
     except TypeError as err:
         if "unexpected keyword argument" in str(err) and kwargs:
-            raise TypeError(
+            raise DatasetOptionError(
                 f"dataset {entry.name!r} got an option it does not accept ({err}); "
                 f"options given: {', '.join(sorted(kwargs))}"
             ) from err

@@ -221,18 +221,32 @@ def coerce(name: str, value: Any) -> Any:
 
 def parse_assignment(text: str) -> tuple[str, Any]:
     """Split ``key=value`` (the ``--set`` syntax); the value is read as YAML."""
-    import yaml
-
     key, sep, raw = text.partition("=")
     key = key.strip().replace("-", "_")
     if not sep or not key:
         raise ValueError(f"--set expects key=value, got {text!r}")
-    if key.startswith("norm_kwargs."):
-        return key, yaml.safe_load(raw)
+    if key.startswith("norm_kwargs.") and key != "norm_kwargs.":
+        return key, _yaml_value(text, raw)
     if key not in field_names():
-        raise ValueError(f"unknown config key {key!r}; valid: {', '.join(field_names())}")
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    return key, coerce(key, value)
+        raise ValueError(
+            f"--set {text}: unknown config key {key!r}; valid: {', '.join(field_names())}"
+        )
+    value = _yaml_value(text, raw) if raw.strip() else ""
+    try:
+        return key, coerce(key, value)
+    except ValueError as err:
+        raise ValueError(f"--set {text}: {err}") from None
+
+
+def _yaml_value(text: str, raw: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ValueError(
+            f"--set {text}: the value is not valid YAML ({yaml_problem(err)})"
+        ) from None
 
 
 def apply_assignments(config: ExperimentConfig, assignments: list[str]) -> ExperimentConfig:
@@ -245,3 +259,12 @@ def apply_assignments(config: ExperimentConfig, assignments: list[str]) -> Exper
         else:
             data[key] = value
     return ExperimentConfig.from_dict(data)
+
+
+def yaml_problem(err: Exception) -> str:
+    """A YAML parse error in one line: where (line, column) and what."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).split("\n")[0]
+    if mark is None:
+        return problem
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"

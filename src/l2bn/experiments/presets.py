@@ -6,7 +6,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from l2bn.experiments.config import ExperimentConfig
+from l2bn.experiments.config import ExperimentConfig, yaml_problem
 
 DEFAULT_PRESET = "fmnist-resnet20"
 
@@ -47,8 +47,12 @@ def load_config_file(path: str | Path, base: ExperimentConfig | None = None) -> 
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        state = "is not a file" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"config file {path} {state}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({yaml_problem(err)})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must be a YAML mapping")
     preset = data.pop("preset", None)

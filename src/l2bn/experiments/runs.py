@@ -1,7 +1,10 @@
-"""Run directories: ``<runs>/<preset>/<model>-<norm>[-<placement>]/seed<k>/``.
+"""Run directories: ``<runs>/<name>/<model>-<norm>[-<placement>]/seed<k>/``, where ``<name>``
+is the config's ``name`` (by default the preset's).
 
-A run directory holds ``config.yaml`` (the resolved config), ``metrics.jsonl``,
-``checkpoint.pt`` (and ``checkpoint.prev.pt``), optional ``tensorboard/`` logs and, once
+A run directory holds ``config.yaml`` (the resolved config), ``fingerprint.json`` (the run's
+identity, :mod:`l2bn.experiments.identity`), ``metrics.jsonl``, ``checkpoint.pt`` (and
+``checkpoint.prev.pt``; ``checkpoint.damaged-N.pt`` for checkpoints that failed to load),
+``lock`` (:mod:`l2bn.experiments.run_lock`), optional ``tensorboard/`` logs and, once
 finished, a ``done`` marker (JSON summary).
 """
 

@@ -9,6 +9,10 @@ Reproducibility: the model is initialized after ``torch.manual_seed(seed)``; eve
 randomness in epoch ``e`` (data order and augmentation inside ``build_loader``, mixup, dropout)
 is seeded from ``(seed, e, rank)`` alone. A run resumed from the checkpoint of epoch ``e``
 therefore ends with exactly the weights of an uninterrupted run (same seed, CPU, threads).
+
+Integrity: a run directory is bound to its run's identity by a fingerprint
+(:mod:`l2bn.experiments.identity`) and is written by one process at a time
+(:mod:`l2bn.experiments.run_lock`); the data are read before anything is written.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,20 +41,32 @@ from l2bn.experiments.distributed import (
     shutdown_distributed,
     wrap_model,
 )
+from l2bn.experiments.errors import RunExistsError
 from l2bn.experiments.evaluation import evaluate_epoch
+from l2bn.experiments.identity import (
+    clear_run,
+    fingerprint,
+    inspect_run,
+    mismatch_error,
+    run_identity,
+    write_identity,
+)
 from l2bn.experiments.metrics_log import append_metrics, keep_epochs_before, read_metrics
 from l2bn.experiments.progress import progress
+from l2bn.experiments.run_lock import run_lock
 from l2bn.experiments.runs import (
+    CHECKPOINT_FILE,
     CONFIG_FILE,
+    DONE_FILE,
     METRICS_FILE,
-    is_done,
+    PREVIOUS_CHECKPOINT_FILE,
     variant_name,
     write_done,
 )
 from l2bn.experiments.schedule import build_scheduler
 
-# Settings that change how a run executes but not its numbers: may differ on resume.
-_EXECUTION_ONLY = ("num_workers", "device", "threads", "data_root", "notes")
+__all__ = ["KILL_ENV", "RunExistsError", "build_model", "derive_seed", "train_run"]
+
 # Test hook: "EPOCH:STEP" (0-based) makes the process kill itself with SIGKILL there.
 KILL_ENV = "L2BN_TEST_KILL_AT"
 
@@ -66,10 +83,6 @@ def derive_seed(*values: int) -> int:
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
         state = z ^ (z >> 31)
     return state & ((1 << 63) - 1)
-
-
-class RunExistsError(RuntimeError):
-    """The run directory already holds a different or unfinished run."""
 
 
 def build_model(config: ExperimentConfig, num_classes: int, in_channels: int) -> nn.Module:
@@ -123,23 +136,6 @@ def _train_batch_inputs(
     return images, None
 
 
-def _check_same_config(directory: Path, config: ExperimentConfig) -> None:
-    path = directory / CONFIG_FILE
-    if not path.exists():
-        return
-    saved = ExperimentConfig.from_yaml(path.read_text(encoding="utf-8")).to_dict()
-    current = config.to_dict()
-    differing = [
-        key for key in current if key not in _EXECUTION_ONLY and saved.get(key) != current[key]
-    ]
-    if differing:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in differing)
-        raise RunExistsError(
-            f"{directory} holds a run with a different config ({details}); "
-            "use another --runs-dir or --name, or delete the directory"
-        )
-
-
 @contextlib.contextmanager
 def _tensorboard(directory: Path, enabled: bool) -> Iterator[Any]:
     if not enabled:
@@ -164,6 +160,7 @@ def train_run(
     directory: str | Path,
     *,
     resume: bool = True,
+    overwrite: bool = False,
     quiet: bool = False,
     tensorboard: bool = False,
     sync_bn: bool = False,
@@ -172,58 +169,161 @@ def train_run(
 ) -> dict[str, Any]:
     """Train one seed of ``config`` into ``directory``; returns the run summary.
 
-    A finished run (``done`` marker) is not repeated. An unfinished one continues from its
-    last good checkpoint when ``resume`` is true; otherwise RunExistsError is raised.
+    A finished run of the same identity (fingerprint) is not repeated. An unfinished one
+    continues from its last good checkpoint when ``resume`` is true; otherwise
+    RunExistsError is raised. A directory holding a run of another identity raises
+    RunMismatchError, or with ``overwrite`` is cleared and trained afresh.
     """
     directory = Path(directory)
     config = config.replace(seeds=[seed])
-    if is_done(directory):
-        _check_same_config(directory, config)
-        import json
-
-        return json.loads((directory / "done").read_text(encoding="utf-8"))
+    identity = run_identity(config, seed)
+    state = inspect_run(directory, identity)
+    if state.holds_run and not state.same and not overwrite:
+        raise mismatch_error(directory, state)
+    if state.same and state.done:
+        return _read_summary(directory)
     own_context = context is None
     context = context or init_distributed(config.device)
     try:
         bars = progress_bars and not quiet
-        return _train(config, seed, directory, resume, quiet, bars, tensorboard, sync_bn, context)
+        return _train(
+            config,
+            seed,
+            directory,
+            identity,
+            resume,
+            overwrite,
+            quiet,
+            bars,
+            tensorboard,
+            sync_bn,
+            context,
+        )
     finally:
         if own_context:
             shutdown_distributed(context)
+
+
+def _read_summary(directory: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads((directory / DONE_FILE).read_text(encoding="utf-8"))
+
+
+def _prepare_directory(
+    directory: Path,
+    config: ExperimentConfig,
+    identity: dict[str, Any],
+    resume: bool,
+    overwrite: bool,
+) -> bool:
+    """Under the run's lock: check (or, with ``overwrite``, clear) what the directory
+    holds, then bind it to ``identity``. True when the run turns out to be finished."""
+    state = inspect_run(directory, identity)
+    if state.holds_run and not state.same:
+        if not overwrite:
+            raise mismatch_error(directory, state)
+        clear_run(directory)
+    elif state.done:
+        return True
+    has_checkpoint = any(
+        (directory / name).exists() for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE)
+    )
+    if has_checkpoint and not resume:
+        raise RunExistsError(
+            f"{directory} holds an unfinished run of this configuration (it has a "
+            "checkpoint); pass --resume to continue it"
+        )
+    write_identity(directory, identity)
+    tmp = directory / (CONFIG_FILE + ".tmp")
+    tmp.write_text(config.to_yaml(), encoding="utf-8")
+    os.replace(tmp, directory / CONFIG_FILE)  # other ranks may be reading it
+    return False
 
 
 def _train(
     config: ExperimentConfig,
     seed: int,
     directory: Path,
+    identity: dict[str, Any],
     resume: bool,
+    overwrite: bool,
     quiet: bool,
     bars: bool,
     tensorboard: bool,
     sync_bn: bool,
     context: DistContext,
 ) -> dict[str, Any]:
-    from l2bn.data import build_loader, load_dataset
+    from l2bn.data import load_dataset
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    device = context.device
-    _check_same_config(directory, config)
-    state = ckpt.load_latest_checkpoint(directory)
-    if state is not None and not resume:
-        raise RunExistsError(
-            f"{directory} holds an unfinished run (checkpoint after epoch {state['epoch']}); "
-            "pass --resume to continue it"
-        )
-    if context.is_main:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / (CONFIG_FILE + ".tmp")
-        tmp.write_text(config.to_yaml(), encoding="utf-8")
-        os.replace(tmp, directory / CONFIG_FILE)  # other ranks may be reading it
-
+    # the data first: a missing or faulty dataset stops the run before anything is written
     data_kwargs = dict(config.dataset_kwargs)
     train_set = load_dataset(config.dataset, root=config.data_root, train=True, **data_kwargs)
     test_set = load_dataset(config.dataset, root=config.data_root, train=False, **data_kwargs)
+    lock = run_lock(directory) if context.is_main else contextlib.nullcontext()
+    with lock:
+        finished = False
+        if context.is_main:
+            finished = _prepare_directory(directory, config, identity, resume, overwrite)
+        context.barrier()
+        if finished:
+            return _read_summary(directory)
+        return _train_locked(
+            config,
+            seed,
+            directory,
+            fingerprint(identity),
+            quiet,
+            bars,
+            tensorboard,
+            sync_bn,
+            context,
+            train_set,
+            test_set,
+        )
+
+
+def _resume_point(
+    directory: Path, run_fingerprint: str, seed: int, context: DistContext
+) -> ckpt.FoundCheckpoint | None:
+    """The checkpoint to resume from, after checking that it belongs to this run; a newer
+    one that failed to load is set aside (rank 0) before the first save."""
+    found = ckpt.find_latest_checkpoint(directory)
+    context.barrier()  # every rank has read it before rank 0 moves a damaged file
+    if found is None:
+        return None
+    ckpt.check_checkpoint_belongs(found.path, found.state, run_fingerprint, seed)
+    if found.problems and context.is_main:
+        kept = [ckpt.set_aside(path) for path in found.rejected if path.exists()]
+        where = f"; the damaged file is kept as {', '.join(map(str, kept))}" if kept else ""
+        warnings.warn(
+            f"{'; '.join(found.problems)}; resuming from the previous good checkpoint "
+            f"{found.path} (epoch {found.state['epoch']}){where}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return found
+
+
+def _train_locked(
+    config: ExperimentConfig,
+    seed: int,
+    directory: Path,
+    run_fingerprint: str,
+    quiet: bool,
+    bars: bool,
+    tensorboard: bool,
+    sync_bn: bool,
+    context: DistContext,
+    train_set: Any,
+    test_set: Any,
+) -> dict[str, Any]:
+    from l2bn.data import build_loader
+
+    device = context.device
+    found = _resume_point(directory, run_fingerprint, seed, context)
     num_classes = int(train_set.num_classes)
 
     torch.manual_seed(seed)
@@ -266,8 +366,9 @@ def _train(
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
 
     start_epoch, best_acc, best_epoch = 0, -math.inf, 0
-    if state is not None:
-        ckpt.load_model_state(model, state["model"])
+    if found is not None:
+        state = found.state
+        ckpt.load_model_state(model, state["model"], source=f"checkpoint {found.path}")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = int(state["epoch"])
@@ -342,6 +443,7 @@ def _train(
                         "best_acc": best_acc,
                         "best_epoch": best_epoch,
                         "seed": seed,
+                        "fingerprint": run_fingerprint,
                         "world_size": context.world_size,
                         "config": config.to_dict(),
                     },

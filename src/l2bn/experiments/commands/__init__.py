@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 # Flags that set one config field each: (flag, field, help).
@@ -53,23 +56,34 @@ def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str | 
 
 
 def resolve_config(args: argparse.Namespace) -> Any:
-    """The config from preset, file, shortcut flags and --set, in that order."""
+    """The config from preset, file, shortcut flags and --set, in that order.
+
+    Any fault in them (unknown preset or key, a value of the wrong type, a config file that
+    is missing or not valid YAML) is a UsageError.
+    """
     from l2bn.experiments.config import apply_assignments, coerce
+    from l2bn.experiments.errors import UsageError
     from l2bn.experiments.presets import load_config_file, load_preset
 
-    config = load_preset(args.preset)
-    if args.config:
-        config = load_config_file(args.config, base=config)
-    changes = {}
-    for _, key, _ in _SHORTCUTS:
-        value = getattr(args, f"cfg_{key}", None)
-        if value is not None:
-            changes[key] = coerce(key, value)
-    if getattr(args, "no_metrics", False):
-        changes["metrics"] = False
-    if changes:
-        config = config.replace(**changes)
-    return apply_assignments(config, args.assignments)
+    try:
+        config = load_preset(args.preset)
+        if args.config:
+            config = load_config_file(args.config, base=config)
+        changes = {}
+        for flag, key, _ in _SHORTCUTS:
+            value = getattr(args, f"cfg_{key}", None)
+            if value is not None:
+                try:
+                    changes[key] = coerce(key, value)
+                except ValueError as err:
+                    raise ValueError(f"{flag}: {err}") from None
+        if getattr(args, "no_metrics", False):
+            changes["metrics"] = False
+        if changes:
+            config = config.replace(**changes)
+        return apply_assignments(config, args.assignments)
+    except (ValueError, OSError) as err:
+        raise UsageError(str(err)) from None
 
 
 def list_presets_if_asked(args: argparse.Namespace) -> bool:
@@ -92,15 +106,67 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="under torchrun: synchronize BN/L2BN statistics across processes",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete a run directory that holds a run of another configuration and train "
+        "it afresh (without it such a directory is an error)",
+    )
 
 
-def run_guarded(command: str, body: Callable[[], int]) -> int:
-    """Run ``body``; user-facing errors become one message on stderr and exit code 1."""
+def run_guarded(command: str, body: Callable[[], int], resume_hint: str = "") -> int:
+    """Run ``body``; user-facing errors become one line on stderr and an exit code.
+
+    Exit codes: 2 for a UsageError (bad input or environment, found before any work), 1 for
+    an error while working (data, run directory, checkpoint, disk), 130 for Ctrl-C, which
+    prints ``resume_hint``. ``L2BN_DEBUG=1`` lets the exception through, with its traceback.
+    """
+    from l2bn.data.registry import DatasetOptionError
     from l2bn.experiments.checkpoint import CheckpointError
-    from l2bn.experiments.train import RunExistsError
+    from l2bn.experiments.errors import RunExistsError, UsageError
+    from l2bn.experiments.run_lock import RunLockedError
 
+    debug = os.environ.get("L2BN_DEBUG", "") not in ("", "0")
+    working_errors = (
+        FileNotFoundError,
+        ValueError,
+        ImportError,
+        OSError,
+        CheckpointError,
+        RunExistsError,
+        RunLockedError,
+    )
     try:
-        return body()
-    except (FileNotFoundError, ValueError, ImportError, CheckpointError, RunExistsError) as err:
+        with one_line_warnings(command):
+            return body()
+    except (UsageError, DatasetOptionError) as err:
+        if debug:
+            raise
+        print(f"l2bn {command}: error: {err}", file=sys.stderr)
+        return 2
+    except working_errors as err:
+        if debug:
+            raise
         print(f"l2bn {command}: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"\nl2bn {command}: interrupted. {resume_hint}".rstrip(), file=sys.stderr)
+        return 130
+
+
+@contextlib.contextmanager
+def one_line_warnings(command: str) -> Iterator[None]:
+    """Show warnings (e.g. a checkpoint fallback) as ``l2bn <command>: warning: ...``,
+    without Python's file, line and source excerpt."""
+    original = warnings.formatwarning
+
+    def one_line(message: Warning | str, *args: Any, **kwargs: Any) -> str:
+        return f"l2bn {command}: warning: {message}\n"
+
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original

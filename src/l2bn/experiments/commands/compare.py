@@ -10,7 +10,9 @@ worker processes (``--jobs``), each with its share of the cores.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,6 +22,7 @@ from l2bn.experiments.commands import (
     add_config_arguments,
     add_run_arguments,
     list_presets_if_asked,
+    one_line_warnings,
     resolve_config,
     run_guarded,
 )
@@ -54,10 +57,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+RESUME_HINT = (
+    "Finished runs are kept and unfinished ones keep their last finished epoch: rerun the "
+    "same command to continue them exactly."
+)
+
+
 def run(args: argparse.Namespace) -> int:
     if list_presets_if_asked(args):
         return 0
-    return run_guarded("compare", lambda: _run(args))
+    return run_guarded("compare", lambda: _run(args), resume_hint=RESUME_HINT)
 
 
 def plan_variants(config: Any, norms: str, placements: str | None) -> list[Any]:
@@ -93,27 +102,84 @@ def _auto_jobs(config: Any, pending: int) -> int:
     return max(1, min(pending, os.cpu_count() or 1))
 
 
+_worker_interrupted = False
+
+
 def _worker(config_dict: dict, seed: int, directory: str, options: dict) -> dict:
-    """Entry point of a spawned worker process: one run."""
+    """Entry point of a spawned worker process: one run. Ctrl-C (SIGINT) stops it at once,
+    like the parent, and is reported back as ``{"interrupted": True}``, not as a traceback;
+    after that the worker starts no other run. Between runs it ignores SIGINT (see
+    ``_ignore_sigint``)."""
+    global _worker_interrupted
     from l2bn.experiments.config import ExperimentConfig
     from l2bn.experiments.train import train_run
 
-    return train_run(ExperimentConfig.from_dict(config_dict), seed, directory, **options)
+    if _worker_interrupted:
+        return {"interrupted": True}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with one_line_warnings("compare"):
+            return train_run(ExperimentConfig.from_dict(config_dict), seed, directory, **options)
+    except KeyboardInterrupt:
+        _worker_interrupted = True
+        return {"interrupted": True}
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _ignore_sigint() -> None:
+    """Worker initializer: an idle worker ignores Ctrl-C (the parent handles it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _plan(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    """The config and its variants, every name, value and device checked (UsageError)."""
+    from l2bn.experiments.errors import UsageError
+    from l2bn.experiments.preflight import check_config
+
+    config = resolve_config(args)
+    try:
+        variants = plan_variants(config, args.norms, args.placements)
+    except ValueError as err:
+        raise UsageError(f"--{'placements' if args.placements else 'norms'}: {err}") from None
+    for variant in variants:
+        check_config(variant)
+    return config, variants
 
 
 def _run(args: argparse.Namespace) -> int:
-    from l2bn.experiments.runs import is_done, load_run, run_dir
+    from l2bn.experiments.identity import inspect_run, mismatch_error, run_identity
+    from l2bn.experiments.preflight import check_output_dir, check_world_size
+    from l2bn.experiments.runs import load_run, run_dir
 
     started = time.time()
-    config = resolve_config(args)
-    variants = plan_variants(config, args.norms, args.placements)
+    config, variants = _plan(args)
     runs = [(v, seed, run_dir(args.runs_dir, v, seed)) for v in variants for seed in config.seeds]
+    states = [inspect_run(d, run_identity(v, seed)) for v, seed, d in runs]
     if args.dry_run:
         sys.stdout.write(config.to_yaml())
-        for _, _, directory in runs:
-            print(f"# run: {directory}{' (done)' if is_done(directory) else ''}")
+        for (_, _, directory), state in zip(runs, states, strict=True):
+            tag = ""
+            if state.holds_run and not state.same:
+                tag = " (holds another configuration)"
+            elif state.done:
+                tag = " (done)"
+            print(f"# run: {directory}{tag}")
         return 0
-    pending = [(v, s, d) for v, s, d in runs if not is_done(d)]
+    check_world_size(config)
+    check_output_dir(args.runs_dir, "runs folder")
+    if args.out:
+        check_output_dir(args.out, "report folder")
+    conflicts = [(d, st) for (_, _, d), st in zip(runs, states, strict=True) if not st.same]
+    conflicts = [(d, st) for d, st in conflicts if st.holds_run]
+    if conflicts and not args.overwrite:
+        directory, state = conflicts[0]
+        error = mismatch_error(directory, state)
+        if len(conflicts) > 1:
+            error.args = (f"{error} [{len(conflicts) - 1} more run(s) differ]",)
+        raise error
+    finished = [st.same and st.done for st in states]
+    pending = [run for run, done in zip(runs, finished, strict=True) if not done]
     skipped = len(runs) - len(pending)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     say(
@@ -125,6 +191,7 @@ def _run(args: argparse.Namespace) -> int:
         jobs = args.jobs if args.jobs > 0 else _auto_jobs(config, len(pending))
         options = {
             "resume": True,
+            "overwrite": args.overwrite,
             "quiet": args.quiet,
             "tensorboard": args.tensorboard,
             "sync_bn": args.sync_bn,
@@ -179,7 +246,8 @@ def _run_parallel(pending: list[tuple[Any, int, Path]], options: dict, jobs: int
     # with the bar on, workers stay quiet (their lines would break it)
     options = {**options, "progress_bars": False, "quiet": options["quiet"] or bar is not None}
     report = bar.write if bar is not None else say
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_ignore_sigint) as pool:
         futures = {}
         for config, seed, directory in pending:
             if config.threads is None:
@@ -193,15 +261,27 @@ def _run_parallel(pending: list[tuple[Any, int, Path]], options: dict, jobs: int
                 if bar is not None:
                     bar.update(_epochs_done(pending) - bar.n)
                 for future in done:
-                    best = future.result()["best_test_acc"]
+                    result = future.result()
+                    if result.get("interrupted"):
+                        raise KeyboardInterrupt
+                    best = result["best_test_acc"]
                     report(f"finished {futures[future]}: best test accuracy {best:.2f}%")
         except BaseException:
-            for future in futures:
-                future.cancel()
+            workers = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            _interrupt_workers(workers)
             raise
         finally:
             if bar is not None:
                 bar.close()
+
+
+def _interrupt_workers(workers: list[Any]) -> None:
+    """Stop the runs still going (as Ctrl-C would): each keeps its last checkpoint."""
+    for process in workers:
+        if process.is_alive():
+            with contextlib.suppress(OSError):
+                os.kill(process.pid, signal.SIGINT)
 
 
 def _epochs_done(pending: list[tuple[Any, int, Path]]) -> int:

@@ -14,6 +14,11 @@ from l2bn.experiments.commands import (
     run_guarded,
 )
 
+RESUME_HINT = (
+    "The run keeps its last finished epoch: rerun the same command with --resume to "
+    "continue it exactly."
+)
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, None)
@@ -31,26 +36,46 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if list_presets_if_asked(args):
         return 0
-    return run_guarded("train", lambda: _run(args))
+    return run_guarded("train", lambda: _run(args), resume_hint=RESUME_HINT)
+
+
+def _chosen_seed(args: argparse.Namespace, seeds: list[int]) -> int:
+    """``--seed``, else the one seed of ``--seeds``, else the config's first seed."""
+    from l2bn.experiments.errors import UsageError
+
+    if args.cfg_seeds is not None and args.seed is not None:
+        raise UsageError("pass either --seed or --seeds, not both")
+    if args.cfg_seeds is not None and len(seeds) > 1:
+        listed = ",".join(map(str, seeds))
+        raise UsageError(
+            f"--seeds lists {len(seeds)} seeds ({listed}), but l2bn train runs one: pass "
+            f"--seed {seeds[0]}, or use l2bn compare to train several seeds"
+        )
+    return args.seed if args.seed is not None else seeds[0]
 
 
 def _run(args: argparse.Namespace) -> int:
+    from l2bn.experiments.preflight import check_config, check_output_dir, check_world_size
     from l2bn.experiments.runs import run_dir
     from l2bn.experiments.train import train_run
 
     config = resolve_config(args)
-    seed = args.seed if args.seed is not None else config.seeds[0]
+    seed = _chosen_seed(args, config.seeds)
     if args.seed is not None:
         config = config.replace(seeds=[seed])
+    check_config(config)
     if args.dry_run:
         sys.stdout.write(config.to_yaml())
         return 0
+    check_world_size(config)
     directory = args.run_dir or run_dir(args.runs_dir, config, seed)
+    check_output_dir(directory, "run directory")
     summary = train_run(
         config,
         seed,
         directory,
         resume=args.resume,
+        overwrite=args.overwrite,
         quiet=args.quiet,
         tensorboard=args.tensorboard,
         sync_bn=args.sync_bn,

@@ -1,0 +1,114 @@
+"""Checks that run before the first run of a command starts, and before anything is written.
+
+Each raises :class:`~l2bn.experiments.errors.UsageError` with one line naming the faulty
+input: every name in the config (model, norm, placement, dataset, augmentation), the norm's
+and model's keyword arguments (the model is built once on the ``meta`` device, which
+allocates nothing), the device, and the folders a command will write to.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from l2bn.experiments.config import ExperimentConfig
+from l2bn.experiments.errors import UsageError
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N"
+
+
+def _check_name(kind: str, name: str, valid: list[str]) -> None:
+    if name.strip().lower() not in [v.lower() for v in valid]:
+        raise UsageError(f"unknown {kind} {name!r}; valid names: {', '.join(valid)}")
+
+
+def check_names(config: ExperimentConfig) -> None:
+    """Model, norm, dataset and augmentation names exist (placements and schedulers are
+    checked by the config itself)."""
+    from l2bn.data import list_augmentations, list_datasets
+    from l2bn.models import list_models
+    from l2bn.norms import list_norms
+
+    _check_name("model", config.model, list_models())
+    _check_name("norm", config.norm, list_norms())
+    _check_name("dataset", config.dataset, list_datasets())
+    _check_name("augmentation", config.augment, list_augmentations())
+
+
+def check_model(config: ExperimentConfig) -> None:
+    """The model builds with this norm, its ``norm_kwargs`` and the L2BN placement.
+
+    Built on the ``meta`` device (no memory, no computation) with placeholder class and
+    channel counts, which no builder checks against the data.
+    """
+    from l2bn.experiments.train import build_model
+
+    try:
+        with torch.device("meta"):
+            build_model(config, num_classes=10, in_channels=3)
+    except (TypeError, ValueError) as err:
+        what = f"model {config.model!r} with norm {config.norm!r}"
+        if config.norm_kwargs:
+            what += f" and norm_kwargs {config.norm_kwargs}"
+        if config.l2bn_layers != "all":
+            what += f" placed in {config.l2bn_layers!r}"
+        raise UsageError(f"{what} cannot be built: {err}") from None
+
+
+def check_device(name: str) -> None:
+    """``name`` is a device this torch can use: auto, cpu, or an existing CUDA device."""
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"unknown device {name!r}; valid: {DEVICE_CHOICES}") from None
+    if device.type == "cpu":
+        return
+    if device.type != "cuda":
+        raise UsageError(f"device {name!r} is not supported; valid: {DEVICE_CHOICES}")
+    if not torch.cuda.is_available():
+        why = (
+            f"this torch ({torch.__version__}) was built without CUDA"
+            if torch.version.cuda is None
+            else "no CUDA GPU is visible"
+        )
+        raise UsageError(f"device {name!r} requested, but {why}; use --device cpu or auto")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise UsageError(f"device {name!r} requested, but only {count} CUDA device(s) exist")
+
+
+def check_output_dir(path: str | Path, what: str) -> None:
+    """``path`` is a directory, or can be created: its first existing ancestor is a
+    writable directory. Nothing is created here."""
+    path = Path(path).expanduser()
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        if probe == path:
+            raise UsageError(f"{what} {path} is a file, not a directory")
+        raise UsageError(f"{what} {path} cannot be created: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        place = "" if probe == path else f" (its existing parent {probe})"
+        raise UsageError(f"{what} {path}{place} is not writable")
+
+
+def check_config(config: ExperimentConfig) -> None:
+    """Names, model and device of one config."""
+    check_names(config)
+    check_model(config)
+    check_device(config.device)
+
+
+def check_world_size(config: ExperimentConfig) -> None:
+    """Under torchrun, the total batch size divides among the processes."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if config.batch_size % world_size:
+        raise UsageError(
+            f"batch_size {config.batch_size} (the total over all processes, as in the paper) "
+            f"is not divisible by the {world_size} processes"
+        )

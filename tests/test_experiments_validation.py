@@ -1,0 +1,121 @@
+"""Validate before work: every bad name, value, folder or device is one line
+``l2bn <command>: error: ...`` with exit code 2, before anything is written.
+
+Each command runs on MNIST with an empty ``--data-root`` and no other place to find it:
+should the check it tests be missing, the command stops at the data (exit code 1) instead
+of training."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from l2bn.cli import main
+from test_experiments_datasets import write_idx
+
+CASES = {
+    "unknown norm in --norms": (["compare", "--norms", "bn,nosuch"], "unknown norm 'nosuch'"),
+    "norm kwarg": (["train", "--set", "norm_kwargs.foo=1"], "unexpected keyword argument 'foo'"),
+    "bad YAML": (["train", "--config", "{bad}"], "bad.yaml: not valid YAML (line 3, column"),
+    "runs dir is a file": (["train", "--runs-dir", "{file}"], "is a file"),
+    "runs dir under a file": (["compare", "--runs-dir", "{file}/sub"], "is a file"),
+    "unknown device": (["train", "--device", "nosuch"], "unknown device 'nosuch'"),
+    "several seeds in train": (["train", "--seeds", "1,2"], "l2bn train runs one"),
+    "bad --set value": (["compare", "--set", "lr=abc"], "lr must be a number, got 'abc'"),
+    "bad --set key": (["train", "--set", "lr_max=1"], "unknown config key 'lr_max'"),
+    "bad flag value": (["train", "--epochs", "x"], "--epochs: epochs must be an integer"),
+    "unknown model": (["train", "--model", "nosuch"], "unknown model 'nosuch'"),
+    "unknown dataset": (["train", "--dataset", "nosuch"], "unknown dataset 'nosuch'"),
+    "unknown augmentation": (["train", "--set", "augment=nosuch"], "unknown augmentation"),
+    "unknown placement": (["compare", "--placements", "all,nosuch"], "--placements: unknown"),
+    "unknown preset": (["compare", "--preset", "nosuch"], "unknown preset 'nosuch'"),
+}
+
+
+@pytest.fixture
+def no_data(tmp_path: Path, monkeypatch) -> list[str]:
+    """Options that leave a command no dataset to train on (MNIST, an empty root)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.delenv("L2BN_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(empty))
+    return ["--dataset", "mnist", "--data-root", str(empty)]
+
+
+def _one_error_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"l2bn {command}: error: "), err
+    return err
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    case: str, tmp_path: Path, monkeypatch, capsys, no_data: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text("epochs: 3\nlr: [0.1\nmodel: : x\n")
+    (tmp_path / "file").write_text("not a folder")
+    argv, expected = CASES[case]
+    argv = [a.format(bad=tmp_path / "bad.yaml", file=tmp_path / "file") for a in argv]
+    if "--runs-dir" not in argv:
+        argv += ["--runs-dir", str(tmp_path / "runs")]
+    argv[1:1] = no_data
+    before = sorted(os.listdir(tmp_path))
+    assert main(argv) == 2
+    assert expected in _one_error_line(capsys, argv[0])
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_a_usage_error(tmp_path: Path, capsys, no_data) -> None:
+    assert main(["train", *no_data, "--device", "cuda", "--runs-dir", str(tmp_path / "r")]) == 2
+    assert "device 'cuda' requested, but" in _one_error_line(capsys, "train")
+
+
+def test_runs_dir_without_write_permission(
+    tmp_path: Path, monkeypatch, capsys, no_data: list[str]
+) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.geteuid() == 0:  # root may write anywhere: let the permission check say no
+        real_access = os.access
+        monkeypatch.setattr(
+            os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode)
+        )
+    assert main(["compare", *no_data, "--runs-dir", str(locked / "runs")]) == 2
+    assert f"{locked / 'runs'} (its existing parent {locked}) is not writable" in _one_error_line(
+        capsys, "compare"
+    )
+    assert os.listdir(locked) == []
+
+
+def test_l2bn_debug_shows_the_exception(tmp_path: Path, monkeypatch, no_data) -> None:
+    from l2bn.experiments.errors import UsageError
+
+    monkeypatch.setenv("L2BN_DEBUG", "1")
+    with pytest.raises(UsageError, match="unknown norm"):
+        main(["compare", *no_data, "--norms", "nosuch", "--runs-dir", str(tmp_path / "r")])
+
+
+def test_explicit_data_root_is_used_alone_and_checked_before_writing(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    # complete data where the search order would find it must not stand in for --data-root
+    monkeypatch.setenv("L2BN_DATA", str(tmp_path / "store"))
+    write_idx(tmp_path / "store" / "fashion-mnist", n_train=16, n_test=8)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    runs = tmp_path / "runs"
+    base = ["train", "--threads", "1", "--runs-dir", str(runs), "--quiet"]
+    assert main([*base, "--data-root", str(empty)]) == 1
+    err = _one_error_line(capsys, "train")
+    assert f"{empty} lacks train-images-idx3-ubyte[.gz]" in err and "t10k-labels" in err
+    assert not runs.exists()
+    # a dataset option the reader does not accept is a bad --set value
+    assert main([*base, "--set", "dataset_kwargs={foo: 1}"]) == 2
+    assert "got an option it does not accept" in _one_error_line(capsys, "train")
+    assert not runs.exists()
