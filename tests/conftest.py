@@ -17,7 +17,7 @@ def one_thread():
 
 @pytest.fixture(params=["fused", "pytorch"])
 def each_path(request):
-    """Run a test on the fused C++ kernels and on the pure-PyTorch path (issue 3)."""
+    """Run a test on the fused C++ kernels and on the pure-PyTorch path."""
     from l2bn import backends
 
     if request.param == "fused" and not backends.available("cpu"):

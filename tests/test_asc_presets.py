@@ -1,4 +1,4 @@
-"""The acoustic presets encode paper section 4.2 and the recipes it cites (issue 8)."""
+"""The acoustic presets encode paper section 4.2 and the recipes it cites."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from l2bn.experiments.presets import list_presets, load_preset
 from l2bn.experiments.schedule import lr_at
 from l2bn.models import list_models
 
-# paper section 4.2 / issue 8: SGD momentum 0.9, cosine restarts between 0.1 and 1e-5 after
+# paper section 4.2: SGD momentum 0.9, cosine restarts between 0.1 and 1e-5 after
 # epochs 3, 7, 15, 31, 63, 127, 255; batch 32; 126 epochs (ResNet-17), 255 (FCNN, fsFCNN);
 # mixup 0.4; ResNet-17 weight decay 1e-3, FCNN/fsFCNN none (their recipe's wd=0).
 EXPECTED = {

@@ -21,7 +21,7 @@ PAIRS = [
 @pytest.mark.parametrize("l2_cls,bn_cls", PAIRS)
 def test_isinstance_and_state_dict_keys(l2_cls, bn_cls):
     l2, bn = l2_cls(5), bn_cls(5)
-    # BatchNorm's own base, not _BatchNorm: BatchNorm rewriters leave L2BN alone (issue 13).
+    # BatchNorm's own base, not _BatchNorm: BatchNorm rewriters leave L2BN alone.
     assert isinstance(l2, _NormBase) and not isinstance(l2, _BatchNorm)
     assert list(l2.state_dict()) == list(bn.state_dict())
     assert [n for n, _ in l2.named_parameters()] == [n for n, _ in bn.named_parameters()]

@@ -80,7 +80,7 @@ def reference(ten_seconds: np.ndarray) -> np.ndarray:
 
 
 def test_ten_seconds_give_128_by_431(ten_seconds: np.ndarray) -> None:
-    from l2bn.data.dcase import log_mel  # the public name of issue 8
+    from l2bn.data.dcase import log_mel  # the public name
 
     out = log_mel(torch.from_numpy(ten_seconds), sample_rate=SR)
     assert out.shape == (128, 431)
