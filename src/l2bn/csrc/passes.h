@@ -8,20 +8,16 @@
 //   sum_squares:  sum of x^2 over one contiguous block                     (eval: ||x[n]||^2)
 //
 // Each kernel handles a range of rows (row-wise layout) or of samples / positions
-// (channel-last layout); ops.cpp spreads the ranges over threads with at::parallel_for.
-// Sums are accumulated in double. Each kernel is compiled for AVX-512, AVX2 and baseline
-// x86-64 and picked at load time (GCC / Clang function multiversioning).
+// (channel-last layout); train.cpp and eval.cpp spread the ranges over threads with
+// at::parallel_for. Sums are accumulated in double.
+//
+// Included only through kernel_table.h, once per instruction set: everything here has
+// internal linkage (an anonymous namespace), so that each kernels_<isa>.cpp keeps its own
+// copy, compiled for its instruction set, and the linker never merges copies of different
+// instruction sets. The standard headers come from kernels.h, before any target pragma.
 #pragma once
 
-#include <algorithm>
-#include <cstdint>
-
-#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
-#define L2BN_MULTIVERSION \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define L2BN_MULTIVERSION
-#endif
+#include "kernels.h"
 
 #if defined(__GNUC__)
 #define L2BN_INLINE inline __attribute__((always_inline))
@@ -30,15 +26,7 @@
 #endif
 
 namespace l2bn {
-
-// A per-(n, c) coefficient: value(n, c) = ptr[n * n_stride + c]; n_stride 0 broadcasts a
-// per-channel vector over samples.
-template <typename T>
-struct Coef {
-  const T* ptr;
-  int64_t n_stride;
-  L2BN_INLINE const T* row(int64_t n) const { return ptr + n * n_stride; }
-};
+namespace {
 
 // ---- reductions ---------------------------------------------------------------------------
 
@@ -387,4 +375,5 @@ L2BN_INLINE double sample_sum_squares(const T* x, int64_t c, int64_t m, bool cl)
   return lane_total(acc, tail);
 }
 
+}  // namespace
 }  // namespace l2bn

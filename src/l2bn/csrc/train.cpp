@@ -10,7 +10,6 @@
 #include "common.h"
 #include "kernels.h"
 #include "ops.h"
-#include "passes.h"
 
 namespace l2bn {
 namespace {
@@ -71,7 +70,7 @@ void row_moments(const T* x, const Layout& l, const double* s1, const double* s2
     at::parallel_for(0, static_cast<int64_t>(units.size()), grain(per_unit),
                      [&](int64_t a, int64_t b) {
                        for (int64_t i = a; i < b; ++i) {
-                         centred_sums(x, mean, l.c, l.m, l.channels_last, units[i],
+                         kernels<T>().centred_sums(x, mean, l.c, l.m, l.channels_last, units[i],
                                       units[i] + 1, d1.data(), d2.data());
                        }
                      });
@@ -165,11 +164,12 @@ ForwardResult train_forward(const Tensor& input, const std::optional<Tensor>& we
   Statistics stats;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_train_forward", [&] {
     using T = scalar_t;
+    const Kernels<T>& kern = kernels<T>();
     const T* xp = x.const_data_ptr<T>();
     double* sum = s1.data_ptr<double>();
     double* sumsq = s2.data_ptr<double>();
     over_reduction_units(l, [&](int64_t i0, int64_t i1) {
-      sums(xp, c, l.m, l.channels_last, i0, i1, sum, sumsq);
+      kern.sums(xp, c, l.m, l.channels_last, i0, i1, sum, sumsq);
     });
     row_moments(xp, l, sum, sumsq, x_mean.data_ptr<double>(), x_var.data_ptr<double>());
     stats = channel_statistics(l, sumsq, x_mean, x_var, eps, l2_eps, scale);
@@ -197,7 +197,8 @@ ForwardResult train_forward(const Tensor& input, const std::optional<Tensor>& we
     T* yp = y.data_ptr<T>();
     const Coef<T> pa{a.data(), c}, rb{shift.data(), 0};
     over_output_units(l, [&](int64_t i0, int64_t i1) {
-      affine(yp, xp, static_cast<const T*>(nullptr), pa, pa, rb, c, l.m, l.channels_last, i0, i1);
+      kern.affine(yp, xp, static_cast<const T*>(nullptr), pa, pa, rb, c, l.m, l.channels_last,
+                  i0, i1);
     });
   });
   update_running_stats(running_mean, running_var, stats.mean, std::move(stats.var), count,
@@ -249,10 +250,11 @@ std::tuple<Tensor, Tensor, Tensor> train_backward(
   Tensor dx = at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_train_backward", [&] {
     using T = scalar_t;
+    const Kernels<T>& kern = kernels<T>();
     const T* xp = x.const_data_ptr<T>();
     const T* gp = dy.const_data_ptr<T>();
     over_reduction_units(l, [&](int64_t i0, int64_t i1) {
-      grad_sums(gp, xp, h.data(), c, l.m, l.channels_last, i0, i1, t1.data(), t2.data());
+      kern.grad_sums(gp, xp, h.data(), c, l.m, l.channels_last, i0, i1, t1.data(), t2.data());
     });
     // dbeta = sum dy, dgamma = sum dy * z (eq. 2).
     std::vector<double> inv_rho(n);
@@ -317,7 +319,7 @@ std::tuple<Tensor, Tensor, Tensor> train_backward(
     T* out = dx.data_ptr<T>();
     const Coef<T> cp{p.data(), c}, cq{q.data(), c}, cr{r.data(), c};
     over_output_units(l, [&](int64_t i0, int64_t i1) {
-      affine(out, gp, xp, cp, cq, cr, c, l.m, l.channels_last, i0, i1);
+      kern.affine(out, gp, xp, cp, cq, cr, c, l.m, l.channels_last, i0, i1);
     });
   });
   return {dx, parameter_grad(dgamma, x, weight), parameter_grad(dbeta, x, weight)};

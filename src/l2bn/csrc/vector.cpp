@@ -55,20 +55,22 @@ VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
   bool* active = f.active.data_ptr<bool>();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_vector_forward", [&] {
     using T = scalar_t;
+    const Kernels<T>& kern = kernels<T>();
     const T* xp = x.const_data_ptr<T>();
     Partials sums(2 * c);
     // Per tile: each row's norm (eq. 1), then the tile's channel sums of xh.
     auto norms = [&](int64_t t, int64_t rows, double* inv) {
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t i = t + r;
-        rho[i] = sample_scale(block_sum_squares(xp + i * c, c), l2_eps, sqrt_d, scale, &active[i]);
+        rho[i] = sample_scale(kern.block_sum_squares(xp + i * c, c), l2_eps, sqrt_d, scale,
+                              &active[i]);
         inv[r] = 1.0 / rho[i];
       }
     };
     at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
       over_tiles(i0, i1, c, sums.mine(), norms,
                  [&](int64_t t, int64_t rows, const double* inv, double* s1, double* s2) {
-                   tile_sums(xp + t * c, rows, c, inv, s1, s2);
+                   kern.tile_sums(xp + t * c, rows, c, inv, s1, s2);
                  });
     });
     const std::vector<double> total = sums.total();
@@ -86,7 +88,7 @@ VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
       at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
         over_tiles(i0, i1, c, dev.mine(), InverseScales{rho},
                    [&](int64_t t, int64_t rows, const double* inv, double* d1, double* d2) {
-                     tile_dev(xp + t * c, rows, c, inv, mu, d1, d2);
+                     kern.tile_dev(xp + t * c, rows, c, inv, mu, d1, d2);
                    });
       });
       const std::vector<double> centred = dev.total();
@@ -106,7 +108,7 @@ VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
     T* yp = f.y.data_ptr<T>();
     at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
-        row_output(yp + i * c, xp + i * c, c, static_cast<T>(1.0 / rho[i]), gain.data(),
+        kern.row_output(yp + i * c, xp + i * c, c, static_cast<T>(1.0 / rho[i]), gain.data(),
                    shift.data());
       }
     });
@@ -127,13 +129,14 @@ Tensor vector_backward(const Tensor& dy, const Tensor& x, const std::vector<doub
   Tensor dx = at::empty({0}, x.options());  // empty without input_grad
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_vector_backward", [&] {
     using T = scalar_t;
+    const Kernels<T>& kern = kernels<T>();
     const T* xp = x.const_data_ptr<T>();
     const T* gp = dy.const_data_ptr<T>();
     Partials sums(2 * c);
     at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
       over_tiles(i0, i1, c, sums.mine(), InverseScales{rho},
                  [&](int64_t t, int64_t rows, const double* inv, double* t1, double* t2) {
-                   tile_grad(gp + t * c, xp + t * c, rows, c, inv, mu, t1, t2);
+                   kern.tile_grad(gp + t * c, xp + t * c, rows, c, inv, mu, t1, t2);
                  });
     });
     const std::vector<double> total = sums.total();
@@ -161,12 +164,12 @@ Tensor vector_backward(const Tensor& dy, const Tensor& x, const std::vector<doub
         const T* row = xp + i * c;
         double proj = 0;
         if (active[i]) {
-          proj = projection(g, row, c, inv, gain.data(), c1.data(), alpha.data(), mu);
+          proj = kern.projection(g, row, c, inv, gain.data(), c1.data(), alpha.data(), mu);
           if (scale) {
             proj /= static_cast<double>(c);
           }
         }
-        grad_row(out + i * c, g, row, c, static_cast<T>(inv), static_cast<T>(inv * inv),
+        kern.grad_row(out + i * c, g, row, c, static_cast<T>(inv), static_cast<T>(inv * inv),
                  static_cast<T>(proj), gain_t.data(), beta_t.data(), alpha_t.data());
       }
     });

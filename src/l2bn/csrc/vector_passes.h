@@ -19,6 +19,7 @@
 #include "passes.h"
 
 namespace l2bn {
+namespace {  // internal linkage, as passes.h
 
 // The tile reductions are channel_block_sums (passes.h) with rows in place of positions:
 // a tile of a few rows stays in cache while blocks of channels are summed in registers.
@@ -117,4 +118,5 @@ L2BN_INLINE void grad_row(
   }
 }
 
+}  // namespace
 }  // namespace l2bn
