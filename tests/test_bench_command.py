@@ -106,3 +106,26 @@ def test_naive_composite_is_the_reference_formula():
     torch.testing.assert_close(naive(x), l2(x), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="valid names"):
         cn.build("gn", 3, 4)
+
+
+def test_meta_names_processor_isa_and_aten_capability(quick_results):
+    meta = quick_results["meta"]
+    assert meta["processor"] and meta["aten_capability"] == (
+        torch.backends.cpu.get_cpu_capability().lower()
+    )
+    if backends.available("cpu"):
+        assert meta["kernel_isa"] == torch.ops.l2bn.cpu_isa()
+        assert meta["kernel_isas"] == list(torch.ops.l2bn.cpu_isas())
+
+
+@pytest.mark.skipif(not backends.available("cpu"), reason="fused kernels not built")
+def test_forced_isa_runs_in_a_process_that_reports_it(tmp_path, capfd):
+    """--isa default: a fresh process with the baseline kernels and ATen's default capability."""
+    path = tmp_path / "bench.json"
+    args = ["bench", "--quick", "--threads", "1", "--no-e2e", "--cases", "1d", "--isa", "default"]
+    assert main([*args, "--output", str(path)]) == 0
+    meta = json.loads(path.read_text())["meta"]
+    assert (meta["kernel_isa"], meta["aten_capability"]) == ("default", "default")
+    assert "fused kernels' instruction set: default" in capfd.readouterr().out
+    with pytest.raises(ValueError, match="valid modes"):
+        main(["bench", "--quick", "--modes", "backward", "--isa", "default"])

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 from typing import Any
 
 import torch
 
 from l2bn import backends
 from l2bn.bench import contenders as cn
+from l2bn.bench import machine
 from l2bn.bench.e2e import time_training_step
 from l2bn.bench.report import format_table, timing_row, to_json
 from l2bn.bench.saved import saved_bytes
@@ -41,6 +45,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-e2e", action="store_true", help="skip the ResNet-20 step")
     parser.add_argument(
         "--e2e-batch", type=int, default=None, help="ResNet-20 batch size (default 128; quick 4)"
+    )
+    parser.add_argument(
+        "--isa",
+        choices=machine.ISAS,
+        default=None,
+        help="run the fused kernels at this instruction set (L2BN_CPU_ISA), and native "
+        "BatchNorm at the same ATen capability unless --aten-capability says otherwise: "
+        "measures a lower processor on this one (a fresh process is started)",
+    )
+    parser.add_argument(
+        "--aten-capability",
+        choices=machine.ISAS,
+        default=None,
+        help="ATen's CPU capability (ATEN_CPU_CAPABILITY) for native BatchNorm and torch ops",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--output", default=None, help="also write the JSON to this file")
@@ -113,6 +131,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "clock": args.clock,
             "quick": bool(args.quick),
             "l2bn_implementation": backends.status("cpu"),
+            **machine.describe(),
         },
         "timings": [],
         "saved": [],
@@ -139,6 +158,15 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    _parse_modes(args.modes)  # bad options fail here, not in the process started below
+    env = machine.forced_environment(args.isa, args.aten_capability)
+    if env is not None:
+        # Both instruction sets are fixed at load time: rerun in a process that loads them.
+        options = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+        child = [sys.executable, "-m", "l2bn.bench.command", json.dumps(options)]
+        return subprocess.run(child, env=env, check=False).returncode
+    if args.isa is not None and args.isa != machine.kernel_isa():
+        raise RuntimeError(f"--isa {args.isa}: the kernels run {machine.kernel_isa()}")
     previous = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -151,3 +179,8 @@ def run(args: argparse.Namespace) -> int:
             f.write(text + "\n")
     print(text if args.json else format_table(results))
     return 0
+
+
+if __name__ == "__main__":
+    # The process started by run() for --isa / --aten-capability: the options as JSON.
+    sys.exit(run(argparse.Namespace(**json.loads(sys.argv[1]))))

@@ -32,6 +32,11 @@ def format_table(results: dict[str, Any]) -> str:
     lines = [
         f"l2bn bench: torch {meta['torch']}, {meta['threads']} threads, "
         f"{meta['rounds']} interleaved rounds, {meta['clock']} clock, device {meta['device']}",
+        f"processor: {meta.get('processor', 'unknown')}",
+        f"fused kernels' instruction set: {meta.get('kernel_isa') or 'none (l2bn._C not loaded)'}"
+        f" (available: {', '.join(meta.get('kernel_isas') or []) or 'none'}; L2BN_CPU_ISA or "
+        "--isa forces one)",
+        f"ATen CPU capability: {meta.get('aten_capability', 'unknown')} (ATEN_CPU_CAPABILITY)",
         f"l2bn implementation: {meta.get('l2bn_implementation', 'unknown')}",
         "",
         f"{'case':<24} {'mode':<14} {'contender':<6} {'median ms':>10} {'min-max ms':>17} "
