@@ -87,14 +87,18 @@ def test_saved_bytes_counts_shared_storage_once():
     assert saved_bytes(lambda: (x * 2).exp()) == 400  # exp saves its output only
 
 
-def test_time_interleaved_rotates_order_and_runs_before_hook():
+def test_time_interleaved_cycles_permutations_and_runs_before_hook():
     order: list[str] = []
     hooks: list[int] = []
     calls = {name: (lambda name=name: order.append(name)) for name in "abc"}
-    result = time_interleaved(calls, rounds=3, warmup=0, before=lambda: hooks.append(1))
-    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
-    assert len(hooks) == 9
-    assert all(len(t.samples) == 3 for t in result.values())
+    result = time_interleaved(calls, rounds=6, warmup=0, before=lambda: hooks.append(1))
+    rounds = ["".join(order[i : i + 3]) for i in range(0, 18, 3)]
+    assert rounds == ["abc", "acb", "bac", "bca", "cab", "cba"]
+    # Within rounds, every contender follows every other equally often.
+    follows = [r[i : i + 2] for r in rounds for i in range(2)]
+    assert all(follows.count(a + b) == 2 for a in "abc" for b in "abc" if a != b)
+    assert len(hooks) == 18
+    assert all(len(t.samples) == 6 for t in result.values())
     with pytest.raises(ValueError, match="rounds"):
         time_interleaved(calls, rounds=0)
 

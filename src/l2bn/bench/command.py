@@ -60,6 +60,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="ATen's CPU capability (ATEN_CPU_CAPABILITY) for native BatchNorm and torch ops",
     )
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc settings alone (by default freed memory stays in the "
+        "process, so that no contender page-faults memory another one returned)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--output", default=None, help="also write the JSON to this file")
 
@@ -122,6 +128,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     modes = _parse_modes(args.modes)
     rounds = args.rounds or (2 if args.quick else 15)
     selected = [c for c in cn.cases(args.quick) if args.cases in c.name]
+    allocator = "system default" if args.default_malloc else machine.keep_freed_memory()
     results: dict[str, Any] = {
         "meta": {
             "torch": torch.__version__,
@@ -132,6 +139,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "quick": bool(args.quick),
             "l2bn_implementation": backends.status("cpu"),
             **machine.describe(),
+            "allocator": allocator,
         },
         "timings": [],
         "saved": [],

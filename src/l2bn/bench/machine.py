@@ -9,6 +9,8 @@ process with those variables set (:func:`forced_environment`).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import platform
 
@@ -34,16 +36,21 @@ def processor() -> str:
     return f"{name}, {os.cpu_count()} logical CPUs"
 
 
+def _reports_isa() -> bool:
+    # A build of l2bn._C older than the switch has the kernels but not these operators.
+    return backends.available("cpu") and hasattr(torch.ops.l2bn, "cpu_isas")
+
+
 def kernel_isa() -> str | None:
     """The instruction set the fused kernels run (None without ``l2bn._C``)."""
-    if not backends.available("cpu"):
+    if not _reports_isa():
         return None
     return str(torch.ops.l2bn.cpu_isa())
 
 
 def kernel_isas() -> list[str]:
     """Instruction sets the fused kernels can run here, best first."""
-    if not backends.available("cpu"):
+    if not _reports_isa():
         return []
     return [str(isa) for isa in torch.ops.l2bn.cpu_isas()]
 
@@ -88,3 +95,32 @@ def forced_environment(isa: str | None, aten: str | None) -> dict[str, str] | No
     if aten is not None:
         env["ATEN_CPU_CAPABILITY"] = aten
     return env
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory() -> str:
+    """Make glibc keep freed memory in the process (fixed trim and mmap thresholds).
+
+    By default glibc returns the top of its heap to the system once more than a few MB
+    are free, so the next large allocation page-faults fresh pages in; which call pays
+    depends on what ran just before it (the naive composite frees the most), not on the
+    contender. With fixed thresholds every contender reuses warm memory, as in a steady
+    training loop. Tensors of 32 MB or more are still mapped afresh for every contender
+    (glibc's largest mmap threshold). Returns a description for the report.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        ok = libc is not None and all(
+            libc.mallopt(param, value) == 1
+            for param, value in ((_M_TRIM_THRESHOLD, 2**31 - 1), (_M_MMAP_THRESHOLD, 32 << 20))
+        )
+    except (OSError, AttributeError):
+        ok = False
+    if not ok:
+        return "system default (mallopt unavailable)"
+    return "glibc, freed memory kept (trim threshold off, mmap threshold 32 MB)"

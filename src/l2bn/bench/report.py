@@ -37,6 +37,7 @@ def format_table(results: dict[str, Any]) -> str:
         f" (available: {', '.join(meta.get('kernel_isas') or []) or 'none'}; L2BN_CPU_ISA or "
         "--isa forces one)",
         f"ATen CPU capability: {meta.get('aten_capability', 'unknown')} (ATEN_CPU_CAPABILITY)",
+        f"allocator: {meta.get('allocator', 'unknown')}",
         f"l2bn implementation: {meta.get('l2bn_implementation', 'unknown')}",
         "",
         f"{'case':<24} {'mode':<14} {'contender':<6} {'median ms':>10} {'min-max ms':>17} "
