@@ -97,8 +97,7 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
     const Coef<T> pa{a.data(), c}, rb{shift.data(), 0};
     const int64_t per_unit = l.channels_last ? c : l.m;
     at::parallel_for(0, n * units, grain(per_unit), [&](int64_t i0, int64_t i1) {
-      kern.affine(yp, xp, static_cast<const T*>(nullptr), pa, pa, rb, c, l.m, l.channels_last,
-                  i0, i1);
+      kern.affine(yp, xp, pa, rb, c, l.m, l.channels_last, i0, i1);
     });
   });
   return y;

@@ -16,9 +16,14 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace l2bn {
+
+// A channel's one-pass variance E[v^2] - E[v]^2 (in double) is trusted while
+// E[v^2] <= kCondLimit * var; other rows or channels are recomputed by a centred pass.
+constexpr double kCondLimit = 1e4;
 
 // A per-(n, c) coefficient: value(n, c) = ptr[n * n_stride + c]; n_stride 0 broadcasts a
 // per-channel vector over samples.
@@ -31,29 +36,44 @@ struct Coef {
 
 template <typename T>
 struct Kernels {
-  void (*sums)(const T* x, int64_t c, int64_t m, bool cl, int64_t i0, int64_t i1, double* s1,
-               double* s2);
-  void (*grad_sums)(const T* dy, const T* x, const double* h, int64_t c, int64_t m, bool cl,
-                    int64_t i0, int64_t i1, double* t1, double* t2);
+  // Returns how many rows' one-pass variance may have cancelled; scratch: 2 * C doubles.
+  // flags[r] = 1 where that row's variance needs a centred pass.
+  int64_t (*moments)(const T* x, int64_t c, int64_t m, bool cl, int64_t i0, int64_t i1,
+                     double* mean, double* second, double* var, uint8_t* flags,
+                     double* scratch);
+  // fast: float lanes allowed (float input, well-conditioned channels); h_t = h in T.
+  void (*grad_sums)(const T* dy, const T* x, const double* h, const T* h_t, bool fast,
+                    int64_t c, int64_t m, bool cl, int64_t i0, int64_t i1, double* t1,
+                    double* t2);
   void (*centred_sums)(const T* x, const double* mean, int64_t c, int64_t m, bool cl,
                        int64_t i0, int64_t i1, double* d1, double* d2);
   double (*block_sum_squares)(const T* x, int64_t len);
-  void (*affine)(T* out, const T* u, const T* v, const Coef<T>& p, const Coef<T>& q,
-                 const Coef<T>& r, int64_t c, int64_t m, bool cl, int64_t i0, int64_t i1);
+  void (*affine)(T* out, const T* u, const Coef<T>& p, const Coef<T>& r, int64_t c, int64_t m,
+                 bool cl, int64_t i0, int64_t i1);
+  // scratch: C values.
+  void (*scale_shift)(T* out, const T* x, const double* gain, const double* inv,
+                      const T* shift, int64_t c, int64_t m, bool cl, int64_t i0, int64_t i1,
+                      T* scratch);
+  // scratch: 3 * C values.
+  void (*grad_output)(T* out, const T* dy, const T* x, const double* gain, const double* inv,
+                      const double* qc, const double* proj, const double* rc, int64_t c,
+                      int64_t m, bool cl, int64_t i0, int64_t i1, T* scratch);
   double (*sample_output_next)(T* out, const T* u, const T* a, const T* b, const T* next,
                                int64_t c, int64_t m, bool cl);
   double (*sample_sum_squares)(const T* x, int64_t c, int64_t m, bool cl);
-  void (*tile_sums)(const T* x, int64_t rows, int64_t c, const double* inv, double* s1,
-                    double* s2);
+  // The tile kernels add to their outputs.
+  void (*tile_sums)(const T* x, int64_t rows, int64_t c, const double* inv, const T* shift,
+                    double* s1, double* s2);
   void (*tile_dev)(const T* x, int64_t rows, int64_t c, const double* inv, const double* mu,
                    double* d1, double* d2);
   void (*row_output)(T* out, const T* x, int64_t c, T inv, const T* gain, const T* shift);
   double (*row_output_next)(T* out, const T* x, int64_t c, T inv, const T* gain,
                             const T* shift, const T* next);
   void (*tile_grad)(const T* dy, const T* x, int64_t rows, int64_t c, const double* inv,
-                    const double* mu, double* t1, double* t2);
+                    const double* mu, const T* mu_t, bool fast, double* t1, double* t2);
   double (*projection)(const T* dy, const T* x, int64_t c, double inv, const double* gain,
-                       const double* c1, const double* alpha, const double* mu);
+                       const double* c1, const double* alpha, const double* mu,
+                       const T* gain_t, const T* alpha_t, const T* beta2_t, bool fast);
   void (*grad_row)(T* out, const T* dy, const T* x, int64_t c, T inv, T inv2, T proj,
                    const T* gain, const T* beta, const T* alpha);
 };
