@@ -15,6 +15,7 @@ template <typename T>
 int64_t k_moments(const T* x, int64_t c, int64_t m, bool cl, int64_t i0, int64_t i1,
                   double* mean, double* second, double* var, uint8_t* flags, double* scratch) {
   if (cl) {
+    // scratch: 3 * C doubles, s1, s2 and room for the float shift after them.
     return moments_cl<T>(x, c, m, i0, i1, mean, second, var, flags, scratch, scratch + c);
   }
   return moments_rows<T>(x, m, i0, i1, mean, second, var, flags);

@@ -36,7 +36,7 @@ struct Coef {
 
 template <typename T>
 struct Kernels {
-  // Returns how many rows' one-pass variance may have cancelled; scratch: 2 * C doubles.
+  // Returns how many rows' one-pass variance may have cancelled; scratch: 3 * C doubles.
   // flags[r] = 1 where that row's variance needs a centred pass.
   int64_t (*moments)(const T* x, int64_t c, int64_t m, bool cl, int64_t i0, int64_t i1,
                      double* mean, double* second, double* var, uint8_t* flags,

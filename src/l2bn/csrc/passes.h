@@ -80,11 +80,13 @@ L2BN_INLINE bool row_moment(double s1, double s2, double inv_m, int64_t r, doubl
   return flags[r];
 }
 
-// row_moment from sums of d = x - shift computed in float lanes (SumsF): the variance is
-// trusted while E[d^2] <= kCondLimitShifted * var, a bound that keeps the error of the
-// float partial sums below 1e-5 of the variance (the shift, one value of the row, leaves
-// E[d^2] about twice the variance).
+// row_moment from sums of d = x - shift computed in float lanes (float_block): the variance
+// is trusted while E[d^2] <= kCondLimitShifted * var, a bound that keeps the error of the
+// float partial sums (at most kFold terms each) below 1e-5 of the variance. The shift is
+// the mean of the row's first kShiftValues values, which leaves E[d^2] close to the
+// variance (1 + 1 / kShiftValues times it, on average).
 constexpr double kCondLimitShifted = 16;
+constexpr int64_t kShiftValues = 8;
 
 L2BN_INLINE bool shifted_row_moment(double s1, double s2, double shift, double inv_m, int64_t r,
                                     double* mean, double* second, double* var,
@@ -278,7 +280,7 @@ L2BN_INLINE void channel_block_sums_f(
 }
 
 // Channel-last moments: per sample, the channel sums of its M positions, then each row's
-// moments (s1 and s2 are scratch of C values each). Float input is summed in float lanes
+// moments (s1 and s2 are scratch of C values each, s2 followed by C more doubles). Float input is summed in float lanes
 // around a shift, the sample's first position (shifted_row_moment); double in double.
 template <typename T>
 L2BN_INLINE int64_t moments_cl(
@@ -289,16 +291,34 @@ L2BN_INLINE int64_t moments_cl(
   for (int64_t n = n0; n < n1; ++n) {
     const T* sample = x + n * c * m;
     if constexpr (std::is_same_v<T, float>) {
+      // The shift: the mean of the first kShiftValues positions (in float), close to the
+      // row's mean unless these few positions are unusual.
+      float* shift = reinterpret_cast<float*>(s2 + c);
+      const int64_t q = std::min(kShiftValues, m);
+      for (int64_t k = 0; k < c; ++k) {
+        shift[k] = 0;
+      }
+      for (int64_t j = 0; j < q; ++j) {
+#pragma omp simd
+        for (int64_t k = 0; k < c; ++k) {
+          shift[k] += sample[j * c + k];
+        }
+      }
+      const float inv_q = 1.0f / static_cast<float>(q);
+#pragma omp simd
+      for (int64_t k = 0; k < c; ++k) {
+        shift[k] *= inv_q;
+      }
       channel_block_sums_f(
           c, m,
-          [sample, c](int64_t j, int64_t k, auto& u, auto& v) {
+          [sample, c, shift](int64_t j, int64_t k, auto& u, auto& v) {
             using V = std::decay_t<decltype(u)>;
-            u = load<V>(sample + j * c + k) - load<V>(sample + k);
+            u = load<V>(sample + j * c + k) - load<V>(shift + k);
             v = u * u;
           },
           s1, s2);
       for (int64_t k = 0; k < c; ++k) {
-        ill += shifted_row_moment(s1[k], s2[k], sample[k], inv_m, n * c + k, mean, second, var,
+        ill += shifted_row_moment(s1[k], s2[k], shift[k], inv_m, n * c + k, mean, second, var,
                                   flags);
       }
     } else {

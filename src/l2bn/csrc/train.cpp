@@ -161,7 +161,7 @@ ForwardResult train_forward(const Tensor& input, const std::optional<Tensor>& we
     double* xv = x_var.data_ptr<double>();
     std::atomic<int64_t> ill{0};
     over_reduction_units(l, [&](int64_t i0, int64_t i1) {
-      std::vector<double> scratch(l.channels_last ? 2 * c : 0);
+      std::vector<double> scratch(l.channels_last ? 3 * c : 0);
       ill += kern.moments(xp, c, l.m, l.channels_last, i0, i1, xm, second.data(), xv,
                           flags.data(), scratch.data());
     });

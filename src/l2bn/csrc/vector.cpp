@@ -55,14 +55,21 @@ VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
     using T = scalar_t;
     const Kernels<T>& kern = kernels<T>();
     const T* xp = x.const_data_ptr<T>();
-    // Channel sums of d = xh - centre[c] (centre: row 0's xh), so that float lanes keep the
+    // Channel sums of d = xh - centre[c] (centre: the mean xh of the first 8 rows), so that float lanes keep the
     // variance's precision; channels whose mean is still far from the shift (relative to
     // their spread) are summed again, centred, in double.
-    const double inv0 =
-        1.0 / sample_scale(kern.block_sum_squares(xp, c), l2_eps, sqrt_d, scale, &active[0]);
+    const int64_t q = std::min<int64_t>(n, 8);
+    std::vector<double> centre_d(c, 0.0);
+    for (int64_t i = 0; i < q; ++i) {
+      const double inv = 1.0 / sample_scale(kern.block_sum_squares(xp + i * c, c), l2_eps,
+                                            sqrt_d, scale, &active[i]);
+      for (int64_t k = 0; k < c; ++k) {
+        centre_d[k] += xp[i * c + k] * inv;
+      }
+    }
     std::vector<T> centre(c);
     for (int64_t k = 0; k < c; ++k) {
-      centre[k] = static_cast<T>(xp[k] * inv0);
+      centre[k] = static_cast<T>(centre_d[k] / static_cast<double>(q));
     }
     const double limit = std::is_same_v<T, float> ? kCondLimitFast : kCondLimit;
     Partials sums(2 * c);
