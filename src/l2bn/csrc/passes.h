@@ -492,33 +492,35 @@ template <>
 struct SquareSum<float> {
   static constexpr int64_t kWidth = 32;
   static constexpr int kFold = 8;
-  float part[kWidth] = {};
-  double acc[kWidth] = {};
+  vf16 p0 = {}, p1 = {};
+  vd8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
   double tail = 0;
   int steps = 0;
   L2BN_INLINE void step(const float* p) {
-#pragma omp simd
-    for (int64_t l = 0; l < kWidth; ++l) {
-      part[l] += p[l] * p[l];
-    }
+    const vf16 v0 = load<vf16>(p), v1 = load<vf16>(p + 16);
+    p0 += v0 * v0;
+    p1 += v1 * v1;
     if (++steps == kFold) {
       fold();
     }
   }
   L2BN_INLINE void fold() {
-#pragma omp simd
-    for (int64_t l = 0; l < kWidth; ++l) {
-      acc[l] += part[l];
-      part[l] = 0;
-    }
+    a0 += __builtin_convertvector(__builtin_shufflevector(p0, p0, 0, 1, 2, 3, 4, 5, 6, 7), vd8);
+    a1 += __builtin_convertvector(
+        __builtin_shufflevector(p0, p0, 8, 9, 10, 11, 12, 13, 14, 15), vd8);
+    a2 += __builtin_convertvector(__builtin_shufflevector(p1, p1, 0, 1, 2, 3, 4, 5, 6, 7), vd8);
+    a3 += __builtin_convertvector(
+        __builtin_shufflevector(p1, p1, 8, 9, 10, 11, 12, 13, 14, 15), vd8);
+    p0 = p1 = vf16{};
     steps = 0;
   }
   L2BN_INLINE void one(float v) { tail += static_cast<double>(v) * v; }
   L2BN_INLINE double total() {
     fold();
+    const vd8 s = (a0 + a1) + (a2 + a3);
     double out = tail;
-    for (int64_t l = 0; l < kWidth; ++l) {
-      out += acc[l];
+    for (int l = 0; l < 8; ++l) {
+      out += s[l];
     }
     return out;
   }
@@ -693,14 +695,22 @@ L2BN_INLINE void grad_output(
 // ---- eval: output of one sample fused with the norm of the next -------------------------
 //
 // A sample is `units` units of `len` contiguous values: C rows of M (row-wise, one a and b
-// per row) or M positions of C (channel-last, a[c] and b[c]). Units are taken in groups
-// of at least kGroupValues values: the group's outputs are written, then the same span of
-// the next sample is added to its norm (one SquareSum across the sample, fed the same
-// spans by sample_sum_squares, so that a norm does not depend on which loop summed it).
+// per row) or M positions of C (channel-last, a[c] and b[c]). One SquareSum runs across
+// the whole sample. Units that are whole SquareSum steps (or long) are written a step at a
+// time, each step also adding the same values of the next sample to its norm; other units
+// are taken in groups of at least kGroupValues values, the group's outputs first, then the
+// same span of the next sample. sample_sum_squares feeds its SquareSum the same spans, so
+// that a norm does not depend on which loop summed it.
 constexpr int64_t kGroupValues = 512;
 
+template <typename T>
+L2BN_INLINE bool unit_steps(int64_t len) {
+  return len % SquareSum<T>::kWidth == 0 || len >= kGroupValues;
+}
+
+template <typename T>
 L2BN_INLINE int64_t group_units(int64_t len) {
-  return std::max<int64_t>(1, kGroupValues / std::max<int64_t>(len, 1));
+  return unit_steps<T>(len) ? 1 : std::max<int64_t>(1, kGroupValues / std::max<int64_t>(len, 1));
 }
 
 // out[i] = a[i * kStep] * u[i] + b[i * kStep] over one unit of len values.
@@ -712,15 +722,43 @@ L2BN_INLINE void unit_output(T* out, const T* u, const T* a, const T* b, int64_t
   }
 }
 
+// unit_output while adding next[0, len) to acc, a step at a time (the order of add_squares).
+template <typename T, int kStep>
+L2BN_INLINE void unit_output_next(
+    T* out, const T* u, const T* a, const T* b, const T* next, int64_t len, SquareSum<T>& acc) {
+  constexpr int64_t w = SquareSum<T>::kWidth;
+  int64_t i = 0;
+  for (; i + w <= len; i += w) {
+#pragma omp simd
+    for (int64_t l = 0; l < w; ++l) {
+      out[i + l] = a[(i + l) * kStep] * u[i + l] + b[(i + l) * kStep];
+    }
+    acc.step(next + i);
+  }
+  for (; i < len; ++i) {
+    out[i] = a[i * kStep] * u[i] + b[i * kStep];
+    acc.one(next[i]);
+  }
+}
+
 // Output of one sample, out = a * u + b, while summing next^2 (next == nullptr: output
 // only, returns 0).
 template <typename T>
 L2BN_INLINE double sample_output_next(
     T* out, const T* u, const T* a, const T* b, const T* next, int64_t c, int64_t m, bool cl) {
-  const int64_t units = cl ? m : c, len = cl ? c : m, group = group_units(len);
+  const int64_t units = cl ? m : c, len = cl ? c : m, group = group_units<T>(len);
   SquareSum<T> acc;
   for (int64_t j0 = 0; j0 < units; j0 += group) {
     const int64_t j1 = std::min(units, j0 + group);
+    if (next != nullptr && unit_steps<T>(len)) {  // one unit: interleaved
+      if (cl) {
+        unit_output_next<T, 1>(out + j0 * len, u + j0 * len, a, b, next + j0 * len, len, acc);
+      } else {
+        unit_output_next<T, 0>(out + j0 * len, u + j0 * len, a + j0, b + j0, next + j0 * len,
+                               len, acc);
+      }
+      continue;
+    }
     for (int64_t j = j0; j < j1; ++j) {
       if (cl) {
         unit_output<T, 1>(out + j * len, u + j * len, a, b, len);
@@ -738,7 +776,7 @@ L2BN_INLINE double sample_output_next(
 // ||x||^2 of one sample, summed exactly as sample_output_next sums `next`.
 template <typename T>
 L2BN_INLINE double sample_sum_squares(const T* x, int64_t c, int64_t m, bool cl) {
-  const int64_t units = cl ? m : c, len = cl ? c : m, group = group_units(len);
+  const int64_t units = cl ? m : c, len = cl ? c : m, group = group_units<T>(len);
   SquareSum<T> acc;
   for (int64_t j0 = 0; j0 < units; j0 += group) {
     const int64_t j1 = std::min(units, j0 + group);
