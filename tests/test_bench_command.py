@@ -12,6 +12,7 @@ import torch
 
 from l2bn import L2BatchNorm2d, backends
 from l2bn.bench import contenders as cn
+from l2bn.bench.report import format_table
 from l2bn.bench.saved import saved_bytes
 from l2bn.bench.timing import time_interleaved
 from l2bn.cli import main
@@ -133,3 +134,32 @@ def test_forced_isa_runs_in_a_process_that_reports_it(tmp_path, capfd):
     assert "fused kernels' instruction set: default" in capfd.readouterr().out
     with pytest.raises(ValueError, match="valid modes"):
         main(["bench", "--quick", "--modes", "backward", "--isa", "default"])
+
+
+def test_quick_skips_the_compiled_step_and_the_table_reports_it(quick_results):
+    assert "resnet20_compiled" not in quick_results  # --quick: off unless --compile
+    results = dict(quick_results)
+    ms = {"median_ms": 2.0, "min_ms": 1.0, "max_ms": 3.0}
+    results["resnet20_compiled"] = {
+        "batch": 4,
+        "rounds": 2,
+        "bn": ms,
+        "l2bn": ms,
+        "ratio": 1.0,
+        "fused_calls": {"l2bn::train_forward": 19, "l2bn::train_backward": 19},
+    }
+    text = format_table(results)
+    assert "torch.compile(fullgraph=True)" in text
+    assert "l2bn::train_backward x19, l2bn::train_forward x19" in text
+    results["resnet20_compiled"] = {"batch": 4, "rounds": 2, "error": "Unsupported: reason"}
+    assert "not measured: Unsupported: reason" in format_table(results)
+
+
+def test_compiled_step_reports_a_compiler_error(monkeypatch):
+    from l2bn.bench import e2e
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    assert e2e.time_compiled_training_step(2, 1) == {"error": "RuntimeError: no compiler here"}

@@ -13,7 +13,7 @@ import torch
 from l2bn import backends
 from l2bn.bench import contenders as cn
 from l2bn.bench import machine
-from l2bn.bench.e2e import time_training_step
+from l2bn.bench.e2e import time_compiled_training_step, time_training_step
 from l2bn.bench.report import format_table, timing_row, to_json
 from l2bn.bench.saved import saved_bytes
 from l2bn.bench.timing import time_interleaved
@@ -43,6 +43,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "machine when used with --threads 1",
     )
     parser.add_argument("--no-e2e", action="store_true", help="skip the ResNet-20 step")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time the ResNet-20 step under torch.compile(fullgraph=True) (default: on, "
+        "off with --quick; compiling takes a minute or more)",
+    )
     parser.add_argument(
         "--e2e-batch", type=int, default=None, help="ResNet-20 batch size (default 128; quick 4)"
     )
@@ -160,6 +167,27 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             },
             "ratio": t["l2bn"].median / t["bn"].median,
         }
+    if not args.no_e2e and (args.compile if args.compile is not None else not args.quick):
+        batch = args.e2e_batch or (4 if args.quick else 128)
+        c = time_compiled_training_step(batch, rounds, clock=args.clock)
+        row: dict[str, Any] = {"batch": batch, "rounds": rounds}
+        if "error" in c:
+            row["error"] = c["error"]
+        else:
+            t = c["timings"]
+            row.update(
+                {
+                    name: {
+                        "median_ms": v.median * 1e3,
+                        "min_ms": v.min * 1e3,
+                        "max_ms": v.max * 1e3,
+                    }
+                    for name, v in t.items()
+                }
+            )
+            row["ratio"] = t["l2bn"].median / t["bn"].median
+            row["fused_calls"] = c["fused_calls"]
+        results["resnet20_compiled"] = row
     return results
 
 

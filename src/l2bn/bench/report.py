@@ -76,6 +76,25 @@ def format_table(results: dict[str, Any]) -> str:
                 f"(min {t['min_ms']:.1f}, max {t['max_ms']:.1f})"
             )
         lines.append(f"  L2BN / BN step time (ratio of medians): {e2e['ratio']:.3f}")
+    compiled = results.get("resnet20_compiled")
+    if compiled:
+        lines += [
+            "",
+            f"ResNet-20 SGD step under torch.compile(fullgraph=True), batch {compiled['batch']}, "
+            f"{compiled['rounds']} interleaved rounds:",
+        ]
+        if "error" in compiled:
+            lines.append(f"  not measured: {compiled['error']}")
+        else:
+            for name in ("bn", "l2bn"):
+                t = compiled[name]
+                lines.append(
+                    f"  {name:<5} median {t['median_ms']:.1f} ms "
+                    f"(min {t['min_ms']:.1f}, max {t['max_ms']:.1f})"
+                )
+            lines.append(f"  L2BN / BN step time (ratio of medians): {compiled['ratio']:.3f}")
+            calls = ", ".join(f"{k} x{v}" for k, v in sorted(compiled["fused_calls"].items()))
+            lines.append(f"  fused L2BN operators per compiled step: {calls or 'none'}")
     return "\n".join(lines)
 
 
