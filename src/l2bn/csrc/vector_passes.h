@@ -142,36 +142,33 @@ L2BN_INLINE double projection(
     bool fast) {
   if constexpr (std::is_same_v<T, float>) {
     if (fast) {
-      constexpr int64_t w = 32;
-      float pa[w] = {}, pb[w] = {};
-      double sa[w] = {}, sb[w] = {};
+      vf16 a0 = {}, a1 = {}, b0 = {}, b1 = {};
+      double sa[16] = {}, sb[16] = {};
       double ta = 0, tb = 0;
       int64_t k = 0;
       int steps = 0;
-      for (; k + w <= c; k += w) {
-#pragma omp simd
-        for (int64_t l = 0; l < w; ++l) {
-          const float xv = x[k + l];
-          pa[l] += xv * (gain_t[k + l] * dy[k + l] + beta2_t[k + l]);
-          pb[l] += alpha_t[k + l] * xv * xv;
-        }
-        if (++steps == kFold || k + 2 * w > c) {
-#pragma omp simd
-          for (int64_t l = 0; l < w; ++l) {
-            sa[l] += pa[l];
-            sb[l] += pb[l];
-            pa[l] = 0;
-            pb[l] = 0;
-          }
+      for (; k + 32 <= c; k += 32) {
+        const vf16 x0 = load<vf16>(x + k), x1 = load<vf16>(x + k + 16);
+        a0 += x0 * (load<vf16>(gain_t + k) * load<vf16>(dy + k) + load<vf16>(beta2_t + k));
+        a1 += x1 * (load<vf16>(gain_t + k + 16) * load<vf16>(dy + k + 16) +
+                    load<vf16>(beta2_t + k + 16));
+        b0 += load<vf16>(alpha_t + k) * x0 * x0;
+        b1 += load<vf16>(alpha_t + k + 16) * x1 * x1;
+        if (++steps == kFold) {
+          add_to(sa, a0 + a1);
+          add_to(sb, b0 + b1);
+          a0 = a1 = b0 = b1 = vf16{};
           steps = 0;
         }
       }
+      add_to(sa, a0 + a1);
+      add_to(sb, b0 + b1);
       for (; k < c; ++k) {
         const double xv = x[k];
         ta += xv * (static_cast<double>(gain_t[k]) * dy[k] + beta2_t[k]);
         tb += static_cast<double>(alpha_t[k]) * xv * xv;
       }
-      for (int64_t l = 0; l < w; ++l) {
+      for (int64_t l = 0; l < 16; ++l) {
         ta += sa[l];
         tb += sb[l];
       }
