@@ -5,6 +5,7 @@
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 
 #pragma GCC push_options
+#define L2BN_VECTOR_BYTES 32
 #pragma GCC target("arch=x86-64-v3")
 #include "kernel_table.h"
 #pragma GCC pop_options

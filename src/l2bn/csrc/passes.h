@@ -175,22 +175,32 @@ L2BN_INLINE void channel_block_sums(
   add_channel_block_sums(c, m, term, out_u, out_v);
 }
 
-// channel_block_sums with float terms summed in float lanes: each block of 32 or 16
-// channels sums kFold positions in float registers, then adds them to the double outputs
-// (so each float partial holds at most kFold terms); leftover channels are summed one at a
-// time. term(j, k, u, v) sets two summands for channels [k, k + width) of position j; it is
-// called with u, v of type float (one channel) and vf16 (16 channels), and reads values
-// with load<decltype(u)>.
+// channel_block_sums with float terms summed in float lanes: each block of kBlockF channels
+// (then of one vector) sums kFold positions in float registers, then adds them to the
+// double outputs (so each float partial holds at most kFold terms); leftover channels are
+// summed one at a time. term(j, k, u, v) sets two summands for channels [k, k + width) of
+// position j; it is called with u, v of type float (one channel) and vf (kVF channels),
+// and reads values with load<decltype(u)>.
 constexpr int64_t kFold = 8;
 
 #if defined(__GNUC__)
-// Only inlined into functions of this translation unit: no 64-byte vector crosses an ABI.
+// Only inlined into functions of this translation unit: no vector crosses an ABI.
 #pragma GCC diagnostic ignored "-Wpsabi"
-typedef float vf16 __attribute__((vector_size(64)));
-typedef double vd8 __attribute__((vector_size(64)));
+// The float lanes are vectors of the instruction set's register width (kernels_<isa>.cpp
+// sets L2BN_VECTOR_BYTES: 64 for AVX-512, 32 for AVX2, 16 otherwise), so that GCC keeps
+// them in registers; wider vectors than the registers would be lowered through memory.
+#ifndef L2BN_VECTOR_BYTES
+#define L2BN_VECTOR_BYTES 16
+#endif
+typedef float vf __attribute__((vector_size(L2BN_VECTOR_BYTES)));
 #else
 #error "the float-lane kernels use GCC vector extensions"
 #endif
+
+constexpr int64_t kVF = L2BN_VECTOR_BYTES / static_cast<int64_t>(sizeof(float));
+// Channels per float block: 32 where registers allow (AVX-512, AVX2), else 16.
+constexpr int64_t kBlockF = kVF >= 8 ? 32 : 16;
+constexpr int kBlockVectors = static_cast<int>(kBlockF / kVF);
 
 template <typename V>
 L2BN_INLINE V load(const float* p) {
@@ -203,43 +213,42 @@ L2BN_INLINE V load(const float* p) {
   }
 }
 
-// out[0, 16) += v, in double.
-L2BN_INLINE void add_to(double* out, vf16 v) {
-  const vd8 lo = __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7),
-                                         vd8);
-  const vd8 hi = __builtin_convertvector(
-      __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), vd8);
-  vd8 o0, o1;
-  __builtin_memcpy(&o0, out, sizeof(vd8));
-  __builtin_memcpy(&o1, out + 8, sizeof(vd8));
-  o0 += lo;
-  o1 += hi;
-  __builtin_memcpy(out, &o0, sizeof(vd8));
-  __builtin_memcpy(out + 8, &o1, sizeof(vd8));
+// out[0, kVF) += v, in double.
+L2BN_INLINE void add_to(double* out, vf v) {
+  float lanes[kVF];
+  __builtin_memcpy(lanes, &v, sizeof(vf));
+#pragma omp simd
+  for (int64_t l = 0; l < kVF; ++l) {
+    out[l] += lanes[l];
+  }
 }
 
+// kVectors vectors of channels [k0, k0 + kVectors * kVF): kFold positions at a time in
+// float registers, then added to the double outputs.
 template <int kVectors, typename F>
 L2BN_INLINE void float_block(
     int64_t k0, int64_t j0, int64_t j1, const F& term, double* out_u, double* out_v) {
   for (int64_t g0 = j0; g0 < j1; g0 += kFold) {
     const int64_t g1 = std::min(j1, g0 + kFold);
-    vf16 a0 = {}, b0 = {}, a1 = {}, b1 = {};
+    vf a[kVectors], b[kVectors];
+#pragma GCC unroll 8
+    for (int q = 0; q < kVectors; ++q) {
+      a[q] = vf{};
+      b[q] = vf{};
+    }
     for (int64_t j = g0; j < g1; ++j) {
-      vf16 u, v;
-      term(j, k0, u, v);
-      a0 += u;
-      b0 += v;
-      if constexpr (kVectors == 2) {
-        term(j, k0 + 16, u, v);
-        a1 += u;
-        b1 += v;
+#pragma GCC unroll 8
+      for (int q = 0; q < kVectors; ++q) {
+        vf u, v;
+        term(j, k0 + q * kVF, u, v);
+        a[q] += u;
+        b[q] += v;
       }
     }
-    add_to(out_u + k0, a0);
-    add_to(out_v + k0, b0);
-    if constexpr (kVectors == 2) {
-      add_to(out_u + k0 + 16, a1);
-      add_to(out_v + k0 + 16, b1);
+#pragma GCC unroll 8
+    for (int q = 0; q < kVectors; ++q) {
+      add_to(out_u + k0 + q * kVF, a[q]);
+      add_to(out_v + k0 + q * kVF, b[q]);
     }
   }
 }
@@ -251,12 +260,11 @@ L2BN_INLINE void add_channel_block_sums_f(
   for (int64_t j0 = 0; j0 < m; j0 += chunk) {
     const int64_t j1 = std::min(m, j0 + chunk);
     int64_t k0 = 0;
-    for (; k0 + 32 <= c; k0 += 32) {
-      float_block<2>(k0, j0, j1, term, out_u, out_v);
+    for (; k0 + kBlockF <= c; k0 += kBlockF) {
+      float_block<kBlockVectors>(k0, j0, j1, term, out_u, out_v);
     }
-    if (k0 + 16 <= c) {
+    for (; k0 + kVF <= c; k0 += kVF) {
       float_block<1>(k0, j0, j1, term, out_u, out_v);
-      k0 += 16;
     }
     for (int64_t j = j0; j < j1; ++j) {
       for (int64_t k = k0; k < c; ++k) {
@@ -350,32 +358,41 @@ L2BN_INLINE void grad_sums_rows(
     const T* row = x + r * m;
     if constexpr (std::is_same_v<T, float>) {
       if (fast) {
+        constexpr int kN = static_cast<int>(32 / kVF);
         const float hf = h_t[r];
-        vf16 a0 = {}, a1 = {}, b0 = {}, b1 = {};
-        double sa[16] = {}, sb[16] = {};
+        vf a[kN], b[kN];
+#pragma GCC unroll 8
+        for (int q = 0; q < kN; ++q) {
+          a[q] = vf{};
+          b[q] = vf{};
+        }
+        double sa[kVF] = {}, sb[kVF] = {};
         int64_t i = 0;
         int steps = 0;
         for (; i + 32 <= m; i += 32) {
-          const vf16 g0 = load<vf16>(g + i), g1 = load<vf16>(g + i + 16);
-          a0 += g0;
-          a1 += g1;
-          b0 += g0 * (load<vf16>(row + i) - hf);
-          b1 += g1 * (load<vf16>(row + i + 16) - hf);
-          if (++steps == kFold) {
-            add_to(sa, a0 + a1);
-            add_to(sb, b0 + b1);
-            a0 = a1 = b0 = b1 = vf16{};
+#pragma GCC unroll 8
+          for (int q = 0; q < kN; ++q) {
+            const vf gq = load<vf>(g + i + q * kVF);
+            a[q] += gq;
+            b[q] += gq * (load<vf>(row + i + q * kVF) - hf);
+          }
+          if (++steps == kFold || i + 64 > m) {
+#pragma GCC unroll 8
+            for (int q = 0; q < kN; ++q) {
+              add_to(sa, a[q]);
+              add_to(sb, b[q]);
+              a[q] = vf{};
+              b[q] = vf{};
+            }
             steps = 0;
           }
         }
-        add_to(sa, a0 + a1);
-        add_to(sb, b0 + b1);
         double u = 0, v = 0;
         for (; i < m; ++i) {
           u += g[i];
           v += static_cast<double>(g[i]) * (row[i] - hf);
         }
-        for (int l = 0; l < 16; ++l) {
+        for (int64_t l = 0; l < kVF; ++l) {
           u += sa[l];
           v += sb[l];
         }
@@ -492,35 +509,46 @@ template <>
 struct SquareSum<float> {
   static constexpr int64_t kWidth = 32;
   static constexpr int kFold = 8;
-  vf16 p0 = {}, p1 = {};
-  vd8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  static constexpr int kN = static_cast<int>(kWidth / kVF);
+  vf p[kN];
+  double acc[kVF] = {};
   double tail = 0;
   int steps = 0;
-  L2BN_INLINE void step(const float* p) {
-    const vf16 v0 = load<vf16>(p), v1 = load<vf16>(p + 16);
-    p0 += v0 * v0;
-    p1 += v1 * v1;
+  L2BN_INLINE SquareSum() {
+#pragma GCC unroll 8
+    for (int q = 0; q < kN; ++q) {
+      p[q] = vf{};
+    }
+  }
+  L2BN_INLINE void step(const float* x) {
+#pragma GCC unroll 8
+    for (int q = 0; q < kN; ++q) {
+      const vf v = load<vf>(x + q * kVF);
+      p[q] += v * v;
+    }
     if (++steps == kFold) {
       fold();
     }
   }
   L2BN_INLINE void fold() {
-    a0 += __builtin_convertvector(__builtin_shufflevector(p0, p0, 0, 1, 2, 3, 4, 5, 6, 7), vd8);
-    a1 += __builtin_convertvector(
-        __builtin_shufflevector(p0, p0, 8, 9, 10, 11, 12, 13, 14, 15), vd8);
-    a2 += __builtin_convertvector(__builtin_shufflevector(p1, p1, 0, 1, 2, 3, 4, 5, 6, 7), vd8);
-    a3 += __builtin_convertvector(
-        __builtin_shufflevector(p1, p1, 8, 9, 10, 11, 12, 13, 14, 15), vd8);
-    p0 = p1 = vf16{};
+    vf s = p[0];
+#pragma GCC unroll 8
+    for (int q = 1; q < kN; ++q) {
+      s += p[q];
+    }
+    add_to(acc, s);
+#pragma GCC unroll 8
+    for (int q = 0; q < kN; ++q) {
+      p[q] = vf{};
+    }
     steps = 0;
   }
   L2BN_INLINE void one(float v) { tail += static_cast<double>(v) * v; }
   L2BN_INLINE double total() {
     fold();
-    const vd8 s = (a0 + a1) + (a2 + a3);
     double out = tail;
-    for (int l = 0; l < 8; ++l) {
-      out += s[l];
+    for (int64_t l = 0; l < kVF; ++l) {
+      out += acc[l];
     }
     return out;
   }

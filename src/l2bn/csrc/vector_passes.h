@@ -142,33 +142,42 @@ L2BN_INLINE double projection(
     bool fast) {
   if constexpr (std::is_same_v<T, float>) {
     if (fast) {
-      vf16 a0 = {}, a1 = {}, b0 = {}, b1 = {};
-      double sa[16] = {}, sb[16] = {};
+      constexpr int kN = static_cast<int>(32 / kVF);
+      vf pa[kN], pb[kN];
+#pragma GCC unroll 8
+      for (int q = 0; q < kN; ++q) {
+        pa[q] = vf{};
+        pb[q] = vf{};
+      }
+      double sa[kVF] = {}, sb[kVF] = {};
       double ta = 0, tb = 0;
       int64_t k = 0;
       int steps = 0;
       for (; k + 32 <= c; k += 32) {
-        const vf16 x0 = load<vf16>(x + k), x1 = load<vf16>(x + k + 16);
-        a0 += x0 * (load<vf16>(gain_t + k) * load<vf16>(dy + k) + load<vf16>(beta2_t + k));
-        a1 += x1 * (load<vf16>(gain_t + k + 16) * load<vf16>(dy + k + 16) +
-                    load<vf16>(beta2_t + k + 16));
-        b0 += load<vf16>(alpha_t + k) * x0 * x0;
-        b1 += load<vf16>(alpha_t + k + 16) * x1 * x1;
-        if (++steps == kFold) {
-          add_to(sa, a0 + a1);
-          add_to(sb, b0 + b1);
-          a0 = a1 = b0 = b1 = vf16{};
+#pragma GCC unroll 8
+        for (int q = 0; q < kN; ++q) {
+          const int64_t i = k + q * kVF;
+          const vf xq = load<vf>(x + i);
+          pa[q] += xq * (load<vf>(gain_t + i) * load<vf>(dy + i) + load<vf>(beta2_t + i));
+          pb[q] += load<vf>(alpha_t + i) * xq * xq;
+        }
+        if (++steps == kFold || k + 64 > c) {
+#pragma GCC unroll 8
+          for (int q = 0; q < kN; ++q) {
+            add_to(sa, pa[q]);
+            add_to(sb, pb[q]);
+            pa[q] = vf{};
+            pb[q] = vf{};
+          }
           steps = 0;
         }
       }
-      add_to(sa, a0 + a1);
-      add_to(sb, b0 + b1);
       for (; k < c; ++k) {
         const double xv = x[k];
         ta += xv * (static_cast<double>(gain_t[k]) * dy[k] + beta2_t[k]);
         tb += static_cast<double>(alpha_t[k]) * xv * xv;
       }
-      for (int64_t l = 0; l < 16; ++l) {
+      for (int64_t l = 0; l < kVF; ++l) {
         ta += sa[l];
         tb += sb[l];
       }
