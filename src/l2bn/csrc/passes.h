@@ -723,94 +723,93 @@ L2BN_INLINE void grad_output(
 // ---- eval: output of one sample fused with the norm of the next -------------------------
 //
 // A sample is `units` units of `len` contiguous values: C rows of M (row-wise, one a and b
-// per row) or M positions of C (channel-last, a[c] and b[c]). One SquareSum runs across
-// the whole sample. Units that are whole SquareSum steps (or long) are written a step at a
-// time, each step also adding the same values of the next sample to its norm; other units
-// are taken in groups of at least kGroupValues values, the group's outputs first, then the
-// same span of the next sample. sample_sum_squares feeds its SquareSum the same spans, so
-// that a norm does not depend on which loop summed it.
-constexpr int64_t kGroupValues = 512;
+// per row) or M positions of C (channel-last, a[c] and b[c]). kLanes double partial sums
+// run across the whole sample, in the same loop as the output (the loads of the next
+// sample interleave with the stores of this one); values past the last full block of a
+// unit go to one more. (Double lanes here: measured faster than float lanes in this loop.)
 
-template <typename T>
-L2BN_INLINE bool unit_steps(int64_t len) {
-  return len % SquareSum<T>::kWidth == 0 || len >= kGroupValues;
-}
-
-template <typename T>
-L2BN_INLINE int64_t group_units(int64_t len) {
-  return unit_steps<T>(len) ? 1 : std::max<int64_t>(1, kGroupValues / std::max<int64_t>(len, 1));
-}
-
-// out[i] = a[i * kStep] * u[i] + b[i * kStep] over one unit of len values.
-template <typename T, int kStep>
-L2BN_INLINE void unit_output(T* out, const T* u, const T* a, const T* b, int64_t len) {
-#pragma omp simd
-  for (int64_t i = 0; i < len; ++i) {
-    out[i] = a[i * kStep] * u[i] + b[i * kStep];
-  }
-}
-
-// unit_output while adding next[0, len) to acc, a step at a time (the order of add_squares).
-template <typename T, int kStep>
+// out[i] = a[i * kStep] * u[i] + b[i * kStep] over one unit of len values, summing next^2
+// into acc / tail when kNext.
+template <typename T, int kStep, bool kNext>
 L2BN_INLINE void unit_output_next(
-    T* out, const T* u, const T* a, const T* b, const T* next, int64_t len, SquareSum<T>& acc) {
-  constexpr int64_t w = SquareSum<T>::kWidth;
+    T* out, const T* u, const T* a, const T* b, const T* next, int64_t len, double* acc,
+    double* tail) {
   int64_t i = 0;
-  for (; i + w <= len; i += w) {
+  for (; i + kLanes <= len; i += kLanes) {
 #pragma omp simd
-    for (int64_t l = 0; l < w; ++l) {
+    for (int64_t l = 0; l < kLanes; ++l) {
       out[i + l] = a[(i + l) * kStep] * u[i + l] + b[(i + l) * kStep];
+      if constexpr (kNext) {
+        const double v = next[i + l];
+        acc[l] += v * v;
+      }
     }
-    acc.step(next + i);
   }
   for (; i < len; ++i) {
     out[i] = a[i * kStep] * u[i] + b[i * kStep];
-    acc.one(next[i]);
+    if constexpr (kNext) {
+      const double v = next[i];
+      *tail += v * v;
+    }
   }
+}
+
+L2BN_INLINE double lane_total(const double* acc, double tail) {
+  for (int64_t l = 0; l < kLanes; ++l) {
+    tail += acc[l];
+  }
+  return tail;
 }
 
 // Output of one sample, out = a * u + b, while summing next^2 (next == nullptr: output
 // only, returns 0).
+template <typename T, bool kNext>
+L2BN_INLINE double sample_output(
+    T* out, const T* u, const T* a, const T* b, const T* next, int64_t c, int64_t m, bool cl) {
+  double acc[kLanes] = {}, tail = 0;
+  if (cl) {
+    for (int64_t j = 0; j < m; ++j) {
+      unit_output_next<T, 1, kNext>(out + j * c, u + j * c, a, b, next + j * c, c, acc, &tail);
+    }
+  } else {
+    for (int64_t k = 0; k < c; ++k) {
+      unit_output_next<T, 0, kNext>(out + k * m, u + k * m, a + k, b + k, next + k * m, m, acc,
+                                    &tail);
+    }
+  }
+  return lane_total(acc, tail);
+}
+
 template <typename T>
 L2BN_INLINE double sample_output_next(
     T* out, const T* u, const T* a, const T* b, const T* next, int64_t c, int64_t m, bool cl) {
-  const int64_t units = cl ? m : c, len = cl ? c : m, group = group_units<T>(len);
-  SquareSum<T> acc;
-  for (int64_t j0 = 0; j0 < units; j0 += group) {
-    const int64_t j1 = std::min(units, j0 + group);
-    if (next != nullptr && unit_steps<T>(len)) {  // one unit: interleaved
-      if (cl) {
-        unit_output_next<T, 1>(out + j0 * len, u + j0 * len, a, b, next + j0 * len, len, acc);
-      } else {
-        unit_output_next<T, 0>(out + j0 * len, u + j0 * len, a + j0, b + j0, next + j0 * len,
-                               len, acc);
-      }
-      continue;
-    }
-    for (int64_t j = j0; j < j1; ++j) {
-      if (cl) {
-        unit_output<T, 1>(out + j * len, u + j * len, a, b, len);
-      } else {
-        unit_output<T, 0>(out + j * len, u + j * len, a + j, b + j, len);
-      }
-    }
-    if (next != nullptr) {
-      add_squares(next + j0 * len, (j1 - j0) * len, acc);
-    }
+  if (next == nullptr) {
+    return sample_output<T, false>(out, u, a, b, u, c, m, cl);
   }
-  return next != nullptr ? acc.total() : 0.0;
+  return sample_output<T, true>(out, u, a, b, next, c, m, cl);
 }
 
 // ||x||^2 of one sample, summed exactly as sample_output_next sums `next`.
 template <typename T>
 L2BN_INLINE double sample_sum_squares(const T* x, int64_t c, int64_t m, bool cl) {
-  const int64_t units = cl ? m : c, len = cl ? c : m, group = group_units<T>(len);
-  SquareSum<T> acc;
-  for (int64_t j0 = 0; j0 < units; j0 += group) {
-    const int64_t j1 = std::min(units, j0 + group);
-    add_squares(x + j0 * len, (j1 - j0) * len, acc);
+  const int64_t units = cl ? m : c, len = cl ? c : m;
+  double acc[kLanes] = {}, tail = 0;
+  for (int64_t j = 0; j < units; ++j) {
+    const T* p = x + j * len;
+    int64_t i = 0;
+    for (; i + kLanes <= len; i += kLanes) {
+#pragma omp simd
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const double v = p[i + l];
+        acc[l] += v * v;
+      }
+    }
+    for (; i < len; ++i) {
+      const double v = p[i];
+      tail += v * v;
+    }
   }
-  return acc.total();
+  return lane_total(acc, tail);
 }
 
 }  // namespace
