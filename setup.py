@@ -16,7 +16,18 @@ import sys
 
 from setuptools import setup
 
-SOURCES = ("module.cpp", "register.cpp", "train.cpp", "vector.cpp", "eval.cpp", "kernels.cpp")
+SOURCES = (
+    "module.cpp",
+    "register.cpp",
+    "train.cpp",
+    "vector.cpp",
+    "eval.cpp",
+    "kernels.cpp",
+    # The passes, once per instruction set (chosen at load time, L2BN_CPU_ISA forces one).
+    "kernels_avx512.cpp",
+    "kernels_avx2.cpp",
+    "kernels_default.cpp",
+)
 
 
 def _flag(name: str) -> bool:

@@ -12,6 +12,7 @@ import torch
 
 from l2bn import L2BatchNorm2d, backends
 from l2bn.bench import contenders as cn
+from l2bn.bench.report import format_table
 from l2bn.bench.saved import saved_bytes
 from l2bn.bench.timing import time_interleaved
 from l2bn.cli import main
@@ -87,14 +88,18 @@ def test_saved_bytes_counts_shared_storage_once():
     assert saved_bytes(lambda: (x * 2).exp()) == 400  # exp saves its output only
 
 
-def test_time_interleaved_rotates_order_and_runs_before_hook():
+def test_time_interleaved_cycles_permutations_and_runs_before_hook():
     order: list[str] = []
     hooks: list[int] = []
     calls = {name: (lambda name=name: order.append(name)) for name in "abc"}
-    result = time_interleaved(calls, rounds=3, warmup=0, before=lambda: hooks.append(1))
-    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
-    assert len(hooks) == 9
-    assert all(len(t.samples) == 3 for t in result.values())
+    result = time_interleaved(calls, rounds=6, warmup=0, before=lambda: hooks.append(1))
+    rounds = ["".join(order[i : i + 3]) for i in range(0, 18, 3)]
+    assert rounds == ["abc", "acb", "bac", "bca", "cab", "cba"]
+    # Within rounds, every contender follows every other equally often.
+    follows = [r[i : i + 2] for r in rounds for i in range(2)]
+    assert all(follows.count(a + b) == 2 for a in "abc" for b in "abc" if a != b)
+    assert len(hooks) == 18
+    assert all(len(t.samples) == 6 for t in result.values())
     with pytest.raises(ValueError, match="rounds"):
         time_interleaved(calls, rounds=0)
 
@@ -106,3 +111,55 @@ def test_naive_composite_is_the_reference_formula():
     torch.testing.assert_close(naive(x), l2(x), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="valid names"):
         cn.build("gn", 3, 4)
+
+
+def test_meta_names_processor_isa_and_aten_capability(quick_results):
+    meta = quick_results["meta"]
+    assert meta["processor"] and meta["aten_capability"] == (
+        torch.backends.cpu.get_cpu_capability().lower()
+    )
+    if backends.available("cpu"):
+        assert meta["kernel_isa"] == torch.ops.l2bn.cpu_isa()
+        assert meta["kernel_isas"] == list(torch.ops.l2bn.cpu_isas())
+
+
+@pytest.mark.skipif(not backends.available("cpu"), reason="fused kernels not built")
+def test_forced_isa_runs_in_a_process_that_reports_it(tmp_path, capfd):
+    """--isa default: a fresh process with the baseline kernels and ATen's default capability."""
+    path = tmp_path / "bench.json"
+    args = ["bench", "--quick", "--threads", "1", "--no-e2e", "--cases", "1d", "--isa", "default"]
+    assert main([*args, "--output", str(path)]) == 0
+    meta = json.loads(path.read_text())["meta"]
+    assert (meta["kernel_isa"], meta["aten_capability"]) == ("default", "default")
+    assert "fused kernels' instruction set: default" in capfd.readouterr().out
+    with pytest.raises(ValueError, match="valid modes"):
+        main(["bench", "--quick", "--modes", "backward", "--isa", "default"])
+
+
+def test_quick_skips_the_compiled_step_and_the_table_reports_it(quick_results):
+    assert "resnet20_compiled" not in quick_results  # --quick: off unless --compile
+    results = dict(quick_results)
+    ms = {"median_ms": 2.0, "min_ms": 1.0, "max_ms": 3.0}
+    results["resnet20_compiled"] = {
+        "batch": 4,
+        "rounds": 2,
+        "bn": ms,
+        "l2bn": ms,
+        "ratio": 1.0,
+        "fused_calls": {"l2bn::train_forward": 19, "l2bn::train_backward": 19},
+    }
+    text = format_table(results)
+    assert "torch.compile(fullgraph=True)" in text
+    assert "l2bn::train_backward x19, l2bn::train_forward x19" in text
+    results["resnet20_compiled"] = {"batch": 4, "rounds": 2, "error": "Unsupported: reason"}
+    assert "not measured: Unsupported: reason" in format_table(results)
+
+
+def test_compiled_step_reports_a_compiler_error(monkeypatch):
+    from l2bn.bench import e2e
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    assert e2e.time_compiled_training_step(2, 1) == {"error": "RuntimeError: no compiler here"}

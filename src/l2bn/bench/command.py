@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 from typing import Any
 
 import torch
 
 from l2bn import backends
 from l2bn.bench import contenders as cn
-from l2bn.bench.e2e import time_training_step
+from l2bn.bench import machine
+from l2bn.bench.e2e import time_compiled_training_step, time_training_step
 from l2bn.bench.report import format_table, timing_row, to_json
 from l2bn.bench.saved import saved_bytes
 from l2bn.bench.timing import time_interleaved
@@ -40,6 +44,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-e2e", action="store_true", help="skip the ResNet-20 step")
     parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time the ResNet-20 step under torch.compile(fullgraph=True) (default: on, "
+        "off with --quick; compiling takes a minute or more)",
+    )
+    parser.add_argument(
         "--e2e-batch", type=int, default=None, help="ResNet-20 batch size (default 128; quick 4)"
     )
     parser.add_argument(
@@ -48,6 +59,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="cpu",
         help="cpu (default) or cuda: the GPU benchmark of l2bn.bench.gpu (Triton kernels "
         "vs cuDNN and native BatchNorm)",
+    )
+    parser.add_argument(
+        "--isa",
+        choices=machine.ISAS,
+        default=None,
+        help="run the fused kernels at this instruction set (L2BN_CPU_ISA), and native "
+        "BatchNorm at the same ATen capability unless --aten-capability says otherwise: "
+        "measures a lower processor on this one (a fresh process is started)",
+    )
+    parser.add_argument(
+        "--aten-capability",
+        choices=machine.ISAS,
+        default=None,
+        help="ATen's CPU capability (ATEN_CPU_CAPABILITY) for native BatchNorm and torch ops",
+    )
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc settings alone (by default freed memory stays in the "
+        "process, so that no contender page-faults memory another one returned)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--output", default=None, help="also write the JSON to this file")
@@ -111,6 +142,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     modes = _parse_modes(args.modes)
     rounds = args.rounds or (2 if args.quick else 15)
     selected = [c for c in cn.cases(args.quick) if args.cases in c.name]
+    allocator = "system default" if args.default_malloc else machine.keep_freed_memory()
     results: dict[str, Any] = {
         "meta": {
             "torch": torch.__version__,
@@ -120,6 +152,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "clock": args.clock,
             "quick": bool(args.quick),
             "l2bn_implementation": backends.status("cpu"),
+            **machine.describe(),
+            "allocator": allocator,
         },
         "timings": [],
         "saved": [],
@@ -140,6 +174,27 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             },
             "ratio": t["l2bn"].median / t["bn"].median,
         }
+    if not args.no_e2e and (args.compile if args.compile is not None else not args.quick):
+        batch = args.e2e_batch or (4 if args.quick else 128)
+        c = time_compiled_training_step(batch, rounds, clock=args.clock)
+        row: dict[str, Any] = {"batch": batch, "rounds": rounds}
+        if "error" in c:
+            row["error"] = c["error"]
+        else:
+            t = c["timings"]
+            row.update(
+                {
+                    name: {
+                        "median_ms": v.median * 1e3,
+                        "min_ms": v.min * 1e3,
+                        "max_ms": v.max * 1e3,
+                    }
+                    for name, v in t.items()
+                }
+            )
+            row["ratio"] = t["l2bn"].median / t["bn"].median
+            row["fused_calls"] = c["fused_calls"]
+        results["resnet20_compiled"] = row
     return results
 
 
@@ -150,6 +205,15 @@ def run(args: argparse.Namespace) -> int:
         return gpu.run(args)
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    _parse_modes(args.modes)  # bad options fail here, not in the process started below
+    env = machine.forced_environment(args.isa, args.aten_capability)
+    if env is not None:
+        # Both instruction sets are fixed at load time: rerun in a process that loads them.
+        options = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+        child = [sys.executable, "-m", "l2bn.bench.command", json.dumps(options)]
+        return subprocess.run(child, env=env, check=False).returncode
+    if args.isa is not None and args.isa != machine.kernel_isa():
+        raise RuntimeError(f"--isa {args.isa}: the kernels run {machine.kernel_isa()}")
     previous = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -162,3 +226,8 @@ def run(args: argparse.Namespace) -> int:
             f.write(text + "\n")
     print(text if args.json else format_table(results))
     return 0
+
+
+if __name__ == "__main__":
+    # The process started by run() for --isa / --aten-capability: the options as JSON.
+    sys.exit(run(argparse.Namespace(**json.loads(sys.argv[1]))))

@@ -54,3 +54,42 @@ def time_training_step(
         )
         calls[name] = _step(model, opt, x, y)
     return time_interleaved(calls, rounds, warmup=2, clock=clock)
+
+
+def _fused_calls(step) -> dict[str, int]:
+    """How many times one call of ``step`` ran each fused L2BN operator (profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    counts: dict[str, int] = {}
+    for event in prof.events():
+        if event.name.startswith("l2bn::"):
+            counts[event.name] = counts.get(event.name, 0) + 1
+    return counts
+
+
+def time_compiled_training_step(
+    batch: int, rounds: int, seed: int = 0, clock: str = "wall"
+) -> dict[str, object]:
+    """The SGD step of :func:`time_training_step` with both networks under
+    ``torch.compile(fullgraph=True)`` (inductor), and how often a compiled L2BN step runs
+    each fused operator. On a compilation error: ``{"error": message}``."""
+    torch.manual_seed(seed)
+    bn_model, l2_model = resnet20_pair()
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 100, (batch,))
+    calls = {}
+    try:
+        for name, model in (("bn", bn_model), ("l2bn", l2_model)):
+            model.train()
+            opt = torch.optim.SGD(
+                model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4
+            )
+            calls[name] = _step(torch.compile(model, fullgraph=True), opt, x, y)
+            calls[name]()  # compiles forward and backward
+        fused = _fused_calls(calls["l2bn"])
+        timings = time_interleaved(calls, rounds, warmup=1, clock=clock)
+    except Exception as exc:  # any compiler failure is reported, not raised
+        return {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"}
+    return {"timings": timings, "fused_calls": fused}

@@ -32,6 +32,12 @@ def format_table(results: dict[str, Any]) -> str:
     lines = [
         f"l2bn bench: torch {meta['torch']}, {meta['threads']} threads, "
         f"{meta['rounds']} interleaved rounds, {meta['clock']} clock, device {meta['device']}",
+        f"processor: {meta.get('processor', 'unknown')}",
+        f"fused kernels' instruction set: {meta.get('kernel_isa') or 'none (l2bn._C not loaded)'}"
+        f" (available: {', '.join(meta.get('kernel_isas') or []) or 'none'}; L2BN_CPU_ISA or "
+        "--isa forces one)",
+        f"ATen CPU capability: {meta.get('aten_capability', 'unknown')} (ATEN_CPU_CAPABILITY)",
+        f"allocator: {meta.get('allocator', 'unknown')}",
         f"l2bn implementation: {meta.get('l2bn_implementation', 'unknown')}",
         "",
         f"{'case':<24} {'mode':<14} {'contender':<6} {'median ms':>10} {'min-max ms':>17} "
@@ -70,6 +76,25 @@ def format_table(results: dict[str, Any]) -> str:
                 f"(min {t['min_ms']:.1f}, max {t['max_ms']:.1f})"
             )
         lines.append(f"  L2BN / BN step time (ratio of medians): {e2e['ratio']:.3f}")
+    compiled = results.get("resnet20_compiled")
+    if compiled:
+        lines += [
+            "",
+            f"ResNet-20 SGD step under torch.compile(fullgraph=True), batch {compiled['batch']}, "
+            f"{compiled['rounds']} interleaved rounds:",
+        ]
+        if "error" in compiled:
+            lines.append(f"  not measured: {compiled['error']}")
+        else:
+            for name in ("bn", "l2bn"):
+                t = compiled[name]
+                lines.append(
+                    f"  {name:<5} median {t['median_ms']:.1f} ms "
+                    f"(min {t['min_ms']:.1f}, max {t['max_ms']:.1f})"
+                )
+            lines.append(f"  L2BN / BN step time (ratio of medians): {compiled['ratio']:.3f}")
+            calls = ", ".join(f"{k} x{v}" for k, v in sorted(compiled["fused_calls"].items()))
+            lines.append(f"  fused L2BN operators per compiled step: {calls or 'none'}")
     return "\n".join(lines)
 
 

@@ -1,4 +1,11 @@
-"""Interleaved timing: every round runs each contender once, in a rotating order.
+"""Interleaved timing: every round runs each contender once, in an order that cycles
+through all permutations of the contenders.
+
+All permutations, not rotations of one order: a call is slowed by what ran just before it
+(a contender that frees large buffers makes the allocator return memory to the system,
+and the next large allocation page-faults it back), and with rotations of one order each
+contender always follows the same one. Cycling through the permutations makes every
+contender follow every other equally often.
 
 Two clocks: ``wall`` (``time.perf_counter``, what a user waits for) and ``cpu``
 (``time.process_time``, the CPU time of this process: with one thread it leaves out the
@@ -8,6 +15,7 @@ several threads it also counts threads spinning at barriers, so use it with 1 th
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -42,7 +50,7 @@ def time_interleaved(
     before: Callable[[], None] | None = None,
     clock: str = "wall",
 ) -> dict[str, Timing]:
-    """Time each call ``rounds`` times; round ``r`` starts with contender ``r mod k``.
+    """Time each call ``rounds`` times; round ``r`` runs them in permutation ``r mod k!``.
 
     ``before`` runs untimed before every call (e.g. to drop accumulated gradients).
     """
@@ -58,9 +66,9 @@ def time_interleaved(
                 before()
             calls[name]()
     samples: dict[str, list[float]] = {name: [] for name in names}
+    orders = list(itertools.permutations(names))
     for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in orders[r % len(orders)]:
             if before is not None:
                 before()
             start = now()

@@ -12,6 +12,7 @@
 #include <optional>
 #include <vector>
 
+#include "kernels.h"
 #include "layout.h"
 
 namespace l2bn {
@@ -98,9 +99,9 @@ inline double sample_scale(double norm_sq, double l2_eps, double sqrt_d, bool sc
   return scale ? rho / sqrt_d : rho;
 }
 
-// A channel's one-pass variance E[v^2] - E[v]^2 (in double) is trusted while
-// E[v^2] <= kCondLimit * var; other rows or channels are recomputed by a centred pass.
-constexpr double kCondLimit = 1e4;
+// A channel's mean is at most a few standard deviations (E[v^2] <= kCondLimitFast * var):
+// float input may then take float lanes where differences of nearly equal values occur.
+constexpr double kCondLimitFast = 16;
 
 inline bool ill_conditioned(double var, double second) {
   return second > 0 && var * kCondLimit <= second;

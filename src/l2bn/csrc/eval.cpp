@@ -8,7 +8,6 @@
 #include "common.h"
 #include "kernels.h"
 #include "ops.h"
-#include "passes.h"
 
 namespace l2bn {
 Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tensor& running_var,
@@ -36,6 +35,7 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
   Tensor y = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_eval_forward", [&] {
     using T = scalar_t;
+    const Kernels<T>& kern = kernels<T>();
     const T* xp = x.const_data_ptr<T>();
     T* yp = y.data_ptr<T>();
     std::vector<T> shift(c);
@@ -47,15 +47,15 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
       // reads row i + 1 for its norm, summed in the lane order of block_sum_squares.
       std::vector<T> gain_t(gain.begin(), gain.end());
       at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
-        double norm_sq = block_sum_squares(xp + i0 * c, c);
+        double norm_sq = kern.block_sum_squares(xp + i0 * c, c);
         for (int64_t i = i0; i < i1; ++i) {
           const T inv = static_cast<T>(inverse_scale(norm_sq));
           const T* row = xp + i * c;
           if (i + 1 < i1) {
-            norm_sq = row_output_next(yp + i * c, row, c, inv, gain_t.data(), shift.data(),
+            norm_sq = kern.row_output_next(yp + i * c, row, c, inv, gain_t.data(), shift.data(),
                                       row + c);
           } else {
-            row_output(yp + i * c, row, c, inv, gain_t.data(), shift.data());
+            kern.row_output(yp + i * c, row, c, inv, gain_t.data(), shift.data());
           }
         }
       });
@@ -66,14 +66,14 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
       // that reads sample i + 1 for its norm, so both memory streams are in flight.
       at::parallel_for(0, n, grain(per_sample), [&](int64_t i0, int64_t i1) {
         std::vector<T> a(c);
-        double norm_sq = sample_sum_squares(xp + i0 * per_sample, c, l.m, l.channels_last);
+        double norm_sq = kern.sample_sum_squares(xp + i0 * per_sample, c, l.m, l.channels_last);
         for (int64_t i = i0; i < i1; ++i) {
           const double inv = inverse_scale(norm_sq);
           for (int64_t k = 0; k < c; ++k) {
             a[k] = static_cast<T>(gain[k] * inv);
           }
           const T* next = i + 1 < i1 ? xp + (i + 1) * per_sample : nullptr;
-          norm_sq = sample_output_next(yp + i * per_sample, xp + i * per_sample, a.data(),
+          norm_sq = kern.sample_output_next(yp + i * per_sample, xp + i * per_sample, a.data(),
                                        shift.data(), next, c, l.m, l.channels_last);
         }
       });
@@ -86,7 +86,7 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
       const double norm_sq = at::parallel_reduce(
           0, per_sample, kGrain, 0.0,
           [&](int64_t j0, int64_t j1, double acc) {
-            return acc + block_sum_squares(sample + j0, j1 - j0);
+            return acc + kern.block_sum_squares(sample + j0, j1 - j0);
           },
           std::plus<double>());
       const double inv = inverse_scale(norm_sq);
@@ -97,7 +97,7 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
     const Coef<T> pa{a.data(), c}, rb{shift.data(), 0};
     const int64_t per_unit = l.channels_last ? c : l.m;
     at::parallel_for(0, n * units, grain(per_unit), [&](int64_t i0, int64_t i1) {
-      affine(yp, xp, static_cast<const T*>(nullptr), pa, pa, rb, c, l.m, l.channels_last, i0, i1);
+      kern.affine(yp, xp, pa, rb, c, l.m, l.channels_last, i0, i1);
     });
   });
   return y;

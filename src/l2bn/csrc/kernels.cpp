@@ -1,98 +1,103 @@
-// Instantiates the passes of passes.h for float and double, one multiversioned function
-// per pass (see kernels.h).
+// Which table of passes runs (kernels.h): the best instruction set that both this build
+// and this processor have, unless the environment variable L2BN_CPU_ISA (read once, on
+// first use; l2bn._C uses it when Python loads the module) names one:
+//
+//   L2BN_CPU_ISA=avx512 | avx2 | default   (unset, empty or "auto": the best available)
+//
+// An unknown name, or an instruction set the processor or the build lacks, is an error
+// (std::runtime_error, raised as RuntimeError when l2bn._C is imported), never a fallback:
+// a forced instruction set exists so that tests and benchmarks can rely on it.
+#include <cctype>
+#include <cstdlib>
+#include <iterator>
+#include <stdexcept>
+
 #include "kernels.h"
 
-#include "passes.h"
-#include "vector_passes.h"
-
 namespace l2bn {
+namespace {
 
-#define L2BN_DEFINE_KERNELS(T)                                                                \
-  L2BN_MULTIVERSION void sums(const T* x, int64_t c, int64_t m, bool cl, int64_t i0,          \
-                              int64_t i1, double* s1, double* s2) {                           \
-    if (cl) {                                                                                 \
-      sums_cl<T>(x, c, m, i0, i1, s1, s2);                                                    \
-    } else {                                                                                  \
-      sums_rows<T>(x, m, i0, i1, s1, s2);                                                     \
-    }                                                                                         \
-  }                                                                                           \
-  L2BN_MULTIVERSION void grad_sums(const T* dy, const T* x, const double* h, int64_t c,       \
-                                   int64_t m, bool cl, int64_t i0, int64_t i1, double* t1,    \
-                                   double* t2) {                                              \
-    if (cl) {                                                                                 \
-      grad_sums_cl<T>(dy, x, h, c, m, i0, i1, t1, t2);                                        \
-    } else {                                                                                  \
-      grad_sums_rows<T>(dy, x, h, m, i0, i1, t1, t2);                                         \
-    }                                                                                         \
-  }                                                                                           \
-  L2BN_MULTIVERSION void centred_sums(const T* x, const double* mean, int64_t c, int64_t m,   \
-                                      bool cl, int64_t i0, int64_t i1, double* d1,            \
-                                      double* d2) {                                           \
-    if (cl) {                                                                                 \
-      centred_cl<T>(x, mean, c, m, i0, i1, d1, d2);                                           \
-    } else {                                                                                  \
-      centred_rows<T>(x, mean, m, i0, i1, d1, d2);                                            \
-    }                                                                                         \
-  }                                                                                           \
-  L2BN_MULTIVERSION double block_sum_squares(const T* x, int64_t len) {                       \
-    return sum_squares<T>(x, len);                                                            \
-  }                                                                                           \
-  L2BN_MULTIVERSION void affine(T* out, const T* u, const T* v, const Coef<T>& p,             \
-                                const Coef<T>& q, const Coef<T>& r, int64_t c, int64_t m,     \
-                                bool cl, int64_t i0, int64_t i1) {                            \
-    if (cl) {                                                                                 \
-      if (v != nullptr) {                                                                     \
-        affine_cl<T, true>(out, u, v, p, q, r, c, m, i0, i1);                                 \
-      } else {                                                                                \
-        affine_cl<T, false>(out, u, v, p, q, r, c, m, i0, i1);                                \
-      }                                                                                       \
-    } else if (v != nullptr) {                                                                \
-      affine_rows<T, true>(out, u, v, p, q, r, c, m, i0, i1);                                 \
-    } else {                                                                                  \
-      affine_rows<T, false>(out, u, v, p, q, r, c, m, i0, i1);                                \
-    }                                                                                         \
-  }                                                                                           \
-  L2BN_MULTIVERSION double sample_output_next(T* out, const T* u, const T* a, const T* b,     \
-                                             const T* next, int64_t c, int64_t m, bool cl) {  \
-    return sample_output_next<T>(out, u, a, b, next, c, m, cl);                               \
-  }                                                                                           \
-  L2BN_MULTIVERSION double sample_sum_squares(const T* x, int64_t c, int64_t m, bool cl) {    \
-    return sample_sum_squares<T>(x, c, m, cl);                                                \
-  }                                                                                           \
-  L2BN_MULTIVERSION void tile_sums(const T* x, int64_t rows, int64_t c, const double* inv,    \
-                                   double* s1, double* s2) {                                  \
-    tile_sums<T>(x, rows, c, inv, s1, s2);                                                    \
-  }                                                                                           \
-  L2BN_MULTIVERSION void tile_dev(const T* x, int64_t rows, int64_t c, const double* inv,     \
-                                  const double* mu, double* d1, double* d2) {                 \
-    tile_dev<T>(x, rows, c, inv, mu, d1, d2);                                                 \
-  }                                                                                           \
-  L2BN_MULTIVERSION void row_output(T* out, const T* x, int64_t c, T inv, const T* gain,      \
-                                    const T* shift) {                                         \
-    row_output<T>(out, x, c, inv, gain, shift);                                               \
-  }                                                                                           \
-  L2BN_MULTIVERSION double row_output_next(T* out, const T* x, int64_t c, T inv,              \
-                                           const T* gain, const T* shift, const T* next) {    \
-    return row_output_next<T>(out, x, c, inv, gain, shift, next);                             \
-  }                                                                                           \
-  L2BN_MULTIVERSION void tile_grad(const T* dy, const T* x, int64_t rows, int64_t c,          \
-                                   const double* inv, const double* mu, double* t1,           \
-                                   double* t2) {                                              \
-    tile_grad<T>(dy, x, rows, c, inv, mu, t1, t2);                                            \
-  }                                                                                           \
-  L2BN_MULTIVERSION double projection(const T* dy, const T* x, int64_t c, double inv,         \
-                                      const double* gain, const double* c1,                   \
-                                      const double* alpha, const double* mu) {                \
-    return projection<T>(dy, x, c, inv, gain, c1, alpha, mu);                                 \
-  }                                                                                           \
-  L2BN_MULTIVERSION void grad_row(T* out, const T* dy, const T* x, int64_t c, T inv, T inv2,  \
-                                  T proj, const T* gain, const T* beta, const T* alpha) {     \
-    grad_row<T>(out, dy, x, c, inv, inv2, proj, gain, beta, alpha);                           \
+// Whether the processor (and the OS, which must save the wider registers) runs the
+// instruction set; libgcc's cpu model checks both.
+bool processor_has(const std::string& isa) {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+  __builtin_cpu_init();
+  if (isa == "avx512") {
+    return __builtin_cpu_supports("x86-64-v4");
   }
+  if (isa == "avx2") {
+    return __builtin_cpu_supports("x86-64-v3");
+  }
+#endif
+  return isa == "default";
+}
 
-L2BN_DEFINE_KERNELS(float)
-L2BN_DEFINE_KERNELS(double)
+const KernelSet* compiled(const std::string& isa) {
+  if (isa == "avx512") {
+    return avx512_kernels();
+  }
+  if (isa == "avx2") {
+    return avx2_kernels();
+  }
+  if (isa == "default") {
+    return default_kernels();
+  }
+  return nullptr;
+}
 
-#undef L2BN_DEFINE_KERNELS
+const std::string kIsas[] = {"avx512", "avx2", "default"};
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string out;
+  for (const std::string& name : names) {
+    out += (out.empty() ? "" : ", ") + name;
+  }
+  return out;
+}
+
+const KernelSet* choose() {
+  const char* env = std::getenv("L2BN_CPU_ISA");
+  std::string wanted = env == nullptr ? "" : env;
+  for (char& ch : wanted) {
+    ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  }
+  const std::vector<std::string> usable = supported_isas();
+  if (wanted.empty() || wanted == "auto") {
+    return compiled(usable.front());
+  }
+  if (std::find(std::begin(kIsas), std::end(kIsas), wanted) == std::end(kIsas)) {
+    throw std::runtime_error("L2BN_CPU_ISA='" + std::string(env) +
+                             "' is not an instruction set of the l2bn kernels; valid values: "
+                             "auto, avx512, avx2, default");
+  }
+  for (const std::string& isa : usable) {
+    if (isa == wanted) {
+      return compiled(isa);
+    }
+  }
+  const char* why = compiled(wanted) == nullptr ? "this build of l2bn._C has no kernels for it"
+                                                 : "this processor does not support it";
+  throw std::runtime_error("L2BN_CPU_ISA=" + wanted + ": " + why +
+                           "; instruction sets available here: " + joined(usable) +
+                           " (unset L2BN_CPU_ISA to use the best)");
+}
+
+}  // namespace
+
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> out;
+  for (const std::string& isa : kIsas) {
+    if (compiled(isa) != nullptr && processor_has(isa)) {
+      out.emplace_back(isa);
+    }
+  }
+  return out;
+}
+
+const KernelSet& active_kernels() {
+  // A throw leaves the static uninitialized: every later call reports the same error.
+  static const KernelSet* const table = choose();
+  return *table;
+}
 
 }  // namespace l2bn

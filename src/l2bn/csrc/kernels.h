@@ -1,47 +1,114 @@
-// The full-size passes of passes.h for float and double, each compiled for several CPU
-// levels. Free of torch headers, so that kernels.cpp compiles quickly. Index ranges
-// [i0, i1) are rows (n * C + c) in the row-wise layout and samples in the channel-last
-// layout, except for `affine`, whose channel-last range is positions (n * M + s). The
-// (N, C) kernels of vector_passes.h take one sample row each.
+// The full-size passes of L2BN (passes.h, vector_passes.h) as tables of function
+// pointers, one table per instruction set: each kernels_<isa>.cpp compiles the same passes
+// for AVX-512 (x86-64-v4), AVX2 (x86-64-v3) or baseline x86-64. One table is chosen on first
+// use (kernels.cpp): the best the processor runs, or the one L2BN_CPU_ISA names.
+//
+// Index ranges [i0, i1) are rows (n * C + c) in the row-wise layout and samples in the
+// channel-last layout, except for `affine`, whose channel-last range is positions
+// (n * M + s). The (N, C) kernels of vector_passes.h take one sample row (or a tile of rows).
+//
+// Free of torch headers (kernels.cpp and module.cpp include it). The standard headers the
+// passes use are included here, so that no instruction-set translation unit compiles them
+// under its target pragma.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <string>
+#include <type_traits>
+#include <vector>
 
 namespace l2bn {
 
+// A channel's one-pass variance E[v^2] - E[v]^2 (in double) is trusted while
+// E[v^2] <= kCondLimit * var; other rows or channels are recomputed by a centred pass.
+constexpr double kCondLimit = 1e4;
+
+// A per-(n, c) coefficient: value(n, c) = ptr[n * n_stride + c]; n_stride 0 broadcasts a
+// per-channel vector over samples.
 template <typename T>
-struct Coef;
+struct Coef {
+  const T* ptr;
+  int64_t n_stride;
+  inline const T* row(int64_t n) const { return ptr + n * n_stride; }
+};
 
-#define L2BN_DECLARE_KERNELS(T)                                                              \
-  void sums(const T* x, int64_t c, int64_t m, bool cl, int64_t i0, int64_t i1, double* s1,  \
-            double* s2);                                                                    \
-  void grad_sums(const T* dy, const T* x, const double* h, int64_t c, int64_t m, bool cl,   \
-                 int64_t i0, int64_t i1, double* t1, double* t2);                           \
-  void centred_sums(const T* x, const double* mean, int64_t c, int64_t m, bool cl,          \
-                    int64_t i0, int64_t i1, double* d1, double* d2);                        \
-  double block_sum_squares(const T* x, int64_t len);                                        \
-  void affine(T* out, const T* u, const T* v, const Coef<T>& p, const Coef<T>& q,           \
-              const Coef<T>& r, int64_t c, int64_t m, bool cl, int64_t i0, int64_t i1);    \
-  double sample_output_next(T* out, const T* u, const T* a, const T* b, const T* next,       \
-                            int64_t c, int64_t m, bool cl);                                 \
-  double sample_sum_squares(const T* x, int64_t c, int64_t m, bool cl);                     \
-  void tile_sums(const T* x, int64_t rows, int64_t c, const double* inv, double* s1,        \
-                 double* s2);                                                               \
-  void tile_dev(const T* x, int64_t rows, int64_t c, const double* inv, const double* mu,    \
-                double* d1, double* d2);                                                    \
-  void row_output(T* out, const T* x, int64_t c, T inv, const T* gain, const T* shift);      \
-  double row_output_next(T* out, const T* x, int64_t c, T inv, const T* gain,               \
-                         const T* shift, const T* next);                                    \
-  void tile_grad(const T* dy, const T* x, int64_t rows, int64_t c, const double* inv,        \
-                 const double* mu, double* t1, double* t2);                                 \
-  double projection(const T* dy, const T* x, int64_t c, double inv, const double* gain,      \
-                    const double* c1, const double* alpha, const double* mu);               \
-  void grad_row(T* out, const T* dy, const T* x, int64_t c, T inv, T inv2, T proj,           \
-                const T* gain, const T* beta, const T* alpha);
+template <typename T>
+struct Kernels {
+  // Returns how many rows' one-pass variance may have cancelled; scratch: 3 * C doubles.
+  // flags[r] = 1 where that row's variance needs a centred pass.
+  int64_t (*moments)(const T* x, int64_t c, int64_t m, bool cl, int64_t i0, int64_t i1,
+                     double* mean, double* second, double* var, uint8_t* flags,
+                     double* scratch);
+  // fast: float lanes allowed (float input, well-conditioned channels); h_t = h in T.
+  void (*grad_sums)(const T* dy, const T* x, const double* h, const T* h_t, bool fast,
+                    int64_t c, int64_t m, bool cl, int64_t i0, int64_t i1, double* t1,
+                    double* t2);
+  void (*centred_sums)(const T* x, const double* mean, int64_t c, int64_t m, bool cl,
+                       int64_t i0, int64_t i1, double* d1, double* d2);
+  double (*block_sum_squares)(const T* x, int64_t len);
+  void (*affine)(T* out, const T* u, const Coef<T>& p, const Coef<T>& r, int64_t c, int64_t m,
+                 bool cl, int64_t i0, int64_t i1);
+  // scratch: C values.
+  void (*scale_shift)(T* out, const T* x, const double* gain, const double* inv,
+                      const T* shift, int64_t c, int64_t m, bool cl, int64_t i0, int64_t i1,
+                      T* scratch);
+  // scratch: 3 * C values.
+  void (*grad_output)(T* out, const T* dy, const T* x, const double* gain, const double* inv,
+                      const double* qc, const double* proj, const double* rc, int64_t c,
+                      int64_t m, bool cl, int64_t i0, int64_t i1, T* scratch);
+  double (*sample_output_next)(T* out, const T* u, const T* a, const T* b, const T* next,
+                               int64_t c, int64_t m, bool cl);
+  double (*sample_sum_squares)(const T* x, int64_t c, int64_t m, bool cl);
+  // The tile kernels add to their outputs.
+  void (*tile_sums)(const T* x, int64_t rows, int64_t c, const double* inv, const T* shift,
+                    double* s1, double* s2);
+  void (*tile_dev)(const T* x, int64_t rows, int64_t c, const double* inv, const double* mu,
+                   double* d1, double* d2);
+  void (*row_output)(T* out, const T* x, int64_t c, T inv, const T* gain, const T* shift);
+  double (*row_output_next)(T* out, const T* x, int64_t c, T inv, const T* gain,
+                            const T* shift, const T* next);
+  void (*tile_grad)(const T* dy, const T* x, int64_t rows, int64_t c, const double* inv,
+                    const double* mu, const T* mu_t, bool fast, double* t1, double* t2);
+  double (*projection)(const T* dy, const T* x, int64_t c, double inv, const double* gain,
+                       const double* c1, const double* alpha, const double* mu,
+                       const T* gain_t, const T* alpha_t, const T* beta2_t, bool fast);
+  void (*grad_row)(T* out, const T* dy, const T* x, int64_t c, T inv, T inv2, T proj,
+                   const T* gain, const T* beta, const T* alpha);
+};
 
-L2BN_DECLARE_KERNELS(float)
-L2BN_DECLARE_KERNELS(double)
+// All passes compiled for one instruction set.
+struct KernelSet {
+  const char* isa;  // "avx512", "avx2" or "default"
+  Kernels<float> f32;
+  Kernels<double> f64;
+};
 
-#undef L2BN_DECLARE_KERNELS
+// The table of each instruction set (kernels_<isa>.cpp); nullptr where this build has none
+// (non-x86 or non-GCC builds have the baseline only).
+const KernelSet* avx512_kernels();
+const KernelSet* avx2_kernels();
+const KernelSet* default_kernels();
+
+// The active table, chosen on first call (kernels.cpp). Throws std::runtime_error when
+// L2BN_CPU_ISA names an unknown instruction set or one this processor (or build) lacks.
+const KernelSet& active_kernels();
+
+// Instruction sets this processor runs and this build has, best first.
+std::vector<std::string> supported_isas();
+
+template <typename T>
+const Kernels<T>& kernels();
+
+template <>
+inline const Kernels<float>& kernels<float>() {
+  return active_kernels().f32;
+}
+
+template <>
+inline const Kernels<double>& kernels<double>() {
+  return active_kernels().f64;
+}
 
 }  // namespace l2bn

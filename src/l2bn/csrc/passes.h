@@ -1,27 +1,28 @@
 // The full-size passes of L2BN (DESIGN.md): every other step costs O(N * C).
 //
-//   sums:         s1[n, c] = sum_m x,  s2[n, c] = sum_m x^2               (forward reduction)
+//   moments:      mean[n, c], second[n, c] = sum_m x / M, sum_m x^2 / M and the variance
+//                 second - mean^2 of each row, in one read         (forward reduction)
 //   grad_sums:    t1[n, c] = sum_m dy, t2[n, c] = sum_m dy * (x - h[n, c]) (backward reduction)
 //   centred:      sum_m (x - mean[n, c]) and its square, for rows whose one-pass variance
 //                 would cancel (rare)
-//   affine:       out = p[n, c] * u + q[n, c] * v + r[n, c]                 (outputs, eqs. 2-3)
+//   scale_shift:  y = x * (gain[c] * inv[n]) + shift[c]                 (forward output)
+//   grad_output:  dx = p * dy + q * x + r, p, q, r from per-channel and per-sample parts
+//                                                                     (backward output)
+//   affine:       out = p[n, c] * u + r[n, c]            (eval with fewer samples than threads)
 //   sum_squares:  sum of x^2 over one contiguous block                     (eval: ||x[n]||^2)
 //
 // Each kernel handles a range of rows (row-wise layout) or of samples / positions
-// (channel-last layout); ops.cpp spreads the ranges over threads with at::parallel_for.
-// Sums are accumulated in double. Each kernel is compiled for AVX-512, AVX2 and baseline
-// x86-64 and picked at load time (GCC / Clang function multiversioning).
+// (channel-last layout); train.cpp and eval.cpp spread the ranges over threads with
+// at::parallel_for. Statistics are accumulated in double; sums of squares for norms alone
+// (SquareSum) run in float lanes folded into double every few steps.
+//
+// Included only through kernel_table.h, once per instruction set: everything here has
+// internal linkage (an anonymous namespace), so that each kernels_<isa>.cpp keeps its own
+// copy, compiled for its instruction set, and the linker never merges copies of different
+// instruction sets. The standard headers come from kernels.h, before any target pragma.
 #pragma once
 
-#include <algorithm>
-#include <cstdint>
-
-#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
-#define L2BN_MULTIVERSION \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define L2BN_MULTIVERSION
-#endif
+#include "kernels.h"
 
 #if defined(__GNUC__)
 #define L2BN_INLINE inline __attribute__((always_inline))
@@ -30,15 +31,7 @@
 #endif
 
 namespace l2bn {
-
-// A per-(n, c) coefficient: value(n, c) = ptr[n * n_stride + c]; n_stride 0 broadcasts a
-// per-channel vector over samples.
-template <typename T>
-struct Coef {
-  const T* ptr;
-  int64_t n_stride;
-  L2BN_INLINE const T* row(int64_t n) const { return ptr + n * n_stride; }
-};
+namespace {
 
 // ---- reductions ---------------------------------------------------------------------------
 
@@ -75,19 +68,57 @@ L2BN_INLINE void reduce_pair(int64_t len, const F& term, double* out_u, double* 
   *out_v = sv;
 }
 
+// mean = s1 / M, second = s2 / M and var = max(second - mean^2, 0) of row r from its sums
+// (NaN stays NaN); returns whether the one-pass variance may have cancelled (kCondLimit).
+L2BN_INLINE bool row_moment(double s1, double s2, double inv_m, int64_t r, double* mean,
+                            double* second, double* var, uint8_t* flags) {
+  const double mu = s1 * inv_m, sq = s2 * inv_m, v = sq - mu * mu;
+  mean[r] = mu;
+  second[r] = sq;
+  var[r] = std::max(v, 0.0);
+  flags[r] = sq > 0 && v * kCondLimit <= sq;
+  return flags[r];
+}
+
+// row_moment from sums of d = x - shift computed in float lanes (float_block): the variance
+// is trusted while E[d^2] <= kCondLimitShifted * var, a bound that keeps the error of the
+// float partial sums (at most kFold terms each) below 1e-5 of the variance. The shift is
+// the mean of the row's first kShiftValues values, which leaves E[d^2] close to the
+// variance (1 + 1 / kShiftValues times it, on average).
+constexpr double kCondLimitShifted = 16;
+constexpr int64_t kShiftValues = 8;
+
+L2BN_INLINE bool shifted_row_moment(double s1, double s2, double shift, double inv_m, int64_t r,
+                                    double* mean, double* second, double* var,
+                                    uint8_t* flags) {
+  const double md = s1 * inv_m, sq = s2 * inv_m, v = std::max(sq - md * md, 0.0);
+  const double mu = shift + md;
+  mean[r] = mu;
+  var[r] = v;
+  second[r] = v + mu * mu;
+  flags[r] = sq > 0 && (sq - md * md) * kCondLimitShifted <= sq;
+  return flags[r];
+}
+
 template <typename T>
-L2BN_INLINE void sums_rows(
-    const T* x, int64_t m, int64_t r0, int64_t r1, double* s1, double* s2) {
+L2BN_INLINE int64_t moments_rows(
+    const T* x, int64_t m, int64_t r0, int64_t r1, double* mean, double* second, double* var,
+    uint8_t* flags) {
+  const double inv_m = 1.0 / static_cast<double>(m);
+  int64_t ill = 0;
   for (int64_t r = r0; r < r1; ++r) {
     const T* row = x + r * m;
+    double s1, s2;
     reduce_pair(
         m,
         [row](int64_t i, double& u, double& v) {
           u = row[i];
           v = u * u;
         },
-        s1 + r, s2 + r);
+        &s1, &s2);
+    ill += row_moment(s1, s2, inv_m, r, mean, second, var, flags);
   }
+  return ill;
 }
 
 // Channel-last reductions: each sample is M positions of C values. Positions are taken a
@@ -98,13 +129,10 @@ L2BN_INLINE void sums_rows(
 // term(j, k, u, v) sets the two summands of channel k at position j.
 constexpr int64_t kChunkValues = 4096;
 
+// channel_block_sums without zeroing the outputs first (adds to them).
 template <typename F>
-L2BN_INLINE void channel_block_sums(
+L2BN_INLINE void add_channel_block_sums(
     int64_t c, int64_t m, const F& term, double* out_u, double* out_v) {
-  for (int64_t k = 0; k < c; ++k) {
-    out_u[k] = 0;
-    out_v[k] = 0;
-  }
   const int64_t chunk = std::max<int64_t>(1, kChunkValues / c);
   for (int64_t j0 = 0; j0 < m; j0 += chunk) {
     const int64_t j1 = std::min(m, j0 + chunk);
@@ -120,6 +148,7 @@ L2BN_INLINE void channel_block_sums(
           b[l] += v;
         }
       }
+#pragma omp simd
       for (int64_t l = 0; l < kLanes; ++l) {
         out_u[k0 + l] += a[l];
         out_v[k0 + l] += b[l];
@@ -136,28 +165,242 @@ L2BN_INLINE void channel_block_sums(
   }
 }
 
-template <typename T>
-L2BN_INLINE void sums_cl(
-    const T* x, int64_t c, int64_t m, int64_t n0, int64_t n1, double* s1, double* s2) {
-  for (int64_t n = n0; n < n1; ++n) {
-    const T* sample = x + n * c * m;
-    channel_block_sums(
-        c, m,
-        [sample, c](int64_t j, int64_t k, double& u, double& v) {
-          u = sample[j * c + k];
-          v = u * u;
-        },
-        s1 + n * c, s2 + n * c);
+template <typename F>
+L2BN_INLINE void channel_block_sums(
+    int64_t c, int64_t m, const F& term, double* out_u, double* out_v) {
+  for (int64_t k = 0; k < c; ++k) {
+    out_u[k] = 0;
+    out_v[k] = 0;
+  }
+  add_channel_block_sums(c, m, term, out_u, out_v);
+}
+
+// channel_block_sums with float terms summed in float lanes: each block of kBlockF channels
+// (then of one vector) sums kFold positions in float registers, then adds them to the
+// double outputs (so each float partial holds at most kFold terms); leftover channels are
+// summed one at a time. term(j, k, u, v) sets two summands for channels [k, k + width) of
+// position j; it is called with u, v of type float (one channel) and vf (kVF channels),
+// and reads values with load<decltype(u)>.
+constexpr int64_t kFold = 8;
+
+#if defined(__GNUC__)
+// Only inlined into functions of this translation unit: no vector crosses an ABI.
+#pragma GCC diagnostic ignored "-Wpsabi"
+// The float lanes are vectors of the instruction set's register width (kernels_<isa>.cpp
+// sets L2BN_VECTOR_BYTES: 64 for AVX-512, 32 for AVX2, 16 otherwise), so that GCC keeps
+// them in registers; wider vectors than the registers would be lowered through memory.
+#ifndef L2BN_VECTOR_BYTES
+#define L2BN_VECTOR_BYTES 16
+#endif
+typedef float vf __attribute__((vector_size(L2BN_VECTOR_BYTES)));
+#else
+#error "the float-lane kernels use GCC vector extensions"
+#endif
+
+constexpr int64_t kVF = L2BN_VECTOR_BYTES / static_cast<int64_t>(sizeof(float));
+// Channels per float block: 32 where registers allow (AVX-512, AVX2), else 16.
+constexpr int64_t kBlockF = kVF >= 8 ? 32 : 16;
+constexpr int kBlockVectors = static_cast<int>(kBlockF / kVF);
+
+template <typename V>
+L2BN_INLINE V load(const float* p) {
+  if constexpr (std::is_same_v<V, float>) {
+    return *p;
+  } else {
+    V v;
+    __builtin_memcpy(&v, p, sizeof(V));
+    return v;
   }
 }
 
+// out[0, kVF) += v, in double.
+L2BN_INLINE void add_to(double* out, vf v) {
+  float lanes[kVF];
+  __builtin_memcpy(lanes, &v, sizeof(vf));
+#pragma omp simd
+  for (int64_t l = 0; l < kVF; ++l) {
+    out[l] += lanes[l];
+  }
+}
+
+// kVectors vectors of channels [k0, k0 + kVectors * kVF): kFold positions at a time in
+// float registers, then added to the double outputs.
+template <int kVectors, typename F>
+L2BN_INLINE void float_block(
+    int64_t k0, int64_t j0, int64_t j1, const F& term, double* out_u, double* out_v) {
+  for (int64_t g0 = j0; g0 < j1; g0 += kFold) {
+    const int64_t g1 = std::min(j1, g0 + kFold);
+    vf a[kVectors], b[kVectors];
+#pragma GCC unroll 8
+    for (int q = 0; q < kVectors; ++q) {
+      a[q] = vf{};
+      b[q] = vf{};
+    }
+    for (int64_t j = g0; j < g1; ++j) {
+#pragma GCC unroll 8
+      for (int q = 0; q < kVectors; ++q) {
+        vf u, v;
+        term(j, k0 + q * kVF, u, v);
+        a[q] += u;
+        b[q] += v;
+      }
+    }
+#pragma GCC unroll 8
+    for (int q = 0; q < kVectors; ++q) {
+      add_to(out_u + k0 + q * kVF, a[q]);
+      add_to(out_v + k0 + q * kVF, b[q]);
+    }
+  }
+}
+
+template <typename F>
+L2BN_INLINE void add_channel_block_sums_f(
+    int64_t c, int64_t m, const F& term, double* out_u, double* out_v) {
+  const int64_t chunk = std::max<int64_t>(1, kChunkValues / c);
+  for (int64_t j0 = 0; j0 < m; j0 += chunk) {
+    const int64_t j1 = std::min(m, j0 + chunk);
+    int64_t k0 = 0;
+    for (; k0 + kBlockF <= c; k0 += kBlockF) {
+      float_block<kBlockVectors>(k0, j0, j1, term, out_u, out_v);
+    }
+    for (; k0 + kVF <= c; k0 += kVF) {
+      float_block<1>(k0, j0, j1, term, out_u, out_v);
+    }
+    for (int64_t j = j0; j < j1; ++j) {
+      for (int64_t k = k0; k < c; ++k) {
+        float u, v;
+        term(j, k, u, v);
+        out_u[k] += u;
+        out_v[k] += v;
+      }
+    }
+  }
+}
+
+template <typename F>
+L2BN_INLINE void channel_block_sums_f(
+    int64_t c, int64_t m, const F& term, double* out_u, double* out_v) {
+  for (int64_t k = 0; k < c; ++k) {
+    out_u[k] = 0;
+    out_v[k] = 0;
+  }
+  add_channel_block_sums_f(c, m, term, out_u, out_v);
+}
+
+// Channel-last moments: per sample, the channel sums of its M positions, then each row's
+// moments (s1 and s2 are scratch of C values each, s2 followed by C more doubles). Float input is summed in float lanes
+// around a shift, the sample's first position (shifted_row_moment); double in double.
+template <typename T>
+L2BN_INLINE int64_t moments_cl(
+    const T* x, int64_t c, int64_t m, int64_t n0, int64_t n1, double* mean, double* second,
+    double* var, uint8_t* flags, double* s1, double* s2) {
+  const double inv_m = 1.0 / static_cast<double>(m);
+  int64_t ill = 0;
+  for (int64_t n = n0; n < n1; ++n) {
+    const T* sample = x + n * c * m;
+    if constexpr (std::is_same_v<T, float>) {
+      // The shift: the mean of the first kShiftValues positions (in float), close to the
+      // row's mean unless these few positions are unusual.
+      float* shift = reinterpret_cast<float*>(s2 + c);
+      const int64_t q = std::min(kShiftValues, m);
+      for (int64_t k = 0; k < c; ++k) {
+        shift[k] = 0;
+      }
+      for (int64_t j = 0; j < q; ++j) {
+#pragma omp simd
+        for (int64_t k = 0; k < c; ++k) {
+          shift[k] += sample[j * c + k];
+        }
+      }
+      const float inv_q = 1.0f / static_cast<float>(q);
+#pragma omp simd
+      for (int64_t k = 0; k < c; ++k) {
+        shift[k] *= inv_q;
+      }
+      channel_block_sums_f(
+          c, m,
+          [sample, c, shift](int64_t j, int64_t k, auto& u, auto& v) {
+            using V = std::decay_t<decltype(u)>;
+            u = load<V>(sample + j * c + k) - load<V>(shift + k);
+            v = u * u;
+          },
+          s1, s2);
+      for (int64_t k = 0; k < c; ++k) {
+        ill += shifted_row_moment(s1[k], s2[k], shift[k], inv_m, n * c + k, mean, second, var,
+                                  flags);
+      }
+    } else {
+      channel_block_sums(
+          c, m,
+          [sample, c](int64_t j, int64_t k, double& u, double& v) {
+            u = sample[j * c + k];
+            v = u * u;
+          },
+          s1, s2);
+      for (int64_t k = 0; k < c; ++k) {
+        ill += row_moment(s1[k], s2[k], inv_m, n * c + k, mean, second, var, flags);
+      }
+    }
+  }
+  return ill;
+}
+
+// Backward sums of rows [r0, r1) (row-wise) or samples [r0, r1) (channel-last). With
+// `fast` (float input, every channel's mean within a few standard deviations, so that
+// x - h does not cancel) the terms are summed in float lanes folded into double every
+// kFold steps; otherwise in double. h_t is h rounded to T.
 template <typename T>
 L2BN_INLINE void grad_sums_rows(
-    const T* dy, const T* x, const double* h, int64_t m, int64_t r0, int64_t r1, double* t1,
-    double* t2) {
+    const T* dy, const T* x, const double* h, const T* h_t, bool fast, int64_t m, int64_t r0,
+    int64_t r1, double* t1, double* t2) {
   for (int64_t r = r0; r < r1; ++r) {
     const T* g = dy + r * m;
     const T* row = x + r * m;
+    if constexpr (std::is_same_v<T, float>) {
+      if (fast) {
+        constexpr int kN = static_cast<int>(32 / kVF);
+        const float hf = h_t[r];
+        vf a[kN], b[kN];
+#pragma GCC unroll 8
+        for (int q = 0; q < kN; ++q) {
+          a[q] = vf{};
+          b[q] = vf{};
+        }
+        double sa[kVF] = {}, sb[kVF] = {};
+        int64_t i = 0;
+        int steps = 0;
+        for (; i + 32 <= m; i += 32) {
+#pragma GCC unroll 8
+          for (int q = 0; q < kN; ++q) {
+            const vf gq = load<vf>(g + i + q * kVF);
+            a[q] += gq;
+            b[q] += gq * (load<vf>(row + i + q * kVF) - hf);
+          }
+          if (++steps == kFold || i + 64 > m) {
+#pragma GCC unroll 8
+            for (int q = 0; q < kN; ++q) {
+              add_to(sa, a[q]);
+              add_to(sb, b[q]);
+              a[q] = vf{};
+              b[q] = vf{};
+            }
+            steps = 0;
+          }
+        }
+        double u = 0, v = 0;
+        for (; i < m; ++i) {
+          u += g[i];
+          v += static_cast<double>(g[i]) * (row[i] - hf);
+        }
+        for (int64_t l = 0; l < kVF; ++l) {
+          u += sa[l];
+          v += sb[l];
+        }
+        t1[r] = u;
+        t2[r] = v;
+        continue;
+      }
+    }
     const double shift = h[r];
     reduce_pair(
         m,
@@ -171,11 +414,25 @@ L2BN_INLINE void grad_sums_rows(
 
 template <typename T>
 L2BN_INLINE void grad_sums_cl(
-    const T* dy, const T* x, const double* h, int64_t c, int64_t m, int64_t n0, int64_t n1,
-    double* t1, double* t2) {
+    const T* dy, const T* x, const double* h, const T* h_t, bool fast, int64_t c, int64_t m,
+    int64_t n0, int64_t n1, double* t1, double* t2) {
   for (int64_t n = n0; n < n1; ++n) {
     const T* g = dy + n * c * m;
     const T* sample = x + n * c * m;
+    if constexpr (std::is_same_v<T, float>) {
+      if (fast) {
+        const float* shift = h_t + n * c;
+        channel_block_sums_f(
+            c, m,
+            [g, sample, shift, c](int64_t j, int64_t k, auto& u, auto& v) {
+              using V = std::decay_t<decltype(u)>;
+              u = load<V>(g + j * c + k);
+              v = u * (load<V>(sample + j * c + k) - load<V>(shift + k));
+            },
+            t1 + n * c, t2 + n * c);
+        continue;
+      }
+    }
     const double* shift = h + n * c;
     channel_block_sums(
         c, m,
@@ -222,61 +479,134 @@ L2BN_INLINE void centred_cl(
   }
 }
 
-// acc[l] += x^2 over the full blocks of kLanes values of x[0, len), *tail += the rest.
+// Sum of squares for a norm: kWidth values a step into as many lanes. In double for
+// double input; for float input the squares go to float lanes, folded into double lanes
+// every kFold steps (each float lane then holds at most kFold squares: relative error
+// below 1e-6, against twice the arithmetic of double lanes).
 template <typename T>
-L2BN_INLINE void add_squares(const T* x, int64_t len, double* acc, double* tail) {
-  int64_t i = 0;
-  for (; i + kLanes <= len; i += kLanes) {
+struct SquareSum {
+  static constexpr int64_t kWidth = kLanes;
+  double acc[kWidth] = {};
+  double tail = 0;
+  L2BN_INLINE void step(const T* p) {
 #pragma omp simd
-    for (int64_t l = 0; l < kLanes; ++l) {
-      const double v = x[i + l];
+    for (int64_t l = 0; l < kWidth; ++l) {
+      const double v = p[l];
       acc[l] += v * v;
     }
   }
-  for (; i < len; ++i) {
-    const double v = x[i];
-    *tail += v * v;
+  L2BN_INLINE void one(T v) { tail += static_cast<double>(v) * v; }
+  L2BN_INLINE double total() {
+    double out = tail;
+    for (int64_t l = 0; l < kWidth; ++l) {
+      out += acc[l];
+    }
+    return out;
   }
-}
+};
 
-L2BN_INLINE double lane_total(const double* acc, double tail) {
-  for (int64_t l = 0; l < kLanes; ++l) {
-    tail += acc[l];
+template <>
+struct SquareSum<float> {
+  static constexpr int64_t kWidth = 32;
+  static constexpr int kFold = 8;
+  static constexpr int kN = static_cast<int>(kWidth / kVF);
+  vf p[kN];
+  double acc[kVF] = {};
+  double tail = 0;
+  int steps = 0;
+  L2BN_INLINE SquareSum() {
+#pragma GCC unroll 8
+    for (int q = 0; q < kN; ++q) {
+      p[q] = vf{};
+    }
   }
-  return tail;
+  L2BN_INLINE void step(const float* x) {
+#pragma GCC unroll 8
+    for (int q = 0; q < kN; ++q) {
+      const vf v = load<vf>(x + q * kVF);
+      p[q] += v * v;
+    }
+    if (++steps == kFold) {
+      fold();
+    }
+  }
+  L2BN_INLINE void fold() {
+    vf s = p[0];
+#pragma GCC unroll 8
+    for (int q = 1; q < kN; ++q) {
+      s += p[q];
+    }
+    add_to(acc, s);
+#pragma GCC unroll 8
+    for (int q = 0; q < kN; ++q) {
+      p[q] = vf{};
+    }
+    steps = 0;
+  }
+  L2BN_INLINE void one(float v) { tail += static_cast<double>(v) * v; }
+  L2BN_INLINE double total() {
+    fold();
+    double out = tail;
+    for (int64_t l = 0; l < kVF; ++l) {
+      out += acc[l];
+    }
+    return out;
+  }
+};
+
+template <typename T>
+L2BN_INLINE void add_squares(const T* x, int64_t len, SquareSum<T>& acc) {
+  constexpr int64_t w = SquareSum<T>::kWidth;
+  int64_t i = 0;
+  for (; i + w <= len; i += w) {
+    acc.step(x + i);
+  }
+  for (; i < len; ++i) {
+    acc.one(x[i]);
+  }
 }
 
 template <typename T>
 L2BN_INLINE double sum_squares(const T* x, int64_t len) {
-  double acc[kLanes] = {}, tail = 0;
-  add_squares(x, len, acc, &tail);
-  return lane_total(acc, tail);
+  SquareSum<T> acc;
+  add_squares(x, len, acc);
+  return acc.total();
 }
 
 // ---- elementwise outputs ------------------------------------------------------------------
 
-// Rows [r0, r1) of the row-wise layout: out = p * u (+ q * v) + r, with row r = n * C + c.
-template <typename T, bool kTwoInputs>
-L2BN_INLINE void affine_rows(
-    T* out, const T* u, const T* v, Coef<T> p, Coef<T> q, Coef<T> r, int64_t c, int64_t m,
-    int64_t r0, int64_t r1) {
-  int64_t n = r0 / c, k = r0 % c;  // stepped below: no division per row
+// out = p[n, c] * u + r[n, c]: rows [r0, r1) of the row-wise layout (row r = n * C + c),
+// or positions [r0, r1) of the channel-last layout (position j = n * M + s holds C values).
+template <typename T>
+L2BN_INLINE void affine(
+    T* out, const T* u, Coef<T> p, Coef<T> r, int64_t c, int64_t m, bool cl, int64_t r0,
+    int64_t r1) {
+  if (cl) {
+    int64_t n = r0 / m, s = r0 % m;  // stepped below: no division per position
+    for (int64_t j = r0; j < r1; ++j) {
+      const T* a = p.row(n);
+      const T* b = r.row(n);
+      const T* up = u + j * c;
+      T* o = out + j * c;
+#pragma omp simd
+      for (int64_t k = 0; k < c; ++k) {
+        o[k] = a[k] * up[k] + b[k];
+      }
+      if (++s == m) {
+        s = 0;
+        ++n;
+      }
+    }
+    return;
+  }
+  int64_t n = r0 / c, k = r0 % c;
   for (int64_t row = r0; row < r1; ++row) {
     const T a = p.row(n)[k], b = r.row(n)[k];
     const T* ur = u + row * m;
     T* o = out + row * m;
-    if constexpr (kTwoInputs) {
-      const T e = q.row(n)[k];
-      const T* vr = v + row * m;
 #pragma omp simd
-      for (int64_t i = 0; i < m; ++i) {
-        o[i] = a * ur[i] + e * vr[i] + b;
-      }
-    } else {
-#pragma omp simd
-      for (int64_t i = 0; i < m; ++i) {
-        o[i] = a * ur[i] + b;
-      }
+    for (int64_t i = 0; i < m; ++i) {
+      o[i] = a * ur[i] + b;
     }
     if (++k == c) {
       k = 0;
@@ -285,32 +615,106 @@ L2BN_INLINE void affine_rows(
   }
 }
 
-// Positions [j0, j1) of the channel-last layout (position j = n * M + s holds C values).
-template <typename T, bool kTwoInputs>
-L2BN_INLINE void affine_cl(
-    T* out, const T* u, const T* v, Coef<T> p, Coef<T> q, Coef<T> r, int64_t c, int64_t m,
-    int64_t j0, int64_t j1) {
-  int64_t n = j0 / m, s = j0 % m;  // stepped below: no division per position
-  for (int64_t j = j0; j < j1; ++j) {
-    const T* a = p.row(n);
-    const T* b = r.row(n);
-    const T* up = u + j * c;
-    T* o = out + j * c;
-    if constexpr (kTwoInputs) {
-      const T* e = q.row(n);
-      const T* vp = v + j * c;
+// Training forward output, y = x * a[n, c] + shift[c] with a = gain[c] * inv[n] (rounded
+// once, from double): rows [r0, r1) of the row-wise layout, or positions [r0, r1) of the
+// channel-last layout (scratch: C values, the coefficient row of the current sample).
+template <typename T>
+L2BN_INLINE void scale_shift(
+    T* out, const T* x, const double* gain, const double* inv, const T* shift, int64_t c,
+    int64_t m, bool cl, int64_t r0, int64_t r1, T* scratch) {
+  if (cl) {
+    T* a = scratch;
+    int64_t n = r0 / m, s = r0 % m;  // stepped below: no division per position
+    for (int64_t j = r0; j < r1; ++j) {
+      if (j == r0 || s == 0) {
+        const double in = inv[n];
 #pragma omp simd
-      for (int64_t k = 0; k < c; ++k) {
-        o[k] = a[k] * up[k] + e[k] * vp[k] + b[k];
+        for (int64_t k = 0; k < c; ++k) {
+          a[k] = static_cast<T>(gain[k] * in);
+        }
       }
-    } else {
+      const T* xp = x + j * c;
+      T* o = out + j * c;
 #pragma omp simd
       for (int64_t k = 0; k < c; ++k) {
-        o[k] = a[k] * up[k] + b[k];
+        o[k] = a[k] * xp[k] + shift[k];
+      }
+      if (++s == m) {
+        s = 0;
+        ++n;
       }
     }
-    if (++s == m) {
-      s = 0;
+    return;
+  }
+  int64_t n = r0 / c, k = r0 % c;
+  for (int64_t row = r0; row < r1; ++row) {
+    const T a = static_cast<T>(gain[k] * inv[n]), b = shift[k];
+    const T* xr = x + row * m;
+    T* o = out + row * m;
+#pragma omp simd
+    for (int64_t i = 0; i < m; ++i) {
+      o[i] = a * xr[i] + b;
+    }
+    if (++k == c) {
+      k = 0;
+      ++n;
+    }
+  }
+}
+
+// Training backward output dx = p * dy + q * x + r with p = gain[c] * inv[n],
+// q = -inv[n]^2 * (qc[c] + proj[n]), r = inv[n] * rc[c] (each rounded once, from double):
+// rows [r0, r1) of the row-wise layout, or positions [r0, r1) of the channel-last layout
+// (scratch: 3 * C values, the coefficient rows of the current sample).
+template <typename T>
+L2BN_INLINE void grad_output(
+    T* out, const T* dy, const T* x, const double* gain, const double* inv, const double* qc,
+    const double* proj, const double* rc, int64_t c, int64_t m, bool cl, int64_t r0,
+    int64_t r1, T* scratch) {
+  if (cl) {
+    T* p = scratch;
+    T* q = scratch + c;
+    T* r = scratch + 2 * c;
+    int64_t n = r0 / m, s = r0 % m;
+    for (int64_t j = r0; j < r1; ++j) {
+      if (j == r0 || s == 0) {
+        const double in = inv[n], in2 = in * in, e = proj[n];
+#pragma omp simd
+        for (int64_t k = 0; k < c; ++k) {
+          p[k] = static_cast<T>(gain[k] * in);
+          q[k] = static_cast<T>(-in2 * (qc[k] + e));
+          r[k] = static_cast<T>(in * rc[k]);
+        }
+      }
+      const T* g = dy + j * c;
+      const T* xp = x + j * c;
+      T* o = out + j * c;
+#pragma omp simd
+      for (int64_t k = 0; k < c; ++k) {
+        o[k] = p[k] * g[k] + q[k] * xp[k] + r[k];
+      }
+      if (++s == m) {
+        s = 0;
+        ++n;
+      }
+    }
+    return;
+  }
+  int64_t n = r0 / c, k = r0 % c;
+  for (int64_t row = r0; row < r1; ++row) {
+    const double in = inv[n];
+    const T a = static_cast<T>(gain[k] * in);
+    const T e = static_cast<T>(-in * in * (qc[k] + proj[n]));
+    const T b = static_cast<T>(in * rc[k]);
+    const T* g = dy + row * m;
+    const T* xr = x + row * m;
+    T* o = out + row * m;
+#pragma omp simd
+    for (int64_t i = 0; i < m; ++i) {
+      o[i] = a * g[i] + e * xr[i] + b;
+    }
+    if (++k == c) {
+      k = 0;
       ++n;
     }
   }
@@ -319,8 +723,10 @@ L2BN_INLINE void affine_cl(
 // ---- eval: output of one sample fused with the norm of the next -------------------------
 //
 // A sample is `units` units of `len` contiguous values: C rows of M (row-wise, one a and b
-// per row) or M positions of C (channel-last, a[c] and b[c]). kLanes partial sums run
-// across the whole sample; values past the last full block of a unit go to one more.
+// per row) or M positions of C (channel-last, a[c] and b[c]). kLanes double partial sums
+// run across the whole sample, in the same loop as the output (the loads of the next
+// sample interleave with the stores of this one); values past the last full block of a
+// unit go to one more. (Double lanes here: measured faster than float lanes in this loop.)
 
 // out[i] = a[i * kStep] * u[i] + b[i * kStep] over one unit of len values, summing next^2
 // into acc / tail when kNext.
@@ -346,6 +752,13 @@ L2BN_INLINE void unit_output_next(
       *tail += v * v;
     }
   }
+}
+
+L2BN_INLINE double lane_total(const double* acc, double tail) {
+  for (int64_t l = 0; l < kLanes; ++l) {
+    tail += acc[l];
+  }
+  return tail;
 }
 
 // Output of one sample, out = a * u + b, while summing next^2 (next == nullptr: output
@@ -382,9 +795,22 @@ L2BN_INLINE double sample_sum_squares(const T* x, int64_t c, int64_t m, bool cl)
   const int64_t units = cl ? m : c, len = cl ? c : m;
   double acc[kLanes] = {}, tail = 0;
   for (int64_t j = 0; j < units; ++j) {
-    add_squares(x + j * len, len, acc, &tail);
+    const T* p = x + j * len;
+    int64_t i = 0;
+    for (; i + kLanes <= len; i += kLanes) {
+#pragma omp simd
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const double v = p[i + l];
+        acc[l] += v * v;
+      }
+    }
+    for (; i < len; ++i) {
+      const double v = p[i];
+      tail += v * v;
+    }
   }
   return lane_total(acc, tail);
 }
 
+}  // namespace
 }  // namespace l2bn

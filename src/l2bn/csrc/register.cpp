@@ -1,8 +1,23 @@
 // Registers the operators of ops.h as torch.ops.l2bn.* with a CPU implementation; other
-// devices take the pure-PyTorch path in Python (l2bn/_fused.py decides).
+// devices take the pure-PyTorch path in Python (l2bn/_impl/dispatch.py decides). cpu_isa()
+// and cpu_isas() report the kernels' instruction set (kernels.cpp) and those available.
 #include <torch/library.h>
 
+#include <string>
+#include <vector>
+
+#include "kernels.h"
 #include "ops.h"
+
+namespace {
+
+// The instruction set the kernels run (kernels.cpp: L2BN_CPU_ISA or the best available).
+std::string cpu_isa() { return l2bn::active_kernels().isa; }
+
+// Instruction sets this processor and build can run, best first.
+std::vector<std::string> cpu_isas() { return l2bn::supported_isas(); }
+
+}  // namespace
 
 TORCH_LIBRARY(l2bn, m) {
   m.def(
@@ -16,6 +31,8 @@ TORCH_LIBRARY(l2bn, m) {
   m.def(
       "eval_forward(Tensor x, Tensor running_mean, Tensor running_var, Tensor? weight, "
       "Tensor? bias, float eps, float l2_eps, bool scale) -> Tensor");
+  m.def("cpu_isa() -> str", &cpu_isa);
+  m.def("cpu_isas() -> str[]", &cpu_isas);
 }
 
 TORCH_LIBRARY_IMPL(l2bn, CPU, m) {

@@ -5,12 +5,12 @@
 // path, the fallback the tests compare against). (N, C) input goes to vector.cpp.
 #include <ATen/ops/empty_like.h>
 
+#include <atomic>
 #include <utility>
 
 #include "common.h"
 #include "kernels.h"
 #include "ops.h"
-#include "passes.h"
 
 namespace l2bn {
 namespace {
@@ -35,52 +35,38 @@ void over_output_units(const Layout& l, const F& f) {
   }
 }
 
-// Mean and population variance of each (n, c) row from the one-pass sums; rows whose
-// variance would cancel are recomputed by a centred pass.
+// Rows whose one-pass variance may have cancelled (the moments kernel counted them) get
+// their variance from a centred pass; channel-last rows are strided, so whole samples
+// that hold such a row are read again. Rare: a mean far larger than the spread.
 template <typename T>
-void row_moments(const T* x, const Layout& l, const double* s1, const double* s2,
-                 double* mean, double* var) {
+void recentre_ill_rows(const T* x, const Layout& l, const uint8_t* flags, double* mean,
+                       double* second, double* var) {
   const int64_t rows = l.n * l.c;
   const double inv_m = 1.0 / static_cast<double>(l.m);
-  std::vector<char> flagged(rows);
-  at::parallel_for(0, rows, grain(16), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      mean[r] = s1[r] * inv_m;
-      const double second = s2[r] * inv_m;
-      var[r] = second - mean[r] * mean[r];
-      flagged[r] = ill_conditioned(var[r], second);
-    }
-  });
-  std::vector<int64_t> ill;
+  std::vector<int64_t> ill, units;
   for (int64_t r = 0; r < rows; ++r) {
-    if (flagged[r]) {
+    if (flags[r]) {
       ill.push_back(r);
-    }
-  }
-  if (!ill.empty()) {
-    // Channel-last rows are strided: recompute whole samples that hold an ill row.
-    std::vector<int64_t> units;
-    for (const int64_t r : ill) {
       const int64_t unit = l.channels_last ? r / l.c : r;
       if (units.empty() || units.back() != unit) {
         units.push_back(unit);
       }
     }
-    std::vector<double> d1(rows), d2(rows);
-    const int64_t per_unit = l.channels_last ? l.c * l.m : l.m;
-    at::parallel_for(0, static_cast<int64_t>(units.size()), grain(per_unit),
-                     [&](int64_t a, int64_t b) {
-                       for (int64_t i = a; i < b; ++i) {
-                         centred_sums(x, mean, l.c, l.m, l.channels_last, units[i],
-                                      units[i] + 1, d1.data(), d2.data());
-                       }
-                     });
-    for (const int64_t r : ill) {
-      var[r] = (d2[r] - d1[r] * d1[r] * inv_m) * inv_m;
-    }
   }
-  for (int64_t r = 0; r < rows; ++r) {
-    var[r] = std::max(var[r], 0.0);  // NaN stays NaN
+  std::vector<double> d1(rows), d2(rows);
+  const int64_t per_unit = l.channels_last ? l.c * l.m : l.m;
+  at::parallel_for(0, static_cast<int64_t>(units.size()), grain(per_unit),
+                   [&](int64_t a, int64_t b) {
+                     for (int64_t i = a; i < b; ++i) {
+                       kernels<T>().centred_sums(x, mean, l.c, l.m, l.channels_last, units[i],
+                                                 units[i] + 1, d1.data(), d2.data());
+                     }
+                   });
+  for (const int64_t r : ill) {
+    const double shift = d1[r] * inv_m;
+    var[r] = std::max(d2[r] * inv_m - shift * shift, 0.0);
+    mean[r] += shift;
+    second[r] = var[r] + mean[r] * mean[r];
   }
 }
 
@@ -90,8 +76,9 @@ struct Statistics {
 };
 
 // rho[n] (eq. 3) and the channel statistics of xh = x / rho (eq. 2): the mean of the row
-// means, and within-row plus between-row variance (free of cancellation).
-Statistics channel_statistics(const Layout& l, const double* sumsq, const Tensor& x_mean,
+// means, and within-row plus between-row variance (free of cancellation). second: each
+// row's mean square.
+Statistics channel_statistics(const Layout& l, const double* second, const Tensor& x_mean,
                               const Tensor& x_var, double eps, double l2_eps, bool scale) {
   const int64_t n = l.n, c = l.c;
   Statistics s{doubles({n}), at::empty({n}, at::TensorOptions(at::kBool)), doubles({c}),
@@ -105,9 +92,9 @@ Statistics channel_statistics(const Layout& l, const double* sumsq, const Tensor
   for (int64_t i = 0; i < n; ++i) {
     double norm_sq = 0;
     for (int64_t k = 0; k < c; ++k) {
-      norm_sq += sumsq[i * c + k];
+      norm_sq += second[i * c + k];
     }
-    rho[i] = sample_scale(norm_sq, l2_eps, sqrt_d, scale, &active[i]);
+    rho[i] = sample_scale(norm_sq * static_cast<double>(l.m), l2_eps, sqrt_d, scale, &active[i]);
     inv[i] = 1.0 / rho[i];
   }
   double* mu = s.mean.data_ptr<double>();
@@ -159,45 +146,48 @@ ForwardResult train_forward(const Tensor& input, const std::optional<Tensor>& we
     return {f.y, f.rho, f.active, doubles({0}), doubles({0}), f.mean, f.invstd};
   }
 
-  Tensor s1 = doubles({n, c}), s2 = doubles({n, c});
+  // Two parallel passes: the moments of every (n, c) row (one read of x), then the output
+  // (one read, one write); between them O(N * C) statistics.
   Tensor x_mean = doubles({n, c}), x_var = doubles({n, c});
+  std::vector<double> second(n * c);
+  std::vector<uint8_t> flags(n * c);
   Tensor y = at::empty_like(x);
   Statistics stats;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_train_forward", [&] {
     using T = scalar_t;
+    const Kernels<T>& kern = kernels<T>();
     const T* xp = x.const_data_ptr<T>();
-    double* sum = s1.data_ptr<double>();
-    double* sumsq = s2.data_ptr<double>();
+    double* xm = x_mean.data_ptr<double>();
+    double* xv = x_var.data_ptr<double>();
+    std::atomic<int64_t> ill{0};
     over_reduction_units(l, [&](int64_t i0, int64_t i1) {
-      sums(xp, c, l.m, l.channels_last, i0, i1, sum, sumsq);
+      std::vector<double> scratch(l.channels_last ? 3 * c : 0);
+      ill += kern.moments(xp, c, l.m, l.channels_last, i0, i1, xm, second.data(), xv,
+                          flags.data(), scratch.data());
     });
-    row_moments(xp, l, sum, sumsq, x_mean.data_ptr<double>(), x_var.data_ptr<double>());
-    stats = channel_statistics(l, sumsq, x_mean, x_var, eps, l2_eps, scale);
+    if (ill.load() > 0) {
+      recentre_ill_rows(xp, l, flags.data(), xm, second.data(), xv);
+    }
+    stats = channel_statistics(l, second.data(), x_mean, x_var, eps, l2_eps, scale);
 
-    // y = a[n, c] * x + shift[c], a = gamma / (rho[n] * sqrt(var + eps)) (eqs. 2-3).
+    // y = x * gain[c] / rho[n] + shift[c] (eqs. 2-3).
     const double* mu = stats.mean.const_data_ptr<double>();
     const double* invstd = stats.invstd.const_data_ptr<double>();
     const double* rho = stats.rho.const_data_ptr<double>();
-    std::vector<T> shift(c), a(n * c);
-    std::vector<double> gain(c);
+    std::vector<double> gain(c), inv(n);
+    std::vector<T> shift(c);
     for (int64_t k = 0; k < c; ++k) {
       gain[k] = w[k] * invstd[k];
       shift[k] = static_cast<T>(b[k] - mu[k] * gain[k]);
     }
-    at::parallel_for(0, n, grain(4 * c), [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const double inv = 1.0 / rho[i];
-        T* row = a.data() + i * c;
-        _Pragma("omp simd")
-        for (int64_t k = 0; k < c; ++k) {
-          row[k] = static_cast<T>(gain[k] * inv);
-        }
-      }
-    });
+    for (int64_t i = 0; i < n; ++i) {
+      inv[i] = 1.0 / rho[i];
+    }
     T* yp = y.data_ptr<T>();
-    const Coef<T> pa{a.data(), c}, rb{shift.data(), 0};
     over_output_units(l, [&](int64_t i0, int64_t i1) {
-      affine(yp, xp, static_cast<const T*>(nullptr), pa, pa, rb, c, l.m, l.channels_last, i0, i1);
+      std::vector<T> scratch(l.channels_last ? c : 0);
+      kern.scale_shift(yp, xp, gain.data(), inv.data(), shift.data(), c, l.m, l.channels_last,
+                       i0, i1, scratch.data());
     });
   });
   update_running_stats(running_mean, running_var, stats.mean, std::move(stats.var), count,
@@ -245,14 +235,27 @@ std::tuple<Tensor, Tensor, Tensor> train_backward(
       h[i * c + k] = mu[k] * rp[i];
     }
   }
+  // Float lanes only while every channel's mean is within a few standard deviations
+  // (var + eps >= 1 / invstd^2 stands in for var): then x - h cannot cancel.
+  bool well_conditioned = true;
+  for (int64_t k = 0; k < c; ++k) {
+    well_conditioned = well_conditioned && mu[k] * mu[k] * is[k] * is[k] <= kCondLimitFast - 1;
+  }
   // Without input_grad, dx is an empty tensor (defined: every output has a fake form).
   Tensor dx = at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_train_backward", [&] {
     using T = scalar_t;
+    const Kernels<T>& kern = kernels<T>();
     const T* xp = x.const_data_ptr<T>();
     const T* gp = dy.const_data_ptr<T>();
+    const bool fast = std::is_same_v<T, float> && well_conditioned;
+    std::vector<T> h_t(fast ? n * c : 0);
+    for (int64_t i = 0; i < static_cast<int64_t>(h_t.size()); ++i) {
+      h_t[i] = static_cast<T>(h[i]);
+    }
     over_reduction_units(l, [&](int64_t i0, int64_t i1) {
-      grad_sums(gp, xp, h.data(), c, l.m, l.channels_last, i0, i1, t1.data(), t2.data());
+      kern.grad_sums(gp, xp, h.data(), h_t.data(), fast, c, l.m, l.channels_last, i0, i1,
+                     t1.data(), t2.data());
     });
     // dbeta = sum dy, dgamma = sum dy * z (eq. 2).
     std::vector<double> inv_rho(n);
@@ -284,40 +287,32 @@ std::tuple<Tensor, Tensor, Tensor> train_backward(
       q_c[k] = gain[k] * dgamma[k] * is[k] * inv_count;
       r_c[k] = gain[k] * (dgamma[k] * is[k] * mu[k] - dbeta[k]) * inv_count;
     }
-    std::vector<T> p(n * c), q(n * c), r(n * c);
+    // proj[n] = e[n] / D for active samples (serial, O(N * C)); the output pass builds
+    // p, q and r from per-channel and per-sample parts.
     const double inv_d = scale ? 1.0 / (static_cast<double>(c) * spatial) : 1.0;
-    at::parallel_for(0, n, grain(8 * c), [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const double inv = inv_rho[i], inv2 = inv * inv;
-        const double* xmi = xm + i * c;
-        const double* xvi = xv + i * c;
-        const double* t1i = t1.data() + i * c;
-        const double* t2i = t2.data() + i * c;
-        double e = 0;
-        _Pragma("omp simd reduction(+ : e)")
-        for (int64_t k = 0; k < c; ++k) {
-          const double m = xmi[k] * inv, v = xvi[k] * inv2;
-          const double xh_dy = t2i[k] * inv + mu[k] * t1i[k];  // sum_s xh * dy
-          const double xh_zc = v + m * (m - mu[k]);  // sum_s xh * z, over invstd * M
-          e += gain[k] * (xh_dy - e_beta[k] * m - e_gamma[k] * xh_zc);
-        }
-        const double proj = ap[i] ? e * inv_d : 0.0;
-        T* pi = p.data() + i * c;
-        T* qi = q.data() + i * c;
-        T* ri = r.data() + i * c;
-        _Pragma("omp simd")
-        for (int64_t k = 0; k < c; ++k) {
-          pi[k] = static_cast<T>(gain[k] * inv);
-          qi[k] = static_cast<T>(-inv2 * (q_c[k] + proj));
-          ri[k] = static_cast<T>(inv * r_c[k]);
-        }
+    std::vector<double> proj(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const double inv = inv_rho[i], inv2 = inv * inv;
+      const double* xmi = xm + i * c;
+      const double* xvi = xv + i * c;
+      const double* t1i = t1.data() + i * c;
+      const double* t2i = t2.data() + i * c;
+      double e = 0;
+      _Pragma("omp simd reduction(+ : e)")
+      for (int64_t k = 0; k < c; ++k) {
+        const double m = xmi[k] * inv, v = xvi[k] * inv2;
+        const double xh_dy = t2i[k] * inv + mu[k] * t1i[k];  // sum_s xh * dy
+        const double xh_zc = v + m * (m - mu[k]);  // sum_s xh * z, over invstd * M
+        e += gain[k] * (xh_dy - e_beta[k] * m - e_gamma[k] * xh_zc);
       }
-    });
+      proj[i] = ap[i] ? e * inv_d : 0.0;
+    }
     dx = at::empty_like(x);
     T* out = dx.data_ptr<T>();
-    const Coef<T> cp{p.data(), c}, cq{q.data(), c}, cr{r.data(), c};
     over_output_units(l, [&](int64_t i0, int64_t i1) {
-      affine(out, gp, xp, cp, cq, cr, c, l.m, l.channels_last, i0, i1);
+      std::vector<T> scratch(l.channels_last ? 3 * c : 0);
+      kern.grad_output(out, gp, xp, gain.data(), inv_rho.data(), q_c.data(), proj.data(),
+                       r_c.data(), c, l.m, l.channels_last, i0, i1, scratch.data());
     });
   });
   return {dx, parameter_grad(dgamma, x, weight), parameter_grad(dbeta, x, weight)};

@@ -17,20 +17,18 @@ namespace {
 constexpr int64_t kRowTile = 8;
 
 // For each tile of rows [t, t + rows) of [i0, i1): prepare(t, rows, inv) fills inv, then
-// the tile's per-channel pair of sums (2 * C values, computed by sum_tile) is added to acc.
+// sum_tile(t, rows, inv, acc, acc + c) adds the tile's per-channel pair of sums to acc.
 template <typename Prepare, typename SumTile>
 void over_tiles(int64_t i0, int64_t i1, int64_t c, double* acc, const Prepare& prepare,
                 const SumTile& sum_tile) {
-  std::vector<double> tile(2 * c), inv(kRowTile);
+  double inv[kRowTile];
   for (int64_t t = i0; t < i1; t += kRowTile) {
     const int64_t rows = std::min(kRowTile, i1 - t);
-    prepare(t, rows, inv.data());
-    sum_tile(t, rows, inv.data(), tile.data(), tile.data() + c);
-    for (int64_t k = 0; k < 2 * c; ++k) {
-      acc[k] += tile[k];
-    }
+    prepare(t, rows, inv);
+    sum_tile(t, rows, inv, acc, acc + c);
   }
 }
+
 
 // The prepare step of over_tiles when the norms are known: inv[r] = 1 / rho[t + r].
 struct InverseScales {
@@ -55,20 +53,39 @@ VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
   bool* active = f.active.data_ptr<bool>();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_vector_forward", [&] {
     using T = scalar_t;
+    const Kernels<T>& kern = kernels<T>();
     const T* xp = x.const_data_ptr<T>();
+    // Channel sums of d = xh - centre[c] (centre: the mean xh of the first 8 rows), so that float lanes keep the
+    // variance's precision; channels whose mean is still far from the shift (relative to
+    // their spread) are summed again, centred, in double.
+    const int64_t q = std::min<int64_t>(n, 8);
+    std::vector<double> centre_d(c, 0.0);
+    for (int64_t i = 0; i < q; ++i) {
+      const double inv = 1.0 / sample_scale(kern.block_sum_squares(xp + i * c, c), l2_eps,
+                                            sqrt_d, scale, &active[i]);
+      for (int64_t k = 0; k < c; ++k) {
+        centre_d[k] += xp[i * c + k] * inv;
+      }
+    }
+    std::vector<T> centre(c);
+    for (int64_t k = 0; k < c; ++k) {
+      centre[k] = static_cast<T>(centre_d[k] / static_cast<double>(q));
+    }
+    const double limit = std::is_same_v<T, float> ? kCondLimitFast : kCondLimit;
     Partials sums(2 * c);
     // Per tile: each row's norm (eq. 1), then the tile's channel sums of xh.
     auto norms = [&](int64_t t, int64_t rows, double* inv) {
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t i = t + r;
-        rho[i] = sample_scale(block_sum_squares(xp + i * c, c), l2_eps, sqrt_d, scale, &active[i]);
+        rho[i] = sample_scale(kern.block_sum_squares(xp + i * c, c), l2_eps, sqrt_d, scale,
+                              &active[i]);
         inv[r] = 1.0 / rho[i];
       }
     };
     at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
       over_tiles(i0, i1, c, sums.mine(), norms,
                  [&](int64_t t, int64_t rows, const double* inv, double* s1, double* s2) {
-                   tile_sums(xp + t * c, rows, c, inv, s1, s2);
+                   kern.tile_sums(xp + t * c, rows, c, inv, centre.data(), s1, s2);
                  });
     });
     const std::vector<double> total = sums.total();
@@ -76,17 +93,18 @@ VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
     std::vector<double>& var = f.var;
     bool any_ill = false;
     for (int64_t k = 0; k < c; ++k) {
-      mu[k] = total[k] / static_cast<double>(n);
+      const double md = total[k] / static_cast<double>(n);
       const double second = total[c + k] / static_cast<double>(n);
-      var[k] = second - mu[k] * mu[k];
-      any_ill = any_ill || ill_conditioned(var[k], second);
+      mu[k] = static_cast<double>(centre[k]) + md;
+      var[k] = second - md * md;
+      any_ill = any_ill || (second > 0 && var[k] * limit <= second);
     }
     if (any_ill) {
       Partials dev(2 * c);
       at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
         over_tiles(i0, i1, c, dev.mine(), InverseScales{rho},
                    [&](int64_t t, int64_t rows, const double* inv, double* d1, double* d2) {
-                     tile_dev(xp + t * c, rows, c, inv, mu, d1, d2);
+                     kern.tile_dev(xp + t * c, rows, c, inv, mu, d1, d2);
                    });
       });
       const std::vector<double> centred = dev.total();
@@ -106,7 +124,7 @@ VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
     T* yp = f.y.data_ptr<T>();
     at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
-        row_output(yp + i * c, xp + i * c, c, static_cast<T>(1.0 / rho[i]), gain.data(),
+        kern.row_output(yp + i * c, xp + i * c, c, static_cast<T>(1.0 / rho[i]), gain.data(),
                    shift.data());
       }
     });
@@ -127,18 +145,28 @@ Tensor vector_backward(const Tensor& dy, const Tensor& x, const std::vector<doub
   Tensor dx = at::empty({0}, x.options());  // empty without input_grad
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_vector_backward", [&] {
     using T = scalar_t;
+    const Kernels<T>& kern = kernels<T>();
     const T* xp = x.const_data_ptr<T>();
     const T* gp = dy.const_data_ptr<T>();
+    // Float lanes only while every channel's mean is within a few standard deviations
+    // (var + eps >= 1 / invstd^2 stands in for var).
+    bool fast = std::is_same_v<T, float>;
+    std::vector<T> mu_t(c);
+    for (int64_t k = 0; k < c; ++k) {
+      mu_t[k] = static_cast<T>(mu[k]);
+      fast = fast && mu[k] * mu[k] * is[k] * is[k] <= kCondLimitFast - 1;
+    }
     Partials sums(2 * c);
     at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
       over_tiles(i0, i1, c, sums.mine(), InverseScales{rho},
                  [&](int64_t t, int64_t rows, const double* inv, double* t1, double* t2) {
-                   tile_grad(gp + t * c, xp + t * c, rows, c, inv, mu, t1, t2);
+                   kern.tile_grad(gp + t * c, xp + t * c, rows, c, inv, mu, mu_t.data(), fast,
+                                  t1, t2);
                  });
     });
     const std::vector<double> total = sums.total();
     std::vector<double> gain(c), c1(c), alpha(c);
-    std::vector<T> gain_t(c), alpha_t(c), beta_t(c);
+    std::vector<T> gain_t(c), alpha_t(c), beta_t(c), beta2_t(c);
     for (int64_t k = 0; k < c; ++k) {
       (*dbeta)[k] = total[k];
       (*dgamma)[k] = is[k] * total[c + k];
@@ -148,6 +176,7 @@ Tensor vector_backward(const Tensor& dy, const Tensor& x, const std::vector<doub
       gain_t[k] = static_cast<T>(gain[k]);
       alpha_t[k] = static_cast<T>(alpha[k]);
       beta_t[k] = static_cast<T>(gain[k] * ((*dgamma)[k] * is[k] * mu[k] - (*dbeta)[k]) / count);
+      beta2_t[k] = static_cast<T>(alpha[k] * mu[k] - c1[k]);
     }
     if (!input_grad) {
       return;
@@ -161,12 +190,13 @@ Tensor vector_backward(const Tensor& dy, const Tensor& x, const std::vector<doub
         const T* row = xp + i * c;
         double proj = 0;
         if (active[i]) {
-          proj = projection(g, row, c, inv, gain.data(), c1.data(), alpha.data(), mu);
+          proj = kern.projection(g, row, c, inv, gain.data(), c1.data(), alpha.data(), mu,
+                                 gain_t.data(), alpha_t.data(), beta2_t.data(), fast);
           if (scale) {
             proj /= static_cast<double>(c);
           }
         }
-        grad_row(out + i * c, g, row, c, static_cast<T>(inv), static_cast<T>(inv * inv),
+        kern.grad_row(out + i * c, g, row, c, static_cast<T>(inv), static_cast<T>(inv * inv),
                  static_cast<T>(proj), gain_t.data(), beta_t.data(), alpha_t.data());
       }
     });

@@ -4,13 +4,17 @@
 // array that size costs more in page faults than a pass), so these kernels fold each row
 // into per-channel sums right away and write outputs from rank-one coefficients:
 //
-//   tile_sums:     s1[c] = sum xh, s2[c] = sum xh^2 over a tile of rows, xh = x * inv[row]
-//                  (forward reduction)
-//   tile_dev:      d1[c] = sum xh - mu[c], d2[c] = sum (xh - mu[c])^2 (ill-conditioned)
+//   tile_sums:     s1[c] += sum d, s2[c] += sum d^2 over a tile of rows, d = xh - shift[c],
+//                  xh = x * inv[row] (forward reduction; float input in float lanes)
+//   tile_dev:      d1[c] += sum xh - mu[c], d2[c] += sum (xh - mu[c])^2 (ill-conditioned)
 //   row_output:    y = x * (gain[c] * inv) + shift[c] (row_output_next: and the next
 //                  row's sum of squares, for eval)
-//   tile_grad:     t1[c] = sum dy, t2[c] = sum dy * (xh - mu[c])  (backward reduction)
+//   tile_grad:     t1[c] += sum dy, t2[c] += sum dy * (xh - mu[c])  (backward reduction)
 //   projection:    e = sum_c xh * (gain * dy - c1 - alpha * (xh - mu))  (l2 projection)
+//
+// Every tile kernel adds to its outputs. `fast` (well-conditioned channels: mean at most a
+// few standard deviations) lets float input use float lanes where differences of nearly
+// equal values could otherwise cancel.
 //   grad_row:      dx = inv * (gain * dy + beta) - inv^2 * (alpha + proj) * x
 #pragma once
 
@@ -19,26 +23,46 @@
 #include "passes.h"
 
 namespace l2bn {
+namespace {  // internal linkage, as passes.h
 
 // The tile reductions are channel_block_sums (passes.h) with rows in place of positions:
-// a tile of a few rows stays in cache while blocks of channels are summed in registers.
+// a tile of at most kMaxTileRows rows stays in cache while blocks of channels are summed
+// in registers. Float input: float lanes, folded into double once per tile (kFold rows).
+constexpr int64_t kMaxTileRows = kFold;
+
 template <typename T>
 L2BN_INLINE void tile_sums(
-    const T* x, int64_t rows, int64_t c, const double* inv, double* s1, double* s2) {
-  channel_block_sums(
-      c, rows,
-      [=](int64_t r, int64_t k, double& u, double& v) {
-        u = x[r * c + k] * inv[r];
-        v = u * u;
-      },
-      s1, s2);
+    const T* x, int64_t rows, int64_t c, const double* inv, const T* shift, double* s1,
+    double* s2) {
+  if constexpr (std::is_same_v<T, float>) {
+    float in[kMaxTileRows];
+    for (int64_t r = 0; r < rows; ++r) {
+      in[r] = static_cast<float>(inv[r]);
+    }
+    add_channel_block_sums_f(
+        c, rows,
+        [x, c, shift, &in](int64_t r, int64_t k, auto& u, auto& v) {
+          using V = std::decay_t<decltype(u)>;
+          u = load<V>(x + r * c + k) * in[r] - load<V>(shift + k);
+          v = u * u;
+        },
+        s1, s2);
+  } else {
+    add_channel_block_sums(
+        c, rows,
+        [=](int64_t r, int64_t k, double& u, double& v) {
+          u = x[r * c + k] * inv[r] - shift[k];
+          v = u * u;
+        },
+        s1, s2);
+  }
 }
 
 template <typename T>
 L2BN_INLINE void tile_dev(
     const T* x, int64_t rows, int64_t c, const double* inv, const double* mu, double* d1,
     double* d2) {
-  channel_block_sums(
+  add_channel_block_sums(
       c, rows,
       [=](int64_t r, int64_t k, double& u, double& v) {
         u = x[r * c + k] * inv[r] - mu[k];
@@ -56,33 +80,49 @@ L2BN_INLINE void row_output(
   }
 }
 
-// row_output of one row while summing next^2 (the lane order of sum_squares): eval.
+// row_output of one row while summing next^2 (in the steps of sum_squares): eval.
 template <typename T>
 L2BN_INLINE double row_output_next(
     T* out, const T* x, int64_t c, T inv, const T* gain, const T* shift, const T* next) {
-  double acc[kLanes] = {}, tail = 0;
+  constexpr int64_t w = SquareSum<T>::kWidth;
+  SquareSum<T> acc;
   int64_t k = 0;
-  for (; k + kLanes <= c; k += kLanes) {
+  for (; k + w <= c; k += w) {
 #pragma omp simd
-    for (int64_t l = 0; l < kLanes; ++l) {
+    for (int64_t l = 0; l < w; ++l) {
       out[k + l] = x[k + l] * (gain[k + l] * inv) + shift[k + l];
-      const double v = next[k + l];
-      acc[l] += v * v;
     }
+    acc.step(next + k);
   }
   for (; k < c; ++k) {
     out[k] = x[k] * (gain[k] * inv) + shift[k];
-    const double v = next[k];
-    tail += v * v;
+    acc.one(next[k]);
   }
-  return lane_total(acc, tail);
+  return acc.total();
 }
 
 template <typename T>
 L2BN_INLINE void tile_grad(
     const T* dy, const T* x, int64_t rows, int64_t c, const double* inv, const double* mu,
-    double* t1, double* t2) {
-  channel_block_sums(
+    const T* mu_t, bool fast, double* t1, double* t2) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (fast) {
+      float in[kMaxTileRows];
+      for (int64_t r = 0; r < rows; ++r) {
+        in[r] = static_cast<float>(inv[r]);
+      }
+      add_channel_block_sums_f(
+          c, rows,
+          [dy, x, c, mu_t, &in](int64_t r, int64_t k, auto& u, auto& v) {
+            using V = std::decay_t<decltype(u)>;
+            u = load<V>(dy + r * c + k);
+            v = u * (load<V>(x + r * c + k) * in[r] - load<V>(mu_t + k));
+          },
+          t1, t2);
+      return;
+    }
+  }
+  add_channel_block_sums(
       c, rows,
       [=](int64_t r, int64_t k, double& u, double& v) {
         u = dy[r * c + k];
@@ -91,10 +131,59 @@ L2BN_INLINE void tile_grad(
       t1, t2);
 }
 
+// e = sum_c xh * (gain * dy - c1 - alpha * (xh - mu)). Fast float form: the same sum as
+// inv * sum_c x * (gain * dy + beta2) - inv^2 * sum_c alpha * x^2 (beta2 = alpha * mu - c1),
+// two sums in float lanes folded into double every kFold steps; it cancels when the means
+// dominate, hence only for well-conditioned channels.
 template <typename T>
 L2BN_INLINE double projection(
     const T* dy, const T* x, int64_t c, double inv, const double* gain, const double* c1,
-    const double* alpha, const double* mu) {
+    const double* alpha, const double* mu, const T* gain_t, const T* alpha_t, const T* beta2_t,
+    bool fast) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (fast) {
+      constexpr int kN = static_cast<int>(32 / kVF);
+      vf pa[kN], pb[kN];
+#pragma GCC unroll 8
+      for (int q = 0; q < kN; ++q) {
+        pa[q] = vf{};
+        pb[q] = vf{};
+      }
+      double sa[kVF] = {}, sb[kVF] = {};
+      double ta = 0, tb = 0;
+      int64_t k = 0;
+      int steps = 0;
+      for (; k + 32 <= c; k += 32) {
+#pragma GCC unroll 8
+        for (int q = 0; q < kN; ++q) {
+          const int64_t i = k + q * kVF;
+          const vf xq = load<vf>(x + i);
+          pa[q] += xq * (load<vf>(gain_t + i) * load<vf>(dy + i) + load<vf>(beta2_t + i));
+          pb[q] += load<vf>(alpha_t + i) * xq * xq;
+        }
+        if (++steps == kFold || k + 64 > c) {
+#pragma GCC unroll 8
+          for (int q = 0; q < kN; ++q) {
+            add_to(sa, pa[q]);
+            add_to(sb, pb[q]);
+            pa[q] = vf{};
+            pb[q] = vf{};
+          }
+          steps = 0;
+        }
+      }
+      for (; k < c; ++k) {
+        const double xv = x[k];
+        ta += xv * (static_cast<double>(gain_t[k]) * dy[k] + beta2_t[k]);
+        tb += static_cast<double>(alpha_t[k]) * xv * xv;
+      }
+      for (int64_t l = 0; l < kVF; ++l) {
+        ta += sa[l];
+        tb += sb[l];
+      }
+      return inv * ta - inv * inv * tb;
+    }
+  }
   double e = 0, ignored = 0;
   reduce_pair(
       c,
@@ -117,4 +206,5 @@ L2BN_INLINE void grad_row(
   }
 }
 
+}  // namespace
 }  // namespace l2bn

@@ -1,0 +1,126 @@
+"""What ``l2bn bench`` ran on: the processor, the instruction set of the fused kernels and
+ATen's CPU capability, and how to force lower ones.
+
+Both instruction sets are fixed when their library loads: the kernels' by the environment
+variable ``L2BN_CPU_ISA`` (read when ``l2bn._C`` is imported), ATen's by
+``ATEN_CPU_CAPABILITY``. A benchmark that asks for others therefore runs in a fresh
+process with those variables set (:func:`forced_environment`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+import torch
+
+from l2bn import backends
+
+ISAS = ("avx512", "avx2", "default")
+
+
+def processor() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux) and its logical CPU count."""
+    name = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine() or "unknown processor"
+    return f"{name}, {os.cpu_count()} logical CPUs"
+
+
+def _reports_isa() -> bool:
+    # A build of l2bn._C older than the switch has the kernels but not these operators.
+    return backends.available("cpu") and hasattr(torch.ops.l2bn, "cpu_isas")
+
+
+def kernel_isa() -> str | None:
+    """The instruction set the fused kernels run (None without ``l2bn._C``)."""
+    if not _reports_isa():
+        return None
+    return str(torch.ops.l2bn.cpu_isa())
+
+
+def kernel_isas() -> list[str]:
+    """Instruction sets the fused kernels can run here, best first."""
+    if not _reports_isa():
+        return []
+    return [str(isa) for isa in torch.ops.l2bn.cpu_isas()]
+
+
+def aten_capability() -> str:
+    """ATen's CPU capability (its own kernels, native BatchNorm's included), lower-case."""
+    return torch.backends.cpu.get_cpu_capability().lower()
+
+
+def describe() -> dict[str, object]:
+    return {
+        "processor": processor(),
+        "kernel_isa": kernel_isa(),
+        "kernel_isas": kernel_isas(),
+        "aten_capability": aten_capability(),
+    }
+
+
+def forced_environment(isa: str | None, aten: str | None) -> dict[str, str] | None:
+    """The environment of a process that runs the kernels at ``isa`` and ATen at ``aten``
+    (None: this process already does). ``isa`` also sets ATen unless ``aten`` is given, so
+    that ``--isa avx2`` measures both sides as an AVX2 processor would."""
+    if isa is None and aten is None:
+        return None
+    if isa is not None:
+        if not backends.available("cpu"):
+            raise ValueError(
+                f"--isa {isa}: the fused kernels are unavailable "
+                f"({backends.unavailable_reason('cpu')})"
+            )
+        if isa not in kernel_isas():
+            raise ValueError(
+                f"--isa {isa}: not available on this processor; available: "
+                f"{', '.join(kernel_isas())}"
+            )
+    aten = aten if aten is not None else isa
+    if (isa is None or isa == kernel_isa()) and (aten is None or aten == aten_capability()):
+        return None
+    env = dict(os.environ)
+    if isa is not None:
+        env["L2BN_CPU_ISA"] = isa
+    if aten is not None:
+        env["ATEN_CPU_CAPABILITY"] = aten
+    return env
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory() -> str:
+    """Make glibc keep freed memory in the process (fixed trim and mmap thresholds).
+
+    By default glibc returns the top of its heap to the system once more than a few MB
+    are free, so the next large allocation page-faults fresh pages in; which call pays
+    depends on what ran just before it (the naive composite frees the most), not on the
+    contender. With fixed thresholds every contender reuses warm memory, as in a steady
+    training loop. Tensors of 32 MB or more are still mapped afresh for every contender
+    (glibc's largest mmap threshold). Returns a description for the report.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        ok = libc is not None and all(
+            libc.mallopt(param, value) == 1
+            for param, value in ((_M_TRIM_THRESHOLD, 2**31 - 1), (_M_MMAP_THRESHOLD, 32 << 20))
+        )
+    except (OSError, AttributeError):
+        ok = False
+    if not ok:
+        return "system default (mallopt unavailable)"
+    return "glibc, freed memory kept (trim threshold off, mmap threshold 32 MB)"

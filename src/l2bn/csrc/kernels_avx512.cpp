@@ -1,0 +1,26 @@
+// The passes compiled for AVX-512 (x86-64-v4: AVX512F/BW/CD/DQ/VL on top of AVX2).
+// Built by GCC on x86-64 only; elsewhere avx512_kernels() returns nullptr.
+#include "kernels.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+
+#pragma GCC push_options
+#define L2BN_VECTOR_BYTES 64
+#pragma GCC target("arch=x86-64-v4")
+#include "kernel_table.h"
+#pragma GCC pop_options
+
+namespace l2bn {
+const KernelSet* avx512_kernels() {
+  static const KernelSet table{"avx512", L2BN_KERNEL_TABLE(float), L2BN_KERNEL_TABLE(double)};
+  return &table;
+}
+}  // namespace l2bn
+
+#else
+
+namespace l2bn {
+const KernelSet* avx512_kernels() { return nullptr; }
+}  // namespace l2bn
+
+#endif
