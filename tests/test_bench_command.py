@@ -163,3 +163,18 @@ def test_compiled_step_reports_a_compiler_error(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", broken)
     assert e2e.time_compiled_training_step(2, 1) == {"error": "RuntimeError: no compiler here"}
+
+
+@pytest.mark.skipif(not backends.available("cpu"), reason="fused kernels not built")
+def test_ops_times_the_operators_alone(tmp_path):
+    path = tmp_path / "bench.json"
+    args = ["bench", "--quick", "--threads", "1", "--no-e2e", "--cases", "1d", "--ops"]
+    assert main([*args, "--output", str(path)]) == 0
+    rows = json.loads(path.read_text())["timings"]
+    for mode in cn.MODES:
+        ops = {r["contender"]: r for r in rows if r["mode"] == mode}
+        assert set(ops) == {*cn.CONTENDERS, *cn.OP_CONTENDERS}
+        assert ops["bn_op"]["ratio_to_bn"] == pytest.approx(1.0)
+        assert ops["l2bn_op"]["ratio_to_bn"] == pytest.approx(
+            ops["l2bn_op"]["median_ms"] / ops["bn_op"]["median_ms"]
+        )
