@@ -66,7 +66,7 @@ def test_bad_mode_is_rejected():
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_l2bn_saves_input_plus_per_row_statistics(layout):
-    """Bytes saved for backward <= BatchNorm's + O(N * C) (issue 3)."""
+    """Bytes saved for backward <= BatchNorm's + O(N * C) (BatchNorm + O(N * C))."""
     n, c = 8, 16
     x = torch.randn(n, c, 12, 12)
     if layout == "channels_last":
@@ -163,3 +163,18 @@ def test_compiled_step_reports_a_compiler_error(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", broken)
     assert e2e.time_compiled_training_step(2, 1) == {"error": "RuntimeError: no compiler here"}
+
+
+@pytest.mark.skipif(not backends.available("cpu"), reason="fused kernels not built")
+def test_ops_times_the_operators_alone(tmp_path):
+    path = tmp_path / "bench.json"
+    args = ["bench", "--quick", "--threads", "1", "--no-e2e", "--cases", "1d", "--ops"]
+    assert main([*args, "--output", str(path)]) == 0
+    rows = json.loads(path.read_text())["timings"]
+    for mode in cn.MODES:
+        ops = {r["contender"]: r for r in rows if r["mode"] == mode}
+        assert set(ops) == {*cn.CONTENDERS, *cn.OP_CONTENDERS}
+        assert ops["bn_op"]["ratio_to_bn"] == pytest.approx(1.0)
+        assert ops["l2bn_op"]["ratio_to_bn"] == pytest.approx(
+            ops["l2bn_op"]["median_ms"] / ops["bn_op"]["median_ms"]
+        )

@@ -1,4 +1,4 @@
-"""``l2bn bench``: time L2BN against native BatchNorm and the naive composite (issue 3).
+"""``l2bn bench``: time L2BN against native BatchNorm and the naive composite.
 
 One process, contenders interleaved round by round, so that machine noise hits all of
 them alike and ratios taken in one run are meaningful. Modules: ``contenders`` (what is

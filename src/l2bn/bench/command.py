@@ -42,6 +42,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="wall: elapsed time (default); cpu: process CPU time, robust on a shared "
         "machine when used with --threads 1",
     )
+    parser.add_argument(
+        "--ops",
+        action="store_true",
+        help="also time the operators alone (ATen's native_batch_norm vs the fused L2BN "
+        "operators, no modules or autograd), each ratio to native_batch_norm",
+    )
     parser.add_argument("--no-e2e", action="store_true", help="skip the ResNet-20 step")
     parser.add_argument(
         "--compile",
@@ -93,9 +99,15 @@ def _parse_modes(text: str) -> list[str]:
 
 
 def bench_case(
-    case: cn.Case, modes: list[str], rounds: int, seed: int, clock: str = "wall"
+    case: cn.Case,
+    modes: list[str],
+    rounds: int,
+    seed: int,
+    clock: str = "wall",
+    ops: bool = False,
 ) -> tuple[list, list]:
-    """Timing rows and saved-bytes rows of one case."""
+    """Timing rows and saved-bytes rows of one case (with ``ops``, also the operators
+    alone, interleaved among themselves after the modules)."""
     gen = torch.Generator().manual_seed(seed)
     x = case.input(gen).requires_grad_()
     dy = case.input(gen)
@@ -119,6 +131,11 @@ def bench_case(
         timings = time_interleaved(calls, rounds, warmup=1, before=drop_grads, clock=clock)
         for name, t in timings.items():
             rows.append(timing_row(case.name, mode, name, t, timings["bn"], timings["naive"]))
+        if ops:
+            calls = cn.op_calls(mode, x, dy)
+            timings = time_interleaved(calls, rounds, warmup=1, clock=clock)
+            for name, t in timings.items():
+                rows.append(timing_row(case.name, mode, name, t, timings["bn_op"], None))
 
     saved = {}
     for name, m in modules.items():
@@ -159,7 +176,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "saved": [],
     }
     for i, case in enumerate(selected):
-        rows, saved_rows = bench_case(case, modes, rounds, seed=i, clock=args.clock)
+        ops = bool(getattr(args, "ops", False)) and backends.available("cpu")
+        rows, saved_rows = bench_case(case, modes, rounds, seed=i, clock=args.clock, ops=ops)
         results["timings"] += rows
         results["saved"] += saved_rows
     if not args.no_e2e:

@@ -99,3 +99,50 @@ def mode_call(module: nn.Module, mode: str, x: Tensor, dy: Tensor) -> Callable[[
 
         return call
     raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+
+
+OP_CONTENDERS = ("bn_op", "l2bn_op")
+
+
+def op_calls(mode: str, x: Tensor, dy: Tensor) -> dict[str, Callable[[], object]]:
+    """The operators alone, without modules, autograd or Python dispatch: ATen's
+    ``native_batch_norm`` (and ``native_batch_norm_backward``) against the fused L2BN
+    operators, on detached tensors with their own parameters and running statistics. What
+    the kernels cost, apart from the per-call overhead of the layers."""
+    from l2bn._impl import cpu
+
+    x = x.detach()
+    c = x.shape[1]
+    w, b = torch.ones(c), torch.zeros(c)
+    bn_stats = (torch.zeros(c), torch.ones(c))
+    l2_stats = (torch.zeros(c), torch.ones(c))
+    eps, momentum = 1e-5, 0.1
+    mask = [True, True, True]
+
+    def bn_fwd():
+        return torch.native_batch_norm(x, w, b, *bn_stats, True, momentum, eps)
+
+    def l2_fwd():
+        return cpu._train_forward(x, w, b, *l2_stats, momentum, eps, 1e-12, True)
+
+    if mode == "train_fwd":
+        return {"bn_op": bn_fwd, "l2bn_op": l2_fwd}
+    if mode == "train_fwd_bwd":
+
+        def bn_both():
+            _, mean, invstd = bn_fwd()
+            return torch.ops.aten.native_batch_norm_backward(
+                dy, x, w, *bn_stats, mean, invstd, True, eps, mask
+            )
+
+        def l2_both():
+            _, *stats = l2_fwd()
+            return cpu._train_backward(dy, x, w, *stats, True, True)
+
+        return {"bn_op": bn_both, "l2bn_op": l2_both}
+    if mode == "eval_fwd":
+        return {
+            "bn_op": lambda: torch.native_batch_norm(x, w, b, *bn_stats, False, momentum, eps),
+            "l2bn_op": lambda: cpu._eval_forward(x, *l2_stats, w, b, eps, 1e-12, True),
+        }
+    raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")

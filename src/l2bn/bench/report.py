@@ -40,8 +40,9 @@ def format_table(results: dict[str, Any]) -> str:
         f"allocator: {meta.get('allocator', 'unknown')}",
         f"l2bn implementation: {meta.get('l2bn_implementation', 'unknown')}",
         "",
-        f"{'case':<24} {'mode':<14} {'contender':<6} {'median ms':>10} {'min-max ms':>17} "
+        f"{'case':<24} {'mode':<14} {'contender':<7} {'median ms':>10} {'min-max ms':>17} "
         f"{'x BN':>6} {'naive/l2bn':>10}",
+        "(bn_op, l2bn_op with --ops: the operators alone; their x BN is to bn_op)",
     ]
     previous = None
     for row in results["timings"]:
@@ -51,7 +52,7 @@ def format_table(results: dict[str, Any]) -> str:
         speedup = row.get("speedup_over_naive")
         lines.append(
             f"{row['case']:<24} {MODE_LABELS.get(row['mode'], row['mode']):<14} "
-            f"{row['contender']:<6} {row['median_ms']:>10.2f} "
+            f"{row['contender']:<7} {row['median_ms']:>10.2f} "
             f"{row['min_ms']:>8.2f}-{row['max_ms']:<8.2f} {row['ratio_to_bn']:>6.2f} "
             f"{'' if speedup is None else f'{speedup:.2f}x':>10}"
         )

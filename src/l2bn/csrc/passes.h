@@ -1,4 +1,4 @@
-// The full-size passes of L2BN (DESIGN.md): every other step costs O(N * C).
+// The full-size passes of L2BN (README, "How the PyTorch backend computes"): every other step costs O(N * C).
 //
 //   moments:      mean[n, c], second[n, c] = sum_m x / M, sum_m x^2 / M and the variance
 //                 second - mean^2 of each row, in one read         (forward reduction)

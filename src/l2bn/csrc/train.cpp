@@ -1,7 +1,8 @@
 // Training-mode L2BN (paper eqs. 2-3) on (N, C, *S) input: the forward of one reduction
-// pass over x, O(N * C) statistics and one output pass; the backward of DESIGN.md, one
+// pass over x, O(N * C) statistics and one output pass; the backward (derived in
+// l2bn/_impl/pytorch.py, input_grad), one
 // reduction pass over dy and x, O(N * C) coefficients and one output pass
-// (dx = p * dy + q * x + r). Mirrors l2bn/_autograd.py and _stats.py (the pure-PyTorch
+// (dx = p * dy + q * x + r). Mirrors l2bn/_impl/pytorch.py and moments.py (the pure-PyTorch
 // path, the fallback the tests compare against). (N, C) input goes to vector.cpp.
 #include <ATen/ops/empty_like.h>
 
@@ -275,7 +276,7 @@ std::tuple<Tensor, Tensor, Tensor> train_backward(
     if (!input_grad) {
       return;
     }
-    // dx = p * dy + q * x + r (DESIGN.md): e[n] = sum_c xh * dxh is the projection of the
+    // dx = p * dy + q * x + r (l2bn/_impl/pytorch.py, input_grad): e[n] = sum_c xh * dxh is the projection of the
     // l2 normalization, zero for samples whose norm was clamped.
     // Per-channel parts of p, q, r and of e (the 1 / count factors folded in).
     const double inv_count = 1.0 / count;
