@@ -15,12 +15,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(params=["fused", "pytorch"])
+@pytest.fixture(params=["fused", "pytorch", "composite"])
 def each_path(request):
-    """Run a test on the fused C++ kernels and on the pure-PyTorch path."""
+    """Run a test on each CPU backend: the fused C++ kernels, the pure-PyTorch path and the
+    differentiable composite (what transforms and double backward run)."""
     from l2bn import backends
 
     if request.param == "fused" and not backends.available("cpu"):
         pytest.skip(f"fused kernels not built: {backends.unavailable_reason('cpu')}")
-    with backends.flags(cpu=request.param == "fused"):
+    preferred = "composite" if request.param == "composite" else None
+    with backends.flags(cpu=request.param == "fused"), backends.prefer(preferred):
         yield request.param
