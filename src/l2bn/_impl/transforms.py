@@ -43,12 +43,9 @@ def composite_required() -> bool:
     if compiling():
         # ONNX's exporter runs torch.export, then needs operations it can translate.
         return _exporting() and _onnx_exporting()
-    return (
-        _functorch_active()
-        or _forward_ad._current_level >= 0
-        or _jit_tracing()
-        or _onnx_exporting()
-    )
+    # The ONNX exporters need no check of their own here: the legacy one runs under
+    # torch.jit tracing, the dynamo one under torch.export (handled above).
+    return _functorch_active() or _forward_ad._current_level >= 0 or _jit_tracing()
 
 
 def compiling() -> bool:
