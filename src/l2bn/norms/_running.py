@@ -1,7 +1,8 @@
 """Running-statistics bookkeeping shared by the mixed norms (SN, BCN, BIN).
 
-The rule is BatchNorm's: an exponential average with ``momentum``, or a cumulative
-average when ``momentum`` is None; the stored variance is the unbiased one.
+The rule is BatchNorm's, written once in :mod:`l2bn._impl.running`: an exponential average
+with ``momentum``, or a cumulative average when ``momentum`` is None; the stored variance is
+the unbiased one.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from l2bn._impl import running
 
 
 def register_running_stats(
@@ -29,22 +32,21 @@ def register_running_stats(
 
 
 def momentum_factor(module: nn.Module, momentum: float | None) -> float:
-    """Count one more training batch and return the update factor, as BatchNorm does."""
-    tracked = module.num_batches_tracked
-    if tracked is None:
+    """Count one more training batch and return the update factor, as BatchNorm does
+    (the rule of :func:`l2bn._impl.running.momentum_factor`)."""
+    if module.num_batches_tracked is None:
         return 0.0
-    tracked.add_(1)
-    return 1.0 / float(tracked) if momentum is None else momentum
+    return running.momentum_factor(momentum, module.num_batches_tracked)
 
 
-@torch.no_grad()
 def update_running_stats(
     module: nn.Module, mean: Tensor, biased_var: Tensor, count: int, factor: float
 ) -> None:
-    """Blend a batch's per-channel mean and (unbiased) variance into the running buffers."""
-    unbiased = biased_var * (count / max(count - 1, 1))
-    module.running_mean.lerp_(mean.detach().to(module.running_mean.dtype), factor)
-    module.running_var.lerp_(unbiased.detach().to(module.running_var.dtype), factor)
+    """Blend a batch's per-channel mean and (unbiased) variance into the running buffers
+    (the rule of :func:`l2bn._impl.running.update_running_stats`)."""
+    running.update_running_stats(
+        module.running_mean, module.running_var, mean, biased_var, count, factor
+    )
 
 
 def check_4d(module: nn.Module, x: Tensor, num_features: int) -> None:
