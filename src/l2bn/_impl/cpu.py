@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from l2bn._impl.composite import differentiable_train_grads
+from l2bn._impl.passes import accumulation_dtype
 from l2bn._impl.sample_scale import norm_divisor, sample_scale
 from l2bn._impl.transforms import compiling
 
@@ -116,7 +117,7 @@ def _eval_backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
     """
     x, running_mean, running_var, weight = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    acc = torch.float64 if x.dtype == torch.float64 or x.is_cpu else torch.float32
+    acc = accumulation_dtype(x)
     dims = (0, *range(2, x.dim()))
     sample_dims = tuple(range(1, x.dim()))
     channel = (1, x.shape[1]) + (1,) * (x.dim() - 2)
