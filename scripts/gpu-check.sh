@@ -49,12 +49,12 @@ PY
 } >"$out/environment.txt" 2>&1
 
 start=$(date +%s)
-timeout 200 "$py" -m pytest -q -p no:cacheprovider -rs \
+timeout 180 "$py" -m pytest -q -p no:cacheprovider -rs \
     tests/test_triton_gpu.py tests/test_triton_kernels.py tests/test_triton_launches.py \
     tests/test_triton_bench.py tests/test_core_compile.py >"$out/tests.txt" 2>&1
 tests_rc=$?
 mid=$(date +%s)
-timeout 290 "$py" -m l2bn.cli bench --device cuda --output "$out/bench.json" >"$out/bench.txt" 2>&1
+timeout 270 "$py" -m l2bn.cli bench --device cuda --output "$out/bench.json" >"$out/bench.txt" 2>&1
 bench_rc=$?
 end=$(date +%s)
 
