@@ -85,11 +85,13 @@ class LaunchRecorder:
     def __init__(self, ops) -> None:
         self.ops = ops
         self.names: list[str] = []
+        self.grids: list[tuple[int, ...]] = []
         self.inside = False
 
     def wrap(self, original):
         def launch(kernel, grid, *args, **meta):
             self.names.append(kernel_name(kernel))
+            self.grids.append(tuple(grid))
             self.inside = True
             try:
                 return original(kernel, grid, *args, **meta)
@@ -99,5 +101,6 @@ class LaunchRecorder:
         return launch
 
     def take(self) -> list[str]:
-        names, self.names = self.names, []
+        """The kernels launched since the last call (their grids are dropped too)."""
+        names, self.names, self.grids = self.names, [], []
         return names
