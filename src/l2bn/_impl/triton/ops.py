@@ -557,11 +557,11 @@ def _row_moments(
     geo = geometry(n, c, m, strides[1] == 1)
     partials = _row_sums(x, strides, geo, write_sums=True)
     # This process's channel statistics and coefficients: computed, not used (the layer
-    # needs the statistics of the whole group).
+    # needs the statistics of the whole group); eps = 1 keeps them finite.
     local = _f32(x, 4, c).unbind(0)
     stats = (rho, active, row_mean, row_var, *local)
     _forward_finalize(
-        x, strides, geo, partials, stats, None, None, None, None, 0.0, 0.0, l2_eps, scale,
+        x, strides, geo, partials, stats, None, None, None, None, 0.0, 1.0, l2_eps, scale,
         vector=False,
     )  # fmt: skip
     return outputs
