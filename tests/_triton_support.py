@@ -15,6 +15,7 @@ import importlib
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from l2bn import backends
 from l2bn._impl import triton as triton_backend
@@ -104,3 +105,20 @@ class LaunchRecorder:
         """The kernels launched since the last call (their grids are dropped too)."""
         names, self.names, self.grids = self.names, [], []
         return names
+
+
+SYNC = "aten._local_scalar_dense.default"  # what .item(), bool(t) and float(t) run
+
+
+class Recorder(TorchDispatchMode):
+    """Names of the aten operations run, except inside kernel launches."""
+
+    def __init__(self, launches=None) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+        self.launches = launches
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.launches is None or not self.launches.inside:
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
