@@ -99,7 +99,7 @@ def choose(
     return _CompositeBackend
 
 
-def sync_backend(x: Tensor, weight: Tensor | None, bias: Tensor | None, grad: bool):
+def sync_backend(x: Tensor, weight: Tensor | None, bias: Tensor | None, grad: bool) -> ModuleType:
     """The backend whose full-size passes run a training call of ``SyncL2BatchNorm``
     across processes (``l2bn._impl.sync_function``): the Triton backend where
     :func:`choose` picks it for a training call on ``x``, else the PyTorch backend, whose

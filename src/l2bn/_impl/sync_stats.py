@@ -81,8 +81,8 @@ def local_stats_from_moments(
     """Per-rank statistics from the row moments of ``x`` (``(N, C)``, ``N > 0``), ``rho``
     and ``active`` (``(N,)``) and the positions per row ``spatial``: the row moments of
     ``xh = x / rho`` and this rank's channel mean and ``M2`` (eq. 2, by
-    :func:`l2bn._impl.moments.channel_stats`). Every full-size pass of the synchronized
-    layer ends here, whichever backend ran it."""
+    :func:`l2bn._impl.moments.channel_stats`). The PyTorch and the Triton passes of the
+    synchronized layer both end their forward reduction here."""
     count = moments.mean.shape[0] * spatial
     stats = _stats.channel_stats(moments, rho)
     m2 = stats.var * count
