@@ -15,6 +15,7 @@ import importlib
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from l2bn import backends
 from l2bn._impl import triton as triton_backend
@@ -85,11 +86,13 @@ class LaunchRecorder:
     def __init__(self, ops) -> None:
         self.ops = ops
         self.names: list[str] = []
+        self.grids: list[tuple[int, ...]] = []
         self.inside = False
 
     def wrap(self, original):
         def launch(kernel, grid, *args, **meta):
             self.names.append(kernel_name(kernel))
+            self.grids.append(tuple(grid))
             self.inside = True
             try:
                 return original(kernel, grid, *args, **meta)
@@ -99,5 +102,23 @@ class LaunchRecorder:
         return launch
 
     def take(self) -> list[str]:
-        names, self.names = self.names, []
+        """The kernels launched since the last call (their grids are dropped too)."""
+        names, self.names, self.grids = self.names, [], []
         return names
+
+
+SYNC = "aten._local_scalar_dense.default"  # what .item(), bool(t) and float(t) run
+
+
+class Recorder(TorchDispatchMode):
+    """Names of the aten operations run, except inside kernel launches."""
+
+    def __init__(self, launches=None) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+        self.launches = launches
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.launches is None or not self.launches.inside:
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))

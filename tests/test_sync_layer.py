@@ -220,3 +220,22 @@ def test_weight_without_bias_as_batchnorm():
     assert list(layer.state_dict()) == list(torch.nn.SyncBatchNorm(3, bias=False).state_dict())
     converted = convert_sync_l2batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(3, bias=False)))
     assert converted[0].bias is None and isinstance(converted[0], SyncL2BatchNorm)
+
+
+def test_sync_passes_follow_the_dispatcher():
+    """The synchronized layer's full-size passes are chosen by ``l2bn._impl.dispatch``:
+    on CPU outside Triton's interpreter the Triton backend never applies, so the PyTorch
+    passes run (an empty share included); ``test_triton_sync.py`` checks the Triton side."""
+    from l2bn import backends
+    from l2bn._impl import dispatch, pytorch
+    from l2bn._impl import triton as triton_backend
+    from l2bn._impl.sync_function import PYTORCH_PASSES, sync_passes
+
+    if triton_backend.interpreting():
+        pytest.skip("Triton's interpreter takes CPU tensors")
+    x = torch.randn(4, 3, 5)
+    for preferred in (None, "triton", "cpu"):
+        with backends.prefer(preferred):
+            for t in (x, x[:0], x.double(), x.bfloat16()):
+                assert dispatch.sync_backend(t, None, None, True) is pytorch
+                assert sync_passes(t, None, None) is PYTORCH_PASSES

@@ -212,6 +212,13 @@ def test_multi_block_tiling(shape, layout, launches, ops, monkeypatch):
     g = torch.Generator().manual_seed(13)
     x = arrange(torch.randn(shape, generator=g) * 2 + 1, layout)
     dy = arrange(torch.randn(shape, generator=g), layout)
+    run_triton(x, dy)
+    # The operators read the tiling at the call: the grids are the tiny tiling's.
+    grids = dict(zip(launches.names, launches.grids, strict=False))
+    assert grids["row_sums_kernel"] == geo.reduction_grid
+    assert grids["affine_kernel"] == geo.elementwise_grid
+    assert grids["forward_finalize_kernel"] == (-(-shape[1] // tiny.finalize_block_c),)
+    launches.take()
     compare(x, dy, launches)
 
 

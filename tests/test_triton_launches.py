@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from _triton_support import (
     DEVICE,
+    SYNC,
+    Recorder,
     make_interpreter_fixture,
     make_launches_fixture,
     make_ops_fixture,
@@ -43,21 +44,6 @@ METADATA_ONLY = {
     "aten.detach.default",
     "aten.alias.default",
 }
-SYNC = "aten._local_scalar_dense.default"
-
-
-class Recorder(TorchDispatchMode):
-    """Names of the aten operations run, except inside kernel launches."""
-
-    def __init__(self, launches=None) -> None:
-        super().__init__()
-        self.seen: list[str] = []
-        self.launches = launches
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if self.launches is None or not self.launches.inside:
-            self.seen.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture

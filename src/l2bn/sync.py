@@ -6,7 +6,9 @@ l2-normalized locally (eq. 3: the norm involves one sample only); the channel
 statistics of eq. (2) are those of the whole global batch, gathered with one
 collective per layer in forward and one all-reduce in backward. Built on
 ``torch.distributed`` collectives, so it runs on CPU with ``gloo`` as well as on GPUs
-with ``nccl``.
+with ``nccl``. On CUDA its full-size passes are the Triton backend's kernels where that
+backend would run the call (float32, float16, bfloat16; see
+:mod:`l2bn._impl.sync_function`), else the PyTorch passes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from l2bn._impl.running import momentum_factor, update_running_stats
-from l2bn._impl.sync_function import SyncL2BatchNormFunction
+from l2bn._impl.sync_function import sync_l2_batch_norm
 from l2bn.functional import DEFAULT_L2_EPS, validate_input
 from l2bn.layers import _L2BatchNorm
 
@@ -86,7 +88,7 @@ class SyncL2BatchNorm(_L2BatchNorm):
         if self.track_running_stats:
             factor = momentum_factor(self.momentum, self.num_batches_tracked)
         group = self.process_group or dist.group.WORLD
-        out, mean, var, count = SyncL2BatchNormFunction.apply(
+        out, mean, var, count = sync_l2_batch_norm(
             input, self.weight, self.bias, self.eps, self.l2_eps, self.scale, group
         )
         if self.track_running_stats:

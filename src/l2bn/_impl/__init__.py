@@ -13,7 +13,10 @@ One module per role:
   backward);
 * ``pytorch``: the PyTorch backend (hand-written backward, any device);
 * ``cpu``: the fused C++ operators of ``l2bn._C`` (CPU, float32/float64);
-* ``sync_stats`` / ``sync_function``: the distributed statistics of ``SyncL2BatchNorm``.
+* ``triton``: the Triton kernels (CUDA; Triton's interpreter in tests); its ``sync``
+  module gives ``SyncL2BatchNorm``'s full-size passes on the same kernels;
+* ``sync_stats`` / ``sync_function``: the distributed statistics of ``SyncL2BatchNorm``
+  and its autograd function, on the passes ``dispatch.sync_backend`` picks.
 
 Nothing here is public: :mod:`l2bn.backends` is the user-facing switchboard.
 """

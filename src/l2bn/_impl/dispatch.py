@@ -11,10 +11,15 @@ usable), ``applies(x, running_mean, running_var, weight, bias, training, grad)``
 predicate on the call) and ``run(...)`` (the call, running statistics updated in place).
 A backend whose gradient cannot be differentiated again routes a ``create_graph=True``
 backward to the composite, so every backend gives correct higher-order gradients.
+
+``SyncL2BatchNorm`` across processes asks :func:`sync_backend` whose full-size passes run
+around its collectives: the Triton kernels where :func:`choose` would pick them, else the
+PyTorch passes.
 """
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 
 import torch
@@ -92,6 +97,24 @@ def choose(
         ):
             return backend
     return _CompositeBackend
+
+
+def sync_backend(x: Tensor, weight: Tensor | None, bias: Tensor | None, grad: bool) -> ModuleType:
+    """The backend whose full-size passes run a training call of ``SyncL2BatchNorm``
+    across processes (``l2bn._impl.sync_function``): the Triton backend where
+    :func:`choose` picks it for a training call on ``x``, else the PyTorch backend, whose
+    passes serve every device and dtype (the fused CPU operators and the composite have no
+    synchronized form; a strict preference for them is not honoured there).
+
+    ``x`` may hold no sample (``(0, C, *S)``): a process with an empty share decides as
+    its peers do from its device and dtype (on a one-sample stand-in), since the processes'
+    statistics meet in one collective and must share a dtype. Raises ``RuntimeError``
+    where :func:`choose` does (a strict preference that cannot run the call).
+    """
+    if x.shape[0] == 0 and math.prod(x.shape[1:]) > 0:
+        x = x.new_empty((1, 1, 2))
+    backend = choose(x, None, None, weight, bias, True, grad)
+    return triton_backend if backend is triton_backend else pytorch
 
 
 def l2_batch_norm(

@@ -102,12 +102,36 @@ def input_grad(
     count: int | Tensor,
     scale: bool,
 ) -> Tensor:
-    """``dx = P * dy + Q * x + R`` through BN (eq. 2) and the l2 normalization (eq. 3).
+    """``dx = P * dy + Q * x + R`` through BN (eq. 2) and the l2 normalization (eq. 3):
+    the coefficients of :func:`input_grad_coefficients`, then the full-size pass."""
+    p, q, r = input_grad_coefficients(
+        x, sums, m, v, mu, invstd, weight, rho, active, dbeta, dgamma, count, scale
+    )
+    return passes.grad_combine(dy, x, p, q, r, sums.buffer)
+
+
+def input_grad_coefficients(
+    x: Tensor,
+    sums: GradRowSums,
+    m: Tensor,
+    v: Tensor,
+    mu: Tensor,
+    invstd: Tensor,
+    weight: Tensor | None,
+    rho: Tensor,
+    active: Tensor,
+    dbeta: Tensor,
+    dgamma: Tensor,
+    count: int | Tensor,
+    scale: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(P, Q, R)``, each ``(N, C)`` in the statistics dtype, of ``dx = P * dy + Q * x + R``.
 
     ``dbeta``, ``dgamma`` and ``count`` are sums over the whole batch (all processes, for
-    SyncL2BatchNorm); everything else is per row of this process. ``m`` and ``v`` are the
-    row mean and variance of ``xh``; ``e[n] = sum_{c,s} xh * dxh`` is the projection of the
-    l2 normalization, zero for samples whose norm was clamped.
+    SyncL2BatchNorm); everything else is per row of this process (``x`` gives the shape
+    only). ``m`` and ``v`` are the row mean and variance of ``xh``;
+    ``e[n] = sum_{c,s} xh * dxh`` is the projection of the l2 normalization, zero for
+    samples whose norm was clamped.
     """
     c = x.shape[1]
     spatial = x.numel() // max(x.shape[0] * c, 1)
@@ -123,7 +147,7 @@ def input_grad(
     p = gain * inv_rho
     q = -inv_rho.square() * (gain * dgamma * invstd / count + proj.unsqueeze(1))
     r = gain * inv_rho * ((dgamma * invstd * mu - dbeta) / count)
-    return passes.grad_combine(dy, x, p, q, r, sums.buffer)
+    return p, q, r
 
 
 class L2BatchNormFunction(torch.autograd.Function):

@@ -45,7 +45,7 @@ class LocalStats(NamedTuple):
 
     moments: _stats.RowMoments  # per-(n, c) mean and variance of x
     rho: Tensor  # (N,) eq. (3)
-    active: Tensor  # (N,) True where the sample norm was not clamped by l2_eps
+    active: Tensor  # (N,) True (or 1) where the sample norm was not clamped by l2_eps
     row_mean: Tensor  # (N, C) spatial mean of xh
     row_var: Tensor  # (N, C) spatial variance of xh
     count: int  # N * M
@@ -55,16 +55,35 @@ class LocalStats(NamedTuple):
 
 def local_stats(x3: Tensor, l2_eps: float, scale: bool) -> LocalStats:
     """Per-rank statistics of ``x3`` of shape ``(N, C, M)``; ``N`` may be 0."""
-    n, c, spatial = x3.shape
+    n, _c, spatial = x3.shape
     if n == 0:
         # Built here rather than by the core kernels, which need not accept empty input.
-        empty = x3.new_zeros((0, c), dtype=_stats.accumulation_dtype(x3))
-        zeros = empty.new_zeros(c)
-        moments = _stats.RowMoments(empty, empty)
-        return LocalStats(moments, empty[:, 0], empty[:, 0] > 0, empty, empty, 0, zeros, zeros)
+        return empty_local_stats(x3, _stats.accumulation_dtype(x3))
     moments = _stats.row_moments(x3)
     rho, active = _stats.sample_scale(moments, spatial, l2_eps, scale)
-    count = n * spatial
+    return local_stats_from_moments(moments, rho, active, spatial)
+
+
+def empty_local_stats(x: Tensor, dtype: torch.dtype) -> LocalStats:
+    """The statistics of a rank holding no sample (``x`` of shape ``(0, C, *S)``): count 0,
+    zero channel mean and ``M2``, in ``dtype`` (the statistics dtype of the ranks that
+    hold samples: they meet in one all-gather)."""
+    c = x.shape[1]
+    empty = x.new_zeros((0, c), dtype=dtype)
+    zeros = empty.new_zeros(c)
+    moments = _stats.RowMoments(empty, empty)
+    return LocalStats(moments, empty[:, 0], empty[:, 0] > 0, empty, empty, 0, zeros, zeros)
+
+
+def local_stats_from_moments(
+    moments: _stats.RowMoments, rho: Tensor, active: Tensor, spatial: int
+) -> LocalStats:
+    """Per-rank statistics from the row moments of ``x`` (``(N, C)``, ``N > 0``), ``rho``
+    and ``active`` (``(N,)``) and the positions per row ``spatial``: the row moments of
+    ``xh = x / rho`` and this rank's channel mean and ``M2`` (eq. 2, by
+    :func:`l2bn._impl.moments.channel_stats`). The PyTorch and the Triton passes of the
+    synchronized layer both end their forward reduction here."""
+    count = moments.mean.shape[0] * spatial
     stats = _stats.channel_stats(moments, rho)
     m2 = stats.var * count
     return LocalStats(moments, rho, active, stats.row_mean, stats.row_var, count, stats.mean, m2)

@@ -29,6 +29,12 @@ projection ``e[n]`` of the l2 normalization), ``grad_input``
 Eval forward: ``row_sums`` (sums of squares only) then ``affine`` reading the running
 statistics, or ``eval_sample`` alone when a whole sample fits in one tile.
 
+SyncL2BatchNorm (``l2bn._impl.triton.sync``) runs the same kernels around its collectives:
+``row_sums`` and ``forward_finalize`` (running statistics off) for ``rho`` and the row
+moments, ``affine`` with per-``(n, c)`` coefficients (``ROWS``); ``grad_sums``, then
+``grad_input`` with per-``(n, c)`` coefficients (``ROWS``). The ``O(N * C)`` steps between
+them, which need every process's channel statistics, are torch operations.
+
 Nothing here synchronizes with the host; NaN propagates as in BatchNorm (clamps are
 written as ``where(v < bound, bound, v)``, which keeps NaN).
 """
@@ -266,6 +272,7 @@ def affine_kernel(
     l2_eps,
     eps,
     EVAL: tl.constexpr,
+    ROWS: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_B: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -276,7 +283,9 @@ def affine_kernel(
 
     Training: ``rho``, ``gain``, ``shift`` come from ``forward_finalize``. ``EVAL``: ``rho[n]``
     from the partial sums of squares of ``row_sums``, ``gain`` and ``shift`` from the
-    running statistics (the finalize folded into the output pass).
+    running statistics (the finalize folded into the output pass). ``ROWS``: ``gain`` is
+    the whole coefficient ``a[n, c]``, contiguous ``(N, C)``, and ``y = a * x + shift[c]``
+    (SyncL2BatchNorm's output pass, coefficients built from the global statistics).
     """
     pid = tl.program_id(0)
     sb = pid % n_sblocks
@@ -294,11 +303,15 @@ def affine_kernel(
         shift = -tl.load(rm_ptr + cs, mask=cmask, other=0.0).to(tl.float32) * gain
         if HAS_B:
             shift += tl.load(b_ptr + cs, mask=cmask, other=0.0).to(tl.float32)
+        a = gain / rho
+    elif ROWS:
+        a = tl.load(gain_ptr + n.to(tl.int64) * C + cs, mask=cmask, other=0.0)
+        shift = tl.load(shift_ptr + cs, mask=cmask, other=0.0)
     else:
         rho = tl.load(rho_ptr + n)
         gain = tl.load(gain_ptr + cs, mask=cmask, other=0.0)
         shift = tl.load(shift_ptr + cs, mask=cmask, other=0.0)
-    a = gain / rho
+        a = gain / rho
     ss = sb * BLOCK_S + tl.arange(0, BLOCK_S)
     mask = cmask[:, None] & (ss < M)[None, :]
     v = tl.load(
@@ -586,6 +599,7 @@ def grad_input_kernel(
     n_sblocks,
     n_parts,
     proj_scale,
+    ROWS: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_P: tl.constexpr,
@@ -593,25 +607,35 @@ def grad_input_kernel(
     """Program ``(n, channel block, position block)``: ``dx = P * dy + Q * x + R`` with
     ``P = gain / rho``, ``Q = -(qc + proj[n]) / rho**2``, ``R = rc / rho``, where
     ``proj[n] = e[n] * proj_scale`` for samples whose norm was not clamped (eq. 3's
-    projection; ``proj_scale = 1 / D`` for the scaled form) and 0 otherwise."""
+    projection; ``proj_scale = 1 / D`` for the scaled form) and 0 otherwise.
+
+    ``ROWS``: ``P``, ``Q``, ``R`` are read whole from contiguous ``(N, C)`` arrays at
+    ``gain``, ``qc``, ``rc`` (SyncL2BatchNorm's input gradient, whose coefficients hold
+    the channel sums of every process)."""
     pid = tl.program_id(0)
     sb = pid % n_sblocks
     rest = pid // n_sblocks
     cb = rest % n_cblocks
     n = rest // n_cblocks
-    total = tl.zeros([BLOCK_P], dtype=tl.float32)
-    base = epart_ptr + n.to(tl.int64) * n_parts
-    for p0 in range(0, n_parts, BLOCK_P):
-        ps = p0 + tl.arange(0, BLOCK_P)
-        total += tl.load(base + ps, mask=ps < n_parts, other=0.0)
-    active = tl.load(active_ptr + n)
-    proj = tl.where(active > 0.0, tl.sum(total, 0) * proj_scale, 0.0)
-    inv = 1.0 / tl.load(rho_ptr + n)
     cs = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cs < C
-    p = tl.load(gain_ptr + cs, mask=cmask, other=0.0) * inv
-    q = -(tl.load(qc_ptr + cs, mask=cmask, other=0.0) + proj) * (inv * inv)
-    r = tl.load(rc_ptr + cs, mask=cmask, other=0.0) * inv
+    if ROWS:
+        row = n.to(tl.int64) * C + cs
+        p = tl.load(gain_ptr + row, mask=cmask, other=0.0)
+        q = tl.load(qc_ptr + row, mask=cmask, other=0.0)
+        r = tl.load(rc_ptr + row, mask=cmask, other=0.0)
+    else:
+        total = tl.zeros([BLOCK_P], dtype=tl.float32)
+        base = epart_ptr + n.to(tl.int64) * n_parts
+        for p0 in range(0, n_parts, BLOCK_P):
+            ps = p0 + tl.arange(0, BLOCK_P)
+            total += tl.load(base + ps, mask=ps < n_parts, other=0.0)
+        active = tl.load(active_ptr + n)
+        proj = tl.where(active > 0.0, tl.sum(total, 0) * proj_scale, 0.0)
+        inv = 1.0 / tl.load(rho_ptr + n)
+        p = tl.load(gain_ptr + cs, mask=cmask, other=0.0) * inv
+        q = -(tl.load(qc_ptr + cs, mask=cmask, other=0.0) + proj) * (inv * inv)
+        r = tl.load(rc_ptr + cs, mask=cmask, other=0.0) * inv
     ss = sb * BLOCK_S + tl.arange(0, BLOCK_S)
     mask = cmask[:, None] & (ss < M)[None, :]
     g = tl.load(

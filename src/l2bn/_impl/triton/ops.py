@@ -11,16 +11,26 @@ same allocation code, no launch), which ``torch.export`` and fake-tensor tracing
   statistics (BatchNorm's rule, ``momentum`` being this step's factor);
 * ``train_backward(dy, x, weight?, rho, active, row_mean, row_var, mean, invstd, scale,
   input_grad) -> (dx, dweight, dbias)``;
-* ``eval_forward(x, running_mean, running_var, weight?, bias?, eps, l2_eps, scale) -> y``.
+* ``eval_forward(x, running_mean, running_var, weight?, bias?, eps, l2_eps, scale) -> y``;
+
+and the full-size passes of SyncL2BatchNorm (:mod:`l2bn._impl.triton.sync`), whose inputs
+may hold no sample (``N = 0``: nothing is launched):
+
+* ``row_moments(x, l2_eps, scale) -> (rho, active, row_mean, row_var)``;
+* ``scale_shift(x, a, b) -> y = a[n, c] * x + b[c]``;
+* ``grad_row_sums(dy, x, mean, rho) -> (sum_s dy, sum_s dy * (x - mean[c] * rho[n]))``;
+* ``grad_combine(dy, x, p, q, r) -> dx = p[n, c] * dy + q[n, c] * x + r[n, c]``.
 
 Shapes and dtypes: ``x`` is ``(N, C, *S)`` in float32, float16 or bfloat16 (NCHW-like,
 channels_last or any strides that view as ``(N, C, M)`` or ``(N, M, C)``; others are
 copied to contiguous first); ``y``, ``dx`` have ``x``'s shape, dtype and layout;
 ``rho``, ``active`` (0/1) are ``(N,)`` float32; ``row_mean``, ``row_var`` are the
-``(N, C)`` float32 spatial moments of ``x`` (empty ``(0,)`` for 2-D input, whose rows are
-``x`` itself); ``mean``, ``invstd`` are ``(C,)`` float32 statistics of the normalized
-input. ``dweight``/``dbias`` have the weight's dtype (float32 without weight). Parameters
-and running statistics may be of any floating dtype; all statistics are float32.
+``(N, C)`` float32 spatial moments of ``x`` (``train_forward`` leaves them empty, ``(0,)``,
+for 2-D input, whose rows are ``x`` itself); ``mean``, ``invstd`` are ``(C,)`` float32
+statistics of the normalized input. ``dweight``/``dbias`` have the weight's dtype (float32
+without weight). Parameters and running statistics may be of any floating dtype; all
+statistics are float32. The synchronized passes raise ``ValueError`` for samples without
+values (no channel or no position).
 
 None of them synchronizes with the host: launch geometry depends on shapes only.
 """
@@ -117,9 +127,11 @@ class Geometry:
         return (self.n * self.n_cblocks * self.n_sblocks,)
 
 
-def geometry(n: int, c: int, m: int, channels_fast: bool, tiling: Tiling = TILING) -> Geometry:
+def geometry(n: int, c: int, m: int, channels_fast: bool, tiling: Tiling | None = None) -> Geometry:
     """Tile ``[block_c, block_s]`` oriented along the contiguous dimension; positions split
-    into ``n_splits`` ranges when ``n * n_cblocks`` programs would not fill the device."""
+    into ``n_splits`` ranges when ``n * n_cblocks`` programs would not fill the device.
+    ``tiling`` defaults to the module's ``TILING`` as it is at the call."""
+    tiling = TILING if tiling is None else tiling
     if channels_fast or m == 1:
         block_c = min(_pow2(c), tiling.max_block_c)
         block_s = min(_pow2(m), max(1, tiling.tile // block_c))
@@ -135,9 +147,9 @@ def geometry(n: int, c: int, m: int, channels_fast: bool, tiling: Tiling = TILIN
     return Geometry(n, c, m, block_c, block_s, n_cblocks, n_sblocks, n_splits, split_len)
 
 
-def _finalize_blocks(n: int, c: int, tiling: Tiling = TILING) -> tuple[int, int]:
-    block_c = min(_pow2(c), tiling.finalize_block_c)
-    block_n = min(_pow2(n), max(1, tiling.finalize_tile // block_c))
+def _finalize_blocks(n: int, c: int) -> tuple[int, int]:
+    block_c = min(_pow2(c), TILING.finalize_block_c)
+    block_n = min(_pow2(n), max(1, TILING.finalize_tile // block_c))
     return block_n, block_c
 
 
@@ -151,6 +163,161 @@ def _f32(x: Tensor, *shape: int) -> Tensor:
 
 def _launch(kernel, grid, *args, **meta) -> None:
     wrap_triton(kernel)[grid](*args, **meta)
+
+
+def _ncm(x: Tensor) -> tuple[int, int, int]:
+    n, c = x.shape[0], x.shape[1]
+    return n, c, math.prod(x.shape[2:])
+
+
+def _check_samples(x: Tensor) -> None:
+    """The synchronized operators take ``N = 0`` (a process holding no sample), not empty
+    samples (no channel or no position), which no kernel geometry covers."""
+    if x.numel() == 0 and x.shape[0] > 0:
+        raise ValueError(f"l2bn_triton: samples of shape {tuple(x.shape[1:])} are empty")
+
+
+# --------------------------------------------------------------------------------------
+# Launches shared by the operators
+
+
+def _row_sums(
+    x: Tensor, strides: tuple[int, int, int], geo: Geometry, write_sums: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Launch ``row_sums``; returns its partials ``(s1, s2, shifts, sq)`` (without
+    ``write_sums`` only ``sq`` is written and the other three are ``sq`` itself)."""
+    n, c, m = geo.n, geo.c, geo.m
+    sq = _f32(x, n * geo.n_parts)
+    if write_sums:
+        s1, s2 = _f32(x, geo.n_splits * n * c), _f32(x, geo.n_splits * n * c)
+        shifts = _f32(x, n * c)
+    else:
+        s1 = s2 = shifts = sq
+    sxn, sxc, sxs = strides
+    _launch(
+        K.row_sums_kernel, geo.reduction_grid,
+        x, s1, s2, shifts, sq, n, c, m, sxn, sxc, sxs,
+        geo.n_cblocks, geo.n_splits, geo.split_len,
+        WRITE_SUMS=write_sums, BLOCK_C=geo.block_c, BLOCK_S=geo.block_s,
+    )  # fmt: skip
+    return s1, s2, shifts, sq
+
+
+def _forward_finalize(
+    x: Tensor,
+    strides: tuple[int, int, int],
+    geo: Geometry,
+    partials: tuple[Tensor, Tensor, Tensor, Tensor],
+    stats: tuple[Tensor, ...],
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    momentum: float,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+    vector: bool,
+) -> None:
+    """Launch ``forward_finalize`` on the partials of ``row_sums``; writes ``stats``
+    (``rho, active, row_mean, row_var, mean, invstd, gain, shift``) and the running
+    statistics given."""
+    s1, s2, shifts, sq = partials
+    rho, active, row_mean, row_var, mean, invstd, gain, shift = stats
+    n, c, m = geo.n, geo.c, geo.m
+    sxn, sxc, _sxs = strides
+    block_n, block_c = _finalize_blocks(n, c)
+    count = n * m
+    _launch(
+        K.forward_finalize_kernel, (-(-c // block_c),),
+        x, s1, s2, shifts, sq,
+        mean if weight is None else weight, mean if bias is None else bias,
+        mean if running_mean is None else running_mean,
+        mean if running_var is None else running_var,
+        rho, active, row_mean, row_var, mean, invstd, gain, shift,
+        n, c, sxn, sxc, geo.n_parts, geo.n_splits,
+        1.0 / m, _rho_scale(x, scale), l2_eps, eps, momentum, count / max(count - 1, 1),
+        VECTOR=vector, HAS_W=weight is not None, HAS_B=bias is not None,
+        HAS_RM=running_mean is not None, HAS_RV=running_var is not None,
+        BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_P=TILING.block_p,
+    )  # fmt: skip
+
+
+def _affine(
+    x: Tensor,
+    strides: tuple[int, int, int],
+    y: Tensor,
+    geo: Geometry,
+    rho: Tensor,
+    gain: Tensor,
+    shift: Tensor,
+    rows: bool,
+) -> None:
+    """Launch the training output pass: ``y = x * gain[c] / rho[n] + shift[c]``, or with
+    ``rows`` ``y = gain[n, c] * x + shift[c]`` (``rho`` unused)."""
+    sxn, sxc, sxs = strides
+    syn, syc, sys_ = ncm_strides(y)
+    _launch(
+        K.affine_kernel, geo.elementwise_grid,
+        x, y, rho, rho, gain, shift, gain, shift, gain, shift,
+        geo.c, geo.m, sxn, sxc, sxs, syn, syc, sys_, geo.n_cblocks, geo.n_sblocks, geo.n_parts,
+        1.0, 0.0, 0.0,
+        EVAL=False, ROWS=rows, HAS_W=False, HAS_B=False,
+        BLOCK_C=geo.block_c, BLOCK_S=geo.block_s, BLOCK_P=TILING.block_p,
+    )  # fmt: skip
+
+
+def _grad_sums(
+    dy: Tensor,
+    dy_strides: tuple[int, int, int],
+    x: Tensor,
+    x_strides: tuple[int, int, int],
+    geo: Geometry,
+    rho: Tensor,
+    mean: Tensor,
+    shape: tuple[int, ...],
+) -> tuple[Tensor, Tensor]:
+    """Launch ``grad_sums``; returns ``(t1, t2)`` of ``shape`` (``n_splits * N * C``
+    values, split-major)."""
+    t1, t2 = _f32(x, *shape), _f32(x, *shape)
+    sdn, sdc, sds = dy_strides
+    sxn, sxc, sxs = x_strides
+    _launch(
+        K.grad_sums_kernel, geo.reduction_grid,
+        dy, x, rho, mean, t1, t2, geo.n, geo.c, geo.m, sdn, sdc, sds, sxn, sxc, sxs,
+        geo.n_cblocks, geo.n_splits, geo.split_len,
+        BLOCK_C=geo.block_c, BLOCK_S=geo.block_s,
+    )  # fmt: skip
+    return t1, t2
+
+
+def _grad_input(
+    dy: Tensor,
+    dy_strides: tuple[int, int, int],
+    x: Tensor,
+    x_strides: tuple[int, int, int],
+    dx: Tensor,
+    geo: Geometry,
+    rho: Tensor,
+    active: Tensor,
+    epart: Tensor,
+    coefficients: tuple[Tensor, Tensor, Tensor],
+    n_parts: int,
+    proj_scale: float,
+    rows: bool,
+) -> None:
+    """Launch ``grad_input``: ``dx = P * dy + Q * x + R`` (see the kernel; with ``rows``,
+    ``coefficients`` are ``P, Q, R`` themselves and the other statistics are unused)."""
+    sdn, sdc, sds = dy_strides
+    sxn, sxc, sxs = x_strides
+    son, soc, sos = ncm_strides(dx)
+    _launch(
+        K.grad_input_kernel, geo.elementwise_grid,
+        dy, x, dx, rho, active, epart, *coefficients,
+        geo.c, geo.m, sdn, sdc, sds, sxn, sxc, sxs, son, soc, sos,
+        geo.n_cblocks, geo.n_sblocks, n_parts, proj_scale,
+        ROWS=rows, BLOCK_C=geo.block_c, BLOCK_S=geo.block_s, BLOCK_P=TILING.block_p,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
@@ -169,9 +336,8 @@ def _train_forward(
     scale: bool,
     launch: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    x, (sxn, sxc, sxs) = addressable(x)
-    n, c = x.shape[0], x.shape[1]
-    m = x.numel() // (n * c)
+    x, strides = addressable(x)
+    n, c, m = _ncm(x)
     vector = x.dim() == 2
     y = torch.empty_like(x)
     rho, active = _f32(x, n), _f32(x, n)
@@ -181,42 +347,15 @@ def _train_forward(
     outputs = (y, rho, active, row_mean, row_var, mean, invstd)
     if not launch:
         return outputs
-    geo = geometry(n, c, m, sxc == 1)
-    sums = 1 if vector else geo.n_splits * n * c
-    s1, s2 = _f32(x, sums), _f32(x, sums)
-    shifts = _f32(x, 1 if vector else n * c)
-    sq = _f32(x, n * geo.n_parts)
+    geo = geometry(n, c, m, strides[1] == 1)
+    partials = _row_sums(x, strides, geo, write_sums=not vector)
     gain, shift = _f32(x, c), _f32(x, c)
-    _launch(
-        K.row_sums_kernel, geo.reduction_grid,
-        x, s1, s2, shifts, sq, n, c, m, sxn, sxc, sxs,
-        geo.n_cblocks, geo.n_splits, geo.split_len,
-        WRITE_SUMS=not vector, BLOCK_C=geo.block_c, BLOCK_S=geo.block_s,
+    stats = (rho, active, row_mean, row_var, mean, invstd, gain, shift)
+    _forward_finalize(
+        x, strides, geo, partials, stats, weight, bias, running_mean, running_var,
+        momentum, eps, l2_eps, scale, vector,
     )  # fmt: skip
-    block_n, block_c = _finalize_blocks(n, c)
-    count = n * m
-    _launch(
-        K.forward_finalize_kernel, (-(-c // block_c),),
-        x, s1, s2, shifts, sq,
-        mean if weight is None else weight, mean if bias is None else bias,
-        mean if running_mean is None else running_mean,
-        mean if running_var is None else running_var,
-        rho, active, row_mean, row_var, mean, invstd, gain, shift,
-        n, c, sxn, sxc, geo.n_parts, geo.n_splits,
-        1.0 / m, _rho_scale(x, scale), l2_eps, eps, momentum, count / max(count - 1, 1),
-        VECTOR=vector, HAS_W=weight is not None, HAS_B=bias is not None,
-        HAS_RM=running_mean is not None, HAS_RV=running_var is not None,
-        BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_P=TILING.block_p,
-    )  # fmt: skip
-    syn, syc, sys_ = ncm_strides(y)
-    _launch(
-        K.affine_kernel, geo.elementwise_grid,
-        x, y, rho, sq, gain, shift, gain, shift, gain, shift,
-        c, m, sxn, sxc, sxs, syn, syc, sys_, geo.n_cblocks, geo.n_sblocks, geo.n_parts,
-        1.0, l2_eps, eps,
-        EVAL=False, HAS_W=False, HAS_B=False,
-        BLOCK_C=geo.block_c, BLOCK_S=geo.block_s, BLOCK_P=TILING.block_p,
-    )  # fmt: skip
+    _affine(x, strides, y, geo, rho, gain, shift, rows=False)
     return outputs
 
 
@@ -263,10 +402,9 @@ def _train_backward(
     input_grad: bool,
     launch: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    x, (sxn, sxc, sxs) = addressable(x)
-    dy, (sdn, sdc, sds) = addressable(dy)
-    n, c = x.shape[0], x.shape[1]
-    m = x.numel() // (n * c)
+    x, x_strides = addressable(x)
+    dy, dy_strides = addressable(dy)
+    n, c, m = _ncm(x)
     vector = x.dim() == 2
     grad_dtype = torch.float32 if weight is None else weight.dtype
     dweight = torch.empty((c,), dtype=grad_dtype, device=x.device)
@@ -275,20 +413,18 @@ def _train_backward(
     outputs = (dx, dweight, dbias)
     if not launch:
         return outputs
-    geo = geometry(n, c, m, sxc == 1)
-    sums = 1 if vector else geo.n_splits * n * c
-    t1, t2 = _f32(x, sums), _f32(x, sums)
-    if not vector:
-        _launch(
-            K.grad_sums_kernel, geo.reduction_grid,
-            dy, x, rho, mean, t1, t2, n, c, m, sdn, sdc, sds, sxn, sxc, sxs,
-            geo.n_cblocks, geo.n_splits, geo.split_len,
-            BLOCK_C=geo.block_c, BLOCK_S=geo.block_s,
-        )  # fmt: skip
+    geo = geometry(n, c, m, x_strides[1] == 1)
+    if vector:
+        t1 = t2 = _f32(x, 1)  # the finalize reads dy and x directly
+    else:
+        shape = (geo.n_splits * n * c,)
+        t1, t2 = _grad_sums(dy, dy_strides, x, x_strides, geo, rho, mean, shape)
     block_n, block_c = _finalize_blocks(n, c)
     programs = -(-c // block_c)
     epart = _f32(x, n * programs)
     gain, qc, rc = _f32(x, c), _f32(x, c), _f32(x, c)
+    sdn, sdc, _sds = dy_strides
+    sxn, sxc, _sxs = x_strides
     _launch(
         K.backward_finalize_kernel, (programs,),
         dy, x, t1, t2, rho, row_mean, row_var, mean, invstd,
@@ -298,13 +434,9 @@ def _train_backward(
         BLOCK_N=block_n, BLOCK_C=block_c,
     )  # fmt: skip
     if input_grad:
-        son, soc, sos = ncm_strides(dx)
-        _launch(
-            K.grad_input_kernel, geo.elementwise_grid,
-            dy, x, dx, rho, active, epart, gain, qc, rc,
-            c, m, sdn, sdc, sds, sxn, sxc, sxs, son, soc, sos,
-            geo.n_cblocks, geo.n_sblocks, programs, 1.0 / (c * m) if scale else 1.0,
-            BLOCK_C=geo.block_c, BLOCK_S=geo.block_s, BLOCK_P=TILING.block_p,
+        _grad_input(
+            dy, dy_strides, x, x_strides, dx, geo, rho, active, epart, (gain, qc, rc),
+            programs, 1.0 / (c * m) if scale else 1.0, rows=False,
         )  # fmt: skip
     return outputs
 
@@ -354,9 +486,9 @@ def _eval_forward(
     scale: bool,
     launch: bool,
 ) -> Tensor:
-    x, (sxn, sxc, sxs) = addressable(x)
-    n, c = x.shape[0], x.shape[1]
-    m = x.numel() // (n * c)
+    x, strides = addressable(x)
+    sxn, sxc, sxs = strides
+    n, c, m = _ncm(x)
     y = torch.empty_like(x)
     if not launch:
         return y
@@ -373,18 +505,14 @@ def _eval_forward(
         )  # fmt: skip
         return y
     geo = geometry(n, c, m, sxc == 1)
-    sq = _f32(x, n * geo.n_parts)
-    _launch(
-        K.row_sums_kernel, geo.reduction_grid,
-        x, sq, sq, sq, sq, n, c, m, sxn, sxc, sxs, geo.n_cblocks, geo.n_splits, geo.split_len,
-        WRITE_SUMS=False, BLOCK_C=geo.block_c, BLOCK_S=geo.block_s,
-    )  # fmt: skip
+    _s1, _s2, _shifts, sq = _row_sums(x, strides, geo, write_sums=False)
     _launch(
         K.affine_kernel, geo.elementwise_grid,
         x, y, sq, sq, sq, sq, w, b, running_mean, running_var,
         c, m, sxn, sxc, sxs, syn, syc, sys_, geo.n_cblocks, geo.n_sblocks, geo.n_parts,
         _rho_scale(x, scale), l2_eps, eps,
-        EVAL=True, BLOCK_C=geo.block_c, BLOCK_S=geo.block_s, BLOCK_P=TILING.block_p, **flags,
+        EVAL=True, ROWS=False, BLOCK_C=geo.block_c, BLOCK_S=geo.block_s,
+        BLOCK_P=TILING.block_p, **flags,
     )  # fmt: skip
     return y
 
@@ -410,4 +538,134 @@ def _eval_forward_fake(x, running_mean, running_var, weight, bias, eps, l2_eps, 
     return _eval_forward(x, running_mean, running_var, weight, bias, eps, l2_eps, scale, False)
 
 
+# --------------------------------------------------------------------------------------
+# The full-size passes of SyncL2BatchNorm (l2bn._impl.triton.sync), whose O(N * C) steps
+# between the kernels need every process's channel statistics: N may be 0 there.
+
+
+def _row_moments(
+    x: Tensor, l2_eps: float, scale: bool, launch: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_samples(x)
+    x, strides = addressable(x)
+    n, c, m = _ncm(x)
+    rho, active = _f32(x, n), _f32(x, n)
+    row_mean, row_var = _f32(x, n, c), _f32(x, n, c)
+    outputs = (rho, active, row_mean, row_var)
+    if not launch or n == 0:
+        return outputs
+    geo = geometry(n, c, m, strides[1] == 1)
+    partials = _row_sums(x, strides, geo, write_sums=True)
+    # This process's channel statistics and coefficients: computed, not used (the layer
+    # needs the statistics of the whole group); eps = 1 keeps them finite.
+    local = _f32(x, 4, c).unbind(0)
+    stats = (rho, active, row_mean, row_var, *local)
+    _forward_finalize(
+        x, strides, geo, partials, stats, None, None, None, None, 0.0, 1.0, l2_eps, scale,
+        vector=False,
+    )  # fmt: skip
+    return outputs
+
+
+@triton_op(f"{NAMESPACE}::row_moments", mutates_args=())
+def row_moments(x: Tensor, l2_eps: float, scale: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(rho, active, row_mean, row_var)`` of ``x`` (``(N, C, *S)``, ``N`` may be 0):
+    ``rho[n]`` of eq. (3) and the 0/1 activity (norm not clamped by ``l2_eps``), ``(N,)``;
+    the spatial mean and population variance of each row ``x[n, c]``, ``(N, C)``; all
+    float32. Two launches, ``row_sums`` and ``forward_finalize`` without running
+    statistics; none for ``N = 0``."""
+    return _row_moments(x, l2_eps, scale, True)
+
+
+@row_moments.register_fake
+def _row_moments_fake(x, l2_eps, scale):
+    return _row_moments(x, l2_eps, scale, False)
+
+
+def _scale_shift(x: Tensor, a: Tensor, b: Tensor, launch: bool) -> Tensor:
+    _check_samples(x)
+    x, strides = addressable(x)
+    n, c, m = _ncm(x)
+    y = torch.empty_like(x)
+    if not launch or n == 0:
+        return y
+    geo = geometry(n, c, m, strides[1] == 1)
+    _affine(x, strides, y, geo, a, a.contiguous(), b.contiguous(), rows=True)
+    return y
+
+
+@triton_op(f"{NAMESPACE}::scale_shift", mutates_args=())
+def scale_shift(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``y = a[n, c] * x + b[c]`` (eqs. 2-3 with ``a``, ``b`` from the group's statistics):
+    ``a`` float32 ``(N, C)``, ``b`` float32 ``(C,)``; ``y`` has ``x``'s shape, dtype and
+    layout. One launch of ``affine``; none for ``N = 0``."""
+    return _scale_shift(x, a, b, True)
+
+
+@scale_shift.register_fake
+def _scale_shift_fake(x, a, b):
+    return _scale_shift(x, a, b, False)
+
+
+def _grad_row_sums(
+    dy: Tensor, x: Tensor, mean: Tensor, rho: Tensor, launch: bool
+) -> tuple[Tensor, Tensor]:
+    _check_samples(x)
+    x, x_strides = addressable(x)
+    dy, dy_strides = addressable(dy)
+    n, c, m = _ncm(x)
+    if not launch or n == 0:
+        return _f32(x, n, c), _f32(x, n, c)
+    geo = geometry(n, c, m, x_strides[1] == 1)
+    shape = (n, c) if geo.n_splits == 1 else (geo.n_splits, n, c)
+    t1, t2 = _grad_sums(dy, dy_strides, x, x_strides, geo, rho, mean, shape)
+    if geo.n_splits == 1:
+        return t1, t2
+    return t1.sum(0), t2.sum(0)
+
+
+@triton_op(f"{NAMESPACE}::grad_row_sums", mutates_args=())
+def grad_row_sums(dy: Tensor, x: Tensor, mean: Tensor, rho: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-row sums of the backward, ``(N, C)`` float32: ``sum_s dy`` and
+    ``sum_s dy * (x - mean[c] * rho[n])`` (centred element by element), for float32
+    ``mean`` ``(C,)`` and ``rho`` ``(N,)``. One launch of ``grad_sums`` (and a sum over
+    the splits of the positions when there are several); none for ``N = 0``."""
+    return _grad_row_sums(dy, x, mean, rho, True)
+
+
+@grad_row_sums.register_fake
+def _grad_row_sums_fake(dy, x, mean, rho):
+    return _grad_row_sums(dy, x, mean, rho, False)
+
+
+def _grad_combine(dy: Tensor, x: Tensor, p: Tensor, q: Tensor, r: Tensor, launch: bool) -> Tensor:
+    _check_samples(x)
+    x, x_strides = addressable(x)
+    dy, dy_strides = addressable(dy)
+    n, c, m = _ncm(x)
+    dx = torch.empty_like(x)
+    if not launch or n == 0:
+        return dx
+    geo = geometry(n, c, m, x_strides[1] == 1)
+    p, q, r = p.contiguous(), q.contiguous(), r.contiguous()
+    _grad_input(
+        dy, dy_strides, x, x_strides, dx, geo, p, p, p, (p, q, r), 1, 1.0, rows=True
+    )  # fmt: skip
+    return dx
+
+
+@triton_op(f"{NAMESPACE}::grad_combine", mutates_args=())
+def grad_combine(dy: Tensor, x: Tensor, p: Tensor, q: Tensor, r: Tensor) -> Tensor:
+    """``dx = p[n, c] * dy + q[n, c] * x + r[n, c]`` for float32 ``(N, C)`` coefficients;
+    ``dx`` has ``x``'s shape, dtype and layout. One launch of ``grad_input``; none for
+    ``N = 0``."""
+    return _grad_combine(dy, x, p, q, r, True)
+
+
+@grad_combine.register_fake
+def _grad_combine_fake(dy, x, p, q, r):
+    return _grad_combine(dy, x, p, q, r, False)
+
+
 OPERATORS = (train_forward, train_backward, eval_forward)
+SYNC_OPERATORS = (row_moments, scale_shift, grad_row_sums, grad_combine)
