@@ -2,7 +2,8 @@
 # GPU check of the Triton backend: its tests on the GPU, then `l2bn bench --device cuda`,
 # on a machine with one NVIDIA GPU, in under 8 minutes. Everything goes to one folder:
 #   environment.txt  torch, CUDA, GPU, which L2BN backend runs what
-#   tests.txt        pytest of the Triton tests (GPU-only ones included) and torch.compile
+#   tests.txt        pytest of the Triton tests (GPU-only ones and SyncL2BatchNorm over NCCL
+#                    included) and torch.compile
 #   bench.txt        the benchmark's table;  bench.json  its results
 #   summary.txt      exit codes and durations
 #
@@ -51,7 +52,8 @@ PY
 start=$(date +%s)
 timeout 180 "$py" -m pytest -q -p no:cacheprovider -rs \
     tests/test_triton_gpu.py tests/test_triton_kernels.py tests/test_triton_launches.py \
-    tests/test_triton_bench.py tests/test_core_compile.py >"$out/tests.txt" 2>&1
+    tests/test_triton_sync.py tests/test_triton_bench.py tests/test_core_compile.py \
+    >"$out/tests.txt" 2>&1
 tests_rc=$?
 mid=$(date +%s)
 timeout 270 "$py" -m l2bn.cli bench --device cuda --output "$out/bench.json" >"$out/bench.txt" 2>&1
