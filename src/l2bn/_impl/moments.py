@@ -149,7 +149,8 @@ def inverse_scale_limit(values_per_sample: int, l2_eps: float, scale: bool) -> f
 
 def batch_stats(moments: RowMoments, spatial: int, l2_eps: float, scale: bool) -> BatchStats:
     """``1 / rho`` (eq. 3) and the batch statistics of ``xh = x / rho`` (eq. 2) from the row
-    moments of ``x``, in twelve ``O(N * C)`` operations, none of which reads a value back.
+    moments of ``x`` (``(N, C)`` each), in eleven ``O(N * C)`` operations (twelve for the
+    plain form), none of which reads a value back.
 
     * ``||x_n||^2 / D = mean_c (var + mean^2)``: a mean of non-negative terms (no
       cancellation), so ``1 / rho = min(rsqrt(||x_n||^2 / D), sqrt(D) / l2_eps)`` (scaled

@@ -315,8 +315,10 @@ def _bn_kernel_applies(*tensors: Tensor) -> bool:
     )
 
 
-def scale_shift(x: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
-    """``a[n, c] * x + b[c]`` computed in ``a``'s dtype, returned in ``x``'s dtype.
+def scale_shift(
+    x: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None, value: float = 1.0
+) -> Tensor:
+    """``value * a[n, c] * x + b[c]`` computed in ``a``'s dtype, returned in ``x``'s dtype.
 
     ``a`` has shape ``(N, C)`` and ``b`` shape ``(C,)``; ``out`` (a fresh tensor shaped like
     ``x``, e.g. from :func:`input_sums`) is filled and returned when given and usable.
@@ -325,6 +327,8 @@ def scale_shift(x: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> T
     if grad:
         out = None  # recorded by autograd (eval with gradients), which refuses out=
     if _fast(x):
+        if value != 1.0:
+            a, value = a * value, 1.0
         if a.dtype != x.dtype:
             # float64 coefficients of float32 CPU input: the output pass runs in float32.
             a, b = a.to(x.dtype), b.to(x.dtype)
@@ -332,7 +336,8 @@ def scale_shift(x: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> T
             return _row_affine_bn(x, a, b, out)
     elif out is None and not grad and a.dtype != x.dtype:
         out = torch.empty_like(x)  # generic: written in x's dtype, no full-size float32 tensor
-    y = torch.addcmul(b.reshape(channel_shape(x)), x, a.reshape(coeff_shape(x)), out=out)
+    b, a = b.reshape(channel_shape(x)), a.reshape(coeff_shape(x))
+    y = torch.addcmul(b, x, a, value=value, out=out)
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 

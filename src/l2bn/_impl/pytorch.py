@@ -3,12 +3,17 @@
 Forward (paper eqs. 2-3): ``y = a[n, c] * x + b[c]`` with
 ``a = gamma / (rho[n] * sqrt(var + eps))`` and ``b = beta - gamma * mu / sqrt(var + eps)``.
 
-Backward: with ``T1 = sum_s dy`` and ``T2 = sum_s dy * x`` per ``(n, c)``, the input
-gradient is ``dx = P[n, c] * dy + Q[n, c] * x + R[n, c]``, where P, Q, R are built from
-``O(N * C)`` statistics (derived in ``input_grad``). Only ``x`` and those statistics are
-saved for backward. The full-size passes are in ``passes`` (fast CPU paths and a generic
-path); ``(N, C)`` input on the fast path uses ``vector_passes`` instead, where per-row
-statistics would be as large as the input. It runs on every device and dtype.
+Backward: with ``T1 = sum_s dy`` and ``T2 = sum_s dy * (x - mu * rho[n])`` per ``(n, c)``,
+the input gradient is ``dx = P[n, c] * dy + Q[n, c] * x + R[n, c]``, where P, Q, R are
+built from ``O(N * C)`` statistics (derived in :func:`_input_grad`). Only ``x`` and those
+statistics are saved for backward. The full-size passes are in ``passes`` (fast CPU paths
+and a generic path); ``(N, C)`` input on the fast path uses ``vector_passes`` instead, where
+per-row statistics would be as large as the input. It runs on every device and dtype.
+
+On the generic path (every device but the CPU fast path, and ``torch.compile``) a call
+dispatches no operator that reads a value back to the host and no full-size tensor in a
+wider dtype than ``x``'s; its operator counts and bytes per element are in the README
+("How the PyTorch backend computes") and checked by ``tests/test_core_operators.py``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from l2bn._impl import moments as _moments
 from l2bn._impl import passes, vector_passes
 from l2bn._impl.composite import differentiable_train_grads
 from l2bn._impl.running import update_running_stats
-from l2bn._impl.sample_scale import sample_scale
+from l2bn._impl.sample_scale import norm_divisor
 
 
 def affine_output(x: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
@@ -142,7 +147,7 @@ def input_grad(
     centred = sums.dy_xc * inv
     return _input_grad(
         dy, x, sums.dy, centred, sums.buffer, m, v, m - mu, mu, invstd, gain, inv,
-        active, dbeta, dgamma, count, scale,
+        active.unsqueeze(1), dbeta, dgamma, count, scale,
     )  # fmt: skip
 
 
@@ -169,7 +174,7 @@ def _input_grad(
 
     Per ``(n, c)``: ``t1 = sum_s dy``, ``centred = sum_s (xh - mu) * dy``; ``m``, ``v``: row
     mean and variance of ``xh``, ``dev = m - mu``; per channel ``gain = gamma * invstd``;
-    ``inv = 1 / rho`` of shape ``(N, 1)``, ``active`` ``(N,)``;
+    ``inv = 1 / rho`` and ``active`` of shape ``(N, 1)``;
     ``K = count`` values per channel, ``M`` positions per row, ``D' = C * M`` (scaled form)
     or 1. BatchNorm's backward (eq. 2) gives ``dxh = gain * (dy - dbeta / K - z * dgamma / K)``
     with ``z = invstd * (xh - mu)``, and the l2 normalization (eq. 3)
@@ -189,7 +194,7 @@ def _input_grad(
     e = torch.addcmul(centred, t1, mu).mul_(gain)
     e.addcmul_(m, beta, value=spatial)
     e.addcmul_(torch.addcmul(v, m, dev), alpha, value=spatial)
-    proj = e.sum(dim=1).mul_(active).unsqueeze(1)
+    proj = e.sum(dim=1, keepdim=True).mul_(active)
     q = torch.add(alpha, proj, alpha=-1.0 / (c * spatial) if scale else -1.0).mul_(inv.square())
     p = gain * inv
     r = torch.addcmul(beta, alpha, mu, value=-1) * inv
@@ -267,7 +272,7 @@ class L2BatchNormFunction(torch.autograd.Function):
         if needs[0]:
             spatial = _spatial(x)
             limit = _moments.inverse_scale_limit(spatial * x.shape[1], ctx.l2_eps, ctx.scale)
-            active = inv_rho < limit  # the norm was not clamped by l2_eps
+            active = inv < limit  # (N, 1): the norm was not clamped by l2_eps
             dx = _input_grad(
                 dy, x, t1, centred, buffer, m, v, dev, mu, invstd, gain, inv, active,
                 dbeta, dgamma, x.shape[0] * spatial, ctx.scale,
@@ -334,11 +339,13 @@ def eval_forward(
 ) -> Tensor:
     """Eval mode: plain tensor ops, differentiable by autograd and traceable by export.
 
-    ``rho[n]`` from one norm reduction of ``x`` (float32/float64 accumulation, no converted
-    copy), then ``y = a[n, c] * x + b[c]`` with the running statistics: one output pass.
+    ``||x_n||`` from one norm reduction of ``x`` (float32/float64 accumulation, no converted
+    copy), then ``y = sqrt(D) * (gain[c] / max(||x_n||, l2_eps)) * x + b[c]`` with the
+    running statistics (eq. 3 with ``rho = max(||x_n||, l2_eps) / sqrt(D)``, the factor
+    ``sqrt(D)`` of the scaled form riding on the output pass): one output pass.
     """
     acc = _moments.accumulation_dtype(x)
     norm = torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), dtype=acc)
-    rho = sample_scale(norm, math.prod(x.shape[1:]), l2_eps, scale)
     gain, shift, _ = _gain_shift(running_mean, running_var, weight, bias, eps, acc)
-    return affine_output(x, gain / rho.unsqueeze(1), shift)
+    a = gain / norm.clamp(min=l2_eps).unsqueeze(1)
+    return passes.scale_shift(x, a, shift, value=norm_divisor(math.prod(x.shape[1:]), scale))
