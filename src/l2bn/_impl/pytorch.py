@@ -186,8 +186,7 @@ def _input_grad(
       (``sum_s xh * dy = centred + mu * t1``, ``sum_s xh * z = invstd * M * (v + m * dev)``);
     * ``P = gain / rho``, ``Q = (alpha - e / D') / rho^2``, ``R = (beta - alpha * mu) / rho``.
     """
-    n, c = t1.shape
-    spatial = x.numel() // max(n * c, 1)
+    c, spatial = x.shape[1], _spatial(x)  # from the shape: N may be 0 (an empty rank)
     neg_gain_k = gain * (-1.0 / count)
     alpha = neg_gain_k * (dgamma * invstd)
     beta = neg_gain_k * dbeta
