@@ -16,8 +16,11 @@ Two implementations of each, selected by :func:`fast_paths`:
   (TensorIterator computes in the promoted dtype and rounds on store; on CPU it converts
   inside the kernel). ``grad_sums`` fills one buffer shaped like ``x`` with
   ``(x - shift) * dy`` (rounded to ``x``'s dtype), which ``grad_combine`` then overwrites with
-  the input gradient. :func:`accelerator_paths` makes CPU tensors take this path with the
-  statistics dtype of other devices, so that tests run it here;
+  the input gradient. On CPU tensors of a narrower dtype than the statistics (half
+  precision; float32 with the fast paths off) the two backward passes compute in the
+  accumulation dtype instead (see ``_widened_on_cpu``). :func:`accelerator_paths` makes CPU
+  tensors take the path of other devices, with their statistics dtype, so that tests run
+  it here;
 * the *fast* path (CPU, float32/float64): it allocates no full-size temporary besides the
   output (on a 2-core test machine a fresh 50 MB tensor cost more in page faults than a
   pass over it): inputs reuse the buffer of the products ``x * x`` or ``dy * x`` as the
@@ -138,6 +141,18 @@ def channel_shape(x: Tensor) -> tuple[int, ...]:
     return (x.shape[1],) + (1,) * (x.dim() - 2)
 
 
+def _widened_on_cpu(x: Tensor, acc: torch.dtype) -> bool:
+    """Whether the generic backward computes its full-size passes in ``acc`` (CPU tensors
+    of a narrower dtype, outside :func:`accelerator_paths`).
+
+    The CPU converts mixed-dtype operands to temporaries inside its kernels anyway, so
+    there the lean formulation saves nothing, and the wide one keeps the CPU's accuracy:
+    the weight gradient of half input from float32 products, the input gradient rounded
+    once.
+    """
+    return x.dtype != acc and x.device.type == "cpu" and not _state["accelerator"]
+
+
 def row_sums(t: Tensor, acc: torch.dtype) -> Tensor:
     """Per-``(n, c)`` sum of ``t`` of shape ``(N, C, *S)`` over the positions, in ``acc``.
 
@@ -242,6 +257,9 @@ def grad_sums(dy: Tensor, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor, Ten
         if near.dtype != acc:
             t2 = t2.addcmul_(near.to(acc) - shift, t1)
         return t1, t2, buffer
+    if _widened_on_cpu(x, acc):
+        centred = torch.sub(x, shift.view(coeff_shape(x)))  # promoted to acc
+        return row_sums(dy, acc), row_sums(centred.mul_(dy), acc), None
     # Generic: (x - shift) is computed in the accumulation dtype and rounded once to x's
     # dtype (centred, so the rounding is relative to the spread, not to the offset), then
     # multiplied by dy in place; both sums accumulate in ``acc`` without converted copies.
@@ -349,6 +367,9 @@ def grad_combine(
     ``out`` (the buffer returned by :func:`grad_sums`) is overwritten when given.
     """
     shape = coeff_shape(x)
+    if not _fast(dy, x) and _widened_on_cpu(x, p.dtype):
+        dx = torch.addcmul(r.view(shape), x, q.view(shape))  # promoted to p's dtype
+        return dx.addcmul_(dy, p.view(shape)).to(x.dtype)
     if not _fast(dy, x):
         # Generic: the x term first, ``q * x + r`` (computed in the accumulation dtype from
         # the exact input, rounded once to x's dtype): q and r nearly cancel under large
