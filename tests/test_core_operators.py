@@ -50,8 +50,8 @@ HOST_READS = {
 
 # Upper bounds per call (all dispatched operators / those that launch device work), for
 # every shape, layout, dtype and affine / scale setting below. Measured after issue #14:
-# forward 26-33 / 22-26, backward 36-40 / 27-31, eval 11-13 / 8-9.
-BOUNDS = {"forward": (33, 26), "backward": (40, 31), "eval": (13, 9)}
+# forward 24-31 / 22-26, backward 33-38 / 26-30, eval 11-13 / 8-9.
+BOUNDS = {"forward": (31, 26), "backward": (38, 30), "eval": (13, 9)}
 
 
 class Meta(NamedTuple):

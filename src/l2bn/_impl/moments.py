@@ -130,7 +130,8 @@ def _centred_var(x3: Tensor, mean: Tensor, ill: Tensor) -> Tensor:
 class BatchStats(NamedTuple):
     """The training statistics of eqs. (2)-(3), in the accumulation dtype."""
 
-    inv_rho: Tensor  # (N,) 1 / rho[n]
+    inv_rho: Tensor  # (N, 1) 1 / rho[n]
+    inv_rho_sq: Tensor  # (N, 1) 1 / rho[n]^2
     row_mean: Tensor  # (N, C) m[n, c]: spatial mean of xh
     row_var: Tensor  # (N, C) v[n, c]: spatial variance of xh
     dev: Tensor  # (N, C) m[n, c] - mu[c]
@@ -162,16 +163,17 @@ def batch_stats(moments: RowMoments, spatial: int, l2_eps: float, scale: bool) -
     mean, var = moments
     values = spatial * mean.shape[1]
     second = torch.addcmul(var, mean, mean)  # E_s[x^2] of each row
-    inv_rho = second.mean(dim=1).rsqrt_()  # sqrt(D) / ||x_n||
+    inv = second.mean(dim=1, keepdim=True).rsqrt_()  # sqrt(D) / ||x_n||, (N, 1)
     if not scale:
-        inv_rho = inv_rho.mul_(1.0 / math.sqrt(values))
-    inv_rho = inv_rho.clamp_(max=inverse_scale_limit(values, l2_eps, scale))
-    inv = inv_rho.unsqueeze(1)
+        inv = inv.mul_(1.0 / math.sqrt(values))
+    inv = inv.clamp_(max=inverse_scale_limit(values, l2_eps, scale))
+    inv_sq = inv.square()
     row_mean = mean * inv
-    row_var = var * inv.square()
+    row_var = var * inv_sq
     mu = row_mean.mean(dim=0)
     dev = row_mean - mu
-    return BatchStats(inv_rho, row_mean, row_var, dev, mu, torch.addcmul(row_var, dev, dev).mean(0))
+    var_c = torch.addcmul(row_var, dev, dev).mean(dim=0)
+    return BatchStats(inv, inv_sq, row_mean, row_var, dev, mu, var_c)
 
 
 def sample_scale(

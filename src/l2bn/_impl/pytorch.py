@@ -95,7 +95,7 @@ def train_forward(
     moments, buffer = _moments.input_moments(x)
     stats = _moments.batch_stats(moments, _spatial(x), l2_eps, scale)
     gain, shift, invstd = _gain_shift(stats.mean, stats.var, weight, bias, eps, stats.var.dtype)
-    a = gain * stats.inv_rho.unsqueeze(1)
+    a = gain * stats.inv_rho
     return affine_output(x, a, shift, buffer), stats, invstd, gain
 
 
@@ -147,7 +147,7 @@ def input_grad(
     centred = sums.dy_xc * inv
     return _input_grad(
         dy, x, sums.dy, centred, sums.buffer, m, v, m - mu, mu, invstd, gain, inv,
-        active.unsqueeze(1), dbeta, dgamma, count, scale,
+        inv.square(), active.unsqueeze(1), dbeta, dgamma, count, scale,
     )  # fmt: skip
 
 
@@ -164,6 +164,7 @@ def _input_grad(
     invstd: Tensor,
     gain: Tensor,
     inv: Tensor,
+    inv_sq: Tensor,
     active: Tensor,
     dbeta: Tensor,
     dgamma: Tensor,
@@ -174,7 +175,7 @@ def _input_grad(
 
     Per ``(n, c)``: ``t1 = sum_s dy``, ``centred = sum_s (xh - mu) * dy``; ``m``, ``v``: row
     mean and variance of ``xh``, ``dev = m - mu``; per channel ``gain = gamma * invstd``;
-    ``inv = 1 / rho`` and ``active`` of shape ``(N, 1)``;
+    ``inv = 1 / rho``, ``inv_sq = inv^2`` and ``active`` of shape ``(N, 1)``;
     ``K = count`` values per channel, ``M`` positions per row, ``D' = C * M`` (scaled form)
     or 1. BatchNorm's backward (eq. 2) gives ``dxh = gain * (dy - dbeta / K - z * dgamma / K)``
     with ``z = invstd * (xh - mu)``, and the l2 normalization (eq. 3)
@@ -194,7 +195,7 @@ def _input_grad(
     e.addcmul_(m, beta, value=spatial)
     e.addcmul_(torch.addcmul(v, m, dev), alpha, value=spatial)
     proj = e.sum(dim=1, keepdim=True).mul_(active)
-    q = torch.add(alpha, proj, alpha=-1.0 / (c * spatial) if scale else -1.0).mul_(inv.square())
+    q = torch.add(alpha, proj, alpha=-1.0 / (c * spatial) if scale else -1.0).mul_(inv_sq)
     p = gain * inv
     r = torch.addcmul(beta, alpha, mu, value=-1) * inv
     return passes.grad_combine(dy, x, p, q, r, buffer)
@@ -233,8 +234,8 @@ class L2BatchNormFunction(torch.autograd.Function):
         y, stats, invstd, gain = train_forward(x, weight, bias, eps, l2_eps, scale)
         # x and O(N * C) statistics only.
         ctx.save_for_backward(
-            x, weight, stats.inv_rho, stats.row_mean, stats.row_var, stats.dev, stats.mean,
-            invstd, gain,
+            x, weight, stats.inv_rho, stats.inv_rho_sq, stats.row_mean, stats.row_var,
+            stats.dev, stats.mean, invstd, gain,
         )  # fmt: skip
         ctx.mark_non_differentiable(stats.mean, stats.var)
         return y, stats.mean, stats.var
@@ -261,8 +262,7 @@ class L2BatchNormFunction(torch.autograd.Function):
                 dy, xh, weight, mean, invstd, rho, active, ctx.eps, ctx.scale, needs
             )
             return (*grads, None, None, None)
-        inv_rho, m, v, dev, mu, invstd, gain = saved
-        inv = inv_rho.unsqueeze(1)
+        inv, inv_sq, m, v, dev, mu, invstd, gain = saved  # inv, inv_sq: (N, 1)
         t1, t2, buffer = passes.grad_sums(dy, x, mu / inv)  # centred on mu * rho[n]
         centred = t2 * inv  # sum_s (xh - mu) * dy
         dbeta = t1.sum(dim=0)
@@ -273,7 +273,7 @@ class L2BatchNormFunction(torch.autograd.Function):
             limit = _moments.inverse_scale_limit(spatial * x.shape[1], ctx.l2_eps, ctx.scale)
             active = inv < limit  # (N, 1): the norm was not clamped by l2_eps
             dx = _input_grad(
-                dy, x, t1, centred, buffer, m, v, dev, mu, invstd, gain, inv, active,
+                dy, x, t1, centred, buffer, m, v, dev, mu, invstd, gain, inv, inv_sq, active,
                 dbeta, dgamma, x.shape[0] * spatial, ctx.scale,
             )  # fmt: skip
         dweight = dgamma.to(weight.dtype) if needs[1] else None
