@@ -15,14 +15,21 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(params=["fused", "pytorch", "composite"])
+@pytest.fixture(params=["fused", "pytorch", "generic", "composite"])
 def each_path(request):
-    """Run a test on each CPU backend: the fused C++ kernels, the pure-PyTorch path and the
-    differentiable composite (what transforms and double backward run)."""
+    """Run a test on each CPU backend: the fused C++ kernels, the pure-PyTorch path (its CPU
+    fast paths), the pure-PyTorch path as it runs on GPUs and other devices ("generic": no
+    fast path, float32 statistics of float32 input) and the differentiable composite (what
+    transforms and double backward run)."""
     from l2bn import backends
+    from l2bn._impl import passes
 
     if request.param == "fused" and not backends.available("cpu"):
         pytest.skip(f"fused kernels not built: {backends.unavailable_reason('cpu')}")
     preferred = "composite" if request.param == "composite" else None
-    with backends.flags(cpu=request.param == "fused"), backends.prefer(preferred):
+    with (
+        backends.flags(cpu=request.param == "fused"),
+        backends.prefer(preferred),
+        passes.accelerator_paths(request.param == "generic"),
+    ):
         yield request.param

@@ -8,9 +8,15 @@ values per channel. The l2-normalized input is ``xh[n] = x[n] / rho[n]`` with
 
 Everything batch normalization needs about ``xh`` follows from two numbers per
 ``(n, c)``: the spatial mean of ``x`` and its spatial (population) variance.
-Both come from one read of ``x`` (a sum and a sum of squares); the variance is
-recomputed by a centred second pass only for the rows where the one-pass form
-would lose precision, so ordinary inputs pay for one pass.
+
+* Generic path (every device but the CPU fast path; ``torch.compile``): the variance comes
+  from ATen's variance reduction (Welford's update on GPUs, as BatchNorm's statistics;
+  a two-pass sum in double on CPU), which needs no shift and has no cancellation, and reads
+  ``x`` once; half and bfloat16 input is read as it is, with float32 results (a second
+  reduction gives the float32 mean). No branch on data, no full-size temporary.
+* CPU fast path (float32/float64): a sum and a sum of squares, accumulated in float64;
+  the few rows whose one-pass variance would lose precision are recomputed centred (a
+  data-dependent branch, which costs nothing on the CPU).
 """
 
 from __future__ import annotations
@@ -21,23 +27,27 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from l2bn._impl.passes import accumulation_dtype, input_sums, rows
+from l2bn._impl.passes import accumulation_dtype, fast_applies, input_sums, rows
+from l2bn._impl.sample_scale import norm_divisor
 from l2bn._impl.sample_scale import sample_scale as _rho
 from l2bn._impl.transforms import compiling
 
 __all__ = [
+    "BatchStats",
     "ChannelStats",
     "RowMoments",
     "accumulation_dtype",
+    "batch_stats",
     "channel_stats",
     "input_moments",
+    "inverse_scale_limit",
     "row_moments",
     "sample_scale",
     "sample_scale_direct",
 ]
 
 # A row's one-pass variance is trusted when mean^2 + var <= COND * var, i.e. the
-# cancellation in E[x^2] - E[x]^2 costs at most log2(COND) bits.
+# cancellation in E[x^2] - E[x]^2 costs at most log2(COND) bits (CPU fast path).
 _COND_LIMIT = {torch.float64: 1e4}
 _COND_LIMIT_DEFAULT = 16.0
 
@@ -55,6 +65,8 @@ def input_moments(x: Tensor) -> tuple[RowMoments, Tensor | None]:
     The buffer is a fresh tensor shaped like ``x`` that the reduction had to fill; the
     caller may overwrite it with the layer's output (see :func:`l2bn._impl.passes.input_sums`).
     """
+    if not fast_applies(x):
+        return _generic_moments(x), None
     s1, s2, buffer = input_sums(x)
     return _moments_from_sums(s1, s2, rows(x)), buffer
 
@@ -64,8 +76,31 @@ def row_moments(x3: Tensor) -> RowMoments:
     return input_moments(x3)[0]
 
 
+def _generic_moments(x: Tensor) -> RowMoments:
+    """Population mean and variance over the positions of each ``(n, c)`` row of ``x``
+    (shape ``(N, C, *S)``), in the accumulation dtype: one variance reduction (and for half
+    input one mean reduction) over dims ``2..``, no reshape, no converted copy of ``x``.
+
+    With ``out=`` in float32, ``torch.var`` of half/bfloat16 input accumulates and stores in
+    float32 (the reduction BatchNorm uses for its statistics on CUDA). Under
+    ``torch.compile`` the cast is written out instead (the compiler fuses it into the
+    reduction; a traced ``out=`` would round the variance to ``x``'s dtype first).
+    """
+    acc = accumulation_dtype(x)
+    if x.dim() == 2:
+        x = x.unsqueeze(2)  # one position per row: variance 0, mean x
+    dims = tuple(range(2, x.dim()))
+    if x.dtype == acc or compiling():
+        var, mean = torch.var_mean(x.to(acc), dim=dims, correction=0)
+        return RowMoments(mean, var)
+    mean = torch.mean(x, dim=dims, dtype=acc)
+    var = torch.var(x, dim=dims, correction=0, out=torch.empty_like(mean))
+    return RowMoments(mean, var)
+
+
 def _moments_from_sums(s1: Tensor, s2: Tensor, x3: Tensor) -> RowMoments:
-    """Mean and variance from sum and sum of squares; ill-conditioned rows are recomputed."""
+    """Mean and variance from sum and sum of squares; ill-conditioned rows are recomputed
+    (CPU fast path only: the test reads a value back to the host)."""
     m = x3.shape[2]
     if m == 1:
         # (N, C) input: the mean is x itself (a view when no cast was needed) and the
@@ -76,20 +111,9 @@ def _moments_from_sums(s1: Tensor, s2: Tensor, x3: Tensor) -> RowMoments:
     var = torch.addcmul(second, mean, mean, value=-1)
     limit = _COND_LIMIT.get(s1.dtype, _COND_LIMIT_DEFAULT)
     ill = var * limit <= second
-    if compiling() or x3.device.type != "cpu":
-        # No data-dependent branch (no host synchronization on a GPU, none for
-        # torch.compile / torch.export): the centred variance replaces ill-conditioned rows.
-        var = torch.where(ill, _centred_var_all(x3, mean), var)
-    elif bool(ill.any()):
+    if bool(ill.any()):
         var = torch.where(ill, _centred_var(x3, mean, ill), var)
     return RowMoments(mean, var.clamp_(min=0))
-
-
-def _centred_var_all(x3: Tensor, mean: Tensor) -> Tensor:
-    """Two-pass (corrected) variance of every row."""
-    centred = x3.to(mean.dtype) - mean.unsqueeze(2)
-    m = centred.shape[2]
-    return (centred.square().sum(2) - centred.sum(2).square() / m) / m
 
 
 def _centred_var(x3: Tensor, mean: Tensor, ill: Tensor) -> Tensor:
@@ -101,6 +125,55 @@ def _centred_var(x3: Tensor, mean: Tensor, ill: Tensor) -> Tensor:
     out = torch.zeros_like(mean)
     out[n_idx, c_idx] = centred
     return out
+
+
+class BatchStats(NamedTuple):
+    """The training statistics of eqs. (2)-(3), in the accumulation dtype."""
+
+    inv_rho: Tensor  # (N, 1) 1 / rho[n]
+    inv_rho_sq: Tensor  # (N, 1) 1 / rho[n]^2
+    row_mean: Tensor  # (N, C) m[n, c]: spatial mean of xh
+    row_var: Tensor  # (N, C) v[n, c]: spatial variance of xh
+    dev: Tensor  # (N, C) m[n, c] - mu[c]
+    mean: Tensor  # (C,) mu: batch mean of xh
+    var: Tensor  # (C,) delta^2: biased batch variance of xh
+
+
+def inverse_scale_limit(values_per_sample: int, l2_eps: float, scale: bool) -> float:
+    """The largest ``1 / rho[n]``: ``sqrt(D) / l2_eps`` (scaled form) or ``1 / l2_eps``.
+
+    A sample's norm was clamped by ``l2_eps`` (eq. 3) exactly when its ``1 / rho`` equals
+    this limit; ``inf`` for ``l2_eps = 0``.
+    """
+    return norm_divisor(values_per_sample, scale) / l2_eps if l2_eps > 0 else math.inf
+
+
+def batch_stats(moments: RowMoments, spatial: int, l2_eps: float, scale: bool) -> BatchStats:
+    """``1 / rho`` (eq. 3) and the batch statistics of ``xh = x / rho`` (eq. 2) from the row
+    moments of ``x`` (``(N, C)`` each), in eleven ``O(N * C)`` operations (twelve for the
+    plain form), none of which reads a value back.
+
+    * ``||x_n||^2 / D = mean_c (var + mean^2)``: a mean of non-negative terms (no
+      cancellation), so ``1 / rho = min(rsqrt(||x_n||^2 / D), sqrt(D) / l2_eps)`` (scaled
+      form; ``/ sqrt(D)`` more, and limit ``1 / l2_eps``, for the plain form).
+    * ``m = mean / rho``, ``v = var / rho^2``; ``mu = mean_n m`` and
+      ``delta^2 = mean_n (v + (m - mu)^2)``: rows of ``M`` values each, combined as Chan et
+      al.'s pairwise update with equal counts, with explicitly centred deviations.
+    """
+    mean, var = moments
+    values = spatial * mean.shape[1]
+    second = torch.addcmul(var, mean, mean)  # E_s[x^2] of each row
+    inv = second.mean(dim=1, keepdim=True).rsqrt_()  # sqrt(D) / ||x_n||, (N, 1)
+    if not scale:
+        inv = inv.mul_(1.0 / math.sqrt(values))
+    inv = inv.clamp_(max=inverse_scale_limit(values, l2_eps, scale))
+    inv_sq = inv.square()
+    row_mean = mean * inv
+    row_var = var * inv_sq
+    mu = row_mean.mean(dim=0)
+    dev = row_mean - mu
+    var_c = torch.addcmul(row_var, dev, dev).mean(dim=0)
+    return BatchStats(inv, inv_sq, row_mean, row_var, dev, mu, var_c)
 
 
 def sample_scale(

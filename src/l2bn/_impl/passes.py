@@ -9,8 +9,18 @@ Everything else L2BN computes is ``O(N * C)``; these four passes are what costs 
 
 Two implementations of each, selected by :func:`fast_paths`:
 
-* the *generic* path: plain broadcasting tensor ops, correct on every device, layout and
-  dtype, and the one traced by ``torch.compile`` / ``torch.export``;
+* the *generic* path: plain tensor ops, correct on every device, layout and dtype, and the
+  one traced by ``torch.compile`` / ``torch.export``. It creates no full-size tensor in the
+  accumulation dtype: reductions take ``dtype=``, and elementwise passes that mix ``x``'s
+  dtype with float32 (float64) coefficients write ``out=`` a tensor of ``x``'s dtype
+  (TensorIterator computes in the promoted dtype and rounds on store; on CPU it converts
+  inside the kernel). ``grad_sums`` fills one buffer shaped like ``x`` with
+  ``(x - shift) * dy`` (rounded to ``x``'s dtype), which ``grad_combine`` then overwrites with
+  the input gradient. On CPU tensors of a narrower dtype than the statistics (half
+  precision; float32 with the fast paths off) the two backward passes compute in the
+  accumulation dtype instead (see ``_widened_on_cpu``). :func:`accelerator_paths` makes CPU
+  tensors take the path of other devices, with their statistics dtype, so that tests run
+  it here;
 * the *fast* path (CPU, float32/float64): it allocates no full-size temporary besides the
   output (on a 2-core test machine a fresh 50 MB tensor cost more in page faults than a
   pass over it): inputs reuse the buffer of the products ``x * x`` or ``dy * x`` as the
@@ -46,7 +56,7 @@ _MIN_ROW_LENGTH = 8
 _CHUNK_BYTES = 1 << 20
 _MIN_CHUNKED_BYTES = 4 * _CHUNK_BYTES
 
-_state = {"fast": True}
+_state = {"fast": True, "accelerator": False}
 
 
 @contextlib.contextmanager
@@ -65,19 +75,43 @@ def fast_paths_enabled() -> bool:
     return _state["fast"]
 
 
+@contextlib.contextmanager
+def accelerator_paths(enabled: bool = True) -> Iterator[None]:
+    """Inside the block, CPU tensors take the path of every other device (tests).
+
+    No fast path, and float32 statistics for float32 input (on CPU they are float64
+    otherwise): the numerics of the PyTorch backend on a GPU, which this switch lets the
+    CPU-only test suite check against the float64 reference.
+    """
+    previous = _state["accelerator"]
+    _state["accelerator"] = bool(enabled)
+    try:
+        yield
+    finally:
+        _state["accelerator"] = previous
+
+
+def accelerator_paths_enabled() -> bool:
+    """True inside :func:`accelerator_paths`."""
+    return _state["accelerator"]
+
+
 def accumulation_dtype(x: Tensor) -> torch.dtype:
     """The dtype of the statistics of ``x``: float64 for float64 input and for float32 input
     on CPU (where it costs little, as in the fused kernels; with channel offsets of 1e3,
     float32 statistics lose the weight gradient's accuracy), float32 otherwise (half and
-    bfloat16 inputs accumulate in float32, as BatchNorm does)."""
-    if x.dtype == torch.float64 or (x.dtype == torch.float32 and x.device.type == "cpu"):
+    bfloat16 inputs accumulate in float32, as BatchNorm does; float32 input on other
+    devices, and on CPU inside :func:`accelerator_paths`)."""
+    if x.dtype == torch.float64:
+        return torch.float64
+    if x.dtype == torch.float32 and x.device.type == "cpu" and not _state["accelerator"]:
         return torch.float64
     return torch.float32
 
 
 def _fast(*tensors: Tensor) -> bool:
     """Whether the fast path applies: CPU, full-precision dtype, eager mode."""
-    if not _state["fast"] or compiling():
+    if not _state["fast"] or _state["accelerator"] or compiling():
         return False
     if any(t.numel() == 0 for t in tensors):
         return False  # empty batches (e.g. a rank with no samples) take the generic path
@@ -105,6 +139,30 @@ def coeff_shape(x: Tensor) -> tuple[int, ...]:
 def channel_shape(x: Tensor) -> tuple[int, ...]:
     """Shape of a per-channel coefficient broadcast against ``x``."""
     return (x.shape[1],) + (1,) * (x.dim() - 2)
+
+
+def _widened_on_cpu(x: Tensor, acc: torch.dtype) -> bool:
+    """Whether the generic backward computes its full-size passes in ``acc`` (CPU tensors
+    of a narrower dtype, outside :func:`accelerator_paths`).
+
+    The CPU converts mixed-dtype operands to temporaries inside its kernels anyway, so
+    there the lean formulation saves nothing, and the wide one keeps the CPU's accuracy:
+    the weight gradient of half input from float32 products, the input gradient rounded
+    once.
+    """
+    return x.dtype != acc and x.device.type == "cpu" and not _state["accelerator"]
+
+
+def row_sums(t: Tensor, acc: torch.dtype) -> Tensor:
+    """Per-``(n, c)`` sum of ``t`` of shape ``(N, C, *S)`` over the positions, in ``acc``.
+
+    A reduction over dims ``2..``: no reshape (hence no copy, whatever the strides), and with
+    ``dtype=`` no converted copy of ``t`` on CUDA (half and bfloat16 are read as they are and
+    summed in float32). 2-D input has one position per row: its sums are ``t`` itself.
+    """
+    if t.dim() == 2:
+        return t.to(acc)
+    return t.sum(dim=tuple(range(2, t.dim())), dtype=acc)
 
 
 def _sample_chunks(x: Tensor) -> list[slice] | None:
@@ -146,7 +204,9 @@ def _chunked_sums(
 
 
 def input_sums(x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Per-``(n, c)`` sum and sum of squares of ``x``, in the accumulation dtype.
+    """Per-``(n, c)`` sum and sum of squares of ``x``, in the accumulation dtype (the fast
+    path's forward reduction; the generic path takes moments directly, see
+    :func:`l2bn._impl.moments.input_moments`).
 
     The third value is a fresh tensor shaped like ``x`` that the fast path had to fill
     (with ``x * x``) and that the caller may overwrite with the output, or None.
@@ -156,10 +216,6 @@ def input_sums(x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
     if x3.shape[2] == 1:
         xa = x3[:, :, 0].to(acc)
         return xa, xa.square(), None
-    if not _fast(x):
-        s1 = x3.sum(dim=2, dtype=acc)
-        s2 = torch.linalg.vector_norm(x3, dim=2, dtype=acc).square_()
-        return s1, s2, None
     if x3.stride(2) == 1:
         s1 = x3.sum(dim=2, dtype=acc)
         # Rows are contiguous: the norm kernel vectorises along them, no temporary.
@@ -201,11 +257,18 @@ def grad_sums(dy: Tensor, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor, Ten
         if near.dtype != acc:
             t2 = t2.addcmul_(near.to(acc) - shift, t1)
         return t1, t2, buffer
-    xa = x if x.dtype == acc else x.to(acc)
-    dya = dy if dy.dtype == acc else dy.to(acc)
-    t1 = rows(dya).sum(dim=2)
-    centred = rows(xa) - shift.unsqueeze(2)
-    return t1, (rows(dya) * centred).sum(dim=2), None
+    if _widened_on_cpu(x, acc):
+        centred = torch.sub(x, shift.view(coeff_shape(x)))  # promoted to acc
+        return row_sums(dy, acc), row_sums(centred.mul_(dy), acc), None
+    # Generic: (x - shift) is computed in the accumulation dtype and rounded once to x's
+    # dtype (centred, so the rounding is relative to the spread, not to the offset), then
+    # multiplied by dy in place; both sums accumulate in ``acc`` without converted copies.
+    buffer = torch.empty_like(x)
+    torch.sub(x, shift.view(coeff_shape(x)), out=buffer)
+    buffer.mul_(dy)
+    t2 = row_sums(buffer, acc)
+    # (N, C) input in the accumulation dtype: the sums are the buffer itself, not reusable.
+    return row_sums(dy, acc), t2, (None if t2 is buffer else buffer)
 
 
 def _row_grad_sums_bn(dy: Tensor, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor, None]:
@@ -270,28 +333,29 @@ def _bn_kernel_applies(*tensors: Tensor) -> bool:
     )
 
 
-def _usable_buffer(out: Tensor | None, *inputs: Tensor) -> Tensor | None:
-    """``out`` unless writing into it would break autograd."""
-    if out is None:
-        return None
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        return None
-    return out
-
-
-def scale_shift(x: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
-    """``a[n, c] * x + b[c]`` computed in ``a``'s dtype, returned in ``x``'s dtype.
+def scale_shift(
+    x: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None, value: float = 1.0
+) -> Tensor:
+    """``value * a[n, c] * x + b[c]`` computed in ``a``'s dtype, returned in ``x``'s dtype.
 
     ``a`` has shape ``(N, C)`` and ``b`` shape ``(C,)``; ``out`` (a fresh tensor shaped like
     ``x``, e.g. from :func:`input_sums`) is filled and returned when given and usable.
     """
-    out = _usable_buffer(out, x, a, b)
-    if _fast(x) and a.dtype != x.dtype:
-        # float64 coefficients of float32 CPU input: the output pass runs in float32.
-        a, b = a.to(x.dtype), b.to(x.dtype)
-    if x.dtype == a.dtype and _bn_kernel_applies(x) and (out is None or out.is_contiguous()):
-        return _row_affine_bn(x, a, b, out)
-    y = torch.addcmul(b.reshape(channel_shape(x)), x, a.reshape(coeff_shape(x)), out=out)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, a, b))
+    if grad:
+        out = None  # recorded by autograd (eval with gradients), which refuses out=
+    if _fast(x):
+        if value != 1.0:
+            a, value = a * value, 1.0
+        if a.dtype != x.dtype:
+            # float64 coefficients of float32 CPU input: the output pass runs in float32.
+            a, b = a.to(x.dtype), b.to(x.dtype)
+        if _bn_kernel_applies(x) and (out is None or out.is_contiguous()):
+            return _row_affine_bn(x, a, b, out)
+    elif out is None and not grad and a.dtype != x.dtype:
+        out = torch.empty_like(x)  # generic: written in x's dtype, no full-size float32 tensor
+    b, a = b.reshape(channel_shape(x)), a.reshape(coeff_shape(x))
+    y = torch.addcmul(b, x, a, value=value, out=out)
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
@@ -303,10 +367,22 @@ def grad_combine(
     ``out`` (the buffer returned by :func:`grad_sums`) is overwritten when given.
     """
     shape = coeff_shape(x)
-    if _fast(dy, x) and p.dtype != x.dtype:
+    if not _fast(dy, x) and _widened_on_cpu(x, p.dtype):
+        dx = torch.addcmul(r.view(shape), x, q.view(shape))  # promoted to p's dtype
+        return dx.addcmul_(dy, p.view(shape)).to(x.dtype)
+    if not _fast(dy, x):
+        # Generic: the x term first, ``q * x + r`` (computed in the accumulation dtype from
+        # the exact input, rounded once to x's dtype): q and r nearly cancel under large
+        # channel offsets, and only their sum, as small as the input's spread, is rounded;
+        # then ``+ p * dy`` in place (the same promoted arithmetic, one more rounding).
+        if out is None:
+            out = torch.empty_like(x)
+        torch.addcmul(r.view(shape), x, q.view(shape), out=out)
+        return out.addcmul_(dy, p.view(shape))
+    if p.dtype != x.dtype:
         p, q, r = p.to(x.dtype), q.to(x.dtype), r.to(x.dtype)
     qs = q.reshape(shape)
-    if _fast(dy, x) and (out is None or _fast(out)):
+    if out is None or _fast(out):
         # Contiguous input: BatchNorm's kernel writes the output in one call; chunking it
         # measured no faster. Other layouts: chunk, so that the in-place update hits cache.
         contiguous = dy.is_contiguous() and x.is_contiguous()
@@ -318,12 +394,8 @@ def grad_combine(
                 _grad_combine_fast(dy[chunk], x[chunk], p[chunk], q[chunk], r[chunk], out[chunk])
             return out
         return _grad_combine_fast(dy, x, p, q, r, out)
-    acc = p.dtype
-    xa = x if x.dtype == acc else x.to(acc)
-    dya = dy if dy.dtype == acc else dy.to(acc)
-    dx = torch.addcmul(r.reshape(shape), dya, p.reshape(shape))
-    dx.addcmul_(xa, qs)
-    return dx if dx.dtype == x.dtype else dx.to(x.dtype)
+    dx = torch.addcmul(r.reshape(shape), dy, p.reshape(shape))
+    return dx.addcmul_(x, qs)
 
 
 def _grad_combine_fast(

@@ -3,16 +3,22 @@
 Forward (paper eqs. 2-3): ``y = a[n, c] * x + b[c]`` with
 ``a = gamma / (rho[n] * sqrt(var + eps))`` and ``b = beta - gamma * mu / sqrt(var + eps)``.
 
-Backward: with ``T1 = sum_s dy`` and ``T2 = sum_s dy * x`` per ``(n, c)``, the input
-gradient is ``dx = P[n, c] * dy + Q[n, c] * x + R[n, c]``, where P, Q, R are built from
-``O(N * C)`` statistics (derived in ``input_grad``). Only ``x`` and those statistics are
-saved for backward. The full-size passes are in ``passes`` (fast CPU paths and a generic
-path); ``(N, C)`` input on the fast path uses ``vector_passes`` instead, where per-row
-statistics would be as large as the input. It runs on every device and dtype.
+Backward: with ``T1 = sum_s dy`` and ``T2 = sum_s dy * (x - mu * rho[n])`` per ``(n, c)``,
+the input gradient is ``dx = P[n, c] * dy + Q[n, c] * x + R[n, c]``, where P, Q, R are
+built from ``O(N * C)`` statistics (derived in :func:`_grad_coefficients`). Only ``x`` and those
+statistics are saved for backward. The full-size passes are in ``passes`` (fast CPU paths
+and a generic path); ``(N, C)`` input on the fast path uses ``vector_passes`` instead, where
+per-row statistics would be as large as the input. It runs on every device and dtype.
+
+On the generic path (every device but the CPU fast path, and ``torch.compile``) a call
+dispatches no operator that reads a value back to the host and no full-size tensor in a
+wider dtype than ``x``'s; its operator counts and bytes per element are in the README
+("How the PyTorch backend computes") and checked by ``tests/test_core_operators.py``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -22,14 +28,41 @@ from l2bn._impl import moments as _moments
 from l2bn._impl import passes, vector_passes
 from l2bn._impl.composite import differentiable_train_grads
 from l2bn._impl.running import update_running_stats
+from l2bn._impl.sample_scale import norm_divisor
 
 
 def affine_output(x: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
     """``a[n, c] * x + b[c]`` in the accumulation dtype, returned in ``x``'s dtype.
 
-    ``out``: optional fresh buffer shaped like ``x`` to write into (see ``_kernels``).
+    ``out``: optional fresh buffer shaped like ``x`` to write into (see ``passes``).
     """
     return passes.scale_shift(x, a, b, out)
+
+
+def _in_acc(t: Tensor, acc: torch.dtype) -> Tensor:
+    """``t`` as an operand of an op computing in ``acc`` (float32 or float64): as it is when
+    type promotion already gives ``acc`` (a half or float32 parameter), converted otherwise."""
+    return t if t.dtype.itemsize <= acc.itemsize else t.to(acc)
+
+
+def _gain_shift(
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    acc: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``gain = gamma / sqrt(var + eps)``, ``b = beta - gain * mean`` and
+    ``invstd = 1 / sqrt(var + eps)``, each ``(C,)`` in ``acc`` (eq. 2); ``mean`` and ``var``
+    are batch or running statistics of any dtype."""
+    invstd = var.to(acc).add(eps).rsqrt_()
+    gain = invstd if weight is None else invstd * _in_acc(weight, acc)
+    if bias is None:
+        shift = torch.mul(_in_acc(mean, acc), gain).neg_()
+    else:
+        shift = torch.addcmul(_in_acc(bias, acc), _in_acc(mean, acc), gain, value=-1)
+    return gain, shift, invstd
 
 
 def affine_coefficients(
@@ -45,25 +78,25 @@ def affine_coefficients(
     ``a = gamma / (rho[n] * sqrt(var + eps))``, ``b = beta - gamma * mean / sqrt(var + eps)``,
     in ``rho``'s (accumulation) dtype; ``mean`` and ``var`` are batch or running statistics.
     """
-    acc = rho.dtype
-    invstd = (var.to(acc) + eps).rsqrt()
-    gain = invstd if weight is None else weight.to(acc) * invstd
-    shift = -mean.to(acc) * gain
-    if bias is not None:
-        shift = shift + bias.to(acc)
+    gain, shift, invstd = _gain_shift(mean, var, weight, bias, eps, rho.dtype)
     return gain / rho.unsqueeze(1), shift, invstd
+
+
+def _spatial(x: Tensor) -> int:
+    """``M``: positions per ``(n, c)`` row of ``x`` of shape ``(N, C, *S)``."""
+    return math.prod(x.shape[2:])
 
 
 def train_forward(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, l2_eps: float, scale: bool
-) -> tuple[Tensor, _moments.ChannelStats, _moments.RowMoments, Tensor, Tensor, Tensor]:
-    """Training-mode forward; returns the output and what backward needs."""
+) -> tuple[Tensor, _moments.BatchStats, Tensor, Tensor]:
+    """Training-mode forward: the output ``y`` and what backward needs (the batch
+    statistics, ``invstd`` and ``gain = gamma * invstd``, all ``O(N * C)``)."""
     moments, buffer = _moments.input_moments(x)
-    spatial = x.numel() // max(x.shape[0] * x.shape[1], 1)
-    rho, active = _moments.sample_scale(moments, spatial, l2_eps, scale)
-    stats = _moments.channel_stats(moments, rho)
-    a, shift, invstd = affine_coefficients(stats.mean, stats.var, rho, weight, bias, eps)
-    return affine_output(x, a, shift, buffer), stats, moments, rho, active, invstd
+    stats = _moments.batch_stats(moments, _spatial(x), l2_eps, scale)
+    gain, shift, invstd = _gain_shift(stats.mean, stats.var, weight, bias, eps, stats.var.dtype)
+    a = gain * stats.inv_rho
+    return affine_output(x, a, shift, buffer), stats, invstd, gain
 
 
 class GradRowSums(NamedTuple):
@@ -102,8 +135,8 @@ def input_grad(
     count: int | Tensor,
     scale: bool,
 ) -> Tensor:
-    """``dx = P * dy + Q * x + R`` through BN (eq. 2) and the l2 normalization (eq. 3):
-    the coefficients of :func:`input_grad_coefficients`, then the full-size pass."""
+    """``dx = P * dy + Q * x + R`` through BN (eq. 2) and the l2 normalization (eq. 3): the
+    coefficients of :func:`input_grad_coefficients`, then the full-size pass."""
     p, q, r = input_grad_coefficients(
         x, sums, m, v, mu, invstd, weight, rho, active, dbeta, dgamma, count, scale
     )
@@ -129,24 +162,63 @@ def input_grad_coefficients(
 
     ``dbeta``, ``dgamma`` and ``count`` are sums over the whole batch (all processes, for
     SyncL2BatchNorm); everything else is per row of this process (``x`` gives the shape
-    only). ``m`` and ``v`` are the row mean and variance of ``xh``;
-    ``e[n] = sum_{c,s} xh * dxh`` is the projection of the l2 normalization, zero for
-    samples whose norm was clamped.
+    only). ``m`` and ``v`` are the row mean and variance of ``xh`` (``(N, C)``), ``rho`` and
+    ``active`` ``(N,)``; the formulas are in :func:`_grad_coefficients`.
     """
-    c = x.shape[1]
-    spatial = x.numel() // max(x.shape[0] * c, 1)
-    acc = invstd.dtype
-    inv_rho = rho.reciprocal().unsqueeze(1)
-    gain = invstd if weight is None else weight.to(acc) * invstd
-    xh_dy = sums.dy_xc * inv_rho + mu * sums.dy  # sum_s xh * dy
-    xh_z = invstd * spatial * (v + m * (m - mu))  # sum_s xh * z
-    e = (gain * (xh_dy - (dbeta * spatial * m + dgamma * xh_z) / count)).sum(dim=1)
-    proj = active.to(acc) * e
-    if scale:
-        proj = proj / (c * spatial)
-    p = gain * inv_rho
-    q = -inv_rho.square() * (gain * dgamma * invstd / count + proj.unsqueeze(1))
-    r = gain * inv_rho * ((dgamma * invstd * mu - dbeta) / count)
+    gain = invstd if weight is None else invstd * _in_acc(weight, invstd.dtype)
+    inv = rho.reciprocal().unsqueeze(1)
+    centred = sums.dy_xc * inv
+    return _grad_coefficients(
+        x, sums.dy, centred, m, v, m - mu, mu, invstd, gain, inv, inv.square(),
+        active.unsqueeze(1), dbeta, dgamma, count, scale,
+    )  # fmt: skip
+
+
+def _grad_coefficients(
+    x: Tensor,
+    t1: Tensor,
+    centred: Tensor,
+    m: Tensor,
+    v: Tensor,
+    dev: Tensor,
+    mu: Tensor,
+    invstd: Tensor,
+    gain: Tensor,
+    inv: Tensor,
+    inv_sq: Tensor,
+    active: Tensor,
+    dbeta: Tensor,
+    dgamma: Tensor,
+    count: int | Tensor,
+    scale: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``P, Q, R`` of ``dx = P * dy + Q * x + R`` from ``O(N * C)`` statistics.
+
+    Per ``(n, c)``: ``t1 = sum_s dy``, ``centred = sum_s (xh - mu) * dy``; ``m``, ``v``: row
+    mean and variance of ``xh``, ``dev = m - mu``; per channel ``gain = gamma * invstd``;
+    ``inv = 1 / rho``, ``inv_sq = inv^2`` and ``active`` of shape ``(N, 1)``;
+    ``K = count`` values per channel, ``M`` positions per row, ``D' = C * M`` (scaled form)
+    or 1. BatchNorm's backward (eq. 2) gives ``dxh = gain * (dy - dbeta / K - z * dgamma / K)``
+    with ``z = invstd * (xh - mu)``, and the l2 normalization (eq. 3)
+    ``dx = (dxh - xh * e[n] / D') / rho[n]`` with ``e[n] = sum_{c,s} xh * dxh`` (0 where the
+    norm was clamped, ``active`` false). With ``alpha = -gain * invstd * dgamma / K`` and
+    ``beta = -gain * dbeta / K``:
+
+    * ``e[n] = sum_c gain * (centred + mu * t1) + M * (beta * m + alpha * (v + m * dev))``
+      (``sum_s xh * dy = centred + mu * t1``, ``sum_s xh * z = invstd * M * (v + m * dev)``);
+    * ``P = gain / rho``, ``Q = (alpha - e / D') / rho^2``, ``R = (beta - alpha * mu) / rho``.
+    """
+    c, spatial = x.shape[1], _spatial(x)  # from the shape: N may be 0 (an empty rank)
+    neg_gain_k = gain * (-1.0 / count)
+    alpha = neg_gain_k * (dgamma * invstd)
+    beta = neg_gain_k * dbeta
+    e = torch.addcmul(centred, t1, mu).mul_(gain)
+    e.addcmul_(m, beta, value=spatial)
+    e.addcmul_(torch.addcmul(v, m, dev), alpha, value=spatial)
+    proj = e.sum(dim=1, keepdim=True).mul_(active)
+    q = torch.add(alpha, proj, alpha=-1.0 / (c * spatial) if scale else -1.0).mul_(inv_sq)
+    p = gain * inv
+    r = torch.addcmul(beta, alpha, mu, value=-1) * inv
     return p, q, r
 
 
@@ -180,9 +252,12 @@ class L2BatchNormFunction(torch.autograd.Function):
             ctx.save_for_backward(x, weight, mean, invstd, rho, active)
             ctx.mark_non_differentiable(mean, var)
             return y, mean, var
-        y, stats, moments, rho, active, invstd = train_forward(x, weight, bias, eps, l2_eps, scale)
-        # x and O(N * C) statistics only; the row moments of xh are recomputed in backward.
-        ctx.save_for_backward(x, weight, rho, active, moments.mean, moments.var, stats.mean, invstd)
+        y, stats, invstd, gain = train_forward(x, weight, bias, eps, l2_eps, scale)
+        # x and O(N * C) statistics only.
+        ctx.save_for_backward(
+            x, weight, stats.inv_rho, stats.inv_rho_sq, stats.row_mean, stats.row_var,
+            stats.dev, stats.mean, invstd, gain,
+        )  # fmt: skip
         ctx.mark_non_differentiable(stats.mean, stats.var)
         return y, stats.mean, stats.var
 
@@ -208,18 +283,21 @@ class L2BatchNormFunction(torch.autograd.Function):
                 dy, xh, weight, mean, invstd, rho, active, ctx.eps, ctx.scale, needs
             )
             return (*grads, None, None, None)
-        rho, active, x_mean, x_var, mu, invstd = saved
-        inv_rho = rho.reciprocal().unsqueeze(1)
-        sums = grad_row_sums(dy, x, mu, rho)
-        dbeta, dgamma = channel_grad_sums(sums, inv_rho, invstd)
+        inv, inv_sq, m, v, dev, mu, invstd, gain = saved  # inv, inv_sq: (N, 1)
+        t1, t2, buffer = passes.grad_sums(dy, x, mu / inv)  # centred on mu * rho[n]
+        centred = t2 * inv  # sum_s (xh - mu) * dy
+        dbeta = t1.sum(dim=0)
+        dgamma = centred.sum(dim=0).mul_(invstd)
         dx = None
         if needs[0]:
-            m = x_mean * inv_rho  # row mean of xh, as in _moments.channel_stats
-            v = x_var * inv_rho.square()  # row variance of xh
-            count = x.numel() // x.shape[1]
-            dx = input_grad(
-                dy, x, sums, m, v, mu, invstd, weight, rho, active, dbeta, dgamma, count, ctx.scale
-            )
+            spatial = _spatial(x)
+            limit = _moments.inverse_scale_limit(spatial * x.shape[1], ctx.l2_eps, ctx.scale)
+            active = inv < limit  # (N, 1): the norm was not clamped by l2_eps
+            p, q, r = _grad_coefficients(
+                x, t1, centred, m, v, dev, mu, invstd, gain, inv, inv_sq, active, dbeta,
+                dgamma, x.shape[0] * spatial, ctx.scale,
+            )  # fmt: skip
+            dx = passes.grad_combine(dy, x, p, q, r, buffer)
         dweight = dgamma.to(weight.dtype) if needs[1] else None
         dbias = dbeta.to(ctx.bias_dtype) if needs[2] else None
         return dx, dweight, dbias, None, None, None
@@ -262,7 +340,7 @@ def run(
     if grad:
         out, mean, var = L2BatchNormFunction.apply(x, weight, bias, eps, l2_eps, scale)
     else:
-        out, stats, *_ = train_forward(x, weight, bias, eps, l2_eps, scale)
+        out, stats, _, _ = train_forward(x, weight, bias, eps, l2_eps, scale)
         mean, var = stats.mean, stats.var
     if running_mean is not None or running_var is not None:
         count = x.numel() // x.shape[1]
@@ -280,7 +358,15 @@ def eval_forward(
     l2_eps: float,
     scale: bool,
 ) -> Tensor:
-    """Eval mode: plain tensor ops, differentiable by autograd and traceable by export."""
-    rho = _moments.sample_scale_direct(x, l2_eps, scale)
-    a, shift, _ = affine_coefficients(running_mean, running_var, rho, weight, bias, eps)
-    return affine_output(x, a, shift)
+    """Eval mode: plain tensor ops, differentiable by autograd and traceable by export.
+
+    ``||x_n||`` from one norm reduction of ``x`` (float32/float64 accumulation, no converted
+    copy), then ``y = sqrt(D) * (gain[c] / max(||x_n||, l2_eps)) * x + b[c]`` with the
+    running statistics (eq. 3 with ``rho = max(||x_n||, l2_eps) / sqrt(D)``, the factor
+    ``sqrt(D)`` of the scaled form riding on the output pass): one output pass.
+    """
+    acc = _moments.accumulation_dtype(x)
+    norm = torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), dtype=acc)
+    gain, shift, _ = _gain_shift(running_mean, running_var, weight, bias, eps, acc)
+    a = gain / norm.clamp(min=l2_eps).unsqueeze(1)
+    return passes.scale_shift(x, a, shift, value=norm_divisor(math.prod(x.shape[1:]), scale))
