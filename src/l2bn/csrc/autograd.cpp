@@ -50,28 +50,38 @@ const c10::TypedOperatorHandle<GradsSignature>& differentiable_grads_op() {
 
 bool defined(const std::optional<Tensor>& t) { return t.has_value() && t->defined(); }
 
+// The running statistics, passed to TrainFunction as one non-tensor argument: they take
+// no gradient, so they get no autograd edge and no input metadata.
+struct Running {
+  const std::optional<Tensor>& mean;
+  const std::optional<Tensor>& var;
+};
+
+// What backward needs besides the saved tensors, packed in one saved_data entry.
+enum Flag : int64_t { kScale = 1, kHasWeight = 2, kHasBias = 4 };
+
 class TrainFunction : public torch::autograd::Function<TrainFunction> {
  public:
   static Tensor forward(AutogradContext* ctx, const Tensor& x,
                         const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
-                        const std::optional<Tensor>& running_mean,
-                        const std::optional<Tensor>& running_var, double momentum, double eps,
-                        double l2_eps, bool scale) {
+                        const Running& running, double momentum, double eps, double l2_eps,
+                        bool scale) {
     auto [y, rho, active, x_mean, x_var, mean, invstd] = [&] {
       at::AutoDispatchBelowADInplaceOrView below;
-      return train_forward_op().call(x, weight, bias, running_mean, running_var, momentum, eps,
+      return train_forward_op().call(x, weight, bias, running.mean, running.var, momentum, eps,
                                      l2_eps, scale);
     }();
     ctx->save_for_backward(
         {x, defined(weight) ? *weight : Tensor(), rho, active, x_mean, x_var, mean, invstd});
     // The autograd edges are those of the defined tensor arguments, in order: x, then the
     // weight and the bias when given.
-    ctx->saved_data["has_weight"] = defined(weight);
+    const int64_t flags =
+        (scale ? kScale : 0) | (defined(weight) ? kHasWeight : 0) | (defined(bias) ? kHasBias : 0);
+    ctx->saved_data["flags"] = flags;
     ctx->saved_data["bias_dtype"] =
-        defined(bias) ? static_cast<int64_t>(bias->scalar_type()) : int64_t{-1};
+        static_cast<int64_t>(defined(bias) ? bias->scalar_type() : x.scalar_type());
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["l2_eps"] = l2_eps;
-    ctx->saved_data["scale"] = scale;
     return y;
   }
 
@@ -79,12 +89,13 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor& x = saved[0];
     const Tensor& weight = saved[1];
-    const bool has_weight = ctx->saved_data["has_weight"].toBool();
-    const int64_t bias_dtype = ctx->saved_data["bias_dtype"].toInt();
-    const bool scale = ctx->saved_data["scale"].toBool();
+    const int64_t flags = ctx->saved_data["flags"].toInt();
+    const bool has_weight = flags & kHasWeight, has_bias = flags & kHasBias;
+    const bool scale = flags & kScale;
+    const auto bias_dtype = static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt());
     const bool need_dx = ctx->needs_input_grad(0);
     const bool need_dw = has_weight && ctx->needs_input_grad(1);
-    const bool need_db = bias_dtype >= 0 && ctx->needs_input_grad(has_weight ? 2 : 1);
+    const bool need_db = has_bias && ctx->needs_input_grad(has_weight ? 2 : 1);
     const std::optional<Tensor> w = has_weight ? std::optional<Tensor>(weight) : std::nullopt;
     const Tensor& dy = grads[0];
 
@@ -108,11 +119,11 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
     }
     if (!need_db) {
       dbias = Tensor();
-    } else if (dbias.scalar_type() != static_cast<at::ScalarType>(bias_dtype)) {
-      dbias = dbias.to(static_cast<at::ScalarType>(bias_dtype));
+    } else if (dbias.scalar_type() != bias_dtype) {
+      dbias = dbias.to(bias_dtype);
     }
-    // One gradient per argument of forward: none for the statistics and the scalars.
-    return {dx, dweight, dbias, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    // One gradient per argument of forward: none for the running statistics and scalars.
+    return {dx, dweight, dbias, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -127,8 +138,8 @@ Tensor train_autograd(const Tensor& x, const std::optional<Tensor>& weight,
                       double l2_eps, bool scale) {
   if (at::GradMode::is_enabled() &&
       (x.requires_grad() || requires_grad(weight) || requires_grad(bias))) {
-    return TrainFunction::apply(x, weight, bias, running_mean, running_var, momentum, eps,
-                                l2_eps, scale);
+    return TrainFunction::apply(x, weight, bias, Running{running_mean, running_var}, momentum,
+                                eps, l2_eps, scale);
   }
   at::AutoDispatchBelowADInplaceOrView below;
   static const auto op = c10::Dispatcher::singleton()
