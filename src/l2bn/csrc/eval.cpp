@@ -64,26 +64,17 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
     if (n >= at::get_num_threads()) {
       // Each task walks its samples: the output of sample i is written in the same loop
       // that reads sample i + 1 for its norm, so both memory streams are in flight.
-      // Channel-last coefficients cover `rep` positions (kernels.h, eval_repeat).
-      const int64_t rep = l.channels_last ? eval_repeat(c) : 1;
-      std::vector<T> b_rep(rep * c);
-      for (int64_t k = 0; k < rep * c; ++k) {
-        b_rep[k] = shift[k % c];
-      }
       at::parallel_for(0, n, grain(per_sample), [&](int64_t i0, int64_t i1) {
-        std::vector<T> a(rep * c);
-        double norm_sq = kern.block_sum_squares(xp + i0 * per_sample, per_sample);
+        std::vector<T> a(c);
+        double norm_sq = kern.sample_sum_squares(xp + i0 * per_sample, c, l.m, l.channels_last);
         for (int64_t i = i0; i < i1; ++i) {
           const double inv = inverse_scale(norm_sq);
           for (int64_t k = 0; k < c; ++k) {
             a[k] = static_cast<T>(gain[k] * inv);
           }
-          for (int64_t k = c; k < rep * c; ++k) {
-            a[k] = a[k - c];
-          }
           const T* next = i + 1 < i1 ? xp + (i + 1) * per_sample : nullptr;
           norm_sq = kern.sample_output_next(yp + i * per_sample, xp + i * per_sample, a.data(),
-                                            b_rep.data(), next, c, l.m, l.channels_last);
+                                       shift.data(), next, c, l.m, l.channels_last);
         }
       });
       return;

@@ -72,6 +72,11 @@ double k_sample_output_next(T* out, const T* u, const T* a, const T* b, const T*
 }
 
 template <typename T>
+double k_sample_sum_squares(const T* x, int64_t c, int64_t m, bool cl) {
+  return sample_sum_squares<T>(x, c, m, cl);
+}
+
+template <typename T>
 void k_tile_sums(const T* x, int64_t rows, int64_t c, const double* inv, const T* shift,
                  double* s1, double* s2) {
   tile_sums<T>(x, rows, c, inv, shift, s1, s2);
@@ -120,6 +125,6 @@ void k_grad_row(T* out, const T* dy, const T* x, int64_t c, T inv, T inv2, T pro
   ::l2bn::Kernels<T> {                                                                   \
     &k_moments<T>, &k_grad_sums<T>, &k_centred_sums<T>, &k_block_sum_squares<T>,         \
         &k_affine<T>, &k_scale_shift<T>, &k_grad_output<T>, &k_sample_output_next<T>,    \
-        &k_tile_sums<T>, &k_tile_dev<T>, &k_row_output<T>, &k_row_output_next<T>,       \
-        &k_tile_grad<T>, &k_projection<T>, &k_grad_row<T>                                \
+        &k_sample_sum_squares<T>, &k_tile_sums<T>, &k_tile_dev<T>, &k_row_output<T>,     \
+        &k_row_output_next<T>, &k_tile_grad<T>, &k_projection<T>, &k_grad_row<T>         \
   }

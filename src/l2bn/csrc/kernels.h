@@ -25,13 +25,6 @@ namespace l2bn {
 // E[v^2] <= kCondLimit * var; other rows or channels are recomputed by a centred pass.
 constexpr double kCondLimit = 1e4;
 
-// Channel-last eval coefficients cover eval_repeat(C) positions (the C-value pattern
-// repeated), so that the inner loop of the eval output runs over at least kEvalRow values
-// even for few channels.
-constexpr int64_t kEvalRow = 64;
-
-inline int64_t eval_repeat(int64_t c) { return std::max<int64_t>(1, kEvalRow / c); }
-
 // A per-(n, c) coefficient: value(n, c) = ptr[n * n_stride + c]; n_stride 0 broadcasts a
 // per-channel vector over samples.
 template <typename T>
@@ -65,11 +58,9 @@ struct Kernels {
   void (*grad_output)(T* out, const T* dy, const T* x, const double* gain, const double* inv,
                       const double* qc, const double* proj, const double* rc, int64_t c,
                       int64_t m, bool cl, int64_t i0, int64_t i1, T* scratch);
-  // Eval: one sample's output while summing the squares of the next one (nullptr: none),
-  // in the order of block_sum_squares over that whole sample. Channel-last a and b hold
-  // the coefficients of eval_repeat(C) positions (passes.h).
   double (*sample_output_next)(T* out, const T* u, const T* a, const T* b, const T* next,
                                int64_t c, int64_t m, bool cl);
+  double (*sample_sum_squares)(const T* x, int64_t c, int64_t m, bool cl);
   // The tile kernels add to their outputs.
   void (*tile_sums)(const T* x, int64_t rows, int64_t c, const double* inv, const T* shift,
                     double* s1, double* s2);
