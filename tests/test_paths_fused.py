@@ -292,6 +292,33 @@ def test_fused_eval_one_sample_matches_across_thread_counts():
 
 
 @needs_fused
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(4, 16, 32, 32), (5, 70, 15, 17), (4, 3, 100, 110)])
+def test_fused_eval_is_the_same_at_every_thread_count(shape, layout):
+    """Eval sums each sample's squares while writing the previous sample's output, except
+    for the first sample of a thread's range: both sums must take the same order, so that
+    the output does not depend on how the batch was split (bitwise, in float64, where a
+    different order of the sum shows in the last bits). Samples of over 16k values: two
+    threads split the batch."""
+    g = torch.Generator().manual_seed(8)
+    x = _arrange(torch.randn(shape, generator=g, dtype=torch.float64) * 3 + 1, layout)
+    c = shape[1]
+    rm, rv = torch.randn(c, generator=g).double(), torch.rand(c, generator=g).double() + 0.5
+    w, b = torch.rand(c, generator=g).double() + 0.5, torch.randn(c, generator=g).double()
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with backends.flags(cpu=True):
+                outs.append(l2_batch_norm(x, rm, rv, w, b, training=False))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])
+    assert relative_error(outs[0], reference_l2bn(x, rm, rv, w, b)) < 1e-12
+
+
+@needs_fused
 def test_fused_cumulative_running_average():
     """momentum=None: the running statistics are the running mean of the batch statistics."""
     g = torch.Generator().manual_seed(6)
