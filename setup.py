@@ -20,6 +20,7 @@ SOURCES = (
     "module.cpp",
     "register.cpp",
     "train.cpp",
+    "autograd.cpp",
     "vector.cpp",
     "eval.cpp",
     "kernels.cpp",

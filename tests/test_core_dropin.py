@@ -72,6 +72,36 @@ def test_weight_without_bias_as_batchnorm():
     assert isinstance(converted, nn.BatchNorm2d) and converted.bias is None
 
 
+def test_parametrized_and_swapped_parameters_are_used():
+    """The layer reads its parameters from the module's tables when they are there: a
+    parametrization (which moves ``weight`` out of the table), and tensors swapped in by
+    ``torch.func.functional_call``, must still be what it normalizes with."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    layer = L2BatchNorm2d(3).double()
+
+    class Double(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return 2 * w
+
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.uniform_(-1, 1)
+    torch.nn.utils.parametrize.register_parametrization(layer, "weight", Double())
+    weight = 2 * layer.parametrizations.weight.original.detach()
+    ref = reference_l2bn(x, None, None, weight, layer.bias.detach(), training=True)
+    assert relative_error(layer(x), ref) < 1e-12
+
+    other = L2BatchNorm2d(3).double()
+    swapped = {
+        "weight": torch.full((3,), 3.0, dtype=torch.float64),
+        "bias": torch.zeros(3).double(),
+    }
+    y = torch.func.functional_call(other, swapped, (x,))
+    ref = reference_l2bn(x, None, None, swapped["weight"], swapped["bias"], training=True)
+    assert relative_error(y, ref) < 1e-12
+
+
 def test_device_and_dtype_arguments():
     m = L2BatchNorm2d(3, device="cpu", dtype=torch.float64)
     assert m.weight.dtype == torch.float64 and m.running_mean.dtype == torch.float64

@@ -271,6 +271,11 @@ def test_opcheck_fused_operators(shape, channels_last):
     for input_grad in (True, False):
         torch.library.opcheck(ops.train_backward, (dy, x, w, *stats, True, input_grad))
     torch.library.opcheck(ops.eval_forward, (x, rm, rv + 1, w, b, 1e-5, 1e-12, True))
+    # l2bn::train, with its C++ autograd kernel: gradients through it, fake tensors, AOT.
+    xg, wg, bg = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    torch.library.opcheck(ops.train, (xg, wg, bg, rm.clone(), rv.clone(), 0.1, 1e-5, 1e-12, True))
+    torch.library.opcheck(ops.train, (xg, None, None, None, None, 0.1, 1e-5, 1e-12, False))
+    torch.library.opcheck(ops.train, (x, w, b, rm, rv, 0.1, 1e-5, 1e-12, True))
 
 
 @pytest.mark.skipif(not l2bn.backends.available("cpu"), reason="fused kernels not built")

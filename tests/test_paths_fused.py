@@ -52,7 +52,9 @@ CASES = [
 def calls(monkeypatch):
     """Count the calls of the fused training and eval operators."""
     counts = {"train": 0, "evaluate": 0}
-    for name, attribute in (("train", "_train_forward"), ("evaluate", "_eval_forward")):
+    # Eager training runs l2bn::train (autograd in C++); compiled graphs train_forward.
+    attributes = (("train", "_train"), ("train", "_train_forward"), ("evaluate", "_eval_forward"))
+    for name, attribute in attributes:
         original = getattr(_fused, attribute)
 
         def wrapper(*args, _name=name, _original=original, **kwargs):
@@ -219,6 +221,44 @@ def test_fused_gradcheck(layout):
 
 
 @needs_fused
+@pytest.mark.parametrize("grads", ["x", "weight", "bias", "x,bias", "weight,bias", "x,weight,bias"])
+@pytest.mark.parametrize("given", ["weight,bias", "weight", "bias"])
+def test_train_operator_gradients_for_each_argument_subset(grads, given, calls):
+    """l2bn::train's C++ autograd kernel maps its autograd edges to the arguments given
+    (the weight and bias are optional) and asks only for the gradients wanted, in its
+    fused backward and in the differentiable one of create_graph=True (gradgradcheck):
+    both against the composite's gradients."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 3, 3, 2, generator=g, dtype=torch.float64) * 2 + 0.5
+    w = torch.rand(3, generator=g, dtype=torch.float64) + 0.5
+    b = torch.randn(3, generator=g, dtype=torch.float64)
+    args = {"x": x, "weight": w if "weight" in given else None}
+    args["bias"] = b if "bias" in given else None
+    wanted = [k for k in grads.split(",") if args[k] is not None]
+    if not wanted:
+        pytest.skip("no gradient wanted of the arguments given")
+    for key in wanted:
+        args[key] = args[key].clone().requires_grad_()
+    inputs = [args[k] for k in wanted]
+
+    def fn(*tensors):
+        call = dict(args, **dict(zip(wanted, tensors, strict=True)))
+        return l2_batch_norm(call["x"], None, None, call["weight"], call["bias"], True)
+
+    dy = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    found = {}
+    for fused in (True, False):
+        with backends.flags(cpu=fused), backends.prefer(None if fused else "composite"):
+            found[fused] = torch.autograd.grad(fn(*inputs), inputs, dy)
+    assert calls["train"] == 1, "the fused operator did not run"
+    for ours, reference in zip(found[True], found[False], strict=True):
+        assert relative_error(ours, reference) < 1e-10
+    with backends.flags(cpu=True):
+        assert torch.autograd.gradcheck(fn, inputs)
+        assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+@needs_fused
 def test_fused_grad_output_in_other_layouts(calls):
     """autograd may hand back dy expanded or in another memory format."""
     x = torch.randn(4, 3, 5, 6).contiguous(memory_format=torch.channels_last)
@@ -249,6 +289,33 @@ def test_fused_eval_one_sample_matches_across_thread_counts():
     reference = reference_l2bn(x, rm, rv, training=False)
     assert relative_error(outs[0], reference) < 1e-12
     assert relative_error(outs[1], reference) < 1e-12
+
+
+@needs_fused
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(4, 16, 32, 32), (5, 70, 15, 17), (4, 3, 100, 110)])
+def test_fused_eval_is_the_same_at_every_thread_count(shape, layout):
+    """Eval sums each sample's squares while writing the previous sample's output, except
+    for the first sample of a thread's range: both sums must take the same order, so that
+    the output does not depend on how the batch was split (bitwise, in float64, where a
+    different order of the sum shows in the last bits). Samples of over 16k values: two
+    threads split the batch."""
+    g = torch.Generator().manual_seed(8)
+    x = _arrange(torch.randn(shape, generator=g, dtype=torch.float64) * 3 + 1, layout)
+    c = shape[1]
+    rm, rv = torch.randn(c, generator=g).double(), torch.rand(c, generator=g).double() + 0.5
+    w, b = torch.rand(c, generator=g).double() + 0.5, torch.randn(c, generator=g).double()
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with backends.flags(cpu=True):
+                outs.append(l2_batch_norm(x, rm, rv, w, b, training=False))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])
+    assert relative_error(outs[0], reference_l2bn(x, rm, rv, w, b)) < 1e-12
 
 
 @needs_fused

@@ -20,32 +20,46 @@ def validate_input(
     training: bool,
     expected_dims: tuple[int, ...] | None = None,
 ) -> None:
-    """Raise a clear error for input that L2BN cannot normalize (see README, "Bad input")."""
+    """Raise a clear error for input that L2BN cannot normalize (see README, "Bad input").
+
+    ``input`` must be an ``(N, C, *)`` floating-point tensor (``expected_dims``: its allowed
+    numbers of dimensions), with ``num_features`` channels unless that is None, and, when
+    ``training``, more than one value per channel.
+
+    Raises:
+        TypeError: a non-tensor, or an integer, bool or complex tensor.
+        ValueError: a wrong number of dimensions or channels, or one value per channel in
+            training.
+    """
+    # Each property read once: this runs on every call of a layer.
     if not isinstance(input, Tensor):
         raise TypeError(f"l2bn: expected a torch.Tensor, got {type(input).__name__}")
-    if expected_dims is not None and input.dim() not in expected_dims:
+    shape = input.shape
+    dim = len(shape)
+    if expected_dims is not None and dim not in expected_dims:
         dims = " or ".join(f"{d}D" for d in expected_dims)
-        raise ValueError(f"l2bn: expected {dims} input (got {input.dim()}D input)")
-    if input.dim() < 2:
-        raise ValueError(f"l2bn: expected input of shape (N, C, *), got {input.dim()}D input")
-    if not (input.is_floating_point() or input.is_complex()):
+        raise ValueError(f"l2bn: expected {dims} input (got {dim}D input)")
+    if dim < 2:
+        raise ValueError(f"l2bn: expected input of shape (N, C, *), got {dim}D input")
+    dtype = input.dtype
+    if not dtype.is_floating_point:
+        if dtype.is_complex:
+            raise TypeError(f"l2bn: complex input ({dtype}) is not supported")
         raise TypeError(
-            f"l2bn: expected a floating-point input, got {input.dtype}; "
+            f"l2bn: expected a floating-point input, got {dtype}; "
             "convert it first, e.g. input.float()"
         )
-    if input.is_complex():
-        raise TypeError(f"l2bn: complex input ({input.dtype}) is not supported")
-    if num_features is not None and input.shape[1] != num_features:
+    if num_features is not None and shape[1] != num_features:
         raise ValueError(
             f"l2bn: expected input with {num_features} channels (dim 1), "
-            f"got {input.shape[1]} (input shape {tuple(input.shape)})"
+            f"got {shape[1]} (input shape {tuple(shape)})"
         )
-    if training and input.numel() > 0:
-        per_channel = input.numel() // input.shape[1]
-        if per_channel == 1:
+    if training:
+        numel = input.numel()
+        if numel > 0 and numel // shape[1] == 1:
             raise ValueError(
                 "l2bn: expected more than 1 value per channel when training, "
-                f"got input size {tuple(input.shape)}"
+                f"got input size {tuple(shape)}"
             )
 
 

@@ -4,10 +4,17 @@
 setup.py). It registers ``torch.ops.l2bn.train_forward``, ``train_backward`` and
 ``eval_forward`` for CPU tensors: each is one reduction pass and one output pass over the
 input, with every ``O(N * C)`` step (statistics, coefficients, the running-statistics
-update) in C++ as well. This module registers their fake (meta) implementations, so that
-``torch.compile(fullgraph=True)`` and ``torch.export`` keep them in the graph, and wraps the
-training pair in an autograd function (the forward mutates the running statistics, so the
-operator itself cannot carry an autograd formula).
+update) in C++ as well. It also registers ``torch.ops.l2bn.train``: ``train_forward`` with
+its autograd formula in C++ (csrc/autograd.cpp), what an eager training step runs, free of
+any Python autograd object.
+
+This module registers the operators' fake (meta) implementations, so that
+``torch.compile(fullgraph=True)`` and ``torch.export`` keep them in the graph; the Python
+kernel of ``l2bn::differentiable_train_grads`` (the gradient ``l2bn::train`` takes when its
+backward runs with ``create_graph=True``); and :class:`FusedL2BatchNormFunction`, the
+autograd function that compiled and exported training graphs record (their graphs then
+show ``train_forward`` and ``train_backward``, whose running-statistics mutation the
+compilers handle).
 """
 
 from __future__ import annotations
@@ -92,6 +99,10 @@ def _register_fakes() -> None:
     def eval_forward_fake(x, running_mean, running_var, weight, bias, eps, l2_eps, scale):
         return _output_like(x)
 
+    def train_fake(x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale):
+        return _output_like(x)
+
+    torch.library.register_fake("l2bn::train", train_fake)
     torch.library.register_fake("l2bn::train_forward", train_forward_fake)
     torch.library.register_fake("l2bn::train_backward", train_backward_fake)
     torch.library.register_fake("l2bn::eval_forward", eval_forward_fake)
@@ -143,9 +154,33 @@ def _eval_backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
     return dx, None, None, dweight, dbias, None, None, None
 
 
+def _differentiable_train_grads(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+    needs: list[bool],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Kernel of ``l2bn::differentiable_train_grads``: ``(dx, dweight, dbias)`` of
+    :func:`l2bn._impl.composite.differentiable_train_grads`, an empty tensor in place of
+    each gradient not asked for (the schema returns three tensors)."""
+    grads = differentiable_train_grads(dy, x, weight, eps, l2_eps, scale, tuple(needs))
+    return tuple(dy.new_empty((0,)) if g is None else g for g in grads)  # type: ignore[return-value]
+
+
+# Kept alive for as long as the module: dropping a Library removes its registrations.
+_KERNELS: list[torch.library.Library] = []
+
 if UNAVAILABLE_REASON is None:
     _register_fakes()
+    _KERNELS.append(torch.library.Library("l2bn", "IMPL"))
+    _KERNELS[0].impl(
+        "differentiable_train_grads", _differentiable_train_grads, "CompositeImplicitAutograd"
+    )
     # The overloads themselves: calling them skips the packet's overload resolution.
+    _train = torch.ops.l2bn.train.default
     _train_forward = torch.ops.l2bn.train_forward.default
     _train_backward = torch.ops.l2bn.train_backward.default
     _eval_forward = torch.ops.l2bn.eval_forward.default
@@ -187,9 +222,14 @@ def run(
     """L2BN of checked arguments that :func:`applies` accepted."""
     if training:
         args = (x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale)
-        if grad:
-            return FusedL2BatchNormFunction.apply(*args)
-        return _train_forward(*args)[0]
+        if compiling():
+            # The graphs of torch.compile and torch.export record train_forward (and, for
+            # training graphs, train_backward) through the Python autograd function.
+            if grad:
+                return FusedL2BatchNormFunction.apply(*args)
+            return _train_forward(*args)[0]
+        # Eager: the operator's C++ autograd kernel records the backward when one is wanted.
+        return _train(*args)
     if not grad and not compiling():
         # No autograd to record: skip the Python autograd kernel of eval_forward (4 us).
         with _below_autograd():
@@ -199,6 +239,9 @@ def run(
 
 class FusedL2BatchNormFunction(torch.autograd.Function):
     """Training-mode L2BN on the fused operators. Saves ``x`` and ``O(N * C)`` statistics.
+
+    What torch.compile and torch.export trace; eager calls run ``l2bn::train``, the same
+    formula in C++ (csrc/autograd.cpp).
 
     A backward run with ``create_graph=True`` returns the differentiable gradient of the
     composite (:func:`l2bn._impl.composite.differentiable_train_grads`), so that gradient

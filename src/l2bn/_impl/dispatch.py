@@ -57,6 +57,7 @@ BACKENDS: dict[str, ModuleType | type] = {
     "composite": _CompositeBackend,
 }
 ORDER: tuple[str, ...] = ("triton", "cpu", "pytorch")
+_ORDERED = tuple((name, BACKENDS[name]) for name in ORDER)  # choose() runs on every call
 
 STATE = switches.STATE
 STATE["enabled"] = {name: True for name in BACKENDS}
@@ -74,7 +75,6 @@ def choose(
     """The backend module that runs this call (the first usable one that applies)."""
     if composite_required():
         return _CompositeBackend
-    enabled = STATE["enabled"]
     preferred = STATE["preferred"]
     if preferred is not None:
         backend = BACKENDS[preferred]
@@ -88,8 +88,8 @@ def choose(
                 f"({'training' if training else 'eval'}, grad={grad})"
             )
             raise RuntimeError(f"l2bn: backend {preferred!r} is required, but {why}")
-    for name in ORDER:
-        backend = BACKENDS[name]
+    enabled = STATE["enabled"]
+    for name, backend in _ORDERED:
         if (
             enabled[name]
             and backend.UNAVAILABLE_REASON is None

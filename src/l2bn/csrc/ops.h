@@ -27,6 +27,13 @@ std::tuple<Tensor, Tensor, Tensor> train_backward(
     const std::optional<Tensor>& x_var, const Tensor& mean, const Tensor& invstd, bool scale,
     bool input_grad);
 
+// The output of train_forward alone: the CPU kernel of l2bn::train, whose autograd
+// kernel (autograd.cpp) saves the statistics for train_backward.
+Tensor train(const Tensor& x, const std::optional<Tensor>& weight,
+             const std::optional<Tensor>& bias, const std::optional<Tensor>& running_mean,
+             const std::optional<Tensor>& running_var, double momentum, double eps,
+             double l2_eps, bool scale);
+
 Tensor eval_forward(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                     const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
                     double eps, double l2_eps, bool scale);

@@ -129,13 +129,44 @@ L2BN_INLINE int64_t moments_rows(
 // term(j, k, u, v) sets the two summands of channel k at position j.
 constexpr int64_t kChunkValues = 4096;
 
+// The arrays a channel-block reduction reads (x, or dy and x; b may be nullptr), each laid
+// out as positions of C values.
+template <typename T>
+struct Streams {
+  const T* a;
+  const T* b;
+};
+
+// Loads one value of each 64-byte line of positions [j0, j1) of the streams, in order.
+// The channel blocks then sweep the chunk with a stride of C values, a pattern that the
+// hardware prefetchers follow poorly on data coming from memory or L3: read in order
+// first, the chunk arrives at streaming speed and the sweeps find it in L1/L2 (channel-last
+// moments, 1 thread, median: 64x64x56x56 5.1 -> 2.9 ms, 256x256x14x14 4.5 -> 2.9 ms,
+// 128x64x8x8 after a cache flush 155 -> 95 us). Only where a chunk has more than one block.
+template <typename T>
+L2BN_INLINE void touch_chunk(Streams<T> s, int64_t c, int64_t j0, int64_t j1) {
+  constexpr int64_t kStep = 64 / static_cast<int64_t>(sizeof(T));
+  T t = 0;
+  for (int64_t i = j0 * c; i < j1 * c; i += kStep) {
+    t += s.a[i];
+    if (s.b != nullptr) {
+      t += s.b[i];
+    }
+  }
+  volatile T kept = t;  // the loads are kept: their sum is stored
+  (void)kept;
+}
+
 // channel_block_sums without zeroing the outputs first (adds to them).
-template <typename F>
+template <typename T, typename F>
 L2BN_INLINE void add_channel_block_sums(
-    int64_t c, int64_t m, const F& term, double* out_u, double* out_v) {
+    int64_t c, int64_t m, Streams<T> streams, const F& term, double* out_u, double* out_v) {
   const int64_t chunk = std::max<int64_t>(1, kChunkValues / c);
   for (int64_t j0 = 0; j0 < m; j0 += chunk) {
     const int64_t j1 = std::min(m, j0 + chunk);
+    if (c > kLanes) {
+      touch_chunk(streams, c, j0, j1);
+    }
     int64_t k0 = 0;
     for (; k0 + kLanes <= c; k0 += kLanes) {
       double a[kLanes] = {}, b[kLanes] = {};
@@ -165,14 +196,14 @@ L2BN_INLINE void add_channel_block_sums(
   }
 }
 
-template <typename F>
+template <typename T, typename F>
 L2BN_INLINE void channel_block_sums(
-    int64_t c, int64_t m, const F& term, double* out_u, double* out_v) {
+    int64_t c, int64_t m, Streams<T> streams, const F& term, double* out_u, double* out_v) {
   for (int64_t k = 0; k < c; ++k) {
     out_u[k] = 0;
     out_v[k] = 0;
   }
-  add_channel_block_sums(c, m, term, out_u, out_v);
+  add_channel_block_sums(c, m, streams, term, out_u, out_v);
 }
 
 // channel_block_sums with float terms summed in float lanes: each block of kBlockF channels
@@ -255,10 +286,14 @@ L2BN_INLINE void float_block(
 
 template <typename F>
 L2BN_INLINE void add_channel_block_sums_f(
-    int64_t c, int64_t m, const F& term, double* out_u, double* out_v) {
+    int64_t c, int64_t m, Streams<float> streams, const F& term, double* out_u,
+    double* out_v) {
   const int64_t chunk = std::max<int64_t>(1, kChunkValues / c);
   for (int64_t j0 = 0; j0 < m; j0 += chunk) {
     const int64_t j1 = std::min(m, j0 + chunk);
+    if (c > kBlockF) {
+      touch_chunk(streams, c, j0, j1);
+    }
     int64_t k0 = 0;
     for (; k0 + kBlockF <= c; k0 += kBlockF) {
       float_block<kBlockVectors>(k0, j0, j1, term, out_u, out_v);
@@ -279,12 +314,13 @@ L2BN_INLINE void add_channel_block_sums_f(
 
 template <typename F>
 L2BN_INLINE void channel_block_sums_f(
-    int64_t c, int64_t m, const F& term, double* out_u, double* out_v) {
+    int64_t c, int64_t m, Streams<float> streams, const F& term, double* out_u,
+    double* out_v) {
   for (int64_t k = 0; k < c; ++k) {
     out_u[k] = 0;
     out_v[k] = 0;
   }
-  add_channel_block_sums_f(c, m, term, out_u, out_v);
+  add_channel_block_sums_f(c, m, streams, term, out_u, out_v);
 }
 
 // Channel-last moments: per sample, the channel sums of its M positions, then each row's
@@ -318,7 +354,7 @@ L2BN_INLINE int64_t moments_cl(
         shift[k] *= inv_q;
       }
       channel_block_sums_f(
-          c, m,
+          c, m, Streams<float>{sample, nullptr},
           [sample, c, shift](int64_t j, int64_t k, auto& u, auto& v) {
             using V = std::decay_t<decltype(u)>;
             u = load<V>(sample + j * c + k) - load<V>(shift + k);
@@ -331,7 +367,7 @@ L2BN_INLINE int64_t moments_cl(
       }
     } else {
       channel_block_sums(
-          c, m,
+          c, m, Streams<T>{sample, nullptr},
           [sample, c](int64_t j, int64_t k, double& u, double& v) {
             u = sample[j * c + k];
             v = u * u;
@@ -423,7 +459,7 @@ L2BN_INLINE void grad_sums_cl(
       if (fast) {
         const float* shift = h_t + n * c;
         channel_block_sums_f(
-            c, m,
+            c, m, Streams<float>{g, sample},
             [g, sample, shift, c](int64_t j, int64_t k, auto& u, auto& v) {
               using V = std::decay_t<decltype(u)>;
               u = load<V>(g + j * c + k);
@@ -435,7 +471,7 @@ L2BN_INLINE void grad_sums_cl(
     }
     const double* shift = h + n * c;
     channel_block_sums(
-        c, m,
+        c, m, Streams<T>{g, sample},
         [g, sample, shift, c](int64_t j, int64_t k, double& u, double& v) {
           u = g[j * c + k];
           v = u * (static_cast<double>(sample[j * c + k]) - shift[k]);
@@ -470,7 +506,7 @@ L2BN_INLINE void centred_cl(
     const T* sample = x + n * c * m;
     const double* mu = mean + n * c;
     channel_block_sums(
-        c, m,
+        c, m, Streams<T>{sample, nullptr},
         [sample, mu, c](int64_t j, int64_t k, double& u, double& v) {
           u = static_cast<double>(sample[j * c + k]) - mu[k];
           v = u * u;

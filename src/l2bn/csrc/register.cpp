@@ -1,4 +1,5 @@
-// Registers the operators of ops.h as torch.ops.l2bn.* with a CPU implementation; other
+// Registers the operators of ops.h as torch.ops.l2bn.* with a CPU implementation (the
+// Autograd kernel of l2bn::train is in autograd.cpp); other
 // devices take the pure-PyTorch path in Python (l2bn/_impl/dispatch.py decides). cpu_isa()
 // and cpu_isas() report the kernels' instruction set (kernels.cpp) and those available.
 #include <torch/library.h>
@@ -28,6 +29,16 @@ TORCH_LIBRARY(l2bn, m) {
       "train_backward(Tensor dy, Tensor x, Tensor? weight, Tensor rho, Tensor active, "
       "Tensor? x_mean, Tensor? x_var, Tensor mean, Tensor invstd, bool scale, "
       "bool input_grad) -> (Tensor, Tensor, Tensor)");
+  // train_forward with its autograd formula in C++ (autograd.cpp): returns y only.
+  m.def(
+      "train(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, float momentum, float eps, float l2_eps, bool scale) -> Tensor");
+  // (dx, dweight, dbias) of training-mode L2BN as a differentiable graph, for a backward
+  // of l2bn::train run with create_graph=True. Its kernel is Python's (l2bn/_impl/cpu.py);
+  // a gradient not asked for in `needs` is an empty tensor.
+  m.def(
+      "differentiable_train_grads(Tensor dy, Tensor x, Tensor? weight, float eps, "
+      "float l2_eps, bool scale, bool[3] needs) -> (Tensor, Tensor, Tensor)");
   m.def(
       "eval_forward(Tensor x, Tensor running_mean, Tensor running_var, Tensor? weight, "
       "Tensor? bias, float eps, float l2_eps, bool scale) -> Tensor");
@@ -38,5 +49,6 @@ TORCH_LIBRARY(l2bn, m) {
 TORCH_LIBRARY_IMPL(l2bn, CPU, m) {
   m.impl("train_forward", &l2bn::train_forward);
   m.impl("train_backward", &l2bn::train_backward);
+  m.impl("train", &l2bn::train);
   m.impl("eval_forward", &l2bn::eval_forward);
 }

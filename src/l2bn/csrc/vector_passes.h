@@ -40,7 +40,7 @@ L2BN_INLINE void tile_sums(
       in[r] = static_cast<float>(inv[r]);
     }
     add_channel_block_sums_f(
-        c, rows,
+        c, rows, Streams<float>{x, nullptr},
         [x, c, shift, &in](int64_t r, int64_t k, auto& u, auto& v) {
           using V = std::decay_t<decltype(u)>;
           u = load<V>(x + r * c + k) * in[r] - load<V>(shift + k);
@@ -49,7 +49,7 @@ L2BN_INLINE void tile_sums(
         s1, s2);
   } else {
     add_channel_block_sums(
-        c, rows,
+        c, rows, Streams<T>{x, nullptr},
         [=](int64_t r, int64_t k, double& u, double& v) {
           u = x[r * c + k] * inv[r] - shift[k];
           v = u * u;
@@ -63,7 +63,7 @@ L2BN_INLINE void tile_dev(
     const T* x, int64_t rows, int64_t c, const double* inv, const double* mu, double* d1,
     double* d2) {
   add_channel_block_sums(
-      c, rows,
+      c, rows, Streams<T>{x, nullptr},
       [=](int64_t r, int64_t k, double& u, double& v) {
         u = x[r * c + k] * inv[r] - mu[k];
         v = u * u;
@@ -112,7 +112,7 @@ L2BN_INLINE void tile_grad(
         in[r] = static_cast<float>(inv[r]);
       }
       add_channel_block_sums_f(
-          c, rows,
+          c, rows, Streams<float>{dy, x},
           [dy, x, c, mu_t, &in](int64_t r, int64_t k, auto& u, auto& v) {
             using V = std::decay_t<decltype(u)>;
             u = load<V>(dy + r * c + k);
@@ -123,7 +123,7 @@ L2BN_INLINE void tile_grad(
     }
   }
   add_channel_block_sums(
-      c, rows,
+      c, rows, Streams<T>{dy, x},
       [=](int64_t r, int64_t k, double& u, double& v) {
         u = dy[r * c + k];
         v = u * (x[r * c + k] * inv[r] - mu[k]);
