@@ -26,6 +26,22 @@ Training backward (three launches, two for ``(N, C)``): ``grad_sums`` (per-row s
 projection ``e[n]`` of the l2 normalization), ``grad_input``
 (``dx = P[n, c] * dy + Q[n, c] * x + R[n, c]``).
 
+Folded (small ``N * C``, chosen by ``l2bn._impl.triton.ops.fold_finalize``): the finalize
+runs inside the output kernel, one launch fewer each way, without any synchronization
+between programs: ``folded_affine`` (after ``row_sums``) and ``folded_grad_input`` (after
+``grad_sums``; alone for ``(N, C)``). Every program recomputes from the partials what it
+needs of the finalize, in the same order as every other program, so all get the same
+bits: in forward ``rho`` of every sample and the channel statistics of its own channel
+block (``N * (n_parts + (2 * n_splits + 1) * BLOCK_C)`` loads), in backward the channel
+sums of every channel (``e[n]`` sums over all of them: ``2 * n_splits * N * C`` loads) and
+its own sample's projection. Each location of the statistics, gradients and running
+statistics is written by exactly one designated program and read by none: nothing depends
+on the order in which programs run. The finalize code is shared: ``_forward_stats``,
+``_channel_affine``, ``_store_channel_stats``, ``_grad_channel_sums``,
+``_grad_coefficients``, ``_projection_rows``, ``_sample_coefficients``, and the output
+tiles ``_affine_tile`` and ``_grad_tile``, are called by the standalone and the folded
+kernels alike.
+
 Eval forward: ``row_sums`` (sums of squares only) then ``affine`` reading the running
 statistics, or ``eval_sample`` alone when a whole sample fits in one tile.
 

@@ -13,6 +13,14 @@ same allocation code, no launch), which ``torch.export`` and fake-tensor tracing
   input_grad) -> (dx, dweight, dbias)``;
 * ``eval_forward(x, running_mean, running_var, weight?, bias?, eps, l2_eps, scale) -> y``;
 
+The two training operators take one of two paths, decided by :func:`fold_finalize` alone
+(``N * C <= FOLD_MAX_STATS``, 8192): folded, the ``O(N * C)`` finalize runs inside the
+output kernel (forward ``row_sums`` + ``folded_affine``, backward ``grad_sums`` +
+``folded_grad_input``, the latter alone for ``(N, C)`` input), every output program
+recomputing what it needs of it; otherwise the finalize is a launch of its own (three
+per pass, two for the ``(N, C)`` backward). A backward without ``input_grad`` has no
+output pass and runs the unfolded finalize either way.
+
 and the full-size passes of SyncL2BatchNorm (:mod:`l2bn._impl.triton.sync`), whose inputs
 may hold no sample (``N = 0``: nothing is launched):
 
@@ -171,11 +179,22 @@ def _finalize_block_n(n: int, block_c: int) -> int:
 # The finalize folded into the output pass (small N * C)
 
 FOLD_MAX_STATS = 8192
-"""Largest ``N * C`` whose ``O(N * C)`` finalize is folded into the output kernel (training
-forward and backward one launch shorter). Every program of a folded output pass re-reads
-the partial sums the finalize needs, so each pays ``O(N * C)`` loads from L2: bounded by
-this (and by ``n_splits * N * C <= FOLD_MAX_STATS``, see :func:`plan`), and worth it only
-where launches, not bandwidth, dominate. Tests set it to force either path."""
+"""Largest ``N * C`` whose ``O(N * C)`` finalize is folded into the output kernels (training
+forward and backward one launch shorter). Tests set it to force either path.
+
+Folding trades a launch for redundant loads: every output program re-reads the partial
+sums its part of the finalize needs (forward ``N * (n_parts + (2 * n_splits + 1) *
+BLOCK_C)`` values, backward ``2 * n_splits * N * C`` plus ``N`` per channel block), where
+the standalone finalize reads them once. :func:`plan` caps ``n_splits * N * C`` at this
+threshold too, so a program re-reads at most about ``4 * FOLD_MAX_STATS`` float32 values
+(128 KiB, from partials of at most 32 KiB per array that stay in L2 and L1), and
+:func:`folded_groups` keeps a folded pass near ``TILING.target_programs`` programs, so the
+redundant loads of one launch are bounded whatever the spatial size. 8192 is the smallest
+power of two that takes both CIFAR shapes of the issue's target (``128 x 16`` and
+``128 x 64``), where launches dominate; ImageNet-sized layers (``N * C >= 16384``) keep
+the three launches, which there are a small part of bandwidth-bound passes. The number
+is a bound from this cost model, not a measured optimum (nothing here has run on a GPU).
+"""
 
 
 def fold_finalize(n: int, c: int) -> bool:
