@@ -99,15 +99,21 @@ def run_reference(x, dy, affine=True, scale=True, momentum=0.1, dtype=torch.floa
     return [t if t is None else t.detach() for t in (y, xg.grad, *grads, rm, rv, y_eval)]
 
 
+def folds(x: torch.Tensor, ops) -> bool:
+    """Whether the training passes on ``x`` fold the finalize (``ops.plan`` decides)."""
+    _x, strides = ops.addressable(x)
+    return ops.plan(x.shape[0], x.shape[1], math.prod(x.shape[2:]), strides[1] == 1)[1]
+
+
 def forward_launches(x: torch.Tensor, ops) -> list[str]:
-    """The kernels of a training forward (the path ``ops.fold_finalize`` chooses)."""
-    return FOLDED_FORWARD if ops.fold_finalize(x.shape[0], x.shape[1]) else FORWARD
+    """The kernels of a training forward (on the path ``ops.plan`` chooses)."""
+    return FOLDED_FORWARD if folds(x, ops) else FORWARD
 
 
 def backward_launches(x: torch.Tensor, ops) -> list[str]:
     """The kernels of a training backward with the input gradient (no ``grad_sums`` for
     ``(N, C)`` input, whose finalize reads ``dy`` and ``x``)."""
-    kernels = FOLDED_BACKWARD if ops.fold_finalize(x.shape[0], x.shape[1]) else BACKWARD
+    kernels = FOLDED_BACKWARD if folds(x, ops) else BACKWARD
     return kernels if x.dim() > 2 else kernels[1:]
 
 
@@ -264,22 +270,36 @@ def test_folding_threshold(ops):
     """One threshold on ``N * C`` decides both training passes: the CIFAR shapes fold at
     the default (their position splits capped so that the partials every folded program
     re-reads stay within it), ImageNet-sized statistics keep the three-launch path and its
-    geometry."""
-    assert ops.FOLD_MAX_STATS == 8192
-    for n, c, m in [(128, 16, 32 * 32), (128, 64, 8 * 8), (128, 10, 1)]:
+    geometry, and so do small statistics whose capped splits would leave the row sums on
+    a few long programs."""
+    assert ops.FOLD_MAX_STATS == 8192 and ops.FOLD_MAX_SPLIT_TILES == 4
+    most = ops.FOLD_MAX_SPLIT_TILES * ops.TILING.tile
+    for n, c, m in [(128, 16, 32 * 32), (128, 64, 8 * 8), (128, 10, 1), (32, 64, 112 * 112)]:
         for channels_fast in (False, True):
+            if (n, c, m, channels_fast) == (32, 64, 112 * 112, True):
+                continue
             geo, folded = ops.plan(n, c, m, channels_fast)
-            assert folded and ops.fold_finalize(n, c)
+            natural = ops.geometry(n, c, m, channels_fast)
+            assert folded, (n, c, m, channels_fast)
             assert geo.n_splits * n * c <= ops.FOLD_MAX_STATS
+            assert geo == natural or geo.block_c * geo.split_len <= most
             n_groups, group_len = ops.folded_groups(geo)
             assert n * geo.n_cblocks * n_groups <= max(ops.TILING.target_programs, n * c)
             assert group_len % geo.block_s == 0
-    for n, c, m in [(128, 65, 64), (256, 64, 56 * 56), (8192, 2, 1)]:
-        geo, folded = ops.plan(n, c, m, True)
-        assert not folded and geo == ops.geometry(n, c, m, True)
-    # A CIFAR stage in channels_last would split its positions 8 ways unfolded, 4 folded.
+    # A CIFAR stage in channels_last splits its positions 8 ways unfolded, 4 folded.
     assert ops.geometry(128, 16, 1024, True).n_splits == 8
     assert ops.plan(128, 16, 1024, True)[0].n_splits == 4
+    # Unfolded: large statistics; channels_last with many positions per sample, where
+    # the cap would leave 1 split of 16 (64 x 128 x 16 x 16) or 4 of 25 (32 x 64 x 56 x 56).
+    for n, c, m, channels_fast in [
+        (128, 65, 64, False),
+        (256, 64, 56 * 56, True),
+        (8192, 2, 1, False),
+        (64, 128, 16 * 16, True),
+        (32, 64, 56 * 56, True),
+    ]:
+        geo, folded = ops.plan(n, c, m, channels_fast)
+        assert not folded and geo == ops.geometry(n, c, m, channels_fast), (n, c, m)
 
 
 FOLD_CASES = [

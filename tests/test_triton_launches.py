@@ -1,7 +1,7 @@
 """Kernel launches per call, and no host synchronization, on the Triton and pure paths.
 
 On the Triton path a training forward launches 2 kernels where the finalize is folded
-into the output pass (small ``N * C``, ``ops.fold_finalize``) and 3 otherwise, its backward
+into the output pass (small ``N * C``, ``ops.plan``) and 3 otherwise, its backward
 2 or 3 (one fewer for ``(N, C)`` input), an eval forward 1 or 2; besides them a call runs
 only allocations and views (no other device work: no zero fill, no copy, no cast) and
 never reads a value back to the host (``aten::_local_scalar_dense``, what ``.item()``,

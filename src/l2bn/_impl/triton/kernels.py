@@ -26,7 +26,7 @@ Training backward (three launches, two for ``(N, C)``): ``grad_sums`` (per-row s
 projection ``e[n]`` of the l2 normalization), ``grad_input``
 (``dx = P[n, c] * dy + Q[n, c] * x + R[n, c]``).
 
-Folded (small ``N * C``, chosen by ``l2bn._impl.triton.ops.fold_finalize``): the finalize
+Folded (small ``N * C``, chosen by ``l2bn._impl.triton.ops.plan``): the finalize
 runs inside the output kernel, one launch fewer each way, without any synchronization
 between programs: ``folded_affine`` (after ``row_sums``) and ``folded_grad_input`` (after
 ``grad_sums``; alone for ``(N, C)``). Every program recomputes from the partials what it
@@ -496,7 +496,7 @@ def folded_affine_kernel(
     BLOCK_P: tl.constexpr,
 ):
     """Program ``(n, channel block, group)``: the training output pass with the forward
-    finalize folded in (small ``N * C``; ``l2bn._impl.triton.ops.fold_finalize``).
+    finalize folded in (small ``N * C``; ``l2bn._impl.triton.ops.plan``).
 
     Every program recomputes, from the partials of ``row_sums``, ``rho`` of every sample
     and the channel statistics of its own channels (:func:`_forward_stats`: the same code
@@ -1028,7 +1028,7 @@ def folded_grad_input_kernel(
     BLOCK_S: tl.constexpr,
 ):
     """Program ``(n, channel block, group)``: the input gradient with the backward
-    finalize folded in (small ``N * C``; ``l2bn._impl.triton.ops.fold_finalize``).
+    finalize folded in (small ``N * C``; ``l2bn._impl.triton.ops.plan``).
 
     ``e[n]`` sums over every channel, so every program walks all channels in blocks of
     ``BLOCK_C`` (in the same order in every program): the channel sums of

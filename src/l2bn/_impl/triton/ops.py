@@ -13,14 +13,6 @@ same allocation code, no launch), which ``torch.export`` and fake-tensor tracing
   input_grad) -> (dx, dweight, dbias)``;
 * ``eval_forward(x, running_mean, running_var, weight?, bias?, eps, l2_eps, scale) -> y``;
 
-The two training operators take one of two paths, decided by :func:`fold_finalize` alone
-(``N * C <= FOLD_MAX_STATS``, 8192): folded, the ``O(N * C)`` finalize runs inside the
-output kernel (forward ``row_sums`` + ``folded_affine``, backward ``grad_sums`` +
-``folded_grad_input``, the latter alone for ``(N, C)`` input), every output program
-recomputing what it needs of it; otherwise the finalize is a launch of its own (three
-per pass, two for the ``(N, C)`` backward). A backward without ``input_grad`` has no
-output pass and runs the unfolded finalize either way.
-
 and the full-size passes of SyncL2BatchNorm (:mod:`l2bn._impl.triton.sync`), whose inputs
 may hold no sample (``N = 0``: nothing is launched):
 
@@ -28,6 +20,15 @@ may hold no sample (``N = 0``: nothing is launched):
 * ``scale_shift(x, a, b) -> y = a[n, c] * x + b[c]``;
 * ``grad_row_sums(dy, x, mean, rho) -> (sum_s dy, sum_s dy * (x - mean[c] * rho[n]))``;
 * ``grad_combine(dy, x, p, q, r) -> dx = p[n, c] * dy + q[n, c] * x + r[n, c]``.
+
+The two training operators take one of two paths, decided by :func:`plan` alone
+(``N * C <= FOLD_MAX_STATS``, 8192, with enough programs left for the row sums): folded,
+the ``O(N * C)`` finalize runs inside the output kernel (forward ``row_sums`` +
+``folded_affine``, backward ``grad_sums`` + ``folded_grad_input``, the latter alone for
+``(N, C)`` input), every output program recomputing what it needs of it; otherwise the
+finalize is a launch of its own (three per pass, two for the ``(N, C)`` backward). A
+backward without ``input_grad`` has no output pass and runs the unfolded finalize either
+way.
 
 Shapes and dtypes: ``x`` is ``(N, C, *S)`` in float32, float16 or bfloat16 (NCHW-like,
 channels_last or any strides that view as ``(N, C, M)`` or ``(N, M, C)``; others are
@@ -180,7 +181,8 @@ def _finalize_block_n(n: int, block_c: int) -> int:
 
 FOLD_MAX_STATS = 8192
 """Largest ``N * C`` whose ``O(N * C)`` finalize is folded into the output kernels (training
-forward and backward one launch shorter). Tests set it to force either path.
+forward and backward one launch shorter; :func:`plan` decides). Tests set it to force
+either path.
 
 Folding trades a launch for redundant loads: every output program re-reads the partial
 sums its part of the finalize needs (forward ``N * (n_parts + (2 * n_splits + 1) *
@@ -196,20 +198,32 @@ the three launches, which there are a small part of bandwidth-bound passes. The 
 is a bound from this cost model, not a measured optimum (nothing here has run on a GPU).
 """
 
-
-def fold_finalize(n: int, c: int) -> bool:
-    """Whether training passes on ``N`` samples of ``C`` channels fold the finalize into
-    their output kernel: the one place that decides (forward and backward alike)."""
-    return n * c <= FOLD_MAX_STATS
+FOLD_MAX_SPLIT_TILES = 4
+"""Where the cap on position splits binds, a folded pass's row sums still run on enough
+programs: each reads at most this many tiles (``TILING.tile`` values), else the pass is
+not folded (channels_last input with many positions, whose row sums would otherwise run
+on a few long programs)."""
 
 
 def plan(n: int, c: int, m: int, channels_fast: bool) -> tuple[Geometry, bool]:
-    """``(geometry, folded)`` of a training pass. Folded, the positions are split into at
-    most ``FOLD_MAX_STATS // (N * C)`` ranges, so that the per-split partial sums every
-    output program re-reads hold at most ``FOLD_MAX_STATS`` values per array."""
-    fold = fold_finalize(n, c)
-    max_splits = max(1, FOLD_MAX_STATS // max(n * c, 1)) if fold else None
-    return geometry(n, c, m, channels_fast, max_splits=max_splits), fold
+    """``(geometry, folded)`` of a training pass (forward and backward alike): the one
+    place that decides whether the finalize is folded into the output kernel.
+
+    Folded when ``N * C <= FOLD_MAX_STATS``, with the positions split into at most
+    ``FOLD_MAX_STATS // (N * C)`` ranges, so that the per-split partial sums every output
+    program re-reads hold at most ``FOLD_MAX_STATS`` values per array; unless that cap
+    leaves a reduction program more than ``FOLD_MAX_SPLIT_TILES`` tiles of positions
+    where the unfolded geometry has fewer. Otherwise the unfolded geometry."""
+    geo = geometry(n, c, m, channels_fast)
+    if n * c > FOLD_MAX_STATS:
+        return geo, False
+    cap = FOLD_MAX_STATS // max(n * c, 1)
+    if geo.n_splits <= cap:
+        return geo, True
+    capped = geometry(n, c, m, channels_fast, max_splits=cap)
+    if capped.block_c * capped.split_len <= FOLD_MAX_SPLIT_TILES * TILING.tile:
+        return capped, True
+    return geo, False
 
 
 def folded_groups(geo: Geometry) -> tuple[int, int]:
@@ -528,8 +542,7 @@ def train_forward(
     scale: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Training-mode L2BN (eqs. 2-3), running statistics updated: two kernel launches
-    where the finalize is folded into the output pass (:func:`fold_finalize`), else
-    three."""
+    where the finalize is folded into the output pass (:func:`plan`), else three."""
     return _train_forward(
         x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale, True
     )
@@ -622,7 +635,7 @@ def train_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of training-mode L2BN from ``x`` and the forward's statistics: two
     launches where the finalize is folded into the input-gradient pass
-    (:func:`fold_finalize`; one for ``(N, C)`` input), else three (two for ``(N, C)``);
+    (:func:`plan`; one for ``(N, C)`` input), else three (two for ``(N, C)``);
     without ``input_grad`` the row sums and the finalize (the finalize alone for
     ``(N, C)``)."""
     return _train_backward(
