@@ -35,8 +35,8 @@ bits: in forward ``rho`` of every sample and the channel statistics of its own c
 block (``N * (n_parts + (2 * n_splits + 1) * BLOCK_C)`` loads), in backward the channel
 sums of every channel (``e[n]`` sums over all of them: ``2 * n_splits * N * C`` loads) and
 its own sample's projection. Each location of the statistics, gradients and running
-statistics is written by exactly one designated program and read by none: nothing depends
-on the order in which programs run. The finalize code is shared: ``_forward_stats``,
+statistics is written by exactly one designated program, and no program reads what
+another writes: nothing depends on the order in which programs run. The finalize code is shared: ``_forward_stats``,
 ``_channel_affine``, ``_store_channel_stats``, ``_grad_channel_sums``,
 ``_grad_coefficients``, ``_projection_rows``, ``_sample_coefficients``, and the output
 tiles ``_affine_tile`` and ``_grad_tile``, are called by the standalone and the folded
