@@ -87,12 +87,14 @@ class LaunchRecorder:
         self.ops = ops
         self.names: list[str] = []
         self.grids: list[tuple[int, ...]] = []
+        self.log: list[tuple[str, tuple[int, ...]]] = []  # every launch, never taken
         self.inside = False
 
     def wrap(self, original):
         def launch(kernel, grid, *args, **meta):
             self.names.append(kernel_name(kernel))
             self.grids.append(tuple(grid))
+            self.log.append((self.names[-1], self.grids[-1]))
             self.inside = True
             try:
                 return original(kernel, grid, *args, **meta)

@@ -2,7 +2,10 @@
 
 Runs the compiled kernels on a GPU, or the same kernels in Triton's interpreter on CPU
 (``_triton_support``). Every comparison also records the kernels launched, so a test fails
-if the call silently went to another backend. Shapes are tiny: the interpreter is slow.
+if the call silently went to another backend or to the other of the two training paths:
+``folded`` (the finalize folded into the output kernels, two launches per training pass)
+and ``unfolded`` (three), each forced with ``ops.FOLD_MAX_STATS`` (the ``path`` fixture).
+Shapes are tiny: the interpreter is slow.
 """
 
 from __future__ import annotations
@@ -30,6 +33,20 @@ launches = make_launches_fixture()
 
 FORWARD = ["row_sums_kernel", "forward_finalize_kernel", "affine_kernel"]
 BACKWARD = ["grad_sums_kernel", "backward_finalize_kernel", "grad_input_kernel"]
+FOLDED_FORWARD = ["row_sums_kernel", "folded_affine_kernel"]
+FOLDED_BACKWARD = ["grad_sums_kernel", "folded_grad_input_kernel"]
+PATHS = ["folded", "unfolded"]
+
+
+def force_path(ops, monkeypatch, path: str) -> None:
+    """Every training pass of the test takes ``path`` (whatever its shape)."""
+    monkeypatch.setattr(ops, "FOLD_MAX_STATS", 2**62 if path == "folded" else 0)
+
+
+@pytest.fixture(params=PATHS)
+def path(request, ops, monkeypatch):
+    force_path(ops, monkeypatch, request.param)
+    return request.param
 
 
 def arrange(x: torch.Tensor, layout: str) -> torch.Tensor:
@@ -82,13 +99,30 @@ def run_reference(x, dy, affine=True, scale=True, momentum=0.1, dtype=torch.floa
     return [t if t is None else t.detach() for t in (y, xg.grad, *grads, rm, rv, y_eval)]
 
 
+def folds(x: torch.Tensor, ops) -> bool:
+    """Whether the training passes on ``x`` fold the finalize (``ops.plan`` decides)."""
+    _x, strides = ops.addressable(x)
+    return ops.plan(x.shape[0], x.shape[1], math.prod(x.shape[2:]), strides[1] == 1)[1]
+
+
+def forward_launches(x: torch.Tensor, ops) -> list[str]:
+    """The kernels of a training forward (on the path ``ops.plan`` chooses)."""
+    return FOLDED_FORWARD if folds(x, ops) else FORWARD
+
+
+def backward_launches(x: torch.Tensor, ops) -> list[str]:
+    """The kernels of a training backward with the input gradient (no ``grad_sums`` for
+    ``(N, C)`` input, whose finalize reads ``dy`` and ``x``)."""
+    kernels = FOLDED_BACKWARD if folds(x, ops) else BACKWARD
+    return kernels if x.dim() > 2 else kernels[1:]
+
+
 def expected_launches(x: torch.Tensor, ops) -> list[str]:
     """The kernels of a training forward, its backward, and an eval forward."""
-    backward = BACKWARD if x.dim() > 2 else BACKWARD[1:]
     c, m = x.shape[1], math.prod(x.shape[2:])
     fits = ops._pow2(c) * ops._pow2(m) <= ops.TILING.eval_sample_tile
     evaluate = ["eval_sample_kernel"] if fits else ["row_sums_kernel", "affine_kernel"]
-    return FORWARD + backward + evaluate
+    return forward_launches(x, ops) + backward_launches(x, ops) + evaluate
 
 
 NAMES = ("y", "dx", "dweight", "dbias", "running_mean", "running_var", "eval y")
@@ -129,7 +163,7 @@ def compare(x, dy, launches, tol_stats=1e-5, **kw):
 @pytest.mark.parametrize("shape,layout", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("affine,scale", [(True, True), (False, False)])
-def test_matches_reference(shape, layout, dtype, affine, scale, launches):
+def test_matches_reference(shape, layout, dtype, affine, scale, path, launches):
     g = torch.Generator().manual_seed(11)
     x = arrange((torch.randn(shape, generator=g) * 3 + 0.5).to(dtype), layout)
     dy = arrange(torch.randn(shape, generator=g).to(dtype), layout)
@@ -140,7 +174,7 @@ def test_matches_reference(shape, layout, dtype, affine, scale, launches):
             assert t.is_contiguous(memory_format=fmt)
 
 
-def test_half_parameters_and_running_statistics(launches):
+def test_half_parameters_and_running_statistics(path, launches):
     """A layer converted with ``.half()``: float16 parameters and running statistics are
     read and written in their dtype, computed in float32."""
     g = torch.Generator().manual_seed(12)
@@ -154,7 +188,7 @@ def test_half_parameters_and_running_statistics(launches):
     "shape,layout",
     [((12, 6), "contiguous"), ((5, 4, 6, 7), "contiguous"), ((5, 4, 6, 7), "channels_last")],
 )
-def test_adversarial_float32(kind, shape, layout, launches):
+def test_adversarial_float32(kind, shape, layout, path, launches):
     """Channel offsets of 1e3 and sample norms 1e6 apart: within twice the error of the
     float32 composite (F.normalize + native F.batch_norm), and 1e-5 where it reaches it."""
     x64 = arrange(adversarial_input(kind, shape), layout)
@@ -171,7 +205,7 @@ def test_adversarial_float32(kind, shape, layout, launches):
 
 
 @pytest.mark.parametrize("shape", [(5, 4, 3, 3), (8, 6)])
-def test_zero_and_nan_samples(shape, launches):
+def test_zero_and_nan_samples(shape, path, launches):
     """An all-zero sample (norm clamped by l2_eps) stays finite and matches the reference;
     a NaN poisons the batch statistics (every training output), as in BatchNorm, and in
     eval only its own sample."""
@@ -186,40 +220,129 @@ def test_zero_and_nan_samples(shape, launches):
     rm, rv = torch.zeros(c, device=DEVICE), torch.ones(c, device=DEVICE)
     y = l2_batch_norm(x.to(DEVICE), rm, rv, training=True)
     y_eval = l2_batch_norm(x.to(DEVICE), torch.zeros_like(rm), torch.ones_like(rv))
-    assert len(launches.take()) >= 4
+    assert launches.take() == [*forward_launches(x, launches.ops), "eval_sample_kernel"]
     assert torch.isnan(y).all() and torch.isnan(rm).all()
     assert torch.isnan(y_eval[2]).all()
     assert torch.isfinite(y_eval[[0, 1, 3]]).all()
 
 
 @pytest.mark.parametrize("shape,layout", [((3, 4, 5, 6), "channels_last"), ((7, 5), "contiguous")])
-def test_multi_block_tiling(shape, layout, launches, ops, monkeypatch):
+def test_multi_block_tiling(shape, layout, path, launches, ops, monkeypatch):
     """Tiny tiles: several channel and position blocks, positions split over programs,
-    several finalize programs and partial-sum chunks, and the two-kernel eval."""
+    several finalize programs (unfolded) or channel blocks walked by every program
+    (folded), several sample chunks and partial-sum chunks, folded programs covering
+    several position blocks, and the two-kernel eval."""
     tiny = ops.Tiling(
         tile=8,
         max_block_s=4,
         max_block_c=2,
-        target_programs=64,
+        target_programs=16,
         finalize_block_c=2,
         finalize_tile=4,
         block_p=2,
         eval_sample_tile=4,
     )
     monkeypatch.setattr(ops, "TILING", tiny)
-    geo = ops.geometry(shape[0], shape[1], math.prod(shape[2:]), layout == "channels_last", tiny)
+    n, c, m = shape[0], shape[1], math.prod(shape[2:])
+    geo, folded = ops.plan(n, c, m, layout == "channels_last")
+    assert folded == (path == "folded")
+    assert geo == ops.geometry(n, c, m, layout == "channels_last", tiny)
     assert geo.n_cblocks > 1 and (geo.n_splits > 1 or len(shape) == 2)
+    assert ops._finalize_block_n(n, geo.block_c) < n  # several sample chunks
     g = torch.Generator().manual_seed(13)
     x = arrange(torch.randn(shape, generator=g) * 2 + 1, layout)
     dy = arrange(torch.randn(shape, generator=g), layout)
-    run_triton(x, dy)
-    # The operators read the tiling at the call: the grids are the tiny tiling's.
-    grids = dict(zip(launches.names, launches.grids, strict=False))
-    assert grids["row_sums_kernel"] == geo.reduction_grid
-    assert grids["affine_kernel"] == geo.elementwise_grid
-    assert grids["forward_finalize_kernel"] == (-(-shape[1] // tiny.finalize_block_c),)
-    launches.take()
     compare(x, dy, launches)
+    # The operators read the tiling at the call: the grids are the tiny tiling's.
+    grids = dict(launches.log[: len(forward_launches(x, ops) + backward_launches(x, ops))])
+    assert grids["row_sums_kernel"] == geo.reduction_grid
+    if folded:
+        n_groups, group_len = ops.folded_groups(geo)
+        assert (group_len > geo.block_s) == (len(shape) > 2)  # several blocks per program
+        grid = (n * geo.n_cblocks * n_groups,)
+        assert grids["folded_affine_kernel"] == grids["folded_grad_input_kernel"] == grid
+    else:
+        assert grids["affine_kernel"] == geo.elementwise_grid
+        assert grids["forward_finalize_kernel"] == (-(-shape[1] // tiny.finalize_block_c),)
+
+
+def test_folding_threshold(ops):
+    """One threshold on ``N * C`` decides both training passes: the CIFAR shapes fold at
+    the default (their position splits capped so that the partials every folded program
+    re-reads stay within it), ImageNet-sized statistics keep the three-launch path and its
+    geometry, and so do small statistics whose capped splits would leave the row sums on
+    a few long programs."""
+    assert ops.FOLD_MAX_STATS == 8192 and ops.FOLD_MAX_SPLIT_TILES == 4
+    most = ops.FOLD_MAX_SPLIT_TILES * ops.TILING.tile
+    for n, c, m in [(128, 16, 32 * 32), (128, 64, 8 * 8), (128, 10, 1), (32, 64, 112 * 112)]:
+        for channels_fast in (False, True):
+            if (n, c, m, channels_fast) == (32, 64, 112 * 112, True):
+                continue
+            geo, folded = ops.plan(n, c, m, channels_fast)
+            natural = ops.geometry(n, c, m, channels_fast)
+            assert folded, (n, c, m, channels_fast)
+            assert geo.n_splits * n * c <= ops.FOLD_MAX_STATS
+            assert geo == natural or geo.block_c * geo.split_len <= most
+            n_groups, group_len = ops.folded_groups(geo)
+            assert n * geo.n_cblocks * n_groups <= max(ops.TILING.target_programs, n * c)
+            assert group_len % geo.block_s == 0
+    # A CIFAR stage in channels_last splits its positions 8 ways unfolded, 4 folded.
+    assert ops.geometry(128, 16, 1024, True).n_splits == 8
+    assert ops.plan(128, 16, 1024, True)[0].n_splits == 4
+    # Unfolded: large statistics; channels_last with many positions per sample, where
+    # the cap would leave 1 split of 16 (64 x 128 x 16 x 16) or 4 of 25 (32 x 64 x 56 x 56).
+    for n, c, m, channels_fast in [
+        (128, 65, 64, False),
+        (256, 64, 56 * 56, True),
+        (8192, 2, 1, False),
+        (64, 128, 16 * 16, True),
+        (32, 64, 56 * 56, True),
+    ]:
+        geo, folded = ops.plan(n, c, m, channels_fast)
+        assert not folded and geo == ops.geometry(n, c, m, channels_fast), (n, c, m)
+
+
+FOLD_CASES = [
+    ((4, 6, 5, 3), "contiguous"),
+    ((4, 6, 5, 3), "channels_last"),
+    ((3, 5, 9), "contiguous"),
+    ((9, 7), "contiguous"),
+]
+
+
+@pytest.mark.parametrize("shape,layout", FOLD_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_folded_and_unfolded_operators_agree(shape, layout, dtype, ops, launches, monkeypatch):
+    """``train_forward`` and ``train_backward`` on both paths: the same output, saved
+    statistics, running statistics and gradients (to float32 rounding; the full-size
+    outputs to one rounding of their dtype), and not BatchNorm's output: the samples'
+    norms differ by up to 4x."""
+    g = torch.Generator().manual_seed(21)
+    scales = torch.linspace(0.5, 2.0, shape[0]).view(-1, *([1] * (len(shape) - 1)))
+    x = arrange((torch.randn(shape, generator=g) * scales + 0.3).to(dtype), layout).to(DEVICE)
+    dy = arrange(torch.randn(shape, generator=g).to(dtype), layout).to(DEVICE)
+    w = (torch.rand(shape[1], generator=g) + 0.5).to(DEVICE)
+    b = torch.randn(shape[1], generator=g).to(DEVICE)
+    results = {}
+    for p in PATHS:
+        force_path(ops, monkeypatch, p)
+        rm, rv = torch.zeros(shape[1], device=DEVICE), torch.ones(shape[1], device=DEVICE)
+        y, *stats = ops.train_forward(x, w, b, rm, rv, 0.1, 1e-5, 1e-12, True)
+        grads = ops.train_backward(dy, x, w, *stats, True, True)
+        kernels = launches.take()
+        expected = FOLDED_FORWARD if p == "folded" else FORWARD
+        assert kernels == expected + backward_launches(x, ops)
+        results[p] = [y, *grads, *stats, rm, rv]
+    names = ["y", "dx", "dweight", "dbias", "rho", "active", "row_mean", "row_var"]
+    names += ["mean", "invstd", "running_mean", "running_var"]
+    for name, a, r in zip(names, results["folded"], results["unfolded"], strict=True):
+        assert a.shape == r.shape and a.dtype == r.dtype, name
+        if r.numel() == 0:  # the row moments of (N, C) input: x itself
+            continue
+        tol = OUTPUT_TOL[dtype] if name in {"y", "dx"} and dtype != torch.float32 else 1e-6
+        assert relative_error(a.cpu(), r.cpu()) <= tol, (name, relative_error(a.cpu(), r.cpu()))
+    plain = torch.nn.functional.batch_norm(x.float(), None, None, w, b, training=True)
+    assert relative_error(results["folded"][0].cpu(), plain.cpu()) > 0.05
 
 
 def test_running_statistics_over_steps_with_cumulative_average(launches):
@@ -234,7 +357,7 @@ def test_running_statistics_over_steps_with_cumulative_average(launches):
         reference_l2bn(x.double(), rm, rv, training=True, momentum=1.0)
         means.append(rm)
         variances.append(rv)
-    assert launches.take().count("forward_finalize_kernel") == 3
+    assert launches.take() == forward_launches(x, launches.ops) * 3
     assert relative_error(layer.running_mean.cpu(), torch.stack(means).mean(0)) < 1e-5
     assert relative_error(layer.running_var.cpu(), torch.stack(variances).mean(0)) < 1e-5
     assert int(layer.num_batches_tracked) == 3
@@ -255,12 +378,12 @@ def test_double_backward_goes_through_the_composite(launches):
             (ddx,) = torch.autograd.grad(dx.square().sum(), xg)
         results.append((dx.detach().cpu(), ddx.cpu()))
         if preferred == "triton":
-            assert launches.take() == FORWARD
+            assert launches.take() == forward_launches(x, launches.ops)
     assert relative_error(results[0][0], results[1][0]) < 1e-5
     assert relative_error(results[0][1], results[1][1]) < 1e-4
 
 
-def test_strided_and_expanded_gradients(launches, ops):
+def test_strided_and_expanded_gradients(path, launches, ops):
     """Inputs in no supported layout are copied; an expanded ``dy`` (``y.sum()``) and a
     ``dy`` in another layout than ``x`` are read through their strides."""
     g = torch.Generator().manual_seed(6)
@@ -271,7 +394,7 @@ def test_strided_and_expanded_gradients(launches, ops):
     compare(x, dy_cl, launches)
     xg = base.to(DEVICE, copy=True).requires_grad_()
     l2_batch_norm(xg, None, None, training=True).sum().backward()
-    assert launches.take()[-3:] == BACKWARD
+    assert launches.take() == forward_launches(base, ops) + backward_launches(base, ops)
     xr = base.double().requires_grad_()
     reference_l2bn(xr, None, None, training=True).sum().backward()
     assert (xg.grad.cpu() - xr.grad).abs().max() < 1e-5
@@ -334,7 +457,7 @@ def _op_samples(ops):
 
 
 @pytest.mark.parametrize("name", ["train_forward", "train_backward", "eval_forward"])
-def test_opcheck(name, ops):
+def test_opcheck(name, path, ops):
     """Schema, fake-tensor (meta) and autograd-registration checks of each operator; on
     CUDA also the AOT-dispatch check (the interpreter's kernels cannot be traced)."""
     op = getattr(torch.ops.l2bn_triton, name).default

@@ -1,13 +1,14 @@
 """Kernel launches per call, and no host synchronization, on the Triton and pure paths.
 
-On the Triton path a training forward launches at most 3 kernels, its backward at most 3,
-an eval forward at most 2; besides them a call runs only allocations and views (no other
-device work: no zero fill, no copy, no cast) and never reads a value back to the host
-(``aten::_local_scalar_dense``, what ``.item()``, ``bool(t)`` and ``float(t)`` run), which
-is what lets a training step be captured in a CUDA graph. Recorded with a
-``TorchDispatchMode`` around the layer and around the operators' own bodies; operations
-inside the launches (the interpreter's) are not counted. The GPU's own count, from the
-profiler, is in ``test_triton_gpu.py``.
+On the Triton path a training forward launches 2 kernels where the finalize is folded
+into the output pass (small ``N * C``, ``ops.plan``) and 3 otherwise, its backward
+2 or 3 (one fewer for ``(N, C)`` input), an eval forward 1 or 2; besides them a call runs
+only allocations and views (no other device work: no zero fill, no copy, no cast) and
+never reads a value back to the host (``aten::_local_scalar_dense``, what ``.item()``,
+``bool(t)`` and ``float(t)`` run), which is what lets a training step be captured in a
+CUDA graph. Recorded with a ``TorchDispatchMode`` around the layer and around the
+operators' own bodies; operations inside the launches (the interpreter's) are not
+counted. The GPU's own count, from the profiler, is in ``test_triton_gpu.py``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def _input(shape, layout, requires_grad=True):
     return x.to(DEVICE).requires_grad_(requires_grad)
 
 
+@pytest.mark.parametrize("folded", [True, False])
 @pytest.mark.parametrize(
     "shape,layout,backward_launches,eval_launches",
     [
@@ -77,16 +79,21 @@ def _input(shape, layout, requires_grad=True):
         ((2, 16, 32, 32), "channels_last", 3, 2),  # a sample larger than one eval tile
     ],
 )
-def test_launches_and_nothing_else(shape, layout, backward_launches, eval_launches, bodies):
+def test_launches_and_nothing_else(
+    shape, layout, backward_launches, eval_launches, folded, bodies, monkeypatch
+):
+    """Unfolded launch counts in the parameters; folded, the forward and the backward
+    are each one launch shorter."""
+    monkeypatch.setattr(bodies.ops, "FOLD_MAX_STATS", 2**62 if folded else 0)
     layer = LAYER[len(shape)](shape[1]).to(DEVICE)
     x = _input(shape, layout)
     with Recorder(bodies) as fwd:
         y = layer(x)
-    assert len(bodies.take()) == 3
+    assert len(bodies.take()) == 3 - folded
     dy = torch.randn_like(y)
     with Recorder(bodies) as bwd:
         y.backward(dy)
-    assert len(bodies.take()) == backward_launches
+    assert len(bodies.take()) == backward_launches - folded
     layer.eval()
     with torch.no_grad(), Recorder(bodies) as evl:
         layer(x)
@@ -100,8 +107,21 @@ def test_launches_and_nothing_else(shape, layout, backward_launches, eval_launch
     assert x.grad is not None and layer.weight.grad is not None
 
 
-def test_launches_without_input_gradient(bodies):
-    """Only parameter gradients wanted: the input-gradient pass is not launched."""
+def test_default_path_of_small_statistics(bodies):
+    """At the default threshold the tests' small shapes take the folded path: two
+    launches per training pass, the finalize inside the output kernels."""
+    layer = L2BatchNorm2d(4).to(DEVICE)
+    y = layer(_input((3, 4, 5, 6), "contiguous"))
+    assert bodies.take() == ["row_sums_kernel", "folded_affine_kernel"]
+    y.backward(torch.randn_like(y))
+    assert bodies.take() == ["grad_sums_kernel", "folded_grad_input_kernel"]
+
+
+@pytest.mark.parametrize("folded", [True, False])
+def test_launches_without_input_gradient(folded, bodies, monkeypatch):
+    """Only parameter gradients wanted: the input-gradient pass is not launched (nor,
+    on either path, the folded kernel that would compute it)."""
+    monkeypatch.setattr(bodies.ops, "FOLD_MAX_STATS", 2**62 if folded else 0)
     layer = L2BatchNorm2d(4).to(DEVICE)
     y = layer(_input((3, 4, 5, 6), "contiguous", requires_grad=False))
     bodies.take()
@@ -109,9 +129,11 @@ def test_launches_without_input_gradient(bodies):
     assert bodies.take() == ["grad_sums_kernel", "backward_finalize_kernel"]
 
 
-def test_no_host_synchronization_on_the_triton_path(launches):
+@pytest.mark.parametrize("folded", [True, False])
+def test_no_host_synchronization_on_the_triton_path(folded, launches, monkeypatch):
     """A training step (forward, backward) and an eval forward through the operators
-    read nothing back to the host."""
+    read nothing back to the host, on either path."""
+    monkeypatch.setattr(launches.ops, "FOLD_MAX_STATS", 2**62 if folded else 0)
     layer = L2BatchNorm2d(4).to(DEVICE)
     x = _input((3, 4, 5, 6), "channels_last")
     with Recorder(launches) as rec:
@@ -119,5 +141,5 @@ def test_no_host_synchronization_on_the_triton_path(launches):
         layer.eval()
         with torch.no_grad():
             layer(x)
-    assert len(launches.take()) == 3 + 3 + 1
+    assert len(launches.take()) == (2 + 2 + 1 if folded else 3 + 3 + 1)
     assert SYNC not in rec.seen

@@ -2,7 +2,9 @@
 
 Training forward is three kernel launches (per-row moments; the ``O(N * C)`` finalize with
 the running-statistics update; the output pass), training backward three (two for
-``(N, C)`` input), eval forward two, or one when a sample fits in one tile. Statistics are
+``(N, C)`` input); for small statistics (``N * C <= 8192``) the finalize is folded into the
+output pass, two launches each way (one for the ``(N, C)`` backward). Eval forward is two
+launches, or one when a sample fits in one tile. Statistics are
 float32 for float32, float16 and bfloat16 input (as BatchNorm under autocast); nothing
 synchronizes with the host, so a training step can be captured in a CUDA graph. The
 kernels are :func:`torch.library.triton_op` operators (``torch.ops.l2bn_triton.*``,

@@ -26,6 +26,22 @@ Training backward (three launches, two for ``(N, C)``): ``grad_sums`` (per-row s
 projection ``e[n]`` of the l2 normalization), ``grad_input``
 (``dx = P[n, c] * dy + Q[n, c] * x + R[n, c]``).
 
+Folded (small ``N * C``, chosen by ``l2bn._impl.triton.ops.plan``): the finalize
+runs inside the output kernel, one launch fewer each way, without any synchronization
+between programs: ``folded_affine`` (after ``row_sums``) and ``folded_grad_input`` (after
+``grad_sums``; alone for ``(N, C)``). Every program recomputes from the partials what it
+needs of the finalize, in the same order as every other program, so all get the same
+bits: in forward ``rho`` of every sample and the channel statistics of its own channel
+block (``N * (n_parts + (2 * n_splits + 1) * BLOCK_C)`` loads), in backward the channel
+sums of every channel (``e[n]`` sums over all of them: ``2 * n_splits * N * C`` loads) and
+its own sample's projection. Each location of the statistics, gradients and running
+statistics is written by exactly one designated program, and no program reads what
+another writes: nothing depends on the order in which programs run. The finalize code is shared: ``_forward_stats``,
+``_channel_affine``, ``_store_channel_stats``, ``_grad_channel_sums``,
+``_grad_coefficients``, ``_projection_rows``, ``_sample_coefficients``, and the output
+tiles ``_affine_tile`` and ``_grad_tile``, are called by the standalone and the folded
+kernels alike.
+
 Eval forward: ``row_sums`` (sums of squares only) then ``affine`` reading the running
 statistics, or ``eval_sample`` alone when a whole sample fits in one tile.
 
@@ -122,6 +138,148 @@ def row_sums_kernel(
 
 
 @triton.jit
+def _forward_stats(
+    x_ptr,
+    s1_ptr,
+    s2_ptr,
+    k_ptr,
+    sq_ptr,
+    rho_ptr,
+    active_ptr,
+    row_mean_ptr,
+    row_var_ptr,
+    cs,
+    cmask,
+    own,
+    write_rho,
+    write_rows,
+    N,
+    C,
+    sxn,
+    sxc,
+    n_parts,
+    n_splits,
+    inv_m,
+    rho_scale,
+    l2_eps,
+    VECTOR: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """The forward finalize of the channels ``cs`` over all samples, in chunks of
+    ``BLOCK_N``, from the partials of ``row_sums``; returns ``(mean, var, rho[own])``.
+
+    Per sample: ``rho`` (eq. 3) and its 0/1 activity, written where ``write_rho``; per
+    row: mean and population variance of ``x`` (``shift + S1 / M`` and
+    ``S2 / M - (S1 / M)**2``, written where ``write_rows`` unless ``VECTOR``, where ``x``
+    itself is the row mean); per channel: ``mu`` and the population variance ``delta**2``
+    of ``xh = x / rho`` (eq. 2) by Chan's combination of chunk means and sums of squared
+    deviations. ``rho[own]`` is the value of that sample's chunk, picked out exactly
+    (0 when ``own`` is no sample). The order of every sum depends on the constexprs and
+    ``N`` only: programs that call it with the same arguments get the same bits.
+    """
+    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    own_rho = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        ns = n0 + tl.arange(0, BLOCK_N)
+        nmask = ns < N
+        mask = nmask[:, None] & cmask[None, :]
+        sq = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for p0 in range(0, n_parts, BLOCK_P):
+            ps = p0 + tl.arange(0, BLOCK_P)
+            pmask = nmask[:, None] & (ps < n_parts)[None, :]
+            part = tl.load(sq_ptr + ns[:, None] * n_parts + ps[None, :], mask=pmask, other=0.0)
+            sq += tl.sum(part, 1)
+        norm = tl.sqrt_rn(sq)
+        rho = tl.where(norm < l2_eps, l2_eps, norm) * rho_scale
+        tl.store(rho_ptr + ns, rho, mask=nmask & write_rho)
+        tl.store(active_ptr + ns, (norm > l2_eps).to(tl.float32), mask=nmask & write_rho)
+        own_rho += tl.where(ns == own, rho, 0.0)
+        # Row mean and variance of x.
+        if VECTOR:
+            at = x_ptr + ns.to(tl.int64)[:, None] * sxn + cs[None, :] * sxc
+            row_mean = tl.load(at, mask=mask, other=0.0).to(tl.float32)
+            row_var = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+        else:
+            idx = ns.to(tl.int64)[:, None] * C + cs[None, :]
+            t1 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+            t2 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+            for sp in range(0, n_splits):
+                t1 += tl.load(s1_ptr + sp * N * C + idx, mask=mask, other=0.0)
+                t2 += tl.load(s2_ptr + sp * N * C + idx, mask=mask, other=0.0)
+            k = tl.load(k_ptr + idx, mask=mask, other=0.0)
+            d = t1 * inv_m
+            row_mean = k + d
+            row_var = t2 * inv_m - d * d
+            row_var = tl.where(row_var < 0.0, 0.0, row_var)
+            tl.store(row_mean_ptr + idx, row_mean, mask=mask & write_rows)
+            tl.store(row_var_ptr + idx, row_var, mask=mask & write_rows)
+        # Moments of xh = x / rho in this chunk, combined with the chunks before.
+        inv = 1.0 / rho
+        mh = row_mean * inv[:, None]
+        vh = row_var * (inv * inv)[:, None]
+        count = n0 * 1.0  # samples combined so far (every earlier chunk is full)
+        nb = tl.minimum(N - n0, BLOCK_N).to(tl.float32)
+        chunk_mean = tl.sum(tl.where(mask, mh, 0.0), 0) / nb
+        dev = tl.where(mask, mh - chunk_mean[None, :], 0.0)
+        chunk_m2 = tl.sum(tl.where(mask, vh, 0.0), 0) + tl.sum(dev * dev, 0)
+        total = count + nb
+        delta = chunk_mean - mean
+        mean += delta * (nb / total)
+        m2 += chunk_m2 + delta * delta * (count * nb / total)
+    return mean, m2 / N, tl.sum(own_rho, 0)
+
+
+@triton.jit
+def _channel_affine(
+    mean, var, w_ptr, b_ptr, cs, cmask, eps, HAS_W: tl.constexpr, HAS_B: tl.constexpr
+):
+    """``invstd``, ``gain = gamma * invstd`` and ``shift = beta - mu * gain`` of the
+    channels ``cs``."""
+    invstd = 1.0 / tl.sqrt_rn(var + eps)
+    gain = invstd
+    if HAS_W:
+        gain = gain * tl.load(w_ptr + cs, mask=cmask, other=0.0).to(tl.float32)
+    shift = -mean * gain
+    if HAS_B:
+        shift += tl.load(b_ptr + cs, mask=cmask, other=0.0).to(tl.float32)
+    return invstd, gain, shift
+
+
+@triton.jit
+def _store_channel_stats(
+    mean,
+    var,
+    invstd,
+    mean_ptr,
+    invstd_ptr,
+    rm_ptr,
+    rv_ptr,
+    cs,
+    mask,
+    factor,
+    unbias,
+    HAS_RM: tl.constexpr,
+    HAS_RV: tl.constexpr,
+):
+    """Writes ``mean`` and ``invstd`` of the channels ``cs`` (where ``mask``) and applies
+    BatchNorm's running-statistics update ``r += factor * (batch - r)`` there, with the
+    unbiased variance ``var * unbias``."""
+    tl.store(mean_ptr + cs, mean, mask=mask)
+    tl.store(invstd_ptr + cs, invstd, mask=mask)
+    if HAS_RM:
+        rm = tl.load(rm_ptr + cs, mask=mask, other=0.0).to(tl.float32)
+        rm += factor * (mean - rm)
+        tl.store(rm_ptr + cs, rm.to(rm_ptr.dtype.element_ty), mask=mask)
+    if HAS_RV:
+        rv = tl.load(rv_ptr + cs, mask=mask, other=0.0).to(tl.float32)
+        rv += factor * (var * unbias - rv)
+        tl.store(rv_ptr + cs, rv.to(rv_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def forward_finalize_kernel(
     x_ptr,
     s1_ptr,
@@ -161,88 +319,59 @@ def forward_finalize_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    """Program ``j``: channels ``[j * BLOCK_C, ...)``, all samples, in chunks of ``BLOCK_N``.
-
-    Per sample: ``rho`` (eq. 3; written by program 0 with the activity mask); per row:
-    mean and population variance of ``x`` (``shift + S1 / M`` and ``S2 / M - (S1 / M)**2``,
-    written for backward unless ``VECTOR``, where ``x`` itself is the row mean); per
-    channel: ``mu`` and ``delta**2`` of ``xh`` (eq. 2) by Chan's combination of chunk
-    means and sums of squared deviations, ``invstd``, ``gain = gamma * invstd``,
-    ``shift = beta - mu * gain``, and the running statistics
-    ``r += factor * (batch - r)`` with the unbiased variance ``delta**2 * unbias``.
-    """
+    """Program ``j``: channels ``[j * BLOCK_C, ...)``, all samples, in chunks of ``BLOCK_N``
+    (:func:`_forward_stats`; ``rho`` written by program 0, the row moments of its channels
+    by each program), then per channel ``invstd``, ``gain = gamma * invstd``,
+    ``shift = beta - mu * gain`` and the running statistics."""
     pid = tl.program_id(0)
     cs = pid * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cs < C
-    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
-    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        ns = n0 + tl.arange(0, BLOCK_N)
-        nmask = ns < N
-        mask = nmask[:, None] & cmask[None, :]
-        sq = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for p0 in range(0, n_parts, BLOCK_P):
-            ps = p0 + tl.arange(0, BLOCK_P)
-            pmask = nmask[:, None] & (ps < n_parts)[None, :]
-            part = tl.load(sq_ptr + ns[:, None] * n_parts + ps[None, :], mask=pmask, other=0.0)
-            sq += tl.sum(part, 1)
-        norm = tl.sqrt_rn(sq)
-        rho = tl.where(norm < l2_eps, l2_eps, norm) * rho_scale
-        first = nmask & (pid == 0)
-        tl.store(rho_ptr + ns, rho, mask=first)
-        tl.store(active_ptr + ns, (norm > l2_eps).to(tl.float32), mask=first)
-        # Row mean and variance of x.
-        if VECTOR:
-            at = x_ptr + ns.to(tl.int64)[:, None] * sxn + cs[None, :] * sxc
-            row_mean = tl.load(at, mask=mask, other=0.0).to(tl.float32)
-            row_var = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
-        else:
-            idx = ns.to(tl.int64)[:, None] * C + cs[None, :]
-            t1 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
-            t2 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
-            for sp in range(0, n_splits):
-                t1 += tl.load(s1_ptr + sp * N * C + idx, mask=mask, other=0.0)
-                t2 += tl.load(s2_ptr + sp * N * C + idx, mask=mask, other=0.0)
-            k = tl.load(k_ptr + idx, mask=mask, other=0.0)
-            d = t1 * inv_m
-            row_mean = k + d
-            row_var = t2 * inv_m - d * d
-            row_var = tl.where(row_var < 0.0, 0.0, row_var)
-            tl.store(row_mean_ptr + idx, row_mean, mask=mask)
-            tl.store(row_var_ptr + idx, row_var, mask=mask)
-        # Moments of xh = x / rho in this chunk, combined with the chunks before.
-        inv = 1.0 / rho
-        mh = row_mean * inv[:, None]
-        vh = row_var * (inv * inv)[:, None]
-        count = n0 * 1.0  # samples combined so far (every earlier chunk is full)
-        nb = tl.minimum(N - n0, BLOCK_N).to(tl.float32)
-        chunk_mean = tl.sum(tl.where(mask, mh, 0.0), 0) / nb
-        dev = tl.where(mask, mh - chunk_mean[None, :], 0.0)
-        chunk_m2 = tl.sum(tl.where(mask, vh, 0.0), 0) + tl.sum(dev * dev, 0)
-        total = count + nb
-        delta = chunk_mean - mean
-        mean += delta * (nb / total)
-        m2 += chunk_m2 + delta * delta * (count * nb / total)
-    var = m2 / N
-    invstd = 1.0 / tl.sqrt_rn(var + eps)
-    gain = invstd
-    if HAS_W:
-        gain = gain * tl.load(w_ptr + cs, mask=cmask, other=0.0).to(tl.float32)
-    shift = -mean * gain
-    if HAS_B:
-        shift += tl.load(b_ptr + cs, mask=cmask, other=0.0).to(tl.float32)
-    tl.store(mean_ptr + cs, mean, mask=cmask)
-    tl.store(invstd_ptr + cs, invstd, mask=cmask)
+    mean, var, _rho = _forward_stats(
+        x_ptr, s1_ptr, s2_ptr, k_ptr, sq_ptr, rho_ptr, active_ptr, row_mean_ptr, row_var_ptr,
+        cs, cmask, -1, pid == 0, True, N, C, sxn, sxc, n_parts, n_splits, inv_m, rho_scale,
+        l2_eps, VECTOR, BLOCK_N, BLOCK_C, BLOCK_P,
+    )  # fmt: skip
+    invstd, gain, shift = _channel_affine(mean, var, w_ptr, b_ptr, cs, cmask, eps, HAS_W, HAS_B)
     tl.store(gain_ptr + cs, gain, mask=cmask)
     tl.store(shift_ptr + cs, shift, mask=cmask)
-    if HAS_RM:
-        rm = tl.load(rm_ptr + cs, mask=cmask, other=0.0).to(tl.float32)
-        rm += factor * (mean - rm)
-        tl.store(rm_ptr + cs, rm.to(rm_ptr.dtype.element_ty), mask=cmask)
-    if HAS_RV:
-        rv = tl.load(rv_ptr + cs, mask=cmask, other=0.0).to(tl.float32)
-        rv += factor * (var * unbias - rv)
-        tl.store(rv_ptr + cs, rv.to(rv_ptr.dtype.element_ty), mask=cmask)
+    _store_channel_stats(
+        mean, var, invstd, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, cs, cmask, factor, unbias,
+        HAS_RM, HAS_RV,
+    )  # fmt: skip
+
+
+@triton.jit
+def _affine_tile(
+    x_ptr,
+    y_ptr,
+    n,
+    cs,
+    cmask,
+    s0,
+    a,
+    shift,
+    M,
+    sxn,
+    sxc,
+    sxs,
+    syn,
+    syc,
+    sys_,
+    BLOCK_S: tl.constexpr,
+):
+    """``y = a[c] * x + shift[c]`` on the tile of sample ``n``, channels ``cs``, positions
+    ``[s0, s0 + BLOCK_S)``."""
+    ss = s0 + tl.arange(0, BLOCK_S)
+    mask = cmask[:, None] & (ss < M)[None, :]
+    v = tl.load(
+        x_ptr + n.to(tl.int64) * sxn + cs[:, None] * sxc + ss[None, :] * sxs, mask=mask, other=0.0
+    ).to(tl.float32)
+    y = v * a[:, None] + shift[:, None]
+    tl.store(
+        y_ptr + n.to(tl.int64) * syn + cs[:, None] * syc + ss[None, :] * sys_,
+        y.to(y_ptr.dtype.element_ty),
+        mask=mask,
+    )
 
 
 @triton.jit
@@ -312,17 +441,97 @@ def affine_kernel(
         gain = tl.load(gain_ptr + cs, mask=cmask, other=0.0)
         shift = tl.load(shift_ptr + cs, mask=cmask, other=0.0)
         a = gain / rho
-    ss = sb * BLOCK_S + tl.arange(0, BLOCK_S)
-    mask = cmask[:, None] & (ss < M)[None, :]
-    v = tl.load(
-        x_ptr + n.to(tl.int64) * sxn + cs[:, None] * sxc + ss[None, :] * sxs, mask=mask, other=0.0
-    ).to(tl.float32)
-    y = v * a[:, None] + shift[:, None]
-    tl.store(
-        y_ptr + n.to(tl.int64) * syn + cs[:, None] * syc + ss[None, :] * sys_,
-        y.to(y_ptr.dtype.element_ty),
-        mask=mask,
-    )
+    _affine_tile(
+        x_ptr, y_ptr, n, cs, cmask, sb * BLOCK_S, a, shift, M, sxn, sxc, sxs, syn, syc, sys_,
+        BLOCK_S,
+    )  # fmt: skip
+
+
+@triton.jit
+def folded_affine_kernel(
+    x_ptr,
+    y_ptr,
+    s1_ptr,
+    s2_ptr,
+    k_ptr,
+    sq_ptr,
+    w_ptr,
+    b_ptr,
+    rm_ptr,
+    rv_ptr,
+    rho_ptr,
+    active_ptr,
+    row_mean_ptr,
+    row_var_ptr,
+    mean_ptr,
+    invstd_ptr,
+    N,
+    C,
+    M,
+    sxn,
+    sxc,
+    sxs,
+    syn,
+    syc,
+    sys_,
+    n_cblocks,
+    n_groups,
+    group_len,
+    n_parts,
+    n_splits,
+    inv_m,
+    rho_scale,
+    l2_eps,
+    eps,
+    factor,
+    unbias,
+    VECTOR: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_RM: tl.constexpr,
+    HAS_RV: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """Program ``(n, channel block, group)``: the training output pass with the forward
+    finalize folded in (small ``N * C``; ``l2bn._impl.triton.ops.plan``).
+
+    Every program recomputes, from the partials of ``row_sums``, ``rho`` of every sample
+    and the channel statistics of its own channels (:func:`_forward_stats`: the same code
+    and order in every program, so the same bits), then writes
+    ``y = x * gain[c] / rho[n] + shift[c]`` on the positions
+    ``[group * group_len, ...)`` of its rows. Each location of the saved statistics is
+    written by one program: ``rho`` and the activity by program 0; the row moments,
+    ``mean``, ``invstd`` and the running statistics of a channel block by that block's
+    program ``(0, block, 0)``. No program reads what another writes.
+    """
+    pid = tl.program_id(0)
+    group = pid % n_groups
+    rest = pid // n_groups
+    cb = rest % n_cblocks
+    n = rest // n_cblocks
+    cs = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cs < C
+    leader = (n == 0) & (group == 0)
+    mean, var, rho = _forward_stats(
+        x_ptr, s1_ptr, s2_ptr, k_ptr, sq_ptr, rho_ptr, active_ptr, row_mean_ptr, row_var_ptr,
+        cs, cmask, n, pid == 0, leader, N, C, sxn, sxc, n_parts, n_splits, inv_m, rho_scale,
+        l2_eps, VECTOR, BLOCK_N, BLOCK_C, BLOCK_P,
+    )  # fmt: skip
+    invstd, gain, shift = _channel_affine(mean, var, w_ptr, b_ptr, cs, cmask, eps, HAS_W, HAS_B)
+    _store_channel_stats(
+        mean, var, invstd, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, cs, cmask & leader, factor,
+        unbias, HAS_RM, HAS_RV,
+    )  # fmt: skip
+    a = gain / rho
+    start = group * group_len
+    stop = tl.minimum(start + group_len, M)
+    for s0 in range(start, stop, BLOCK_S):
+        _affine_tile(
+            x_ptr, y_ptr, n, cs, cmask, s0, a, shift, M, sxn, sxc, sxs, syn, syc, sys_, BLOCK_S
+        )
 
 
 @triton.jit
@@ -471,6 +680,118 @@ def _grad_rows(
 
 
 @triton.jit
+def _grad_channel_sums(
+    dy_ptr,
+    x_ptr,
+    t1_ptr,
+    t2_ptr,
+    rho_ptr,
+    cs,
+    cmask,
+    mu,
+    N,
+    C,
+    sdn,
+    sdc,
+    sxn,
+    sxc,
+    n_splits,
+    VECTOR: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """``(dbeta, sum_n T2 / rho[n])`` of the channels ``cs``: sums over all samples, in
+    chunks of ``BLOCK_N``."""
+    dbeta = tl.zeros([BLOCK_C], dtype=tl.float32)
+    dgs = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        ns = n0 + tl.arange(0, BLOCK_N)
+        nmask = ns < N
+        mask = nmask[:, None] & cmask[None, :]
+        rho = tl.load(rho_ptr + ns, mask=nmask, other=1.0)
+        t1, t2 = _grad_rows(
+            dy_ptr, x_ptr, t1_ptr, t2_ptr, ns, cs, mask, rho, mu, N, C, sdn, sdc, sxn, sxc,
+            n_splits, VECTOR, BLOCK_N, BLOCK_C,
+        )  # fmt: skip
+        dbeta += tl.sum(t1, 0)
+        dgs += tl.sum(tl.where(mask, t2 / rho[:, None], 0.0), 0)
+    return dbeta, dgs
+
+
+@triton.jit
+def _grad_coefficients(dbeta, dgs, mu, invstd, w_ptr, cs, cmask, m_f, count, HAS_W: tl.constexpr):
+    """From the channel sums: ``dgamma = invstd * sum_n T2 / rho``, ``gain = gamma *
+    invstd``, the factors ``k_mean = dbeta * M / K`` and ``k_z = dgamma / K`` of the
+    projection, and ``qc = gain * dgamma * invstd / K``,
+    ``rc = gain * (dgamma * invstd * mu - dbeta) / K`` of ``grad_input`` (``K = N * M``)."""
+    dgamma = invstd * dgs
+    gain = invstd
+    if HAS_W:
+        gain = gain * tl.load(w_ptr + cs, mask=cmask, other=0.0).to(tl.float32)
+    k_mean = dbeta * m_f / count
+    k_z = dgamma / count
+    qc = gain * dgamma * invstd / count
+    rc = gain * (dgamma * invstd * mu - dbeta) / count
+    return dgamma, gain, k_mean, k_z, qc, rc
+
+
+@triton.jit
+def _projection_rows(
+    dy_ptr,
+    x_ptr,
+    t1_ptr,
+    t2_ptr,
+    rho_ptr,
+    row_mean_ptr,
+    row_var_ptr,
+    ns,
+    nmask,
+    cs,
+    cmask,
+    mu,
+    invstd,
+    gain,
+    k_mean,
+    k_z,
+    N,
+    C,
+    sdn,
+    sdc,
+    sxn,
+    sxc,
+    n_splits,
+    m_f,
+    VECTOR: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """The partial projection of the samples ``ns`` over the channels ``cs``:
+    ``sum_c gain * (sum_s xh dy - k_mean * m - k_z * sum_s xh z)``, with ``m``, ``v`` the
+    row mean and variance of ``xh`` (a ``[BLOCK_N]`` vector)."""
+    mask = nmask[:, None] & cmask[None, :]
+    rho = tl.load(rho_ptr + ns, mask=nmask, other=1.0)
+    inv = 1.0 / rho
+    t1, t2 = _grad_rows(
+        dy_ptr, x_ptr, t1_ptr, t2_ptr, ns, cs, mask, rho, mu, N, C, sdn, sdc, sxn, sxc,
+        n_splits, VECTOR, BLOCK_N, BLOCK_C,
+    )  # fmt: skip
+    if VECTOR:
+        xv = tl.load(
+            x_ptr + ns.to(tl.int64)[:, None] * sxn + cs[None, :] * sxc, mask=mask, other=0.0
+        ).to(tl.float32)
+        m = xv * inv[:, None]
+        v = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+    else:
+        idx = ns.to(tl.int64)[:, None] * C + cs[None, :]
+        m = tl.load(row_mean_ptr + idx, mask=mask, other=0.0) * inv[:, None]
+        v = tl.load(row_var_ptr + idx, mask=mask, other=0.0) * (inv * inv)[:, None]
+    xh_dy = t2 * inv[:, None] + mu[None, :] * t1
+    xh_z = invstd[None, :] * m_f * (v + m * (m - mu[None, :]))
+    term = gain[None, :] * (xh_dy - k_mean[None, :] * m - k_z[None, :] * xh_z)
+    return tl.sum(tl.where(mask, term, 0.0), 1)
+
+
+@triton.jit
 def backward_finalize_kernel(
     dy_ptr,
     x_ptr,
@@ -506,71 +827,92 @@ def backward_finalize_kernel(
 ):
     """Program ``j``: channels ``[j * BLOCK_C, ...)`` over all samples.
 
-    Pass 1: ``dbeta = sum_n T1`` and ``dgamma = invstd * sum_n T2 / rho[n]`` (written to
-    ``db`` and ``dw``, in their dtypes). Pass 2 (``INPUT_GRAD``): with ``m``, ``v`` the row
-    mean and variance of ``xh``, the partial projection
-    ``epart[n, j] = sum_c gain * (sum_s xh dy - (dbeta * M * m + dgamma * sum_s xh z) / K)``
-    and the per-channel coefficients ``gain``, ``qc = gain * dgamma * invstd / K`` and
-    ``rc = gain * (dgamma * invstd * mu - dbeta) / K`` of ``grad_input`` (``K = N * M``).
+    Pass 1 (:func:`_grad_channel_sums`): ``dbeta = sum_n T1`` and
+    ``dgamma = invstd * sum_n T2 / rho[n]`` (written to ``db`` and ``dw``, in their
+    dtypes). Pass 2 (``INPUT_GRAD``): the partial projection ``epart[n, j]``
+    (:func:`_projection_rows`) and the per-channel coefficients ``gain``, ``qc``, ``rc`` of
+    ``grad_input`` (:func:`_grad_coefficients`).
     """
     pid = tl.program_id(0)
     cs = pid * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cs < C
     mu = tl.load(mean_ptr + cs, mask=cmask, other=0.0)
     invstd = tl.load(invstd_ptr + cs, mask=cmask, other=0.0)
-    dbeta = tl.zeros([BLOCK_C], dtype=tl.float32)
-    dgs = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        ns = n0 + tl.arange(0, BLOCK_N)
-        nmask = ns < N
-        mask = nmask[:, None] & cmask[None, :]
-        rho = tl.load(rho_ptr + ns, mask=nmask, other=1.0)
-        t1, t2 = _grad_rows(
-            dy_ptr, x_ptr, t1_ptr, t2_ptr, ns, cs, mask, rho, mu, N, C, sdn, sdc, sxn, sxc,
-            n_splits, VECTOR, BLOCK_N, BLOCK_C,
-        )  # fmt: skip
-        dbeta += tl.sum(t1, 0)
-        dgs += tl.sum(tl.where(mask, t2 / rho[:, None], 0.0), 0)
-    dgamma = invstd * dgs
+    dbeta, dgs = _grad_channel_sums(
+        dy_ptr, x_ptr, t1_ptr, t2_ptr, rho_ptr, cs, cmask, mu, N, C, sdn, sdc, sxn, sxc,
+        n_splits, VECTOR, BLOCK_N, BLOCK_C,
+    )  # fmt: skip
+    dgamma, gain, k_mean, k_z, qc, rc = _grad_coefficients(
+        dbeta, dgs, mu, invstd, w_ptr, cs, cmask, m_f, count, HAS_W
+    )
     if HAS_W:
         tl.store(dw_ptr + cs, dgamma.to(dw_ptr.dtype.element_ty), mask=cmask)
     tl.store(db_ptr + cs, dbeta.to(db_ptr.dtype.element_ty), mask=cmask)
     if INPUT_GRAD:
-        gain = invstd
-        if HAS_W:
-            gain = gain * tl.load(w_ptr + cs, mask=cmask, other=0.0).to(tl.float32)
-        k_mean = dbeta * m_f / count
-        k_z = dgamma / count
         for n0 in range(0, N, BLOCK_N):
             ns = n0 + tl.arange(0, BLOCK_N)
             nmask = ns < N
-            mask = nmask[:, None] & cmask[None, :]
-            rho = tl.load(rho_ptr + ns, mask=nmask, other=1.0)
-            inv = 1.0 / rho
-            t1, t2 = _grad_rows(
-                dy_ptr, x_ptr, t1_ptr, t2_ptr, ns, cs, mask, rho, mu, N, C, sdn, sdc, sxn,
-                sxc, n_splits, VECTOR, BLOCK_N, BLOCK_C,
+            part = _projection_rows(
+                dy_ptr, x_ptr, t1_ptr, t2_ptr, rho_ptr, row_mean_ptr, row_var_ptr, ns, nmask,
+                cs, cmask, mu, invstd, gain, k_mean, k_z, N, C, sdn, sdc, sxn, sxc, n_splits,
+                m_f, VECTOR, BLOCK_N, BLOCK_C,
             )  # fmt: skip
-            if VECTOR:
-                xv = tl.load(
-                    x_ptr + ns.to(tl.int64)[:, None] * sxn + cs[None, :] * sxc,
-                    mask=mask,
-                    other=0.0,
-                ).to(tl.float32)
-                m = xv * inv[:, None]
-                v = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
-            else:
-                idx = ns.to(tl.int64)[:, None] * C + cs[None, :]
-                m = tl.load(row_mean_ptr + idx, mask=mask, other=0.0) * inv[:, None]
-                v = tl.load(row_var_ptr + idx, mask=mask, other=0.0) * (inv * inv)[:, None]
-            xh_dy = t2 * inv[:, None] + mu[None, :] * t1
-            xh_z = invstd[None, :] * m_f * (v + m * (m - mu[None, :]))
-            term = gain[None, :] * (xh_dy - k_mean[None, :] * m - k_z[None, :] * xh_z)
-            term = tl.where(mask, term, 0.0)
-            tl.store(epart_ptr + ns.to(tl.int64) * n_programs + pid, tl.sum(term, 1), mask=nmask)
+            tl.store(epart_ptr + ns.to(tl.int64) * n_programs + pid, part, mask=nmask)
         tl.store(gain_ptr + cs, gain, mask=cmask)
-        tl.store(qc_ptr + cs, gain * dgamma * invstd / count, mask=cmask)
-        tl.store(rc_ptr + cs, gain * (dgamma * invstd * mu - dbeta) / count, mask=cmask)
+        tl.store(qc_ptr + cs, qc, mask=cmask)
+        tl.store(rc_ptr + cs, rc, mask=cmask)
+
+
+@triton.jit
+def _sample_coefficients(gain, qc, rc, e, rho, active, proj_scale):
+    """``P = gain / rho``, ``Q = -(qc + proj) / rho**2``, ``R = rc / rho`` of one sample,
+    where ``proj = e * proj_scale`` if its norm was not clamped (eq. 3's projection;
+    ``proj_scale = 1 / D`` for the scaled form) and 0 otherwise."""
+    proj = tl.where(active > 0.0, e * proj_scale, 0.0)
+    inv = 1.0 / rho
+    return gain * inv, -(qc + proj) * (inv * inv), rc * inv
+
+
+@triton.jit
+def _grad_tile(
+    dy_ptr,
+    x_ptr,
+    dx_ptr,
+    n,
+    cs,
+    cmask,
+    s0,
+    p,
+    q,
+    r,
+    M,
+    sdn,
+    sdc,
+    sds,
+    sxn,
+    sxc,
+    sxs,
+    son,
+    soc,
+    sos,
+    BLOCK_S: tl.constexpr,
+):
+    """``dx = p[c] * dy + q[c] * x + r[c]`` on the tile of sample ``n``, channels ``cs``,
+    positions ``[s0, s0 + BLOCK_S)``."""
+    ss = s0 + tl.arange(0, BLOCK_S)
+    mask = cmask[:, None] & (ss < M)[None, :]
+    g = tl.load(
+        dy_ptr + n.to(tl.int64) * sdn + cs[:, None] * sdc + ss[None, :] * sds, mask=mask, other=0.0
+    ).to(tl.float32)
+    v = tl.load(
+        x_ptr + n.to(tl.int64) * sxn + cs[:, None] * sxc + ss[None, :] * sxs, mask=mask, other=0.0
+    ).to(tl.float32)
+    dx = p[:, None] * g + q[:, None] * v + r[:, None]
+    tl.store(
+        dx_ptr + n.to(tl.int64) * son + cs[:, None] * soc + ss[None, :] * sos,
+        dx.to(dx_ptr.dtype.element_ty),
+        mask=mask,
+    )
 
 
 @triton.jit
@@ -605,9 +947,8 @@ def grad_input_kernel(
     BLOCK_P: tl.constexpr,
 ):
     """Program ``(n, channel block, position block)``: ``dx = P * dy + Q * x + R`` with
-    ``P = gain / rho``, ``Q = -(qc + proj[n]) / rho**2``, ``R = rc / rho``, where
-    ``proj[n] = e[n] * proj_scale`` for samples whose norm was not clamped (eq. 3's
-    projection; ``proj_scale = 1 / D`` for the scaled form) and 0 otherwise.
+    the coefficients of :func:`_sample_coefficients`, ``e[n]`` being the sum of the
+    ``n_parts`` partial projections of ``backward_finalize``.
 
     ``ROWS``: ``P``, ``Q``, ``R`` are read whole from contiguous ``(N, C)`` arrays at
     ``gain``, ``qc``, ``rc`` (SyncL2BatchNorm's input gradient, whose coefficients hold
@@ -630,32 +971,132 @@ def grad_input_kernel(
         for p0 in range(0, n_parts, BLOCK_P):
             ps = p0 + tl.arange(0, BLOCK_P)
             total += tl.load(base + ps, mask=ps < n_parts, other=0.0)
-        active = tl.load(active_ptr + n)
-        proj = tl.where(active > 0.0, tl.sum(total, 0) * proj_scale, 0.0)
-        inv = 1.0 / tl.load(rho_ptr + n)
-        p = tl.load(gain_ptr + cs, mask=cmask, other=0.0) * inv
-        q = -(tl.load(qc_ptr + cs, mask=cmask, other=0.0) + proj) * (inv * inv)
-        r = tl.load(rc_ptr + cs, mask=cmask, other=0.0) * inv
-    ss = sb * BLOCK_S + tl.arange(0, BLOCK_S)
-    mask = cmask[:, None] & (ss < M)[None, :]
-    g = tl.load(
-        dy_ptr + n.to(tl.int64) * sdn + cs[:, None] * sdc + ss[None, :] * sds, mask=mask, other=0.0
-    ).to(tl.float32)
-    v = tl.load(
-        x_ptr + n.to(tl.int64) * sxn + cs[:, None] * sxc + ss[None, :] * sxs, mask=mask, other=0.0
-    ).to(tl.float32)
-    dx = p[:, None] * g + q[:, None] * v + r[:, None]
-    tl.store(
-        dx_ptr + n.to(tl.int64) * son + cs[:, None] * soc + ss[None, :] * sos,
-        dx.to(dx_ptr.dtype.element_ty),
-        mask=mask,
-    )
+        p, q, r = _sample_coefficients(
+            tl.load(gain_ptr + cs, mask=cmask, other=0.0),
+            tl.load(qc_ptr + cs, mask=cmask, other=0.0),
+            tl.load(rc_ptr + cs, mask=cmask, other=0.0),
+            tl.sum(total, 0),
+            tl.load(rho_ptr + n),
+            tl.load(active_ptr + n),
+            proj_scale,
+        )
+    _grad_tile(
+        dy_ptr, x_ptr, dx_ptr, n, cs, cmask, sb * BLOCK_S, p, q, r, M, sdn, sdc, sds, sxn, sxc,
+        sxs, son, soc, sos, BLOCK_S,
+    )  # fmt: skip
+
+
+@triton.jit
+def folded_grad_input_kernel(
+    dy_ptr,
+    x_ptr,
+    dx_ptr,
+    t1_ptr,
+    t2_ptr,
+    rho_ptr,
+    active_ptr,
+    row_mean_ptr,
+    row_var_ptr,
+    mean_ptr,
+    invstd_ptr,
+    w_ptr,
+    dw_ptr,
+    db_ptr,
+    N,
+    C,
+    M,
+    sdn,
+    sdc,
+    sds,
+    sxn,
+    sxc,
+    sxs,
+    son,
+    soc,
+    sos,
+    n_cblocks,
+    n_groups,
+    group_len,
+    n_splits,
+    m_f,
+    count,
+    proj_scale,
+    VECTOR: tl.constexpr,
+    HAS_W: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    """Program ``(n, channel block, group)``: the input gradient with the backward
+    finalize folded in (small ``N * C``; ``l2bn._impl.triton.ops.plan``).
+
+    ``e[n]`` sums over every channel, so every program walks all channels in blocks of
+    ``BLOCK_C`` (in the same order in every program): the channel sums of
+    :func:`_grad_channel_sums` over all samples, the coefficients of
+    :func:`_grad_coefficients`, and sample ``n``'s share of the projection
+    (:func:`_projection_rows` on one row); it keeps the coefficients of its own channel
+    block, then writes ``dx = P * dy + Q * x + R`` on the positions
+    ``[group * group_len, ...)`` of its rows. ``dweight`` and ``dbias`` are written by
+    program 0 only.
+    """
+    pid = tl.program_id(0)
+    group = pid % n_groups
+    rest = pid // n_groups
+    cb = rest % n_cblocks
+    n = rest // n_cblocks
+    first = pid == 0
+    mine = cb * BLOCK_C
+    ns = n + tl.arange(0, 1)
+    nmask = ns < N
+    e = tl.zeros([1], dtype=tl.float32)
+    gain_own = tl.zeros([BLOCK_C], dtype=tl.float32)
+    qc_own = tl.zeros([BLOCK_C], dtype=tl.float32)
+    rc_own = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        cmask = cs < C
+        mu = tl.load(mean_ptr + cs, mask=cmask, other=0.0)
+        invstd = tl.load(invstd_ptr + cs, mask=cmask, other=0.0)
+        dbeta, dgs = _grad_channel_sums(
+            dy_ptr, x_ptr, t1_ptr, t2_ptr, rho_ptr, cs, cmask, mu, N, C, sdn, sdc, sxn, sxc,
+            n_splits, VECTOR, BLOCK_N, BLOCK_C,
+        )  # fmt: skip
+        dgamma, gain, k_mean, k_z, qc, rc = _grad_coefficients(
+            dbeta, dgs, mu, invstd, w_ptr, cs, cmask, m_f, count, HAS_W
+        )
+        if HAS_W:
+            tl.store(dw_ptr + cs, dgamma.to(dw_ptr.dtype.element_ty), mask=cmask & first)
+        tl.store(db_ptr + cs, dbeta.to(db_ptr.dtype.element_ty), mask=cmask & first)
+        e += _projection_rows(
+            dy_ptr, x_ptr, t1_ptr, t2_ptr, rho_ptr, row_mean_ptr, row_var_ptr, ns, nmask, cs,
+            cmask, mu, invstd, gain, k_mean, k_z, N, C, sdn, sdc, sxn, sxc, n_splits, m_f,
+            VECTOR, 1, BLOCK_C,
+        )  # fmt: skip
+        own = c0 == mine
+        gain_own = tl.where(own, gain, gain_own)
+        qc_own = tl.where(own, qc, qc_own)
+        rc_own = tl.where(own, rc, rc_own)
+    p, q, r = _sample_coefficients(
+        gain_own, qc_own, rc_own, tl.sum(e, 0), tl.load(rho_ptr + n), tl.load(active_ptr + n),
+        proj_scale,
+    )  # fmt: skip
+    cs = mine + tl.arange(0, BLOCK_C)
+    cmask = cs < C
+    start = group * group_len
+    stop = tl.minimum(start + group_len, M)
+    for s0 in range(start, stop, BLOCK_S):
+        _grad_tile(
+            dy_ptr, x_ptr, dx_ptr, n, cs, cmask, s0, p, q, r, M, sdn, sdc, sds, sxn, sxc, sxs,
+            son, soc, sos, BLOCK_S,
+        )  # fmt: skip
 
 
 __all__ = [
     "affine_kernel",
     "backward_finalize_kernel",
     "eval_sample_kernel",
+    "folded_affine_kernel",
+    "folded_grad_input_kernel",
     "forward_finalize_kernel",
     "grad_input_kernel",
     "grad_sums_kernel",

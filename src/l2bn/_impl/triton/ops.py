@@ -21,6 +21,15 @@ may hold no sample (``N = 0``: nothing is launched):
 * ``grad_row_sums(dy, x, mean, rho) -> (sum_s dy, sum_s dy * (x - mean[c] * rho[n]))``;
 * ``grad_combine(dy, x, p, q, r) -> dx = p[n, c] * dy + q[n, c] * x + r[n, c]``.
 
+The two training operators take one of two paths, decided by :func:`plan` alone
+(``N * C <= FOLD_MAX_STATS``, 8192, with enough programs left for the row sums): folded,
+the ``O(N * C)`` finalize runs inside the output kernel (forward ``row_sums`` +
+``folded_affine``, backward ``grad_sums`` + ``folded_grad_input``, the latter alone for
+``(N, C)`` input), every output program recomputing what it needs of it; otherwise the
+finalize is a launch of its own (three per pass, two for the ``(N, C)`` backward). A
+backward without ``input_grad`` has no output pass and runs the unfolded finalize either
+way.
+
 Shapes and dtypes: ``x`` is ``(N, C, *S)`` in float32, float16 or bfloat16 (NCHW-like,
 channels_last or any strides that view as ``(N, C, M)`` or ``(N, M, C)``; others are
 copied to contiguous first); ``y``, ``dx`` have ``x``'s shape, dtype and layout;
@@ -127,10 +136,18 @@ class Geometry:
         return (self.n * self.n_cblocks * self.n_sblocks,)
 
 
-def geometry(n: int, c: int, m: int, channels_fast: bool, tiling: Tiling | None = None) -> Geometry:
+def geometry(
+    n: int,
+    c: int,
+    m: int,
+    channels_fast: bool,
+    tiling: Tiling | None = None,
+    max_splits: int | None = None,
+) -> Geometry:
     """Tile ``[block_c, block_s]`` oriented along the contiguous dimension; positions split
-    into ``n_splits`` ranges when ``n * n_cblocks`` programs would not fill the device.
-    ``tiling`` defaults to the module's ``TILING`` as it is at the call."""
+    into ``n_splits`` ranges (at most ``max_splits``) when ``n * n_cblocks`` programs would
+    not fill the device. ``tiling`` defaults to the module's ``TILING`` as it is at the
+    call."""
     tiling = TILING if tiling is None else tiling
     if channels_fast or m == 1:
         block_c = min(_pow2(c), tiling.max_block_c)
@@ -141,6 +158,8 @@ def geometry(n: int, c: int, m: int, channels_fast: bool, tiling: Tiling | None 
     n_cblocks = -(-c // block_c)
     n_sblocks = -(-m // block_s)
     wanted = -(-tiling.target_programs // (n * n_cblocks))
+    if max_splits is not None:
+        wanted = min(wanted, max_splits)
     n_splits = max(1, min(wanted, n_sblocks))
     split_len = -(-n_sblocks // n_splits) * block_s
     n_splits = -(-m // split_len)
@@ -149,8 +168,73 @@ def geometry(n: int, c: int, m: int, channels_fast: bool, tiling: Tiling | None 
 
 def _finalize_blocks(n: int, c: int) -> tuple[int, int]:
     block_c = min(_pow2(c), TILING.finalize_block_c)
-    block_n = min(_pow2(n), max(1, TILING.finalize_tile // block_c))
-    return block_n, block_c
+    return _finalize_block_n(n, block_c), block_c
+
+
+def _finalize_block_n(n: int, block_c: int) -> int:
+    """Samples per finalize chunk of ``block_c`` channels."""
+    return min(_pow2(n), max(1, TILING.finalize_tile // block_c))
+
+
+# --------------------------------------------------------------------------------------
+# The finalize folded into the output pass (small N * C)
+
+FOLD_MAX_STATS = 8192
+"""Largest ``N * C`` whose ``O(N * C)`` finalize is folded into the output kernels (training
+forward and backward one launch shorter; :func:`plan` decides). Tests set it to force
+either path.
+
+Folding trades a launch for redundant loads: every output program re-reads the partial
+sums its part of the finalize needs (forward ``N * (n_parts + (2 * n_splits + 1) *
+BLOCK_C)`` values, backward ``2 * n_splits * N * C`` plus ``N`` per channel block), where
+the standalone finalize reads them once. :func:`plan` caps ``n_splits * N * C`` at this
+threshold too, so a program re-reads at most about ``4 * FOLD_MAX_STATS`` float32 values
+(128 KiB, from partials of at most 32 KiB per array that stay in L2 and L1), and
+:func:`folded_groups` keeps a folded pass near ``TILING.target_programs`` programs, so the
+redundant loads of one launch are bounded whatever the spatial size. 8192 is the smallest
+power of two that takes both CIFAR shapes of the issue's target (``128 x 16`` and
+``128 x 64``), where launches dominate; ImageNet-sized layers (``N * C >= 16384``) keep
+the three launches, which there are a small part of bandwidth-bound passes. The number
+is a bound from this cost model, not a measured optimum (nothing here has run on a GPU).
+"""
+
+FOLD_MAX_SPLIT_TILES = 4
+"""Where the cap on position splits binds, a folded pass's row sums still run on enough
+programs: each reads at most this many tiles (``TILING.tile`` values), else the pass is
+not folded (channels_last input with many positions, whose row sums would otherwise run
+on a few long programs)."""
+
+
+def plan(n: int, c: int, m: int, channels_fast: bool) -> tuple[Geometry, bool]:
+    """``(geometry, folded)`` of a training pass (forward and backward alike): the one
+    place that decides whether the finalize is folded into the output kernel.
+
+    Folded when ``N * C <= FOLD_MAX_STATS``, with the positions split into at most
+    ``FOLD_MAX_STATS // (N * C)`` ranges, so that the per-split partial sums every output
+    program re-reads hold at most ``FOLD_MAX_STATS`` values per array; unless that cap
+    leaves a reduction program more than ``FOLD_MAX_SPLIT_TILES`` tiles of positions
+    where the unfolded geometry has fewer. Otherwise the unfolded geometry."""
+    geo = geometry(n, c, m, channels_fast)
+    if n * c > FOLD_MAX_STATS:
+        return geo, False
+    cap = FOLD_MAX_STATS // max(n * c, 1)
+    if geo.n_splits <= cap:
+        return geo, True
+    capped = geometry(n, c, m, channels_fast, max_splits=cap)
+    if capped.block_c * capped.split_len <= FOLD_MAX_SPLIT_TILES * TILING.tile:
+        return capped, True
+    return geo, False
+
+
+def folded_groups(geo: Geometry) -> tuple[int, int]:
+    """``(n_groups, group_len)`` of a folded output pass: each program covers
+    ``group_len`` positions (whole position blocks) of its rows, so that there are at most
+    about ``TILING.target_programs`` programs, each paying the redundant finalize once."""
+    rows = geo.n * geo.n_cblocks
+    per = max(1, -(-rows * geo.n_sblocks // TILING.target_programs))
+    per = min(per, geo.n_sblocks)
+    n_groups = -(-geo.n_sblocks // per)
+    return n_groups, per * geo.block_s
 
 
 def _rho_scale(x: Tensor, scale: bool) -> float:
@@ -267,6 +351,50 @@ def _affine(
     )  # fmt: skip
 
 
+def _folded_affine(
+    x: Tensor,
+    strides: tuple[int, int, int],
+    y: Tensor,
+    geo: Geometry,
+    partials: tuple[Tensor, Tensor, Tensor, Tensor],
+    stats: tuple[Tensor, ...],
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    momentum: float,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+    vector: bool,
+) -> None:
+    """Launch ``folded_affine`` on the partials of ``row_sums``: the finalize and the
+    output pass in one launch; writes ``y``, ``stats`` (``rho, active, row_mean, row_var,
+    mean, invstd``) and the running statistics given."""
+    s1, s2, shifts, sq = partials
+    rho, active, row_mean, row_var, mean, invstd = stats
+    n, c, m = geo.n, geo.c, geo.m
+    sxn, sxc, sxs = strides
+    syn, syc, sys_ = ncm_strides(y)
+    n_groups, group_len = folded_groups(geo)
+    count = n * m
+    _launch(
+        K.folded_affine_kernel, (n * geo.n_cblocks * n_groups,),
+        x, y, s1, s2, shifts, sq,
+        mean if weight is None else weight, mean if bias is None else bias,
+        mean if running_mean is None else running_mean,
+        mean if running_var is None else running_var,
+        rho, active, row_mean, row_var, mean, invstd,
+        n, c, m, sxn, sxc, sxs, syn, syc, sys_,
+        geo.n_cblocks, n_groups, group_len, geo.n_parts, geo.n_splits,
+        1.0 / m, _rho_scale(x, scale), l2_eps, eps, momentum, count / max(count - 1, 1),
+        VECTOR=vector, HAS_W=weight is not None, HAS_B=bias is not None,
+        HAS_RM=running_mean is not None, HAS_RV=running_var is not None,
+        BLOCK_N=_finalize_block_n(n, geo.block_c), BLOCK_C=geo.block_c, BLOCK_S=geo.block_s,
+        BLOCK_P=min(_pow2(geo.n_parts), TILING.block_p),
+    )  # fmt: skip
+
+
 def _grad_sums(
     dy: Tensor,
     dy_strides: tuple[int, int, int],
@@ -320,6 +448,42 @@ def _grad_input(
     )  # fmt: skip
 
 
+def _folded_grad_input(
+    dy: Tensor,
+    dy_strides: tuple[int, int, int],
+    x: Tensor,
+    x_strides: tuple[int, int, int],
+    dx: Tensor,
+    geo: Geometry,
+    sums: tuple[Tensor, Tensor],
+    stats: tuple[Tensor, ...],
+    weight: Tensor | None,
+    grads: tuple[Tensor, Tensor],
+    scale: bool,
+    vector: bool,
+) -> None:
+    """Launch ``folded_grad_input``: the backward finalize and the input gradient in one
+    launch; writes ``dx`` and ``grads`` (``dweight``, ``dbias``)."""
+    t1, t2 = sums
+    rho, active, row_mean, row_var, mean, invstd = stats
+    dweight, dbias = grads
+    n, c, m = geo.n, geo.c, geo.m
+    sdn, sdc, sds = dy_strides
+    sxn, sxc, sxs = x_strides
+    son, soc, sos = ncm_strides(dx)
+    n_groups, group_len = folded_groups(geo)
+    _launch(
+        K.folded_grad_input_kernel, (n * geo.n_cblocks * n_groups,),
+        dy, x, dx, t1, t2, rho, active, row_mean, row_var, mean, invstd,
+        mean if weight is None else weight, dweight, dbias,
+        n, c, m, sdn, sdc, sds, sxn, sxc, sxs, son, soc, sos,
+        geo.n_cblocks, n_groups, group_len, geo.n_splits, float(m), float(n * m),
+        1.0 / (c * m) if scale else 1.0,
+        VECTOR=vector, HAS_W=weight is not None,
+        BLOCK_N=_finalize_block_n(n, geo.block_c), BLOCK_C=geo.block_c, BLOCK_S=geo.block_s,
+    )  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------
 # train_forward
 
@@ -347,8 +511,14 @@ def _train_forward(
     outputs = (y, rho, active, row_mean, row_var, mean, invstd)
     if not launch:
         return outputs
-    geo = geometry(n, c, m, strides[1] == 1)
+    geo, fold = plan(n, c, m, strides[1] == 1)
     partials = _row_sums(x, strides, geo, write_sums=not vector)
+    if fold:
+        _folded_affine(
+            x, strides, y, geo, partials, outputs[1:], weight, bias, running_mean, running_var,
+            momentum, eps, l2_eps, scale, vector,
+        )  # fmt: skip
+        return outputs
     gain, shift = _f32(x, c), _f32(x, c)
     stats = (rho, active, row_mean, row_var, mean, invstd, gain, shift)
     _forward_finalize(
@@ -371,7 +541,8 @@ def train_forward(
     l2_eps: float,
     scale: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Training-mode L2BN (eqs. 2-3): three kernel launches, running statistics updated."""
+    """Training-mode L2BN (eqs. 2-3), running statistics updated: two kernel launches
+    where the finalize is folded into the output pass (:func:`plan`), else three."""
     return _train_forward(
         x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale, True
     )
@@ -413,12 +584,19 @@ def _train_backward(
     outputs = (dx, dweight, dbias)
     if not launch:
         return outputs
-    geo = geometry(n, c, m, x_strides[1] == 1)
+    geo, fold = plan(n, c, m, x_strides[1] == 1)
     if vector:
         t1 = t2 = _f32(x, 1)  # the finalize reads dy and x directly
     else:
         shape = (geo.n_splits * n * c,)
         t1, t2 = _grad_sums(dy, dy_strides, x, x_strides, geo, rho, mean, shape)
+    if fold and input_grad:
+        stats = (rho, active, row_mean, row_var, mean, invstd)
+        _folded_grad_input(
+            dy, dy_strides, x, x_strides, dx, geo, (t1, t2), stats, weight, (dweight, dbias),
+            scale, vector,
+        )  # fmt: skip
+        return outputs
     block_n, block_c = _finalize_blocks(n, c)
     programs = -(-c // block_c)
     epart = _f32(x, n * programs)
@@ -455,8 +633,11 @@ def train_backward(
     scale: bool,
     input_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of training-mode L2BN from ``x`` and the forward's statistics: three
-    launches (two for ``(N, C)`` input; one fewer without ``input_grad``)."""
+    """Gradients of training-mode L2BN from ``x`` and the forward's statistics: two
+    launches where the finalize is folded into the input-gradient pass
+    (:func:`plan`; one for ``(N, C)`` input), else three (two for ``(N, C)``);
+    without ``input_grad`` the row sums and the finalize (the finalize alone for
+    ``(N, C)``)."""
     return _train_backward(
         dy, x, weight, rho, active, row_mean, row_var, mean, invstd, scale, input_grad, True
     )
