@@ -249,6 +249,36 @@ def test_jit_trace(backend, training, grad_enabled, tmp_path):
     torch.testing.assert_close(gx, gx_ref)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_jit_trace_at_another_spatial_size(backend, training):
+    """sqrt(D) of eq. (3) stays a function of the input's shape in the traced graph: a trace
+    recorded at 4x4 normalizes 7x5 input by sqrt(3 * 7 * 5), not by sqrt(3 * 4 * 4)."""
+    layer = _layer(training=training)
+    traced = torch.jit.trace(copy.deepcopy(layer), (_input(),), check_trace=False)
+    ref_layer = _layer(training=training)
+    rm, rv = ref_layer.running_mean, ref_layer.running_var
+    if training:  # the trace ran once: advance the reference's statistics too
+        reference_l2bn(_input(), rm, rv, None, None, True, 0.1, 1e-5)
+    x = _input((5, 3, 7, 5), seed=3)
+    y = traced(x)
+    ref = reference_l2bn(x, rm, rv, ref_layer.weight, ref_layer.bias, training, 0.1, 1e-5)
+    torch.testing.assert_close(y, ref)
+    torch.testing.assert_close(traced.running_var, rv)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_export_with_dynamic_spatial_dims(backend, training):
+    """torch.export with symbolic H and W: the exported program is right at other sizes, or
+    export refuses; it never keeps the traced size's sqrt(D)."""
+    layer = _layer(dtype=torch.float32, training=training)
+    dims = {"input": {2: torch.export.Dim("h", min=2), 3: torch.export.Dim("w", min=2)}}
+    exported = torch.export.export(copy.deepcopy(layer), (_input(dtype=torch.float32),),
+                                   dynamic_shapes=dims)  # fmt: skip
+    x = _input((4, 3, 7, 5), seed=3, dtype=torch.float32)
+    ref = _reference(copy.deepcopy(layer).double(), x.double(), training)
+    torch.testing.assert_close(exported.module()(x).double(), ref, rtol=1e-5, atol=1e-5)
+
+
 # ----- registered operators ----------------------------------------------------------
 
 
@@ -332,18 +362,21 @@ def test_onnx_export_runs_in_onnxruntime(dynamo, grad_enabled, tmp_path):
     x = torch.randn(2, 3, 6, 6)
     with torch.set_grad_enabled(grad_enabled):
         if dynamo:
-            batch = torch.export.Dim("batch", min=1)
+            dims = {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("h", min=3),
+                    3: torch.export.Dim("w", min=3)}  # fmt: skip
             program = torch.onnx.export(
-                model, (x,), dynamo=True, dynamic_shapes={"input": {0: batch}}, verbose=False
+                model, (x,), dynamo=True, dynamic_shapes={"input": dims}, verbose=False
             )
             program.save(str(path))
         else:
             torch.onnx.export(
                 model, (x,), str(path), dynamo=False, input_names=["x"],
-                dynamic_axes={"x": {0: "batch"}},
+                dynamic_axes={"x": {0: "batch", 2: "h", 3: "w"}},
             )  # fmt: skip
     session = ort.InferenceSession(str(path))
-    x5 = _input((5, 3, 6, 6), dtype=torch.float32)
+    # Another batch and another spatial size than the export's: sqrt(D) of eq. (3) must
+    # follow the input (D = 4 * 7 * 5 here, 4 * 4 * 4 when exported).
+    x5 = _input((5, 3, 9, 7), dtype=torch.float32)
     out = session.run(None, {session.get_inputs()[0].name: x5.numpy()})[0]
     conv = copy.deepcopy(model[0]).double()
     norm = model[1]

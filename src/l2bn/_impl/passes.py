@@ -342,8 +342,10 @@ def scale_shift(
     ``x``, e.g. from :func:`input_sums`) is filled and returned when given and usable.
     """
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, a, b))
-    if grad:
-        out = None  # recorded by autograd (eval with gradients), which refuses out=
+    if grad or compiling():
+        # Recorded by autograd (eval with gradients), which refuses out=; or by
+        # torch.compile / torch.export, whose graphs may later run with gradients.
+        out = None
     if _fast(x):
         if value != 1.0:
             a, value = a * value, 1.0
@@ -352,7 +354,7 @@ def scale_shift(
             a, b = a.to(x.dtype), b.to(x.dtype)
         if _bn_kernel_applies(x) and (out is None or out.is_contiguous()):
             return _row_affine_bn(x, a, b, out)
-    elif out is None and not grad and a.dtype != x.dtype:
+    elif out is None and not grad and not compiling() and a.dtype != x.dtype:
         out = torch.empty_like(x)  # generic: written in x's dtype, no full-size float32 tensor
     b, a = b.reshape(channel_shape(x)), a.reshape(coeff_shape(x))
     y = torch.addcmul(b, x, a, value=value, out=out)
