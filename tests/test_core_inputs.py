@@ -98,7 +98,7 @@ def test_eps_must_be_positive_in_training():
 
 
 def test_negative_l2_eps_is_rejected():
-    with pytest.raises(ValueError, match="l2_eps must be non-negative"):
+    with pytest.raises(ValueError, match="l2bn: l2_eps must be non-negative"):
         L2BatchNorm2d(3, l2_eps=-1.0)
 
 

@@ -50,7 +50,7 @@ class FrozenL2BatchNorm(nn.Module):
     ) -> None:
         super().__init__()
         if l2_eps < 0:
-            raise ValueError(f"l2_eps must be non-negative, got {l2_eps}")
+            raise ValueError(f"l2bn: l2_eps must be non-negative, got {l2_eps}")
         factory = {"device": device, "dtype": dtype}
         self.num_features = num_features
         self.eps = eps

@@ -60,7 +60,7 @@ class _L2BatchNorm(_NormBase):
             **extra,
         )
         if l2_eps < 0:
-            raise ValueError(f"l2_eps must be non-negative, got {l2_eps}")
+            raise ValueError(f"l2bn: l2_eps must be non-negative, got {l2_eps}")
         self.l2_eps = float(l2_eps)
         self.scale = bool(scale)
 

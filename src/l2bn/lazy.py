@@ -38,7 +38,7 @@ class _LazyL2Init:
             eps, momentum, affine, track_running_stats, device, dtype, bias=bias
         )
         if l2_eps < 0:
-            raise ValueError(f"l2_eps must be non-negative, got {l2_eps}")
+            raise ValueError(f"l2bn: l2_eps must be non-negative, got {l2_eps}")
         self.l2_eps = float(l2_eps)
         self.scale = bool(scale)
 
