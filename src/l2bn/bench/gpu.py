@@ -494,7 +494,8 @@ def format_table(results: dict[str, Any]) -> str:
     lines = [
         f"l2bn bench --device {where}: torch {meta['torch']}, triton {meta.get('triton')}, "
         f"{meta['rounds']} interleaved rounds, {meta['clock']}",
-        f"l2bn implementation: {meta['l2bn_implementation']}",
+        "l2bn implementation:",
+        *(f"  {line}" for line in str(meta["l2bn_implementation"]).splitlines()),
         "",
         f"{'case':<26} {'mode':<14} {'contender':<14} {'median us':>10} {'kernels':>7} "
         f"{'x cuDNN':>8} {'x native':>8} {'x best':>8}",

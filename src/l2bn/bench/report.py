@@ -38,7 +38,8 @@ def format_table(results: dict[str, Any]) -> str:
         "--isa forces one)",
         f"ATen CPU capability: {meta.get('aten_capability', 'unknown')} (ATEN_CPU_CAPABILITY)",
         f"allocator: {meta.get('allocator', 'unknown')}",
-        f"l2bn implementation: {meta.get('l2bn_implementation', 'unknown')}",
+        "l2bn implementation:",
+        *(f"  {line}" for line in str(meta.get("l2bn_implementation", "unknown")).splitlines()),
         "",
         f"{'case':<24} {'mode':<14} {'contender':<7} {'median ms':>10} {'min-max ms':>17} "
         f"{'x BN':>6} {'naive/l2bn':>10}",
