@@ -36,11 +36,11 @@ block (``N * (n_parts + (2 * n_splits + 1) * BLOCK_C)`` loads), in backward the 
 sums of every channel (``e[n]`` sums over all of them: ``2 * n_splits * N * C`` loads) and
 its own sample's projection. Each location of the statistics, gradients and running
 statistics is written by exactly one designated program, and no program reads what
-another writes: nothing depends on the order in which programs run. The finalize code is shared: ``_forward_stats``,
-``_channel_affine``, ``_store_channel_stats``, ``_grad_channel_sums``,
-``_grad_coefficients``, ``_projection_rows``, ``_sample_coefficients``, and the output
-tiles ``_affine_tile`` and ``_grad_tile``, are called by the standalone and the folded
-kernels alike.
+another writes: nothing depends on the order in which programs run. The finalize code
+is shared: ``_forward_stats``, ``_channel_affine``, ``_store_channel_stats``,
+``_grad_channel_sums``, ``_grad_coefficients``, ``_projection_rows``,
+``_sample_coefficients``, and the output tiles ``_affine_tile`` and ``_grad_tile``, are
+called by the standalone and the folded kernels alike.
 
 Eval forward: ``row_sums`` (sums of squares only) then ``affine`` reading the running
 statistics, or ``eval_sample`` alone when a whole sample fits in one tile.
