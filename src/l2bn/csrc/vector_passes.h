@@ -9,7 +9,8 @@
 //   tile_dev:      d1[c] += sum xh - mu[c], d2[c] += sum (xh - mu[c])^2 (ill-conditioned)
 //   row_output:    y = x * (gain[c] * inv) + shift[c] (row_output_next: and the next
 //                  row's sum of squares, for eval)
-//   tile_grad:     t1[c] += sum dy, t2[c] += sum dy * (xh - mu[c])  (backward reduction)
+//   tile_grad:     t1[c] += sum dy, t2[c] += sum dy * (xh - mu[c])  (backward reduction;
+//                  fast float: row by row, not in channel blocks)
 //   projection:    e = sum_c xh * (gain * dy - c1 - alpha * (xh - mu))  (l2 projection)
 //
 // Every tile kernel adds to its outputs. `fast` (well-conditioned channels: mean at most a
@@ -29,6 +30,14 @@ namespace {  // internal linkage, as passes.h
 // a tile of at most kMaxTileRows rows stays in cache while blocks of channels are summed
 // in registers. Float input: float lanes, folded into double once per tile (kFold rows).
 constexpr int64_t kMaxTileRows = kFold;
+
+// Channels per span of the row-by-row float sums (tile_grad): 2 kB of float partials each.
+// Row by row, each row's span is read contiguously and the partials stay in L1; in channel
+// blocks (add_channel_block_sums_f) the tile is swept with a stride of C values, which
+// measured slower here (1 thread, reduction alone: 1024x512 118 -> 91 us, 256x2048
+// 186 -> 114 us, 4096x128 116 -> 85 us).
+constexpr int64_t kGradSpan = 512;
+static_assert(kMaxTileRows <= kFold, "a tile's float partials hold at most kFold terms");
 
 template <typename T>
 L2BN_INLINE void tile_sums(
@@ -107,18 +116,40 @@ L2BN_INLINE void tile_grad(
     const T* mu_t, bool fast, double* t1, double* t2) {
   if constexpr (std::is_same_v<T, float>) {
     if (fast) {
-      float in[kMaxTileRows];
-      for (int64_t r = 0; r < rows; ++r) {
-        in[r] = static_cast<float>(inv[r]);
+      // Row by row (rows in order, each read contiguously) into float partial sums of a
+      // span of channels kept in L1; the tile's at most kFold rows, then folded into double.
+      alignas(64) float pa[kGradSpan], pb[kGradSpan];
+      for (int64_t k0 = 0; k0 < c; k0 += kGradSpan) {
+        const int64_t w = std::min(kGradSpan, c - k0);
+        const float* m = mu_t + k0;
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* g = dy + r * c + k0;
+          const float* xr = x + r * c + k0;
+          const float s = static_cast<float>(inv[r]);
+          if (r == 0) {
+#pragma omp simd
+            for (int64_t k = 0; k < w; ++k) {
+              pa[k] = g[k];
+              pb[k] = g[k] * (xr[k] * s - m[k]);
+            }
+          } else {
+#pragma omp simd
+            for (int64_t k = 0; k < w; ++k) {
+              pa[k] += g[k];
+              pb[k] += g[k] * (xr[k] * s - m[k]);
+            }
+          }
+        }
+        if (rows > 0) {
+          double* o1 = t1 + k0;
+          double* o2 = t2 + k0;
+#pragma omp simd
+          for (int64_t k = 0; k < w; ++k) {
+            o1[k] += pa[k];
+            o2[k] += pb[k];
+          }
+        }
       }
-      add_channel_block_sums_f(
-          c, rows, Streams<float>{dy, x},
-          [dy, x, c, mu_t, &in](int64_t r, int64_t k, auto& u, auto& v) {
-            using V = std::decay_t<decltype(u)>;
-            u = load<V>(dy + r * c + k);
-            v = u * (load<V>(x + r * c + k) * in[r] - load<V>(mu_t + k));
-          },
-          t1, t2);
       return;
     }
   }
