@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from l2bn._impl.composite import differentiable_train_grads
+from l2bn._impl.operator_backward import train_grads
 from l2bn._impl.passes import accumulation_dtype
 from l2bn._impl.sample_scale import norm_divisor, sample_scale
 from l2bn._impl.transforms import compiling
@@ -273,18 +274,4 @@ class FusedL2BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight, *stats = ctx.saved_tensors
-        needs = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():
-            grads = differentiable_train_grads(dy, x, weight, ctx.eps, ctx.l2_eps, ctx.scale, needs)
-            return (*grads, None, None, None, None, None, None)
-        dx, dweight, dbias = _train_backward(dy, x, weight, *stats, ctx.scale, needs[0])
-        if not needs[0]:
-            dx = None
-        if weight is None or not needs[1]:
-            dweight = None
-        if ctx.bias_dtype is None or not needs[2]:
-            dbias = None
-        elif dbias.dtype != ctx.bias_dtype:
-            dbias = dbias.to(ctx.bias_dtype)
-        return dx, dweight, dbias, None, None, None, None, None, None
+        return (*train_grads(ctx, dy, _train_backward), None, None, None, None, None, None)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from l2bn._impl.composite import differentiable_train_grads
+from l2bn._impl.operator_backward import train_grads
 from l2bn._impl.triton import ops  # registers torch.ops.l2bn_triton.*
 
 _train_forward = torch.ops.l2bn_triton.train_forward.default
@@ -77,20 +77,6 @@ class TritonL2BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor, *_stats: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight, *stats = ctx.saved_tensors
-        needs = ctx.needs_input_grad[:3]
         if dy is None:  # the output was not used: no gradient flows
             return (None,) * 9
-        if torch.is_grad_enabled():
-            grads = differentiable_train_grads(dy, x, weight, ctx.eps, ctx.l2_eps, ctx.scale, needs)
-            return (*grads, None, None, None, None, None, None)
-        dx, dweight, dbias = _train_backward(dy, x, weight, *stats, ctx.scale, needs[0])
-        if not needs[0]:
-            dx = None
-        if weight is None or not needs[1]:
-            dweight = None
-        if ctx.bias_dtype is None or not needs[2]:
-            dbias = None
-        elif dbias.dtype != ctx.bias_dtype:
-            dbias = dbias.to(ctx.bias_dtype)
-        return dx, dweight, dbias, None, None, None, None, None, None
+        return (*train_grads(ctx, dy, _train_backward), None, None, None, None, None, None)
