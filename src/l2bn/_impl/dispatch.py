@@ -99,6 +99,15 @@ def choose(
     return _CompositeBackend
 
 
+def records_grad(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> bool:
+    """Whether autograd records this call: grad mode on and a differentiable argument."""
+    return torch.is_grad_enabled() and (
+        x.requires_grad
+        or (weight is not None and weight.requires_grad)
+        or (bias is not None and bias.requires_grad)
+    )
+
+
 def sync_backend(x: Tensor, weight: Tensor | None, bias: Tensor | None, grad: bool) -> ModuleType:
     """The backend whose full-size passes run a training call of ``SyncL2BatchNorm``
     across processes (``l2bn._impl.sync_function``): the Triton backend where
@@ -130,11 +139,7 @@ def l2_batch_norm(
     scale: bool,
 ) -> Tensor:
     """L2BN of checked, non-empty arguments on the chosen backend."""
-    grad = torch.is_grad_enabled() and (
-        x.requires_grad
-        or (weight is not None and weight.requires_grad)
-        or (bias is not None and bias.requires_grad)
-    )
+    grad = records_grad(x, weight, bias)
     backend = choose(x, running_mean, running_var, weight, bias, training, grad)
     return backend.run(
         x, running_mean, running_var, weight, bias, training, momentum, eps, l2_eps, scale, grad

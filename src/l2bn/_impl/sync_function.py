@@ -77,9 +77,7 @@ def _triton_passes() -> SyncPasses:
 
 def sync_passes(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> SyncPasses:
     """The passes of a synchronized training call on ``x``, as the dispatcher decides."""
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias)
-    )
+    grad = dispatch.records_grad(x, weight, bias)
     if dispatch.sync_backend(x, weight, bias, grad).NAME == "triton":
         return _triton_passes()
     return PYTORCH_PASSES
