@@ -106,16 +106,9 @@ void k_tile_grad(const T* dy, const T* x, int64_t rows, int64_t c, const double*
 }
 
 template <typename T>
-double k_projection(const T* dy, const T* x, int64_t c, double inv, const double* gain,
-                    const double* c1, const double* alpha, const double* mu, const T* gain_t,
-                    const T* alpha_t, const T* beta2_t, bool fast) {
-  return projection<T>(dy, x, c, inv, gain, c1, alpha, mu, gain_t, alpha_t, beta2_t, fast);
-}
-
-template <typename T>
-void k_grad_row(T* out, const T* dy, const T* x, int64_t c, T inv, T inv2, T proj,
-                const T* gain, const T* beta, const T* alpha) {
-  grad_row<T>(out, dy, x, c, inv, inv2, proj, gain, beta, alpha);
+void k_grad_rows(T* out, const T* dy, const T* x, int64_t c, int64_t i0, int64_t i1,
+                 const RowGradCoefs<T>& k) {
+  grad_rows<T>(out, dy, x, c, i0, i1, k);
 }
 
 }  // namespace
@@ -126,5 +119,5 @@ void k_grad_row(T* out, const T* dy, const T* x, int64_t c, T inv, T inv2, T pro
     &k_moments<T>, &k_grad_sums<T>, &k_centred_sums<T>, &k_block_sum_squares<T>,         \
         &k_affine<T>, &k_scale_shift<T>, &k_grad_output<T>, &k_sample_output_next<T>,    \
         &k_sample_sum_squares<T>, &k_tile_sums<T>, &k_tile_dev<T>, &k_row_output<T>,     \
-        &k_row_output_next<T>, &k_tile_grad<T>, &k_projection<T>, &k_grad_row<T>         \
+        &k_row_output_next<T>, &k_tile_grad<T>, &k_grad_rows<T>                           \
   }

@@ -34,6 +34,25 @@ struct Coef {
   inline const T* row(int64_t n) const { return ptr + n * n_stride; }
 };
 
+// What the (N, C) backward output needs besides dy and x (vector.cpp fills it): per row
+// rho[n] and active[n]; per channel gain, c1, alpha, mu in double and gain, alpha, beta,
+// beta2 rounded to T; `fast`: float lanes allowed; `scale`: the projection is divided by C.
+template <typename T>
+struct RowGradCoefs {
+  const double* rho;
+  const bool* active;
+  const double* gain;
+  const double* c1;
+  const double* alpha;
+  const double* mu;
+  const T* gain_t;
+  const T* alpha_t;
+  const T* beta_t;
+  const T* beta2_t;
+  bool fast;
+  bool scale;
+};
+
 template <typename T>
 struct Kernels {
   // Returns how many rows' one-pass variance may have cancelled; scratch: 3 * C doubles.
@@ -71,11 +90,9 @@ struct Kernels {
                             const T* shift, const T* next);
   void (*tile_grad)(const T* dy, const T* x, int64_t rows, int64_t c, const double* inv,
                     const double* mu, const T* mu_t, bool fast, double* t1, double* t2);
-  double (*projection)(const T* dy, const T* x, int64_t c, double inv, const double* gain,
-                       const double* c1, const double* alpha, const double* mu,
-                       const T* gain_t, const T* alpha_t, const T* beta2_t, bool fast);
-  void (*grad_row)(T* out, const T* dy, const T* x, int64_t c, T inv, T inv2, T proj,
-                   const T* gain, const T* beta, const T* alpha);
+  // dx of rows [i0, i1) of (N, C) input (vector_passes.h, grad_rows).
+  void (*grad_rows)(T* out, const T* dy, const T* x, int64_t c, int64_t i0, int64_t i1,
+                    const RowGradCoefs<T>& k);
 };
 
 // All passes compiled for one instruction set.

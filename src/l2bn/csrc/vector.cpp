@@ -183,22 +183,11 @@ Tensor vector_backward(const Tensor& dy, const Tensor& x, const std::vector<doub
     }
     dx = at::empty_like(x);
     T* out = dx.data_ptr<T>();
+    const RowGradCoefs<T> coefs{rho,           active,        gain.data(),   c1.data(),
+                                alpha.data(),  mu,            gain_t.data(), alpha_t.data(),
+                                beta_t.data(), beta2_t.data(), fast,         scale};
     at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const double inv = 1.0 / rho[i];
-        const T* g = gp + i * c;
-        const T* row = xp + i * c;
-        double proj = 0;
-        if (active[i]) {
-          proj = kern.projection(g, row, c, inv, gain.data(), c1.data(), alpha.data(), mu,
-                                 gain_t.data(), alpha_t.data(), beta2_t.data(), fast);
-          if (scale) {
-            proj /= static_cast<double>(c);
-          }
-        }
-        kern.grad_row(out + i * c, g, row, c, static_cast<T>(inv), static_cast<T>(inv * inv),
-                 static_cast<T>(proj), gain_t.data(), beta_t.data(), alpha_t.data());
-      }
+      kern.grad_rows(out, gp, xp, c, i0, i1, coefs);
     });
   });
   return dx;
