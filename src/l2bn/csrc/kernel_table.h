@@ -94,6 +94,17 @@ void k_row_output(T* out, const T* x, int64_t c, T inv, const T* gain, const T* 
 }
 
 template <typename T>
+void k_rows_output(T* out, const T* x, int64_t c, int64_t i0, int64_t i1, const double* rho,
+                   const T* gain, const T* shift) {
+  rows_output<T>(out, x, c, i0, i1, rho, gain, shift);
+}
+
+template <typename T>
+void k_rows_sum_squares(const T* x, int64_t rows, int64_t c, double* out) {
+  rows_sum_squares<T>(x, rows, c, out);
+}
+
+template <typename T>
 double k_row_output_next(T* out, const T* x, int64_t c, T inv, const T* gain, const T* shift,
                          const T* next) {
   return row_output_next<T>(out, x, c, inv, gain, shift, next);
@@ -119,5 +130,6 @@ void k_grad_rows(T* out, const T* dy, const T* x, int64_t c, int64_t i0, int64_t
     &k_moments<T>, &k_grad_sums<T>, &k_centred_sums<T>, &k_block_sum_squares<T>,         \
         &k_affine<T>, &k_scale_shift<T>, &k_grad_output<T>, &k_sample_output_next<T>,    \
         &k_sample_sum_squares<T>, &k_tile_sums<T>, &k_tile_dev<T>, &k_row_output<T>,     \
-        &k_row_output_next<T>, &k_tile_grad<T>, &k_grad_rows<T>                           \
+        &k_row_output_next<T>, &k_rows_output<T>, &k_rows_sum_squares<T>, &k_tile_grad<T>, \
+        &k_grad_rows<T>                                                                  \
   }

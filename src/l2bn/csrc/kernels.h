@@ -88,6 +88,11 @@ struct Kernels {
   void (*row_output)(T* out, const T* x, int64_t c, T inv, const T* gain, const T* shift);
   double (*row_output_next)(T* out, const T* x, int64_t c, T inv, const T* gain,
                             const T* shift, const T* next);
+  // row_output of rows [i0, i1) with inv = 1 / rho[i].
+  void (*rows_output)(T* out, const T* x, int64_t c, int64_t i0, int64_t i1, const double* rho,
+                      const T* gain, const T* shift);
+  // out[r] = ||row r||^2 for the rows [0, rows) of a tile (as block_sum_squares sums).
+  void (*rows_sum_squares)(const T* x, int64_t rows, int64_t c, double* out);
   void (*tile_grad)(const T* dy, const T* x, int64_t rows, int64_t c, const double* inv,
                     const double* mu, const T* mu_t, bool fast, double* t1, double* t2);
   // dx of rows [i0, i1) of (N, C) input (vector_passes.h, grad_rows).

@@ -519,6 +519,18 @@ L2BN_INLINE void centred_cl(
 // double input; for float input the squares go to float lanes, folded into double lanes
 // every kFold steps (each float lane then holds at most kFold squares: relative error
 // below 1e-6, against twice the arithmetic of double lanes).
+// Sum of kVF double lanes by halving (log2 kVF dependent adds, not kVF - 1): a fixed cost
+// of every row of the (N, C) passes (norms and projections), where rows are short.
+L2BN_INLINE double lane_tree_sum(double* s) {
+  for (int64_t w = kVF / 2; w >= 1; w /= 2) {
+#pragma omp simd
+    for (int64_t l = 0; l < w; ++l) {
+      s[l] += s[l + w];
+    }
+  }
+  return s[0];
+}
+
 template <typename T>
 struct SquareSum {
   static constexpr int64_t kWidth = kLanes;
@@ -582,11 +594,7 @@ struct SquareSum<float> {
   L2BN_INLINE void one(float v) { tail += static_cast<double>(v) * v; }
   L2BN_INLINE double total() {
     fold();
-    double out = tail;
-    for (int64_t l = 0; l < kVF; ++l) {
-      out += acc[l];
-    }
-    return out;
+    return tail + lane_tree_sum(acc);
   }
 };
 

@@ -8,7 +8,8 @@
 //                  xh = x * inv[row] (forward reduction; float input in float lanes)
 //   tile_dev:      d1[c] += sum xh - mu[c], d2[c] += sum (xh - mu[c])^2 (ill-conditioned)
 //   row_output:    y = x * (gain[c] * inv) + shift[c] (row_output_next: and the next
-//                  row's sum of squares, for eval)
+//                  row's sum of squares, for eval; rows_output: a range of rows)
+//   rows_sum_squares: ||x[n]||^2 of each row of a tile
 //   tile_grad:     t1[c] += sum dy, t2[c] += sum dy * (xh - mu[c])  (backward reduction;
 //                  fast float: row by row, not in channel blocks)
 //   projection:    e = sum_c xh * (gain * dy - c1 - alpha * (xh - mu))  (l2 projection)
@@ -90,6 +91,25 @@ L2BN_INLINE void row_output(
   }
 }
 
+// Rows [0, rows) of a tile: out[r] = sum of squares of row r, as sum_squares sums it (one
+// call a tile instead of one a row: at small C the per-row fixed costs dominate).
+template <typename T>
+L2BN_INLINE void rows_sum_squares(const T* x, int64_t rows, int64_t c, double* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    out[r] = sum_squares<T>(x + r * c, c);
+  }
+}
+
+// row_output of rows [i0, i1), each with inv = 1 / rho[i] (rounded once, from double).
+template <typename T>
+L2BN_INLINE void rows_output(
+    T* out, const T* x, int64_t c, int64_t i0, int64_t i1, const double* rho, const T* gain,
+    const T* shift) {
+  for (int64_t i = i0; i < i1; ++i) {
+    row_output<T>(out + i * c, x + i * c, c, static_cast<T>(1.0 / rho[i]), gain, shift);
+  }
+}
+
 // row_output of one row while summing next^2 (in the steps of sum_squares): eval.
 template <typename T>
 L2BN_INLINE double row_output_next(
@@ -161,18 +181,6 @@ L2BN_INLINE void tile_grad(
         v = u * (x[r * c + k] * inv[r] - mu[k]);
       },
       t1, t2);
-}
-
-// Sum of kVF double lanes by halving (log2 kVF dependent adds, not kVF - 1): a fixed cost
-// of every row of the (N, C) backward.
-L2BN_INLINE double lane_tree_sum(double* s) {
-  for (int64_t w = kVF / 2; w >= 1; w /= 2) {
-#pragma omp simd
-    for (int64_t l = 0; l < w; ++l) {
-      s[l] += s[l + w];
-    }
-  }
-  return s[0];
 }
 
 // e = sum_c xh * (gain * dy - c1 - alpha * (xh - mu)). Fast float form: the same sum as
