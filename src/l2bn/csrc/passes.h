@@ -532,7 +532,7 @@ L2BN_INLINE double lane_tree_sum(double* s) {
 }
 
 template <typename T>
-struct SquareSum {
+struct DoubleSquareSum {
   static constexpr int64_t kWidth = kLanes;
   double acc[kWidth] = {};
   double tail = 0;
@@ -552,6 +552,9 @@ struct SquareSum {
     return out;
   }
 };
+
+template <typename T>
+struct SquareSum : DoubleSquareSum<T> {};
 
 template <>
 struct SquareSum<float> {
@@ -598,9 +601,9 @@ struct SquareSum<float> {
   }
 };
 
-template <typename T>
-L2BN_INLINE void add_squares(const T* x, int64_t len, SquareSum<T>& acc) {
-  constexpr int64_t w = SquareSum<T>::kWidth;
+template <typename T, typename Acc>
+L2BN_INLINE void add_squares(const T* x, int64_t len, Acc& acc) {
+  constexpr int64_t w = Acc::kWidth;
   int64_t i = 0;
   for (; i + w <= len; i += w) {
     acc.step(x + i);
@@ -767,42 +770,35 @@ L2BN_INLINE void grad_output(
 // ---- eval: output of one sample fused with the norm of the next -------------------------
 //
 // A sample is `units` units of `len` contiguous values: C rows of M (row-wise, one a and b
-// per row) or M positions of C (channel-last, a[c] and b[c]). kLanes double partial sums
-// run across the whole sample, in the same loop as the output (the loads of the next
-// sample interleave with the stores of this one); values past the last full block of a
-// unit go to one more. (Double lanes here: measured faster than float lanes in this loop.)
+// per row) or M positions of C (channel-last, a[c] and b[c]). The squares of the next
+// sample go to one accumulator running across the whole sample, in the same loop as the
+// output (the loads of the next sample interleave with the stores of this one): row-wise a
+// SquareSum (float lanes for float input, 32 values a step, folded into double every few
+// steps: half the arithmetic of double lanes); channel-last a DoubleSquareSum, whose steps
+// of 16 values fit units as short as C = 16.
 
-// out[i] = a[i * kStep] * u[i] + b[i * kStep] over one unit of len values, summing next^2
-// into acc / tail when kNext.
-template <typename T, int kStep, bool kNext>
+// out[i] = a[i * kStep] * u[i] + b[i * kStep] over one unit of len values, adding next^2 to
+// acc when kNext.
+template <typename T, int kStep, bool kNext, typename Acc>
 L2BN_INLINE void unit_output_next(
-    T* out, const T* u, const T* a, const T* b, const T* next, int64_t len, double* acc,
-    double* tail) {
+    T* out, const T* u, const T* a, const T* b, const T* next, int64_t len, Acc& acc) {
+  constexpr int64_t w = Acc::kWidth;
   int64_t i = 0;
-  for (; i + kLanes <= len; i += kLanes) {
+  for (; i + w <= len; i += w) {
 #pragma omp simd
-    for (int64_t l = 0; l < kLanes; ++l) {
+    for (int64_t l = 0; l < w; ++l) {
       out[i + l] = a[(i + l) * kStep] * u[i + l] + b[(i + l) * kStep];
-      if constexpr (kNext) {
-        const double v = next[i + l];
-        acc[l] += v * v;
-      }
+    }
+    if constexpr (kNext) {
+      acc.step(next + i);
     }
   }
   for (; i < len; ++i) {
     out[i] = a[i * kStep] * u[i] + b[i * kStep];
     if constexpr (kNext) {
-      const double v = next[i];
-      *tail += v * v;
+      acc.one(next[i]);
     }
   }
-}
-
-L2BN_INLINE double lane_total(const double* acc, double tail) {
-  for (int64_t l = 0; l < kLanes; ++l) {
-    tail += acc[l];
-  }
-  return tail;
 }
 
 // Output of one sample, out = a * u + b, while summing next^2 (next == nullptr: output
@@ -810,18 +806,18 @@ L2BN_INLINE double lane_total(const double* acc, double tail) {
 template <typename T, bool kNext>
 L2BN_INLINE double sample_output(
     T* out, const T* u, const T* a, const T* b, const T* next, int64_t c, int64_t m, bool cl) {
-  double acc[kLanes] = {}, tail = 0;
   if (cl) {
+    DoubleSquareSum<T> acc;
     for (int64_t j = 0; j < m; ++j) {
-      unit_output_next<T, 1, kNext>(out + j * c, u + j * c, a, b, next + j * c, c, acc, &tail);
+      unit_output_next<T, 1, kNext>(out + j * c, u + j * c, a, b, next + j * c, c, acc);
     }
-  } else {
-    for (int64_t k = 0; k < c; ++k) {
-      unit_output_next<T, 0, kNext>(out + k * m, u + k * m, a + k, b + k, next + k * m, m, acc,
-                                    &tail);
-    }
+    return kNext ? acc.total() : 0.0;
   }
-  return lane_total(acc, tail);
+  SquareSum<T> acc;
+  for (int64_t k = 0; k < c; ++k) {
+    unit_output_next<T, 0, kNext>(out + k * m, u + k * m, a + k, b + k, next + k * m, m, acc);
+  }
+  return kNext ? acc.total() : 0.0;
 }
 
 template <typename T>
@@ -833,27 +829,23 @@ L2BN_INLINE double sample_output_next(
   return sample_output<T, true>(out, u, a, b, next, c, m, cl);
 }
 
-// ||x||^2 of one sample, summed exactly as sample_output_next sums `next`.
+// ||x||^2 of one sample, summed exactly as sample_output_next sums `next`: unit by unit
+// into one accumulator of the same kind.
+template <typename T, typename Acc>
+L2BN_INLINE double units_sum_squares(const T* x, int64_t units, int64_t len) {
+  Acc acc;
+  for (int64_t j = 0; j < units; ++j) {
+    add_squares(x + j * len, len, acc);
+  }
+  return acc.total();
+}
+
 template <typename T>
 L2BN_INLINE double sample_sum_squares(const T* x, int64_t c, int64_t m, bool cl) {
-  const int64_t units = cl ? m : c, len = cl ? c : m;
-  double acc[kLanes] = {}, tail = 0;
-  for (int64_t j = 0; j < units; ++j) {
-    const T* p = x + j * len;
-    int64_t i = 0;
-    for (; i + kLanes <= len; i += kLanes) {
-#pragma omp simd
-      for (int64_t l = 0; l < kLanes; ++l) {
-        const double v = p[i + l];
-        acc[l] += v * v;
-      }
-    }
-    for (; i < len; ++i) {
-      const double v = p[i];
-      tail += v * v;
-    }
+  if (cl) {
+    return units_sum_squares<T, DoubleSquareSum<T>>(x, m, c);
   }
-  return lane_total(acc, tail);
+  return units_sum_squares<T, SquareSum<T>>(x, c, m);
 }
 
 }  // namespace
