@@ -59,6 +59,23 @@ def test_table_output(capsys):
     assert "2d" not in out.split("bytes saved")[0].split("\n", 2)[2]
 
 
+def test_shape_option_times_the_given_shapes(tmp_path):
+    """--shape replaces the standard cases: 2-D and 3-D contiguous, 4-D in both layouts."""
+    path = tmp_path / "shapes.json"
+    args = ["bench", "--quick", "--threads", "1", "--no-e2e", "--modes", "train_fwd"]
+    args += ["--shape", "6x5", "--shape", "4x3x7", "--shape", "4x3x5x5", "--output", str(path)]
+    assert main(args) == 0
+    results = json.loads(path.read_text())
+    cases = {r["case"] for r in results["timings"]}
+    assert cases == {"1d 6x5", "1d 4x3x7", "2d 4x3x5x5", "2d 4x3x5x5 CL"}
+
+
+@pytest.mark.parametrize("text", ["6", "6x0", "1x5", "ax5", "2x3x4x5x6"])
+def test_bad_shape_is_rejected(text):
+    with pytest.raises(ValueError, match="--shape"):
+        main(["bench", "--quick", "--no-e2e", "--shape", text])
+
+
 def test_bad_mode_is_rejected():
     with pytest.raises(ValueError, match="valid modes"):
         main(["bench", "--quick", "--modes", "backward"])

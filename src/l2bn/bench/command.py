@@ -31,6 +31,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--cases", default="", help="only cases whose name contains this text, e.g. '56x56'"
     )
     parser.add_argument(
+        "--shape",
+        action="append",
+        default=None,
+        metavar="NxC[xHxW]",
+        help="time this shape instead of the standard cases (repeatable; 4-D in both "
+        "layouts), e.g. --shape 16384x32 --shape 32x64x28x28",
+    )
+    parser.add_argument(
         "--modes",
         default=",".join(cn.MODES),
         help=f"comma-separated subset of {', '.join(cn.MODES)}",
@@ -158,7 +166,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Run every selected case (and the ResNet-20 step); return the results dict."""
     modes = _parse_modes(args.modes)
     rounds = args.rounds or (2 if args.quick else 15)
-    selected = [c for c in cn.cases(args.quick) if args.cases in c.name]
+    shapes = [cn.parse_shape(text) for text in getattr(args, "shape", None) or []]
+    pool = cn.shape_cases(shapes) if shapes else cn.cases(args.quick)
+    selected = [c for c in pool if args.cases in c.name]
     allocator = "system default" if args.default_malloc else machine.keep_freed_memory()
     results: dict[str, Any] = {
         "meta": {
@@ -224,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     _parse_modes(args.modes)  # bad options fail here, not in the process started below
+    for text in getattr(args, "shape", None) or []:
+        cn.parse_shape(text)
     env = machine.forced_environment(args.isa, args.aten_capability)
     if env is not None:
         # Both instruction sets are fixed at load time: rerun in a process that loads them.

@@ -53,7 +53,7 @@ class Case:
     @property
     def name(self) -> str:
         dims = "x".join(str(s) for s in self.shape)
-        kind = "1d" if len(self.shape) == 2 else "2d"
+        kind = "1d" if len(self.shape) in (2, 3) else "2d"
         suffix = " CL" if self.layout == "channels_last" else ""
         return f"{kind} {dims}{suffix}"
 
@@ -72,15 +72,35 @@ def cases(quick: bool) -> list[Case]:
     return out + [Case(s, "contiguous") for s in shapes_1d]
 
 
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"NxC"``, ``"NxCxL"`` or ``"NxCxHxW"`` as a shape; ``ValueError`` otherwise."""
+    try:
+        shape = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) not in (2, 3, 4) or min(shape) < 1 or shape[0] < 2:
+        raise ValueError(
+            f"--shape {text!r}: expected NxC, NxCxL or NxCxHxW with positive sizes and N >= 2"
+            ", e.g. 16384x32 or 128x16x32x32"
+        )
+    return shape
+
+
+def shape_cases(shapes: list[tuple[int, ...]]) -> list[Case]:
+    """Cases of the given shapes: 4-D in both layouts, others contiguous."""
+    layouts = {4: ("contiguous", "channels_last")}
+    return [Case(s, layout) for s in shapes for layout in layouts.get(len(s), ("contiguous",))]
+
+
 def build(name: str, num_features: int, dims: int) -> nn.Module:
-    """A fresh contender module for ``dims``-D input (2: BatchNorm1d family, 4: 2d)."""
-    bn_cls = nn.BatchNorm1d if dims == 2 else nn.BatchNorm2d
+    """A fresh contender module for ``dims``-D input (2, 3: BatchNorm1d family, 4: 2d)."""
+    bn_cls = nn.BatchNorm1d if dims in (2, 3) else nn.BatchNorm2d
     if name == "bn":
         return bn_cls(num_features)
     if name == "naive":
         return NaiveComposite(bn_cls(num_features))
     if name == "l2bn":
-        return (L2BatchNorm1d if dims == 2 else L2BatchNorm2d)(num_features)
+        return (L2BatchNorm1d if dims in (2, 3) else L2BatchNorm2d)(num_features)
     raise ValueError(f"unknown contender {name!r}; valid names: {', '.join(CONTENDERS)}")
 
 
