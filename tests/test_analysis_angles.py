@@ -212,3 +212,24 @@ def test_identical_centers_give_infinite_iir() -> None:
     m = angle_metrics(x, torch.tensor([0, 0, 1, 1]))
     assert m["inter_angle"] == pytest.approx(0.0, abs=1e-12)
     assert m["iir"] == math.inf
+
+
+@pytest.mark.parametrize("magnitude", [1e20, 1e35])
+def test_huge_finite_float32_features_give_the_float64_angles(magnitude) -> None:
+    """Angles are scale-invariant: finite float32 features whose norm overflows float32
+    give the metrics of the same features in float64 (and at scale 1); NaN and inf at
+    that scale are still refused."""
+    torch.manual_seed(0)
+    x = torch.randn(40, 16) + 2 * torch.randn(4, 16).repeat(10, 1)
+    y = torch.arange(4).repeat(10)
+    big = x * magnitude
+    assert torch.isfinite(big).all()
+    want = angle_metrics(big.double(), y)
+    got = angle_metrics(big, y)
+    for key, value in want.items():
+        assert math.isclose(got[key], value, rel_tol=1e-5), (key, got[key], value)
+    for bad in (math.nan, math.inf):
+        broken = big.clone()
+        broken[3, 2] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            angle_metrics(broken, y)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, l2_batch_norm
+from l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, backends, l2_batch_norm
 
 # Every test runs on the fused C++ kernels and on the pure-PyTorch path.
 pytestmark = pytest.mark.usefixtures("each_path")
@@ -90,6 +90,52 @@ def test_empty_batch_behaves_as_batchnorm():
     assert int(l2.num_batches_tracked) == int(bn.num_batches_tracked) == 1
     y_l2.sum().backward()
     assert l2.weight.grad is not None and torch.equal(l2.weight.grad, torch.zeros(3))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "pytorch", "composite"])
+@pytest.mark.parametrize(
+    "layer,bn_layer,shape",
+    [
+        (L2BatchNorm2d, nn.BatchNorm2d, (4, 3, 0, 5)),
+        (L2BatchNorm1d, nn.BatchNorm1d, (4, 3, 0)),
+        (L2BatchNorm3d, nn.BatchNorm3d, (2, 3, 2, 0, 2)),
+    ],
+)
+@pytest.mark.parametrize("affine,momentum", [(True, 0.1), (False, None)])
+def test_zero_size_positions_behave_as_batchnorm(backend, layer, bn_layer, shape, affine, momentum):
+    """Samples of no value ((N, C, 0, W)): as BatchNorm, in training and eval, forward and
+    backward: an empty output, the running statistics unchanged (num_batches_tracked
+    advanced) and zero parameter gradients, on every backend."""
+    l2 = layer(3, affine=affine, momentum=momentum)
+    bn = bn_layer(3, affine=affine, momentum=momentum)
+    with backends.prefer(backend):
+        for train in (True, False):
+            l2.train(train)
+            bn.train(train)
+            x_l2 = torch.randn(shape, requires_grad=True)
+            x_bn = x_l2.detach().clone().requires_grad_()
+            y_l2, y_bn = l2(x_l2), bn(x_bn)
+            assert y_l2.shape == y_bn.shape == shape and y_l2.dtype == y_bn.dtype
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                assert torch.equal(getattr(l2, name), getattr(bn, name)), (train, name)
+            y_l2.sum().backward()
+            y_bn.sum().backward()
+            assert x_l2.grad.shape == x_bn.grad.shape == shape
+            for p_l2, p_bn in zip(l2.parameters(), bn.parameters(), strict=True):
+                assert torch.equal(p_l2.grad, p_bn.grad), train
+    # The running statistics still work: a later batch gives finite eval output.
+    l2.eval()
+    assert torch.isfinite(l2(torch.randn((2, 3) + (4,) * (len(shape) - 2)))).all()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "pytorch", "composite"])
+def test_functional_zero_size_positions_leave_statistics_alone(backend):
+    rm, rv = torch.zeros(3), torch.ones(3)
+    x = torch.randn(4, 3, 0, 5)
+    with backends.prefer(backend):
+        y = l2_batch_norm(x, rm, rv, training=True)
+    assert y.shape == x.shape
+    assert torch.equal(rm, torch.zeros(3)) and torch.equal(rv, torch.ones(3))
 
 
 def test_eps_must_be_positive_in_training():

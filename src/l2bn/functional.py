@@ -148,8 +148,9 @@ def checked_l2_batch_norm(
     the parameters and has validated ``input``)."""
     if training and eps <= 0:
         raise ValueError(f"l2bn: eps must be positive during training, got {eps}")
-    if input.shape[0] == 0:
-        # As BatchNorm: an empty batch gives an empty output and leaves the statistics alone.
+    if input.numel() == 0:
+        # As BatchNorm: an empty input (no sample, or samples of no value, e.g. (N, C, 0, W))
+        # gives an empty output and leaves the running statistics alone.
         return _empty_output(input, weight, bias)
 
     return dispatch.l2_batch_norm(

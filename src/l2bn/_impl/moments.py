@@ -88,7 +88,10 @@ def _generic_moments(x: Tensor) -> RowMoments:
     """
     acc = accumulation_dtype(x)
     if x.dim() == 2:
-        x = x.unsqueeze(2)  # one position per row: variance 0, mean x
+        # One position per row: the mean is x (converted to acc, no reduction) and the
+        # variance an expanded zero (0 for a non-finite x too, so ||x_n|| stays exact).
+        mean = x.to(acc)
+        return RowMoments(mean, mean.new_zeros(()).expand_as(mean))
     dims = tuple(range(2, x.dim()))
     if x.dtype == acc or compiling():
         var, mean = torch.var_mean(x.to(acc), dim=dims, correction=0)
@@ -162,7 +165,11 @@ def batch_stats(moments: RowMoments, spatial: int, l2_eps: float, scale: bool) -
     """
     mean, var = moments
     values = spatial * mean.shape[1]
-    second = torch.addcmul(var, mean, mean)  # E_s[x^2] of each row
+    # E_s[x^2] of each row. A row holding +-inf (of one sign) has mean +-inf and variance
+    # NaN; its E_s[x^2] is +inf (||x_n|| = inf, 1 / rho = 0: the sample's other channels are
+    # 0, as in eq. 3), so the NaN variance is read as 0 here. A NaN in the row keeps its
+    # mean NaN, hence E_s[x^2] NaN and the whole sample NaN, as eq. 3 gives.
+    second = torch.addcmul(var.nan_to_num(0.0, math.inf), mean, mean)
     inv = second.mean(dim=1, keepdim=True).rsqrt_()  # sqrt(D) / ||x_n||, (N, 1)
     if not scale:
         inv = inv.mul_(1.0 / math.sqrt(values))

@@ -45,6 +45,9 @@ def update_running_stats(
     if isinstance(count, Tensor):
         unbiased = var * (count / (count - 1).clamp(min=1))
         factor = (count > 0).to(mean.dtype) * factor
+    elif running_var is not None and running_var.dtype != var.dtype:
+        # A half buffer: the multiply writes it in the buffer's dtype (the cast folded in).
+        unbiased = torch.mul(var, count / max(count - 1, 1), out=torch.empty_like(running_var))
     else:
         unbiased = var * (count / max(count - 1, 1))
     for buf, value in ((running_mean, mean), (running_var, unbiased)):

@@ -48,13 +48,24 @@ def chunk_rows(num_features: int, elements: int) -> int:
     return max(1, elements // max(1, num_features))
 
 
-def row_norms(x: Tensor) -> Tensor:
-    """Euclidean norm of each row; raises if a row holds NaN or inf."""
+def finite_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x', norms)``: the rows of ``x`` and their Euclidean norms, rows whose norm
+    overflows (finite values of magnitude ~1e20 in float32) divided first by their largest
+    absolute value. Angles and unit vectors are scale-invariant, so ``x'`` stands for ``x``.
+
+    Raises:
+        ValueError: a row holds NaN or inf.
+    """
     norms = torch.linalg.vector_norm(x, dim=1)
-    if not bool(torch.isfinite(norms).all()):
-        bad = torch.nonzero(~torch.isfinite(norms)).flatten()[:5].tolist()
+    overflow = ~torch.isfinite(norms)
+    if not bool(overflow.any()):
+        return x, norms
+    peak = x.abs().amax(dim=1)
+    if not bool(torch.isfinite(peak).all()):
+        bad = torch.nonzero(~torch.isfinite(peak)).flatten()[:5].tolist()
         raise ValueError(f"l2bn.analysis: features contain NaN or inf (e.g. rows {bad})")
-    return norms
+    x = x / torch.where(overflow, peak, 1.0).unsqueeze(1)
+    return x, torch.linalg.vector_norm(x, dim=1)
 
 
 def center_sums(
@@ -75,7 +86,7 @@ def center_sums(
     for start in range(0, n, step):
         x = features[start : start + step].to(compute_dtype(features))
         y = labels[start : start + step]
-        norms = row_norms(x)
+        x, norms = finite_rows(x)
         nonzero = norms > 0
         inv = torch.where(nonzero, 1.0 / norms.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
         part = _weighted_class_sum(x, y, inv, num_classes)
@@ -151,7 +162,7 @@ def intra_angle_sum(
     for start in range(0, n, step):
         x = features[start : start + step].to(dtype)
         y = labels[start : start + step]
-        norms = row_norms(x)
+        x, norms = finite_rows(x)
         zeros = int((norms == 0).sum())
         if zeros:
             num_zero += zeros
