@@ -217,12 +217,44 @@ def _check_delegation(rank: int) -> None:
     assert torch.equal(alone.running_var, ref.running_var)
 
 
+def _check_zero_size_positions(rank: int) -> None:
+    """A rank whose samples have no value (``(3, 4, 0, 6)``) adds nothing to the
+    statistics: the other rank's output, gradients and running statistics are those of
+    L2BN on its share alone; the empty rank gets empty output and input gradient. When
+    every rank's input is empty the running statistics stay as they were (as BatchNorm)."""
+    x, dy = _batch((5, 4, 5, 6), torch.float32, seed=51)
+    ref = L2BatchNorm2d(4)
+    _init_layer(ref, seed=13)
+    sync = SyncL2BatchNorm(4)
+    sync.load_state_dict(ref.state_dict())
+    before = {k: v.clone() for k, v in sync.state_dict().items()}
+    x_loc = (x.clone() if rank == 1 else torch.randn(3, 4, 0, 6)).requires_grad_()
+    dy_loc = dy if rank == 1 else torch.randn(3, 4, 0, 6)
+    y = sync(x_loc)
+    (y * dy_loc).sum().backward()
+    assert y.shape == x_loc.shape and x_loc.grad.shape == x_loc.shape
+    x_ref = x.clone().requires_grad_()
+    (ref(x_ref) * dy).sum().backward()
+    _close(sync.running_mean, ref.running_mean, TOL32, f"running_mean (rank {rank})")
+    _close(sync.running_var, ref.running_var, TOL32, f"running_var (rank {rank})")
+    if rank == 1:
+        _close(y, ref(x).detach(), TOL32, "output next to an empty rank")
+        _close(x_loc.grad, x_ref.grad, TOL32, "input grad next to an empty rank")
+
+    sync.load_state_dict(before)
+    y = sync(torch.randn(2, 4, 0, 6, requires_grad=True))
+    y.sum().backward()
+    for key in ("running_mean", "running_var"):
+        assert torch.equal(sync.state_dict()[key], before[key]), f"{key} moved, no values"
+
+
 def _scenario_float32(rank: int) -> None:
     for split in SPLITS:
         _check_split(rank, split, L2BatchNorm2d, (8, 4, 5, 6), torch.float32, TOL32, True)
     _check_model_with_ddp(rank)
     _check_offsets(rank)
     _check_delegation(rank)
+    _check_zero_size_positions(rank)
 
 
 def _scenario_float64(rank: int) -> None:

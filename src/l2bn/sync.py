@@ -88,9 +88,16 @@ class SyncL2BatchNorm(_L2BatchNorm):
         if self.track_running_stats:
             factor = momentum_factor(self.momentum, self.num_batches_tracked)
         group = self.process_group or dist.group.WORLD
+        # No value on this rank (no sample, or a zero-size spatial dim): it adds nothing to
+        # the statistics but joins the collectives, forward and backward, as a share of no
+        # sample of one position each. Reshapes between empty shapes keep the graph.
+        share = input
+        if input.numel() == 0:
+            share = input.reshape((0, input.shape[1]) + (1,) * (input.dim() - 2))
         out, mean, var, count = sync_l2_batch_norm(
-            input, self.weight, self.bias, self.eps, self.l2_eps, self.scale, group
+            share, self.weight, self.bias, self.eps, self.l2_eps, self.scale, group
         )
+        out = out.reshape(input.shape)
         if self.track_running_stats:
             # The global count is a tensor: no host synchronization.
             update_running_stats(self.running_mean, self.running_var, mean, var, count, factor)
