@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, stack_module_state, vmap
 
 import l2bn
-from _reference import reference_l2bn
+from _reference import reference_l2bn, relative_error
 from l2bn import L2BatchNorm1d, L2BatchNorm2d
 
 BACKENDS = ["cpu", "pytorch", "composite"]
@@ -389,3 +389,47 @@ def test_onnx_export_runs_in_onnxruntime(dynamo, grad_enabled, tmp_path):
     ).detach()
     error = (torch.from_numpy(out).double() - ref).abs().max() / ref.abs().max()
     assert error < 1e-5, float(error)
+
+
+# ----- batched gradients: is_grads_batched and jacobian(vectorize=True) ---------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_batched_grads_match_a_loop_on_the_pytorch_backend(dtype):
+    """``torch.autograd.grad(is_grads_batched=True)`` runs the backward under the legacy
+    vmap; the PyTorch backend's backward wrote the batched ``dy`` into plain buffers in
+    place (a vmap error). Each batched gradient must equal the one-vector gradient."""
+    layer = _layer(dtype=dtype)
+    x = _input(dtype=dtype).requires_grad_()
+    with l2bn.backends.prefer("pytorch"):
+        y = layer(x)
+    g = torch.Generator().manual_seed(5)
+    vectors = torch.randn(3, *y.shape, generator=g).to(dtype)
+    inputs = (x, layer.weight, layer.bias)
+    batched = torch.autograd.grad(y, inputs, vectors, retain_graph=True, is_grads_batched=True)
+    limit = 1e-10 if dtype == torch.float64 else 3e-2  # bfloat16: another rounding order
+    for i, v in enumerate(vectors):
+        single = torch.autograd.grad(y, inputs, v, retain_graph=True)
+        for name, b, s in zip(("x", "weight", "bias"), batched, single, strict=True):
+            assert b[i].dtype == s.dtype
+            assert relative_error(b[i], s) < limit, (i, name, b[i], s)
+
+
+def test_vectorized_jacobian_matches_the_reference_on_the_pytorch_backend():
+    """``jacobian(vectorize=True)`` (is_grads_batched inside) in training mode, against
+    the float64 reference's jacobian and the unvectorized one."""
+    layer = _layer(c=2)
+    x = _input((3, 2, 2, 2))
+
+    def l2bn_fn(t):
+        return layer(t)
+
+    def reference_fn(t):
+        return reference_l2bn(t, None, None, layer.weight, layer.bias, True)
+
+    with l2bn.backends.prefer("pytorch"):
+        vectorized = torch.autograd.functional.jacobian(l2bn_fn, x, vectorize=True)
+        looped = torch.autograd.functional.jacobian(l2bn_fn, x)
+    expected = torch.autograd.functional.jacobian(reference_fn, x)
+    torch.testing.assert_close(vectorized, expected)
+    torch.testing.assert_close(vectorized, looped)

@@ -480,3 +480,15 @@ def test_export_keeps_the_operators(training):
         x2 = torch.randn(3, 4, 5, 5, device=DEVICE) * 3
         eager = L2BatchNorm2d(4).to(DEVICE).train(training)
         torch.testing.assert_close(exported.module()(x2), eager(x2), rtol=1e-5, atol=1e-5)
+
+
+def test_exported_training_program_refuses_backward():
+    """A training-mode program keeps ``l2bn_triton.train_forward``, which mutates the
+    running statistics and so carries no autograd formula: its backward raises, rather
+    than leaving the gradients of L2BN and earlier layers None."""
+    layer = L2BatchNorm2d(4).to(DEVICE).train()
+    x = torch.randn(3, 4, 5, 5, device=DEVICE)
+    exported = torch.export.export(layer, (x,)).module()
+    y = exported(x.clone().requires_grad_())
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        y.sum().backward()

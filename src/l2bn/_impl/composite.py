@@ -47,20 +47,34 @@ def l2_batch_norm(
     l2_eps: float,
     scale: bool,
 ) -> Tensor:
-    """L2BN of checked arguments; updates the running statistics in training mode."""
+    """L2BN of checked arguments; updates the running statistics in training mode.
+
+    Running statistics of another dtype than the accumulation dtype (a bfloat16 model's
+    buffers) are updated in the accumulation dtype and copied back, rounded once.
+    """
     xh = normalize_samples(x, l2_eps, scale)
     acc = xh.dtype
+    mean, var = _in_dtype(running_mean, acc), _in_dtype(running_var, acc)
     y = F.batch_norm(
         xh,
-        running_mean,
-        running_var,
+        mean,
+        var,
         None if weight is None else weight.to(acc),
         None if bias is None else bias.to(acc),
         training,
         momentum,
         eps,
     )
+    if training:
+        for buffer, updated in ((running_mean, mean), (running_var, var)):
+            if updated is not buffer:
+                buffer.copy_(updated)
     return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def _in_dtype(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """``t`` (a running statistic, or None) as it is, or a copy in ``dtype``."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
 def differentiable_train_grads(

@@ -12,9 +12,12 @@ This module registers the operators' fake (meta) implementations, so that
 ``torch.compile(fullgraph=True)`` and ``torch.export`` keep them in the graph; the Python
 kernel of ``l2bn::differentiable_train_grads`` (the gradient ``l2bn::train`` takes when its
 backward runs with ``create_graph=True``); and :class:`FusedL2BatchNormFunction`, the
-autograd function that compiled and exported training graphs record (their graphs then
-show ``train_forward`` and ``train_backward``, whose running-statistics mutation the
-compilers handle).
+autograd function that torch.compile's training graphs record (they then show
+``train_forward`` and ``train_backward``, whose running-statistics mutation the compiler
+handles). ``torch.export`` records ``l2bn::train`` instead: it keeps no Python autograd
+function, and ``train_forward`` has no autograd formula (its schema mutates the running
+statistics, which ``torch.library.register_autograd`` refuses), so an exported training
+program would otherwise get no gradients.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from l2bn._impl.composite import differentiable_train_grads
 from l2bn._impl.operator_backward import train_grads
 from l2bn._impl.passes import accumulation_dtype
 from l2bn._impl.sample_scale import norm_divisor, sample_scale
-from l2bn._impl.transforms import compiling
+from l2bn._impl.transforms import compiling, exporting
 
 NAME = "cpu"
 DESCRIPTION = "fused C++ kernels (l2bn._C)"
@@ -223,9 +226,14 @@ def run(
     """L2BN of checked arguments that :func:`applies` accepted."""
     if training:
         args = (x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale)
+        if exporting():
+            # torch.export inlines a Python autograd function's forward and drops its
+            # backward: the program records l2bn::train, whose autograd kernel is C++ (also
+            # when traced under no_grad: the program may be trained later).
+            return _train(*args)
         if compiling():
-            # The graphs of torch.compile and torch.export record train_forward (and, for
-            # training graphs, train_backward) through the Python autograd function.
+            # torch.compile's graphs record train_forward (and, for training graphs,
+            # train_backward) through the Python autograd function.
             if grad:
                 return FusedL2BatchNormFunction.apply(*args)
             return _train_forward(*args)[0]
@@ -241,8 +249,8 @@ def run(
 class FusedL2BatchNormFunction(torch.autograd.Function):
     """Training-mode L2BN on the fused operators. Saves ``x`` and ``O(N * C)`` statistics.
 
-    What torch.compile and torch.export trace; eager calls run ``l2bn::train``, the same
-    formula in C++ (csrc/autograd.cpp).
+    What torch.compile traces; eager calls and ``torch.export`` run ``l2bn::train``, the
+    same formula in C++ (csrc/autograd.cpp).
 
     A backward run with ``create_graph=True`` returns the differentiable gradient of the
     composite (:func:`l2bn._impl.composite.differentiable_train_grads`), so that gradient

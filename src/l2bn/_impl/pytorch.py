@@ -24,11 +24,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from l2bn._impl import composite, passes, vector_passes
 from l2bn._impl import moments as _moments
-from l2bn._impl import passes, vector_passes
 from l2bn._impl.composite import differentiable_train_grads
 from l2bn._impl.running import update_running_stats
 from l2bn._impl.sample_scale import norm_divisor
+from l2bn._impl.transforms import exporting, functorch_wrapped
 
 
 def affine_output(x: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
@@ -225,8 +226,11 @@ def _grad_coefficients(
 class L2BatchNormFunction(torch.autograd.Function):
     """Training-mode L2BN with a hand-written backward. Returns ``(y, mean, var)``.
 
-    A backward run with ``create_graph=True`` returns the differentiable gradient of the
-    composite instead (:func:`l2bn._impl.composite.differentiable_train_grads`).
+    A backward run with ``create_graph=True``, or given a ``torch.func`` gradient (the
+    batched ``dy`` of ``is_grads_batched=True`` and ``jacobian(vectorize=True)``), returns
+    the differentiable gradient of the composite instead
+    (:func:`l2bn._impl.composite.differentiable_train_grads`). ``torch.export`` does not
+    record this function (see :func:`run`).
     """
 
     @staticmethod
@@ -273,7 +277,9 @@ class L2BatchNormFunction(torch.autograd.Function):
             weight is not None and ctx.needs_input_grad[1],
             ctx.bias_dtype is not None and ctx.needs_input_grad[2],
         )
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or functorch_wrapped(dy):
+            # create_graph=True, or a batched dy (is_grads_batched, which vmaps this
+            # backward: the passes below write into plain buffers in place).
             grads = differentiable_train_grads(dy, x, weight, ctx.eps, ctx.l2_eps, ctx.scale, needs)
             return (*grads, None, None, None)
         if ctx.vector:
@@ -337,6 +343,13 @@ def run(
     """L2BN of checked arguments; updates the running statistics in training mode."""
     if not training:
         return eval_forward(x, running_mean, running_var, weight, bias, eps, l2_eps, scale)
+    if exporting():
+        # torch.export would inline L2BatchNormFunction's forward (in-place steps included)
+        # and drop its backward: the program records the composite, which autograd
+        # differentiates (also when traced under no_grad: the program may be trained later).
+        return composite.l2_batch_norm(
+            x, running_mean, running_var, weight, bias, True, momentum, eps, l2_eps, scale
+        )
     if grad:
         out, mean, var = L2BatchNormFunction.apply(x, weight, bias, eps, l2_eps, scale)
     else:

@@ -6,14 +6,23 @@
   them supports as it supports BatchNorm.
 * ``compiling()``: ``torch.compile`` and ``torch.export`` keep the registered fused
   operators, but the PyTorch backend must take data-independent code paths.
+* ``exporting()``: ``torch.export`` in particular. It inlines the forward of a Python
+  ``torch.autograd.Function`` and drops its backward, so a call traced there must record
+  operators that carry their own autograd formula.
+* ``functorch_wrapped(t)``: a backward that receives such a gradient (``is_grads_batched``,
+  ``jacobian(vectorize=True)``: the backward runs under ``vmap``) must not write into
+  plain buffers in place.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.autograd.forward_ad as _forward_ad
+from torch import Tensor
 
 _functorch_active = torch._C._are_functorch_transforms_active
+_is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_is_legacy_batched = torch._C._functorch.is_legacy_batchedtensor
 _jit_tracing = torch._C._is_tracing
 
 
@@ -26,7 +35,8 @@ def _compiler_checks() -> tuple:
 _COMPILER_CHECKS = _compiler_checks()
 
 
-def _exporting() -> bool:
+def exporting() -> bool:
+    """True under ``torch.export`` (which also makes :func:`compiling` true)."""
     check = getattr(getattr(torch, "compiler", None), "is_exporting", None)
     return bool(check is not None and check())
 
@@ -42,7 +52,7 @@ def composite_required() -> bool:
     torch.compile / torch.export, which keep the registered operators)."""
     if compiling():
         # ONNX's exporter runs torch.export, then needs operations it can translate.
-        return _exporting() and _onnx_exporting()
+        return exporting() and _onnx_exporting()
     # The ONNX exporters need no check of their own here: the legacy one runs under
     # torch.jit tracing, the dynamo one under torch.export (handled above).
     return _functorch_active() or _forward_ad._current_level >= 0 or _jit_tracing()
@@ -54,3 +64,10 @@ def compiling() -> bool:
         if check():
             return True
     return False
+
+
+def functorch_wrapped(t: Tensor) -> bool:
+    """True when ``t`` is a batched or ``torch.func`` tensor, not a plain one: the legacy
+    vmap of ``is_grads_batched=True`` (and so ``jacobian(vectorize=True)``), ``vmap``, or
+    ``grad``/``jvp``. In-place writes of it into plain tensors fail."""
+    return _is_functorch_wrapped(t) or _is_legacy_batched(t)
