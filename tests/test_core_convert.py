@@ -130,3 +130,73 @@ def test_training_step_reduces_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+KINDS = (
+    "forward_pre",
+    "forward",
+    "forward_kwargs",
+    "backward_pre",
+    "backward",
+    "state_dict",
+    "load_pre",
+    "load_post",
+)
+
+
+def _hooked(layer: nn.Module, calls: dict[str, list[nn.Module]]) -> list:
+    """Registers one hook of each kind on ``layer``; each records the module it was given."""
+
+    def record(kind):
+        def hook(module, *args, **kwargs):
+            calls.setdefault(kind, []).append(module)
+
+        return hook
+
+    return [
+        layer.register_forward_pre_hook(record("forward_pre")),
+        layer.register_forward_hook(record("forward")),
+        layer.register_forward_hook(record("forward_kwargs"), with_kwargs=True),
+        layer.register_full_backward_pre_hook(record("backward_pre")),
+        layer.register_full_backward_hook(record("backward")),
+        layer.register_state_dict_post_hook(record("state_dict")),
+        layer.register_load_state_dict_pre_hook(record("load_pre")),
+        layer.register_load_state_dict_post_hook(record("load_post")),
+    ]
+
+
+def test_conversion_keeps_hooks_both_ways():
+    # convert_bn_to_l2bn and convert_l2bn_to_bn used to drop them (0 calls after conversion)
+    torch.manual_seed(0)
+    calls: dict[str, list[nn.Module]] = {}
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    handles = _hooked(model[1], calls)
+    x = torch.randn(2, 3, 5, 5)
+    for convert, kind in (
+        (convert_bn_to_l2bn, L2BatchNorm2d),
+        (convert_l2bn_to_bn, nn.BatchNorm2d),
+    ):
+        calls.clear()
+        model = convert(model)
+        layer = model[1]
+        assert type(layer) is kind
+        model(x).sum().backward()
+        model.load_state_dict(model.state_dict())
+        assert sorted(calls) == sorted(KINDS)
+        assert all(modules == [layer] for modules in calls.values()), calls
+    # the handles returned before the conversions still remove the hooks
+    for handle in handles:
+        handle.remove()
+    calls.clear()
+    model(x).sum().backward()
+    model.load_state_dict(model.state_dict())
+    assert calls == {}
+
+
+def test_converting_the_root_layer_keeps_its_hooks():
+    calls = []
+    bn = nn.BatchNorm1d(3)
+    bn.register_forward_hook(lambda m, i, o: calls.append(m))
+    layer = convert_bn_to_l2bn(bn)
+    layer(torch.randn(4, 3))
+    assert calls == [layer]

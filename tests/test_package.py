@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 HEAVY = ("matplotlib", "yaml", "scipy", "tqdm", "PIL", "soundfile", "tensorboard")
 
@@ -43,11 +50,22 @@ def test_cli_help_lists_commands():
         assert command in out
 
 
+def _console_entry_point() -> tuple[str, str]:
+    """``(module, function)`` of the ``l2bn`` command, as pyproject.toml declares it."""
+    tomllib = pytest.importorskip("tomllib")
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        target = tomllib.load(f)["project"]["scripts"]["l2bn"]
+    module, _, function = target.partition(":")
+    return module, function
+
+
 def test_cli_help_does_not_import_torch():
-    # `l2bn --help` must stay fast: neither the command line nor `import l2bn` loads torch
+    # `l2bn --help` must stay fast: the command's module imports neither torch nor l2bn
+    # (importing any l2bn.* module runs l2bn/__init__.py, which imports torch)
+    module, function = _console_entry_point()
     code = (
         "import sys\n"
-        "from l2bn.cli import main\n"
+        f"from {module} import {function} as main\n"
         "try:\n"
         "    main(['--help'])\n"
         "except SystemExit:\n"
@@ -55,6 +73,83 @@ def test_cli_help_does_not_import_torch():
         "assert 'torch' not in sys.modules, 'l2bn --help imported torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_cli_module_in_the_package_is_the_command():
+    from l2bn.cli import main
+
+    module, function = _console_entry_point()
+    assert main is getattr(importlib.import_module(module), function)
+
+
+def _run_fresh(code: str, **env: str) -> None:
+    """``code`` in a new Python process (this one has every module of l2bn loaded)."""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_import_registers_the_cpu_operators_with_fakes_and_autograd():
+    import l2bn
+
+    if not l2bn.backends.available("cpu"):
+        pytest.skip(l2bn.backends.unavailable_reason("cpu"))
+    # nothing but `import l2bn`: no layer call, no l2bn.backends
+    code = (
+        "import torch, l2bn\n"
+        "from torch._subclasses.fake_tensor import FakeTensorMode\n"
+        "ops = torch.ops.l2bn\n"
+        "assert ops.cpu_isa() in ops.cpu_isas()\n"
+        "x = torch.randn(2, 3, 4, requires_grad=True)\n"
+        "rm, rv = torch.zeros(3), torch.ones(3)\n"
+        "ops.eval_forward(x, rm, rv, None, None, 1e-5, 1e-12, True).sum().backward()\n"
+        "assert x.grad is not None and x.grad.shape == x.shape  # autograd formula\n"
+        "with FakeTensorMode() as mode:\n"
+        "    xf = mode.from_tensor(torch.randn(2, 3, 4))\n"
+        "    s = mode.from_tensor(torch.ones(3))\n"
+        "    y = ops.eval_forward(xf, s, s, None, None, 1e-5, 1e-12, True)\n"
+        "    assert y.shape == (2, 3, 4)  # fake implementation\n"
+    )
+    _run_fresh(code)
+
+
+def test_exported_program_loads_after_import_l2bn(tmp_path):
+    import torch
+
+    import l2bn
+
+    if not l2bn.backends.available("cpu"):
+        pytest.skip(l2bn.backends.unavailable_reason("cpu"))
+    layer = l2bn.L2BatchNorm2d(4).eval()
+    x = torch.randn(2, 4, 3, 3)
+    path = tmp_path / "l2bn.pt2"
+    program = torch.export.export(layer, (x,))
+    assert "l2bn.eval_forward" in str(program.graph)
+    torch.export.save(program, path)
+    torch.save((x, layer(x)), tmp_path / "io.pt")
+    code = (
+        "import torch, l2bn\n"
+        f"program = torch.export.load({str(path)!r})\n"
+        f"x, y = torch.load({str(tmp_path / 'io.pt')!r})\n"
+        "torch.testing.assert_close(program.module()(x), y)\n"
+    )
+    _run_fresh(code)
+
+
+def test_import_registers_the_triton_operators_where_the_backend_loads():
+    pytest.importorskip("triton")
+    # TRITON_INTERPRET=1: the Triton backend is usable without a GPU
+    code = (
+        "import torch, l2bn\n"
+        "assert l2bn._dispatch.triton_backend.UNAVAILABLE_REASON is None\n"
+        "for name in ('train_forward', 'train_backward', 'eval_forward', 'row_moments'):\n"
+        "    assert hasattr(torch.ops.l2bn_triton, name), name\n"
+    )
+    _run_fresh(code, TRITON_INTERPRET="1", L2BN_DISABLE_TRITON="0")
 
 
 def test_lazy_public_names_are_the_library_objects():

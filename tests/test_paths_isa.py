@@ -79,7 +79,7 @@ def test_default_isa_is_the_best_available():
 
 @pytest.mark.parametrize("value", ["sse9", *[i for i in ALL_ISAS if i not in _supported_isas()]])
 def test_unknown_or_unsupported_isa_is_a_clear_error(value):
-    done = _run("import l2bn.layers", L2BN_CPU_ISA=value)  # the first layer loads l2bn._C
+    done = _run("import l2bn.layers", L2BN_CPU_ISA=value)  # import l2bn loads l2bn._C
     assert done.returncode == 1, (done.returncode, done.stderr[-3000:])  # an exception, no signal
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("RuntimeError: l2bn._C: L2BN_CPU_ISA"), last

@@ -201,3 +201,64 @@ def test_timm_twin_needs_timm_only_for_the_reverse_conversion(monkeypatch):
         l2bn.convert_l2bn_to_bn(nn.Sequential(layer))
     with pytest.raises(ValueError, match="needs timm"):
         L2BatchNormAct2d(3, act_layer="silu")
+
+
+def _weight_norm_old(layer: nn.Module) -> nn.Module:
+    with warnings.catch_warnings():  # torch.nn.utils.weight_norm is deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.nn.utils.weight_norm(layer, "weight", dim=0)
+
+
+def _weight_norm_parametrized(layer: nn.Module) -> nn.Module:
+    return torch.nn.utils.parametrizations.weight_norm(layer, "weight", dim=0)
+
+
+@pytest.mark.parametrize("apply", [_weight_norm_old, _weight_norm_parametrized])
+def test_weight_normalized_layer_is_left_with_a_warning_naming_the_remedy(apply):
+    # the old weight_norm crashed with "TypeError: cannot assign 'torch.FloatTensor' as
+    # parameter 'weight'"; the parametrized one was called a BatchNorm class l2bn does not know
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), apply(nn.BatchNorm2d(4)), nn.BatchNorm2d(4))
+    layer = model[1]
+    with pytest.warns(
+        l2bn.ConversionWarning,
+        match=r"1 is a torch\.nn\.modules\.batchnorm\.BatchNorm2d, whose weight is computed "
+        r"by a reparametrization.*still BatchNorm.*remove_parametrizations.*remove_weight_norm",
+    ):
+        _, report = l2bn.convert_bn_to_l2bn(model, return_report=True)
+    assert model[1] is layer and type(model[2]) is L2BatchNorm2d
+    assert [(x.path, x.cls) for x in report.left] == [("1", "BatchNorm2d")]
+    model(torch.randn(2, 3, 4, 4))
+    with pytest.raises(TypeError, match=r"l2bn\.convert_bn_to_l2bn: 1 is a .*BatchNorm2d, whose"):
+        l2bn.convert_bn_to_l2bn(model, strict=True)
+    # the reverse and the synchronizing converters say the same
+    l2 = apply(L2BatchNorm2d(4))
+    with pytest.warns(
+        l2bn.ConversionWarning, match=r"root module is a .*L2BatchNorm2d.*still L2BN"
+    ):
+        assert l2bn.convert_l2bn_to_bn(l2) is l2
+    for convert in (l2bn.convert_sync_l2batchnorm, l2bn.convert_sync_batchnorm):
+        for bn in (apply(nn.BatchNorm2d(4)), apply(L2BatchNorm2d(4))):
+            with pytest.warns(l2bn.ConversionWarning, match="not synchronized"):
+                assert convert(bn) is bn
+
+
+def test_the_remedy_for_weight_normalized_layers_works():
+    bn = _weight_norm_parametrized(nn.BatchNorm2d(4))
+    torch.nn.utils.parametrize.remove_parametrizations(bn, "weight")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer = _weight_norm_parametrized(l2bn.convert_bn_to_l2bn(bn))
+    assert isinstance(layer, L2BatchNorm2d)
+    layer(torch.randn(2, 4, 3, 3)).sum().backward()
+    assert layer.parametrizations.weight.original0.grad is not None
+
+
+def test_lazy_layer_keeps_hooks_and_its_own_initialization():
+    calls = []
+    bn = nn.LazyBatchNorm2d()
+    bn.register_forward_pre_hook(lambda m, args: calls.append(("pre", m)))
+    bn.register_forward_hook(lambda m, args, out: calls.append(("post", m)))
+    layer = l2bn.convert_bn_to_l2bn(bn)
+    layer(torch.randn(2, 5, 3, 3))
+    assert type(layer) is L2BatchNorm2d and layer.num_features == 5
+    assert calls == [("pre", layer), ("post", layer)]

@@ -122,3 +122,19 @@ def test_convert_sync_l2batchnorm_handles_norm_act_layers():
     # timm's own SyncBatchNormAct (what timm's converter makes) converts too.
     synced = timm.layers.convert_sync_batchnorm(nn.Sequential(timm.layers.BatchNormAct2d(4)))
     assert type(l2bn.convert_bn_to_l2bn(synced)[0]) is SyncL2BatchNormAct
+
+
+def test_sync_converters_keep_hooks():
+    # torch's SyncBatchNorm.convert_sync_batchnorm drops them; l2bn's converters keep them
+    x = _input()
+    for convert in (l2bn.convert_sync_l2batchnorm, l2bn.convert_sync_batchnorm):
+        for layer in (nn.BatchNorm2d(3), L2BatchNorm2d(3)):
+            calls = []
+            handle = layer.register_forward_hook(lambda m, i, o, calls=calls: calls.append(m))
+            model = convert(nn.Sequential(layer)).eval()
+            assert type(model[0]) in (SyncL2BatchNorm, nn.SyncBatchNorm)
+            model(x)
+            assert calls == [model[0]], (convert.__name__, type(layer).__name__)
+            handle.remove()
+            model(x)
+            assert len(calls) == 1

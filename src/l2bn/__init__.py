@@ -1,16 +1,27 @@
 """l2bn: the reference implementation of L2BN (batch normalization of l2-normalized samples).
 
 The library needs torch alone; ``l2bn.experiments`` and the command line need the
-``experiments`` extra. The public names below are imported on first use (PEP 562), so that
-``import l2bn.cli`` (the ``l2bn`` command) does not import torch: ``l2bn --help`` stays fast.
-Importing ``l2bn.layers`` (which any L2BN layer does) makes torch's conv-BN folding refuse
-L2BN layers (see :mod:`l2bn.fusion`).
+``experiments`` extra. ``import l2bn`` registers every operator of the package with torch
+(below); the public names are imported on first use (PEP 562). Importing ``l2bn.layers``
+(which any L2BN layer does) makes torch's conv-BN folding refuse L2BN layers (see
+:mod:`l2bn.fusion`).
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
+
+# Every operator of the package is registered by ``import l2bn``, as the first L2BN call
+# would: ``torch.ops.l2bn.*`` (l2bn._C, with the fake and autograd registrations of
+# l2bn._impl.cpu) and, where the Triton backend is usable (triton importable, and a CUDA
+# device or TRITON_INTERPRET=1), ``torch.ops.l2bn_triton.*``. Without it,
+# ``torch.export.load`` of a program holding them fails after ``import l2bn`` and
+# ``torch.ops.l2bn.cpu_isa()`` does not exist yet. This imports torch, so every ``l2bn.*``
+# module does (a package's __init__ runs before any of its modules): the ``l2bn`` command
+# is therefore the top-level module ``l2bn_cli``, outside this package, which keeps
+# ``l2bn --help`` free of torch.
+from l2bn._impl import dispatch as _dispatch  # noqa: F401 (loads the backends)
 
 __version__ = "0.1.0"
 

@@ -1,55 +1,16 @@
-"""The ``l2bn`` command: one subcommand per module, each with ``configure`` and ``run``.
+"""``python -m l2bn.cli``: the ``l2bn`` command inside the package (see :mod:`l2bn_cli`).
 
-A subcommand module exposes ``configure(parser: argparse.ArgumentParser) -> None`` and
-``run(args: argparse.Namespace) -> int``. It imports heavy dependencies (matplotlib,
-yaml, ...) inside ``run`` so that ``l2bn --help`` stays fast and torch-only.
+The console entry point is the top-level module ``l2bn_cli``, whose import runs nothing of
+``l2bn``: importing this module runs ``l2bn/__init__.py`` first, which imports torch.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
-from collections.abc import Sequence
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    "compare": ("l2bn.experiments.commands.compare", "train BN vs L2BN (or any norms) over seeds"),
-    "train": ("l2bn.experiments.commands.train", "train one run from a preset"),
-    "report": ("l2bn.experiments.commands.report", "tables, significance tests and plots"),
-    "geometry": ("l2bn.analysis.geometry_command", "the toy geometry of Figures 2, 4 and 5"),
-    "bench": ("l2bn.bench.command", "time L2BN against native BatchNorm"),
-    "data": ("l2bn.data.command", "check or prepare the datasets"),
-}
+from l2bn_cli import COMMANDS, build_parser, main
 
-
-def _chosen_command(argv: Sequence[str]) -> str | None:
-    return next((arg for arg in argv if not arg.startswith("-")), None)
-
-
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; only ``command``'s module is imported (one broken command breaks no other)."""
-    parser = argparse.ArgumentParser(
-        prog="l2bn", description="L2BN: train, compare, analyse and benchmark."
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        cmd = sub.add_parser(name, help=help_text, description=help_text)
-        if name == command:
-            module = importlib.import_module(module_name)
-            module.configure(cmd)
-            cmd.set_defaults(_run=module.run)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(_chosen_command(argv))
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    return int(args._run(args) or 0)
-
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,6 +19,13 @@ is left as it is with a warning naming its class and path, or refused with
 ``strict=True``; the norms of :mod:`l2bn.norms` (LNBN, INBN, PNBN) are other norms and are
 left alone quietly. Both converters can return a :class:`ConversionReport` of what they
 converted and what they left, and log a summary (logger ``l2bn.convert``, level INFO).
+
+A converted layer keeps the hooks registered on the layer it replaces (:func:`move_hooks`,
+for every converter of l2bn). A layer whose weight or bias is computed by a
+reparametrization (``torch.nn.utils.parametrize``, including
+``torch.nn.utils.parametrizations.weight_norm``, or the older
+``torch.nn.utils.weight_norm`` / ``spectral_norm``) is left as it is with a warning, or
+refused with ``strict=True``: remove the reparametrization, convert, and apply it again.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +41,7 @@ from typing import Any
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.utils import parametrize
 
 from l2bn.frozen import is_frozen_l2_batch_norm
 from l2bn.kinds import is_l2bn_layer
@@ -81,6 +90,93 @@ def move_state(source: _NormBase, target: _NormBase) -> _NormBase:
     if hasattr(source, "qconfig"):
         target.qconfig = source.qconfig
     return target
+
+
+# --- hooks -------------------------------------------------------------------------------
+
+# nn.Module's per-module hook tables (id -> hook, or id -> flag for the *_with_kwargs and
+# *_always_called ones); ids come from one global counter, so they never collide.
+_HOOK_TABLES = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_pre_hooks",
+    "_backward_hooks",
+    "_state_dict_pre_hooks",
+    "_state_dict_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+
+
+def _bound_to(hook: Any, module: nn.Module) -> bool:
+    """A hook that is a method of ``module`` itself (a lazy layer's parameter inference):
+    machinery of that layer, which the new layer has its own of."""
+    inner = getattr(hook, "hook", hook)  # torch wraps some state_dict hooks
+    return getattr(inner, "__self__", None) is module
+
+
+def move_hooks(source: nn.Module, target: nn.Module) -> None:
+    """Give ``target`` the hooks registered on ``source`` (forward, forward pre-, backward,
+    backward pre-, state_dict and load_state_dict hooks, in their order, after
+    ``target``'s own).
+
+    Every converter of l2bn calls this for each layer it replaces (torch's
+    ``SyncBatchNorm.convert_sync_batchnorm`` drops them). Where ``target`` has no hook of a
+    kind, it takes over ``source``'s table of that kind (the same dict), so the handles
+    that registered them still remove them. Hooks that are methods of ``source`` (its own
+    machinery) are not carried; a load_state_dict pre-hook registered with the module
+    argument is given ``target``.
+    """
+    own = {
+        hook_id
+        for name in _HOOK_TABLES
+        for hook_id, hook in getattr(source, name, {}).items()
+        if _bound_to(hook, source)
+    }
+    for name in _HOOK_TABLES:
+        theirs = getattr(source, name, None)
+        ours = getattr(target, name, None)
+        if not theirs or ours is None:
+            continue
+        carried = {k: v for k, v in theirs.items() if k not in own}
+        for hook in carried.values():
+            if getattr(hook, "with_module", False):  # torch's _WrappedHook: calls hook(module, ...)
+                hook.module = weakref.ref(target)
+        if ours or len(carried) != len(theirs):
+            ours.update(carried)  # the handles no longer reach these copies
+        else:
+            setattr(target, name, theirs)
+    if getattr(target, "_is_full_backward_hook", None) is None:
+        target._is_full_backward_hook = getattr(source, "_is_full_backward_hook", None)
+
+
+# --- reparametrized layers ----------------------------------------------------------------
+
+
+def source_type(module: nn.Module) -> type[nn.Module]:
+    """``module``'s class; for a module of ``torch.nn.utils.parametrize``, the class it had
+    before its first parametrization."""
+    return parametrize.type_before_parametrizations(module)
+
+
+def reparametrized_tensors(module: nn.Module) -> list[str]:
+    """The tensors of ``module`` computed by a reparametrization rather than stored: those
+    of ``torch.nn.utils.parametrize`` (``parametrizations.weight_norm``, ...), and a
+    ``weight``/``bias`` that is neither a parameter nor a buffer (the older
+    ``torch.nn.utils.weight_norm`` and ``spectral_norm``, which recompute it before each
+    forward). A converter cannot move them as they are."""
+    if parametrize.is_parametrized(module):
+        return list(module.parametrizations)
+    return [
+        name
+        for name in ("weight", "bias")
+        if getattr(module, name, None) is not None
+        and name not in module._parameters
+        and name not in module._buffers
+    ]
 
 
 # --- what a converter did ---------------------------------------------------------------
@@ -266,17 +362,37 @@ class _Walk:
         return False
 
     def converted(self, path: str, old: nn.Module, new: nn.Module) -> nn.Module:
+        """Record the replacement of ``old`` by ``new``, which takes ``old``'s hooks."""
+        if new is not old:
+            move_hooks(old, new)
         self.report.converted.append(Converted(path, _name(type(old)), _name(type(new))))
         return new
 
+    def reparametrized(self, path: str, module: nn.Module, left_as: str) -> bool:
+        """True (after a warning, or ``TypeError`` when strict) when ``module`` cannot be
+        converted because a reparametrization computes its weight or bias."""
+        names = reparametrized_tensors(module)
+        if not names:
+            return False
+        self.unknown(
+            path,
+            module,
+            f"whose {' and '.join(names)} {'is' if len(names) == 1 else 'are'} computed by a "
+            "reparametrization (torch.nn.utils.parametrize, or the older "
+            f"torch.nn.utils.weight_norm / spectral_norm): left as it is ({left_as})",
+            "remove it first (torch.nn.utils.parametrize.remove_parametrizations, "
+            "torch.nn.utils.remove_weight_norm or remove_spectral_norm), convert, then "
+            "apply it again to the new layer; or exclude the layer with predicate",
+        )
+        return True
+
     def unknown(self, path: str, module: nn.Module, what: str, advice: str) -> None:
         where = path or "the root module"
-        message = (
-            f"{self.report.converter}: {where} is a {_qualname(type(module))}, {what}; {advice}"
-        )
+        cls = source_type(module)
+        message = f"{self.report.converter}: {where} is a {_qualname(cls)}, {what}; {advice}"
         if self.strict:
             raise TypeError(message)
-        self.report.left.append(Left(path, _name(type(module)), what))
+        self.report.left.append(Left(path, _name(cls), what))
         warnings.warn(message, ConversionWarning, stacklevel=2)
 
     def run(
@@ -312,8 +428,11 @@ def convert_bn_to_l2bn(
     """Replace every BatchNorm layer in ``module`` by its L2BN twin (table in the module doc).
 
     ``predicate(qualified_name, layer) -> bool`` selects layers (paper Table 4); the
-    parameters, buffers, device, dtype, mode, ``requires_grad`` and a norm-act layer's
-    ``drop``/``act`` are kept. A BatchNorm-like layer of a class the converter does not
+    parameters, buffers, device, dtype, mode, ``requires_grad``, hooks and a norm-act
+    layer's ``drop``/``act`` are kept. A layer whose weight or bias a reparametrization
+    computes (``weight_norm``, ``torch.nn.utils.parametrize``) is left with a
+    :class:`ConversionWarning` (``TypeError`` with ``strict=True``): remove it, convert,
+    apply it again. A BatchNorm-like layer of a class the converter does not
     know is left as it is with a :class:`ConversionWarning` naming its class and path (it
     still computes BatchNorm), or raises ``TypeError`` with ``strict=True``; exclude it with
     ``predicate`` or add its class with :func:`register_conversion`. Returns the converted
@@ -328,9 +447,9 @@ def convert_bn_to_l2bn(
     walk = _Walk("l2bn.convert_bn_to_l2bn", predicate, strict)
 
     def decide(path: str, m: nn.Module) -> nn.Module | None:
-        target = table.get(type(m))
+        target = table.get(source_type(m))
         if target is not None:
-            if not walk.selected(path, m):
+            if not walk.selected(path, m) or walk.reparametrized(path, m, "still BatchNorm"):
                 return None
             return walk.converted(path, m, build_like(target, m, extra))
         if is_l2bn_kind(m) or not looks_like_batch_norm(m):
@@ -360,17 +479,18 @@ def convert_l2bn_to_bn(
 ) -> Any:
     """Replace every L2BN layer in ``module`` by the matching BatchNorm (the table in the
     module doc, read right to left; the timm-layout layers become timm's classes, which
-    needs timm). A frozen L2BN layer, or an L2BN subclass the converter does not know, is
-    left as it is with a :class:`ConversionWarning` (``TypeError`` with ``strict=True``);
-    :func:`l2bn.unfreeze` makes frozen layers convertible. Returns the module, or
-    ``(module, ConversionReport)`` with ``return_report=True``.
+    needs timm); hooks are kept, and reparametrized layers are left as in
+    :func:`convert_bn_to_l2bn`. A frozen L2BN layer, or an L2BN subclass the converter
+    does not know, is left as it is with a :class:`ConversionWarning` (``TypeError`` with
+    ``strict=True``); :func:`l2bn.unfreeze` makes frozen layers convertible. Returns the
+    module, or ``(module, ConversionReport)`` with ``return_report=True``.
     """
 
     table = _l2bn_to_bn_table()
     walk = _Walk("l2bn.convert_l2bn_to_bn", predicate, strict)
 
     def decide(path: str, m: nn.Module) -> nn.Module | None:
-        target = table.get(type(m))
+        target = table.get(source_type(m))
         if target is None:
             if is_frozen_l2_batch_norm(m):
                 if walk.selected(path, m):
@@ -389,7 +509,7 @@ def convert_l2bn_to_bn(
                     "predicate",
                 )
             return None
-        if not walk.selected(path, m):
+        if not walk.selected(path, m) or walk.reparametrized(path, m, "still L2BN"):
             return None
         if isinstance(target, str):
             norm_act = timm_norm_act(load=True)
@@ -412,6 +532,7 @@ __all__ = [
     "build_like",
     "convert_bn_to_l2bn",
     "convert_l2bn_to_bn",
+    "move_hooks",
     "move_state",
     "register_conversion",
 ]

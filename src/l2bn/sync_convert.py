@@ -20,6 +20,7 @@ from l2bn.convert import (
     is_l2bn_kind,
     looks_like_batch_norm,
     other_norm_classes,
+    source_type,
 )
 from l2bn.layers import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d
 from l2bn.norm_act import L2BatchNormAct2d, SyncL2BatchNormAct, timm_norm_act
@@ -71,7 +72,8 @@ def convert_sync_l2batchnorm(
 
     Mirrors :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`: parameters and
     buffers are moved (same objects), mode, ``requires_grad``, ``l2_eps`` and ``scale``
-    are kept (BatchNorm layers get the L2BN defaults), and ``process_group`` is set on
+    are kept (BatchNorm layers get the L2BN defaults), so are hooks (torch's converter
+    drops them), and ``process_group`` is set on
     every converted layer. The classes converted are those of
     :func:`l2bn.convert_bn_to_l2bn` (``nn.BatchNorm1d/2d/3d``, ``nn.SyncBatchNorm``, timm's
     ``BatchNormAct2d`` and ``SyncBatchNormAct``) and the L2BN ones; an uninitialized lazy
@@ -89,9 +91,9 @@ def convert_sync_l2batchnorm(
     other_norms = other_norm_classes()
 
     def decide(path: str, m: nn.Module) -> nn.Module | None:
-        target = table.get(type(m))
+        target = table.get(source_type(m))
         if target is not None:
-            if not walk.selected(path, m):
+            if not walk.selected(path, m) or walk.reparametrized(path, m, "not synchronized"):
                 return None
             extra = {"process_group": process_group, **_l2_options(m)}
             new = build_like(target, m, extra)
@@ -133,7 +135,9 @@ def convert_sync_batchnorm(
     an uninitialized lazy layer raises ``ValueError``; a BatchNorm subclass that l2bn does
     not know is left with a ``ConversionWarning`` (``TypeError`` with ``strict=True``)
     rather than turned into a plain ``SyncBatchNorm`` that would drop what the subclass
-    adds. Returns the converted module, or ``(module, ConversionReport)``.
+    adds. Every converted layer keeps its hooks; a layer whose weight or bias a
+    reparametrization computes is left with a ``ConversionWarning``. Returns the converted
+    module, or ``(module, ConversionReport)``.
     """
     name = "l2bn.convert_sync_batchnorm"
     table, l2_sources = _sync_tables()
@@ -146,9 +150,11 @@ def convert_sync_batchnorm(
     )
 
     def decide(path: str, m: nn.Module) -> nn.Module | None:
-        kind = type(m)
+        kind = source_type(m)
         if isinstance(m, LazyModuleMixin) and (looks_like_batch_norm(m) or is_l2bn_kind(m)):
             raise _lazy_error(name, path, m)
+        if kind in table and walk.reparametrized(path, m, "not synchronized"):
+            return None
         if kind in l2_sources:
             new = build_like(table[kind], m, {"process_group": process_group, **_l2_options(m)})
             new.process_group = process_group
