@@ -226,12 +226,12 @@ def run(
     """L2BN of checked arguments that :func:`applies` accepted."""
     if training:
         args = (x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale)
-        if exporting():
-            # torch.export inlines a Python autograd function's forward and drops its
-            # backward: the program records l2bn::train, whose autograd kernel is C++ (also
-            # when traced under no_grad: the program may be trained later).
-            return _train(*args)
         if compiling():
+            if exporting():
+                # torch.export inlines a Python autograd function's forward and drops its
+                # backward: the program records l2bn::train, whose autograd kernel is C++
+                # (also when traced under no_grad: the program may be trained later).
+                return _train(*args)
             # torch.compile's graphs record train_forward (and, for training graphs,
             # train_backward) through the Python autograd function.
             if grad:
