@@ -158,3 +158,25 @@ def test_exported_training_program_trains_as_eager(backend, dtype, decompose):
         assert value.dtype == eager[name].dtype, name
         for expected in (eager[name], reference[name]):
             assert relative_error(value, expected) < limit, (name, value, expected)
+
+
+@pytest.mark.skipif(not backends.available("cpu"), reason="needs the fused CPU operators")
+@pytest.mark.parametrize("op", ["train_forward", "train_backward"])
+def test_bare_training_operators_refuse_backward(op):
+    """train_forward and train_backward have no derivative of their own: a graph holding
+    them bare (as programs exported by earlier versions of l2bn did) raises in backward
+    instead of leaving the input and parameter gradients at None."""
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    w = torch.rand(3).add(0.5).requires_grad_()
+    b = torch.zeros(3, requires_grad=True)
+    y, *stats = torch.ops.l2bn.train_forward(x.detach(), w.detach(), b.detach(), None, None,
+                                             0.1, 1e-5, 1e-12, True)  # fmt: skip
+    if op == "train_forward":
+        out = torch.ops.l2bn.train_forward(x, w, b, None, None, 0.1, 1e-5, 1e-12, True)[0]
+    else:
+        rho, active, x_mean, x_var, mean, invstd = stats
+        out = torch.ops.l2bn.train_backward(
+            torch.ones_like(y), x, w, rho, active, x_mean, x_var, mean, invstd, True, True
+        )[0]
+    with pytest.raises(RuntimeError, match=f"derivative for l2bn::{op} is not implemented"):
+        out.sum().backward()

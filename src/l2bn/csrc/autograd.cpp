@@ -9,6 +9,7 @@
 // Both operators are called through the dispatcher, so that dispatch modes and fake
 // tensors see train_forward and train_backward as they do from Python.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -160,4 +161,12 @@ Tensor train(const Tensor& x, const std::optional<Tensor>& weight,
 
 }  // namespace l2bn
 
-TORCH_LIBRARY_IMPL(l2bn, Autograd, m) { m.impl("train", &l2bn::train_autograd); }
+// train_forward and train_backward have no derivative of their own (l2bn::train and the
+// Python autograd function of torch.compile record them): a backward through a graph that
+// holds them bare, such as a program exported by an older l2bn, raises instead of leaving
+// the gradients of the input and parameters at None behind a warning.
+TORCH_LIBRARY_IMPL(l2bn, Autograd, m) {
+  m.impl("train", &l2bn::train_autograd);
+  m.impl("train_forward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("train_backward", torch::autograd::autogradNotImplementedFallback());
+}
