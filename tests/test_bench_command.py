@@ -76,6 +76,23 @@ def test_bad_shape_is_rejected(text):
         main(["bench", "--quick", "--no-e2e", "--shape", text])
 
 
+def test_contenders_option_leaves_the_naive_composite_out(tmp_path):
+    path = tmp_path / "two.json"
+    args = ["bench", "--quick", "--threads", "1", "--no-e2e", "--cases", "1d"]
+    assert main([*args, "--contenders", "bn,l2bn", "--output", str(path)]) == 0
+    results = json.loads(path.read_text())
+    assert {r["contender"] for r in results["timings"]} == {"bn", "l2bn"}
+    assert {r["contender"] for r in results["saved"]} == {"bn", "l2bn"}
+    assert results["meta"]["contenders"] == ["bn", "l2bn"]
+    assert all("speedup_over_naive" not in r for r in results["timings"])
+
+
+@pytest.mark.parametrize("text", ["bn", "naive,l2bn", "bn,l2bn,other"])
+def test_bad_contenders_are_rejected(text):
+    with pytest.raises(ValueError, match="--contenders"):
+        main(["bench", "--quick", "--no-e2e", "--contenders", text])
+
+
 def test_bad_mode_is_rejected():
     with pytest.raises(ValueError, match="valid modes"):
         main(["bench", "--quick", "--modes", "backward"])

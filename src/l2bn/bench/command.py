@@ -39,6 +39,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "layouts), e.g. --shape 16384x32 --shape 32x64x28x28",
     )
     parser.add_argument(
+        "--contenders",
+        default=",".join(cn.CONTENDERS),
+        help=f"comma-separated subset of {', '.join(cn.CONTENDERS)} (bn and l2bn required); "
+        "without naive, no call follows the composite, which evicts the caches",
+    )
+    parser.add_argument(
         "--modes",
         default=",".join(cn.MODES),
         help=f"comma-separated subset of {', '.join(cn.MODES)}",
@@ -106,6 +112,16 @@ def _parse_modes(text: str) -> list[str]:
     return modes
 
 
+def _parse_contenders(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in cn.CONTENDERS]
+    if unknown or not {"bn", "l2bn"} <= set(names):
+        raise ValueError(
+            f"--contenders {text!r}: a subset of {', '.join(cn.CONTENDERS)} that holds bn and l2bn"
+        )
+    return [n for n in cn.CONTENDERS if n in names]
+
+
 def bench_case(
     case: cn.Case,
     modes: list[str],
@@ -113,6 +129,7 @@ def bench_case(
     seed: int,
     clock: str = "wall",
     ops: bool = False,
+    contenders: tuple[str, ...] = cn.CONTENDERS,
 ) -> tuple[list, list]:
     """Timing rows and saved-bytes rows of one case (with ``ops``, also the operators
     alone, interleaved among themselves after the modules)."""
@@ -120,7 +137,7 @@ def bench_case(
     x = case.input(gen).requires_grad_()
     dy = case.input(gen)
     dims, channels = len(case.shape), case.shape[1]
-    modules = {name: cn.build(name, channels, dims) for name in cn.CONTENDERS}
+    modules = {name: cn.build(name, channels, dims) for name in contenders}
     if case.layout == "channels_last":
         for m in modules.values():
             m.to(memory_format=torch.channels_last)
@@ -138,7 +155,8 @@ def bench_case(
         calls = {name: cn.mode_call(m, mode, x, dy) for name, m in modules.items()}
         timings = time_interleaved(calls, rounds, warmup=1, before=drop_grads, clock=clock)
         for name, t in timings.items():
-            rows.append(timing_row(case.name, mode, name, t, timings["bn"], timings["naive"]))
+            naive = timings.get("naive")
+            rows.append(timing_row(case.name, mode, name, t, timings["bn"], naive))
         if ops:
             calls = cn.op_calls(mode, x, dy)
             timings = time_interleaved(calls, rounds, warmup=1, clock=clock)
@@ -165,6 +183,7 @@ def bench_case(
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Run every selected case (and the ResNet-20 step); return the results dict."""
     modes = _parse_modes(args.modes)
+    contenders = tuple(_parse_contenders(getattr(args, "contenders", ",".join(cn.CONTENDERS))))
     rounds = args.rounds or (2 if args.quick else 15)
     shapes = [cn.parse_shape(text) for text in getattr(args, "shape", None) or []]
     pool = cn.shape_cases(shapes) if shapes else cn.cases(args.quick)
@@ -177,6 +196,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "rounds": rounds,
             "device": "cpu",
             "clock": args.clock,
+            "contenders": list(contenders),
             "quick": bool(args.quick),
             "l2bn_implementation": backends.status("cpu"),
             **machine.describe(),
@@ -187,7 +207,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     }
     for i, case in enumerate(selected):
         ops = bool(getattr(args, "ops", False)) and backends.available("cpu")
-        rows, saved_rows = bench_case(case, modes, rounds, seed=i, clock=args.clock, ops=ops)
+        rows, saved_rows = bench_case(
+            case, modes, rounds, seed=i, clock=args.clock, ops=ops, contenders=contenders
+        )
         results["timings"] += rows
         results["saved"] += saved_rows
     if not args.no_e2e:
@@ -234,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     _parse_modes(args.modes)  # bad options fail here, not in the process started below
+    _parse_contenders(getattr(args, "contenders", ",".join(cn.CONTENDERS)))
     for text in getattr(args, "shape", None) or []:
         cn.parse_shape(text)
     env = machine.forced_environment(args.isa, args.aten_capability)
