@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from _reference import reference_l2bn, relative_error
+from _export_training import conv_l2bn, reference_step, training_step
+from _reference import relative_error
 from l2bn import L2BatchNorm2d, backends, convert_bn_to_l2bn
 
 
@@ -89,47 +90,6 @@ _EXPORT_TRAINING = [
 ]
 
 
-def _conv_l2bn(dtype: torch.dtype) -> nn.Module:
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), L2BatchNorm2d(4))
-    with torch.no_grad():
-        net[1].weight.uniform_(0.5, 1.5)
-        net[1].bias.uniform_(-1, 1)
-    return net.to(dtype).train()
-
-
-def _training_step(net: nn.Module, x: torch.Tensor, probe: torch.Tensor) -> dict:
-    """Output, input and parameter gradients of ``sum(probe * net(x))``, and the running
-    statistics after the step (``net`` holds a conv ``0`` and an L2BN layer ``1``)."""
-    xg = x.detach().clone().requires_grad_()
-    y = net(xg)
-    (y.double() * probe).sum().backward()
-    found = {"y": y, "x.grad": xg.grad}
-    for name in ("0.weight", "1.weight", "1.bias"):
-        found[name + ".grad"] = net.get_parameter(name).grad
-    for name in ("1.running_mean", "1.running_var"):
-        found[name] = net.get_buffer(name)
-    return found
-
-
-def _reference_step(net: nn.Module, x: torch.Tensor, probe: torch.Tensor) -> dict:
-    """:func:`_training_step` of a float64 copy of ``net`` with the reference L2BN."""
-    net = copy.deepcopy(net).double()
-    conv, norm = net[0], net[1]
-    xg = x.detach().double().requires_grad_()
-    y = reference_l2bn(
-        conv(xg), norm.running_mean, norm.running_var, norm.weight, norm.bias, True,
-        norm.momentum, norm.eps,
-    )  # fmt: skip
-    (y * probe).sum().backward()
-    found = {"y": y, "x.grad": xg.grad}
-    for name in ("0.weight", "1.weight", "1.bias"):
-        found[name + ".grad"] = net.get_parameter(name).grad
-    for name in ("1.running_mean", "1.running_var"):
-        found[name] = net.get_buffer(name)
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("backend", "dtype", "decompose"), _EXPORT_TRAINING, ids=str)
 def test_exported_training_program_trains_as_eager(backend, dtype, decompose):
@@ -144,14 +104,14 @@ def test_exported_training_program_trains_as_eager(backend, dtype, decompose):
     x = torch.randn(4, 3, 6, 6, generator=g) * torch.logspace(-1, 1, 4).view(-1, 1, 1, 1)
     x = x.to(dtype)
     probe = torch.randn(4, 4, 4, 4, generator=g, dtype=torch.float64)
-    net = _conv_l2bn(dtype)
-    reference = _reference_step(net, x, probe)
+    net = conv_l2bn(dtype)
+    reference = reference_step(net, x, probe)
     with backends.prefer(backend):
         program = torch.export.export(copy.deepcopy(net), (x,))
         if decompose:
             program = program.run_decompositions()
-        exported = _training_step(program.module(), x, probe)
-        eager = _training_step(copy.deepcopy(net), x, probe)
+        exported = training_step(program.module(), x, probe)
+        eager = training_step(copy.deepcopy(net), x, probe)
     limit = 1e-4 if dtype == torch.float32 else 3e-2  # bfloat16: 2**-8 per rounding
     for name, value in exported.items():
         assert value is not None, f"{name}: no gradient"

@@ -3,8 +3,9 @@
 Triton's interpreter (``test_triton_kernels.py``) runs the kernels' arithmetic but not the
 compiler, which rejects what the interpreter lets through (a loop-carried value changing
 type, a block where a scalar is wanted, an unsupported shape). Here every launch the
-operators make for three shapes, both training paths and eval, is recorded on ``meta``
-tensors instead of run, and compiled ahead of time with ``triton.compile`` for sm_90,
+operators make for three shapes, both training paths (``train_forward``, the functional
+``train`` that ``torch.export`` records, ``train_backward``) and eval, is recorded on
+``meta`` tensors instead of run, and compiled ahead of time with ``triton.compile`` for sm_90,
 with the same argument types and constexprs (triton ships the ``ptxas`` it needs). Skipped
 where triton or its NVIDIA backend is missing, in the interpreter, and on a machine with
 CUDA (where the kernels are compiled for real by the GPU tests).
@@ -82,6 +83,7 @@ def _record_launches(ops, monkeypatch) -> dict:
             _y, *stats = ops._train_forward(x, w, b, rm, rv, 0.1, 1e-5, 1e-12, True, True)
             ops._train_backward(x, x, w, *stats, True, True, True)
             ops._train_backward(x, x, None, *stats, False, False, True)
+            ops._train(x, w, b, 1e-5, 1e-12, True, True)  # what torch.export records
         monkeypatch.setattr(ops, "FOLD_MAX_STATS", default)
         ops._eval_forward(x, rm, rv, w, None, 1e-5, 1e-12, True, True)
     return launches

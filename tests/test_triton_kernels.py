@@ -10,11 +10,13 @@ Shapes are tiny: the interpreter is slow.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
+from _export_training import conv_l2bn, reference_step, training_step
 from _reference import adversarial_input, reference_l2bn, relative_error
 from _triton_support import (
     DEVICE,
@@ -453,10 +455,16 @@ def _op_samples(ops):
     _y, *stats = ops.train_forward(*forward)
     backward = (torch.randn_like(x), x, w, *stats, True, True)
     evaluate = (x.contiguous(memory_format=torch.channels_last), rm, rv, w, None, 1e-5, 0.0, False)
-    return {"train_forward": forward, "train_backward": backward, "eval_forward": evaluate}
+    train = (x, w, b, 1e-5, 1e-12, True)
+    return {
+        "train_forward": forward,
+        "train": train,
+        "train_backward": backward,
+        "eval_forward": evaluate,
+    }
 
 
-@pytest.mark.parametrize("name", ["train_forward", "train_backward", "eval_forward"])
+@pytest.mark.parametrize("name", ["train_forward", "train", "train_backward", "eval_forward"])
 def test_opcheck(name, path, ops):
     """Schema, fake-tensor (meta) and autograd-registration checks of each operator; on
     CUDA also the AOT-dispatch check (the interpreter's kernels cannot be traced)."""
@@ -469,26 +477,79 @@ def test_opcheck(name, path, ops):
 
 @pytest.mark.parametrize("training", [False, True])
 def test_export_keeps_the_operators(training):
-    """``torch.export`` records the Triton operators (eval; training under no_grad, which
-    mutates the running statistics) and the exported program computes the same output."""
+    """``torch.export`` records the Triton operators (eval; training under no_grad: the
+    functional ``train``, the program updating the running statistics) and the exported
+    program computes the same output."""
     layer = L2BatchNorm2d(4).to(DEVICE).train(training)
     x = torch.randn(3, 4, 5, 5, device=DEVICE) * 2 + 1
     with torch.no_grad():
         exported = torch.export.export(layer, (x,))
         graph = str(exported.graph)
-        assert ("l2bn_triton.train_forward" if training else "l2bn_triton.eval_forward") in graph
+        assert ("l2bn_triton.train.default" if training else "l2bn_triton.eval_forward") in graph
         x2 = torch.randn(3, 4, 5, 5, device=DEVICE) * 3
         eager = L2BatchNorm2d(4).to(DEVICE).train(training)
         torch.testing.assert_close(exported.module()(x2), eager(x2), rtol=1e-5, atol=1e-5)
 
 
-def test_exported_training_program_refuses_backward():
-    """A training-mode program keeps ``l2bn_triton.train_forward``, which mutates the
-    running statistics and so carries no autograd formula: its backward raises, rather
-    than leaving the gradients of L2BN and earlier layers None."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_exported_training_program_trains_as_eager(dtype, path, launches):
+    """``torch.export(model.train())`` of Conv2d -> L2BatchNorm2d records the functional
+    ``l2bn_triton.train`` (not the composite, not the mutating ``train_forward``, which
+    carries no autograd formula): a training step of the exported module runs the Triton
+    kernels both ways and gives the output, the input, conv and L2BN gradients and the
+    running statistics of eager, and of the float64 reference."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, 6, 6, generator=g) * torch.logspace(-1, 1, 4).view(-1, 1, 1, 1)
+    x = x.to(dtype)
+    probe = torch.randn(4, 4, 4, 4, generator=g, dtype=torch.float64)
+    net = conv_l2bn(dtype)
+    reference = reference_step(net, x, probe)
+    x, probe, net = x.to(DEVICE), probe.to(DEVICE), net.to(DEVICE)
+    program = torch.export.export(copy.deepcopy(net), (x,))
+    graph = str(program.graph)
+    assert "l2bn_triton.train.default" in graph, graph
+    for absent in ("train_forward", "batch_norm", "vector_norm", "l2bn.train"):
+        assert absent not in graph, (absent, graph)
+    launches.take()  # export traces on fake tensors: no launch
+    exported = training_step(program.module(), x, probe)
+    forward, backward = (FOLDED_FORWARD, FOLDED_BACKWARD) if path == "folded" else (
+        FORWARD, BACKWARD)  # fmt: skip
+    assert launches.take() == forward + backward
+    eager = training_step(copy.deepcopy(net), x, probe)
+    assert launches.take() == forward + backward
+    limit = 1e-4 if dtype == torch.float32 else 3e-2  # bfloat16: 2**-8 per rounding
+    for name, value in exported.items():
+        assert value is not None, f"{name}: no gradient"
+        assert value.dtype == eager[name].dtype, name
+        for expected in (eager[name], reference[name]):
+            error = relative_error(value.cpu(), expected.cpu())
+            assert error < limit, (name, value, expected)
+    # The running statistics move as eager's (BatchNorm's rule, a rounding apart).
+    tol = {} if dtype == torch.bfloat16 else {"rtol": 1e-6, "atol": 1e-7}
+    for name in ("1.running_mean", "1.running_var"):
+        torch.testing.assert_close(exported[name], eager[name], **tol)
+
+
+def test_exported_training_program_second_derivatives(launches):
+    """A backward of the exported program with ``create_graph=True`` (a gradient penalty)
+    differentiates the composite's gradient, as eager does: the same second derivatives
+    of the input and parameters."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 4, 3, 3, generator=g).to(DEVICE) + 0.5
+    probe = torch.randn(3, 4, 3, 3, generator=g).to(DEVICE)
     layer = L2BatchNorm2d(4).to(DEVICE).train()
-    x = torch.randn(3, 4, 5, 5, device=DEVICE)
-    exported = torch.export.export(layer, (x,)).module()
-    y = exported(x.clone().requires_grad_())
-    with pytest.raises(RuntimeError, match="no autograd formula"):
-        y.sum().backward()
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+    exported = torch.export.export(copy.deepcopy(layer), (x,)).module()
+
+    def penalty_grads(module):
+        xg = x.clone().requires_grad_()
+        (gx,) = torch.autograd.grad((module(xg) * probe).sum(), xg, create_graph=True)
+        params = [xg, *module.parameters()]  # x, weight, bias (which dx does not involve)
+        return torch.autograd.grad(gx.square().sum(), params, allow_unused=True)
+
+    got, expected = penalty_grads(exported), penalty_grads(layer)
+    assert got[2] is None and expected[2] is None
+    for a, b in zip(got[:2], expected[:2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert launches.take().count("row_sums_kernel") == 2  # both forwards ran the kernels

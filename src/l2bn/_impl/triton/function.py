@@ -5,6 +5,13 @@ autograd formula; :class:`TritonL2BatchNormFunction` saves ``x`` and the ``O(N *
 statistics and calls the backward operator, or, for a backward run with
 ``create_graph=True``, the differentiable composite
 (:func:`l2bn._impl.composite.differentiable_train_grads`).
+
+``torch.export`` inlines a Python autograd function's forward and drops its backward, so
+a training call traced there records ``l2bn_triton::train`` instead: the same kernels
+without the mutation, with the same backward registered as its autograd formula here
+(:func:`torch.library.register_autograd`); the running statistics are then updated by
+:func:`l2bn._impl.running.update_running_stats` from the batch statistics it returns,
+which the exported program records as a mutation of the module's buffers.
 """
 
 from __future__ import annotations
@@ -15,8 +22,11 @@ import torch
 from torch import Tensor
 
 from l2bn._impl.operator_backward import train_grads
+from l2bn._impl.running import update_running_stats
+from l2bn._impl.transforms import exporting
 from l2bn._impl.triton import ops  # registers torch.ops.l2bn_triton.*
 
+_train = torch.ops.l2bn_triton.train.default
 _train_forward = torch.ops.l2bn_triton.train_forward.default
 _train_backward = torch.ops.l2bn_triton.train_backward.default
 _eval_forward = torch.ops.l2bn_triton.eval_forward.default
@@ -39,11 +49,74 @@ def run(
 ) -> Tensor:
     """Training (with autograd when ``grad``) or eval L2BN on the Triton operators."""
     if training:
+        if exporting():
+            # Also when traced under no_grad: the program may be trained later.
+            return _exported_train(
+                x, running_mean, running_var, weight, bias, momentum, eps, l2_eps, scale
+            )
         args = (x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale)
         if grad:
             return TritonL2BatchNormFunction.apply(*args)[0]
         return _train_forward(*args)[0]
     return _eval_forward(x, running_mean, running_var, weight, bias, eps, l2_eps, scale)
+
+
+def _exported_train(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    momentum: float,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+) -> Tensor:
+    """Training L2BN as ``torch.export`` records it: ``l2bn_triton::train`` (autograd
+    through :func:`_train_backward_formula`), then the running-statistics update."""
+    y, *_saved, mean, _invstd, var = _train(x, weight, bias, eps, l2_eps, scale)
+    if running_mean is not None or running_var is not None:
+        count = x.numel() // x.shape[1]
+        update_running_stats(running_mean, running_var, mean, var, count, momentum)
+    return y
+
+
+def _save_for_backward(
+    ctx: Any,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    stats: tuple,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+) -> None:
+    """What both training autograd formulas keep: ``x``, the weight and the ``O(N * C)``
+    statistics (non-differentiable outputs), as :func:`train_grads` reads them."""
+    ctx.save_for_backward(x, weight, *stats)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients of the statistics
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.eps, ctx.l2_eps, ctx.scale = eps, l2_eps, scale
+
+
+def _train_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    x, weight, bias, eps, l2_eps, scale = inputs
+    _save_for_backward(ctx, x, weight, bias, output[1:7], eps, l2_eps, scale)
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _train_backward_formula(ctx: Any, dy: Tensor, *_stats: Tensor) -> tuple[Tensor | None, ...]:
+    """The autograd formula of ``l2bn_triton::train``: that of
+    :class:`TritonL2BatchNormFunction` (``train_backward``, or the differentiable composite
+    under ``create_graph=True``)."""
+    if dy is None:  # the output was not used: no gradient flows
+        return (None,) * 6
+    return (*train_grads(ctx, dy, _train_backward), None, None, None)
+
+
+torch.library.register_autograd(
+    "l2bn_triton::train", _train_backward_formula, setup_context=_train_setup_context
+)
 
 
 class TritonL2BatchNormFunction(torch.autograd.Function):
@@ -69,11 +142,8 @@ class TritonL2BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
         x, weight, bias, _rm, _rv, _momentum, eps, l2_eps, scale = inputs
-        ctx.save_for_backward(x, weight, *output[1:])
+        _save_for_backward(ctx, x, weight, bias, output[1:], eps, l2_eps, scale)
         ctx.mark_non_differentiable(*output[1:])
-        ctx.set_materialize_grads(False)  # no zero-filled gradients of the statistics
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.eps, ctx.l2_eps, ctx.scale = eps, l2_eps, scale
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor, *_stats: Tensor) -> tuple[Tensor | None, ...]:

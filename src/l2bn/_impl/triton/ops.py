@@ -9,6 +9,11 @@ same allocation code, no launch), which ``torch.export`` and fake-tensor tracing
 * ``train_forward(x, weight?, bias?, running_mean?, running_var?, momentum, eps, l2_eps,
   scale) -> (y, rho, active, row_mean, row_var, mean, invstd)``; mutates the running
   statistics (BatchNorm's rule, ``momentum`` being this step's factor);
+* ``train(x, weight?, bias?, eps, l2_eps, scale) -> (y, rho, active, row_mean, row_var,
+  mean, invstd, var)``: ``train_forward`` without running statistics, returning the
+  biased batch variance ``var`` too, with an autograd formula (what ``torch.export``
+  records: it keeps no Python autograd function, and ``torch.library.register_autograd``
+  refuses operators that mutate their inputs);
 * ``train_backward(dy, x, weight?, rho, active, row_mean, row_var, mean, invstd, scale,
   input_grad) -> (dx, dweight, dbias)``;
 * ``eval_forward(x, running_mean, running_var, weight?, bias?, eps, l2_eps, scale) -> y``;
@@ -237,6 +242,12 @@ def folded_groups(geo: Geometry) -> tuple[int, int]:
     return n_groups, per * geo.block_s
 
 
+def _unbias(count: int, unbiased: bool) -> float:
+    """The factor of the batch variance in the running-statistics update: BatchNorm's
+    ``K / (K - 1)`` (``K`` values per channel), or 1 (the biased variance itself)."""
+    return count / max(count - 1, 1) if unbiased else 1.0
+
+
 def _rho_scale(x: Tensor, scale: bool) -> float:
     return 1.0 / math.sqrt(math.prod(x.shape[1:])) if scale else 1.0
 
@@ -302,10 +313,11 @@ def _forward_finalize(
     l2_eps: float,
     scale: bool,
     vector: bool,
+    unbiased: bool = True,
 ) -> None:
     """Launch ``forward_finalize`` on the partials of ``row_sums``; writes ``stats``
     (``rho, active, row_mean, row_var, mean, invstd, gain, shift``) and the running
-    statistics given."""
+    statistics given (towards the biased batch variance where not ``unbiased``)."""
     s1, s2, shifts, sq = partials
     rho, active, row_mean, row_var, mean, invstd, gain, shift = stats
     n, c, m = geo.n, geo.c, geo.m
@@ -320,7 +332,7 @@ def _forward_finalize(
         mean if running_var is None else running_var,
         rho, active, row_mean, row_var, mean, invstd, gain, shift,
         n, c, sxn, sxc, geo.n_parts, geo.n_splits,
-        1.0 / m, _rho_scale(x, scale), l2_eps, eps, momentum, count / max(count - 1, 1),
+        1.0 / m, _rho_scale(x, scale), l2_eps, eps, momentum, _unbias(count, unbiased),
         VECTOR=vector, HAS_W=weight is not None, HAS_B=bias is not None,
         HAS_RM=running_mean is not None, HAS_RV=running_var is not None,
         BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_P=TILING.block_p,
@@ -367,10 +379,11 @@ def _folded_affine(
     l2_eps: float,
     scale: bool,
     vector: bool,
+    unbiased: bool = True,
 ) -> None:
     """Launch ``folded_affine`` on the partials of ``row_sums``: the finalize and the
     output pass in one launch; writes ``y``, ``stats`` (``rho, active, row_mean, row_var,
-    mean, invstd``) and the running statistics given."""
+    mean, invstd``) and the running statistics given (as :func:`_forward_finalize`)."""
     s1, s2, shifts, sq = partials
     rho, active, row_mean, row_var, mean, invstd = stats
     n, c, m = geo.n, geo.c, geo.m
@@ -387,7 +400,7 @@ def _folded_affine(
         rho, active, row_mean, row_var, mean, invstd,
         n, c, m, sxn, sxc, sxs, syn, syc, sys_,
         geo.n_cblocks, n_groups, group_len, geo.n_parts, geo.n_splits,
-        1.0 / m, _rho_scale(x, scale), l2_eps, eps, momentum, count / max(count - 1, 1),
+        1.0 / m, _rho_scale(x, scale), l2_eps, eps, momentum, _unbias(count, unbiased),
         VECTOR=vector, HAS_W=weight is not None, HAS_B=bias is not None,
         HAS_RM=running_mean is not None, HAS_RV=running_var is not None,
         BLOCK_N=_finalize_block_n(n, geo.block_c), BLOCK_C=geo.block_c, BLOCK_S=geo.block_s,
@@ -499,6 +512,7 @@ def _train_forward(
     l2_eps: float,
     scale: bool,
     launch: bool,
+    unbiased: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     x, strides = addressable(x)
     n, c, m = _ncm(x)
@@ -516,14 +530,14 @@ def _train_forward(
     if fold:
         _folded_affine(
             x, strides, y, geo, partials, outputs[1:], weight, bias, running_mean, running_var,
-            momentum, eps, l2_eps, scale, vector,
+            momentum, eps, l2_eps, scale, vector, unbiased,
         )  # fmt: skip
         return outputs
     gain, shift = _f32(x, c), _f32(x, c)
     stats = (rho, active, row_mean, row_var, mean, invstd, gain, shift)
     _forward_finalize(
         x, strides, geo, partials, stats, weight, bias, running_mean, running_var,
-        momentum, eps, l2_eps, scale, vector,
+        momentum, eps, l2_eps, scale, vector, unbiased,
     )  # fmt: skip
     _affine(x, strides, y, geo, rho, gain, shift, rows=False)
     return outputs
@@ -553,6 +567,50 @@ def _train_forward_fake(x, weight, bias, running_mean, running_var, momentum, ep
     return _train_forward(
         x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale, False
     )
+
+
+# --------------------------------------------------------------------------------------
+# train: train_forward without the mutation, for torch.export
+
+
+def _train(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+    launch: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    # The kernels' running-statistics update of zeros with factor 1 writes the batch mean
+    # and biased variance themselves: the launches of train_forward, nothing mutated.
+    c = x.shape[1]
+    batch_mean, var = (torch.zeros((c,), dtype=torch.float32, device=x.device) for _ in range(2))
+    outputs = _train_forward(
+        x, weight, bias, batch_mean, var, 1.0, eps, l2_eps, scale, launch, unbiased=False
+    )
+    return (*outputs, var)
+
+
+@triton_op(f"{NAMESPACE}::train", mutates_args=())
+def train(
+    x: Tensor,
+    weight: Optional[Tensor],  # noqa: UP045
+    bias: Optional[Tensor],  # noqa: UP045
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Training-mode L2BN without running statistics, for ``torch.export``: the outputs of
+    ``train_forward`` and the biased batch variance ``var`` (``(C,)`` float32), from
+    which the caller updates the running statistics; the launches of ``train_forward``.
+    Its autograd formula is registered by :mod:`l2bn._impl.triton.function`."""
+    return _train(x, weight, bias, eps, l2_eps, scale, True)
+
+
+@train.register_fake
+def _train_fake(x, weight, bias, eps, l2_eps, scale):
+    return _train(x, weight, bias, eps, l2_eps, scale, False)
 
 
 # --------------------------------------------------------------------------------------
@@ -848,5 +906,5 @@ def _grad_combine_fake(dy, x, p, q, r):
     return _grad_combine(dy, x, p, q, r, False)
 
 
-OPERATORS = (train_forward, train_backward, eval_forward)
+OPERATORS = (train_forward, train, train_backward, eval_forward)
 SYNC_OPERATORS = (row_moments, scale_shift, grad_row_sums, grad_combine)
