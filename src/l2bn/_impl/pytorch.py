@@ -27,7 +27,7 @@ from torch import Tensor
 from l2bn._impl import composite, passes, vector_passes
 from l2bn._impl import moments as _moments
 from l2bn._impl.composite import differentiable_train_grads
-from l2bn._impl.running import update_running_stats
+from l2bn._impl.running import update_from_batch
 from l2bn._impl.sample_scale import norm_divisor
 from l2bn._impl.transforms import exporting, functorch_wrapped
 
@@ -355,9 +355,7 @@ def run(
     else:
         out, stats, _, _ = train_forward(x, weight, bias, eps, l2_eps, scale)
         mean, var = stats.mean, stats.var
-    if running_mean is not None or running_var is not None:
-        count = x.numel() // x.shape[1]
-        update_running_stats(running_mean, running_var, mean, var, count, momentum)
+    update_from_batch(running_mean, running_var, mean, var, x, momentum)
     return out
 
 

@@ -55,3 +55,18 @@ def update_running_stats(
             continue
         weight = factor.to(buf.dtype) if isinstance(factor, Tensor) else factor
         buf.lerp_(value.to(buf.dtype), weight)
+
+
+def update_from_batch(
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    mean: Tensor,
+    var: Tensor,
+    x: Tensor,
+    factor: float,
+) -> None:
+    """:func:`update_running_stats` for the batch ``x`` of shape ``(N, C, *S)`` (``N * S``
+    values per channel); nothing to do when the layer tracks no running statistics."""
+    if running_mean is not None or running_var is not None:
+        count = x.numel() // x.shape[1]
+        update_running_stats(running_mean, running_var, mean, var, count, factor)

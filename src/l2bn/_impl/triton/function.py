@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from l2bn._impl.operator_backward import train_grads
-from l2bn._impl.running import update_running_stats
+from l2bn._impl.running import update_from_batch
 from l2bn._impl.transforms import exporting
 from l2bn._impl.triton import ops  # registers torch.ops.l2bn_triton.*
 
@@ -75,9 +75,7 @@ def _exported_train(
     """Training L2BN as ``torch.export`` records it: ``l2bn_triton::train`` (autograd
     through :func:`_train_backward_formula`), then the running-statistics update."""
     y, *_saved, mean, _invstd, var = _train(x, weight, bias, eps, l2_eps, scale)
-    if running_mean is not None or running_var is not None:
-        count = x.numel() // x.shape[1]
-        update_running_stats(running_mean, running_var, mean, var, count, momentum)
+    update_from_batch(running_mean, running_var, mean, var, x, momentum)
     return y
 
 
