@@ -108,7 +108,7 @@ def _parse_modes(text: str) -> list[str]:
     modes = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in modes if m not in cn.MODES]
     if unknown or not modes:
-        raise ValueError(f"unknown mode(s) {unknown}; valid modes: {', '.join(cn.MODES)}")
+        raise ValueError(f"--modes: unknown mode(s) {unknown}; valid modes: {', '.join(cn.MODES)}")
     return modes
 
 
@@ -184,7 +184,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Run every selected case (and the ResNet-20 step); return the results dict."""
     modes = _parse_modes(args.modes)
     contenders = tuple(_parse_contenders(getattr(args, "contenders", ",".join(cn.CONTENDERS))))
-    rounds = args.rounds or (2 if args.quick else 15)
+    rounds = args.rounds if args.rounds is not None else (2 if args.quick else 15)
     shapes = [cn.parse_shape(text) for text in getattr(args, "shape", None) or []]
     pool = cn.shape_cases(shapes) if shapes else cn.cases(args.quick)
     selected = [c for c in pool if args.cases in c.name]
@@ -248,17 +248,30 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Raise ``ValueError`` for a bad option of the CPU benchmark (before any work, and
+    before the process that --isa starts)."""
+    if args.rounds is not None and args.rounds < 1:
+        raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    _parse_modes(args.modes)
+    _parse_contenders(getattr(args, "contenders", ",".join(cn.CONTENDERS)))
+    for text in getattr(args, "shape", None) or []:
+        cn.parse_shape(text)
+
+
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "device", "cpu") == "cuda":
         from l2bn.bench import gpu
 
         return gpu.run(args)
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    _parse_modes(args.modes)  # bad options fail here, not in the process started below
-    _parse_contenders(getattr(args, "contenders", ",".join(cn.CONTENDERS)))
-    for text in getattr(args, "shape", None) or []:
-        cn.parse_shape(text)
+    try:
+        check_options(args)
+    except ValueError as error:
+        # As argparse reports a bad option: one line, exit status 2.
+        print(f"l2bn bench: error: {error}", file=sys.stderr)
+        return 2
     env = machine.forced_environment(args.isa, args.aten_capability)
     if env is not None:
         # Both instruction sets are fixed at load time: rerun in a process that loads them.
