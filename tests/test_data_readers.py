@@ -235,6 +235,36 @@ def test_pickle_with_foreign_code_is_refused(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.parametrize("bad", [1.7, 2.0, True, "3"])
+def test_non_integer_cifar_label_is_a_clear_error(tmp_path, bad):
+    """A label that is not an integer is refused, naming the file, never truncated."""
+    folder = write_cifar_dataset(tmp_path, "cifar10", per_file=4)
+    path = folder / "data_batch_2"
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    batch[b"labels"][1] = bad
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+    with pytest.raises(ValueError, match="list of ints") as err:
+        data.load_dataset("cifar10", root=tmp_path)
+    assert "data_batch_2" in str(err.value) and repr(bad) in str(err.value)
+
+
+def test_numpy_integer_cifar_labels_are_read(tmp_path):
+    import numpy as np
+
+    folder = write_cifar_dataset(tmp_path, "cifar10", per_file=4)
+    path = folder / "data_batch_1"
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    expected = list(batch[b"labels"])
+    batch[b"labels"] = [np.int64(v) for v in expected]
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+    train = data.load_dataset("cifar10", root=tmp_path)
+    assert train.labels[:4].tolist() == expected
+
+
 def test_pickle_missing_key_is_a_clear_error(tmp_path):
     folder = write_cifar_dataset(tmp_path, "cifar100", per_file=4)
     with open(folder / "test", "wb") as f:

@@ -122,12 +122,22 @@ def _field(batch: Any, key: bytes, path: Path) -> Any:
     return value
 
 
+def _is_integer(value: object) -> bool:
+    """A Python or numpy integer (what the CIFAR pickles hold as labels)."""
+    return isinstance(value, int) or type(value).__name__.startswith(("int", "uint"))
+
+
 def _read_batch(path: Path, label_key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
     batch = load_array_pickle(path)
     raw_data, raw_labels = _field(batch, b"data", path), _field(batch, label_key, path)
     try:
         data = torch.as_tensor(raw_data)
-        labels = torch.as_tensor(list(raw_labels), dtype=torch.int64)
+        values = list(raw_labels)
+        # Integers only: a float label (1.7) would otherwise be truncated to 1 in silence.
+        bad = next((v for v in values if isinstance(v, bool) or not _is_integer(v)), None)
+        if bad is not None:
+            raise TypeError(f"found {bad!r} of type {type(bad).__name__}")
+        labels = torch.as_tensor(values, dtype=torch.int64)
     except (TypeError, ValueError, RuntimeError) as err:
         raise ValueError(
             f"{path}: b'data' must be a uint8 array and {label_key!r} a list of ints ({err})"
