@@ -108,7 +108,8 @@ def test_cache_can_be_disabled_or_moved(layout: Path, tmp_path: Path) -> None:
     assert not off.cache.entry_path(off.files[0]).exists()
     moved = dcase.Dcase2020Task1a(layout, train=False, cache_dir=tmp_path / "elsewhere")
     moved[0]
-    assert (tmp_path / "elsewhere" / "audio" / (off.files[0].stem + ".pt")).is_file()
+    tag = moved.recipe.tag
+    assert (tmp_path / "elsewhere" / tag / "audio" / (off.files[0].stem + ".pt")).is_file()
 
 
 def test_missing_root_says_where_it_looked(tmp_path: Path, monkeypatch) -> None:

@@ -14,10 +14,15 @@ the log-mel recipe of :mod:`l2bn.data.dcase_features`, whose public functions
 [0, 1]: ``mean``/``std`` are 0/1, no further normalization). Labels follow the sorted
 class names, as the recipes' ``np.unique``.
 
-The scaled log-mel of each clip is cached on disk (``cache_dir``, default
-``root/l2bn_cache/<recipe>``) as ``<filename>.pt`` with the recipe tag and the WAV's size and
-modification time: a cache entry is reused only when all three match. Deltas are computed
-when an item is read (cheap). WAVs are read with ``soundfile`` (imported when first needed).
+The scaled log-mel of each clip is cached on disk as ``<cache folder>/<tag>/<filename>.pt``
+(cache folder: ``cache_dir``, default ``root/l2bn_cache``), where ``<tag>`` names the
+:class:`~l2bn.data.dcase_features.FeatureRecipe` (recipe version, sample rate, duration and a
+digest of every feature parameter), so each configuration has its own entries. An entry
+stores the recipe's parameters and the WAV's size and modification time, and is reused only
+when all of them match: an entry of another configuration or of an earlier cache format
+is never returned (the clip is recomputed; the old ``root/l2bn_cache/<recipe>`` folders of
+the first format are ignored and may be deleted). Deltas are computed when an item is read (cheap).
+WAVs are read with ``soundfile`` (imported when first needed).
 
 Registered as dataset ``dcase2020-1a``, with the augmentations ``asc`` (random 400-frame
 crops) and ``asc_specaugment`` (masks + crops) of :mod:`l2bn.data.dcase_augment`.
@@ -39,13 +44,12 @@ from l2bn.data import dcase_augment
 from l2bn.data.dcase_features import (
     DURATION,
     N_MELS,
-    RECIPE,
     SAMPLE_RATE,
+    FeatureRecipe,
     clip_features,
     clip_samples,
     expected_frames,
     log_mel,
-    scaled_log_mel,
     stack_deltas,
 )
 from l2bn.data.paths import candidate_dirs, find_dir, not_found
@@ -188,11 +192,18 @@ def read_wav(path: Path, sample_rate: int, duration: float | None, source: str =
     return torch.from_numpy(data.T.copy())
 
 
-class FeatureCache:
-    """Scaled log-mel spectrograms on disk, one ``.pt`` file per clip (written atomically)."""
+CACHE_FORMAT = 2
+"""Layout of a cache entry; entries of another format (the first one keyed on the recipe tag
+and the WAV alone) are never returned."""
 
-    def __init__(self, folder: Path, root: Path) -> None:
-        self.folder = folder
+
+class FeatureCache:
+    """Scaled log-mel spectrograms of one :class:`FeatureRecipe` on disk, one ``.pt`` file per
+    clip (written atomically) under ``parent/<recipe.tag>``."""
+
+    def __init__(self, parent: Path, root: Path, recipe: FeatureRecipe) -> None:
+        self.recipe = recipe
+        self.folder = parent / recipe.tag
         self.root = root
         self.enabled = True
 
@@ -203,10 +214,14 @@ class FeatureCache:
             relative = Path(wav.name)
         return self.folder / relative.with_suffix(".pt")
 
-    @staticmethod
-    def _stamp(wav: Path) -> dict[str, int | str]:
+    def _stamp(self, wav: Path) -> dict[str, object]:
         stat = wav.stat()
-        return {"recipe": RECIPE, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        return {
+            "format": CACHE_FORMAT,
+            "recipe": self.recipe.params(),
+            "bytes": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+        }
 
     def load(self, wav: Path) -> Tensor | None:
         path = self.entry_path(wav)
@@ -214,7 +229,7 @@ class FeatureCache:
             return None
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
-            stamp = {k: saved[k] for k in ("recipe", "bytes", "mtime_ns")}
+            stamp = {k: saved[k] for k in ("format", "recipe", "bytes", "mtime_ns")}
             features = saved["log_mel"]
         except Exception:  # unreadable or foreign file: recompute and overwrite
             return None
@@ -244,7 +259,8 @@ class Dcase2020Task1a(torch.utils.data.Dataset):
     """TAU Urban Acoustic Scenes 2020 Mobile, fold 1 (paper section 4.2, Table 6).
 
     ``train=True`` reads ``fold1_train.csv`` (13,962 clips in the official set), ``False``
-    ``fold1_evaluate.csv`` (2,968). ``cache=False`` disables the disk cache;
+    ``fold1_evaluate.csv`` (2,968). ``cache=False`` disables the disk cache; ``cache_dir``
+    moves it (entries go to ``cache_dir/<recipe tag>/``, one folder per configuration);
     ``in_memory=True`` also keeps every scaled log-mel in RAM once read (about 3 GB of
     float32 for the full training list; each DataLoader worker holds its own). Items are
     ``(float32 (3, 128, 423), label)`` for 10 s clips; shorter clips give fewer frames
@@ -272,10 +288,11 @@ class Dcase2020Task1a(torch.utils.data.Dataset):
         self.csv_path = self.root / "evaluation_setup" / SPLITS[self.train]
         self.entries = read_split(self.csv_path, self.root)
         _check_files(self.entries, self.csv_path)
-        self.sample_rate = int(sample_rate)
+        self.recipe = FeatureRecipe(sample_rate, float(duration))
+        self.sample_rate = self.recipe.sample_rate
         self.duration = float(duration)
-        folder = Path(cache_dir) if cache_dir is not None else self.root / "l2bn_cache" / RECIPE
-        self.cache = FeatureCache(folder, self.root)
+        parent = Path(cache_dir) if cache_dir is not None else self.root / "l2bn_cache"
+        self.cache = FeatureCache(parent, self.root, self.recipe)
         self.cache.enabled = bool(cache)
         self.classes = list(CLASSES)
         self.labels = torch.tensor([e.label for e in self.entries], dtype=torch.int64)
@@ -308,10 +325,9 @@ class Dcase2020Task1a(torch.utils.data.Dataset):
     def _compute(self, entry: ClipEntry) -> Tensor:
         waveform = read_wav(entry.path, self.sample_rate, self.duration, entry.source)
         try:
-            features = scaled_log_mel(waveform, self.sample_rate, self.duration)
+            features = self.recipe.compute(waveform)
         except ValueError as err:
             raise ValueError(f"{entry.path} (listed at {entry.source}): {err}") from None
-        features = features.to(torch.float32)
         self.cache.save(entry.path, features)
         return features
 

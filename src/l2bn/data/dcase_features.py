@@ -21,6 +21,9 @@ floating input in float32.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 import torch
@@ -202,3 +205,65 @@ def clip_features(
 def expected_frames(sample_rate: int = SAMPLE_RATE, duration: float = DURATION) -> int:
     """Frames of the 3-channel feature of a full clip (423 for 10 s at 44.1 kHz)."""
     return feature_frames(clip_samples(sample_rate, duration))
+
+
+@dataclass(frozen=True)
+class FeatureRecipe:
+    """Everything that determines the scaled log-mel of a clip (steps 1-2, what the disk cache
+    stores): the one place that says what identifies a cache entry.
+
+    ``sample_rate`` and ``duration`` are the dataset's; the other fields are the module's
+    constants (not settable, since :func:`scaled_log_mel` does not take them) and the recipe's
+    version tag :data:`RECIPE`, recorded so that changing any of them changes the key.
+    :meth:`params` is stored in each cache entry and must match in full for the entry to be
+    used; :attr:`tag` (version, sample rate, duration and a digest of :meth:`params`) names
+    the configuration's cache folder.
+    """
+
+    sample_rate: int = SAMPLE_RATE
+    duration: float | None = DURATION
+    n_fft: int = field(default=N_FFT, init=False)
+    hop_length: int = field(default=HOP_LENGTH, init=False)
+    n_mels: int = field(default=N_MELS, init=False)
+    f_min: float = field(default=0.0, init=False)
+    f_max: float = field(default=0.0, init=False)  # sample_rate / 2, set below
+    log_offset: float = field(default=LOG_OFFSET, init=False)
+    center: bool = field(default=True, init=False)
+    pad_mode: str = field(default="reflect", init=False)
+    scaling: str = field(default="minmax", init=False)
+    dtype: str = field(default="float32", init=False)  # what the cache stores
+    version: str = field(default=RECIPE, init=False)
+
+    def __post_init__(self) -> None:
+        sample_rate = int(self.sample_rate)
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+        duration = None if self.duration is None else float(self.duration)
+        if duration is not None and not duration > 0.0:
+            raise ValueError(f"duration must be positive (or None), got {self.duration}")
+        object.__setattr__(self, "sample_rate", sample_rate)
+        object.__setattr__(self, "duration", duration)
+        object.__setattr__(self, "f_max", sample_rate / 2.0)
+
+    def params(self) -> dict[str, int | float | str | bool | None]:
+        """Every field, as plain values (stored in cache entries and compared on load)."""
+        return asdict(self)
+
+    @property
+    def digest(self) -> str:
+        """A stable hash of :meth:`params` (16 hex digits)."""
+        text = json.dumps(self.params(), sort_keys=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+    @property
+    def tag(self) -> str:
+        """Folder name of this configuration's cache entries, e.g.
+        ``logmel128-...-v1-sr44100-10s-<digest>``."""
+        span = "full" if self.duration is None else f"{self.duration:g}s"
+        return f"{self.version}-sr{self.sample_rate}-{span}-{self.digest}"
+
+    def compute(self, waveform: Tensor) -> Tensor:
+        """The scaled log-mel ``(128, frames)`` of ``waveform`` (sampled at ``sample_rate``)
+        under this recipe, as stored in the cache."""
+        features = scaled_log_mel(waveform, self.sample_rate, self.duration)
+        return features.to(getattr(torch, self.dtype))
