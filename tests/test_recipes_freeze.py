@@ -125,3 +125,20 @@ def test_frozen_timm_layout_keeps_activation():
     x = torch.randn(3, 4, 2, 2)
     torch.testing.assert_close(frozen.train()(x), layer.eval()(x))
     assert type(l2bn.unfreeze(frozen)) is l2bn.L2BatchNormAct2d
+
+
+@pytest.mark.parametrize("name", ["lnbn", "inbn", "pnbn"])
+def test_freeze_does_not_advise_plain_frozen_batchnorm_for_prenormalized_batchnorm(name):
+    """l2bn.freeze leaves LNBN / INBN / PNBN training, and its warning must not send them to
+    timm's or torchvision's frozen BatchNorm (that would drop the pre-normalization)."""
+    from l2bn.norms import create_norm
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), create_norm(name, 4))
+    cls = type(model[1])
+    with pytest.warns(
+        UserWarning, match=rf"normalize each sample first.*1 \({cls.__name__}\)"
+    ) as w:
+        frozen = l2bn.freeze(model)
+    assert type(frozen[1]) is cls
+    assert not any("Freeze them with timm" in str(m.message) for m in w)
+    assert all("Do not freeze" in str(m.message) for m in w if cls.__name__ in str(m.message))

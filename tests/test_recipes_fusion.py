@@ -91,3 +91,55 @@ def test_fuse_modules_refuses_l2bn():
         fuse_modules(model, [["0", "1", "2"]])
     x = _input()
     torch.testing.assert_close(model(x), _model()(x))  # untouched
+
+
+PRENORMS = ["lnbn", "inbn", "pnbn"]
+
+
+def _prenorm_model(name: str) -> tuple[nn.Sequential, torch.Tensor]:
+    from l2bn.norms import create_norm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), create_norm(name, 4), nn.ReLU())
+    with torch.no_grad():
+        model(torch.randn(8, 3, 6, 6))  # running statistics
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.uniform_(-0.5, 0.5)
+    return model.eval(), _input()
+
+
+@pytest.mark.parametrize("name", PRENORMS)
+def test_fusion_refuses_prenormalized_batchnorm(name):
+    """LNBN / INBN / PNBN are BatchNorm2d subclasses: folding one would drop its per-sample
+    pre-normalization. Every path refuses it or leaves the model computing it."""
+    model, x = _prenorm_model(name)
+    before = model(x)
+    cls = type(model[1]).__name__
+    for fuse in (fusion.fuse_conv_bn_eval, nn.utils.fuse_conv_bn_eval):
+        with pytest.raises(TypeError, match=rf"cannot fold {cls} into a convolution.*each sample"):
+            fuse(model[0], model[1])
+        with pytest.raises(TypeError, match="cannot fold"):
+            fuse(conv=model[0], bn=model[1])
+    norm1d = type("PreNorm1d", (nn.BatchNorm1d,), {"l2bn_prenorm": "a test normalization"})(4)
+    with pytest.raises(TypeError, match="cannot fold PreNorm1d into a linear layer"):
+        fusion.fuse_linear_bn_eval(nn.Linear(3, 4).eval(), norm1d.eval())
+    assert l2bn.fusion.fold_refusal(model[1]) is not None
+    assert l2bn.fusion.fold_refusal(nn.BatchNorm2d(4)) is None
+
+    from torch.ao.quantization import fuse_modules
+    from torch.fx.experimental.optimization import fuse as fx_fuse
+
+    for group in (["0", "1"], ["0", "1", "2"]):
+        try:
+            fused = fuse_modules(copy.deepcopy(model), [group])
+        except (AssertionError, NotImplementedError, TypeError) as error:
+            assert cls in str(error)
+        else:
+            torch.testing.assert_close(fused(x), before)
+    try:
+        fused = fx_fuse(copy.deepcopy(model))
+    except Exception as error:
+        assert "fold" in str(error) or "trace" in type(error).__name__.lower()
+    else:
+        torch.testing.assert_close(fused(x), before)
+    torch.testing.assert_close(model(x), before)  # untouched

@@ -138,3 +138,40 @@ def test_sync_converters_keep_hooks():
             handle.remove()
             model(x)
             assert len(calls) == 1
+
+
+@pytest.mark.parametrize("name", ["lnbn", "inbn", "pnbn"])
+def test_sync_converters_do_not_turn_prenormalized_batchnorm_into_plain_batchnorm(name):
+    """LNBN / INBN / PNBN have no synchronized counterpart: no converter turns one into a
+    plain SyncBatchNorm (which drops the pre-normalization) and none leaves it silently."""
+    from l2bn.norms import create_norm
+
+    def model() -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3), create_norm(name, 4), nn.BatchNorm2d(4))
+
+    cls = type(model()[1])
+    x = _input()
+    before_prenorm = _trained(model(), x)[:2](x)
+    with pytest.warns(l2bn.ConversionWarning, match=rf"\b1 is a {cls.__name__}.*not synchronized"):
+        converted = nn.SyncBatchNorm.convert_sync_batchnorm(_trained(model(), x))
+    assert type(converted[1]) is cls and type(converted[2]) is nn.SyncBatchNorm
+    torch.testing.assert_close(converted[:2](x), before_prenorm)
+    with pytest.warns(l2bn.ConversionWarning, match="root module"):
+        alone = nn.SyncBatchNorm.convert_sync_batchnorm(model()[1])
+    assert type(alone) is cls
+    for convert in (l2bn.convert_sync_batchnorm, l2bn.convert_sync_l2batchnorm):
+        with pytest.warns(l2bn.ConversionWarning, match=rf"\b1 is a .*{cls.__name__}.*each sample"):
+            converted = convert(_trained(model(), x))
+        assert type(converted[1]) is cls
+        torch.testing.assert_close(converted[:2].eval()(x), before_prenorm)
+        with pytest.raises(TypeError, match=cls.__name__):
+            convert(model(), strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        l2bn.convert_sync_l2batchnorm(model(), predicate=lambda path, _: path != "1")
+
+    from l2bn.experiments.distributed import convert_sync_norms
+
+    with pytest.warns(l2bn.ConversionWarning, match=rf"layer 0 is a {cls.__name__}"):
+        convert_sync_norms(nn.Sequential(model()[1]), torch.device("cpu"))

@@ -22,6 +22,7 @@ from l2bn.frozen import (
     FrozenL2BatchNorm2d,
     FrozenL2BatchNorm3d,
 )
+from l2bn.fusion import prenorm_description
 from l2bn.layers import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, _L2BatchNorm
 from l2bn.norm_act import FrozenL2BatchNormAct2d, L2BatchNormAct2d, SyncL2BatchNormAct
 from l2bn.sync import SyncL2BatchNorm
@@ -148,20 +149,25 @@ def freeze(module: nn.Module, predicate: Predicate | None = None) -> nn.Module:
     layers hold copies of the affine parameters and the layers' own running statistics;
     they have no parameters left, so build the optimizer after freezing. Plain BatchNorm
     layers are left as they are, with a warning: freeze them with torchvision or timm
-    (``timm.layers.freeze_batch_norm_2d`` leaves L2BN layers alone). Returns the module (a
+    (``timm.layers.freeze_batch_norm_2d`` leaves L2BN layers alone); LNBN, INBN and PNBN
+    (:mod:`l2bn.norms.prenorm`) are left too, with a warning that those would make them plain
+    BatchNorm. Returns the module (a
     new object when ``module`` itself is an L2BN layer).
     """
     freezing, _ = _tables()
     plain: list[str] = []
 
     unknown: list[str] = []
+    prenorm: list[str] = []
 
     def on_other(path: str, m: nn.Module) -> None:
         if predicate is not None and not isinstance(m, (_BatchNorm, _L2BatchNorm)):
             return
         if predicate is not None and not predicate(path, m):
             return
-        if isinstance(m, _BatchNorm):
+        if prenorm_description(m) is not None:
+            prenorm.append(f"{path or '<root>'} ({type(m).__name__})")
+        elif isinstance(m, _BatchNorm):
             plain.append(f"{path or '<root>'} ({type(m).__name__})")
         elif isinstance(m, _L2BatchNorm):  # a subclass freeze does not know, or lazy
             unknown.append(f"{path or '<root>'} ({type(m).__name__})")
@@ -173,6 +179,16 @@ def freeze(module: nn.Module, predicate: Predicate | None = None) -> nn.Module:
             + ", ".join(plain)
             + ". Freeze them with timm.layers.freeze_batch_norm_2d or torchvision's "
             "FrozenBatchNorm2d (both leave L2BN layers alone).",
+            stacklevel=2,
+        )
+    if prenorm:
+        warnings.warn(
+            "l2bn.freeze froze the L2BN layers only; these BatchNorm layers, which normalize "
+            "each sample first (LNBN, INBN, PNBN), keep training: "
+            + ", ".join(prenorm)
+            + ". Do not freeze them with timm.layers.freeze_batch_norm_2d or torchvision's "
+            "FrozenBatchNorm2d, which would make them plain BatchNorm (the pre-normalization "
+            "dropped); keep them in eval mode with requires_grad_(False) instead.",
             stacklevel=2,
         )
     if unknown:

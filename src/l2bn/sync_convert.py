@@ -3,16 +3,27 @@
 :func:`convert_sync_l2batchnorm` turns BatchNorm and L2BN layers into
 :class:`~l2bn.SyncL2BatchNorm`; :func:`convert_sync_batchnorm` is torch's
 ``SyncBatchNorm.convert_sync_batchnorm`` that keeps each layer's kind (L2BN stays L2BN).
+
+The pre-normalized BatchNorms (LNBN, INBN, PNBN of :mod:`l2bn.norms.prenorm`, marked by
+:func:`l2bn.fusion.prenorm_description`) have no synchronized counterpart: both converters
+leave them unsynchronized with a ``ConversionWarning`` naming the layer (``TypeError`` with
+``strict=True``), and :func:`install_sync_guard` (run when they are imported) makes torch's
+``SyncBatchNorm.convert_sync_batchnorm`` do the same instead of turning them into a plain
+``SyncBatchNorm`` that drops the pre-normalization.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
+import warnings
 from typing import Any
 
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from l2bn.convert import (
+    ConversionWarning,
     Predicate,
     _Walk,
     bn_to_l2bn_table,
@@ -22,6 +33,7 @@ from l2bn.convert import (
     other_norm_classes,
     source_type,
 )
+from l2bn.fusion import prenorm_description
 from l2bn.layers import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d
 from l2bn.norm_act import L2BatchNormAct2d, SyncL2BatchNormAct, timm_norm_act
 from l2bn.sync import SyncL2BatchNorm
@@ -105,6 +117,10 @@ def convert_sync_l2batchnorm(
             return None
         if is_l2bn_kind(m):
             return None
+        if prenorm_description(m) is not None:
+            if walk.selected(path, m):
+                walk.unknown(path, m, _prenorm_left(m), "exclude it with predicate, or " + _STRICT)
+            return None
         if looks_like_batch_norm(m) and not isinstance(m, other_norms) and walk.selected(path, m):
             walk.unknown(
                 path,
@@ -164,6 +180,9 @@ def convert_sync_batchnorm(
             return walk.converted(path, m, new)
         if norm_act is not None and kind in timm_kinds:
             return walk.converted(path, m, norm_act.convert_sync_batchnorm(m, process_group))
+        if prenorm_description(m) is not None:
+            walk.unknown(path, m, _prenorm_left(m), _STRICT)
+            return None
         if is_l2bn_kind(m) or not looks_like_batch_norm(m) or isinstance(m, other_norms):
             return None
         walk.unknown(
@@ -177,8 +196,62 @@ def convert_sync_batchnorm(
     return walk.finish(walk.run(module, decide), return_report)
 
 
+_STRICT = "pass strict=True to make this an error"
+
+
+def _prenorm_left(layer: nn.Module) -> str:
+    return (
+        f"a BatchNorm that applies {prenorm_description(layer)} to each sample first, which "
+        "has no synchronized counterpart: left as it is (not synchronized; its BatchNorm "
+        "statistics are each process's own); torch.nn.SyncBatchNorm would drop the "
+        "pre-normalization"
+    )
+
+
+_GUARD_STATE = threading.local()
+
+
+def install_sync_guard() -> None:
+    """Make ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` leave the pre-normalized
+    BatchNorms (LNBN, INBN, PNBN) as they are, with a ``ConversionWarning`` naming each,
+    instead of turning them into a plain ``SyncBatchNorm``; anything else converts exactly
+    as before (idempotent)."""
+    original = nn.SyncBatchNorm.__dict__["convert_sync_batchnorm"]
+    func = original.__func__
+    if getattr(func, "_l2bn_guard", False):
+        return
+
+    @functools.wraps(func)
+    def guarded(cls: type, module: nn.Module, process_group: Any | None = None) -> nn.Module:
+        if prenorm_description(module) is not None:
+            if not getattr(_GUARD_STATE, "depth", 0):
+                _warn_prenorm_left("", module)
+            return module
+        if not getattr(_GUARD_STATE, "depth", 0):  # the outermost call: name every layer left
+            for path, child in module.named_modules():
+                if prenorm_description(child) is not None:
+                    _warn_prenorm_left(path, child)
+        _GUARD_STATE.depth = getattr(_GUARD_STATE, "depth", 0) + 1
+        try:
+            return func(cls, module, process_group)
+        finally:
+            _GUARD_STATE.depth -= 1
+
+    guarded._l2bn_guard = True  # type: ignore[attr-defined]
+    nn.SyncBatchNorm.convert_sync_batchnorm = classmethod(guarded)  # type: ignore[assignment]
+
+
+def _warn_prenorm_left(path: str, layer: nn.Module) -> None:
+    warnings.warn(
+        f"torch.nn.SyncBatchNorm.convert_sync_batchnorm: {path or 'the root module'} is a "
+        f"{type(layer).__name__}, {_prenorm_left(layer)}",
+        ConversionWarning,
+        stacklevel=3,
+    )
+
+
 def _l2_options(layer: nn.Module) -> dict[str, Any]:
     return {k: getattr(layer, k) for k in ("l2_eps", "scale") if hasattr(layer, k)}
 
 
-__all__ = ["convert_sync_batchnorm", "convert_sync_l2batchnorm"]
+__all__ = ["convert_sync_batchnorm", "convert_sync_l2batchnorm", "install_sync_guard"]

@@ -9,6 +9,7 @@ CUDA and ``gloo`` on CPU.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -81,9 +82,13 @@ def convert_sync_norms(model: nn.Module, device: torch.device) -> nn.Module:
 
     L2BN layers become ``l2bn.SyncL2BatchNorm`` (works on CPU with gloo and on GPUs) and
     plain BatchNorm layers become ``torch.nn.SyncBatchNorm``, which torch runs on CUDA only:
-    on a CPU, a model with plain BatchNorm layers raises ValueError. Other norms are left
-    alone (their own BatchNorm sub-layers are converted).
+    on a CPU, a model with plain BatchNorm layers raises ValueError. LNBN, INBN and PNBN
+    have no synchronized counterpart: they are left unsynchronized with a
+    ``ConversionWarning`` naming each. Other norms are left alone (their own BatchNorm
+    sub-layers are converted).
     """
+    from l2bn.convert import ConversionWarning
+    from l2bn.fusion import prenorm_description
     from l2bn.layers import is_l2_batch_norm
 
     def swap(module: nn.Module, prefix: str) -> None:
@@ -99,6 +104,16 @@ def convert_sync_norms(model: nn.Module, device: torch.device) -> nn.Module:
                         "--sync-bn (each process then normalizes over its own part of the batch)"
                     )
                 new = nn.SyncBatchNorm.convert_sync_batchnorm(child)
+            elif prenorm_description(child) is not None:
+                warnings.warn(
+                    f"--sync-bn: layer {qualified} is a {type(child).__name__}, which applies "
+                    f"{prenorm_description(child)} to each sample before its BatchNorm and has "
+                    "no synchronized counterpart: left unsynchronized (its BatchNorm statistics "
+                    "are each process's own)",
+                    ConversionWarning,
+                    stacklevel=3,
+                )
+                continue
             else:
                 swap(child, qualified)
                 continue
