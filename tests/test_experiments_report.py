@@ -19,8 +19,10 @@ BEST = {"bn": {121: 90.0, 122: 90.5, 123: 89.8}, "l2bn": {121: 90.6, 122: 90.9, 
 FINAL_IIR = {"bn": {121: 0.60, 122: 0.62, 123: 0.61}, "l2bn": {121: 0.55, 122: 0.58, 123: 0.54}}
 
 
-def _write_run(root: Path, norm: str, seed: int) -> None:
-    config = ExperimentConfig(name="demo", model="resnet20", norm=norm, epochs=3, seeds=[seed])
+def _write_run(root: Path, norm: str, seed: int, **settings) -> None:
+    config = ExperimentConfig(
+        name="demo", model="resnet20", norm=norm, epochs=3, seeds=[seed], **settings
+    )
     directory = run_dir(root, config, seed)
     directory.mkdir(parents=True)
     (directory / "config.yaml").write_text(config.to_yaml())
@@ -121,3 +123,52 @@ def test_find_runs_and_missing_folder(runs_root: Path, tmp_path: Path) -> None:
     )
     with pytest.raises(FileNotFoundError, match="does not exist"):
         find_runs(tmp_path / "nowhere")
+
+
+def test_report_refuses_runs_that_differ_in_more_than_the_norm(tmp_path: Path, capsys) -> None:
+    """BN at lr 0.1 and L2BN at lr 0.5 under one name (two compare calls): no "L2BN vs BN"
+    tests; the refusal names the setting, its values and which runs hold them."""
+    from l2bn.cli import main
+
+    root = tmp_path / "runs"
+    for seed in SEEDS:
+        _write_run(root, "bn", seed, lr=0.1)
+        _write_run(root, "l2bn", seed, lr=0.5)
+    out = tmp_path / "out"
+    assert main(["report", str(root), "--out", str(out), "--no-plots"]) == 2
+    captured = capsys.readouterr()
+    assert "L2BN vs BN" not in captured.out
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("l2bn report: error: "), err
+    assert "[demo/resnet20] lr: 0.1 (bn) vs 0.5 (l2bn)" in err
+    assert "--name" in err
+    assert not out.exists()
+
+
+def test_report_names_the_seeds_when_one_variant_mixes_settings(tmp_path: Path) -> None:
+    from l2bn.experiments.identity import IncomparableRunsError
+    from l2bn.experiments.report import write_report
+
+    root = tmp_path / "runs"
+    for seed in SEEDS:
+        _write_run(root, "bn", seed)
+        _write_run(root, "l2bn", seed, weight_decay=0.0 if seed == 123 else 5e-4)
+    with pytest.raises(
+        IncomparableRunsError,
+        match=r"weight_decay: .*\(bn, l2bn seed 121, 122\) "
+        r"vs 0\.0 \(l2bn seed 123\)",
+    ):
+        write_report(find_runs(root), tmp_path / "out", plots=False)
+
+
+def test_report_keeps_models_and_names_apart(runs_root: Path, tmp_path: Path) -> None:
+    """Different names or models are never compared with each other: they may differ."""
+    from l2bn.experiments.report import write_report
+
+    config = ExperimentConfig(name="other", model="resnet20", norm="bn", epochs=3, lr=0.5)
+    directory = run_dir(runs_root, config, 121)
+    directory.mkdir(parents=True)
+    (directory / "config.yaml").write_text(config.to_yaml())
+    (directory / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_acc": 50.0}) + "\n")
+    result = write_report(find_runs(runs_root), tmp_path / "out", plots=False)
+    assert "L2BN vs BN" in result["text"]

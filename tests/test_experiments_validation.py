@@ -7,6 +7,7 @@ of training."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -32,6 +33,12 @@ CASES = {
     "unknown augmentation": (["train", "--set", "augment=nosuch"], "unknown augmentation"),
     "unknown placement": (["compare", "--placements", "all,nosuch"], "--placements: unknown"),
     "unknown preset": (["compare", "--preset", "nosuch"], "unknown preset 'nosuch'"),
+    "--norm in compare": (["compare", "--norm", "lnbn"], "--norm: compare trains one variant"),
+    "unknown --norm in compare": (["compare", "--norm", "foo"], "unknown norm 'foo'; valid"),
+    "--set norm in compare": (["compare", "--set", "norm=ln"], "--set norm: compare trains"),
+    "seed listed twice": (["compare", "--seeds", "121,121", "--jobs", "2"], "seed 121 listed"),
+    "seed twice in train": (["train", "--seeds", "7,7"], "seed 7 listed twice"),
+    "norm listed twice": (["compare", "--norms", "bn,l2bn,BN"], "'BN' listed twice"),
 }
 
 
@@ -119,3 +126,33 @@ def test_explicit_data_root_is_used_alone_and_checked_before_writing(
     assert main([*base, "--set", "dataset_kwargs={foo: 1}"]) == 2
     assert "got an option it does not accept" in _one_error_line(capsys, "train")
     assert not runs.exists()
+
+
+def test_compare_refuses_to_add_another_configuration_to_a_name(
+    tmp_path: Path, capsys, no_data: list[str]
+) -> None:
+    """A saved BN run at lr 0.1 under --name mix: an L2BN compare at lr 0.5 under the same
+    name is refused before any work (the report would pair the two); at lr 0.1 it goes on
+    (and stops at the missing data)."""
+    import json
+
+    from l2bn.experiments.commands import resolve_config
+    from l2bn.experiments.commands.compare import configure
+    from l2bn.experiments.runs import run_dir
+
+    runs = tmp_path / "runs"
+    common = ["--runs-dir", str(runs), "--name", "mix", "--seeds", "121", *no_data]
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    saved = resolve_config(parser.parse_args([*common, "--lr", "0.1"])).replace(norm="bn")
+    directory = run_dir(runs, saved, 121)
+    directory.mkdir(parents=True)
+    (directory / "config.yaml").write_text(saved.to_yaml())
+    (directory / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_acc": 50.0}) + "\n")
+    before = sorted(p.relative_to(runs) for p in runs.rglob("*"))
+    assert main(["compare", *common, "--norms", "l2bn", "--lr", "0.5"]) == 2
+    err = _one_error_line(capsys, "compare")
+    assert "[mix/resnet20] lr: 0.1 (bn) vs 0.5 (l2bn)" in err and "another --name" in err
+    assert sorted(p.relative_to(runs) for p in runs.rglob("*")) == before
+    assert main(["compare", *common, "--norms", "l2bn", "--lr", "0.1"]) == 1  # no data
+    assert "lr:" not in capsys.readouterr().err

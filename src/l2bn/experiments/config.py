@@ -93,6 +93,12 @@ class ExperimentConfig:
             )
         if not self.seeds:
             raise ValueError("seeds must list at least one seed")
+        twice = sorted({seed for seed in self.seeds if self.seeds.count(seed) > 1})
+        if twice:
+            raise ValueError(
+                f"seed {', '.join(str(seed) for seed in twice)} listed twice in seeds "
+                f"{','.join(str(seed) for seed in self.seeds)}"
+            )
         for name in ("train_subset", "test_subset", "metrics_max_samples", "eval_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from l2bn.experiments.config import ExperimentConfig
-from l2bn.experiments.errors import RunExistsError
+from l2bn.experiments.errors import RunExistsError, UsageError
 from l2bn.experiments.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -34,6 +34,9 @@ from l2bn.experiments.runs import (
 
 IDENTITY_FILE = "fingerprint.json"
 EXECUTION_ONLY = ("name", "seeds", "data_root", "device", "threads", "num_workers", "notes")
+# The fields the report compares: runs under one name and model may differ in these (and in
+# their seed) only.
+VARIANT_FIELDS = ("norm", "norm_kwargs", "l2bn_layers")
 # Files a run writes; a directory holding any of them holds a run.
 RUN_FILES = (IDENTITY_FILE, CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE)
 # Cleared by --overwrite (with the tmp files, set-aside checkpoints and TensorBoard logs).
@@ -42,6 +45,10 @@ _CLEARED_GLOBS = ("fingerprint.json*", "config.yaml*", "metrics.jsonl*", "checkp
 
 class RunMismatchError(RunExistsError):
     """The run directory holds a run of another identity (or one without a fingerprint)."""
+
+
+class IncomparableRunsError(UsageError):
+    """Runs to be reported together differ in more than the norm, placement and seed."""
 
 
 def run_identity(config: ExperimentConfig, seed: int) -> dict[str, Any]:
@@ -57,6 +64,77 @@ def run_identity(config: ExperimentConfig, seed: int) -> dict[str, Any]:
         "l2bn_version": l2bn.__version__,
         "torch_version": str(torch.__version__),
     }
+
+
+def comparison_settings(config: ExperimentConfig) -> dict[str, Any]:
+    """What runs compared with each other must share: the identity's config fields less the
+    compared ones (``VARIANT_FIELDS``) and the seed. Runs of one name and model whose
+    settings differ are not comparable (:func:`incomparable_settings`)."""
+    skip = (*EXECUTION_ONLY, *VARIANT_FIELDS)
+    return {k: v for k, v in config.to_dict().items() if k not in skip}
+
+
+def _variant_tag(config: ExperimentConfig) -> str:
+    tag = config.norm
+    if config.norm_kwargs:
+        tag += "(" + ",".join(f"{k}={v}" for k, v in sorted(config.norm_kwargs.items())) + ")"
+    if config.l2bn_layers != "all":
+        tag += f"-{config.l2bn_layers}"
+    return tag
+
+
+def _holders(runs: list[tuple[ExperimentConfig, int]], members: list[int]) -> str:
+    """The variants (``bn``, ``l2bn-stage1``) of ``members``, with their seeds when only
+    some of a variant's runs are among them."""
+    by_tag: dict[str, list[int]] = {}
+    for i, (config, _) in enumerate(runs):
+        by_tag.setdefault(_variant_tag(config), []).append(i)
+    parts = []
+    for tag, indices in by_tag.items():
+        inside = [i for i in indices if i in members]
+        if not inside:
+            continue
+        if len(inside) == len(indices):
+            parts.append(tag)
+        else:
+            seeds = ", ".join(str(runs[i][1]) for i in inside)
+            parts.append(f"{tag} seed {seeds}")
+    return ", ".join(parts)
+
+
+def incomparable_settings(runs: list[tuple[ExperimentConfig, int]]) -> list[str]:
+    """For runs ``(config, seed)`` reported together: ``"[name/model] key: A (bn) vs B
+    (l2bn)"`` for every setting other than the norm, placement and seed that differs between
+    runs of one name and model (empty: every comparison is like for like)."""
+    groups: dict[tuple[str, str], list[tuple[ExperimentConfig, int]]] = {}
+    for config, seed in runs:
+        groups.setdefault((config.name, config.model), []).append((config, seed))
+    lines = []
+    for (name, model), members in groups.items():
+        settings = [comparison_settings(config) for config, _ in members]
+        keys = list(dict.fromkeys(k for s in settings for k in s))
+        for key in keys:
+            values: dict[str, list[int]] = {}
+            for i, s in enumerate(settings):
+                values.setdefault(json.dumps(s.get(key), sort_keys=True), []).append(i)
+            if len(values) < 2:
+                continue
+            text = " vs ".join(
+                f"{settings[holders[0]].get(key)!r} ({_holders(members, holders)})"
+                for holders in values.values()
+            )
+            lines.append(f"[{name}/{model}] {key}: {text}")
+    return lines
+
+
+def require_comparable(runs: list[tuple[ExperimentConfig, int]], advice: str) -> None:
+    """IncomparableRunsError naming every differing setting, unless there is none."""
+    lines = incomparable_settings(runs)
+    if lines:
+        raise IncomparableRunsError(
+            "these runs differ in more than the norm and the seed, so their comparison "
+            f"would not be like for like ({'; '.join(lines)}); {advice}"
+        )
 
 
 def fingerprint(identity: dict[str, Any]) -> str:

@@ -24,6 +24,13 @@ def _check_name(kind: str, name: str, valid: list[str]) -> None:
         raise UsageError(f"unknown {kind} {name!r}; valid names: {', '.join(valid)}")
 
 
+def check_norm_name(name: str) -> None:
+    """UsageError listing the valid names when ``name`` is no norm of ``l2bn.norms``."""
+    from l2bn.norms import list_norms
+
+    _check_name("norm", name, list_norms())
+
+
 def check_names(config: ExperimentConfig) -> None:
     """Model, norm, dataset and augmentation names exist (placements and schedulers are
     checked by the config itself)."""

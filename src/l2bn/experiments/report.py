@@ -19,6 +19,10 @@ Sections of ``report.txt`` / ``report.md``:
 variant and quantity, with the paper's value where a row matches), ``test`` (one row per
 comparison and quantity: all statistics, verdict, seeds needed, the paper's difference and
 sign agreement) and ``epoch`` (one row per comparison, per-epoch quantity and epoch).
+
+Runs of one name and model are reported together only when they differ in the norm, its
+placement and the seed alone (:func:`l2bn.experiments.identity.comparison_settings`);
+otherwise :func:`write_report` refuses, naming the settings that differ.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from l2bn.experiments.claims import (
     claim_lines,
     compare_to_baseline,
 )
+from l2bn.experiments.identity import require_comparable
 from l2bn.experiments.runs import RunRecord
 from l2bn.experiments.stats_tests import WHY_TESTS, describe_seeds, fmt_p
 from l2bn.experiments.summary import (
@@ -564,6 +569,11 @@ def write_report(
     """Write report.txt/.md/.csv (and PNG plots) into ``out_dir``; returns paths and text."""
     if not records:
         raise ValueError("no runs with metrics to report")
+    require_comparable(
+        [(record.config, record.seed) for record in records],
+        "report each configuration on its own: give each one its own --name (or move its "
+        "runs to another folder) and run `l2bn report` on each folder",
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries = summarize(records)

@@ -28,8 +28,13 @@ _SHORTCUTS = (
 )
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str | None) -> None:
-    """--preset, --config, --set and the shortcut flags; later sources override earlier ones."""
+def add_config_arguments(
+    parser: argparse.ArgumentParser, default_preset: str | None, hidden: tuple[str, ...] = ()
+) -> None:
+    """--preset, --config, --set and the shortcut flags; later sources override earlier ones.
+
+    The shortcuts of the fields in ``hidden`` are still parsed (for the command to refuse
+    them with a pointer to its own option) but left out of ``--help``."""
     from l2bn.experiments.presets import DEFAULT_PRESET
 
     preset_default = default_preset or DEFAULT_PRESET
@@ -49,7 +54,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str | 
         help="override one config field (repeatable), e.g. --set weight_decay=1e-4",
     )
     for flag, key, text in _SHORTCUTS:
-        group.add_argument(flag, dest=f"cfg_{key}", default=None, metavar=key.upper(), help=text)
+        shown = argparse.SUPPRESS if key in hidden else text
+        group.add_argument(flag, dest=f"cfg_{key}", default=None, metavar=key.upper(), help=shown)
     group.add_argument(
         "--no-metrics", action="store_true", help="skip the intra/inter angles and IIR"
     )

@@ -31,7 +31,7 @@ from l2bn.experiments.commands import (
 def configure(parser: argparse.ArgumentParser) -> None:
     from l2bn.experiments.presets import DEFAULT_PRESET
 
-    add_config_arguments(parser, DEFAULT_PRESET)
+    add_config_arguments(parser, DEFAULT_PRESET, hidden=("norm",))  # --norms instead
     add_run_arguments(parser)
     what = parser.add_mutually_exclusive_group()
     what.add_argument(
@@ -87,8 +87,11 @@ def _split(text: str) -> list[str]:
     items = [item.strip() for item in text.split(",") if item.strip()]
     if not items:
         raise ValueError(f"expected a comma-separated list, got {text!r}")
-    if len(set(items)) != len(items):
-        raise ValueError(f"duplicate entries in {text!r}")
+    seen: set[str] = set()
+    for item in items:
+        if item.lower() in seen:
+            raise ValueError(f"{item!r} listed twice in {text!r}")
+        seen.add(item.lower())
     return items
 
 
@@ -137,6 +140,7 @@ def _plan(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     from l2bn.experiments.errors import UsageError
     from l2bn.experiments.preflight import check_config
 
+    _refuse_variant_options(args)
     config = resolve_config(args)
     try:
         variants = plan_variants(config, args.norms, args.placements)
@@ -145,6 +149,50 @@ def _plan(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     for variant in variants:
         check_config(variant)
     return config, variants
+
+
+def _refuse_variant_options(args: argparse.Namespace) -> None:
+    """``--norm`` and ``--set norm=/l2bn_layers=`` would be overridden by ``--norms`` or
+    ``--placements``: a UsageError (after the name check, so an unknown name says so)."""
+    from l2bn.experiments.errors import UsageError
+    from l2bn.experiments.preflight import check_norm_name
+
+    given = []
+    if args.cfg_norm is not None:
+        check_norm_name(args.cfg_norm)
+        given.append("--norm")
+    for assignment in args.assignments:
+        key, _, value = assignment.partition("=")
+        if key.strip() == "norm":
+            check_norm_name(value.strip())
+        if key.strip() in ("norm", "l2bn_layers"):
+            given.append(f"--set {key.strip()}")
+    if given:
+        raise UsageError(
+            f"{given[0]}: compare trains one variant per entry of --norms (e.g. --norms "
+            "bn,lnbn) or --placements, so it takes no single norm or placement"
+        )
+
+
+def _require_comparable_with_saved(args: argparse.Namespace, runs: list[Any]) -> None:
+    """The runs already saved under RUNS_DIR/NAME (other than those planned) share this
+    config's settings, the norm and seed apart; else `l2bn report` would pool them."""
+    from l2bn.experiments.identity import require_comparable
+    from l2bn.experiments.runs import find_runs
+
+    folder = Path(args.runs_dir) / runs[0][0].name
+    if not folder.is_dir():
+        return
+    planned = {Path(d).resolve() for _, _, d in runs}
+    saved = [r for r in find_runs(folder) if r.directory.resolve() not in planned]
+    if not saved:
+        return
+    require_comparable(
+        [(r.config, r.seed) for r in saved] + [(v, seed) for v, seed, _ in runs],
+        f"{folder} already holds runs of another configuration and `l2bn report` would "
+        "compare them with these: choose another --name (or --runs-dir), or rerun with "
+        "the saved runs' settings",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -166,6 +214,7 @@ def _run(args: argparse.Namespace) -> int:
                 tag = " (done)"
             print(f"# run: {directory}{tag}")
         return 0
+    _require_comparable_with_saved(args, runs)
     check_world_size(config)
     check_output_dir(args.runs_dir, "runs folder")
     if args.out:
