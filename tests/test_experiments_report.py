@@ -65,6 +65,8 @@ def test_report_table_significance_and_plots(runs_root: Path, capsys) -> None:
     out = runs_root / "out"
     assert main(["report", str(runs_root), "--out", str(out)]) == 0
     text = capsys.readouterr().out
+    # The first line names the experiment and the data the numbers come from.
+    assert text.splitlines()[0] == "Experiment: demo; data: fashion-mnist (full splits)"
     bn_acc = list(BEST["bn"].values())
     l2_acc = list(BEST["l2bn"].values())
     bn_line = next(line for line in text.splitlines() if line.startswith("resnet20  BN "))
@@ -172,3 +174,13 @@ def test_report_keeps_models_and_names_apart(runs_root: Path, tmp_path: Path) ->
     (directory / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_acc": 50.0}) + "\n")
     result = write_report(find_runs(runs_root), tmp_path / "out", plots=False)
     assert "L2BN vs BN" in result["text"]
+
+
+def test_report_header_names_the_subsets(tmp_path: Path, capsys) -> None:
+    from l2bn.cli import main
+
+    for norm in ("bn", "l2bn"):
+        _write_run(tmp_path / "runs", norm, 121, train_subset=300, test_subset=200)
+    assert main(["report", str(tmp_path / "runs"), "--no-plots"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == "Experiment: demo; data: fashion-mnist (train subset 300, test subset 200)"

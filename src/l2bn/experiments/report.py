@@ -486,6 +486,22 @@ HOW_TO_READ = (
 )
 
 
+def report_header(summaries: list[VariantSummary]) -> str:
+    """The report's first line: the experiment names (``--name``, the preset's name unless
+    one was given) and what the numbers come from: dataset and training/test subsets."""
+
+    def subsets(s: VariantSummary) -> str:
+        config = next(iter(s.runs.values())).config if s.runs else None
+        train = getattr(config, "train_subset", None)
+        test = getattr(config, "test_subset", None)
+        parts = [f"train subset {train}" if train else "", f"test subset {test}" if test else ""]
+        return ", ".join(p for p in parts if p) or "full splits"
+
+    sources = sorted({f"{s.dataset or 'unknown dataset'} ({subsets(s)})" for s in summaries})
+    names = sorted({s.preset for s in summaries})
+    return f"Experiment: {', '.join(names)}; data: {'; '.join(sources)}"
+
+
 def build_report(
     summaries: list[VariantSummary], comparisons: list[Comparison] | None = None
 ) -> dict[str, str]:
@@ -493,10 +509,10 @@ def build_report(
     rows = table_rows(summaries)
     if comparisons is None:
         comparisons = compare_to_baseline(summaries)
-    presets = sorted({s.preset for s in summaries})
     wrap = textwrap.fill
-    text = [f"Preset: {', '.join(presets)}", format_text_table(rows), "", wrap(LEGEND, 100)]
-    markdown = [f"Preset: {', '.join(presets)}", "", format_markdown_table(rows), "", LEGEND]
+    header = report_header(summaries)
+    text = [header, format_text_table(rows), "", wrap(LEGEND, 100)]
+    markdown = [header, "", format_markdown_table(rows), "", LEGEND]
     if comparisons:
         text += ["", "Tests (candidate - baseline, paired by seed):"]
         markdown += ["", "## Tests (candidate - baseline, paired by seed)"]
