@@ -39,6 +39,7 @@ CASES = {
     "seed listed twice": (["compare", "--seeds", "121,121", "--jobs", "2"], "seed 121 listed"),
     "seed twice in train": (["train", "--seeds", "7,7"], "seed 7 listed twice"),
     "norm listed twice": (["compare", "--norms", "bn,l2bn,BN"], "'BN' listed twice"),
+    "negative --jobs": (["compare", "--jobs", "-1"], "--jobs: expected 0 (auto) or a positive"),
 }
 
 

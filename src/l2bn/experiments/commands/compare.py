@@ -141,6 +141,8 @@ def _plan(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     from l2bn.experiments.preflight import check_config
 
     _refuse_variant_options(args)
+    if args.jobs < 0:
+        raise UsageError(f"--jobs: expected 0 (auto) or a positive count, got {args.jobs}")
     config = resolve_config(args)
     try:
         variants = plan_variants(config, args.norms, args.placements)
