@@ -119,7 +119,9 @@ def convert_sync_l2batchnorm(
             return None
         if prenorm_description(m) is not None:
             if walk.selected(path, m):
-                walk.unknown(path, m, _prenorm_left(m), "exclude it with predicate, or " + _STRICT)
+                walk.unknown(
+                    path, m, prenorm_left_reason(m), "exclude it with predicate, or " + _STRICT
+                )
             return None
         if looks_like_batch_norm(m) and not isinstance(m, other_norms) and walk.selected(path, m):
             walk.unknown(
@@ -181,7 +183,7 @@ def convert_sync_batchnorm(
         if norm_act is not None and kind in timm_kinds:
             return walk.converted(path, m, norm_act.convert_sync_batchnorm(m, process_group))
         if prenorm_description(m) is not None:
-            walk.unknown(path, m, _prenorm_left(m), _STRICT)
+            walk.unknown(path, m, prenorm_left_reason(m), _STRICT)
             return None
         if is_l2bn_kind(m) or not looks_like_batch_norm(m) or isinstance(m, other_norms):
             return None
@@ -199,7 +201,9 @@ def convert_sync_batchnorm(
 _STRICT = "pass strict=True to make this an error"
 
 
-def _prenorm_left(layer: nn.Module) -> str:
+def prenorm_left_reason(layer: nn.Module) -> str:
+    """Why a pre-normalized BatchNorm (LNBN, INBN, PNBN) is left unsynchronized: the words of
+    every warning that says so (both converters, torch's guarded one, ``--sync-bn``)."""
     return (
         f"a BatchNorm that applies {prenorm_description(layer)} to each sample first, which "
         "has no synchronized counterpart: left as it is (not synchronized; its BatchNorm "
@@ -225,12 +229,12 @@ def install_sync_guard() -> None:
     def guarded(cls: type, module: nn.Module, process_group: Any | None = None) -> nn.Module:
         if prenorm_description(module) is not None:
             if not getattr(_GUARD_STATE, "depth", 0):
-                _warn_prenorm_left("", module)
+                _warnprenorm_left_reason("", module)
             return module
         if not getattr(_GUARD_STATE, "depth", 0):  # the outermost call: name every layer left
             for path, child in module.named_modules():
                 if prenorm_description(child) is not None:
-                    _warn_prenorm_left(path, child)
+                    _warnprenorm_left_reason(path, child)
         _GUARD_STATE.depth = getattr(_GUARD_STATE, "depth", 0) + 1
         try:
             return func(cls, module, process_group)
@@ -241,10 +245,10 @@ def install_sync_guard() -> None:
     nn.SyncBatchNorm.convert_sync_batchnorm = classmethod(guarded)  # type: ignore[assignment]
 
 
-def _warn_prenorm_left(path: str, layer: nn.Module) -> None:
+def _warnprenorm_left_reason(path: str, layer: nn.Module) -> None:
     warnings.warn(
         f"torch.nn.SyncBatchNorm.convert_sync_batchnorm: {path or 'the root module'} is a "
-        f"{type(layer).__name__}, {_prenorm_left(layer)}",
+        f"{type(layer).__name__}, {prenorm_left_reason(layer)}",
         ConversionWarning,
         stacklevel=3,
     )
@@ -254,4 +258,9 @@ def _l2_options(layer: nn.Module) -> dict[str, Any]:
     return {k: getattr(layer, k) for k in ("l2_eps", "scale") if hasattr(layer, k)}
 
 
-__all__ = ["convert_sync_batchnorm", "convert_sync_l2batchnorm", "install_sync_guard"]
+__all__ = [
+    "convert_sync_batchnorm",
+    "convert_sync_l2batchnorm",
+    "install_sync_guard",
+    "prenorm_left_reason",
+]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from l2bn.sync_convert import convert_sync_l2batchnorm
+from l2bn.sync_convert import convert_sync_l2batchnorm, prenorm_left_reason
 
 
 @dataclass(frozen=True)
@@ -106,10 +106,8 @@ def convert_sync_norms(model: nn.Module, device: torch.device) -> nn.Module:
                 new = nn.SyncBatchNorm.convert_sync_batchnorm(child)
             elif prenorm_description(child) is not None:
                 warnings.warn(
-                    f"--sync-bn: layer {qualified} is a {type(child).__name__}, which applies "
-                    f"{prenorm_description(child)} to each sample before its BatchNorm and has "
-                    "no synchronized counterpart: left unsynchronized (its BatchNorm statistics "
-                    "are each process's own)",
+                    f"--sync-bn: layer {qualified} is a {type(child).__name__}, "
+                    f"{prenorm_left_reason(child)}",
                     ConversionWarning,
                     stacklevel=3,
                 )
