@@ -26,19 +26,15 @@ _is_legacy_batched = torch._C._functorch.is_legacy_batchedtensor
 _jit_tracing = torch._C._is_tracing
 
 
-def _compiler_checks() -> tuple:
-    compiler = getattr(torch, "compiler", None)
-    names = ("is_compiling", "is_exporting")
-    return tuple(c for c in (getattr(compiler, n, None) for n in names) if c is not None)
-
-
-_COMPILER_CHECKS = _compiler_checks()
+# torch.compiler's predicates, looked up once (None where this torch lacks one).
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+_is_exporting = getattr(getattr(torch, "compiler", None), "is_exporting", None)
+_COMPILER_CHECKS = tuple(c for c in (_is_compiling, _is_exporting) if c is not None)
 
 
 def exporting() -> bool:
     """True under ``torch.export`` (which also makes :func:`compiling` true)."""
-    check = getattr(getattr(torch, "compiler", None), "is_exporting", None)
-    return bool(check is not None and check())
+    return _is_exporting is not None and bool(_is_exporting())
 
 
 def _onnx_exporting() -> bool:
