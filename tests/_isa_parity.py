@@ -20,8 +20,11 @@ from _reference import adversarial_input, reference_l2bn, relative_error
 from l2bn import L2BatchNorm1d, L2BatchNorm2d, backends
 
 # (shape, channels_last): channel blocks of 16 plus leftovers, tiles of 8 rows plus
-# leftovers, a 1d (N, C, L) input, and fewer samples than threads.
+# leftovers, a 1d (N, C, L) input, fewer samples than threads, rows shorter than a vector
+# step, and few channels (eval's channel-last units group positions, the last one short).
 SHAPES = [
+    ((6, 40, 4, 4), False),
+    ((6, 3, 9, 10), True),
     ((6, 37, 5, 7), False),
     ((6, 37, 5, 7), True),
     ((5, 19, 33), False),

@@ -3,6 +3,7 @@
 // still in cache, so the input is read from memory once, as BatchNorm's eval does.
 #include <ATen/ops/empty_like.h>
 
+#include <algorithm>
 #include <functional>
 
 #include "common.h"
@@ -10,6 +11,11 @@
 #include "ops.h"
 
 namespace l2bn {
+namespace {
+// Channel-last output units hold at least this many values (whole positions).
+constexpr int64_t kMinUnit = 64;
+}  // namespace
+
 Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tensor& running_var,
                     const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
                     double eps, double l2_eps, bool scale) {
@@ -64,17 +70,28 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
     if (n >= at::get_num_threads()) {
       // Each task walks its samples: the output of sample i is written in the same loop
       // that reads sample i + 1 for its norm, so both memory streams are in flight.
+      // Channel-last units group enough positions to fill vectors when C is small, with
+      // the C coefficients repeated over the group.
+      const int64_t group = l.channels_last ? std::max<int64_t>(1, kMinUnit / c) : 1;
+      const int64_t len = l.channels_last ? group * c : l.m;
       at::parallel_for(0, n, grain(per_sample), [&](int64_t i0, int64_t i1) {
-        std::vector<T> a(c);
-        double norm_sq = kern.sample_sum_squares(xp + i0 * per_sample, c, l.m, l.channels_last);
+        // Row-wise: a[k], b[k] per row; channel-last: C coefficients repeated `group` times.
+        std::vector<T> a(group * c), b(group * c);
+        for (int64_t j = 0; j < group * c; j += c) {
+          std::copy(shift.begin(), shift.end(), b.begin() + j);
+        }
+        double norm_sq = kern.block_sum_squares(xp + i0 * per_sample, per_sample);
         for (int64_t i = i0; i < i1; ++i) {
           const double inv = inverse_scale(norm_sq);
           for (int64_t k = 0; k < c; ++k) {
             a[k] = static_cast<T>(gain[k] * inv);
           }
+          for (int64_t j = c; j < group * c; j += c) {
+            std::copy(a.begin(), a.begin() + c, a.begin() + j);
+          }
           const T* next = i + 1 < i1 ? xp + (i + 1) * per_sample : nullptr;
           norm_sq = kern.sample_output_next(yp + i * per_sample, xp + i * per_sample, a.data(),
-                                       shift.data(), next, c, l.m, l.channels_last);
+                                            b.data(), next, per_sample, len, l.channels_last);
         }
       });
       return;

@@ -67,13 +67,8 @@ void k_grad_output(T* out, const T* dy, const T* x, const double* gain, const do
 
 template <typename T>
 double k_sample_output_next(T* out, const T* u, const T* a, const T* b, const T* next,
-                            int64_t c, int64_t m, bool cl) {
-  return sample_output_next<T>(out, u, a, b, next, c, m, cl);
-}
-
-template <typename T>
-double k_sample_sum_squares(const T* x, int64_t c, int64_t m, bool cl) {
-  return sample_sum_squares<T>(x, c, m, cl);
+                            int64_t d, int64_t len, bool cl) {
+  return sample_output_next<T>(out, u, a, b, next, d, len, cl);
 }
 
 template <typename T>
@@ -129,7 +124,7 @@ void k_grad_rows(T* out, const T* dy, const T* x, int64_t c, int64_t i0, int64_t
   ::l2bn::Kernels<T> {                                                                   \
     &k_moments<T>, &k_grad_sums<T>, &k_centred_sums<T>, &k_block_sum_squares<T>,         \
         &k_affine<T>, &k_scale_shift<T>, &k_grad_output<T>, &k_sample_output_next<T>,    \
-        &k_sample_sum_squares<T>, &k_tile_sums<T>, &k_tile_dev<T>, &k_row_output<T>,     \
+        &k_tile_sums<T>, &k_tile_dev<T>, &k_row_output<T>,     \
         &k_row_output_next<T>, &k_rows_output<T>, &k_rows_sum_squares<T>, &k_tile_grad<T>, \
         &k_grad_rows<T>                                                                  \
   }

@@ -77,9 +77,10 @@ struct Kernels {
   void (*grad_output)(T* out, const T* dy, const T* x, const double* gain, const double* inv,
                       const double* qc, const double* proj, const double* rc, int64_t c,
                       int64_t m, bool cl, int64_t i0, int64_t i1, T* scratch);
+  // One sample of d values in units of len (passes.h, eval); returns ||next||^2 in the
+  // order of block_sum_squares.
   double (*sample_output_next)(T* out, const T* u, const T* a, const T* b, const T* next,
-                               int64_t c, int64_t m, bool cl);
-  double (*sample_sum_squares)(const T* x, int64_t c, int64_t m, bool cl);
+                               int64_t d, int64_t len, bool cl);
   // The tile kernels add to their outputs.
   void (*tile_sums)(const T* x, int64_t rows, int64_t c, const double* inv, const T* shift,
                     double* s1, double* s2);

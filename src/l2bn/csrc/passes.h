@@ -769,20 +769,24 @@ L2BN_INLINE void grad_output(
 
 // ---- eval: output of one sample fused with the norm of the next -------------------------
 //
-// A sample is `units` units of `len` contiguous values: C rows of M (row-wise, one a and b
-// per row) or M positions of C (channel-last, a[c] and b[c]). The squares of the next
-// sample go to one accumulator running across the whole sample, in the same loop as the
-// output (the loads of the next sample interleave with the stores of this one): row-wise a
-// SquareSum (float lanes for float input, 32 values a step, folded into double every few
-// steps: half the arithmetic of double lanes); channel-last a DoubleSquareSum, whose steps
-// of 16 values fit units as short as C = 16.
+// A sample is d contiguous values written in units of `len` values (the last unit may be
+// shorter): row-wise, one unit per row (len = M, one a and b per unit); channel-last, a
+// group of positions (len a multiple of C, a and b holding len values: C coefficients
+// repeated, so that a unit is long enough to vectorize even when C is small). The squares
+// of the next sample are summed over its d values in flat order, in the steps of
+// sum_squares, whatever the units: one accumulator (float lanes for float input, folded
+// into double every few steps), advanced in the loop that writes this sample, so that the
+// loads of the next sample interleave with the stores of this one. A sample's norm is
+// therefore the same bits whether it was summed ahead (here) or alone (sum_squares).
 
-// out[i] = a[i * kStep] * u[i] + b[i * kStep] over one unit of len values, adding next^2 to
-// acc when kNext.
-template <typename T, int kStep, bool kNext, typename Acc>
-L2BN_INLINE void unit_output_next(
-    T* out, const T* u, const T* a, const T* b, const T* next, int64_t len, Acc& acc) {
-  constexpr int64_t w = Acc::kWidth;
+// out[i] = a[i * kStep] * u[i] + b[i * kStep] over one unit of len values; for each
+// SquareSum step of output written, one step of next^2 at flat offset `done` (returned
+// advanced).
+template <typename T, int kStep, bool kNext>
+L2BN_INLINE int64_t unit_output_next(T* out, const T* u, const T* a, const T* b,
+                                     const T* next, int64_t len, int64_t done,
+                                     SquareSum<T>& acc) {
+  constexpr int64_t w = SquareSum<T>::kWidth;
   int64_t i = 0;
   for (; i + w <= len; i += w) {
 #pragma omp simd
@@ -790,62 +794,56 @@ L2BN_INLINE void unit_output_next(
       out[i + l] = a[(i + l) * kStep] * u[i + l] + b[(i + l) * kStep];
     }
     if constexpr (kNext) {
-      acc.step(next + i);
+      acc.step(next + done);
+      done += w;
     }
   }
-  for (; i < len; ++i) {
-    out[i] = a[i * kStep] * u[i] + b[i * kStep];
-    if constexpr (kNext) {
-      acc.one(next[i]);
-    }
+#pragma omp simd
+  for (int64_t l = i; l < len; ++l) {
+    out[l] = a[l * kStep] * u[l] + b[l * kStep];
   }
+  return done;
 }
 
-// Output of one sample, out = a * u + b, while summing next^2 (next == nullptr: output
-// only, returns 0).
+// Output of one sample of d values, out = a * u + b unit by unit (units of len values;
+// `cl`: a and b hold len values, else one per unit), while summing next^2 (next ==
+// nullptr: output only, returns 0).
 template <typename T, bool kNext>
-L2BN_INLINE double sample_output(
-    T* out, const T* u, const T* a, const T* b, const T* next, int64_t c, int64_t m, bool cl) {
-  if (cl) {
-    DoubleSquareSum<T> acc;
-    for (int64_t j = 0; j < m; ++j) {
-      unit_output_next<T, 1, kNext>(out + j * c, u + j * c, a, b, next + j * c, c, acc);
-    }
-    return kNext ? acc.total() : 0.0;
-  }
+L2BN_INLINE double sample_output(T* out, const T* u, const T* a, const T* b, const T* next,
+                                 int64_t d, int64_t len, bool cl) {
+  constexpr int64_t w = SquareSum<T>::kWidth;
   SquareSum<T> acc;
-  for (int64_t k = 0; k < c; ++k) {
-    unit_output_next<T, 0, kNext>(out + k * m, u + k * m, a + k, b + k, next + k * m, m, acc);
+  int64_t done = 0;  // values of next summed so far (a multiple of w)
+  for (int64_t j = 0, k = 0; j < d; j += len, ++k) {
+    const int64_t n = std::min(len, d - j);
+    if (cl) {
+      done = unit_output_next<T, 1, kNext>(out + j, u + j, a, b, next, n, done, acc);
+    } else {
+      done = unit_output_next<T, 0, kNext>(out + j, u + j, a + k, b + k, next, n, done, acc);
+    }
+    if constexpr (kNext) {
+      // Catch up with the output after a unit's tail (units shorter than a step included).
+      for (; done + w <= j + n; done += w) {
+        acc.step(next + done);
+      }
+    }
   }
-  return kNext ? acc.total() : 0.0;
-}
-
-template <typename T>
-L2BN_INLINE double sample_output_next(
-    T* out, const T* u, const T* a, const T* b, const T* next, int64_t c, int64_t m, bool cl) {
-  if (next == nullptr) {
-    return sample_output<T, false>(out, u, a, b, u, c, m, cl);
+  if constexpr (!kNext) {
+    return 0.0;
   }
-  return sample_output<T, true>(out, u, a, b, next, c, m, cl);
-}
-
-// ||x||^2 of one sample, summed exactly as sample_output_next sums `next`: unit by unit
-// into one accumulator of the same kind.
-template <typename T, typename Acc>
-L2BN_INLINE double units_sum_squares(const T* x, int64_t units, int64_t len) {
-  Acc acc;
-  for (int64_t j = 0; j < units; ++j) {
-    add_squares(x + j * len, len, acc);
+  for (; done < d; ++done) {
+    acc.one(next[done]);
   }
   return acc.total();
 }
 
 template <typename T>
-L2BN_INLINE double sample_sum_squares(const T* x, int64_t c, int64_t m, bool cl) {
-  if (cl) {
-    return units_sum_squares<T, DoubleSquareSum<T>>(x, m, c);
+L2BN_INLINE double sample_output_next(T* out, const T* u, const T* a, const T* b,
+                                      const T* next, int64_t d, int64_t len, bool cl) {
+  if (next == nullptr) {
+    return sample_output<T, false>(out, u, a, b, u, d, len, cl);
   }
-  return units_sum_squares<T, SquareSum<T>>(x, c, m);
+  return sample_output<T, true>(out, u, a, b, next, d, len, cl);
 }
 
 }  // namespace
