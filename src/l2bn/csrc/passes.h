@@ -39,6 +39,21 @@ namespace {
 // to hide the latency of the adds.
 constexpr int64_t kLanes = 16;
 
+// a[0] + ... + a[kLanes - 1] by halving: 4 dependent adds, the first two in vectors. The
+// widths are spelled out: a loop over them compiles to scalar code through memory.
+static_assert(kLanes == 16, "halving_sum adds 16 lanes");
+L2BN_INLINE double halving_sum(double* a) {
+#pragma omp simd
+  for (int64_t l = 0; l < 8; ++l) {
+    a[l] += a[l + 8];
+  }
+#pragma omp simd
+  for (int64_t l = 0; l < 4; ++l) {
+    a[l] += a[l + 4];
+  }
+  return (a[0] + a[2]) + (a[1] + a[3]);
+}
+
 // (sum_i u(i), sum_i v(i)) over [0, len), where term(i, u, v) sets u and v.
 template <typename F>
 L2BN_INLINE void reduce_pair(int64_t len, const F& term, double* out_u, double* out_v) {
@@ -64,15 +79,8 @@ L2BN_INLINE void reduce_pair(int64_t len, const F& term, double* out_u, double* 
     // The lanes add by halving (4 dependent adds, not 16): a fixed cost of every row,
     // and rows of small maps (4x4, short 1d inputs) are short. Rows shorter than one step
     // left the lanes at zero.
-    for (int64_t w = kLanes / 2; w >= 1; w /= 2) {
-#pragma omp simd
-      for (int64_t l = 0; l < w; ++l) {
-        a[l] += a[l + w];
-        b[l] += b[l + w];
-      }
-    }
-    su += a[0];
-    sv += b[0];
+    su += halving_sum(a);
+    sv += halving_sum(b);
   }
   *out_u = su;
   *out_v = sv;
@@ -86,8 +94,9 @@ L2BN_INLINE bool row_moment(double s1, double s2, double inv_m, int64_t r, doubl
   mean[r] = mu;
   second[r] = sq;
   var[r] = std::max(v, 0.0);
-  flags[r] = sq > 0 && v * kCondLimit <= sq;
-  return flags[r];
+  const bool ill = (sq > 0) & (v * kCondLimit <= sq);  // branch-free, as below
+  flags[r] = ill;
+  return ill;
 }
 
 // row_moment from sums of d = x - shift computed in float lanes (float_block): the variance
@@ -101,13 +110,15 @@ constexpr int64_t kShiftValues = 8;
 L2BN_INLINE bool shifted_row_moment(double s1, double s2, double shift, double inv_m, int64_t r,
                                     double* mean, double* second, double* var,
                                     uint8_t* flags) {
-  const double md = s1 * inv_m, sq = s2 * inv_m, v = std::max(sq - md * md, 0.0);
+  const double md = s1 * inv_m, sq = s2 * inv_m, d = sq - md * md, v = std::max(d, 0.0);
   const double mu = shift + md;
   mean[r] = mu;
   var[r] = v;
   second[r] = v + mu * mu;
-  flags[r] = sq > 0 && (sq - md * md) * kCondLimitShifted <= sq;
-  return flags[r];
+  // Branch-free (& rather than &&), so that loops over rows vectorize.
+  const bool ill = (sq > 0) & (d * kCondLimitShifted <= sq);
+  flags[r] = ill;
+  return ill;
 }
 
 template <typename T>
@@ -154,16 +165,28 @@ struct Streams {
 // moments, 1 thread, median: 64x64x56x56 5.1 -> 2.9 ms, 256x256x14x14 4.5 -> 2.9 ms,
 // 128x64x8x8 after a cache flush 155 -> 95 us). Only where a chunk has more than one block.
 template <typename T>
-L2BN_INLINE void touch_chunk(Streams<T> s, int64_t c, int64_t j0, int64_t j1) {
+L2BN_INLINE void touch_stream(const T* p, int64_t i0, int64_t i1, T* t) {
   constexpr int64_t kStep = 64 / static_cast<int64_t>(sizeof(T));
-  T t = 0;
-  for (int64_t i = j0 * c; i < j1 * c; i += kStep) {
-    t += s.a[i];
-    if (s.b != nullptr) {
-      t += s.b[i];
+  int64_t i = i0;
+  // Four independent sums: one dependent add per line would hold the loads to its latency.
+  for (; i + 4 * kStep <= i1; i += 4 * kStep) {
+    for (int q = 0; q < 4; ++q) {
+      t[q] += p[i + q * kStep];
     }
   }
-  volatile T kept = t;  // the loads are kept: their sum is stored
+  for (; i < i1; i += kStep) {
+    t[0] += p[i];
+  }
+}
+
+template <typename T>
+L2BN_INLINE void touch_chunk(Streams<T> s, int64_t c, int64_t j0, int64_t j1) {
+  T t[4] = {};
+  touch_stream(s.a, j0 * c, j1 * c, t);
+  if (s.b != nullptr) {
+    touch_stream(s.b, j0 * c, j1 * c, t);
+  }
+  volatile T kept = (t[0] + t[1]) + (t[2] + t[3]);  // the loads are kept: their sum is stored
   (void)kept;
 }
 
@@ -371,8 +394,12 @@ L2BN_INLINE int64_t moments_cl(
             v = u * u;
           },
           s1, s2);
+      // The rows of a sample are consecutive: their moments vectorize (a fixed cost of
+      // every row, which dominates small maps such as 4x4).
+      const int64_t r0 = n * c;
+#pragma omp simd reduction(+ : ill)
       for (int64_t k = 0; k < c; ++k) {
-        ill += shifted_row_moment(s1[k], s2[k], shift[k], inv_m, n * c + k, mean, second, var,
+        ill += shifted_row_moment(s1[k], s2[k], shift[k], inv_m, r0 + k, mean, second, var,
                                   flags);
       }
     } else {
@@ -383,8 +410,10 @@ L2BN_INLINE int64_t moments_cl(
             v = u * u;
           },
           s1, s2);
+      const int64_t r0 = n * c;
+#pragma omp simd reduction(+ : ill)
       for (int64_t k = 0; k < c; ++k) {
-        ill += row_moment(s1[k], s2[k], inv_m, n * c + k, mean, second, var, flags);
+        ill += row_moment(s1[k], s2[k], inv_m, r0 + k, mean, second, var, flags);
       }
     }
   }
