@@ -74,8 +74,9 @@ def _errors(
 
 
 # Channel counts that use blocks of 32 and 16 channels and leftovers; maps and batches with
-# several fold groups and remainders.
-SHAPES_2D = [(6, 48, 9, 7), (5, 37, 6, 6), (3, 16, 17, 17)]
+# several fold groups and remainders; rows shorter than a step of 32 values (4x4: whole
+# vectors only; 3x8: whole vectors and a tail).
+SHAPES_2D = [(6, 48, 9, 7), (5, 37, 6, 6), (3, 16, 17, 17), (7, 40, 4, 4), (9, 24, 3, 8)]
 
 
 @pytest.mark.parametrize("shape", SHAPES_2D)

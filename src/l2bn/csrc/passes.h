@@ -39,19 +39,21 @@ namespace {
 // to hide the latency of the adds.
 constexpr int64_t kLanes = 16;
 
-// a[0] + ... + a[kLanes - 1] by halving: 4 dependent adds, the first two in vectors. The
-// widths are spelled out: a loop over them compiles to scalar code through memory.
-static_assert(kLanes == 16, "halving_sum adds 16 lanes");
-L2BN_INLINE double halving_sum(double* a) {
+// s[0] + ... + s[kW - 1] by halving (log2 kW dependent adds, not kW - 1): a fixed cost of
+// every row, and rows are short in small maps (4x4, short 1d inputs) and (N, C) input.
+// Each level is a loop of constant length, so that the wide ones vectorize (a loop over
+// the levels compiles to scalar code through memory).
+template <int64_t kW>
+L2BN_INLINE double tree_sum(double* s) {
+  if constexpr (kW == 1) {
+    return s[0];
+  } else {
 #pragma omp simd
-  for (int64_t l = 0; l < 8; ++l) {
-    a[l] += a[l + 8];
+    for (int64_t l = 0; l < kW / 2; ++l) {
+      s[l] += s[l + kW / 2];
+    }
+    return tree_sum<kW / 2>(s);
   }
-#pragma omp simd
-  for (int64_t l = 0; l < 4; ++l) {
-    a[l] += a[l + 4];
-  }
-  return (a[0] + a[2]) + (a[1] + a[3]);
 }
 
 // (sum_i u(i), sum_i v(i)) over [0, len), where term(i, u, v) sets u and v.
@@ -79,8 +81,8 @@ L2BN_INLINE void reduce_pair(int64_t len, const F& term, double* out_u, double* 
     // The lanes add by halving (4 dependent adds, not 16): a fixed cost of every row,
     // and rows of small maps (4x4, short 1d inputs) are short. Rows shorter than one step
     // left the lanes at zero.
-    su += halving_sum(a);
-    sv += halving_sum(b);
+    su += tree_sum<kLanes>(a);
+    sv += tree_sum<kLanes>(b);
   }
   *out_u = su;
   *out_v = sv;
@@ -462,14 +464,25 @@ L2BN_INLINE void grad_sums_rows(
             steps = 0;
           }
         }
+        // Whole vectors left (rows of fewer than 32 values, or the end of a row): one
+        // vector each, folded once.
+        if (i + kVF <= m) {
+          for (; i + kVF <= m; i += kVF) {
+            const vf gq = load<vf>(g + i);
+            a[0] += gq;
+            b[0] += gq * (load<vf>(row + i) - hf);
+          }
+          add_to(sa, a[0]);
+          add_to(sb, b[0]);
+        }
         double u = 0, v = 0;
         for (; i < m; ++i) {
           u += g[i];
           v += static_cast<double>(g[i]) * (row[i] - hf);
         }
-        for (int64_t l = 0; l < kVF; ++l) {
-          u += sa[l];
-          v += sb[l];
+        if (m >= kVF) {  // else the lanes are zero
+          u += tree_sum<kVF>(sa);
+          v += tree_sum<kVF>(sb);
         }
         t1[r] = u;
         t2[r] = v;
@@ -558,17 +571,8 @@ L2BN_INLINE void centred_cl(
 // double input; for float input the squares go to float lanes, folded into double lanes
 // every kFold steps (each float lane then holds at most kFold squares: relative error
 // below 1e-6, against twice the arithmetic of double lanes).
-// Sum of kVF double lanes by halving (log2 kVF dependent adds, not kVF - 1): a fixed cost
-// of every row of the (N, C) passes (norms and projections), where rows are short.
-L2BN_INLINE double lane_tree_sum(double* s) {
-  for (int64_t w = kVF / 2; w >= 1; w /= 2) {
-#pragma omp simd
-    for (int64_t l = 0; l < w; ++l) {
-      s[l] += s[l + w];
-    }
-  }
-  return s[0];
-}
+// Sum of kVF double lanes by halving.
+L2BN_INLINE double lane_tree_sum(double* s) { return tree_sum<kVF>(s); }
 
 template <typename T>
 struct DoubleSquareSum {
