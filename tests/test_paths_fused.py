@@ -274,21 +274,33 @@ def test_fused_grad_output_in_other_layouts(calls):
 
 
 @needs_fused
-def test_fused_eval_one_sample_matches_across_thread_counts():
-    """Eval with fewer samples than threads splits each norm across threads instead."""
-    x = torch.randn(1, 8, 32, 32, dtype=torch.float64)
-    rm, rv = torch.randn(8, dtype=torch.float64), torch.rand(8, dtype=torch.float64) + 0.5
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_eval_one_sample_matches_across_thread_counts_and_batch_sizes(dtype):
+    """Eval with fewer samples than threads takes another loop (the norms one sample per
+    task, the output spread over threads). A sample's output is the same bits at 1 and 2
+    threads and alone or in a batch that takes the main loop (samples of 40960 values:
+    more than one parallel grain, which a split of the norm over threads would sum in
+    pieces that depend on the thread count)."""
+    g = torch.Generator().manual_seed(5)
+    # Several batches: a different order of the sum shows in the output's last bits for
+    # some inputs only.
+    batch = torch.randn(8, 4, 8, 64, 80, generator=g, dtype=dtype) * 2 + 0.5
+    rm, rv = torch.randn(8, generator=g).to(dtype), (torch.rand(8, generator=g) + 0.5).to(dtype)
     threads = torch.get_num_threads()
     outs = []
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            outs.append(l2_batch_norm(x, rm, rv, training=False))
+            with backends.flags(cpu=True):
+                outs.append([l2_batch_norm(b[:1], rm, rv, training=False) for b in batch])
+                outs.append([l2_batch_norm(b, rm, rv, training=False)[:1] for b in batch])
     finally:
         torch.set_num_threads(threads)
-    reference = reference_l2bn(x, rm, rv, training=False)
-    assert relative_error(outs[0], reference) < 1e-12
-    assert relative_error(outs[1], reference) < 1e-12
+    for out in outs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(out, outs[0], strict=True))
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    for b, out in zip(batch, outs[0], strict=True):
+        assert relative_error(out, reference_l2bn(b[:1], rm, rv, training=False)) < tolerance
 
 
 @needs_fused

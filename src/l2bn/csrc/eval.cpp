@@ -4,7 +4,6 @@
 #include <ATen/ops/empty_like.h>
 
 #include <algorithm>
-#include <functional>
 
 #include "common.h"
 #include "kernels.h"
@@ -36,8 +35,6 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
     bool active = false;
     return 1.0 / sample_scale(norm_sq, l2_eps, sqrt_d, scale, &active);
   };
-  // Output units of one sample: its C rows, or its M channel-last positions.
-  const int64_t units = l.channels_last ? l.m : c;
   Tensor y = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_eval_forward", [&] {
     using T = scalar_t;
@@ -96,22 +93,21 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
       });
       return;
     }
-    // Fewer samples than threads: each norm in parallel, then one parallel output pass.
+    // Fewer samples than threads: the norms one sample per task (each summed whole, in the
+    // order of the loop above, so that a sample's output does not depend on the batch size
+    // or the thread count), then one output pass spread over all threads.
     std::vector<T> a(n * c);
-    for (int64_t i = 0; i < n; ++i) {
-      const T* sample = xp + i * per_sample;
-      const double norm_sq = at::parallel_reduce(
-          0, per_sample, kGrain, 0.0,
-          [&](int64_t j0, int64_t j1, double acc) {
-            return acc + kern.block_sum_squares(sample + j0, j1 - j0);
-          },
-          std::plus<double>());
-      const double inv = inverse_scale(norm_sq);
-      for (int64_t k = 0; k < c; ++k) {
-        a[i * c + k] = static_cast<T>(gain[k] * inv);
+    at::parallel_for(0, n, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const double inv = inverse_scale(kern.block_sum_squares(xp + i * per_sample, per_sample));
+        for (int64_t k = 0; k < c; ++k) {
+          a[i * c + k] = static_cast<T>(gain[k] * inv);
+        }
       }
-    }
+    });
     const Coef<T> pa{a.data(), c}, rb{shift.data(), 0};
+    // Output units of one sample: its C rows, or its M channel-last positions.
+    const int64_t units = l.channels_last ? l.m : c;
     const int64_t per_unit = l.channels_last ? c : l.m;
     at::parallel_for(0, n * units, grain(per_unit), [&](int64_t i0, int64_t i1) {
       kern.affine(yp, xp, pa, rb, c, l.m, l.channels_last, i0, i1);

@@ -78,7 +78,7 @@ struct Kernels {
                       const double* qc, const double* proj, const double* rc, int64_t c,
                       int64_t m, bool cl, int64_t i0, int64_t i1, T* scratch);
   // One sample of d values in units of len (passes.h, eval); returns ||next||^2 in the
-  // order of block_sum_squares.
+  // order of block_sum_squares (0 when next is nullptr).
   double (*sample_output_next)(T* out, const T* u, const T* a, const T* b, const T* next,
                                int64_t d, int64_t len, bool cl);
   // The tile kernels add to their outputs.

@@ -160,12 +160,7 @@ struct Streams {
   const T* b;
 };
 
-// Loads one value of each 64-byte line of positions [j0, j1) of the streams, in order.
-// The channel blocks then sweep the chunk with a stride of C values, a pattern that the
-// hardware prefetchers follow poorly on data coming from memory or L3: read in order
-// first, the chunk arrives at streaming speed and the sweeps find it in L1/L2 (channel-last
-// moments, 1 thread, median: 64x64x56x56 5.1 -> 2.9 ms, 256x256x14x14 4.5 -> 2.9 ms,
-// 128x64x8x8 after a cache flush 155 -> 95 us). Only where a chunk has more than one block.
+// Adds one value of each 64-byte line of p[i0, i1) to t[0..3].
 template <typename T>
 L2BN_INLINE void touch_stream(const T* p, int64_t i0, int64_t i1, T* t) {
   constexpr int64_t kStep = 64 / static_cast<int64_t>(sizeof(T));
@@ -181,6 +176,13 @@ L2BN_INLINE void touch_stream(const T* p, int64_t i0, int64_t i1, T* t) {
   }
 }
 
+// Loads one value of each 64-byte line of positions [j0, j1), in order, of one stream and
+// then the other. The channel blocks then sweep the chunk with a stride of C values, a
+// pattern that the hardware prefetchers follow poorly on data coming from memory or L3:
+// read in order first, the chunk arrives at streaming speed and the sweeps find it in
+// L1/L2 (channel-last moments, 1 thread, median: 64x64x56x56 5.1 -> 2.9 ms, 256x256x14x14
+// 4.5 -> 2.9 ms, 128x64x8x8 after a cache flush 155 -> 95 us). Only where a chunk has more
+// than one block.
 template <typename T>
 L2BN_INLINE void touch_chunk(Streams<T> s, int64_t c, int64_t j0, int64_t j1) {
   T t[4] = {};
@@ -465,7 +467,8 @@ L2BN_INLINE void grad_sums_rows(
           }
         }
         // Whole vectors left (rows of fewer than 32 values, or the end of a row): one
-        // vector each, folded once.
+        // vector each, folded once (in float, as the steps above: at most 32 / kVF - 1
+        // products a lane, within kFold).
         if (i + kVF <= m) {
           for (; i + kVF <= m; i += kVF) {
             const vf gq = load<vf>(g + i);
@@ -567,13 +570,14 @@ L2BN_INLINE void centred_cl(
   }
 }
 
+// Sum of kVF double lanes by halving (adds into s).
+L2BN_INLINE double lane_tree_sum(double* s) { return tree_sum<kVF>(s); }
+
 // Sum of squares for a norm: kWidth values a step into as many lanes. In double for
 // double input; for float input the squares go to float lanes, folded into double lanes
 // every kFold steps (each float lane then holds at most kFold squares: relative error
-// below 1e-6, against twice the arithmetic of double lanes).
-// Sum of kVF double lanes by halving.
-L2BN_INLINE double lane_tree_sum(double* s) { return tree_sum<kVF>(s); }
-
+// below 1e-6, against twice the arithmetic of double lanes). total() is called once (it
+// adds the lanes into themselves).
 template <typename T>
 struct DoubleSquareSum {
   static constexpr int64_t kWidth = kLanes;
