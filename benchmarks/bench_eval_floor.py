@@ -1,0 +1,120 @@
+"""Measured floor of eval-mode L2BN on contiguous maps, beside native BatchNorm.
+
+Eval-mode L2BN writes ``y = gain[c] / rho[n] * x + shift[c]``: every output of sample ``n``
+needs the norm of the whole sample first, so each value is read twice (once for the norm,
+once for the output) and written once; BatchNorm's eval reads it once and writes it once.
+Once a sample (``C * H * W * 4`` bytes) outgrows L1, the second read comes from L2.
+
+This command times, in one process and interleaved round by round (l2bn.bench.timing):
+  - ``bn``: native BatchNorm eval (``torch.batch_norm``);
+  - ``l2bn``: the fused eval operator (``torch.ops.l2bn.eval_forward``);
+  - ``stream``: the least work of BatchNorm's data flow (read once, write once);
+  - ``two_pass`` and ``pipelined``: the least work of L2BN's data flow (read twice, write
+    once) under two schedules; the faster of the two is the floor.
+The three loops (eval_floor.cpp) are built here for this processor, or for AVX2 with
+``--isa avx2`` (which also runs the kernels and ATen at AVX2, as ``l2bn bench --isa``
+does). Each line prints medians in microseconds and ratios to ``bn``: ``floor / bn`` is
+the lowest ratio L2BN's data flow reached on this machine, ``l2bn / floor`` how far the
+operator is above it.
+
+``python benchmarks/bench_eval_floor.py [--threads N] [--isa avx2] [--shape NxCxHxW ...]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import subprocess
+import sys
+
+import torch
+import torch.utils.cpp_extension
+
+import l2bn  # noqa: F401  (registers torch.ops.l2bn)
+from l2bn.bench import machine
+from l2bn.bench.timing import time_interleaved
+
+HERE = pathlib.Path(__file__).resolve().parent
+DEFAULT_SHAPES = ("128x16x32x32", "128x32x16x16", "128x64x8x8", "64x64x56x56")
+FLAGS = {None: ["-march=native"], "avx2": ["-mavx2", "-mfma", "-mno-avx512f"]}
+
+
+def build(isa: str | None):
+    name = f"l2bn_eval_floor_{isa or 'native'}"
+    directory = HERE.parent / "build" / name
+    directory.mkdir(parents=True, exist_ok=True)
+    return torch.utils.cpp_extension.load(
+        name,
+        [str(HERE / "eval_floor.cpp")],
+        # -fopenmp: at::parallel_for is OpenMP in torch's Linux builds (serial without it).
+        extra_cflags=["-O3", "-fopenmp", *FLAGS[isa]],
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(directory),
+        verbose=False,
+    )
+
+
+def repeated(call, times: int):
+    def run() -> None:
+        for _ in range(times):
+            call()
+
+    return run
+
+
+def measure(shape: tuple[int, ...], floor, rounds: int) -> dict[str, float]:
+    c = shape[1]
+    x = torch.randn(shape)
+    gen = torch.Generator().manual_seed(0)
+    mean = torch.rand(c, generator=gen)
+    var = torch.rand(c, generator=gen) + 0.5
+    weight, bias = torch.rand(c, generator=gen) + 0.5, torch.rand(c, generator=gen)
+    a = weight / (var + 1e-5).sqrt()
+    b = bias - mean * a
+    calls = {
+        "bn": lambda: torch.batch_norm(x, weight, bias, mean, var, False, 0.1, 1e-5, False),
+        "l2bn": lambda: torch.ops.l2bn.eval_forward(x, mean, var, weight, bias, 1e-5, 1e-12, True),
+        "stream": lambda: floor.stream(x, a, b),
+        "two_pass": lambda: floor.two_pass(x, a, b),
+        "pipelined": lambda: floor.pipelined(x, a, b),
+    }
+    # Each timed sample repeats a call enough times to last about 2 ms.
+    times = max(1, int(2e-3 / max(time_interleaved(calls, 3)["bn"].median, 1e-7)))
+    with torch.no_grad():
+        timings = time_interleaved({k: repeated(f, times) for k, f in calls.items()}, rounds)
+    return {k: t.median / times * 1e6 for k, t in timings.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--isa", choices=("avx2",), default=None, help="run at AVX2")
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (30)")
+    parser.add_argument("--shape", action="append", help="NxCxHxW (repeatable)")
+    args = parser.parse_args()
+    env = machine.forced_environment(args.isa, None)
+    if env is not None:
+        sys.exit(subprocess.call([sys.executable, *sys.argv], env=env))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    floor = build(args.isa)
+    print(
+        f"{machine.processor()}; kernels {machine.kernel_isa()}, ATen "
+        f"{machine.aten_capability()}, floor loops {args.isa or 'native'}; "
+        f"{torch.get_num_threads()} thread(s); medians of {args.rounds} rounds, us"
+    )
+    names = ("bn", "l2bn", "stream", "two_pass", "pipelined")
+    print(f"{'shape':<14}" + "".join(f"{k:>10}" for k in names) + "  floor/bn  l2bn/bn  l2bn/floor")
+    for text in args.shape or DEFAULT_SHAPES:
+        shape = tuple(int(v) for v in text.split("x"))
+        t = measure(shape, floor, args.rounds)
+        low = min(t["two_pass"], t["pipelined"])
+        print(
+            f"{text:<14}"
+            + "".join(f"{t[k]:>10.1f}" for k in names)
+            + f"  {low / t['bn']:>8.2f} {t['l2bn'] / t['bn']:>8.2f} {t['l2bn'] / low:>11.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The loops of benchmarks/bench_eval_floor.py do the work whose time they claim to be: the
+README's measured floor of eval-mode L2BN is only a floor if the loops write the values
+of BatchNorm's and L2BN's data flows (a loop the compiler could drop would time nothing).
+Builds the loops once (a C++ compiler, as for l2bn._C)."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+import torch
+
+from l2bn import backends
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_eval_floor.py"
+
+pytestmark = pytest.mark.skipif(
+    not backends.available("cpu"), reason="needs a C++ toolchain, as l2bn._C does"
+)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_eval_floor", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def floor(bench):
+    return bench.build(None)
+
+
+def _inputs(shape):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=g)
+    a, b = torch.rand(shape[1], generator=g) + 0.5, torch.randn(shape[1], generator=g)
+    return x, a, b
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 4, 4), (3, 16, 8, 12)])
+def test_floor_loops_write_batchnorm_and_l2bn_outputs(floor, shape):
+    x, a, b = _inputs(shape)
+    channel = (1, -1, 1, 1)
+    torch.testing.assert_close(floor.stream(x, a, b), a.view(channel) * x + b.view(channel))
+    r = (x.double().square().sum(dim=(1, 2, 3), keepdim=True) + 1).rsqrt().float()
+    expected = a.view(channel) * r * x + b.view(channel)
+    torch.testing.assert_close(floor.two_pass(x, a, b), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(floor.pipelined(x, a, b), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_floor_loops_refuse_what_they_do_not_take(floor):
+    with pytest.raises(RuntimeError, match="contiguous float32"):
+        floor.stream(torch.randn(2, 3, 4, 4).double(), torch.ones(3), torch.zeros(3))
+    with pytest.raises(RuntimeError, match="multiple of 16"):
+        floor.stream(torch.randn(2, 3, 3, 3), torch.ones(3), torch.zeros(3))
+
+
+def test_measure_times_every_contender(bench, floor):
+    times = bench.measure((4, 3, 4, 4), floor, rounds=2)
+    assert set(times) == {"bn", "l2bn", "stream", "two_pass", "pipelined"}
+    assert all(t > 0 for t in times.values())
