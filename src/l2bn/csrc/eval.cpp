@@ -13,6 +13,11 @@ namespace l2bn {
 namespace {
 // Channel-last output units hold at least this many values (whole positions).
 constexpr int64_t kMinUnit = 64;
+// Row-wise samples of at least this many bytes take two passes each (norm, then output)
+// instead of the pipelined loop (benchmarks/bench_eval_floor.py, 1 thread, 2026-11-30: at
+// 256-800 kB samples in 32-64 MB tensors two passes ran 12-15% faster; at 64 kB samples in
+// an 8 MB tensor, 20% slower).
+constexpr int64_t kTwoPassBytes = 128 * 1024;
 }  // namespace
 
 Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tensor& running_var,
@@ -76,6 +81,25 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
         std::vector<T> a(group * c), b(group * c);
         for (int64_t j = 0; j < group * c; j += c) {
           std::copy(shift.begin(), shift.end(), b.begin() + j);
+        }
+        if (!l.channels_last && per_sample * static_cast<int64_t>(sizeof(T)) >= kTwoPassBytes) {
+          // Large row-wise samples: the norm of a sample, then its output. The loop below
+          // reads a sample for its output two samples after its norm, beyond L2 at this
+          // size. (Channel-last samples measured no gain: 256x256x14x14 1.01-1.04x ->
+          // 1.07x BatchNorm's eval.)
+          for (int64_t i = i0; i < i1; ++i) {
+            const T* sample = xp + i * per_sample;
+            const double inv = inverse_scale(kern.block_sum_squares(sample, per_sample));
+            for (int64_t k = 0; k < c; ++k) {
+              a[k] = static_cast<T>(gain[k] * inv);
+            }
+            for (int64_t j = c; j < group * c; j += c) {
+              std::copy(a.begin(), a.begin() + c, a.begin() + j);
+            }
+            kern.sample_output_next(yp + i * per_sample, sample, a.data(), b.data(), nullptr,
+                                    per_sample, len, l.channels_last);
+          }
+          return;
         }
         double norm_sq = kern.block_sum_squares(xp + i0 * per_sample, per_sample);
         for (int64_t i = i0; i < i1; ++i) {
