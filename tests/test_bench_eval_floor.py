@@ -64,3 +64,13 @@ def test_measure_times_every_contender(bench, floor):
     times = bench.measure((4, 3, 4, 4), floor, rounds=2)
     assert set(times) == {"bn", "l2bn", "stream", "two_pass", "pipelined"}
     assert all(t > 0 for t in times.values())
+
+
+def test_l2bn_contender_is_the_eval_operator(bench):
+    """The timed L2BN call (below autograd) computes eval-mode L2BN."""
+    from l2bn.functional import l2_batch_norm
+
+    x, w, b = _inputs((4, 3, 4, 4))
+    mean, var = torch.randn(3), torch.rand(3) + 0.5
+    expected = l2_batch_norm(x, mean, var, w, b, training=False)
+    torch.testing.assert_close(bench.l2bn_eval(x, mean, var, w, b), expected)
