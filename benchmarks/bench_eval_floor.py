@@ -92,13 +92,36 @@ def measure(shape: tuple[int, ...], floor, rounds: int) -> dict[str, float]:
     return {k: t.median / times * 1e6 for k, t in timings.items()}
 
 
+def shape_arg(text: str) -> tuple[int, ...]:
+    """``NxCxHxW`` with positive sizes and ``H * W`` a multiple of 16 (the floor loops'
+    vector steps), else an argparse error."""
+    try:
+        shape = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected NxCxHxW with positive sizes, got {text!r}")
+    if shape[2] * shape[3] % 16:
+        raise argparse.ArgumentTypeError(f"H * W must be a multiple of 16, got {text!r}")
+    return shape
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--isa", choices=("avx2",), default=None, help="run at AVX2")
-    parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (30)")
-    parser.add_argument("--shape", action="append", help="NxCxHxW (repeatable)")
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (30, >= 1)")
+    parser.add_argument(
+        "--shape",
+        action="append",
+        type=shape_arg,
+        help="NxCxHxW, H*W a multiple of 16 (repeatable)",
+    )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     env = machine.forced_environment(args.isa, None)
     if env is not None:
         sys.exit(subprocess.call([sys.executable, *sys.argv], env=env))
@@ -112,8 +135,8 @@ def main() -> None:
     )
     names = ("bn", "l2bn", "stream", "two_pass", "pipelined")
     print(f"{'shape':<14}" + "".join(f"{k:>10}" for k in names) + "  floor/bn  l2bn/bn  l2bn/floor")
-    for text in args.shape or DEFAULT_SHAPES:
-        shape = tuple(int(v) for v in text.split("x"))
+    for shape in args.shape or [shape_arg(text) for text in DEFAULT_SHAPES]:
+        text = "x".join(str(v) for v in shape)
         t = measure(shape, floor, args.rounds)
         low = min(t["two_pass"], t["pipelined"])
         print(

@@ -74,3 +74,15 @@ def test_l2bn_contender_is_the_eval_operator(bench):
     mean, var = torch.randn(3), torch.rand(3) + 0.5
     expected = l2_batch_norm(x, mean, var, w, b, training=False)
     torch.testing.assert_close(bench.l2bn_eval(x, mean, var, w, b), expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("abc", "NxCxHxW"), ("4x3x4", "NxCxHxW"), ("0x3x4x4", "positive"), ("4x3x3x3", "16")],
+)
+def test_bad_shapes_are_usage_errors(bench, text, message):
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        bench.shape_arg(text)
+    assert bench.shape_arg("4x3x4x4") == (4, 3, 4, 4)
