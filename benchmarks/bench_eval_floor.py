@@ -17,6 +17,10 @@ does). Each line prints medians in microseconds and ratios to ``bn``: ``floor / 
 the lowest ratio L2BN's data flow reached on this machine, ``l2bn / floor`` how far the
 operator is above it.
 
+The rounds cycle through the orders of the five contenders (l2bn.bench.timing); 30 rounds
+run 30 of the 120 orders, so the orders are not balanced as in ``l2bn bench``: compare the
+ratios of several runs.
+
 ``python benchmarks/bench_eval_floor.py [--threads N] [--isa avx2] [--shape NxCxHxW ...]``
 """
 
@@ -122,7 +126,10 @@ def main() -> None:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
-    env = machine.forced_environment(args.isa, None)
+    try:
+        env = machine.forced_environment(args.isa, None)
+    except ValueError as error:  # an instruction set this processor or build lacks
+        parser.error(str(error))
     if env is not None:
         sys.exit(subprocess.call([sys.executable, *sys.argv], env=env))
     if args.threads is not None:

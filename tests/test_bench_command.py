@@ -91,6 +91,20 @@ def test_bad_option_is_one_line_and_exit_2(option, capsys):
     assert err.startswith("l2bn bench: error: ") and option[0] in err and "\n" not in err
 
 
+def test_isa_the_processor_lacks_is_one_line_and_exit_2(monkeypatch, capsys):
+    """On a processor without AVX-512, --isa avx512 is a bad option, not a traceback."""
+    from l2bn.bench import machine
+
+    if not machine.kernel_isas():
+        pytest.skip("the fused kernels are not built")
+    monkeypatch.setattr(machine, "kernel_isas", lambda: ["avx2", "default"])
+    monkeypatch.setattr(machine, "kernel_isa", lambda: "avx2")
+    assert main(["bench", "--quick", "--no-e2e", "--isa", "avx512"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("l2bn bench: error: --isa avx512") and "\n" not in err
+
+
 def test_contenders_option_leaves_the_naive_composite_out(tmp_path):
     path = tmp_path / "two.json"
     args = ["bench", "--quick", "--threads", "1", "--no-e2e", "--cases", "1d"]

@@ -268,11 +268,12 @@ def run(args: argparse.Namespace) -> int:
         return gpu.run(args)
     try:
         check_options(args)
+        # An --isa the processor or the build lacks is a bad option too.
+        env = machine.forced_environment(args.isa, args.aten_capability)
     except ValueError as error:
         # As argparse reports a bad option: one line, exit status 2.
         print(f"l2bn bench: error: {error}", file=sys.stderr)
         return 2
-    env = machine.forced_environment(args.isa, args.aten_capability)
     if env is not None:
         # Both instruction sets are fixed at load time: rerun in a process that loads them.
         options = {k: v for k, v in vars(args).items() if not k.startswith("_")}
