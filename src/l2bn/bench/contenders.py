@@ -65,7 +65,8 @@ class Case:
 
 
 def cases(quick: bool) -> list[Case]:
-    """The issue's shapes (or tiny ones), 2d in both layouts, 1d contiguous."""
+    """The standard shapes (CIFAR- and ImageNet-sized maps, an MLP head; or tiny ones with
+    ``quick``), 2d in both layouts, 1d contiguous."""
     shapes_2d = QUICK_SHAPES_2D if quick else FULL_SHAPES_2D
     shapes_1d = QUICK_SHAPES_1D if quick else FULL_SHAPES_1D
     out = [Case(s, layout) for s in shapes_2d for layout in ("contiguous", "channels_last")]

@@ -1,6 +1,8 @@
 // Eval-mode L2BN (paper eqs. 2-3 with running statistics): y = gain[c] / rho[n] * x +
-// shift[c]. Each task takes whole samples: ||x[n]||, then the sample's output while it is
-// still in cache, so the input is read from memory once, as BatchNorm's eval does.
+// shift[c]. Every output of a sample needs ||x[n]||, so each sample is read twice: for its
+// norm, then for its output while it is still in cache (pipelined with the next sample's
+// norm, or in two passes for large row-wise samples). With fewer samples than threads the
+// norms are taken a sample per task and the output is spread over all threads.
 #include <ATen/ops/empty_like.h>
 
 #include <algorithm>
@@ -11,12 +13,13 @@
 
 namespace l2bn {
 namespace {
-// Channel-last output units hold at least this many values (whole positions).
+// Channel-last output units hold at least this many values (whole positions; C or more
+// when C is larger).
 constexpr int64_t kMinUnit = 64;
 // Row-wise samples of at least this many bytes take two passes each (norm, then output)
 // instead of the pipelined loop (benchmarks/bench_eval_floor.py, 1 thread, 2026-11-30: at
 // 256-800 kB samples in 32-64 MB tensors two passes ran 12-15% faster; at 64 kB samples in
-// an 8 MB tensor, 20% slower).
+// an 8 MB tensor, 20% slower; 256x14x14 maps, 196 kB, gain as well).
 constexpr int64_t kTwoPassBytes = 128 * 1024;
 }  // namespace
 
@@ -74,7 +77,7 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
       // that reads sample i + 1 for its norm, so both memory streams are in flight.
       // Channel-last units group enough positions to fill vectors when C is small, with
       // the C coefficients repeated over the group.
-      const int64_t group = l.channels_last ? std::max<int64_t>(1, kMinUnit / c) : 1;
+      const int64_t group = l.channels_last ? (kMinUnit + c - 1) / c : 1;
       const int64_t len = l.channels_last ? group * c : l.m;
       at::parallel_for(0, n, grain(per_sample), [&](int64_t i0, int64_t i1) {
         // Row-wise: a[k], b[k] per row; channel-last: C coefficients repeated `group` times.
