@@ -79,33 +79,24 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
       // the C coefficients repeated over the group.
       const int64_t group = l.channels_last ? (kMinUnit + c - 1) / c : 1;
       const int64_t len = l.channels_last ? group * c : l.m;
+      // Large row-wise samples take two passes each: the norm of a sample, then its output
+      // (the pipelined loop reads a sample for its output two samples after its norm,
+      // beyond L2 at this size; channel-last samples measured no gain: 256x256x14x14
+      // 1.01-1.04x -> 1.07x BatchNorm's eval).
+      const bool two_pass =
+          !l.channels_last && per_sample * static_cast<int64_t>(sizeof(T)) >= kTwoPassBytes;
       at::parallel_for(0, n, grain(per_sample), [&](int64_t i0, int64_t i1) {
         // Row-wise: a[k], b[k] per row; channel-last: C coefficients repeated `group` times.
         std::vector<T> a(group * c), b(group * c);
         for (int64_t j = 0; j < group * c; j += c) {
           std::copy(shift.begin(), shift.end(), b.begin() + j);
         }
-        if (!l.channels_last && per_sample * static_cast<int64_t>(sizeof(T)) >= kTwoPassBytes) {
-          // Large row-wise samples: the norm of a sample, then its output. The loop below
-          // reads a sample for its output two samples after its norm, beyond L2 at this
-          // size. (Channel-last samples measured no gain: 256x256x14x14 1.01-1.04x ->
-          // 1.07x BatchNorm's eval.)
-          for (int64_t i = i0; i < i1; ++i) {
-            const T* sample = xp + i * per_sample;
-            const double inv = inverse_scale(kern.block_sum_squares(sample, per_sample));
-            for (int64_t k = 0; k < c; ++k) {
-              a[k] = static_cast<T>(gain[k] * inv);
-            }
-            for (int64_t j = c; j < group * c; j += c) {
-              std::copy(a.begin(), a.begin() + c, a.begin() + j);
-            }
-            kern.sample_output_next(yp + i * per_sample, sample, a.data(), b.data(), nullptr,
-                                    per_sample, len, l.channels_last);
-          }
-          return;
-        }
         double norm_sq = kern.block_sum_squares(xp + i0 * per_sample, per_sample);
         for (int64_t i = i0; i < i1; ++i) {
+          const T* sample = xp + i * per_sample;
+          if (two_pass && i > i0) {
+            norm_sq = kern.block_sum_squares(sample, per_sample);
+          }
           const double inv = inverse_scale(norm_sq);
           for (int64_t k = 0; k < c; ++k) {
             a[k] = static_cast<T>(gain[k] * inv);
@@ -113,9 +104,13 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
           for (int64_t j = c; j < group * c; j += c) {
             std::copy(a.begin(), a.begin() + c, a.begin() + j);
           }
-          const T* next = i + 1 < i1 ? xp + (i + 1) * per_sample : nullptr;
-          norm_sq = kern.sample_output_next(yp + i * per_sample, xp + i * per_sample, a.data(),
-                                            b.data(), next, per_sample, len, l.channels_last);
+          const T* next = !two_pass && i + 1 < i1 ? sample + per_sample : nullptr;
+          const double next_norm_sq = kern.sample_output_next(
+              yp + i * per_sample, sample, a.data(), b.data(), next, per_sample, len,
+              l.channels_last);
+          if (next != nullptr) {
+            norm_sq = next_norm_sq;
+          }
         }
       });
       return;
