@@ -22,18 +22,33 @@ def conv_l2bn(dtype: torch.dtype) -> nn.Module:
     return net.to(dtype).train()
 
 
-def training_step(net: nn.Module, x: torch.Tensor, probe: torch.Tensor) -> dict:
-    """Output, input and parameter gradients of ``sum(probe * net(x))``, and the running
-    statistics after the step (``net`` holds a conv ``0`` and an L2BN layer ``1``)."""
-    xg = x.detach().clone().requires_grad_()
-    y = net(xg)
-    (y.double() * probe).sum().backward()
+def case(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, nn.Module, dict]:
+    """The input (samples of norms spread over two decades), the probe of the loss, the
+    model and the reference step that both export tests use."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, 6, 6, generator=g) * torch.logspace(-1, 1, 4).view(-1, 1, 1, 1)
+    x = x.to(dtype)
+    probe = torch.randn(4, 4, 4, 4, generator=g, dtype=torch.float64)
+    net = conv_l2bn(dtype)
+    return x, probe, net, reference_step(net, x, probe)
+
+
+def _after_step(net: nn.Module, y: torch.Tensor, xg: torch.Tensor) -> dict:
     found = {"y": y, "x.grad": xg.grad}
     for name in ("0.weight", "1.weight", "1.bias"):
         found[name + ".grad"] = net.get_parameter(name).grad
     for name in ("1.running_mean", "1.running_var"):
         found[name] = net.get_buffer(name)
     return found
+
+
+def training_step(net: nn.Module, x: torch.Tensor, probe: torch.Tensor) -> dict:
+    """Output, input and parameter gradients of ``sum(probe * net(x))``, and the running
+    statistics after the step (``net`` holds a conv ``0`` and an L2BN layer ``1``)."""
+    xg = x.detach().clone().requires_grad_()
+    y = net(xg)
+    (y.double() * probe).sum().backward()
+    return _after_step(net, y, xg)
 
 
 def reference_step(net: nn.Module, x: torch.Tensor, probe: torch.Tensor) -> dict:
@@ -46,9 +61,4 @@ def reference_step(net: nn.Module, x: torch.Tensor, probe: torch.Tensor) -> dict
         norm.momentum, norm.eps,
     )  # fmt: skip
     (y * probe).sum().backward()
-    found = {"y": y, "x.grad": xg.grad}
-    for name in ("0.weight", "1.weight", "1.bias"):
-        found[name + ".grad"] = net.get_parameter(name).grad
-    for name in ("1.running_mean", "1.running_var"):
-        found[name] = net.get_buffer(name)
-    return found
+    return _after_step(net, y, xg)

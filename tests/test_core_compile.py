@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from _export_training import conv_l2bn, reference_step, training_step
+from _export_training import case as export_case
+from _export_training import training_step
 from _reference import relative_error
 from l2bn import L2BatchNorm2d, backends, convert_bn_to_l2bn
 
@@ -100,12 +101,7 @@ def test_exported_training_program_trains_as_eager(backend, dtype, decompose):
     backward (an in-place step of its inlined forward)."""
     if not backends.available(backend):
         pytest.skip(str(backends.unavailable_reason(backend)))
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(4, 3, 6, 6, generator=g) * torch.logspace(-1, 1, 4).view(-1, 1, 1, 1)
-    x = x.to(dtype)
-    probe = torch.randn(4, 4, 4, 4, generator=g, dtype=torch.float64)
-    net = conv_l2bn(dtype)
-    reference = reference_step(net, x, probe)
+    x, probe, net, reference = export_case(dtype)
     with backends.prefer(backend):
         program = torch.export.export(copy.deepcopy(net), (x,))
         if decompose:

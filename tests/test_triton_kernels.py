@@ -16,7 +16,8 @@ import math
 import pytest
 import torch
 
-from _export_training import conv_l2bn, reference_step, training_step
+from _export_training import case as export_case
+from _export_training import training_step
 from _reference import adversarial_input, reference_l2bn, relative_error
 from _triton_support import (
     DEVICE,
@@ -498,12 +499,7 @@ def test_exported_training_program_trains_as_eager(dtype, path, launches):
     carries no autograd formula): a training step of the exported module runs the Triton
     kernels both ways and gives the output, the input, conv and L2BN gradients and the
     running statistics of eager, and of the float64 reference."""
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(4, 3, 6, 6, generator=g) * torch.logspace(-1, 1, 4).view(-1, 1, 1, 1)
-    x = x.to(dtype)
-    probe = torch.randn(4, 4, 4, 4, generator=g, dtype=torch.float64)
-    net = conv_l2bn(dtype)
-    reference = reference_step(net, x, probe)
+    x, probe, net, reference = export_case(dtype)
     x, probe, net = x.to(DEVICE), probe.to(DEVICE), net.to(DEVICE)
     program = torch.export.export(copy.deepcopy(net), (x,))
     graph = str(program.graph)
