@@ -36,6 +36,7 @@ import torch.utils.cpp_extension
 
 import l2bn  # noqa: F401  (registers torch.ops.l2bn)
 from l2bn.bench import machine
+from l2bn.bench.contenders import parse_shape
 from l2bn.bench.timing import time_interleaved
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -97,14 +98,14 @@ def measure(shape: tuple[int, ...], floor, rounds: int) -> dict[str, float]:
 
 
 def shape_arg(text: str) -> tuple[int, ...]:
-    """``NxCxHxW`` with positive sizes and ``H * W`` a multiple of 16 (the floor loops'
-    vector steps), else an argparse error."""
+    """A 4-D shape of ``l2bn bench --shape`` with ``H * W`` a multiple of 16 (the floor
+    loops' vector steps), else an argparse error."""
     try:
-        shape = tuple(int(v) for v in text.lower().split("x"))
-    except ValueError:
-        shape = ()
-    if len(shape) != 4 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"expected NxCxHxW with positive sizes, got {text!r}")
+        shape = parse_shape(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if len(shape) != 4:
+        raise argparse.ArgumentTypeError(f"expected NxCxHxW, got {text!r}")
     if shape[2] * shape[3] % 16:
         raise argparse.ArgumentTypeError(f"H * W must be a multiple of 16, got {text!r}")
     return shape
