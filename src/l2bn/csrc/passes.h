@@ -23,38 +23,12 @@
 #pragma once
 
 #include "kernels.h"
-
-#if defined(__GNUC__)
-#define L2BN_INLINE inline __attribute__((always_inline))
-#else
-#define L2BN_INLINE inline
-#endif
+#include "lanes.h"
 
 namespace l2bn {
 namespace {
 
 // ---- reductions ---------------------------------------------------------------------------
-
-// Number of independent partial sums of a contiguous reduction: enough vector accumulators
-// to hide the latency of the adds.
-constexpr int64_t kLanes = 16;
-
-// s[0] + ... + s[kW - 1] by halving (log2 kW dependent adds, not kW - 1): a fixed cost of
-// every row, and rows are short in small maps (4x4, short 1d inputs) and (N, C) input.
-// Each level is a loop of constant length, so that the wide ones vectorize (a loop over
-// the levels compiles to scalar code through memory).
-template <int64_t kW>
-L2BN_INLINE double tree_sum(double* s) {
-  if constexpr (kW == 1) {
-    return s[0];
-  } else {
-#pragma omp simd
-    for (int64_t l = 0; l < kW / 2; ++l) {
-      s[l] += s[l + kW / 2];
-    }
-    return tree_sum<kW / 2>(s);
-  }
-}
 
 // (sum_i u(i), sum_i v(i)) over [0, len), where term(i, u, v) sets u and v.
 template <typename F>

@@ -11,37 +11,11 @@
 
 #include "common.h"
 #include "kernels.h"
+#include "lanes.h"
 #include "ops.h"
 
 namespace l2bn {
 namespace {
-
-// Sum of p[0..len) in 16 independent lanes added by halving (the sum of each sample's row
-// mean squares: one dependent add per row would cost 4 cycles per (n, c) row).
-double lane_sum(const double* p, int64_t len) {
-  constexpr int64_t kL = 16;
-  double lanes[kL] = {};
-  int64_t i = 0;
-  for (; i + kL <= len; i += kL) {
-#pragma omp simd
-    for (int64_t l = 0; l < kL; ++l) {
-      lanes[l] += p[i + l];
-    }
-  }
-  double tail = 0;
-  for (; i < len; ++i) {
-    tail += p[i];
-  }
-#pragma omp simd
-  for (int64_t l = 0; l < 8; ++l) {
-    lanes[l] += lanes[l + 8];
-  }
-#pragma omp simd
-  for (int64_t l = 0; l < 4; ++l) {
-    lanes[l] += lanes[l + 4];
-  }
-  return tail + ((lanes[0] + lanes[2]) + (lanes[1] + lanes[3]));
-}
 
 // Rows (row-wise) or samples (channel-last): the units of the reduction kernels.
 template <typename F>
