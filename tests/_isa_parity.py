@@ -21,10 +21,14 @@ from l2bn import L2BatchNorm1d, L2BatchNorm2d, backends
 
 # (shape, channels_last): channel blocks of 16 plus leftovers, tiles of 8 rows plus
 # leftovers, a 1d (N, C, L) input, fewer samples than threads, rows shorter than a vector
-# step, and few channels (eval's channel-last units group positions, the last one short).
+# step, and few channels (eval's channel-last units group positions, the last one short),
+# the last two in samples small enough for eval's two passes and large enough for its
+# pipelined loop.
 SHAPES = [
     ((6, 40, 4, 4), False),
+    ((4, 300, 4, 4), False),
     ((6, 3, 9, 10), True),
+    ((4, 3, 40, 41), True),
     ((6, 37, 5, 7), False),
     ((6, 37, 5, 7), True),
     ((5, 19, 33), False),

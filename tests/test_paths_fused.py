@@ -275,17 +275,20 @@ def test_fused_grad_output_in_other_layouts(calls):
 
 @needs_fused
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_eval_one_sample_matches_across_thread_counts_and_batch_sizes(dtype):
+@pytest.mark.parametrize("sample", [(8, 64, 80), (8, 4, 4)])
+def test_fused_eval_one_sample_matches_across_thread_counts_and_batch_sizes(sample, dtype):
     """Eval with fewer samples than threads takes another loop (the norms one sample per
     task, the output spread over threads). A sample's output is the same bits at 1 and 2
-    threads and alone or in a batch that takes the main loop (samples of 40960 values:
-    more than one parallel grain, which a split of the norm over threads would sum in
-    pieces that depend on the thread count)."""
+    threads and alone or in a batch that takes the main loop: samples of 40960 values
+    (more than one parallel grain, which a split of the norm over threads would sum in
+    pieces that depend on the thread count; the main loop pipelines or takes two passes)
+    and of 128 values (two passes, the sample in L1)."""
     g = torch.Generator().manual_seed(5)
     # Several batches: a different order of the sum shows in the output's last bits for
     # some inputs only.
-    batch = torch.randn(8, 4, 8, 64, 80, generator=g, dtype=dtype) * 2 + 0.5
-    rm, rv = torch.randn(8, generator=g).to(dtype), (torch.rand(8, generator=g) + 0.5).to(dtype)
+    batch = torch.randn(8, 4, *sample, generator=g, dtype=dtype) * 2 + 0.5
+    c = sample[0]
+    rm, rv = torch.randn(c, generator=g).to(dtype), (torch.rand(c, generator=g) + 0.5).to(dtype)
     threads = torch.get_num_threads()
     outs = []
     try:
@@ -308,15 +311,26 @@ def test_fused_eval_one_sample_matches_across_thread_counts_and_batch_sizes(dtyp
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize(
     "shape",
-    [(4, 16, 32, 32), (5, 70, 15, 17), (4, 3, 100, 110), (300, 16, 4, 4), (300, 3, 9, 10)],
+    [
+        (4, 16, 32, 32),
+        (5, 70, 15, 17),
+        (4, 3, 100, 110),
+        (24, 300, 4, 4),
+        (24, 3, 40, 41),
+        (300, 16, 4, 4),
+        (300, 3, 9, 10),
+    ],
 )
 def test_fused_eval_is_the_same_at_every_thread_count(shape, layout, dtype):
-    """Eval sums each sample's squares while writing the previous sample's output, except
-    for the first sample of a thread's range: both sums must take the same order, so that
-    the output does not depend on how the batch was split (bitwise: a different order of
-    the sum shows in the last bits). Two threads split the batch: samples of over 16k
-    values, or 300 small ones (rows of 16 values, shorter than one step of the sum; three
-    channels, whose channel-last output units group positions, the last group short)."""
+    """The pipelined eval loop sums each sample's squares while writing the previous
+    sample's output, except for the first sample of a thread's range: both sums must take
+    the same order, so that the output does not depend on how the batch was split
+    (bitwise: a different order of the sum shows in the last bits). Two threads split the
+    batch. Samples of over 16k values (pipelined, or two passes for large row-wise ones);
+    samples of 4800 and 4920 values, pipelined (over 16 kB) with rows of 16 values, shorter
+    than one step of the sum, and three channels, whose channel-last output units group
+    positions, the last group short; 300 small samples of the same kinds (two passes, each
+    sample in L1)."""
     g = torch.Generator().manual_seed(8)
     x = _arrange(torch.randn(shape, generator=g, dtype=dtype) * 3 + 1, layout)
     c = shape[1]

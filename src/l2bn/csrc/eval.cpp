@@ -1,8 +1,9 @@
 // Eval-mode L2BN (paper eqs. 2-3 with running statistics): y = gain[c] / rho[n] * x +
 // shift[c]. Every output of a sample needs ||x[n]||, so each sample is read twice: for its
 // norm, then for its output while it is still in cache (pipelined with the next sample's
-// norm, or in two passes for large row-wise samples). With fewer samples than threads the
-// norms are taken a sample per task and the output is spread over all threads.
+// norm, or in two passes for small samples and large row-wise ones). With fewer samples
+// than threads the norms are taken a sample per task and the output is spread over all
+// threads.
 #include <ATen/ops/empty_like.h>
 
 #include <algorithm>
@@ -21,6 +22,12 @@ constexpr int64_t kMinUnit = 64;
 // 256-800 kB samples in 32-64 MB tensors two passes ran 12-15% faster; at 64 kB samples in
 // an 8 MB tensor, 20% slower; 256x14x14 maps, 196 kB, gain as well).
 constexpr int64_t kTwoPassBytes = 128 * 1024;
+// Samples of at most this many bytes, in either layout, also take two passes: the second
+// read comes from L1 (half of a 32 kB L1), cheaper than a second stream in the pipelined
+// loop (the eval operator against ATen's, 2026-11-30, 1 / 2 threads: 128x64x8x8 1.22 ->
+// 0.84 / 0.89 -> 0.73, channels-last 0.81 -> 0.63 / 1.07 -> 0.84, 128x8x16x16 1.11 -> 0.82 /
+// 0.98 -> 0.78; 32 kB samples lose: 128x32x16x16 is faster pipelined).
+constexpr int64_t kInCacheBytes = 16 * 1024;
 }  // namespace
 
 Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tensor& running_var,
@@ -79,12 +86,13 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
       // the C coefficients repeated over the group.
       const int64_t group = l.channels_last ? (kMinUnit + c - 1) / c : 1;
       const int64_t len = l.channels_last ? group * c : l.m;
-      // Large row-wise samples take two passes each: the norm of a sample, then its output
-      // (the pipelined loop reads a sample for its output two samples after its norm,
-      // beyond L2 at this size; channel-last samples measured no gain: 256x256x14x14
-      // 1.01-1.04x -> 1.07x BatchNorm's eval).
-      const bool two_pass =
-          !l.channels_last && per_sample * static_cast<int64_t>(sizeof(T)) >= kTwoPassBytes;
+      // Small samples and large row-wise ones take two passes each: the norm of a sample,
+      // then its output (a small sample is still in L1 for the second read; the pipelined
+      // loop reads a large sample for its output two samples after its norm, beyond L2 at
+      // this size; large channel-last samples measured no gain: 256x256x14x14 1.01-1.04x
+      // -> 1.07x BatchNorm's eval).
+      const int64_t bytes = per_sample * static_cast<int64_t>(sizeof(T));
+      const bool two_pass = bytes <= kInCacheBytes || (!l.channels_last && bytes >= kTwoPassBytes);
       at::parallel_for(0, n, grain(per_sample), [&](int64_t i0, int64_t i1) {
         // Row-wise: a[k], b[k] per row; channel-last: C coefficients repeated `group` times.
         std::vector<T> a(group * c), b(group * c);
