@@ -316,6 +316,7 @@ def test_fused_eval_one_sample_matches_across_thread_counts_and_batch_sizes(samp
         (5, 70, 15, 17),
         (4, 3, 100, 110),
         (24, 300, 4, 4),
+        (12, 100, 7, 7),
         (24, 3, 40, 41),
         (300, 16, 4, 4),
         (300, 3, 9, 10),
@@ -327,10 +328,10 @@ def test_fused_eval_is_the_same_at_every_thread_count(shape, layout, dtype):
     the same order, so that the output does not depend on how the batch was split
     (bitwise: a different order of the sum shows in the last bits). Two threads split the
     batch. Samples of over 16k values (pipelined, or two passes for large row-wise ones);
-    samples of 4800 and 4920 values, pipelined (over 16 kB) with rows of 16 values, shorter
-    than one step of the sum, and three channels, whose channel-last output units group
-    positions, the last group short; 300 small samples of the same kinds (two passes, each
-    sample in L1)."""
+    samples of 4800, 4900 and 4920 values, pipelined (over 16 kB) with rows of 16 values,
+    shorter than one step of the sum, rows of 49 values, one step and a tail, and three
+    channels, whose channel-last output units group positions, the last group short; 300
+    small samples (two passes, each sample in L1)."""
     g = torch.Generator().manual_seed(8)
     x = _arrange(torch.randn(shape, generator=g, dtype=dtype) * 3 + 1, layout)
     c = shape[1]
