@@ -1,9 +1,12 @@
-"""Measured floor of eval-mode L2BN on contiguous maps, beside native BatchNorm.
+"""Measured floor of eval-mode L2BN on 2d maps, beside native BatchNorm.
 
 Eval-mode L2BN writes ``y = gain[c] / rho[n] * x + shift[c]``: every output of sample ``n``
 needs the norm of the whole sample first, so each value is read twice (once for the norm,
 once for the output) and written once; BatchNorm's eval reads it once and writes it once.
-Once a sample (``C * H * W * 4`` bytes) outgrows L1, the second read comes from L2.
+Once a sample (``C * H * W * 4`` bytes) outgrows L1, the second read comes from L2. A
+sample is contiguous in memory in both layouts, so both have this data flow; each shape
+is measured contiguous and channels_last (channels_last when C is a multiple of 16, the
+floor loops' vector width).
 
 This command times, in one process and interleaved round by round (l2bn.bench.timing):
   - ``bn``: native BatchNorm eval (``torch.batch_norm``);
@@ -21,7 +24,9 @@ The rounds cycle through the orders of the five contenders (l2bn.bench.timing); 
 run 30 of the 120 orders, so the orders are not balanced as in ``l2bn bench``: compare the
 ratios of several runs.
 
-``python benchmarks/bench_eval_floor.py [--threads N] [--isa avx2] [--shape NxCxHxW ...]``
+``python benchmarks/bench_eval_floor.py [--threads N] [--isa avx2] [--alone] [--shape
+NxCxHxW ...]`` (default: the 2d shapes of ``l2bn bench``; ``--alone``: each contender in
+its own run of rounds, back to back, instead of interleaved)
 """
 
 from __future__ import annotations
@@ -36,11 +41,11 @@ import torch.utils.cpp_extension
 
 import l2bn  # noqa: F401  (registers torch.ops.l2bn)
 from l2bn.bench import machine
-from l2bn.bench.contenders import parse_shape
+from l2bn.bench.contenders import FULL_SHAPES_2D, parse_shape
 from l2bn.bench.timing import time_interleaved
 
 HERE = pathlib.Path(__file__).resolve().parent
-DEFAULT_SHAPES = ("128x16x32x32", "128x32x16x16", "128x64x8x8", "64x64x56x56")
+LANES = 16  # the floor loops' channel-last vector width (eval_floor.cpp, kW)
 FLAGS = {None: ["-march=native"], "avx2": ["-mavx2", "-mfma", "-mno-avx512f"]}
 
 
@@ -74,9 +79,21 @@ def repeated(call, times: int):
     return run
 
 
-def measure(shape: tuple[int, ...], floor, rounds: int) -> dict[str, float]:
+def layouts(shape: tuple[int, ...]) -> tuple[str, ...]:
+    """The layouts measured for ``shape``: channels_last too when C is a multiple of 16."""
+    return ("contiguous", "channels_last") if shape[1] % LANES == 0 else ("contiguous",)
+
+
+def measure(
+    shape: tuple[int, ...], floor, rounds: int, layout: str = "contiguous", alone: bool = False
+) -> dict[str, float]:
+    """Median microseconds of each contender's call. Interleaved round by round, or with
+    ``alone`` each contender in its own run of rounds, back to back (its tensors warm in the
+    caches, no other contender's data in between)."""
     c = shape[1]
     x = torch.randn(shape)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(0)
     mean = torch.rand(c, generator=gen)
     var = torch.rand(c, generator=gen) + 0.5
@@ -92,22 +109,23 @@ def measure(shape: tuple[int, ...], floor, rounds: int) -> dict[str, float]:
     }
     # Each timed sample repeats a call enough times to last about 2 ms.
     times = max(1, int(2e-3 / max(time_interleaved(calls, 3)["bn"].median, 1e-7)))
+    runs = {k: repeated(f, times) for k, f in calls.items()}
     with torch.no_grad():
-        timings = time_interleaved({k: repeated(f, times) for k, f in calls.items()}, rounds)
+        if alone:
+            timings = {k: time_interleaved({k: run}, rounds)[k] for k, run in runs.items()}
+        else:
+            timings = time_interleaved(runs, rounds)
     return {k: t.median / times * 1e6 for k, t in timings.items()}
 
 
 def shape_arg(text: str) -> tuple[int, ...]:
-    """A 4-D shape of ``l2bn bench --shape`` with ``H * W`` a multiple of 16 (the floor
-    loops' vector steps), else an argparse error."""
+    """A 4-D shape of ``l2bn bench --shape``, else an argparse error."""
     try:
         shape = parse_shape(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     if len(shape) != 4:
         raise argparse.ArgumentTypeError(f"expected NxCxHxW, got {text!r}")
-    if shape[2] * shape[3] % 16:
-        raise argparse.ArgumentTypeError(f"H * W must be a multiple of 16, got {text!r}")
     return shape
 
 
@@ -117,10 +135,15 @@ def main() -> None:
     parser.add_argument("--isa", choices=("avx2",), default=None, help="run at AVX2")
     parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (30, >= 1)")
     parser.add_argument(
+        "--alone",
+        action="store_true",
+        help="time each contender in its own run of rounds, back to back (warm caches)",
+    )
+    parser.add_argument(
         "--shape",
         action="append",
         type=shape_arg,
-        help="NxCxHxW, H*W a multiple of 16 (repeatable)",
+        help="NxCxHxW (repeatable; default: l2bn bench's 2d shapes)",
     )
     args = parser.parse_args()
     if args.rounds < 1:
@@ -139,19 +162,21 @@ def main() -> None:
     print(
         f"{machine.processor()}; kernels {machine.kernel_isa()}, ATen "
         f"{machine.aten_capability()}, floor loops {args.isa or 'native'}; "
-        f"{torch.get_num_threads()} thread(s); medians of {args.rounds} rounds, us"
+        f"{torch.get_num_threads()} thread(s); medians of {args.rounds} rounds"
+        f"{', each contender alone' if args.alone else ''}, us"
     )
     names = ("bn", "l2bn", "stream", "two_pass", "pipelined")
-    print(f"{'shape':<14}" + "".join(f"{k:>10}" for k in names) + "  floor/bn  l2bn/bn  l2bn/floor")
-    for shape in args.shape or [shape_arg(text) for text in DEFAULT_SHAPES]:
-        text = "x".join(str(v) for v in shape)
-        t = measure(shape, floor, args.rounds)
-        low = min(t["two_pass"], t["pipelined"])
-        print(
-            f"{text:<14}"
-            + "".join(f"{t[k]:>10.1f}" for k in names)
-            + f"  {low / t['bn']:>8.2f} {t['l2bn'] / t['bn']:>8.2f} {t['l2bn'] / low:>11.2f}"
-        )
+    print(f"{'shape':<18}" + "".join(f"{k:>10}" for k in names) + "  floor/bn  l2bn/bn  l2bn/floor")
+    for shape in args.shape or list(FULL_SHAPES_2D):
+        for layout in layouts(shape):
+            text = "x".join(str(v) for v in shape) + (" CL" if layout == "channels_last" else "")
+            t = measure(shape, floor, args.rounds, layout, args.alone)
+            low = min(t["two_pass"], t["pipelined"])
+            print(
+                f"{text:<18}"
+                + "".join(f"{t[k]:>10.1f}" for k in names)
+                + f"  {low / t['bn']:>8.2f} {t['l2bn'] / t['bn']:>8.2f} {t['l2bn'] / low:>11.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -42,9 +42,20 @@ def _inputs(shape):
     return x, a, b
 
 
-@pytest.mark.parametrize("shape", [(5, 3, 4, 4), (3, 16, 8, 12)])
-def test_floor_loops_write_batchnorm_and_l2bn_outputs(floor, shape):
+@pytest.mark.parametrize(
+    ("shape", "layout"),
+    [
+        ((5, 3, 4, 4), "contiguous"),
+        ((3, 16, 8, 12), "contiguous"),
+        ((3, 5, 7, 7), "contiguous"),  # rows of 49 values: a tail after the vector steps
+        ((3, 16, 8, 12), "channels_last"),
+        ((3, 32, 3, 5), "channels_last"),
+    ],
+)
+def test_floor_loops_write_batchnorm_and_l2bn_outputs(floor, shape, layout):
     x, a, b = _inputs(shape)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
     channel = (1, -1, 1, 1)
     torch.testing.assert_close(floor.stream(x, a, b), a.view(channel) * x + b.view(channel))
     r = (x.double().square().sum(dim=(1, 2, 3), keepdim=True) + 1).rsqrt().float()
@@ -54,16 +65,26 @@ def test_floor_loops_write_batchnorm_and_l2bn_outputs(floor, shape):
 
 
 def test_floor_loops_refuse_what_they_do_not_take(floor):
-    with pytest.raises(RuntimeError, match="contiguous float32"):
-        floor.stream(torch.randn(2, 3, 4, 4).double(), torch.ones(3), torch.zeros(3))
+    one, zero = torch.ones(3), torch.zeros(3)
+    with pytest.raises(RuntimeError, match="float32"):
+        floor.stream(torch.randn(2, 3, 4, 4).double(), one, zero)
+    with pytest.raises(RuntimeError, match="contiguous or channels_last"):
+        floor.stream(torch.randn(2, 3, 4, 4).transpose(2, 3), one, zero)
     with pytest.raises(RuntimeError, match="multiple of 16"):
-        floor.stream(torch.randn(2, 3, 3, 3), torch.ones(3), torch.zeros(3))
+        x = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+        floor.stream(x, one, zero)
 
 
-def test_measure_times_every_contender(bench, floor):
-    times = bench.measure((4, 3, 4, 4), floor, rounds=2)
+@pytest.mark.parametrize(("layout", "alone"), [("contiguous", False), ("channels_last", True)])
+def test_measure_times_every_contender(bench, floor, layout, alone):
+    times = bench.measure((4, 16, 3, 3), floor, rounds=2, layout=layout, alone=alone)
     assert set(times) == {"bn", "l2bn", "stream", "two_pass", "pipelined"}
     assert all(t > 0 for t in times.values())
+
+
+def test_channels_last_is_measured_where_the_loops_take_it(bench):
+    assert bench.layouts((4, 32, 3, 3)) == ("contiguous", "channels_last")
+    assert bench.layouts((4, 3, 3, 3)) == ("contiguous",)
 
 
 def test_l2bn_contender_is_the_eval_operator(bench):
@@ -78,7 +99,7 @@ def test_l2bn_contender_is_the_eval_operator(bench):
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("abc", "NxCxHxW"), ("4x3x4", "NxCxHxW"), ("0x3x4x4", "positive"), ("4x3x3x3", "16")],
+    [("abc", "NxCxHxW"), ("4x3x4", "NxCxHxW"), ("0x3x4x4", "positive"), ("1x3x4x4", "N >= 2")],
 )
 def test_bad_shapes_are_usage_errors(bench, text, message):
     import argparse
@@ -86,3 +107,4 @@ def test_bad_shapes_are_usage_errors(bench, text, message):
     with pytest.raises(argparse.ArgumentTypeError, match=message):
         bench.shape_arg(text)
     assert bench.shape_arg("4x3x4x4") == (4, 3, 4, 4)
+    assert bench.shape_arg("4x3x7x7") == (4, 3, 7, 7)  # any H * W
