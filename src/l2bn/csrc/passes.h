@@ -809,20 +809,42 @@ L2BN_INLINE int64_t unit_output_next(T* out, const T* u, const T* a, const T* b,
                                      SquareSum<T>& acc) {
   constexpr int64_t w = SquareSum<T>::kWidth;
   int64_t i = 0;
+  if constexpr (kStep == 0) {
+    // One coefficient pair for the unit, held in registers (read through a and b in the
+    // loop, they would be loaded again after every store: out may alias them).
+    const T a0 = a[0], b0 = b[0];
+    for (; i + w <= len; i += w) {
+#pragma omp simd
+      for (int64_t l = 0; l < w; ++l) {
+        out[i + l] = a0 * u[i + l] + b0;
+      }
+      if constexpr (kNext) {
+        acc.step(next + done);
+        done += w;
+      }
+    }
+    if (i < len) {  // most units are whole steps: no vector prologue for an empty tail
+#pragma omp simd
+      for (int64_t l = i; l < len; ++l) {
+        out[l] = a0 * u[l] + b0;
+      }
+    }
+    return done;
+  }
   for (; i + w <= len; i += w) {
 #pragma omp simd
     for (int64_t l = 0; l < w; ++l) {
-      out[i + l] = a[(i + l) * kStep] * u[i + l] + b[(i + l) * kStep];
+      out[i + l] = a[i + l] * u[i + l] + b[i + l];
     }
     if constexpr (kNext) {
       acc.step(next + done);
       done += w;
     }
   }
-  if (i < len) {  // most units are whole steps: no vector prologue for an empty tail
+  if (i < len) {
 #pragma omp simd
     for (int64_t l = i; l < len; ++l) {
-      out[l] = a[l * kStep] * u[l] + b[l * kStep];
+      out[l] = a[l] * u[l] + b[l];
     }
   }
   return done;
