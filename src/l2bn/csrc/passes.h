@@ -850,6 +850,27 @@ L2BN_INLINE int64_t unit_output_next(T* out, const T* u, const T* a, const T* b,
   return done;
 }
 
+// next^2 summed in whole steps from offset `done` up to `end` (returns the new offset), and
+// the values left after the last whole step one by one (returns the sum of the sample):
+// the order of sum_squares, whatever the loop that interleaves the steps with output.
+template <typename T>
+L2BN_INLINE int64_t square_steps_to(SquareSum<T>& acc, const T* next, int64_t done,
+                                    int64_t end) {
+  constexpr int64_t w = SquareSum<T>::kWidth;
+  for (; done + w <= end; done += w) {
+    acc.step(next + done);
+  }
+  return done;
+}
+
+template <typename T>
+L2BN_INLINE double square_sum_rest(SquareSum<T>& acc, const T* next, int64_t done, int64_t d) {
+  for (; done < d; ++done) {
+    acc.one(next[done]);
+  }
+  return acc.total();
+}
+
 // Row-wise units shorter than two steps and not a whole step (4x4, 2x2, 5x5 and 7x7 maps,
 // short 1d inputs): each row in a plain loop, and the squares of next summed in its steps
 // after every block of about 256 values of output (the same steps, in the same order, as
@@ -861,7 +882,6 @@ L2BN_INLINE int64_t unit_output_next(T* out, const T* u, const T* a, const T* b,
 template <typename T, bool kNext>
 L2BN_INLINE double short_rows_output(T* out, const T* u, const T* a, const T* b,
                                      const T* next, int64_t d, int64_t len) {
-  constexpr int64_t w = SquareSum<T>::kWidth;
   SquareSum<T> acc;
   const int64_t rows = d / len, per_block = std::max<int64_t>(1, 256 / len);
   int64_t done = 0;
@@ -877,18 +897,13 @@ L2BN_INLINE double short_rows_output(T* out, const T* u, const T* a, const T* b,
       }
     }
     if constexpr (kNext) {
-      for (; done + w <= r1 * len; done += w) {
-        acc.step(next + done);
-      }
+      done = square_steps_to(acc, next, done, r1 * len);
     }
   }
   if constexpr (!kNext) {
     return 0.0;
   }
-  for (; done < d; ++done) {
-    acc.one(next[done]);
-  }
-  return acc.total();
+  return square_sum_rest(acc, next, done, d);
 }
 
 // Output of one sample of d values, out = a * u + b unit by unit (units of len values;
@@ -924,18 +939,13 @@ L2BN_INLINE double sample_output(T* out, const T* u, const T* a, const T* b, con
     }
     if constexpr (kNext) {
       // Catch up with the output after a unit's tail (units shorter than a step included).
-      for (; done + w <= j + n; done += w) {
-        acc.step(next + done);
-      }
+      done = square_steps_to(acc, next, done, j + n);
     }
   }
   if constexpr (!kNext) {
     return 0.0;
   }
-  for (; done < d; ++done) {
-    acc.one(next[done]);
-  }
-  return acc.total();
+  return square_sum_rest(acc, next, done, d);
 }
 
 template <typename T>
