@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -24,6 +25,14 @@ constexpr int64_t kGrain = 32768;
 
 inline int64_t grain(int64_t per_unit) {
   return std::max<int64_t>(1, kGrain / std::max<int64_t>(per_unit, 1));
+}
+
+// A buffer of n values left uninitialized, for the O(N * C) arrays a pass writes in full
+// before any read (std::vector would zero them first: at 2x2 maps a memset of as many bytes
+// as the input).
+template <typename T>
+std::unique_ptr<T[]> uninitialized(int64_t n) {
+  return std::unique_ptr<T[]>(new T[static_cast<size_t>(n)]);
 }
 
 inline void check_input(const Tensor& x, const char* op) {

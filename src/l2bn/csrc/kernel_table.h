@@ -1,11 +1,13 @@
-// Included once by each kernels_<isa>.cpp, after its target pragma: the passes of passes.h
-// and vector_passes.h as plain functions with internal linkage (each translation unit owns
-// its copy, compiled for its instruction set), and L2BN_KERNEL_TABLE(T), the table of their
-// addresses. Taking an address runs no code, so the table may be built outside the pragma.
+// Included once by each kernels_<isa>.cpp, after its target pragma: the passes of passes.h,
+// statistics.h and vector_passes.h as plain functions with internal linkage (each
+// translation unit owns its copy, compiled for its instruction set), and
+// L2BN_KERNEL_TABLE(T) and L2BN_STATISTICS_TABLE, the tables of their addresses. Taking an
+// address runs no code, so the tables may be built outside the pragma.
 #pragma once
 
 #include "kernels.h"
 #include "passes.h"
+#include "statistics.h"
 #include "vector_passes.h"
 
 namespace l2bn {
@@ -128,3 +130,6 @@ void k_grad_rows(T* out, const T* dy, const T* x, int64_t c, int64_t i0, int64_t
         &k_row_output_next<T>, &k_rows_output<T>, &k_rows_sum_squares<T>, &k_tile_grad<T>, \
         &k_grad_rows<T>                                                                  \
   }
+
+#define L2BN_STATISTICS_TABLE \
+  ::l2bn::StatisticsKernels { &channel_moments, &channel_grad_sums, &projections }

@@ -101,11 +101,34 @@ struct Kernels {
                     const RowGradCoefs<T>& k);
 };
 
+// The per-channel factors of the backward's projections (train.cpp): mu (channel mean of
+// xh), gain = weight * invstd, e_beta and e_gamma (the 1 / count factors folded in), and
+// inv_d (1 / D with the sqrt(D) scale, else 1).
+struct ProjectionFactors {
+  const double* mu;
+  const double* gain;
+  const double* e_beta;
+  const double* e_gamma;
+  double inv_d;
+};
+
+// The O(N * C) statistics between the training passes (statistics.h), in double.
+struct StatisticsKernels {
+  void (*channel_moments)(const double* xm, const double* xv, const double* inv, int64_t n,
+                          int64_t c, double* mean, double* var);
+  void (*channel_grad_sums)(const double* t1, const double* t2, const double* inv, int64_t n,
+                            int64_t c, double* dbeta, double* dgamma);
+  void (*projections)(const double* xm, const double* xv, const double* t1, const double* t2,
+                      const double* inv, const bool* active, const ProjectionFactors& f,
+                      int64_t n, int64_t c, double* proj);
+};
+
 // All passes compiled for one instruction set.
 struct KernelSet {
   const char* isa;  // "avx512", "avx2" or "default"
   Kernels<float> f32;
   Kernels<double> f64;
+  StatisticsKernels statistics;
 };
 
 // The table of each instruction set (kernels_<isa>.cpp); nullptr where this build has none
@@ -123,6 +146,10 @@ std::vector<std::string> supported_isas();
 
 template <typename T>
 const Kernels<T>& kernels();
+
+inline const StatisticsKernels& statistics_kernels() {
+  return active_kernels().statistics;
+}
 
 template <>
 inline const Kernels<float>& kernels<float>() {

@@ -12,7 +12,8 @@
 
 namespace l2bn {
 const KernelSet* avx512_kernels() {
-  static const KernelSet table{"avx512", L2BN_KERNEL_TABLE(float), L2BN_KERNEL_TABLE(double)};
+  static const KernelSet table{"avx512", L2BN_KERNEL_TABLE(float), L2BN_KERNEL_TABLE(double),
+                                     L2BN_STATISTICS_TABLE};
   return &table;
 }
 }  // namespace l2bn

@@ -5,7 +5,8 @@
 
 namespace l2bn {
 const KernelSet* default_kernels() {
-  static const KernelSet table{"default", L2BN_KERNEL_TABLE(float), L2BN_KERNEL_TABLE(double)};
+  static const KernelSet table{"default", L2BN_KERNEL_TABLE(float), L2BN_KERNEL_TABLE(double),
+                                     L2BN_STATISTICS_TABLE};
   return &table;
 }
 }  // namespace l2bn

@@ -96,27 +96,10 @@ Statistics channel_statistics(const Layout& l, const double* second, const Tenso
     rho[i] = sample_scale(norm_sq * static_cast<double>(l.m), l2_eps, sqrt_d, scale, &active[i]);
     inv[i] = 1.0 / rho[i];
   }
-  double* mu = s.mean.data_ptr<double>();
-  std::fill(mu, mu + c, 0.0);
-  for (int64_t i = 0; i < n; ++i) {
-#pragma omp simd
-    for (int64_t k = 0; k < c; ++k) {
-      mu[k] += xm[i * c + k] * inv[i];
-    }
-  }
-  for (int64_t k = 0; k < c; ++k) {
-    mu[k] /= static_cast<double>(n);
-  }
-  for (int64_t i = 0; i < n; ++i) {
-#pragma omp simd
-    for (int64_t k = 0; k < c; ++k) {
-      const double d = xm[i * c + k] * inv[i] - mu[k];
-      s.var[k] += xv[i * c + k] * inv[i] * inv[i] + d * d;
-    }
-  }
+  statistics_kernels().channel_moments(xm, xv, inv.data(), n, c, s.mean.data_ptr<double>(),
+                                       s.var.data());
   double* invstd = s.invstd.data_ptr<double>();
   for (int64_t k = 0; k < c; ++k) {
-    s.var[k] /= static_cast<double>(n);
     invstd[k] = 1.0 / std::sqrt(s.var[k] + eps);
   }
   return s;
@@ -148,8 +131,9 @@ ForwardResult train_forward(const Tensor& input, const std::optional<Tensor>& we
   // Two parallel passes: the moments of every (n, c) row (one read of x), then the output
   // (one read, one write); between them O(N * C) statistics.
   Tensor x_mean = doubles({n, c}), x_var = doubles({n, c});
-  std::vector<double> second(n * c);
-  std::vector<uint8_t> flags(n * c);
+  // Written in full by the moments pass.
+  const auto second = uninitialized<double>(n * c);
+  const auto flags = uninitialized<uint8_t>(n * c);
   Tensor y = at::empty_like(x);
   Statistics stats;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_train_forward", [&] {
@@ -161,13 +145,13 @@ ForwardResult train_forward(const Tensor& input, const std::optional<Tensor>& we
     std::atomic<int64_t> ill{0};
     over_reduction_units(l, [&](int64_t i0, int64_t i1) {
       std::vector<double> scratch(l.channels_last ? 3 * c : 0);
-      ill += kern.moments(xp, c, l.m, l.channels_last, i0, i1, xm, second.data(), xv,
-                          flags.data(), scratch.data());
+      ill += kern.moments(xp, c, l.m, l.channels_last, i0, i1, xm, second.get(), xv,
+                          flags.get(), scratch.data());
     });
     if (ill.load() > 0) {
-      recentre_ill_rows(xp, l, flags.data(), xm, second.data(), xv);
+      recentre_ill_rows(xp, l, flags.get(), xm, second.get(), xv);
     }
-    stats = channel_statistics(l, second.data(), x_mean, x_var, eps, l2_eps, scale);
+    stats = channel_statistics(l, second.get(), x_mean, x_var, eps, l2_eps, scale);
 
     // y = x * gain[c] / rho[n] + shift[c] (eqs. 2-3).
     const double* mu = stats.mean.const_data_ptr<double>();
@@ -226,14 +210,12 @@ std::tuple<Tensor, Tensor, Tensor> train_backward(
   const double* mu = mean.const_data_ptr<double>();
   const double* is = invstd.const_data_ptr<double>();
 
-  // Backward sums centred on the channel mean of xh (x - mu * rho): dgamma needs no
-  // difference of rounded row means.
-  std::vector<double> h(n * c), t1(n * c), t2(n * c);
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t k = 0; k < c; ++k) {
-      h[i * c + k] = mu[k] * rp[i];
-    }
-  }
+  // Backward sums centred on the channel mean of xh (h = mu * rho per row; x - h): dgamma
+  // needs no difference of rounded row means. All three are written in full by the
+  // reduction pass, h by each task for its own rows.
+  const auto h = uninitialized<double>(n * c);
+  const auto t1 = uninitialized<double>(n * c);
+  const auto t2 = uninitialized<double>(n * c);
   // Float lanes only while every channel's mean is within a few standard deviations
   // (var + eps >= 1 / invstd^2 stands in for var): then x - h cannot cancel.
   bool well_conditioned = true;
@@ -248,26 +230,33 @@ std::tuple<Tensor, Tensor, Tensor> train_backward(
     const T* xp = x.const_data_ptr<T>();
     const T* gp = dy.const_data_ptr<T>();
     const bool fast = std::is_same_v<T, float> && well_conditioned;
-    std::vector<T> h_t(fast ? n * c : 0);
-    for (int64_t i = 0; i < static_cast<int64_t>(h_t.size()); ++i) {
-      h_t[i] = static_cast<T>(h[i]);
-    }
+    const auto h_t = uninitialized<T>(fast ? n * c : 0);
     over_reduction_units(l, [&](int64_t i0, int64_t i1) {
-      kern.grad_sums(gp, xp, h.data(), h_t.data(), fast, c, l.m, l.channels_last, i0, i1,
-                     t1.data(), t2.data());
+      // This task's rows: those of samples [i0, i1) (channel-last) or rows [i0, i1).
+      const int64_t row0 = l.channels_last ? i0 * c : i0;
+      const int64_t row1 = l.channels_last ? i1 * c : i1;
+      for (int64_t i = c > 0 ? row0 / c : 0; i * c < row1; ++i) {
+        const int64_t k0 = std::max<int64_t>(row0 - i * c, 0);
+        const int64_t k1 = std::min<int64_t>(row1 - i * c, c);
+        for (int64_t k = k0; k < k1; ++k) {
+          h[i * c + k] = mu[k] * rp[i];
+        }
+        if (fast) {
+          for (int64_t k = k0; k < k1; ++k) {
+            h_t[i * c + k] = static_cast<T>(h[i * c + k]);
+          }
+        }
+      }
+      kern.grad_sums(gp, xp, h.get(), h_t.get(), fast, c, l.m, l.channels_last, i0, i1,
+                     t1.get(), t2.get());
     });
     // dbeta = sum dy, dgamma = sum dy * z (eq. 2).
     std::vector<double> inv_rho(n);
     for (int64_t i = 0; i < n; ++i) {
       inv_rho[i] = 1.0 / rp[i];
-      const double* r1 = t1.data() + i * c;
-      const double* r2 = t2.data() + i * c;
-      _Pragma("omp simd")
-      for (int64_t k = 0; k < c; ++k) {
-        dbeta[k] += r1[k];
-        dgamma[k] += r2[k] * inv_rho[i];
-      }
     }
+    statistics_kernels().channel_grad_sums(t1.get(), t2.get(), inv_rho.data(), n, c,
+                                           dbeta.data(), dgamma.data());
     for (int64_t k = 0; k < c; ++k) {
       dgamma[k] *= is[k];
     }
@@ -286,26 +275,13 @@ std::tuple<Tensor, Tensor, Tensor> train_backward(
       q_c[k] = gain[k] * dgamma[k] * is[k] * inv_count;
       r_c[k] = gain[k] * (dgamma[k] * is[k] * mu[k] - dbeta[k]) * inv_count;
     }
-    // proj[n] = e[n] / D for active samples (serial, O(N * C)); the output pass builds
+    // proj[n] = e[n] / D for active samples (O(N * C), statistics.h); the output pass builds
     // p, q and r from per-channel and per-sample parts.
     const double inv_d = scale ? 1.0 / (static_cast<double>(c) * spatial) : 1.0;
     std::vector<double> proj(n);
-    for (int64_t i = 0; i < n; ++i) {
-      const double inv = inv_rho[i], inv2 = inv * inv;
-      const double* xmi = xm + i * c;
-      const double* xvi = xv + i * c;
-      const double* t1i = t1.data() + i * c;
-      const double* t2i = t2.data() + i * c;
-      double e = 0;
-      _Pragma("omp simd reduction(+ : e)")
-      for (int64_t k = 0; k < c; ++k) {
-        const double m = xmi[k] * inv, v = xvi[k] * inv2;
-        const double xh_dy = t2i[k] * inv + mu[k] * t1i[k];  // sum_s xh * dy
-        const double xh_zc = v + m * (m - mu[k]);  // sum_s xh * z, over invstd * M
-        e += gain[k] * (xh_dy - e_beta[k] * m - e_gamma[k] * xh_zc);
-      }
-      proj[i] = ap[i] ? e * inv_d : 0.0;
-    }
+    const ProjectionFactors factors{mu, gain.data(), e_beta.data(), e_gamma.data(), inv_d};
+    statistics_kernels().projections(xm, xv, t1.get(), t2.get(), inv_rho.data(), ap, factors, n,
+                                     c, proj.data());
     dx = at::empty_like(x);
     T* out = dx.data_ptr<T>();
     over_output_units(l, [&](int64_t i0, int64_t i1) {
