@@ -119,19 +119,23 @@ def measure(
 
 
 def shape_arg(text: str) -> tuple[int, ...]:
-    """A 4-D shape of ``l2bn bench --shape``, else an argparse error."""
+    """A 4-D shape as ``l2bn bench --shape`` reads it, else an argparse error."""
     try:
         shape = parse_shape(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+    except ValueError:
+        shape = ()
     if len(shape) != 4:
-        raise argparse.ArgumentTypeError(f"expected NxCxHxW, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected NxCxHxW with positive sizes and N >= 2, e.g. 128x16x32x32; got {text!r}"
+        )
     return shape
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's, every core)"
+    )
     parser.add_argument("--isa", choices=("avx2",), default=None, help="run at AVX2")
     parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (30, >= 1)")
     parser.add_argument(
@@ -168,6 +172,11 @@ def main() -> None:
     names = ("bn", "l2bn", "stream", "two_pass", "pipelined")
     print(f"{'shape':<18}" + "".join(f"{k:>10}" for k in names) + "  floor/bn  l2bn/bn  l2bn/floor")
     for shape in args.shape or list(FULL_SHAPES_2D):
+        if layouts(shape) == ("contiguous",):
+            print(
+                f"(channels_last not measured for {'x'.join(map(str, shape))}: C is not a "
+                f"multiple of {LANES})"
+            )
         for layout in layouts(shape):
             text = "x".join(str(v) for v in shape) + (" CL" if layout == "channels_last" else "")
             t = measure(shape, floor, args.rounds, layout, args.alone)

@@ -76,9 +76,13 @@ def test_shape_option_times_the_given_shapes(tmp_path):
         *(["--shape", text] for text in ["6", "6x0", "1x5", "ax5", "2x3x4x5x6"]),
         *(["--contenders", text] for text in ["bn", "naive,l2bn", "bn,l2bn,other"]),
         ["--modes", "backward"],
+        ["--modes", ","],
         ["--threads", "0"],
         ["--rounds", "0"],
         ["--rounds", "-1"],
+        ["--e2e-batch", "0"],
+        ["--e2e-batch", "-1"],
+        ["--cases", "no such case"],
     ],
 )
 def test_bad_option_is_one_line_and_exit_2(option, capsys):

@@ -34,7 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--shape",
         action="append",
         default=None,
-        metavar="NxC[xHxW]",
+        metavar="NxC[xL|xHxW]",
         help="time this shape instead of the standard cases (repeatable; 4-D in both "
         "layouts), e.g. --shape 16384x32 --shape 32x64x28x28",
     )
@@ -71,7 +71,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "off with --quick; compiling takes a minute or more)",
     )
     parser.add_argument(
-        "--e2e-batch", type=int, default=None, help="ResNet-20 batch size (default 128; quick 4)"
+        "--e2e-batch",
+        type=int,
+        default=None,
+        help="ResNet-20 batch size (>= 1; default 128, quick 4)",
     )
     parser.add_argument(
         "--device",
@@ -107,7 +110,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _parse_modes(text: str) -> list[str]:
     modes = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in modes if m not in cn.MODES]
-    if unknown or not modes:
+    if not modes:
+        raise ValueError(f"--modes {text!r}: no mode given; valid modes: {', '.join(cn.MODES)}")
+    if unknown:
         raise ValueError(f"--modes: unknown mode(s) {unknown}; valid modes: {', '.join(cn.MODES)}")
     return modes
 
@@ -180,14 +185,24 @@ def bench_case(
     return rows, saved_rows
 
 
+def selected_cases(args: argparse.Namespace) -> list[cn.Case]:
+    """The cases to time: the --shape cases or the standard ones, those whose name holds
+    --cases; ``ValueError`` when --cases matches none."""
+    shapes = [cn.parse_shape(text) for text in getattr(args, "shape", None) or []]
+    pool = cn.shape_cases(shapes) if shapes else cn.cases(args.quick)
+    selected = [c for c in pool if args.cases in c.name]
+    if not selected:
+        names = ", ".join(c.name for c in pool)
+        raise ValueError(f"--cases {args.cases!r} matches no case; the cases: {names}")
+    return selected
+
+
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Run every selected case (and the ResNet-20 step); return the results dict."""
     modes = _parse_modes(args.modes)
     contenders = tuple(_parse_contenders(getattr(args, "contenders", ",".join(cn.CONTENDERS))))
     rounds = args.rounds if args.rounds is not None else (2 if args.quick else 15)
-    shapes = [cn.parse_shape(text) for text in getattr(args, "shape", None) or []]
-    pool = cn.shape_cases(shapes) if shapes else cn.cases(args.quick)
-    selected = [c for c in pool if args.cases in c.name]
+    selected = selected_cases(args)
     allocator = "system default" if args.default_malloc else machine.keep_freed_memory()
     results: dict[str, Any] = {
         "meta": {
@@ -213,7 +228,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         results["timings"] += rows
         results["saved"] += saved_rows
     if not args.no_e2e:
-        batch = args.e2e_batch or (4 if args.quick else 128)
+        batch = args.e2e_batch if args.e2e_batch is not None else (4 if args.quick else 128)
         t = time_training_step(batch, rounds, clock=args.clock)
         results["resnet20"] = {
             "batch": batch,
@@ -225,7 +240,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "ratio": t["l2bn"].median / t["bn"].median,
         }
     if not args.no_e2e and (args.compile if args.compile is not None else not args.quick):
-        batch = args.e2e_batch or (4 if args.quick else 128)
+        batch = args.e2e_batch if args.e2e_batch is not None else (4 if args.quick else 128)
         c = time_compiled_training_step(batch, rounds, clock=args.clock)
         row: dict[str, Any] = {"batch": batch, "rounds": rounds}
         if "error" in c:
@@ -255,10 +270,11 @@ def check_options(args: argparse.Namespace) -> None:
         raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.e2e_batch is not None and args.e2e_batch < 1:
+        raise ValueError(f"--e2e-batch must be >= 1, got {args.e2e_batch}")
     _parse_modes(args.modes)
     _parse_contenders(getattr(args, "contenders", ",".join(cn.CONTENDERS)))
-    for text in getattr(args, "shape", None) or []:
-        cn.parse_shape(text)
+    selected_cases(args)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,9 +24,10 @@ constexpr int64_t kMinUnit = 64;
 constexpr int64_t kTwoPassBytes = 128 * 1024;
 // Samples of at most this many bytes, in either layout, also take two passes: the second
 // read comes from L1 (half of a 32 kB L1), cheaper than a second stream in the pipelined
-// loop (the eval operator against ATen's, 2026-11-30, 1 / 2 threads: 128x64x8x8 1.22 ->
-// 0.84 / 0.89 -> 0.73, channels-last 0.81 -> 0.63 / 1.07 -> 0.84, 128x8x16x16 1.11 -> 0.82 /
-// 0.98 -> 0.78; 32 kB samples lose: 128x32x16x16 is faster pipelined).
+// loop (the eval operator against ATen's, `l2bn bench --ops`, 2026-11-30, 1 / 2 threads:
+// 128x64x8x8 0.88 -> 0.68 / 0.85 -> 0.72, channels-last 0.62 -> 0.53 / 0.62 -> 0.60, 1d
+// 256x64x3 0.96 -> 0.74 / 1.05 -> 0.77; at 32 kB, 128x32x16x16, the two schedules measured
+// within the noise of each other, and the pipelined loop is kept).
 constexpr int64_t kInCacheBytes = 16 * 1024;
 }  // namespace
 

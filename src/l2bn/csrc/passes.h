@@ -875,10 +875,10 @@ L2BN_INLINE double square_sum_rest(SquareSum<T>& acc, const T* next, int64_t don
 // short 1d inputs): each row in a plain loop, and the squares of next summed in its steps
 // after every block of about 256 values of output (the same steps, in the same order, as
 // sample_output's). Interleaving the steps within such short rows costs more bookkeeping
-// than the rows' arithmetic (the eval operator against ATen's, 2026-11-30, 1 / 2 threads:
-// 128x512x4x4 1.27 -> 0.81 / 1.56 -> 1.22, 128x128x4x4 1.01 -> 0.74 / 1.22 -> 0.98, 1d
-// 256x64x3 0.84 -> 0.60 / 0.88 -> 0.64; rows of 196 values lost 5-10%, so longer rows
-// interleave as before).
+// than the rows' arithmetic (the eval operator against ATen's, `l2bn bench --ops`,
+// 2026-11-30, 1 / 2 threads: 128x512x4x4 1.18 -> 0.66 / 1.25 -> 0.68, 128x128x4x4 0.97 ->
+// 0.64 / 0.99 -> 0.72, 1d 256x64x3 0.74 -> 0.67 / 0.77 -> 0.58; rows of 196 values lost
+// 5-10% in a side-by-side loop, so longer rows interleave as before).
 template <typename T, bool kNext>
 L2BN_INLINE double short_rows_output(T* out, const T* u, const T* a, const T* b,
                                      const T* next, int64_t d, int64_t len) {
