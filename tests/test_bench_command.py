@@ -236,3 +236,12 @@ def test_ops_times_the_operators_alone(tmp_path):
         assert ops["l2bn_op"]["ratio_to_bn"] == pytest.approx(
             ops["l2bn_op"]["median_ms"] / ops["bn_op"]["median_ms"]
         )
+
+
+def test_ops_without_the_fused_kernels_is_an_error_not_a_silent_drop(monkeypatch, capsys):
+    """--ops asks for the fused operators' timings: without them, a one-line error (exit 2)
+    rather than tables that silently lack the rows asked for."""
+    monkeypatch.setattr(backends, "available", lambda name: name != "cpu")
+    assert main(["bench", "--quick", "--no-e2e", "--ops"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("l2bn bench: error: --ops") and "unavailable" in err

@@ -221,7 +221,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "saved": [],
     }
     for i, case in enumerate(selected):
-        ops = bool(getattr(args, "ops", False)) and backends.available("cpu")
+        ops = bool(getattr(args, "ops", False))
         rows, saved_rows = bench_case(
             case, modes, rounds, seed=i, clock=args.clock, ops=ops, contenders=contenders
         )
@@ -270,6 +270,11 @@ def check_options(args: argparse.Namespace) -> None:
         raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if getattr(args, "ops", False) and not backends.available("cpu"):
+        why = [line for line in backends.status("cpu").splitlines() if line.startswith("cpu:")]
+        raise ValueError(
+            "--ops times the fused operators, which are unavailable (" + "; ".join(why) + ")"
+        )
     if args.e2e_batch is not None and args.e2e_batch < 1:
         raise ValueError(f"--e2e-batch must be >= 1, got {args.e2e_batch}")
     _parse_modes(args.modes)
