@@ -1,7 +1,8 @@
-// The full-size passes of L2BN (passes.h, vector_passes.h) as tables of function
-// pointers, one table per instruction set: each kernels_<isa>.cpp compiles the same passes
-// for AVX-512 (x86-64-v4), AVX2 (x86-64-v3) or baseline x86-64. One table is chosen on first
-// use (kernels.cpp): the best the processor runs, or the one L2BN_CPU_ISA names.
+// The full-size passes of L2BN (passes.h, vector_passes.h) and the O(N * C) statistics
+// between them (statistics.h) as tables of function pointers, one table per instruction
+// set: each kernels_<isa>.cpp compiles the same passes for AVX-512 (x86-64-v4), AVX2
+// (x86-64-v3) or baseline x86-64. One table is chosen on first use (kernels.cpp): the best
+// the processor runs, or the one L2BN_CPU_ISA names.
 //
 // Index ranges [i0, i1) are rows (n * C + c) in the row-wise layout and samples in the
 // channel-last layout, except for `affine`, whose channel-last range is positions
