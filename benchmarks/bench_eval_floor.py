@@ -24,9 +24,11 @@ The rounds cycle through the orders of the five contenders (l2bn.bench.timing); 
 run 30 of the 120 orders, so the orders are not balanced as in ``l2bn bench``: compare the
 ratios of several runs.
 
-``python benchmarks/bench_eval_floor.py [--threads N] [--isa avx2] [--alone] [--shape
-NxCxHxW ...]`` (default: the 2d shapes of ``l2bn bench``; ``--alone``: each contender in
-its own run of rounds, back to back, instead of interleaved)
+``python benchmarks/bench_eval_floor.py [--threads N] [--isa avx2] [--alone] [--cold]
+[--shape NxCxHxW ...]`` (default: the 2d shapes of ``l2bn bench``; ``--alone``: each
+contender in its own run of rounds, back to back, instead of interleaved; ``--cold``: each
+call timed alone after the caches were evicted, as after the naive composite in ``l2bn
+bench``)
 """
 
 from __future__ import annotations
@@ -84,12 +86,28 @@ def layouts(shape: tuple[int, ...]) -> tuple[str, ...]:
     return ("contiguous", "channels_last") if shape[1] % LANES == 0 else ("contiguous",)
 
 
+# Written before every timed call with --cold: twice this machine's L3 (32 MB), so that
+# the call's input comes from memory, as after the naive composite in l2bn bench's rounds.
+COLD_BYTES = 64 * 1024 * 1024
+
+
+def evict_caches(buffer: torch.Tensor) -> None:
+    """Write ``buffer`` (larger than the last-level cache): what the caches held is evicted."""
+    buffer.add_(1)
+
+
 def measure(
-    shape: tuple[int, ...], floor, rounds: int, layout: str = "contiguous", alone: bool = False
+    shape: tuple[int, ...],
+    floor,
+    rounds: int,
+    layout: str = "contiguous",
+    alone: bool = False,
+    cold: bool = False,
 ) -> dict[str, float]:
     """Median microseconds of each contender's call. Interleaved round by round, or with
     ``alone`` each contender in its own run of rounds, back to back (its tensors warm in the
-    caches, no other contender's data in between)."""
+    caches, no other contender's data in between); with ``cold`` each timed sample is one
+    call after the caches were evicted (untimed)."""
     c = shape[1]
     x = torch.randn(shape)
     if layout == "channels_last":
@@ -107,14 +125,23 @@ def measure(
         "two_pass": lambda: floor.two_pass(x, a, b),
         "pipelined": lambda: floor.pipelined(x, a, b),
     }
-    # Each timed sample repeats a call enough times to last about 2 ms.
-    times = max(1, int(2e-3 / max(time_interleaved(calls, 3)["bn"].median, 1e-7)))
+    before = None
+    if cold:
+        # One call a sample, each after an eviction.
+        times = 1
+        buffer = torch.zeros(COLD_BYTES // 4)
+        before = lambda: evict_caches(buffer)  # noqa: E731
+    else:
+        # Each timed sample repeats a call enough times to last about 2 ms.
+        times = max(1, int(2e-3 / max(time_interleaved(calls, 3)["bn"].median, 1e-7)))
     runs = {k: repeated(f, times) for k, f in calls.items()}
     with torch.no_grad():
         if alone:
-            timings = {k: time_interleaved({k: run}, rounds)[k] for k, run in runs.items()}
+            timings = {
+                k: time_interleaved({k: run}, rounds, before=before)[k] for k, run in runs.items()
+            }
         else:
-            timings = time_interleaved(runs, rounds)
+            timings = time_interleaved(runs, rounds, before=before)
     return {k: t.median / times * 1e6 for k, t in timings.items()}
 
 
@@ -138,6 +165,11 @@ def main() -> None:
     )
     parser.add_argument("--isa", choices=("avx2",), default=None, help="run at AVX2")
     parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (30, >= 1)")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="evict the caches (write 64 MB) before every call, each timed alone",
+    )
     parser.add_argument(
         "--alone",
         action="store_true",
@@ -167,7 +199,8 @@ def main() -> None:
         f"{machine.processor()}; kernels {machine.kernel_isa()}, ATen "
         f"{machine.aten_capability()}, floor loops {args.isa or 'native'}; "
         f"{torch.get_num_threads()} thread(s); medians of {args.rounds} rounds"
-        f"{', each contender alone' if args.alone else ''}, us"
+        f"{', each contender alone' if args.alone else ''}"
+        f"{', caches evicted before each call' if args.cold else ''}, us"
     )
     names = ("bn", "l2bn", "stream", "two_pass", "pipelined")
     print(f"{'shape':<18}" + "".join(f"{k:>10}" for k in names) + "  floor/bn  l2bn/bn  l2bn/floor")
@@ -179,7 +212,7 @@ def main() -> None:
             )
         for layout in layouts(shape):
             text = "x".join(str(v) for v in shape) + (" CL" if layout == "channels_last" else "")
-            t = measure(shape, floor, args.rounds, layout, args.alone)
+            t = measure(shape, floor, args.rounds, layout, args.alone, args.cold)
             low = min(t["two_pass"], t["pipelined"])
             print(
                 f"{text:<18}"

@@ -75,9 +75,12 @@ def test_floor_loops_refuse_what_they_do_not_take(floor):
         floor.stream(x, one, zero)
 
 
-@pytest.mark.parametrize(("layout", "alone"), [("contiguous", False), ("channels_last", True)])
-def test_measure_times_every_contender(bench, floor, layout, alone):
-    times = bench.measure((4, 16, 3, 3), floor, rounds=2, layout=layout, alone=alone)
+@pytest.mark.parametrize(
+    ("layout", "alone", "cold"),
+    [("contiguous", False, False), ("channels_last", True, False), ("contiguous", False, True)],
+)
+def test_measure_times_every_contender(bench, floor, layout, alone, cold):
+    times = bench.measure((4, 16, 3, 3), floor, rounds=2, layout=layout, alone=alone, cold=cold)
     assert set(times) == {"bn", "l2bn", "stream", "two_pass", "pipelined"}
     assert all(t > 0 for t in times.values())
 
@@ -108,3 +111,9 @@ def test_bad_shapes_are_usage_errors(bench, text, message):
         bench.shape_arg(text)
     assert bench.shape_arg("4x3x4x4") == (4, 3, 4, 4)
     assert bench.shape_arg("4x3x7x7") == (4, 3, 7, 7)  # any H * W
+
+
+def test_evict_caches_writes_the_whole_buffer(bench):
+    buffer = torch.zeros(1000)
+    bench.evict_caches(buffer)
+    assert torch.equal(buffer, torch.ones(1000))
