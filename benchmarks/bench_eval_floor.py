@@ -24,11 +24,12 @@ The rounds cycle through the orders of the five contenders (l2bn.bench.timing); 
 run 30 of the 120 orders, so the orders are not balanced as in ``l2bn bench``: compare the
 ratios of several runs.
 
-``python benchmarks/bench_eval_floor.py [--threads N] [--isa avx2] [--alone] [--cold]
-[--shape NxCxHxW ...]`` (default: the 2d shapes of ``l2bn bench``; ``--alone``: each
-contender in its own run of rounds, back to back, instead of interleaved; ``--cold``: each
-call timed alone after the caches were evicted, as after the naive composite in ``l2bn
-bench``)
+``python benchmarks/bench_eval_floor.py [--threads N] [--isa avx2] [--alone] [--cold
+[all|data]] [--shape NxCxHxW ...]`` (default: the 2d shapes of ``l2bn bench``; ``--alone``:
+each contender in its own run of rounds, back to back, instead of interleaved; ``--cold``:
+each call timed alone after the caches were evicted, as after the naive composite in
+``l2bn bench``; ``--cold data``: the code warmed again by a small call of each contender,
+only the tensors cold)
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ def layouts(shape: tuple[int, ...]) -> tuple[str, ...]:
 COLD_BYTES = 64 * 1024 * 1024
 
 
+COLD = ("all", "data")
+
+
 def evict_caches(buffer: torch.Tensor) -> None:
     """Write ``buffer`` (larger than the last-level cache): what the caches held is evicted."""
     buffer.add_(1)
@@ -102,35 +106,50 @@ def measure(
     rounds: int,
     layout: str = "contiguous",
     alone: bool = False,
-    cold: bool = False,
+    cold: str | None = None,
 ) -> dict[str, float]:
     """Median microseconds of each contender's call. Interleaved round by round, or with
     ``alone`` each contender in its own run of rounds, back to back (its tensors warm in the
-    caches, no other contender's data in between); with ``cold`` each timed sample is one
-    call after the caches were evicted (untimed)."""
+    caches, no other contender's data in between). With ``cold``, each timed sample is one
+    call after the caches were evicted (untimed): ``"all"``, or ``"data"``, where every
+    contender then runs once on a 2-sample input, so that the code and the call path are
+    warm again and only the tensors come from memory."""
     c = shape[1]
-    x = torch.randn(shape)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(0)
     mean = torch.rand(c, generator=gen)
     var = torch.rand(c, generator=gen) + 0.5
     weight, bias = torch.rand(c, generator=gen) + 0.5, torch.rand(c, generator=gen)
     a = weight / (var + 1e-5).sqrt()
     b = bias - mean * a
-    calls = {
-        "bn": lambda: torch.batch_norm(x, weight, bias, mean, var, False, 0.1, 1e-5, False),
-        "l2bn": lambda: l2bn_eval(x, mean, var, weight, bias),
-        "stream": lambda: floor.stream(x, a, b),
-        "two_pass": lambda: floor.two_pass(x, a, b),
-        "pipelined": lambda: floor.pipelined(x, a, b),
-    }
+
+    def contenders(x: torch.Tensor) -> dict:
+        return {
+            "bn": lambda: torch.batch_norm(x, weight, bias, mean, var, False, 0.1, 1e-5, False),
+            "l2bn": lambda: l2bn_eval(x, mean, var, weight, bias),
+            "stream": lambda: floor.stream(x, a, b),
+            "two_pass": lambda: floor.two_pass(x, a, b),
+            "pipelined": lambda: floor.pipelined(x, a, b),
+        }
+
+    def arranged(x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+    calls = contenders(arranged(torch.randn(shape)))
     before = None
-    if cold:
+    if cold is not None:
+        if cold not in COLD:
+            raise ValueError(f"cold must be one of {', '.join(COLD)}, got {cold!r}")
         # One call a sample, each after an eviction.
         times = 1
         buffer = torch.zeros(COLD_BYTES // 4)
-        before = lambda: evict_caches(buffer)  # noqa: E731
+        small = contenders(arranged(torch.randn(2, *shape[1:])))
+
+        def before() -> None:
+            evict_caches(buffer)
+            if cold == "data":
+                for call in small.values():
+                    call()
+
     else:
         # Each timed sample repeats a call enough times to last about 2 ms.
         times = max(1, int(2e-3 / max(time_interleaved(calls, 3)["bn"].median, 1e-7)))
@@ -167,8 +186,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (30, >= 1)")
     parser.add_argument(
         "--cold",
-        action="store_true",
-        help="evict the caches (write 64 MB) before every call, each timed alone",
+        nargs="?",
+        const="all",
+        choices=COLD,
+        default=None,
+        help="evict the caches (write 64 MB) before every call, each timed alone; 'data': "
+        "then run each contender on a 2-sample input, so that only the tensors are cold",
     )
     parser.add_argument(
         "--alone",
@@ -200,7 +223,7 @@ def main() -> None:
         f"{machine.aten_capability()}, floor loops {args.isa or 'native'}; "
         f"{torch.get_num_threads()} thread(s); medians of {args.rounds} rounds"
         f"{', each contender alone' if args.alone else ''}"
-        f"{', caches evicted before each call' if args.cold else ''}, us"
+        f"{f', caches evicted before each call ({args.cold})' if args.cold else ''}, us"
     )
     names = ("bn", "l2bn", "stream", "two_pass", "pipelined")
     print(f"{'shape':<18}" + "".join(f"{k:>10}" for k in names) + "  floor/bn  l2bn/bn  l2bn/floor")

@@ -77,7 +77,12 @@ def test_floor_loops_refuse_what_they_do_not_take(floor):
 
 @pytest.mark.parametrize(
     ("layout", "alone", "cold"),
-    [("contiguous", False, False), ("channels_last", True, False), ("contiguous", False, True)],
+    [
+        ("contiguous", False, None),
+        ("channels_last", True, None),
+        ("contiguous", False, "all"),
+        ("channels_last", False, "data"),
+    ],
 )
 def test_measure_times_every_contender(bench, floor, layout, alone, cold):
     times = bench.measure((4, 16, 3, 3), floor, rounds=2, layout=layout, alone=alone, cold=cold)
@@ -117,3 +122,8 @@ def test_evict_caches_writes_the_whole_buffer(bench):
     buffer = torch.zeros(1000)
     bench.evict_caches(buffer)
     assert torch.equal(buffer, torch.ones(1000))
+
+
+def test_unknown_cold_mode_is_refused(bench, floor):
+    with pytest.raises(ValueError, match="cold must be one of"):
+        bench.measure((4, 16, 3, 3), floor, rounds=1, cold="warm")
