@@ -353,6 +353,35 @@ def test_fused_eval_is_the_same_at_every_thread_count(shape, layout, dtype):
 
 
 @needs_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(600, 40), (1000, 7), (40, 300)])
+def test_fused_eval_of_rows_is_the_same_at_every_thread_count(shape, dtype):
+    """(N, C) eval: rows of at most 1 kB in tiles (the norms of a tile's rows, then its
+    output; 600 x 40 and 1000 x 7 take several tiles, split differently by two threads),
+    longer rows one after the other, each written in the loop that sums the next one's
+    squares (40 x 300: 1.2 and 2.4 kB). The same bits at 1 and 2 threads, and the float64
+    reference's values."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(shape, generator=g, dtype=dtype) * 3 + 1
+    c = shape[1]
+    rm, rv = torch.randn(c, generator=g), torch.rand(c, generator=g) + 0.5
+    w, b = torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g)
+    rm, rv, w, b = (t.to(dtype) for t in (rm, rv, w, b))
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with backends.flags(cpu=True):
+                outs.append(l2_batch_norm(x, rm, rv, w, b, training=False))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    assert relative_error(outs[0], reference_l2bn(x, rm, rv, w, b)) < tolerance
+
+
+@needs_fused
 def test_fused_cumulative_running_average():
     """momentum=None: the running statistics are the running mean of the batch statistics."""
     g = torch.Generator().manual_seed(6)

@@ -29,6 +29,12 @@ constexpr int64_t kTwoPassBytes = 128 * 1024;
 // 256x64x3 0.96 -> 0.74 / 1.05 -> 0.77; at 32 kB, 128x32x16x16, the two schedules measured
 // within the noise of each other, and the pipelined loop is kept).
 constexpr int64_t kInCacheBytes = 16 * 1024;
+// (N, C) rows of at most this many bytes are taken in tiles (below) instead of one row
+// after the other: there the fixed cost of each row (its norm's square root and division)
+// dominates (the eval operator against ATen's, `l2bn bench --ops`, 2026-11-30, 1 / 2
+// threads: 16384x32 1.64 -> 1.18 / 1.84 -> 1.24, 4096x128 0.80 -> 0.66 / 0.85 -> 0.70;
+// rows of 2 kB and more, 1024x512 and 256x2048, measured no gain).
+constexpr int64_t kShortRowBytes = 1024;
 }  // namespace
 
 Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tensor& running_var,
@@ -61,9 +67,33 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
     for (int64_t k = 0; k < c; ++k) {
       shift[k] = static_cast<T>(b[k] - rm[k] * gain[k]);
     }
+    if (l.m == 1 && c * static_cast<int64_t>(sizeof(T)) <= kShortRowBytes) {
+      // (N, C) with short rows: tiles of rows that stay in L1, each taken in two passes: the
+      // norms of its rows (as block_sum_squares sums them), their scales (rows independent
+      // of each other, so that the square roots and divisions overlap; in the pipelined
+      // loop below each waits for the previous row), then the tile's output. The same bits
+      // as that loop.
+      std::vector<T> gain_t(gain.begin(), gain.end());
+      const int64_t tile = std::max<int64_t>(1, kInCacheBytes / (c * sizeof(T)));
+      const auto rho = uninitialized<double>(n);
+      at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
+        std::vector<double> norm_sq(tile);
+        for (int64_t t0 = i0; t0 < i1; t0 += tile) {
+          const int64_t t1 = std::min(i1, t0 + tile);
+          kern.rows_sum_squares(xp + t0 * c, t1 - t0, c, norm_sq.data());
+          for (int64_t i = t0; i < t1; ++i) {
+            bool active = false;
+            rho[i] = sample_scale(norm_sq[i - t0], l2_eps, sqrt_d, scale, &active);
+          }
+          kern.rows_output(yp, xp, c, t0, t1, rho.get(), gain_t.data(), shift.data());
+        }
+      });
+      return;
+    }
     if (l.m == 1) {
-      // (N, C): rank-one coefficients (vector_passes.h); row i is written in the loop that
-      // reads row i + 1 for its norm, summed in the lane order of block_sum_squares.
+      // (N, C) with longer rows: rank-one coefficients (vector_passes.h); row i is written in
+      // the loop that reads row i + 1 for its norm, summed in the lane order of
+      // block_sum_squares.
       std::vector<T> gain_t(gain.begin(), gain.end());
       at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
         double norm_sq = kern.block_sum_squares(xp + i0 * c, c);
