@@ -53,9 +53,11 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
     gain[k] = w[k] / std::sqrt(rv[k] + eps);
   }
   const double sqrt_d = std::sqrt(static_cast<double>(per_sample));
-  auto inverse_scale = [&](double norm_sq) {
+  // rho of eq. (3) from a sample's squared norm (whether it was clamped does not matter
+  // here).
+  auto scale_of = [&](double norm_sq) {
     bool active = false;
-    return 1.0 / sample_scale(norm_sq, l2_eps, sqrt_d, scale, &active);
+    return sample_scale(norm_sq, l2_eps, sqrt_d, scale, &active);
   };
   Tensor y = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_eval_forward", [&] {
@@ -67,38 +69,35 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
     for (int64_t k = 0; k < c; ++k) {
       shift[k] = static_cast<T>(b[k] - rm[k] * gain[k]);
     }
-    if (l.m == 1 && c * static_cast<int64_t>(sizeof(T)) <= kShortRowBytes) {
-      // (N, C) with short rows: tiles of rows that stay in L1, each taken in two passes: the
-      // norms of its rows (as block_sum_squares sums them), their scales (rows independent
-      // of each other, so that the square roots and divisions overlap; in the pipelined
-      // loop below each waits for the previous row), then the tile's output. The same bits
-      // as that loop.
-      std::vector<T> gain_t(gain.begin(), gain.end());
-      const int64_t tile = std::max<int64_t>(1, kInCacheBytes / (c * sizeof(T)));
-      const auto rho = uninitialized<double>(n);
-      at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
-        std::vector<double> norm_sq(tile);
-        for (int64_t t0 = i0; t0 < i1; t0 += tile) {
-          const int64_t t1 = std::min(i1, t0 + tile);
-          kern.rows_sum_squares(xp + t0 * c, t1 - t0, c, norm_sq.data());
-          for (int64_t i = t0; i < t1; ++i) {
-            bool active = false;
-            rho[i] = sample_scale(norm_sq[i - t0], l2_eps, sqrt_d, scale, &active);
-          }
-          kern.rows_output(yp, xp, c, t0, t1, rho.get(), gain_t.data(), shift.data());
-        }
-      });
-      return;
-    }
     if (l.m == 1) {
-      // (N, C) with longer rows: rank-one coefficients (vector_passes.h); row i is written in
-      // the loop that reads row i + 1 for its norm, summed in the lane order of
-      // block_sum_squares.
+      // (N, C): rank-one coefficients (vector_passes.h).
       std::vector<T> gain_t(gain.begin(), gain.end());
+      if (c * static_cast<int64_t>(sizeof(T)) <= kShortRowBytes) {
+        // Short rows: tiles of rows that stay in L1, each taken in two passes: the norms of
+        // its rows (as block_sum_squares sums them), their scales (rows independent of each
+        // other, so that the square roots and divisions overlap; in the loop below each
+        // waits for the previous row), then the tile's output. The same bits as that loop.
+        const int64_t tile = std::max<int64_t>(1, kInCacheBytes / (c * sizeof(T)));
+        at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
+          std::vector<double> norm_sq(tile), rho(tile);
+          for (int64_t t0 = i0; t0 < i1; t0 += tile) {
+            const int64_t rows = std::min(i1 - t0, tile);
+            kern.rows_sum_squares(xp + t0 * c, rows, c, norm_sq.data());
+            for (int64_t r = 0; r < rows; ++r) {
+              rho[r] = scale_of(norm_sq[r]);
+            }
+            kern.rows_output(yp + t0 * c, xp + t0 * c, c, 0, rows, rho.data(), gain_t.data(),
+                             shift.data());
+          }
+        });
+        return;
+      }
+      // Longer rows: row i is written in the loop that reads row i + 1 for its norm, summed
+      // in the lane order of block_sum_squares.
       at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
         double norm_sq = kern.block_sum_squares(xp + i0 * c, c);
         for (int64_t i = i0; i < i1; ++i) {
-          const T inv = static_cast<T>(inverse_scale(norm_sq));
+          const T inv = static_cast<T>(1.0 / scale_of(norm_sq));
           const T* row = xp + i * c;
           if (i + 1 < i1) {
             norm_sq = kern.row_output_next(yp + i * c, row, c, inv, gain_t.data(), shift.data(),
@@ -136,7 +135,7 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
           if (two_pass && i > i0) {
             norm_sq = kern.block_sum_squares(sample, per_sample);
           }
-          const double inv = inverse_scale(norm_sq);
+          const double inv = 1.0 / scale_of(norm_sq);
           for (int64_t k = 0; k < c; ++k) {
             a[k] = static_cast<T>(gain[k] * inv);
           }
@@ -160,7 +159,7 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
     std::vector<T> a(n * c);
     at::parallel_for(0, n, 1, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
-        const double inv = inverse_scale(kern.block_sum_squares(xp + i * per_sample, per_sample));
+        const double inv = 1.0 / scale_of(kern.block_sum_squares(xp + i * per_sample, per_sample));
         for (int64_t k = 0; k < c; ++k) {
           a[i * c + k] = static_cast<T>(gain[k] * inv);
         }
