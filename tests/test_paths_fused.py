@@ -306,6 +306,27 @@ def test_fused_eval_one_sample_matches_across_thread_counts_and_batch_sizes(samp
         assert relative_error(out, reference_l2bn(b[:1], rm, rv, training=False)) < tolerance
 
 
+def _assert_eval_same_at_one_and_two_threads(x: torch.Tensor, g: torch.Generator) -> None:
+    """Fused eval of ``x`` (running statistics, weight and bias drawn from ``g``) gives the
+    same bits at 1 and 2 threads, and the float64 reference's values."""
+    c, dtype = x.shape[1], x.dtype
+    rm, rv = torch.randn(c, generator=g).double(), torch.rand(c, generator=g).double() + 0.5
+    w, b = torch.rand(c, generator=g).double() + 0.5, torch.randn(c, generator=g).double()
+    rm, rv, w, b = (t.to(dtype) for t in (rm, rv, w, b))
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with backends.flags(cpu=True):
+                outs.append(l2_batch_norm(x, rm, rv, w, b, training=False))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    assert relative_error(outs[0], reference_l2bn(x, rm, rv, w, b)) < tolerance
+
+
 @needs_fused
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -334,22 +355,7 @@ def test_fused_eval_is_the_same_at_every_thread_count(shape, layout, dtype):
     small samples (two passes, each sample in L1)."""
     g = torch.Generator().manual_seed(8)
     x = _arrange(torch.randn(shape, generator=g, dtype=dtype) * 3 + 1, layout)
-    c = shape[1]
-    rm, rv = torch.randn(c, generator=g).double(), torch.rand(c, generator=g).double() + 0.5
-    w, b = torch.rand(c, generator=g).double() + 0.5, torch.randn(c, generator=g).double()
-    rm, rv, w, b = (t.to(dtype) for t in (rm, rv, w, b))
-    threads = torch.get_num_threads()
-    outs = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            with backends.flags(cpu=True):
-                outs.append(l2_batch_norm(x, rm, rv, w, b, training=False))
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(outs[0], outs[1])
-    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
-    assert relative_error(outs[0], reference_l2bn(x, rm, rv, w, b)) < tolerance
+    _assert_eval_same_at_one_and_two_threads(x, g)
 
 
 @needs_fused
@@ -363,22 +369,7 @@ def test_fused_eval_of_rows_is_the_same_at_every_thread_count(shape, dtype):
     reference's values."""
     g = torch.Generator().manual_seed(9)
     x = torch.randn(shape, generator=g, dtype=dtype) * 3 + 1
-    c = shape[1]
-    rm, rv = torch.randn(c, generator=g), torch.rand(c, generator=g) + 0.5
-    w, b = torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g)
-    rm, rv, w, b = (t.to(dtype) for t in (rm, rv, w, b))
-    threads = torch.get_num_threads()
-    outs = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            with backends.flags(cpu=True):
-                outs.append(l2_batch_norm(x, rm, rv, w, b, training=False))
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(outs[0], outs[1])
-    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
-    assert relative_error(outs[0], reference_l2bn(x, rm, rv, w, b)) < tolerance
+    _assert_eval_same_at_one_and_two_threads(x, g)
 
 
 @needs_fused
