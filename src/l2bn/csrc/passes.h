@@ -808,43 +808,31 @@ L2BN_INLINE int64_t unit_output_next(T* out, const T* u, const T* a, const T* b,
                                      const T* next, int64_t len, int64_t done,
                                      SquareSum<T>& acc) {
   constexpr int64_t w = SquareSum<T>::kWidth;
+  // With kStep 0, one coefficient pair for the unit, held in registers (read through a
+  // and b in the loop, they would be loaded again after every store: out may alias them).
+  const T a0 = a[0], b0 = b[0];
+  auto coef = [](const T* p, T p0, int64_t l) {
+    if constexpr (kStep == 0) {
+      return p0;
+    } else {
+      return p[l];
+    }
+  };
   int64_t i = 0;
-  if constexpr (kStep == 0) {
-    // One coefficient pair for the unit, held in registers (read through a and b in the
-    // loop, they would be loaded again after every store: out may alias them).
-    const T a0 = a[0], b0 = b[0];
-    for (; i + w <= len; i += w) {
-#pragma omp simd
-      for (int64_t l = 0; l < w; ++l) {
-        out[i + l] = a0 * u[i + l] + b0;
-      }
-      if constexpr (kNext) {
-        acc.step(next + done);
-        done += w;
-      }
-    }
-    if (i < len) {  // most units are whole steps: no vector prologue for an empty tail
-#pragma omp simd
-      for (int64_t l = i; l < len; ++l) {
-        out[l] = a0 * u[l] + b0;
-      }
-    }
-    return done;
-  }
   for (; i + w <= len; i += w) {
 #pragma omp simd
     for (int64_t l = 0; l < w; ++l) {
-      out[i + l] = a[i + l] * u[i + l] + b[i + l];
+      out[i + l] = coef(a, a0, i + l) * u[i + l] + coef(b, b0, i + l);
     }
     if constexpr (kNext) {
       acc.step(next + done);
       done += w;
     }
   }
-  if (i < len) {
+  if (i < len) {  // most units are whole steps: no vector prologue for an empty tail
 #pragma omp simd
     for (int64_t l = i; l < len; ++l) {
-      out[l] = a[l] * u[l] + b[l];
+      out[l] = coef(a, a0, l) * u[l] + coef(b, b0, l);
     }
   }
   return done;
