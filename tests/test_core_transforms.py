@@ -283,13 +283,18 @@ def test_export_with_dynamic_spatial_dims(backend, training):
 
 
 @pytest.mark.skipif(not l2bn.backends.available("cpu"), reason="fused kernels not built")
-@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (6, 4), (3, 4, 2, 3, 2)])
+@pytest.mark.parametrize(
+    "shape", [(4, 3, 5, 6), (6, 4), (3, 4, 2, 3, 2), (4, 3, 2, 2), (3, 5, 4, 4), (3, 5, 3, 6)]
+)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_opcheck_fused_operators(shape, channels_last):
+    """Each operator against its fake implementation (shapes, strides: train_forward's row
+    moments are empty for channel-last maps of at most 16 positions), autograd and AOT."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=g)
-    if channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
+    if channels_last and x.dim() in (4, 5):
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        x = x.contiguous(memory_format=fmt)
     c = shape[1]
     w, b = torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g)
     rm, rv = torch.zeros(c), torch.ones(c)

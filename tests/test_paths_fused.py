@@ -45,6 +45,12 @@ CASES = [
     ((12, 7), "contiguous"),
     ((9, 6, 1, 1), "contiguous"),
     ((1, 4, 5, 5), "contiguous"),  # one sample: fewer samples than threads
+    # Channel-last small maps (at most 16 positions: rows of C values, as (N, C) input),
+    # the largest of them, and the smallest map past them (row moments again).
+    ((6, 5, 2, 2), "channels_last"),
+    ((5, 6, 4, 4), "channels_last"),
+    ((4, 3, 2, 2, 2), "channels_last"),
+    ((6, 5, 3, 6), "channels_last"),
 ]
 
 
@@ -205,7 +211,7 @@ def test_fused_zero_and_nan_samples(shape):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_fused_gradcheck(layout):
     g = torch.Generator().manual_seed(5)
-    for shape in ((3, 3, 4, 5), (6, 4)):
+    for shape in ((3, 3, 4, 5), (6, 4), (3, 3, 2, 2)):
         x = torch.randn(shape, generator=g, dtype=torch.float64)
         x = _arrange(x, layout) if x.dim() == 4 else x
         w = torch.rand(shape[1], generator=g, dtype=torch.float64) + 0.5
@@ -389,10 +395,29 @@ def test_fused_cumulative_running_average():
 
 
 @needs_fused
-@pytest.mark.parametrize("shape", [(16, 8, 6, 6), (64, 32)])
-def test_fused_saves_input_and_per_sample_statistics_only(shape):
-    """Bytes saved for backward: x (as BatchNorm) plus O(N * C) statistics."""
-    x = torch.randn(shape, requires_grad=True)
+@pytest.mark.parametrize(
+    "shape,layout,row_moments",
+    [
+        ((16, 8, 6, 6), "contiguous", True),
+        ((16, 8, 6, 6), "channels_last", True),
+        ((16, 8, 4, 4), "contiguous", True),
+        ((16, 8, 4, 4), "channels_last", False),  # a small map: rows of C values
+        ((16, 8, 2, 2), "channels_last", False),
+        ((64, 32), "contiguous", False),
+    ],
+)
+def test_fused_saves_input_and_per_sample_statistics_only(shape, layout, row_moments):
+    """Bytes saved for backward: x (as BatchNorm) plus O(N) and O(C) statistics, and the
+    (N, C) row moments of x only where the kernels keep them (not for (N, C) input nor
+    for channel-last maps of at most 16 positions, where they would be a quarter to an
+    eighth of x each)."""
+    x = _arrange(torch.randn(shape), layout).requires_grad_()
+    _, _, _, x_mean, x_var, _, _ = torch.ops.l2bn.train_forward(
+        x.detach(), None, None, None, None, 0.1, 1e-5, 1e-12, True
+    )
+    n, c = shape[0], shape[1]
+    expected = (n, c) if row_moments else (0,)
+    assert x_mean.shape == expected and x_var.shape == expected
     saved = {}
 
     def pack(t):
@@ -402,8 +427,7 @@ def test_fused_saves_input_and_per_sample_statistics_only(shape):
     layer = L2BatchNorm1d(shape[1]) if len(shape) == 2 else L2BatchNorm2d(shape[1])
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         layer(x)
-    n, c = shape[0], shape[1]
-    per_row_stats = 0 if len(shape) == 2 else 2 * n * c * 8  # row mean and variance of x
+    per_row_stats = 2 * n * c * 8 if row_moments else 0  # row mean and variance of x
     budget = x.numel() * 4 + c * 4 + per_row_stats + n * 9 + 2 * c * 8
     assert sum(saved.values()) <= budget
 

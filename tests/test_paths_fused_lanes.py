@@ -128,14 +128,18 @@ def test_vector_row_zero_far_from_the_mean(shape):
     assert max(errors.values()) < 1e-5, errors
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_backward_of_offset_channels_takes_double_sums(channels_last):
+@pytest.mark.parametrize(
+    "shape,channels_last",
+    [((8, 40, 5, 5), False), ((8, 40, 5, 5), True), ((8, 40, 4, 4), True)],
+)
+def test_backward_of_offset_channels_takes_double_sums(shape, channels_last):
     """Channel means of 1e3 standard deviations, on values exact in float32: the backward
     sums run in double, where float lanes would lose dweight in x - mean (measured: 1.8e-5
     with float lanes forced, 2.5e-8 in double). The output itself cannot reach 1e-5 in
     float32 here (y = a * x + b cancels at x = 1e3), so it is held to twice the error of
-    the float32 formula on native BatchNorm, as in test_core_parity."""
-    shape = (8, 40, 5, 5)
+    the float32 formula on native BatchNorm, as in test_core_parity. (8, 40, 4, 4)
+    channel-last is a small map (rows of C values): its forward sums the channels again,
+    centred, in double."""
     g = torch.Generator().manual_seed(5)
     x = 1000 + torch.randint(-64, 65, shape, generator=g).double() / 64
     dy = torch.randn(shape, generator=g, dtype=torch.float64).float().double()

@@ -75,13 +75,25 @@ def _output_like(x: Tensor) -> Tensor:
     return torch.empty_like(x)
 
 
+def _keeps_row_moments(x: Tensor, small_map_positions: int) -> bool:
+    """Whether ``train_forward`` returns the ``(N, C)`` row moments of ``x``: the kernels'
+    rule (csrc/layout.h, ``keeps_row_moments``), on the layout they see (``layout_of``):
+    not for ``(N, C)`` input nor for channel-last maps of at most
+    ``small_map_positions`` positions."""
+    positions = math.prod(x.shape[2:])
+    channels_last = positions == 1 or (not x.is_contiguous() and _channels_last_like(x))
+    return not (channels_last and positions <= small_map_positions)
+
+
 def _register_fakes() -> None:
+    small_map_positions = torch.ops.l2bn.small_map_positions()
+
     def train_forward_fake(
         x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale
     ):
         n, c = x.shape[0], x.shape[1]
         double = {"dtype": torch.float64, "device": x.device}
-        rows = (n, c) if x.dim() > 2 else (0,)
+        rows = (n, c) if _keeps_row_moments(x, small_map_positions) else (0,)
         return (
             _output_like(x),
             x.new_empty((n,), **double),

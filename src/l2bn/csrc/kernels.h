@@ -35,11 +35,14 @@ struct Coef {
   inline const T* row(int64_t n) const { return ptr + n * n_stride; }
 };
 
-// What the (N, C) backward output needs besides dy and x (vector.cpp fills it): per row
+// What the backward output of rows of C values (vector.cpp) needs besides dy and x: m,
+// the rows of a sample (1 for (N, C) input, M for channel-last small maps); per sample
 // rho[n] and active[n]; per channel gain, c1, alpha, mu in double and gain, alpha, beta,
-// beta2 rounded to T; `fast`: float lanes allowed; `scale`: the projection is divided by C.
+// beta2 rounded to T; `fast`: float lanes allowed; `scale`: the projection is divided by
+// D = C * m.
 template <typename T>
 struct RowGradCoefs {
+  int64_t m;
   const double* rho;
   const bool* active;
   const double* gain;
@@ -97,7 +100,7 @@ struct Kernels {
   void (*rows_sum_squares)(const T* x, int64_t rows, int64_t c, double* out);
   void (*tile_grad)(const T* dy, const T* x, int64_t rows, int64_t c, const double* inv,
                     const double* mu, const T* mu_t, bool fast, double* t1, double* t2);
-  // dx of rows [i0, i1) of (N, C) input (vector_passes.h, grad_rows).
+  // dx of samples [i0, i1), k.m rows of C values each (vector_passes.h, grad_rows).
   void (*grad_rows)(T* out, const T* dy, const T* x, int64_t c, int64_t i0, int64_t i1,
                     const RowGradCoefs<T>& k);
 };

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 
 #include <cstdint>
 
@@ -63,6 +64,20 @@ inline Layout layout_of(const at::Tensor& x) {
   const int64_t m = positions(x);
   const bool channels_last = m == 1 || !x.is_contiguous();
   return Layout{x.size(0), x.size(1), m, channels_last};
+}
+
+// Channel-last maps of at most this many positions are small maps (2x2, 4x4): training
+// takes them as N * M rows of C values, as (N, C) input (vector.cpp).
+constexpr int64_t kSmallMapPositions = 16;
+
+// Whether training keeps the [N, C] row moments of x (train.cpp, returned as x_mean and
+// x_var for the backward): not for (N, C) input, nor for channel-last small maps, whose
+// row moments would be a quarter (2x2) to an eighth (4x4, float32) of x each, moved through
+// memory between the passes (measured: more than the passes over x themselves at 2x2).
+// The one rule: both training operators follow it, and the fake implementation of
+// train_forward (l2bn/_impl/cpu.py) asks for kSmallMapPositions.
+inline bool keeps_row_moments(const Layout& l) {
+  return !(l.channels_last && l.m <= kSmallMapPositions);
 }
 
 // dy in exactly x's strides (autograd may hand back another layout).

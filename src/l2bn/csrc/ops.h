@@ -6,12 +6,15 @@
 #include <optional>
 #include <tuple>
 
+#include "layout.h"
+
 namespace l2bn {
 
 using at::Tensor;
 
-// (y, rho, active, x_mean, x_var, mean, invstd); x_mean and x_var are empty for
-// (N, C) input. Updates the running statistics in place when given.
+// (y, rho, active, x_mean, x_var, mean, invstd); x_mean and x_var are the [N, C] row
+// moments of x where keeps_row_moments (layout.h) says so, else empty. Updates the
+// running statistics in place when given.
 using ForwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 ForwardResult train_forward(const Tensor& x, const std::optional<Tensor>& weight,
@@ -38,16 +41,18 @@ Tensor eval_forward(const Tensor& x, const Tensor& running_mean, const Tensor& r
                     const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
                     double eps, double l2_eps, bool scale);
 
-// The (N, C) forms of train_forward / train_backward (vector.cpp); running statistics
-// and parameter gradients are handled by the callers.
+// train_forward / train_backward on rows of C values (vector.cpp): (N, C) input and
+// channel-last small maps (l: N samples of M rows); running statistics and parameter
+// gradients are handled by the callers.
 struct VectorForward {
   Tensor y, rho, active, mean, invstd;
   std::vector<double> var;  // biased, per channel
 };
-VectorForward vector_forward(const Tensor& x, const std::vector<double>& weight,
+VectorForward vector_forward(const Tensor& x, const Layout& l, const std::vector<double>& weight,
                              const std::vector<double>& bias, double eps, double l2_eps,
                              bool scale);
-Tensor vector_backward(const Tensor& dy, const Tensor& x, const std::vector<double>& weight,
+Tensor vector_backward(const Tensor& dy, const Tensor& x, const Layout& l,
+                       const std::vector<double>& weight,
                        const Tensor& rho, const Tensor& active, const Tensor& mean,
                        const Tensor& invstd, bool scale, bool input_grad,
                        std::vector<double>* dgamma, std::vector<double>* dbeta);

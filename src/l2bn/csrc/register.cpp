@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "layout.h"
 #include "ops.h"
 
 namespace {
@@ -17,6 +18,11 @@ std::string cpu_isa() { return l2bn::active_kernels().isa; }
 
 // Instruction sets this processor and build can run, best first.
 std::vector<std::string> cpu_isas() { return l2bn::supported_isas(); }
+
+// The most positions of a channel-last map for which train_forward returns empty row
+// moments (layout.h, keeps_row_moments): for the operators' fake implementation
+// (l2bn/_impl/cpu.py).
+int64_t small_map_positions() { return l2bn::kSmallMapPositions; }
 
 }  // namespace
 
@@ -44,6 +50,7 @@ TORCH_LIBRARY(l2bn, m) {
       "Tensor? bias, float eps, float l2_eps, bool scale) -> Tensor");
   m.def("cpu_isa() -> str", &cpu_isa);
   m.def("cpu_isas() -> str[]", &cpu_isas);
+  m.def("small_map_positions() -> int", &small_map_positions);
 }
 
 TORCH_LIBRARY_IMPL(l2bn, CPU, m) {

@@ -3,7 +3,8 @@
 // l2bn/_impl/pytorch.py, input_grad), one
 // reduction pass over dy and x, O(N * C) coefficients and one output pass
 // (dx = p * dy + q * x + r). Mirrors l2bn/_impl/pytorch.py and moments.py (the pure-PyTorch
-// path, the fallback the tests compare against). (N, C) input goes to vector.cpp.
+// path, the fallback the tests compare against). (N, C) input and channel-last small maps
+// go to vector.cpp (keeps_row_moments, layout.h).
 #include <ATen/ops/empty_like.h>
 
 #include <atomic>
@@ -120,11 +121,11 @@ ForwardResult train_forward(const Tensor& input, const std::optional<Tensor>& we
   const std::vector<double> b = channel_values(bias, c, 0.0);
   const double count = static_cast<double>(n * l.m);
 
-  if (l.m == 1) {
-    VectorForward f = vector_forward(x, w, b, eps, l2_eps, scale);
+  if (!keeps_row_moments(l)) {
+    VectorForward f = vector_forward(x, l, w, b, eps, l2_eps, scale);
     update_running_stats(running_mean, running_var, f.mean, std::move(f.var), count, momentum);
-    // Empty row moments: (N, C) input has none (a defined tensor, so that every output
-    // has a fake implementation of fixed rank).
+    // Empty row moments (a defined tensor, so that every output has a fake implementation
+    // of fixed rank).
     return {f.y, f.rho, f.active, doubles({0}), doubles({0}), f.mean, f.invstd};
   }
 
@@ -193,13 +194,15 @@ std::tuple<Tensor, Tensor, Tensor> train_backward(
   const std::vector<double> w = channel_values(weight, c, 1.0);
   std::vector<double> dgamma(c, 0.0), dbeta(c, 0.0);
 
-  if (l.m == 1) {
-    Tensor dx = vector_backward(dy, x, w, rho, active, mean, invstd, scale, input_grad, &dgamma,
-                                &dbeta);
+  if (!keeps_row_moments(l)) {
+    Tensor dx = vector_backward(dy, x, l, w, rho, active, mean, invstd, scale, input_grad,
+                                &dgamma, &dbeta);
     return {dx, parameter_grad(dgamma, x, weight), parameter_grad(dbeta, x, weight)};
   }
-  TORCH_CHECK(x_mean.has_value() && x_var.has_value(),
-              "l2bn.train_backward: x_mean and x_var are required for (N, C, *S) input");
+  TORCH_CHECK(x_mean.has_value() && x_var.has_value() && x_mean->numel() == n * c &&
+                  x_var->numel() == n * c,
+              "l2bn.train_backward: x_mean and x_var of shape (N, C) (train_forward's) are "
+              "required for this input");
 
   const double count = static_cast<double>(n * l.m);
   const double spatial = static_cast<double>(l.m);

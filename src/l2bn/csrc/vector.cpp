@@ -1,9 +1,13 @@
-// Training-mode L2BN of (N, C) input (paper eq. 1): two passes each way, like BatchNorm,
-// with no array the size of the input besides the output (see vector_passes.h).
+// Training-mode L2BN on rows of C contiguous values (paper eq. 1): (N, C) input, whose
+// rows are its samples, and channel-last maps of at most kSmallMapPositions positions, N *
+// M rows in samples of M (2x2, 4x4 maps; train.cpp, keeps_row_moments). Two passes each
+// way, like BatchNorm, with no array the size of the input besides the output and no
+// per-(n, c) array (see vector_passes.h).
 //
-// Forward: per tile of a few rows, each row's ||x[n]|| and then the tile's per-channel sums
-// of xh (while the tile is in cache); one output pass. Backward: per-channel sums of dy and
-// dy * (xh - mu); then per row, the projection e[n] and the row of dx.
+// Forward: per tile of a few rows, the norms ||x[n]|| of the samples that start in it
+// (each sample is contiguous) and then the tile's per-channel sums of xh (while the tile is
+// in cache); one output pass. Backward: per-channel sums of dy and dy * (xh - mu); then per
+// sample, the projection e[n] and its rows of dx.
 #include <ATen/ops/empty_like.h>
 
 #include "common.h"
@@ -35,23 +39,26 @@ void over_tiles(int64_t i0, int64_t i1, int64_t c, double* acc, const Prepare& p
   }
 }
 
-// The prepare step of over_tiles when the norms are known: inv[r] = 1 / rho[t + r].
+// The prepare step of over_tiles when the norms are known: inv[r] = 1 / rho of the sample
+// of row t + r (samples of m rows).
 struct InverseScales {
   const double* rho;
+  int64_t m;
   void operator()(int64_t t, int64_t rows, double* inv) const {
     for (int64_t r = 0; r < rows; ++r) {
-      inv[r] = 1.0 / rho[t + r];
+      inv[r] = 1.0 / rho[(t + r) / m];
     }
   }
 };
 
 }  // namespace
 
-VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
+VectorForward vector_forward(const Tensor& x, const Layout& l, const std::vector<double>& w,
                              const std::vector<double>& b, double eps, double l2_eps,
                              bool scale) {
-  const int64_t n = x.size(0), c = x.size(1);
-  const double sqrt_d = std::sqrt(static_cast<double>(c));
+  // rows of C values, m a sample; d values a sample.
+  const int64_t n = l.n, c = l.c, m = l.m, rows = n * m, d = c * m;
+  const double sqrt_d = std::sqrt(static_cast<double>(d));
   VectorForward f{at::empty_like(x), doubles({n}), at::empty({n}, at::TensorOptions(at::kBool)),
                   doubles({c}), doubles({c}), std::vector<double>(c)};
   double* rho = f.rho.data_ptr<double>();
@@ -60,16 +67,24 @@ VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
     using T = scalar_t;
     const Kernels<T>& kern = kernels<T>();
     const T* xp = x.const_data_ptr<T>();
-    // Channel sums of d = xh - centre[c] (centre: the mean xh of the first 8 rows), so that float lanes keep the
-    // variance's precision; channels whose mean is still far from the shift (relative to
-    // their spread) are summed again, centred, in double.
-    const int64_t q = std::min<int64_t>(n, 8);
+    // Channel sums of d = xh - centre[c] (centre: the mean xh of the first 8 rows), so that
+    // float lanes keep the variance's precision; channels whose mean is still far from the
+    // shift (relative to their spread) are summed again, centred, in double. So are float
+    // channels whose mean is far from zero: xh = x * inv is rounded in float before the
+    // centre is taken off (eps * |mean| of error a value; at |mean| = 2000 standard
+    // deviations, 1.7e-5 of dweight was measured), the bound of the backward's float
+    // lanes.
+    const int64_t q = std::min<int64_t>(rows, 8);
     std::vector<double> centre_d(c, 0.0);
-    for (int64_t i = 0; i < q; ++i) {
-      const double inv = 1.0 / sample_scale(kern.block_sum_squares(xp + i * c, c), l2_eps,
-                                            sqrt_d, scale, &active[i]);
+    double inv = 0;
+    for (int64_t r = 0; r < q; ++r) {
+      if (r % m == 0) {
+        const int64_t i = r / m;
+        inv = 1.0 / sample_scale(kern.block_sum_squares(xp + i * d, d), l2_eps, sqrt_d, scale,
+                                 &active[i]);
+      }
       for (int64_t k = 0; k < c; ++k) {
-        centre_d[k] += xp[i * c + k] * inv;
+        centre_d[k] += xp[r * c + k] * inv;
       }
     }
     std::vector<T> centre(c);
@@ -78,20 +93,32 @@ VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
     }
     const double limit = std::is_same_v<T, float> ? kCondLimitFast : kCondLimit;
     Partials sums(2 * c);
-    // Per tile: each row's norm (eq. 1), then the tile's channel sums of xh.
-    auto norms = [&](int64_t t, int64_t rows, double* inv) {
-      double norm_sq[kRowTile];
-      kern.rows_sum_squares(xp + t * c, rows, c, norm_sq);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t i = t + r;
-        rho[i] = sample_scale(norm_sq[r], l2_eps, sqrt_d, scale, &active[i]);
-        inv[r] = 1.0 / rho[i];
+    // Per tile: the norms (eq. 1) of the samples that start in it, then the tile's channel
+    // sums of xh. A task holds whole samples, so a sample's later tiles find its norm.
+    auto norms = [&](int64_t t, int64_t tile, double* inv_rows) {
+      if (m == 1) {
+        double norm_sq[kRowTile];
+        kern.rows_sum_squares(xp + t * c, tile, c, norm_sq);
+        for (int64_t r = 0; r < tile; ++r) {
+          const int64_t i = t + r;
+          rho[i] = sample_scale(norm_sq[r], l2_eps, sqrt_d, scale, &active[i]);
+          inv_rows[r] = 1.0 / rho[i];
+        }
+        return;
+      }
+      for (int64_t r = 0; r < tile; ++r) {
+        const int64_t i = (t + r) / m;
+        if ((t + r) % m == 0) {
+          rho[i] = sample_scale(kern.block_sum_squares(xp + i * d, d), l2_eps, sqrt_d, scale,
+                                &active[i]);
+        }
+        inv_rows[r] = 1.0 / rho[i];
       }
     };
-    at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
-      over_tiles(i0, i1, c, sums.mine(), norms,
-                 [&](int64_t t, int64_t rows, const double* inv, double* s1, double* s2) {
-                   kern.tile_sums(xp + t * c, rows, c, inv, centre.data(), s1, s2);
+    at::parallel_for(0, n, grain(d), [&](int64_t i0, int64_t i1) {
+      over_tiles(i0 * m, i1 * m, c, sums.mine(), norms,
+                 [&](int64_t t, int64_t tile, const double* inv_rows, double* s1, double* s2) {
+                   kern.tile_sums(xp + t * c, tile, c, inv_rows, centre.data(), s1, s2);
                  });
     });
     const std::vector<double> total = sums.total();
@@ -99,48 +126,70 @@ VectorForward vector_forward(const Tensor& x, const std::vector<double>& w,
     std::vector<double>& var = f.var;
     bool any_ill = false;
     for (int64_t k = 0; k < c; ++k) {
-      const double md = total[k] / static_cast<double>(n);
-      const double second = total[c + k] / static_cast<double>(n);
+      const double md = total[k] / static_cast<double>(rows);
+      const double second = total[c + k] / static_cast<double>(rows);
       mu[k] = static_cast<double>(centre[k]) + md;
       var[k] = second - md * md;
       any_ill = any_ill || (second > 0 && var[k] * limit <= second);
+      if constexpr (std::is_same_v<T, float>) {
+        any_ill = any_ill || mu[k] * mu[k] > (kCondLimitFast - 1) * var[k];
+      }
     }
     if (any_ill) {
       Partials dev(2 * c);
-      at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
-        over_tiles(i0, i1, c, dev.mine(), InverseScales{rho},
-                   [&](int64_t t, int64_t rows, const double* inv, double* d1, double* d2) {
-                     kern.tile_dev(xp + t * c, rows, c, inv, mu, d1, d2);
+      at::parallel_for(0, n, grain(d), [&](int64_t i0, int64_t i1) {
+        over_tiles(i0 * m, i1 * m, c, dev.mine(), InverseScales{rho, m},
+                   [&](int64_t t, int64_t tile, const double* inv_rows, double* d1,
+                       double* d2) {
+                     kern.tile_dev(xp + t * c, tile, c, inv_rows, mu, d1, d2);
                    });
       });
       const std::vector<double> centred = dev.total();
+      // Every channel, centred on the first estimate of its mean: the corrected two-pass
+      // formulas, in double (the mean too: its float estimate is what cancelled).
       for (int64_t k = 0; k < c; ++k) {
-        const double d1 = centred[k] / static_cast<double>(n);
-        var[k] = centred[c + k] / static_cast<double>(n) - d1 * d1;
+        const double d1 = centred[k] / static_cast<double>(rows);
+        var[k] = centred[c + k] / static_cast<double>(rows) - d1 * d1;
+        mu[k] += d1;
       }
     }
     double* invstd = f.invstd.data_ptr<double>();
+    std::vector<double> gain_d(c);
     std::vector<T> gain(c), shift(c);
     for (int64_t k = 0; k < c; ++k) {
       var[k] = std::max(var[k], 0.0);  // NaN stays NaN
       invstd[k] = 1.0 / std::sqrt(var[k] + eps);
-      gain[k] = static_cast<T>(w[k] * invstd[k]);
+      gain_d[k] = w[k] * invstd[k];
+      gain[k] = static_cast<T>(gain_d[k]);
       shift[k] = static_cast<T>(b[k] - mu[k] * w[k] * invstd[k]);
     }
     T* yp = f.y.data_ptr<T>();
-    at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
-      kern.rows_output(yp, xp, c, i0, i1, rho, gain.data(), shift.data());
-    });
+    if (m == 1) {
+      at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
+        kern.rows_output(yp, xp, c, i0, i1, rho, gain.data(), shift.data());
+      });
+    } else {
+      // The channel-last output pass of train.cpp: positions, a coefficient row a sample.
+      std::vector<double> inv_rho(n);
+      for (int64_t i = 0; i < n; ++i) {
+        inv_rho[i] = 1.0 / rho[i];
+      }
+      at::parallel_for(0, rows, grain(c), [&](int64_t j0, int64_t j1) {
+        std::vector<T> scratch(c);
+        kern.scale_shift(yp, xp, gain_d.data(), inv_rho.data(), shift.data(), c, m, true, j0,
+                         j1, scratch.data());
+      });
+    }
   });
   return f;
 }
 
-Tensor vector_backward(const Tensor& dy, const Tensor& x, const std::vector<double>& w,
-                       const Tensor& rho_t, const Tensor& active_t, const Tensor& mean,
-                       const Tensor& invstd, bool scale, bool input_grad,
+Tensor vector_backward(const Tensor& dy, const Tensor& x, const Layout& l,
+                       const std::vector<double>& w, const Tensor& rho_t, const Tensor& active_t,
+                       const Tensor& mean, const Tensor& invstd, bool scale, bool input_grad,
                        std::vector<double>* dgamma, std::vector<double>* dbeta) {
-  const int64_t n = x.size(0), c = x.size(1);
-  const double count = static_cast<double>(n);
+  const int64_t n = l.n, c = l.c, m = l.m, d = c * m;
+  const double count = static_cast<double>(n * m);
   const double* rho = rho_t.const_data_ptr<double>();
   const bool* active = active_t.const_data_ptr<bool>();
   const double* mu = mean.const_data_ptr<double>();
@@ -160,10 +209,10 @@ Tensor vector_backward(const Tensor& dy, const Tensor& x, const std::vector<doub
       fast = fast && mu[k] * mu[k] * is[k] * is[k] <= kCondLimitFast - 1;
     }
     Partials sums(2 * c);
-    at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
-      over_tiles(i0, i1, c, sums.mine(), InverseScales{rho},
-                 [&](int64_t t, int64_t rows, const double* inv, double* t1, double* t2) {
-                   kern.tile_grad(gp + t * c, xp + t * c, rows, c, inv, mu, mu_t.data(), fast,
+    at::parallel_for(0, n, grain(d), [&](int64_t i0, int64_t i1) {
+      over_tiles(i0 * m, i1 * m, c, sums.mine(), InverseScales{rho, m},
+                 [&](int64_t t, int64_t tile, const double* inv, double* t1, double* t2) {
+                   kern.tile_grad(gp + t * c, xp + t * c, tile, c, inv, mu, mu_t.data(), fast,
                                   t1, t2);
                  });
     });
@@ -186,10 +235,11 @@ Tensor vector_backward(const Tensor& dy, const Tensor& x, const std::vector<doub
     }
     dx = at::empty_like(x);
     T* out = dx.data_ptr<T>();
-    const RowGradCoefs<T> coefs{rho,           active,        gain.data(),   c1.data(),
-                                alpha.data(),  mu,            gain_t.data(), alpha_t.data(),
-                                beta_t.data(), beta2_t.data(), fast,         scale};
-    at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
+    const RowGradCoefs<T> coefs{m,           rho,           active,        gain.data(),
+                                c1.data(),   alpha.data(),  mu,            gain_t.data(),
+                                alpha_t.data(), beta_t.data(), beta2_t.data(), fast,
+                                scale};
+    at::parallel_for(0, n, grain(d), [&](int64_t i0, int64_t i1) {
       kern.grad_rows(out, gp, xp, c, i0, i1, coefs);
     });
   });

@@ -18,7 +18,7 @@
 // few standard deviations) lets float input use float lanes where differences of nearly
 // equal values could otherwise cancel.
 //   grad_row:      dx = inv * (gain * dy + beta) - inv^2 * (alpha + proj) * x
-//   grad_rows:     projection and grad_row of each row of a range
+//   grad_rows:     projection and grad_row of each sample (m rows) of a range
 #pragma once
 
 #include <cstdint>
@@ -254,27 +254,37 @@ L2BN_INLINE void grad_row(
   }
 }
 
-// Rows [i0, i1) of dx: each row's projection e (zero where the row's norm was clamped,
-// divided by C under `scale`), then its grad_row, in one call (per-row work through the
-// kernel table measured about 30 ns of fixed cost a row).
+// Samples [i0, i1) of dx, k.m rows each: each sample's projection e (the sum of its rows'
+// projections; zero where the sample's norm was clamped, divided by D = C * m under
+// `scale`), then grad_row of each of its rows, in one call (per-row work through the kernel
+// table measured about 30 ns of fixed cost a row). The sample is read twice, from cache.
+// (Coefficient rows p, q, r per sample, dx = p * dy + q * x + r as grad_output, measured no
+// faster on 2x2 to 4x4 maps: slower at 2x2 and 3x3, within the noise at 4x4.)
 template <typename T>
 L2BN_INLINE void grad_rows(
     T* out, const T* dy, const T* x, int64_t c, int64_t i0, int64_t i1,
     const RowGradCoefs<T>& k) {
+  const int64_t d = c * k.m;
   for (int64_t i = i0; i < i1; ++i) {
     const double inv = 1.0 / k.rho[i];
-    const T* g = dy + i * c;
-    const T* row = x + i * c;
+    const T* g = dy + i * d;
+    const T* xs = x + i * d;
     double proj = 0;
     if (k.active[i]) {
-      proj = projection<T>(g, row, c, inv, k.gain, k.c1, k.alpha, k.mu, k.gain_t, k.alpha_t,
-                           k.beta2_t, k.fast);
+      for (int64_t r = 0; r < k.m; ++r) {
+        proj += projection<T>(g + r * c, xs + r * c, c, inv, k.gain, k.c1, k.alpha, k.mu,
+                              k.gain_t, k.alpha_t, k.beta2_t, k.fast);
+      }
       if (k.scale) {
-        proj /= static_cast<double>(c);
+        proj /= static_cast<double>(d);
       }
     }
-    grad_row<T>(out + i * c, g, row, c, static_cast<T>(inv), static_cast<T>(inv * inv),
-                static_cast<T>(proj), k.gain_t, k.beta_t, k.alpha_t);
+    const T inv_t = static_cast<T>(inv), inv2_t = static_cast<T>(inv * inv);
+    const T proj_t = static_cast<T>(proj);
+    for (int64_t r = 0; r < k.m; ++r) {
+      grad_row<T>(out + i * d + r * c, g + r * c, xs + r * c, c, inv_t, inv2_t, proj_t,
+                  k.gain_t, k.beta_t, k.alpha_t);
+    }
   }
 }
 
