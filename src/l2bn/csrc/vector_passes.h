@@ -232,16 +232,10 @@ L2BN_INLINE double projection(
       return inv * (ta + lane_tree_sum(sa)) - inv * inv * (tb + lane_tree_sum(sb));
     }
   }
-  double e = 0, ignored = 0;
-  reduce_pair(
-      c,
-      [=](int64_t k, double& u, double& v) {
-        const double xh = x[k] * inv;
-        u = 0;
-        v = xh * (gain[k] * dy[k] - c1[k] - alpha[k] * (xh - mu[k]));
-      },
-      &ignored, &e);
-  return e;
+  return reduce_one(c, [=](int64_t k) {
+    const double xh = x[k] * inv;
+    return xh * (gain[k] * dy[k] - c1[k] - alpha[k] * (xh - mu[k]));
+  });
 }
 
 template <typename T>
