@@ -42,7 +42,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         if name == command:
-            module = importlib.import_module(module_name)
+            try:
+                module = importlib.import_module(module_name)
+            except RuntimeError as exc:
+                # The fused kernels refused to load (L2BN_CPU_ISA names an instruction set
+                # they lack): their message, without the import's traceback.
+                if not str(exc).startswith("l2bn._C:"):
+                    raise
+                parser.exit(2, f"l2bn: error: {exc}\n")
             module.configure(cmd)
             cmd.set_defaults(_run=module.run)
     return parser

@@ -84,3 +84,12 @@ def test_unknown_or_unsupported_isa_is_a_clear_error(value):
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("RuntimeError: l2bn._C: L2BN_CPU_ISA"), last
     assert ("valid values" in last) if value == "sse9" else ("available here" in last)
+
+
+def test_bad_isa_is_one_line_from_the_command_line():
+    """The ``l2bn`` command reports a bad ``L2BN_CPU_ISA`` in one line, exit status 2."""
+    done = _run("import l2bn_cli, sys; sys.exit(l2bn_cli.main(['bench', '--quick']))",
+                L2BN_CPU_ISA="sse9")  # fmt: skip
+    assert done.returncode == 2, (done.returncode, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("l2bn: error: l2bn._C: L2BN_CPU_ISA='sse9'")
