@@ -441,6 +441,21 @@ def test_fused_operators_reject_bad_input_with_clear_errors():
         torch.ops.l2bn.eval_forward(x[:0], x[0, :, 0, 0], x[0, :, 0, 0], None, None, 0, 0, True)
     with pytest.raises(RuntimeError, match="3 per-channel values"):
         torch.ops.l2bn.train_forward(x, torch.ones(4), None, None, None, 0.1, 1e-5, 1e-12, True)
+    # The row moments must be train_forward's: (N, C) where it keeps them, else empty.
+    ops = torch.ops.l2bn
+    _, rho, active, x_mean, x_var, mean, invstd = ops.train_forward(
+        x, None, None, None, None, 0.1, 1e-5, 1e-12, True
+    )
+    with pytest.raises(RuntimeError, match=r"x_mean and x_var of shape \(N, C\)"):
+        ops.train_backward(x, x, None, rho, active, None, None, mean, invstd, True, True)
+    small = torch.randn(4, 3, 2, 2).contiguous(memory_format=torch.channels_last)
+    _, rho, active, _, _, mean, invstd = ops.train_forward(
+        small, None, None, None, None, 0.1, 1e-5, 1e-12, True
+    )
+    with pytest.raises(RuntimeError, match="x_mean and x_var must be empty"):
+        ops.train_backward(
+            small, small, None, rho, active, x_mean[:4], x_var[:4], mean, invstd, True, True
+        )
 
 
 @needs_fused

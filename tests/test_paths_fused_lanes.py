@@ -162,3 +162,24 @@ def test_eval_norm_of_large_samples():
 
             y = l2_batch_norm(x, rm.float(), rv.float())
         assert relative_error(y, expected) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "shape,channels_last", [((64, 128), False), ((8, 16, 2, 2), True), ((8, 64, 4, 4), True)]
+)
+@pytest.mark.parametrize("offset", [1e3, 1e4])
+def test_training_of_channels_far_from_zero_takes_exact_norms(shape, channels_last, offset):
+    """Rows of C values ((N, C) input, channel-last maps of at most 16 positions) with
+    channel means of 1e3 and 1e4 standard deviations: each sample's norm is summed again
+    with its squares in double (a float-lane norm, off by about 1e-8, moves every xh of its
+    sample by that much of the mean, which xh - mean then cancels: dweight was 6e-5 off at
+    1e4). The output is held to twice the float32 formula's error, as above."""
+    g = torch.Generator().manual_seed(7)
+    x = offset + torch.randn(shape, generator=g, dtype=torch.float64)
+    x = x.float().double()  # exact in float32: the reference sees the same values
+    dy = torch.randn(shape, generator=g, dtype=torch.float64).float().double()
+    ours = _errors(x, dy, channels_last)
+    theirs = _errors(x, dy, channels_last, composite=True)
+    for name in ("y", "eval y"):
+        assert ours.pop(name) <= max(1e-5, 2 * theirs[name]), name
+    assert max(ours.values()) < 1e-5, ours

@@ -49,6 +49,14 @@ double k_block_sum_squares(const T* x, int64_t len) {
 }
 
 template <typename T>
+double k_exact_sum_squares(const T* x, int64_t len) {
+  return reduce_one(len, [x](int64_t i) {
+    const double v = x[i];
+    return v * v;
+  });
+}
+
+template <typename T>
 void k_affine(T* out, const T* u, const Coef<T>& p, const Coef<T>& r, int64_t c, int64_t m,
               bool cl, int64_t i0, int64_t i1) {
   affine<T>(out, u, p, r, c, m, cl, i0, i1);
@@ -125,6 +133,7 @@ void k_grad_rows(T* out, const T* dy, const T* x, int64_t c, int64_t i0, int64_t
 #define L2BN_KERNEL_TABLE(T)                                                              \
   ::l2bn::Kernels<T> {                                                                   \
     &k_moments<T>, &k_grad_sums<T>, &k_centred_sums<T>, &k_block_sum_squares<T>,         \
+        &k_exact_sum_squares<T>,                                                         \
         &k_affine<T>, &k_scale_shift<T>, &k_grad_output<T>, &k_sample_output_next<T>,    \
         &k_tile_sums<T>, &k_tile_dev<T>, &k_row_output<T>,     \
         &k_row_output_next<T>, &k_rows_output<T>, &k_rows_sum_squares<T>, &k_tile_grad<T>, \

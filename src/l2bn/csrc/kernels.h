@@ -71,6 +71,9 @@ struct Kernels {
   void (*centred_sums)(const T* x, const double* mean, int64_t c, int64_t m, bool cl,
                        int64_t i0, int64_t i1, double* d1, double* d2);
   double (*block_sum_squares)(const T* x, int64_t len);
+  // The same sum with every square in double lanes (exact squares of float input): for
+  // norms whose rounding would cancel later (vector.cpp, channels far from zero).
+  double (*exact_sum_squares)(const T* x, int64_t len);
   void (*affine)(T* out, const T* u, const Coef<T>& p, const Coef<T>& r, int64_t c, int64_t m,
                  bool cl, int64_t i0, int64_t i1);
   // scratch: C values.

@@ -195,6 +195,14 @@ std::tuple<Tensor, Tensor, Tensor> train_backward(
   std::vector<double> dgamma(c, 0.0), dbeta(c, 0.0);
 
   if (!keeps_row_moments(l)) {
+    const auto empty = [](const std::optional<Tensor>& t) {
+      return !t.has_value() || !t->defined() || t->numel() == 0;
+    };
+    TORCH_CHECK(empty(x_mean) && empty(x_var),
+                "l2bn.train_backward: x_mean and x_var must be empty for this input "
+                "(train_forward keeps no row moments of (N, C) input or of channel-last maps "
+                "of at most ",
+                kSmallMapPositions, " positions)");
     Tensor dx = vector_backward(dy, x, l, w, rho, active, mean, invstd, scale, input_grad,
                                 &dgamma, &dbeta);
     return {dx, parameter_grad(dgamma, x, weight), parameter_grad(dbeta, x, weight)};

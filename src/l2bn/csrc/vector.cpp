@@ -136,6 +136,17 @@ VectorForward vector_forward(const Tensor& x, const Layout& l, const std::vector
       }
     }
     if (any_ill) {
+      if constexpr (std::is_same_v<T, float>) {
+        // The norms again, each square in double: a float-lane norm's rounding (about 1e-8
+        // of rho) moves every xh of its sample by as much of the channel mean, which x -
+        // mean then cancels (dweight 6e-5 off at means of 1e4 standard deviations).
+        at::parallel_for(0, n, grain(d), [&](int64_t i0, int64_t i1) {
+          for (int64_t i = i0; i < i1; ++i) {
+            rho[i] = sample_scale(kern.exact_sum_squares(xp + i * d, d), l2_eps, sqrt_d, scale,
+                                  &active[i]);
+          }
+        });
+      }
       Partials dev(2 * c);
       at::parallel_for(0, n, grain(d), [&](int64_t i0, int64_t i1) {
         over_tiles(i0 * m, i1 * m, c, dev.mine(), InverseScales{rho, m},
@@ -146,7 +157,8 @@ VectorForward vector_forward(const Tensor& x, const Layout& l, const std::vector
       });
       const std::vector<double> centred = dev.total();
       // Every channel, centred on the first estimate of its mean: the corrected two-pass
-      // formulas, in double (the mean too: its float estimate is what cancelled).
+      // formulas, in double (the mean too: its float estimate is what cancelled; with the
+      // norms above, d1 also carries the change of rho).
       for (int64_t k = 0; k < c; ++k) {
         const double d1 = centred[k] / static_cast<double>(rows);
         var[k] = centred[c + k] / static_cast<double>(rows) - d1 * d1;
