@@ -496,3 +496,32 @@ def test_missing_extension_is_reported(monkeypatch):
     monkeypatch.delenv("L2BN_DISABLE_FUSED", raising=False)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert _fused._load() == "l2bn._C was not built (README: Set-up)"
+
+
+@needs_fused
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (4, 3, 2, 2), (4, 20, 9, 9)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("position", [0, -1])
+@pytest.mark.parametrize("value", [float("inf"), -float("inf")])
+def test_fused_float32_infinite_input_spoils_one_channel(shape, layout, position, value, calls):
+    """One +-inf in float32 input (among the first positions of its row, which set the
+    channel-last float sums' shift, or the last): as eq. 3, that sample's norm is
+    infinite, so only that channel's output and statistics are NaN (the channel-last
+    moments made the whole sample's norm NaN, and so every channel)."""
+    torch.manual_seed(0)
+    x64 = torch.randn(shape, dtype=torch.float64)
+    x64[1, 0].view(-1)[position] = value
+    x = _arrange(x64.float(), layout)
+    layer = L2BatchNorm2d(shape[1])
+    rm, rv = torch.zeros(shape[1], dtype=torch.float64), torch.ones(shape[1], dtype=torch.float64)
+    y_ref = reference_l2bn(x64, rm, rv, training=True)
+    y_ref_eval = reference_l2bn(x64, rm, rv, training=False)
+    with backends.flags(cpu=True), torch.no_grad():
+        y = layer(x)
+        y_eval = layer.eval()(x)
+    assert calls == {"train": 1, "evaluate": 1}
+    nan_channels = torch.isnan(y).flatten(2).any(2).any(0)
+    assert nan_channels.tolist() == [True] + [False] * (shape[1] - 1)
+    for ours, ref in ((y, y_ref), (layer.running_mean, rm), (layer.running_var, rv)):
+        torch.testing.assert_close(ours.double(), ref, equal_nan=True, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y_eval.double(), y_ref_eval, equal_nan=True, rtol=1e-5, atol=1e-5)

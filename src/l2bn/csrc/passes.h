@@ -132,7 +132,9 @@ L2BN_INLINE bool shifted_row_moment(double s1, double s2, double shift, double i
   const double mu = shift + md;
   mean[r] = mu;
   var[r] = v;
-  second[r] = v + mu * mu;
+  // A row holding an infinite value has an infinite second moment (E[(x - shift)^2] is,
+  // where v + mu^2 is inf - inf); NaN input stays NaN.
+  second[r] = sq == std::numeric_limits<double>::infinity() ? sq : v + mu * mu;
   // Branch-free (& rather than &&), so that loops over rows vectorize.
   const bool ill = (sq > 0) & (d * kCondLimitShifted <= sq);
   flags[r] = ill;
@@ -409,7 +411,10 @@ L2BN_INLINE int64_t moments_cl(
       const float inv_q = 1.0f / static_cast<float>(q);
 #pragma omp simd
       for (int64_t k = 0; k < c; ++k) {
-        shift[k] *= inv_q;
+        // An infinite shift (an inf among these positions) would make x - shift NaN;
+        // zero keeps the row's sums infinite, as its second moment is (eq. 3's inf).
+        const float s = shift[k] * inv_q;
+        shift[k] = std::isfinite(s) ? s : 0.0f;
       }
       channel_block_sums_f(
           c, m, Streams<float>{sample, nullptr},
