@@ -50,10 +50,7 @@ double k_block_sum_squares(const T* x, int64_t len) {
 
 template <typename T>
 double k_exact_sum_squares(const T* x, int64_t len) {
-  return reduce_one(len, [x](int64_t i) {
-    const double v = x[i];
-    return v * v;
-  });
+  return exact_sum_squares<T>(x, len);
 }
 
 template <typename T>

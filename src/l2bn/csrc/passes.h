@@ -38,9 +38,10 @@ namespace {
 template <typename F>
 L2BN_INLINE void reduce_pair(int64_t len, const F& term, double* out_u, double* out_v) {
   double su = 0, sv = 0;
+  double a[kLanes], b[kLanes];  // set by the first step, read only if there was one
+  const bool lanes = len >= kLanes;
   int64_t i = 0;
-  if (len >= kLanes) {
-    double a[kLanes], b[kLanes];
+  if (lanes) {
 #pragma omp simd
     for (int64_t l = 0; l < kLanes; ++l) {
       term(l, a[l], b[l]);
@@ -54,23 +55,18 @@ L2BN_INLINE void reduce_pair(int64_t len, const F& term, double* out_u, double* 
         b[l] += v;
       }
     }
-    for (; i < len; ++i) {
-      double u, v;
-      term(i, u, v);
-      su += u;
-      sv += v;
-    }
+  }
+  for (; i < len; ++i) {
+    double u, v;
+    term(i, u, v);
+    su += u;
+    sv += v;
+  }
+  if (lanes) {
     // The lanes add by halving (4 dependent adds, not 16): a fixed cost of every row,
     // and rows of small maps (4x4, short 1d inputs) are short.
     su += tree_sum<kLanes>(a);
     sv += tree_sum<kLanes>(b);
-  } else {
-    for (; i < len; ++i) {
-      double u, v;
-      term(i, u, v);
-      su += u;
-      sv += v;
-    }
   }
   *out_u = su;
   *out_v = sv;
@@ -80,9 +76,10 @@ L2BN_INLINE void reduce_pair(int64_t len, const F& term, double* out_u, double* 
 template <typename F>
 L2BN_INLINE double reduce_one(int64_t len, const F& term) {
   double s = 0;
+  double a[kLanes];  // as in reduce_pair
+  const bool lanes = len >= kLanes;
   int64_t i = 0;
-  if (len >= kLanes) {
-    double a[kLanes];
+  if (lanes) {
 #pragma omp simd
     for (int64_t l = 0; l < kLanes; ++l) {
       a[l] = term(l);
@@ -93,15 +90,11 @@ L2BN_INLINE double reduce_one(int64_t len, const F& term) {
         a[l] += term(i + l);
       }
     }
-    for (; i < len; ++i) {
-      s += term(i);
-    }
-    return s + tree_sum<kLanes>(a);
   }
   for (; i < len; ++i) {
     s += term(i);
   }
-  return s;
+  return lanes ? s + tree_sum<kLanes>(a) : s;
 }
 
 // mean = s1 / M, second = s2 / M and var = max(second - mean^2, 0) of row r from its sums
@@ -689,6 +682,15 @@ L2BN_INLINE void add_squares(const T* x, int64_t len, Acc& acc) {
 template <typename T>
 L2BN_INLINE double sum_squares(const T* x, int64_t len) {
   SquareSum<T> acc;
+  add_squares(x, len, acc);
+  return acc.total();
+}
+
+// sum_squares with every square in double lanes, whatever T (exact squares of float
+// input): for norms whose rounding would cancel later (vector.cpp).
+template <typename T>
+L2BN_INLINE double exact_sum_squares(const T* x, int64_t len) {
+  DoubleSquareSum<T> acc;
   add_squares(x, len, acc);
   return acc.total();
 }
