@@ -18,7 +18,9 @@
 // few standard deviations) lets float input use float lanes where differences of nearly
 // equal values could otherwise cancel.
 //   grad_row:      dx = inv * (gain * dy + beta) - inv^2 * (alpha + proj) * x
-//   grad_rows:     projection and grad_row of each sample (m rows) of a range
+//   finish_row:    dx = inv * g - inv^2 * proj * x, g = gain * dy + beta - alpha * inv * x
+//                  written by the projection (fast float)
+//   grad_rows:     projection and grad_row (or finish_row) of each sample (m rows) of a range
 #pragma once
 
 #include <cstdint>
@@ -189,11 +191,13 @@ L2BN_INLINE void tile_grad(
 // folded into double every kFold steps; g cancels when the means dominate, hence only for
 // well-conditioned channels. One sum a row, not two: its fold and lane sum are a fixed
 // cost of every row, which dominates short rows.
+// With `g_out` (float input, `fast` only), each g is also written there: dx is then
+// inv * g - inv^2 * proj * x (finish_row), two streams instead of grad_row's five.
 template <typename T>
 L2BN_INLINE double projection(
     const T* dy, const T* x, int64_t c, double inv, const double* gain, const double* c1,
     const double* alpha, const double* mu, const T* gain_t, const T* alpha_t, const T* beta2_t,
-    bool fast) {
+    bool fast, T* g_out = nullptr) {
   if constexpr (std::is_same_v<T, float>) {
     if (fast) {
       constexpr int kN = static_cast<int>(32 / kVF);
@@ -214,6 +218,9 @@ L2BN_INLINE double projection(
           const vf xq = load<vf>(x + i);
           const vf g = load<vf>(gain_t + i) * load<vf>(dy + i) + load<vf>(beta2_t + i) -
                        load<vf>(alpha_t + i) * xq * inv_f;
+          if (g_out != nullptr) {
+            __builtin_memcpy(g_out + i, &g, sizeof(vf));
+          }
           pe[q] += xq * g;
         }
         if (++steps == kFold || k + 64 > c) {
@@ -227,6 +234,9 @@ L2BN_INLINE double projection(
       }
       for (; k < c; ++k) {
         const float g = gain_t[k] * dy[k] + beta2_t[k] - alpha_t[k] * x[k] * inv_f;
+        if (g_out != nullptr) {
+          g_out[k] = g;
+        }
         te += static_cast<double>(x[k]) * g;
       }
       return inv * (te + lane_tree_sum(se));
@@ -245,6 +255,15 @@ L2BN_INLINE void grad_row(
 #pragma omp simd
   for (int64_t k = 0; k < c; ++k) {
     out[k] = inv * (gain[k] * dy[k] + beta[k]) - inv2 * (alpha[k] + proj) * x[k];
+  }
+}
+
+// dx = inv * g - q * x over a row whose g the projection wrote to out (q = inv^2 * proj).
+template <typename T>
+L2BN_INLINE void finish_row(T* out, const T* x, int64_t c, T inv, T q) {
+#pragma omp simd
+  for (int64_t k = 0; k < c; ++k) {
+    out[k] = inv * out[k] - q * x[k];
   }
 }
 
@@ -268,6 +287,7 @@ L2BN_INLINE void grad_rows(
   // dy and x of a tile within 16 kB, half of L1.
   const int64_t tile = std::clamp<int64_t>(8 * 1024 / (d * static_cast<int64_t>(sizeof(T))), 1,
                                            kGradTile);
+  const bool store = std::is_same_v<T, float> && k.fast;
   double inv[kGradTile], proj[kGradTile];
   for (int64_t t0 = i0; t0 < i1; t0 += tile) {
     const int64_t rows = std::min(tile, i1 - t0);
@@ -279,18 +299,24 @@ L2BN_INLINE void grad_rows(
       const T* g = dy + i * d;
       const T* xs = x + i * d;
       double e = 0;
-      if (k.active[i]) {
+      if (k.active[i] || store) {
         for (int64_t j = 0; j < k.m; ++j) {
           e += projection<T>(g + j * c, xs + j * c, c, inv[r], k.gain, k.c1, k.alpha, k.mu,
-                             k.gain_t, k.alpha_t, k.beta2_t, k.fast);
+                             k.gain_t, k.alpha_t, k.beta2_t, k.fast,
+                             store ? out + i * d + j * c : nullptr);
         }
       }
-      proj[r] = e * per_value;
+      proj[r] = k.active[i] ? e * per_value : 0.0;
     }
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = t0 + r;
       const T inv_t = static_cast<T>(inv[r]), inv2_t = static_cast<T>(inv[r] * inv[r]);
       const T proj_t = static_cast<T>(proj[r]);
+      if (store) {
+        const T q_t = static_cast<T>(inv[r] * inv[r] * proj[r]);
+        finish_row<T>(out + i * d, x + i * d, d, inv_t, q_t);
+        continue;
+      }
       for (int64_t j = 0; j < k.m; ++j) {
         grad_row<T>(out + i * d + j * c, dy + i * d + j * c, x + i * d + j * c, c, inv_t,
                     inv2_t, proj_t, k.gain_t, k.beta_t, k.alpha_t);
