@@ -40,13 +40,26 @@ void over_tiles(int64_t i0, int64_t i1, int64_t c, double* acc, const Prepare& p
 }
 
 // The prepare step of over_tiles when the norms are known: inv[r] = 1 / rho of the sample
-// of row t + r (samples of m rows).
+// of row t + r (samples of m rows; no integer division a row: at C = 32 it measured 10% of
+// the backward).
 struct InverseScales {
   const double* rho;
   int64_t m;
   void operator()(int64_t t, int64_t rows, double* inv) const {
+    if (m == 1) {
+      for (int64_t r = 0; r < rows; ++r) {
+        inv[r] = 1.0 / rho[t + r];
+      }
+      return;
+    }
+    int64_t i = t / m, j = t - i * m;  // sample and row within it
+    double v = 1.0 / rho[i];
     for (int64_t r = 0; r < rows; ++r) {
-      inv[r] = 1.0 / rho[(t + r) / m];
+      inv[r] = v;
+      if (++j == m && r + 1 < rows) {
+        j = 0;
+        v = 1.0 / rho[++i];
+      }
     }
   }
 };
