@@ -103,8 +103,9 @@ def test_channel_last_shift_far_from_the_mean_is_recomputed(shape):
     assert max(errors.values()) < 1e-5, errors
 
 
-# (20, 1100) and (7, 5000): rows wide enough that a tile holds fewer than 8 of them (3 and
-# 1), and projections with several float folds and a remainder.
+# (20, 1100) and (7, 5000): rows wider than a span of 512 channels (the forward and backward
+# sums go row by row in spans, the last one partial; 7 rows, less than a tile of 8), and
+# projections with several float folds and a remainder.
 @pytest.mark.parametrize("shape", [(100, 70), (40, 16), (9, 33), (20, 1100), (7, 5000)])
 def test_vector_float_tiles(shape):
     g = torch.Generator().manual_seed(3)

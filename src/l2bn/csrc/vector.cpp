@@ -17,29 +17,23 @@
 namespace l2bn {
 namespace {
 
-// Rows per tile of the channel reductions (a tile's float partials are folded into double
-// once: at most kFold rows). The forward reads each tile twice (its norms, then its sums),
-// so its tiles stay in L1: at most kTileValues values in all (16 kB of float32; at C = 2048
-// a tile of 8 rows is 64 kB and was swept from L2: 256x2048 forward 1.1-1.3x BatchNorm's).
-// The backward's sums read each row once, so its tiles are always kRowTile rows (in tiles
-// of 2 rows at C = 2048, folded every other row, the backward operator measured 1.04x /
-// 1.17x ATen's at 1 / 2 threads; in tiles of 8, 0.84x / 1.03x).
+// Rows per tile of the channel reductions: a tile's float partials are folded into double
+// once (at most kFold rows). The forward reads a tile twice, its norms and then its sums;
+// at C > kGradSpan the sums go row by row in spans (span_sums), which read the rows
+// contiguously, from L2 where the tile outgrows L1 (tiles of at most 4096 values instead,
+// 2 rows at C = 2048, folded every other row: the forward operator 1.22x / 1.26x ATen's
+// at 256x2048, 1 / 2 threads, against 0.91x / 1.05x in tiles of 8, 2026-11-30).
 constexpr int64_t kRowTile = 8;
-constexpr int64_t kTileValues = 4096;
 
-int64_t forward_tile_rows(int64_t c) {
-  return std::clamp<int64_t>(kTileValues / c, 1, kRowTile);
-}
-
-// For each tile of at most `tile` rows [t, t + rows) of [i0, i1): prepare(t, rows, inv)
-// fills inv, then sum_tile(t, rows, inv, acc, acc + c) adds the tile's per-channel pair of
-// sums to acc.
+// For each tile of kRowTile rows [t, t + rows) of [i0, i1): prepare(t, rows, inv) fills
+// inv, then sum_tile(t, rows, inv, acc, acc + c) adds the tile's per-channel pair of sums
+// to acc.
 template <typename Prepare, typename SumTile>
-void over_tiles(int64_t i0, int64_t i1, int64_t c, int64_t tile, double* acc,
-                const Prepare& prepare, const SumTile& sum_tile) {
+void over_tiles(int64_t i0, int64_t i1, int64_t c, double* acc, const Prepare& prepare,
+                const SumTile& sum_tile) {
   double inv[kRowTile];
-  for (int64_t t = i0; t < i1; t += tile) {
-    const int64_t rows = std::min(tile, i1 - t);
+  for (int64_t t = i0; t < i1; t += kRowTile) {
+    const int64_t rows = std::min(kRowTile, i1 - t);
     prepare(t, rows, inv);
     sum_tile(t, rows, inv, acc, acc + c);
   }
@@ -135,7 +129,7 @@ VectorForward vector_forward(const Tensor& x, const Layout& l, const std::vector
       }
     };
     at::parallel_for(0, n, grain(d), [&](int64_t i0, int64_t i1) {
-      over_tiles(i0 * m, i1 * m, c, forward_tile_rows(c), sums.mine(), norms,
+      over_tiles(i0 * m, i1 * m, c, sums.mine(), norms,
                  [&](int64_t t, int64_t tile, const double* inv_rows, double* s1, double* s2) {
                    kern.tile_sums(xp + t * c, tile, c, inv_rows, centre.data(), s1, s2);
                  });
@@ -168,7 +162,7 @@ VectorForward vector_forward(const Tensor& x, const Layout& l, const std::vector
       }
       Partials dev(2 * c);
       at::parallel_for(0, n, grain(d), [&](int64_t i0, int64_t i1) {
-        over_tiles(i0 * m, i1 * m, c, forward_tile_rows(c), dev.mine(), InverseScales{rho, m},
+        over_tiles(i0 * m, i1 * m, c, dev.mine(), InverseScales{rho, m},
                    [&](int64_t t, int64_t tile, const double* inv_rows, double* d1,
                        double* d2) {
                      kern.tile_dev(xp + t * c, tile, c, inv_rows, mu, d1, d2);
@@ -241,7 +235,7 @@ Tensor vector_backward(const Tensor& dy, const Tensor& x, const Layout& l,
     }
     Partials sums(2 * c);
     at::parallel_for(0, n, grain(d), [&](int64_t i0, int64_t i1) {
-      over_tiles(i0 * m, i1 * m, c, kRowTile, sums.mine(), InverseScales{rho, m},
+      over_tiles(i0 * m, i1 * m, c, sums.mine(), InverseScales{rho, m},
                  [&](int64_t t, int64_t tile, const double* inv, double* t1, double* t2) {
                    kern.tile_grad(gp + t * c, xp + t * c, tile, c, inv, mu, mu_t.data(), fast,
                                   t1, t2);

@@ -35,13 +35,40 @@ namespace {  // internal linkage, as passes.h
 // in registers. Float input: float lanes, folded into double once per tile (kFold rows).
 constexpr int64_t kMaxTileRows = kFold;
 
-// Channels per span of the row-by-row float sums (tile_grad): 2 kB of float partials each.
+// Channels per span of the row-by-row float sums (span_sums: tile_grad, and tile_sums at
+// C > kGradSpan): 2 kB of float partials each.
 // Row by row, each row's span is read contiguously and the partials stay in L1; in channel
 // blocks (add_channel_block_sums_f) the tile is swept with a stride of C values, which
 // measured slower here (1 thread, reduction alone: 1024x512 118 -> 91 us, 256x2048
 // 186 -> 114 us, 4096x128 116 -> 85 us).
 constexpr int64_t kGradSpan = 512;
 static_assert(kMaxTileRows <= kFold, "a tile's float partials hold at most kFold terms");
+
+// Row by row (rows in order, each read contiguously) into float partial sums of a span of
+// kGradSpan channels kept in L1, then folded into double: o1, o2 += the sums over the
+// tile's at most kFold rows. terms(r, k0, w, pa, pb, first) sets (first row) or adds row
+// r's pair of terms for channels [k0, k0 + w).
+template <typename Terms>
+L2BN_INLINE void span_sums(int64_t rows, int64_t c, const Terms& terms, double* o1,
+                           double* o2) {
+  if (rows == 0) {
+    return;
+  }
+  alignas(64) float pa[kGradSpan], pb[kGradSpan];
+  for (int64_t k0 = 0; k0 < c; k0 += kGradSpan) {
+    const int64_t w = std::min(kGradSpan, c - k0);
+    for (int64_t r = 0; r < rows; ++r) {
+      terms(r, k0, w, pa, pb, r == 0);
+    }
+    double* u = o1 + k0;
+    double* v = o2 + k0;
+#pragma omp simd
+    for (int64_t k = 0; k < w; ++k) {
+      u[k] += pa[k];
+      v[k] += pb[k];
+    }
+  }
+}
 
 template <typename T>
 L2BN_INLINE void tile_sums(
@@ -51,6 +78,33 @@ L2BN_INLINE void tile_sums(
     float in[kMaxTileRows];
     for (int64_t r = 0; r < rows; ++r) {
       in[r] = static_cast<float>(inv[r]);
+    }
+    if (c > kGradSpan) {
+      span_sums(
+          rows, c,
+          [x, c, shift, &in](int64_t r, int64_t k0, int64_t w, float* pa, float* pb,
+                             bool first) {
+            const float* xr = x + r * c + k0;
+            const float* h = shift + k0;
+            const float s = in[r];
+            if (first) {
+#pragma omp simd
+              for (int64_t k = 0; k < w; ++k) {
+                const float u = xr[k] * s - h[k];
+                pa[k] = u;
+                pb[k] = u * u;
+              }
+            } else {
+#pragma omp simd
+              for (int64_t k = 0; k < w; ++k) {
+                const float u = xr[k] * s - h[k];
+                pa[k] += u;
+                pb[k] += u * u;
+              }
+            }
+          },
+          s1, s2);
+      return;
     }
     add_channel_block_sums_f(
         c, rows, Streams<float>{x, nullptr},
@@ -139,40 +193,29 @@ L2BN_INLINE void tile_grad(
     const T* mu_t, bool fast, double* t1, double* t2) {
   if constexpr (std::is_same_v<T, float>) {
     if (fast) {
-      // Row by row (rows in order, each read contiguously) into float partial sums of a
-      // span of channels kept in L1; the tile's at most kFold rows, then folded into double.
-      alignas(64) float pa[kGradSpan], pb[kGradSpan];
-      for (int64_t k0 = 0; k0 < c; k0 += kGradSpan) {
-        const int64_t w = std::min(kGradSpan, c - k0);
-        const float* m = mu_t + k0;
-        for (int64_t r = 0; r < rows; ++r) {
-          const float* g = dy + r * c + k0;
-          const float* xr = x + r * c + k0;
-          const float s = static_cast<float>(inv[r]);
-          if (r == 0) {
+      span_sums(
+          rows, c,
+          [dy, x, c, inv, mu_t](int64_t r, int64_t k0, int64_t w, float* pa, float* pb,
+                                bool first) {
+            const float* g = dy + r * c + k0;
+            const float* xr = x + r * c + k0;
+            const float* m = mu_t + k0;
+            const float s = static_cast<float>(inv[r]);
+            if (first) {
 #pragma omp simd
-            for (int64_t k = 0; k < w; ++k) {
-              pa[k] = g[k];
-              pb[k] = g[k] * (xr[k] * s - m[k]);
+              for (int64_t k = 0; k < w; ++k) {
+                pa[k] = g[k];
+                pb[k] = g[k] * (xr[k] * s - m[k]);
+              }
+            } else {
+#pragma omp simd
+              for (int64_t k = 0; k < w; ++k) {
+                pa[k] += g[k];
+                pb[k] += g[k] * (xr[k] * s - m[k]);
+              }
             }
-          } else {
-#pragma omp simd
-            for (int64_t k = 0; k < w; ++k) {
-              pa[k] += g[k];
-              pb[k] += g[k] * (xr[k] * s - m[k]);
-            }
-          }
-        }
-        if (rows > 0) {
-          double* o1 = t1 + k0;
-          double* o2 = t2 + k0;
-#pragma omp simd
-          for (int64_t k = 0; k < w; ++k) {
-            o1[k] += pa[k];
-            o2[k] += pb[k];
-          }
-        }
-      }
+          },
+          t1, t2);
       return;
     }
   }
