@@ -122,10 +122,15 @@ class Partials {
   explicit Partials(int64_t width)
       : width_(width), data_(static_cast<size_t>(at::get_num_threads() * width), 0.0) {}
   double* mine() { return data_.data() + at::get_thread_num() * width_; }
+  // The threads' partials added in thread order (no division an element: at C = 4096 the
+  // modulo measured a tenth of the (N, C) forward).
   std::vector<double> total() const {
-    std::vector<double> out(width_, 0.0);
-    for (size_t i = 0; i < data_.size(); ++i) {
-      out[i % width_] += data_[i];
+    std::vector<double> out(data_.begin(), data_.begin() + width_);
+    for (size_t t = width_; t < data_.size(); t += width_) {
+      const double* part = data_.data() + t;
+      for (int64_t k = 0; k < width_; ++k) {
+        out[k] += part[k];
+      }
     }
     return out;
   }
