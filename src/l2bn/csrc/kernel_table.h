@@ -96,9 +96,9 @@ void k_row_output(T* out, const T* x, int64_t c, T inv, const T* gain, const T* 
 }
 
 template <typename T>
-void k_rows_output(T* out, const T* x, int64_t c, int64_t i0, int64_t i1, const double* rho,
+void k_rows_output(T* out, const T* x, int64_t c, int64_t i0, int64_t i1, const double* inv,
                    const T* gain, const T* shift) {
-  rows_output<T>(out, x, c, i0, i1, rho, gain, shift);
+  rows_output<T>(out, x, c, i0, i1, inv, gain, shift);
 }
 
 template <typename T>

@@ -97,8 +97,8 @@ struct Kernels {
   void (*row_output)(T* out, const T* x, int64_t c, T inv, const T* gain, const T* shift);
   double (*row_output_next)(T* out, const T* x, int64_t c, T inv, const T* gain,
                             const T* shift, const T* next);
-  // row_output of rows [i0, i1) with inv = 1 / rho[i].
-  void (*rows_output)(T* out, const T* x, int64_t c, int64_t i0, int64_t i1, const double* rho,
+  // row_output of rows [i0, i1) with inv[i] (1 / rho of the row).
+  void (*rows_output)(T* out, const T* x, int64_t c, int64_t i0, int64_t i1, const double* inv,
                       const T* gain, const T* shift);
   // out[r] = ||row r||^2 for the rows [0, rows) of a tile (as block_sum_squares sums).
   void (*rows_sum_squares)(const T* x, int64_t rows, int64_t c, double* out);

@@ -107,17 +107,15 @@ VectorForward vector_forward(const Tensor& x, const Layout& l, const std::vector
     }
     const double limit = std::is_same_v<T, float> ? kCondLimitFast : kCondLimit;
     Partials sums(2 * c);
+    std::vector<double> inv_all(m == 1 ? n : 0);  // 1 / rho of each row, for the output
     // Per tile: the norms (eq. 1) of the samples that start in it, then the tile's channel
     // sums of xh. A task holds whole samples, so a sample's later tiles find its norm.
     auto norms = [&](int64_t t, int64_t tile, double* inv_rows) {
       if (m == 1) {
         double norm_sq[kRowTile];
         kern.rows_sum_squares(xp + t * c, tile, c, norm_sq);
-        for (int64_t r = 0; r < tile; ++r) {
-          const int64_t i = t + r;
-          rho[i] = sample_scale(norm_sq[r], l2_eps, sqrt_d, scale, &active[i]);
-          inv_rows[r] = 1.0 / rho[i];
-        }
+        row_scales(norm_sq, tile, l2_eps, sqrt_d, scale, rho + t, active + t, inv_rows);
+        std::copy(inv_rows, inv_rows + tile, inv_all.begin() + t);
         return;
       }
       for (int64_t r = 0; r < tile; ++r) {
@@ -161,6 +159,9 @@ VectorForward vector_forward(const Tensor& x, const Layout& l, const std::vector
           for (int64_t i = i0; i < i1; ++i) {
             rho[i] = sample_scale(kern.exact_sum_squares(xp + i * d, d), l2_eps, sqrt_d, scale,
                                   &active[i]);
+            if (m == 1) {
+              inv_all[i] = 1.0 / rho[i];
+            }
           }
         });
       }
@@ -195,7 +196,7 @@ VectorForward vector_forward(const Tensor& x, const Layout& l, const std::vector
     T* yp = f.y.data_ptr<T>();
     if (m == 1) {
       at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
-        kern.rows_output(yp, xp, c, i0, i1, rho, gain.data(), shift.data());
+        kern.rows_output(yp, xp, c, i0, i1, inv_all.data(), gain.data(), shift.data());
       });
     } else {
       // The channel-last output pass of train.cpp: positions, a coefficient row a sample.

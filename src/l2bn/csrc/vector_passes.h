@@ -156,13 +156,13 @@ L2BN_INLINE void rows_sum_squares(const T* x, int64_t rows, int64_t c, double* o
   }
 }
 
-// row_output of rows [i0, i1), each with inv = 1 / rho[i] (rounded once, from double).
+// row_output of rows [i0, i1), each with its inv[i] (1 / rho, rounded once, from double).
 template <typename T>
 L2BN_INLINE void rows_output(
-    T* out, const T* x, int64_t c, int64_t i0, int64_t i1, const double* rho, const T* gain,
+    T* out, const T* x, int64_t c, int64_t i0, int64_t i1, const double* inv, const T* gain,
     const T* shift) {
   for (int64_t i = i0; i < i1; ++i) {
-    row_output<T>(out + i * c, x + i * c, c, static_cast<T>(1.0 / rho[i]), gain, shift);
+    row_output<T>(out + i * c, x + i * c, c, static_cast<T>(inv[i]), gain, shift);
   }
 }
 
