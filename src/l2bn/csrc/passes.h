@@ -297,6 +297,19 @@ L2BN_INLINE V load(const float* p) {
   }
 }
 
+// out[0, kVF) = v, in double: the first fold of a lane sum. Zero-filled double lanes that a
+// first add_to then reads are stored with narrower stores than the vector loads that read
+// them back (GCC under AVX2: 16-byte stores, 32-byte loads), which cannot forward: a stall
+// of about 20 cycles a sum, most of a short row's norm.
+L2BN_INLINE void set_to(double* out, vf v) {
+  float lanes[kVF];
+  __builtin_memcpy(lanes, &v, sizeof(vf));
+#pragma omp simd
+  for (int64_t l = 0; l < kVF; ++l) {
+    out[l] = lanes[l];
+  }
+}
+
 // out[0, kVF) += v, in double.
 L2BN_INLINE void add_to(double* out, vf v) {
   float lanes[kVF];
@@ -306,6 +319,23 @@ L2BN_INLINE void add_to(double* out, vf v) {
     out[l] += lanes[l];
   }
 }
+
+// kVF double lanes that float vectors are folded into, without a zero fill (set_to's
+// comment): the first fold sets them, later ones add; sum() is 0 before any fold. The same
+// values as zero-filled lanes.
+struct FoldedLanes {
+  double v[kVF];
+  bool any = false;
+  L2BN_INLINE void fold(vf x) {
+    if (any) {
+      add_to(v, x);
+    } else {
+      set_to(v, x);
+      any = true;
+    }
+  }
+  L2BN_INLINE double sum() { return any ? tree_sum<kVF>(v) : 0.0; }
+};
 
 // kVectors vectors of channels [k0, k0 + kVectors * kVF): kFold positions at a time in
 // float registers, then added to the double outputs.
@@ -464,7 +494,7 @@ L2BN_INLINE void grad_sums_rows(
           a[q] = vf{};
           b[q] = vf{};
         }
-        double sa[kVF] = {}, sb[kVF] = {};
+        FoldedLanes sa, sb;
         int64_t i = 0;
         int steps = 0;
         for (; i + 32 <= m; i += 32) {
@@ -477,8 +507,8 @@ L2BN_INLINE void grad_sums_rows(
           if (++steps == kFold || i + 64 > m) {
 #pragma GCC unroll 8
             for (int q = 0; q < kN; ++q) {
-              add_to(sa, a[q]);
-              add_to(sb, b[q]);
+              sa.fold(a[q]);
+              sb.fold(b[q]);
               a[q] = vf{};
               b[q] = vf{};
             }
@@ -494,17 +524,17 @@ L2BN_INLINE void grad_sums_rows(
             a[0] += gq;
             b[0] += gq * (load<vf>(row + i) - hf);
           }
-          add_to(sa, a[0]);
-          add_to(sb, b[0]);
+          sa.fold(a[0]);
+          sb.fold(b[0]);
         }
         double u = 0, v = 0;
         for (; i < m; ++i) {
           u += g[i];
           v += static_cast<double>(g[i]) * (row[i] - hf);
         }
-        if (m >= kVF) {  // else the lanes are zero
-          u += tree_sum<kVF>(sa);
-          v += tree_sum<kVF>(sb);
+        if (m >= kVF) {  // else nothing was folded
+          u += sa.sum();
+          v += sb.sum();
         }
         t1[r] = u;
         t2[r] = v;
@@ -628,7 +658,7 @@ struct SquareSum<float> {
   static constexpr int kFold = 8;
   static constexpr int kN = static_cast<int>(kWidth / kVF);
   vf p[kN];
-  double acc[kVF] = {};
+  FoldedLanes acc;
   double tail = 0;
   int steps = 0;
   L2BN_INLINE SquareSum() {
@@ -653,7 +683,7 @@ struct SquareSum<float> {
     for (int q = 1; q < kN; ++q) {
       s += p[q];
     }
-    add_to(acc, s);
+    acc.fold(s);
 #pragma GCC unroll 8
     for (int q = 0; q < kN; ++q) {
       p[q] = vf{};
@@ -663,7 +693,7 @@ struct SquareSum<float> {
   L2BN_INLINE void one(float v) { tail += static_cast<double>(v) * v; }
   L2BN_INLINE double total() {
     fold();
-    return tail + lane_tree_sum(acc);
+    return tail + acc.sum();
   }
 };
 

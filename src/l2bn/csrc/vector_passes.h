@@ -250,7 +250,7 @@ L2BN_INLINE double projection(
       for (int q = 0; q < kN; ++q) {
         pe[q] = vf{};
       }
-      double se[kVF] = {};
+      FoldedLanes se;
       double te = 0;
       int64_t k = 0;
       int steps = 0;
@@ -269,7 +269,7 @@ L2BN_INLINE double projection(
         if (++steps == kFold || k + 64 > c) {
 #pragma GCC unroll 8
           for (int q = 0; q < kN; ++q) {
-            add_to(se, pe[q]);
+            se.fold(pe[q]);
             pe[q] = vf{};
           }
           steps = 0;
@@ -282,7 +282,7 @@ L2BN_INLINE double projection(
         }
         te += static_cast<double>(x[k]) * g;
       }
-      return inv * (te + lane_tree_sum(se));
+      return inv * (te + se.sum());
     }
   }
   return reduce_one(c, [=](int64_t k) {
