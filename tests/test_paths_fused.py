@@ -525,3 +525,40 @@ def test_fused_float32_infinite_input_spoils_one_channel(shape, layout, position
     for ours, ref in ((y, y_ref), (layer.running_mean, rm), (layer.running_var, rv)):
         torch.testing.assert_close(ours.double(), ref, equal_nan=True, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(y_eval.double(), y_ref_eval, equal_nan=True, rtol=1e-5, atol=1e-5)
+
+
+@needs_fused
+@pytest.mark.parametrize("shape", [(40, 32), (12, 1100)])
+@pytest.mark.parametrize("position", [0, -1])
+@pytest.mark.parametrize("value", [float("inf"), -float("inf"), 0.0])
+def test_fused_float32_rows_with_an_infinite_or_zero_sample(shape, position, value):
+    """(N, C) float32 input, whose norms, scales and inverse scales are taken a tile of rows
+    at a time: a row with one +-inf has an infinite norm (only that channel's output and
+    statistics are NaN, as eq. 3), a row of zeros is clamped by l2_eps (finite), in
+    training, eval and the backward, against the float64 reference."""
+    torch.manual_seed(0)
+    x64 = torch.randn(shape, dtype=torch.float64)
+    if value == 0.0:
+        x64[3] = 0.0
+    else:
+        x64[3, position] = value
+    x = x64.float().requires_grad_()
+    layer = L2BatchNorm1d(shape[1])
+    rm, rv = torch.zeros(shape[1], dtype=torch.float64), torch.ones(shape[1], dtype=torch.float64)
+    y_ref = reference_l2bn(x64, rm, rv, training=True)
+    y_ref_eval = reference_l2bn(x64, rm, rv, training=False)
+    with backends.flags(cpu=True, pytorch=False):
+        y = layer(x)
+        y.sum().backward()
+        with torch.no_grad():
+            y_eval = layer.eval()(x)
+    nan_channels = torch.isnan(y).any(0)
+    expected = torch.zeros(shape[1], dtype=torch.bool)
+    if value != 0.0:
+        expected[position] = True
+    assert nan_channels.tolist() == expected.tolist()
+    for ours, ref in ((y, y_ref), (layer.running_mean, rm), (layer.running_var, rv)):
+        torch.testing.assert_close(ours.double(), ref, equal_nan=True, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y_eval.double(), y_ref_eval, equal_nan=True, rtol=1e-5, atol=1e-5)
+    if value == 0.0:
+        assert torch.isfinite(x.grad).all()
