@@ -105,8 +105,12 @@ def test_channel_last_shift_far_from_the_mean_is_recomputed(shape):
 
 # (20, 1100) and (7, 5000): rows wider than a span of 512 channels (the forward and backward
 # sums go row by row in spans, the last one partial; 7 rows, less than a tile of 8), and
-# projections with several float folds and a remainder.
-@pytest.mark.parametrize("shape", [(100, 70), (40, 16), (9, 33), (20, 1100), (7, 5000)])
+# projections with several float folds and a remainder. (40, 16), (64, 48) and (50, 24):
+# whole vectors after the last step of 32 values (a norm's and a projection's rest, taken in
+# float lanes) under every instruction set.
+@pytest.mark.parametrize(
+    "shape", [(100, 70), (40, 16), (9, 33), (20, 1100), (7, 5000), (64, 48), (50, 24)]
+)
 def test_vector_float_tiles(shape):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(shape, generator=g, dtype=torch.float64) + 0.3

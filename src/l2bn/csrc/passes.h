@@ -640,6 +640,12 @@ struct DoubleSquareSum {
     }
   }
   L2BN_INLINE void one(T v) { tail += static_cast<double>(v) * v; }
+  // The n < kWidth values after the last whole step.
+  L2BN_INLINE void rest(const T* x, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+      one(x[i]);
+    }
+  }
   L2BN_INLINE double total() {
     double out = tail;
     for (int64_t l = 0; l < kWidth; ++l) {
@@ -691,6 +697,19 @@ struct SquareSum<float> {
     steps = 0;
   }
   L2BN_INLINE void one(float v) { tail += static_cast<double>(v) * v; }
+  // The n < kWidth values after the last whole step: whole vectors into the float lanes
+  // (one each, so that a lane holds at most kFold - 1 + 1 squares), the rest one by one
+  // (in one dependent chain of double adds, they were most of a row of 16 values).
+  L2BN_INLINE void rest(const float* x, int64_t n) {
+    int q = 0;
+    for (; n >= kVF; x += kVF, n -= kVF, ++q) {
+      const vf v = load<vf>(x);
+      p[q] += v * v;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      one(x[i]);
+    }
+  }
   L2BN_INLINE double total() {
     fold();
     return tail + acc.sum();
@@ -704,9 +723,7 @@ L2BN_INLINE void add_squares(const T* x, int64_t len, Acc& acc) {
   for (; i + w <= len; i += w) {
     acc.step(x + i);
   }
-  for (; i < len; ++i) {
-    acc.one(x[i]);
-  }
+  acc.rest(x + i, len - i);
 }
 
 template <typename T>
@@ -937,9 +954,7 @@ L2BN_INLINE int64_t square_steps_to(SquareSum<T>& acc, const T* next, int64_t do
 
 template <typename T>
 L2BN_INLINE double square_sum_rest(SquareSum<T>& acc, const T* next, int64_t done, int64_t d) {
-  for (; done < d; ++done) {
-    acc.one(next[done]);
-  }
+  acc.rest(next + done, d - done);
   return acc.total();
 }
 

@@ -185,9 +185,9 @@ L2BN_INLINE double row_output_next(
     }
     acc.step(next + k);
   }
+  acc.rest(next + k, c - k);
   for (; k < c; ++k) {
     out[k] = x[k] * (gain[k] * inv) + shift[k];
-    acc.one(next[k]);
   }
   return acc.total();
 }
@@ -293,6 +293,23 @@ L2BN_INLINE double projection(
             pe[q] = vf{};
           }
           steps = 0;
+        }
+      }
+      // Whole vectors left (the last step folded its lanes): one term a lane each, folded
+      // once; then the values one by one.
+      if (k + kVF <= c) {
+        for (int q = 0; k + kVF <= c; k += kVF, ++q) {
+          const vf xq = load<vf>(x + k);
+          const vf g = load<vf>(gain_t + k) * load<vf>(dy + k) + load<vf>(beta2_t + k) -
+                       load<vf>(alpha_t + k) * xq * inv_f;
+          if (g_out != nullptr) {
+            __builtin_memcpy(g_out + k, &g, sizeof(vf));
+          }
+          pe[q] += xq * g;
+        }
+#pragma GCC unroll 8
+        for (int q = 0; q < kN; ++q) {
+          se.fold(pe[q]);
         }
       }
       for (; k < c; ++k) {
