@@ -272,19 +272,22 @@ L2BN_INLINE double projection(
       }
       FoldedLanes se;
       double te = 0;
+      // The kVF values at i: g (written to g_out), and x * g added to pe[q].
+      const auto add_vector = [&](int64_t i, int q) {
+        const vf xq = load<vf>(x + i);
+        const vf g = load<vf>(gain_t + i) * load<vf>(dy + i) + load<vf>(beta2_t + i) -
+                     load<vf>(alpha_t + i) * xq * inv_f;
+        if (g_out != nullptr) {
+          __builtin_memcpy(g_out + i, &g, sizeof(vf));
+        }
+        pe[q] += xq * g;
+      };
       int64_t k = 0;
       int steps = 0;
       for (; k + 32 <= c; k += 32) {
 #pragma GCC unroll 8
         for (int q = 0; q < kN; ++q) {
-          const int64_t i = k + q * kVF;
-          const vf xq = load<vf>(x + i);
-          const vf g = load<vf>(gain_t + i) * load<vf>(dy + i) + load<vf>(beta2_t + i) -
-                       load<vf>(alpha_t + i) * xq * inv_f;
-          if (g_out != nullptr) {
-            __builtin_memcpy(g_out + i, &g, sizeof(vf));
-          }
-          pe[q] += xq * g;
+          add_vector(k + q * kVF, q);
         }
         if (++steps == kFold || k + 64 > c) {
 #pragma GCC unroll 8
@@ -299,13 +302,7 @@ L2BN_INLINE double projection(
       // once; then the values one by one.
       if (k + kVF <= c) {
         for (int q = 0; k + kVF <= c; k += kVF, ++q) {
-          const vf xq = load<vf>(x + k);
-          const vf g = load<vf>(gain_t + k) * load<vf>(dy + k) + load<vf>(beta2_t + k) -
-                       load<vf>(alpha_t + k) * xq * inv_f;
-          if (g_out != nullptr) {
-            __builtin_memcpy(g_out + k, &g, sizeof(vf));
-          }
-          pe[q] += xq * g;
+          add_vector(k, q);
         }
 #pragma GCC unroll 8
         for (int q = 0; q < kN; ++q) {
