@@ -107,7 +107,6 @@ VectorForward vector_forward(const Tensor& x, const Layout& l, const std::vector
     }
     const double limit = std::is_same_v<T, float> ? kCondLimitFast : kCondLimit;
     Partials sums(2 * c);
-    std::vector<double> inv_all(m == 1 ? n : 0);  // 1 / rho of each row, for the output
     // Per tile: the norms (eq. 1) of the samples that start in it, then the tile's channel
     // sums of xh. A task holds whole samples, so a sample's later tiles find its norm.
     auto norms = [&](int64_t t, int64_t tile, double* inv_rows) {
@@ -115,17 +114,13 @@ VectorForward vector_forward(const Tensor& x, const Layout& l, const std::vector
         double norm_sq[kRowTile];
         kern.rows_sum_squares(xp + t * c, tile, c, norm_sq);
         row_scales(norm_sq, tile, l2_eps, sqrt_d, scale, rho + t, active + t, inv_rows);
-        std::copy(inv_rows, inv_rows + tile, inv_all.begin() + t);
         return;
       }
-      for (int64_t r = 0; r < tile; ++r) {
-        const int64_t i = (t + r) / m;
-        if ((t + r) % m == 0) {
-          rho[i] = sample_scale(kern.block_sum_squares(xp + i * d, d), l2_eps, sqrt_d, scale,
-                                &active[i]);
-        }
-        inv_rows[r] = 1.0 / rho[i];
+      for (int64_t i = (t + m - 1) / m; i * m < t + tile; ++i) {  // samples starting here
+        rho[i] = sample_scale(kern.block_sum_squares(xp + i * d, d), l2_eps, sqrt_d, scale,
+                              &active[i]);
       }
+      InverseScales{rho, m}(t, tile, inv_rows);
     };
     at::parallel_for(0, n, grain(d), [&](int64_t i0, int64_t i1) {
       over_tiles(i0 * m, i1 * m, c, sums.mine(), norms,
@@ -159,9 +154,6 @@ VectorForward vector_forward(const Tensor& x, const Layout& l, const std::vector
           for (int64_t i = i0; i < i1; ++i) {
             rho[i] = sample_scale(kern.exact_sum_squares(xp + i * d, d), l2_eps, sqrt_d, scale,
                                   &active[i]);
-            if (m == 1) {
-              inv_all[i] = 1.0 / rho[i];
-            }
           }
         });
       }
@@ -194,16 +186,22 @@ VectorForward vector_forward(const Tensor& x, const Layout& l, const std::vector
       shift[k] = static_cast<T>(b[k] - mu[k] * w[k] * invstd[k]);
     }
     T* yp = f.y.data_ptr<T>();
-    if (m == 1) {
-      at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
-        kern.rows_output(yp, xp, c, i0, i1, inv_all.data(), gain.data(), shift.data());
-      });
-    } else {
-      // The channel-last output pass of train.cpp: positions, a coefficient row a sample.
-      std::vector<double> inv_rho(n);
-      for (int64_t i = 0; i < n; ++i) {
+    // 1 / rho of samples [i0, i1), from their final rho (the exact norms above replace the
+    // first ones).
+    std::vector<double> inv_rho(n);
+    const auto invert = [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
         inv_rho[i] = 1.0 / rho[i];
       }
+    };
+    if (m == 1) {
+      at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
+        invert(i0, i1);
+        kern.rows_output(yp, xp, c, i0, i1, inv_rho.data(), gain.data(), shift.data());
+      });
+    } else {
+      invert(0, n);
+      // The channel-last output pass of train.cpp: positions, a coefficient row a sample.
       at::parallel_for(0, rows, grain(c), [&](int64_t j0, int64_t j1) {
         std::vector<T> scratch(c);
         kern.scale_shift(yp, xp, gain_d.data(), inv_rho.data(), shift.data(), c, m, true, j0,
