@@ -532,10 +532,8 @@ L2BN_INLINE void grad_sums_rows(
           u += g[i];
           v += static_cast<double>(g[i]) * (row[i] - hf);
         }
-        if (m >= kVF) {  // else nothing was folded
-          u += sa.sum();
-          v += sb.sum();
-        }
+        u += sa.sum();  // 0 where nothing was folded (m < kVF)
+        v += sb.sum();
         t1[r] = u;
         t2[r] = v;
         continue;

@@ -51,10 +51,10 @@ static_assert(kMaxTileRows <= kFold, "a tile's float partials hold at most kFold
 
 // Row by row (rows in order, each read contiguously) into float partial sums of a span of
 // kGradSpan channels kept in L1, then folded into double: o1, o2 += the sums over the
-// tile's at most kFold rows. terms(r, k0, w, pa, pb, first) sets (first row) or adds row
-// r's pair of terms for channels [k0, k0 + w).
-template <typename Terms>
-L2BN_INLINE void span_sums(int64_t rows, int64_t c, const Terms& terms, double* o1,
+// tile's at most kFold rows. term(r, k, u, v) sets row r's pair of float terms of channel
+// k; the first row sets the partials, the others add to them.
+template <typename Term>
+L2BN_INLINE void span_sums(int64_t rows, int64_t c, const Term& term, double* o1,
                            double* o2) {
   if (rows == 0) {
     return;
@@ -62,8 +62,21 @@ L2BN_INLINE void span_sums(int64_t rows, int64_t c, const Terms& terms, double* 
   alignas(64) float pa[kGradSpan], pb[kGradSpan];
   for (int64_t k0 = 0; k0 < c; k0 += kGradSpan) {
     const int64_t w = std::min(kGradSpan, c - k0);
-    for (int64_t r = 0; r < rows; ++r) {
-      terms(r, k0, w, pa, pb, r == 0);
+#pragma omp simd
+    for (int64_t k = 0; k < w; ++k) {
+      float u, v;
+      term(0, k0 + k, u, v);
+      pa[k] = u;
+      pb[k] = v;
+    }
+    for (int64_t r = 1; r < rows; ++r) {
+#pragma omp simd
+      for (int64_t k = 0; k < w; ++k) {
+        float u, v;
+        term(r, k0 + k, u, v);
+        pa[k] += u;
+        pb[k] += v;
+      }
     }
     double* u = o1 + k0;
     double* v = o2 + k0;
@@ -87,26 +100,9 @@ L2BN_INLINE void tile_sums(
     if (c > kGradSpan) {
       span_sums(
           rows, c,
-          [x, c, shift, &in](int64_t r, int64_t k0, int64_t w, float* pa, float* pb,
-                             bool first) {
-            const float* xr = x + r * c + k0;
-            const float* h = shift + k0;
-            const float s = in[r];
-            if (first) {
-#pragma omp simd
-              for (int64_t k = 0; k < w; ++k) {
-                const float u = xr[k] * s - h[k];
-                pa[k] = u;
-                pb[k] = u * u;
-              }
-            } else {
-#pragma omp simd
-              for (int64_t k = 0; k < w; ++k) {
-                const float u = xr[k] * s - h[k];
-                pa[k] += u;
-                pb[k] += u * u;
-              }
-            }
+          [x, c, shift, &in](int64_t r, int64_t k, float& u, float& v) {
+            u = x[r * c + k] * in[r] - shift[k];
+            v = u * u;
           },
           s1, s2);
       return;
@@ -197,45 +193,21 @@ L2BN_INLINE void tile_grad(
     const T* dy, const T* x, int64_t rows, int64_t c, const double* inv, const double* mu,
     const T* mu_t, bool fast, double* t1, double* t2) {
   if constexpr (std::is_same_v<T, float>) {
-    if (fast && c <= kGradBlockMax) {
+    if (fast) {
       float in[kMaxTileRows];
       for (int64_t r = 0; r < rows; ++r) {
         in[r] = static_cast<float>(inv[r]);
       }
-      add_channel_block_sums_f(
-          c, rows, Streams<float>{dy, x},
-          [dy, x, c, mu_t, &in](int64_t r, int64_t k, auto& u, auto& v) {
-            using V = std::decay_t<decltype(u)>;
-            u = load<V>(dy + r * c + k);
-            v = u * (load<V>(x + r * c + k) * in[r] - load<V>(mu_t + k));
-          },
-          t1, t2);
-      return;
-    }
-    if (fast) {
-      span_sums(
-          rows, c,
-          [dy, x, c, inv, mu_t](int64_t r, int64_t k0, int64_t w, float* pa, float* pb,
-                                bool first) {
-            const float* g = dy + r * c + k0;
-            const float* xr = x + r * c + k0;
-            const float* m = mu_t + k0;
-            const float s = static_cast<float>(inv[r]);
-            if (first) {
-#pragma omp simd
-              for (int64_t k = 0; k < w; ++k) {
-                pa[k] = g[k];
-                pb[k] = g[k] * (xr[k] * s - m[k]);
-              }
-            } else {
-#pragma omp simd
-              for (int64_t k = 0; k < w; ++k) {
-                pa[k] += g[k];
-                pb[k] += g[k] * (xr[k] * s - m[k]);
-              }
-            }
-          },
-          t1, t2);
+      const auto term = [dy, x, c, mu_t, &in](int64_t r, int64_t k, auto& u, auto& v) {
+        using V = std::decay_t<decltype(u)>;
+        u = load<V>(dy + r * c + k);
+        v = u * (load<V>(x + r * c + k) * in[r] - load<V>(mu_t + k));
+      };
+      if (c <= kGradBlockMax) {
+        add_channel_block_sums_f(c, rows, Streams<float>{dy, x}, term, t1, t2);
+      } else {
+        span_sums(rows, c, term, t1, t2);
+      }
       return;
     }
   }
@@ -387,13 +359,13 @@ L2BN_INLINE void grad_rows(
     }
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = t0 + r;
-      const T inv_t = static_cast<T>(inv[r]), inv2_t = static_cast<T>(inv[r] * inv[r]);
-      const T proj_t = static_cast<T>(proj[r]);
+      const double inv2 = inv[r] * inv[r];
+      const T inv_t = static_cast<T>(inv[r]);
       if (store) {
-        const T q_t = static_cast<T>(inv[r] * inv[r] * proj[r]);
-        finish_row<T>(out + i * d, x + i * d, d, inv_t, q_t);
+        finish_row<T>(out + i * d, x + i * d, d, inv_t, static_cast<T>(inv2 * proj[r]));
         continue;
       }
+      const T inv2_t = static_cast<T>(inv2), proj_t = static_cast<T>(proj[r]);
       for (int64_t j = 0; j < k.m; ++j) {
         grad_row<T>(out + i * d + j * c, dy + i * d + j * c, x + i * d + j * c, c, inv_t,
                     inv2_t, proj_t, k.gain_t, k.beta_t, k.alpha_t);
