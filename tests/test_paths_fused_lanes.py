@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from _reference import reference_l2bn, relative_error
-from l2bn import L2BatchNorm1d, L2BatchNorm2d, backends
+from l2bn import L2BatchNorm1d, L2BatchNorm2d, backends, l2_batch_norm
 
 pytestmark = pytest.mark.skipif(
     not backends.available("cpu"), reason=str(backends.unavailable_reason("cpu"))
@@ -117,6 +117,38 @@ def test_vector_float_tiles(shape):
     dy = torch.randn(shape, generator=g, dtype=torch.float64)
     errors = _errors(x, dy, channels_last=False)
     assert max(errors.values()) < 1e-5, errors
+
+
+# Rows shorter than a step of 32 values: their norms are summed several rows at a time,
+# side by side in vectors (kernels of every instruction set: 16, 8 or 4 float lanes, so C
+# below, at and between whole vectors of each), 37 rows (groups of 8, 4, 2 rows and a
+# partial last one). Rows of very different norms, so that plain BatchNorm (or a norm taken
+# from another row, or missing a lane) is far outside the tolerance.
+@pytest.mark.parametrize("c", [2, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 23, 24, 31])
+def test_short_rows_norms(c):
+    from l2bn._impl import cpu
+
+    g = torch.Generator().manual_seed(5)
+    x64 = torch.randn(37, c, generator=g, dtype=torch.float64)
+    x64 *= torch.logspace(-3, 3, 37, dtype=torch.float64).view(37, 1)
+    dy64 = torch.randn(37, c, generator=g, dtype=torch.float64)
+    errors = _errors(x64, dy64, channels_last=False)
+    assert max(errors.values()) < 1e-5, errors
+    # rho of every row, from the float32 input, in float64: squares rounded to float are
+    # the only error (a relative 6e-8 of each).
+    x = x64.float()
+    ones, zeros = torch.ones(c), torch.zeros(c)
+    _, rho, active, *_ = cpu._train_forward(x, ones, zeros, None, None, 0.1, 1e-5, 1e-12, True)
+    expected = x.double().norm(dim=1) / c**0.5
+    assert active.all()
+    torch.testing.assert_close(rho, expected, rtol=1e-7, atol=0)
+    # A row's eval output has the same bits whichever place of a group of rows it takes.
+    rm, rv = torch.randn(c, generator=g), torch.rand(c, generator=g) + 0.5
+    with backends.flags(cpu=True, pytorch=False):
+        whole = l2_batch_norm(x, rm, rv, training=False)
+        for start in (0, 1, 5, 36):
+            alone = l2_batch_norm(x[start:], rm, rv, training=False)
+            assert torch.equal(alone[0], whole[start])
 
 
 @pytest.mark.parametrize("shape", [(300, 70), (200, 16)])

@@ -108,28 +108,6 @@ inline double sample_scale(double norm_sq, double l2_eps, double sqrt_d, bool sc
   return scale ? rho / sqrt_d : rho;
 }
 
-// sample_scale of the rows [0, rows) of a tile, and inv = 1 / rho (active: optional): the
-// same values, in loops without branches, so that the square roots and divisions of a tile
-// vectorize (one row at a time, each waited on its own: a fixed cost of every row, which
-// dominates (N, C) input with few channels).
-inline void row_scales(const double* norm_sq, int64_t rows, double l2_eps, double sqrt_d,
-                       bool scale, double* rho, bool* active, double* inv) {
-  const double divisor = scale ? sqrt_d : 1.0;  // x / 1.0 == x: the bits of sample_scale
-  for (int64_t r = 0; r < rows; ++r) {
-    inv[r] = std::sqrt(norm_sq[r]);  // the norms, for now
-  }
-  if (active != nullptr) {
-    for (int64_t r = 0; r < rows; ++r) {
-      active[r] = inv[r] > l2_eps;
-    }
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    const double clamped = inv[r] < l2_eps ? l2_eps : inv[r];  // std::max: NaN stays NaN
-    rho[r] = clamped / divisor;
-    inv[r] = 1.0 / rho[r];
-  }
-}
-
 // A channel's mean is at most a few standard deviations (E[v^2] <= kCondLimitFast * var):
 // float input may then take float lanes where differences of nearly equal values occur.
 constexpr double kCondLimitFast = 16;

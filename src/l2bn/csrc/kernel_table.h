@@ -102,8 +102,9 @@ void k_rows_output(T* out, const T* x, int64_t c, int64_t i0, int64_t i1, const 
 }
 
 template <typename T>
-void k_rows_sum_squares(const T* x, int64_t rows, int64_t c, double* out) {
-  rows_sum_squares<T>(x, rows, c, out);
+void k_rows_scales(const T* x, int64_t rows, int64_t c, double l2_eps, double divisor,
+                   double* rho, bool* active, double* inv) {
+  rows_scales<T>(x, rows, c, l2_eps, divisor, rho, active, inv);
 }
 
 template <typename T>
@@ -133,7 +134,7 @@ void k_grad_rows(T* out, const T* dy, const T* x, int64_t c, int64_t i0, int64_t
         &k_exact_sum_squares<T>,                                                         \
         &k_affine<T>, &k_scale_shift<T>, &k_grad_output<T>, &k_sample_output_next<T>,    \
         &k_tile_sums<T>, &k_tile_dev<T>, &k_row_output<T>,     \
-        &k_row_output_next<T>, &k_rows_output<T>, &k_rows_sum_squares<T>, &k_tile_grad<T>, \
+        &k_row_output_next<T>, &k_rows_output<T>, &k_rows_scales<T>, &k_tile_grad<T>, \
         &k_grad_rows<T>                                                                  \
   }
 

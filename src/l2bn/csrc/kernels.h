@@ -19,6 +19,7 @@
 #include <limits>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace l2bn {
@@ -100,8 +101,10 @@ struct Kernels {
   // row_output of rows [i0, i1) with inv[i] (1 / rho of the row).
   void (*rows_output)(T* out, const T* x, int64_t c, int64_t i0, int64_t i1, const double* inv,
                       const T* gain, const T* shift);
-  // out[r] = ||row r||^2 for the rows [0, rows) of a tile (as block_sum_squares sums).
-  void (*rows_sum_squares)(const T* x, int64_t rows, int64_t c, double* out);
+  // rho, inv = 1 / rho and (optional) active of the rows [0, rows) of a tile, one sample
+  // each (eq. 3; divisor: sqrt(D) or 1); the norms as block_sum_squares sums them.
+  void (*rows_scales)(const T* x, int64_t rows, int64_t c, double l2_eps, double divisor,
+                      double* rho, bool* active, double* inv);
   void (*tile_grad)(const T* dy, const T* x, int64_t rows, int64_t c, const double* inv,
                     const double* mu, const T* mu_t, bool fast, double* t1, double* t2);
   // dx of samples [i0, i1), k.m rows of C values each (vector_passes.h, grad_rows).

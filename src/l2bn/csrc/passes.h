@@ -681,13 +681,17 @@ struct SquareSum<float> {
       fold();
     }
   }
-  L2BN_INLINE void fold() {
+  // The float lanes added into one vector, in the order of every fold.
+  L2BN_INLINE vf lanes() const {
     vf s = p[0];
 #pragma GCC unroll 8
     for (int q = 1; q < kN; ++q) {
       s += p[q];
     }
-    acc.fold(s);
+    return s;
+  }
+  L2BN_INLINE void fold() {
+    acc.fold(lanes());
 #pragma GCC unroll 8
     for (int q = 0; q < kN; ++q) {
       p[q] = vf{};

@@ -111,9 +111,8 @@ VectorForward vector_forward(const Tensor& x, const Layout& l, const std::vector
     // sums of xh. A task holds whole samples, so a sample's later tiles find its norm.
     auto norms = [&](int64_t t, int64_t tile, double* inv_rows) {
       if (m == 1) {
-        double norm_sq[kRowTile];
-        kern.rows_sum_squares(xp + t * c, tile, c, norm_sq);
-        row_scales(norm_sq, tile, l2_eps, sqrt_d, scale, rho + t, active + t, inv_rows);
+        kern.rows_scales(xp + t * c, tile, c, l2_eps, scale ? sqrt_d : 1.0, rho + t,
+                         active + t, inv_rows);
         return;
       }
       for (int64_t i = (t + m - 1) / m; i * m < t + tile; ++i) {  // samples starting here

@@ -9,7 +9,7 @@
 //   tile_dev:      d1[c] += sum xh - mu[c], d2[c] += sum (xh - mu[c])^2 (ill-conditioned)
 //   row_output:    y = x * (gain[c] * inv) + shift[c] (row_output_next: and the next
 //                  row's sum of squares, for eval; rows_output: a range of rows)
-//   rows_sum_squares: ||x[n]||^2 of each row of a tile
+//   rows_scales:   rho = max(||x[n]||, l2_eps) / sqrt(D) and 1 / rho of each row of a tile
 //   tile_grad:     t1[c] += sum dy, t2[c] += sum dy * (xh - mu[c])  (backward reduction;
 //                  fast float: row by row, not in channel blocks)
 //   projection:    e = sum_c xh * (gain * dy - c1 - alpha * (xh - mu))  (l2 projection)
@@ -148,12 +148,115 @@ L2BN_INLINE void row_output(
   }
 }
 
-// Rows [0, rows) of a tile: out[r] = sum of squares of row r, as sum_squares sums it (one
-// call a tile instead of one a row: at small C the per-row fixed costs dominate).
+// Squared norms of short float rows (c < SquareSum<float>::kWidth values: one step of
+// sum_squares is longer than the row), kVD rows at a time, in the bits of sum_squares: each
+// row's whole vectors squared and added in float (SquareSum::rest and fold), widened to
+// double and added by halving (tree_sum) with the lanes of kVD rows side by side in
+// vectors, so that each level of the halving is one add for kVD rows instead of one a row;
+// then the values after the whole vectors, one by one in double, before the lanes
+// (SquareSum::total). Row by row, the lane sums were most of an (N, 16) norm.
+typedef double vd __attribute__((vector_size(L2BN_VECTOR_BYTES)));
+constexpr int kVD = static_cast<int>(kVF / 2);  // doubles a vector
+
+// Index p of the halving step that adds lane l + L / 2 of a row to its lane l (kHigh: the
+// l + L / 2 operand) when vectors a and b hold R rows of L lanes each (R * L = kVD, a's rows
+// first): row j = p / (L / 2) of the 2R rows, lane l = p % (L / 2).
+template <int kR, int kL, bool kHigh>
+constexpr int halving_index(int p) {
+  const int j = p / (kL / 2), l = p % (kL / 2) + (kHigh ? kL / 2 : 0);
+  return (j < kR ? 0 : kVD) + (j % kR) * kL + l;
+}
+
+template <int kR, int kL, int... P>
+L2BN_INLINE vd halving_step(vd a, vd b, std::integer_sequence<int, P...>) {
+  return __builtin_shufflevector(a, b, halving_index<kR, kL, false>(P)...) +
+         __builtin_shufflevector(a, b, halving_index<kR, kL, true>(P)...);
+}
+
+// v[0, kN): kN vectors of kVD / kN rows of kN lanes each, rows in order; halves the lanes
+// until one vector holds the kVD rows' sums, in row order.
+template <int kN>
+L2BN_INLINE vd halve_rows(vd* v) {
+  if constexpr (kN == 1) {
+    return v[0];
+  } else {
+    constexpr int kR = kVD / kN, kL = kN;  // rows per vector, lanes per row
+#pragma GCC unroll 16
+    for (int i = 0; i < kN / 2; ++i) {
+      v[i] = halving_step<kR, kL>(v[2 * i], v[2 * i + 1],
+                                  std::make_integer_sequence<int, kVD>{});
+    }
+    return halve_rows<kN / 2>(v);
+  }
+}
+
+// Half of a float vector's lanes (kHigh: the upper half) widened to double.
+template <bool kHigh, int... P>
+L2BN_INLINE vd widen_half(vf s, std::integer_sequence<int, P...>) {
+  return __builtin_convertvector(__builtin_shufflevector(s, s, (kHigh ? kVD : 0) + P...), vd);
+}
+
+L2BN_INLINE void short_rows_sum_squares(const float* x, int64_t rows, int64_t c,
+                                        double* out) {
+  constexpr auto half = std::make_integer_sequence<int, kVD>{};
+  for (int64_t r0 = 0; r0 < rows; r0 += kVD) {
+    const int64_t n = std::min<int64_t>(kVD, rows - r0);
+    vd v[kVD];
+    double tail[kVD];
+#pragma GCC unroll 16
+    for (int64_t r = 0; r < kVD; ++r) {
+      SquareSum<float> acc;
+      if (r < n) {
+        acc.rest(x + (r0 + r) * c, c);
+      }
+      const vf s = acc.lanes();
+      tail[r] = acc.tail;
+      // Lanes l and l + kVD of the row: the first level of tree_sum<kVF>.
+      v[r] = widen_half<false>(s, half) + widen_half<true>(s, half);
+    }
+    const vd lanes = halve_rows<kVD>(v);
+    for (int64_t r = 0; r < n; ++r) {
+      out[r0 + r] = tail[r] + lanes[r];
+    }
+  }
+}
+
+// Rows [0, rows) of a tile (one sample each): rho[r] = max(||row r||, l2_eps) / divisor
+// (divisor: sqrt(C) under the scale of eq. 3, else 1), inv[r] = 1 / rho[r] and, when active
+// is given, active[r] = ||row r|| > l2_eps; the norms summed as sum_squares sums them. The
+// bits of sample_scale (common.h), in loops without branches compiled for this instruction
+// set, so that a tile's square roots and divisions go in the widest vectors (row by row,
+// each waits on its own: a fixed cost of every row, which dominates (N, C) input with few
+// channels). One call a tile instead of one a row.
 template <typename T>
-L2BN_INLINE void rows_sum_squares(const T* x, int64_t rows, int64_t c, double* out) {
+L2BN_INLINE void rows_scales(const T* x, int64_t rows, int64_t c, double l2_eps,
+                             double divisor, double* rho, bool* active, double* inv) {
+  bool done = false;
+  if constexpr (std::is_same_v<T, float>) {
+    if (c < SquareSum<float>::kWidth) {
+      short_rows_sum_squares(x, rows, c, inv);  // the squared norms, for now
+      done = true;
+    }
+  }
+  if (!done) {
+    for (int64_t r = 0; r < rows; ++r) {
+      inv[r] = sum_squares<T>(x + r * c, c);  // the squared norms, for now
+    }
+  }
+#pragma omp simd
   for (int64_t r = 0; r < rows; ++r) {
-    out[r] = sum_squares<T>(x + r * c, c);
+    inv[r] = std::sqrt(inv[r]);  // the norms
+  }
+  if (active != nullptr) {
+    for (int64_t r = 0; r < rows; ++r) {
+      active[r] = inv[r] > l2_eps;
+    }
+  }
+#pragma omp simd
+  for (int64_t r = 0; r < rows; ++r) {
+    const double clamped = inv[r] < l2_eps ? l2_eps : inv[r];  // std::max: NaN stays NaN
+    rho[r] = clamped / divisor;  // x / 1.0 == x: the bits of sample_scale without the scale
+    inv[r] = 1.0 / rho[r];
   }
 }
 
