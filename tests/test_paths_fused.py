@@ -528,7 +528,7 @@ def test_fused_float32_infinite_input_spoils_one_channel(shape, layout, position
 
 
 @needs_fused
-@pytest.mark.parametrize("shape", [(40, 32), (12, 1100)])
+@pytest.mark.parametrize("shape", [(40, 32), (37, 16), (12, 1100)])
 @pytest.mark.parametrize("position", [0, -1])
 @pytest.mark.parametrize("value", [float("inf"), -float("inf"), 0.0])
 def test_fused_float32_rows_with_an_infinite_or_zero_sample(shape, position, value):

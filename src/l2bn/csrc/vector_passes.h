@@ -158,6 +158,12 @@ L2BN_INLINE void row_output(
 typedef double vd __attribute__((vector_size(L2BN_VECTOR_BYTES)));
 constexpr int kVD = static_cast<int>(kVF / 2);  // doubles a vector
 
+L2BN_INLINE vd load_vd(const double* p) {
+  vd v;
+  __builtin_memcpy(&v, p, sizeof(vd));
+  return v;
+}
+
 // Index p of the halving step that adds lane l + L / 2 of a row to its lane l (kHigh: the
 // l + L / 2 operand) when vectors a and b hold R rows of L lanes each (R * L = kVD, a's rows
 // first): row j = p / (L / 2) of the 2R rows, lane l = p % (L / 2).
@@ -331,6 +337,66 @@ L2BN_INLINE void tile_grad(
 // cost of every row, which dominates short rows.
 // With `g_out` (float input, `fast` only), each g is also written there: dx is then
 // inv * g - inv^2 * proj * x (finish_row), two streams instead of grad_row's five.
+// The fast float projection of one row before its lanes are added: g written to g_out
+// (when given), x * g summed into se (float lanes folded into double: FoldedLanes) and, for
+// the values after the whole vectors, returned in double. projection adds them.
+L2BN_INLINE double projection_lanes(
+    const float* dy, const float* x, int64_t c, float inv_f, const float* gain_t,
+    const float* alpha_t, const float* beta2_t, float* g_out, FoldedLanes& se) {
+  constexpr int kN = static_cast<int>(32 / kVF);
+  vf pe[kN];
+#pragma GCC unroll 8
+  for (int q = 0; q < kN; ++q) {
+    pe[q] = vf{};
+  }
+  double te = 0;
+  // The kVF values at i: g (written to g_out), and x * g added to pe[q].
+  const auto add_vector = [&](int64_t i, int q) {
+    const vf xq = load<vf>(x + i);
+    const vf g = load<vf>(gain_t + i) * load<vf>(dy + i) + load<vf>(beta2_t + i) -
+                 load<vf>(alpha_t + i) * xq * inv_f;
+    if (g_out != nullptr) {
+      __builtin_memcpy(g_out + i, &g, sizeof(vf));
+    }
+    pe[q] += xq * g;
+  };
+  int64_t k = 0;
+  int steps = 0;
+  for (; k + 32 <= c; k += 32) {
+#pragma GCC unroll 8
+    for (int q = 0; q < kN; ++q) {
+      add_vector(k + q * kVF, q);
+    }
+    if (++steps == kFold || k + 64 > c) {
+#pragma GCC unroll 8
+      for (int q = 0; q < kN; ++q) {
+        se.fold(pe[q]);
+        pe[q] = vf{};
+      }
+      steps = 0;
+    }
+  }
+  // Whole vectors left (the last step folded its lanes): one term a lane each, folded
+  // once; then the values one by one.
+  if (k + kVF <= c) {
+    for (int q = 0; k + kVF <= c; k += kVF, ++q) {
+      add_vector(k, q);
+    }
+#pragma GCC unroll 8
+    for (int q = 0; q < kN; ++q) {
+      se.fold(pe[q]);
+    }
+  }
+  for (; k < c; ++k) {
+    const float g = gain_t[k] * dy[k] + beta2_t[k] - alpha_t[k] * x[k] * inv_f;
+    if (g_out != nullptr) {
+      g_out[k] = g;
+    }
+    te += static_cast<double>(x[k]) * g;
+  }
+  return te;
+}
+
 template <typename T>
 L2BN_INLINE double projection(
     const T* dy, const T* x, int64_t c, double inv, const double* gain, const double* c1,
@@ -338,59 +404,9 @@ L2BN_INLINE double projection(
     bool fast, T* g_out = nullptr) {
   if constexpr (std::is_same_v<T, float>) {
     if (fast) {
-      constexpr int kN = static_cast<int>(32 / kVF);
-      const float inv_f = static_cast<float>(inv);
-      vf pe[kN];
-#pragma GCC unroll 8
-      for (int q = 0; q < kN; ++q) {
-        pe[q] = vf{};
-      }
       FoldedLanes se;
-      double te = 0;
-      // The kVF values at i: g (written to g_out), and x * g added to pe[q].
-      const auto add_vector = [&](int64_t i, int q) {
-        const vf xq = load<vf>(x + i);
-        const vf g = load<vf>(gain_t + i) * load<vf>(dy + i) + load<vf>(beta2_t + i) -
-                     load<vf>(alpha_t + i) * xq * inv_f;
-        if (g_out != nullptr) {
-          __builtin_memcpy(g_out + i, &g, sizeof(vf));
-        }
-        pe[q] += xq * g;
-      };
-      int64_t k = 0;
-      int steps = 0;
-      for (; k + 32 <= c; k += 32) {
-#pragma GCC unroll 8
-        for (int q = 0; q < kN; ++q) {
-          add_vector(k + q * kVF, q);
-        }
-        if (++steps == kFold || k + 64 > c) {
-#pragma GCC unroll 8
-          for (int q = 0; q < kN; ++q) {
-            se.fold(pe[q]);
-            pe[q] = vf{};
-          }
-          steps = 0;
-        }
-      }
-      // Whole vectors left (the last step folded its lanes): one term a lane each, folded
-      // once; then the values one by one.
-      if (k + kVF <= c) {
-        for (int q = 0; k + kVF <= c; k += kVF, ++q) {
-          add_vector(k, q);
-        }
-#pragma GCC unroll 8
-        for (int q = 0; q < kN; ++q) {
-          se.fold(pe[q]);
-        }
-      }
-      for (; k < c; ++k) {
-        const float g = gain_t[k] * dy[k] + beta2_t[k] - alpha_t[k] * x[k] * inv_f;
-        if (g_out != nullptr) {
-          g_out[k] = g;
-        }
-        te += static_cast<double>(x[k]) * g;
-      }
+      const double te = projection_lanes(dy, x, c, static_cast<float>(inv), gain_t, alpha_t,
+                                         beta2_t, g_out, se);
       return inv * (te + se.sum());
     }
   }
@@ -398,6 +414,36 @@ L2BN_INLINE double projection(
     const double xh = x[k] * inv;
     return xh * (gain[k] * dy[k] - c1[k] - alpha[k] * (xh - mu[k]));
   });
+}
+
+// projection of rows shorter than 32 values (fast float, one row a sample): e[r] for the
+// rows [0, rows) of a tile, g written to g_out, kVD rows at a time with their lanes added
+// by halving side by side in vectors (short_rows_sum_squares): projection's bits.
+L2BN_INLINE void short_projections(const float* dy, const float* x, float* g_out, int64_t rows,
+                                   int64_t c, const double* inv, const RowGradCoefs<float>& k,
+                                   double* e) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kVD) {
+    const int64_t n = std::min<int64_t>(kVD, rows - r0);
+    vd v[kVD];
+    double te[kVD];
+#pragma GCC unroll 16
+    for (int64_t r = 0; r < kVD; ++r) {
+      FoldedLanes se;
+      te[r] = 0;
+      if (r < n) {
+        const int64_t o = (r0 + r) * c;
+        te[r] = projection_lanes(dy + o, x + o, c, static_cast<float>(inv[r0 + r]), k.gain_t,
+                                 k.alpha_t, k.beta2_t, g_out + o, se);
+      }
+      // The first level of tree_sum<kVF> (lanes of zero where nothing was folded: the sum
+      // is then 0, as FoldedLanes::sum()).
+      v[r] = se.any ? load_vd(se.v) + load_vd(se.v + kVD) : vd{};
+    }
+    const vd lanes = halve_rows<kVD>(v);
+    for (int64_t r = 0; r < n; ++r) {
+      e[r0 + r] = inv[r0 + r] * (te[r] + lanes[r]);
+    }
+  }
 }
 
 template <typename T>
@@ -440,18 +486,27 @@ L2BN_INLINE void grad_rows(
   const int64_t tile = std::clamp<int64_t>(8 * 1024 / (d * static_cast<int64_t>(sizeof(T))), 1,
                                            kGradTile);
   const bool store = std::is_same_v<T, float> && k.fast;
-  double inv[kGradTile], proj[kGradTile];
+  // Rows shorter than 32 values, one a sample: their projections a group at a time.
+  const bool short_rows = store && k.m == 1 && c < 32;
+  double inv[kGradTile], proj[kGradTile], short_e[kGradTile];
   for (int64_t t0 = i0; t0 < i1; t0 += tile) {
     const int64_t rows = std::min(tile, i1 - t0);
     for (int64_t r = 0; r < rows; ++r) {
       inv[r] = 1.0 / k.rho[t0 + r];
+    }
+    if constexpr (std::is_same_v<T, float>) {
+      if (short_rows) {
+        short_projections(dy + t0 * d, x + t0 * d, out + t0 * d, rows, c, inv, k, short_e);
+      }
     }
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = t0 + r;
       const T* g = dy + i * d;
       const T* xs = x + i * d;
       double e = 0;
-      if (k.active[i] || store) {
+      if (short_rows) {
+        e += short_e[r];
+      } else if (k.active[i] || store) {
         for (int64_t j = 0; j < k.m; ++j) {
           e += projection<T>(g + j * c, xs + j * c, c, inv[r], k.gain, k.c1, k.alpha, k.mu,
                              k.gain_t, k.alpha_t, k.beta2_t, k.fast,
