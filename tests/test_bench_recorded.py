@@ -1,0 +1,71 @@
+"""benchmarks/bench_recorded.py times the operators bare and recorded by autograd: the
+README's account of the small training cells rests on it."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from l2bn import backends
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_recorded.py"
+
+needs_fused = pytest.mark.skipif(not backends.available("cpu"), reason="times the fused operators")
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("bench_recorded", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_fused
+def test_calls_compute_what_they_name():
+    """Each recorded call runs through autograd (and its backward fills the gradients);
+    the bare calls record nothing; every recorded forward's output address is kept."""
+    module = _module()
+    x, dy = torch.randn(6, 5, 3), torch.randn(6, 5, 3)
+    addresses = {"bn": set(), "l2bn": set()}
+    calls, drop_grads = module.contender_calls(x, dy, addresses)
+    assert set(calls) == {f"{n} {c}" for n in ("bn", "l2bn") for c in module.CALLS}
+    for name in ("bn", "l2bn"):
+        assert calls[f"{name} op fwd"]()[0].grad_fn is None
+        assert calls[f"{name} recorded fwd"]().grad_fn is not None
+        assert addresses[name]
+    y_bn, y_l2 = calls["bn recorded fwd"](), calls["l2bn recorded fwd"]()
+    # L2BN is not BatchNorm: samples of different norms give different outputs.
+    assert not torch.allclose(y_bn, y_l2, atol=1e-3)
+    drop_grads()
+    calls["l2bn recorded fwd+bwd"]()
+    calls["l2bn layer fwd+bwd"]()
+
+
+@needs_fused
+def test_command_prints_every_call_and_the_recording_cost():
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--rounds", "2", "--shape", "8x16", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for call in (
+        "op fwd",
+        "recorded fwd+bwd",
+        "layer fwd+bwd",
+        "recording fwd",
+        "output addresses",
+    ):
+        assert call in out
+
+
+def test_bad_shape_is_a_usage_error():
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--shape", "1x3"], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "N >= 2" in result.stderr
