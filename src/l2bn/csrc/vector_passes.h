@@ -148,13 +148,8 @@ L2BN_INLINE void row_output(
   }
 }
 
-// Squared norms of short float rows (c < SquareSum<float>::kWidth values: one step of
-// sum_squares is longer than the row), kVD rows at a time, in the bits of sum_squares: each
-// row's whole vectors squared and added in float (SquareSum::rest and fold), widened to
-// double and added by halving (tree_sum) with the lanes of kVD rows side by side in
-// vectors, so that each level of the halving is one add for kVD rows instead of one a row;
-// then the values after the whole vectors, one by one in double, before the lanes
-// (SquareSum::total). Row by row, the lane sums were most of an (N, 16) norm.
+// Rows shorter than one step of sum_squares (32 values) are summed a group of kVD rows at a
+// time: double vectors of kVD lanes, the lanes of several rows side by side.
 typedef double vd __attribute__((vector_size(L2BN_VECTOR_BYTES)));
 constexpr int kVD = static_cast<int>(kVF / 2);  // doubles a vector
 
@@ -202,29 +197,51 @@ L2BN_INLINE vd widen_half(vf s, std::integer_sequence<int, P...>) {
   return __builtin_convertvector(__builtin_shufflevector(s, s, (kHigh ? kVD : 0) + P...), vd);
 }
 
-L2BN_INLINE void short_rows_sum_squares(const float* x, int64_t rows, int64_t c,
-                                        double* out) {
-  constexpr auto half = std::make_integer_sequence<int, kVD>{};
+// The rows [0, rows) in groups of kVD: row(r, v, tail) sets row r's lanes after the first
+// level of tree_sum<kVF> (v) and the double sum of its values after its whole vectors
+// (tail); out(r, tail, lanes) takes them with the rest of the halving (tree_sum's bits),
+// row by row in order.
+template <typename Row, typename Out>
+L2BN_INLINE void halve_row_groups(int64_t rows, const Row& row, const Out& out) {
   for (int64_t r0 = 0; r0 < rows; r0 += kVD) {
     const int64_t n = std::min<int64_t>(kVD, rows - r0);
     vd v[kVD];
     double tail[kVD];
 #pragma GCC unroll 16
     for (int64_t r = 0; r < kVD; ++r) {
-      SquareSum<float> acc;
+      v[r] = vd{};
+      tail[r] = 0;
       if (r < n) {
-        acc.rest(x + (r0 + r) * c, c);
+        row(r0 + r, v[r], tail[r]);
       }
-      const vf s = acc.lanes();
-      tail[r] = acc.tail;
-      // Lanes l and l + kVD of the row: the first level of tree_sum<kVF>.
-      v[r] = widen_half<false>(s, half) + widen_half<true>(s, half);
     }
     const vd lanes = halve_rows<kVD>(v);
     for (int64_t r = 0; r < n; ++r) {
-      out[r0 + r] = tail[r] + lanes[r];
+      out(r0 + r, tail[r], lanes[r]);
     }
   }
+}
+
+// Squared norms of short float rows (c < SquareSum<float>::kWidth values: one step of
+// sum_squares is longer than the row), kVD rows at a time, in the bits of sum_squares: each
+// row's whole vectors squared and added in float (SquareSum::rest and fold), widened to
+// double and added by halving (tree_sum) with the lanes of kVD rows side by side in
+// vectors, so that each level of the halving is one add for kVD rows instead of one a row;
+// then the values after the whole vectors, one by one in double, before the lanes
+// (SquareSum::total). Row by row, the lane sums were most of an (N, 16) norm.
+L2BN_INLINE void short_rows_sum_squares(const float* x, int64_t rows, int64_t c,
+                                        double* out) {
+  constexpr auto half = std::make_integer_sequence<int, kVD>{};
+  halve_row_groups(
+      rows,
+      [&](int64_t r, vd& v, double& tail) {
+        SquareSum<float> acc;
+        acc.rest(x + r * c, c);
+        const vf s = acc.lanes();
+        tail = acc.tail;
+        v = widen_half<false>(s, half) + widen_half<true>(s, half);  // lanes l and l + kVD
+      },
+      [&](int64_t r, double tail, double lanes) { out[r] = tail + lanes; });
 }
 
 // Rows [0, rows) of a tile (one sample each): rho[r] = max(||row r||, l2_eps) / divisor
@@ -422,28 +439,17 @@ L2BN_INLINE double projection(
 L2BN_INLINE void short_projections(const float* dy, const float* x, float* g_out, int64_t rows,
                                    int64_t c, const double* inv, const RowGradCoefs<float>& k,
                                    double* e) {
-  for (int64_t r0 = 0; r0 < rows; r0 += kVD) {
-    const int64_t n = std::min<int64_t>(kVD, rows - r0);
-    vd v[kVD];
-    double te[kVD];
-#pragma GCC unroll 16
-    for (int64_t r = 0; r < kVD; ++r) {
-      FoldedLanes se;
-      te[r] = 0;
-      if (r < n) {
-        const int64_t o = (r0 + r) * c;
-        te[r] = projection_lanes(dy + o, x + o, c, static_cast<float>(inv[r0 + r]), k.gain_t,
-                                 k.alpha_t, k.beta2_t, g_out + o, se);
-      }
-      // The first level of tree_sum<kVF> (lanes of zero where nothing was folded: the sum
-      // is then 0, as FoldedLanes::sum()).
-      v[r] = se.any ? load_vd(se.v) + load_vd(se.v + kVD) : vd{};
-    }
-    const vd lanes = halve_rows<kVD>(v);
-    for (int64_t r = 0; r < n; ++r) {
-      e[r0 + r] = inv[r0 + r] * (te[r] + lanes[r]);
-    }
-  }
+  halve_row_groups(
+      rows,
+      [&](int64_t r, vd& v, double& te) {
+        FoldedLanes se;
+        te = projection_lanes(dy + r * c, x + r * c, c, static_cast<float>(inv[r]), k.gain_t,
+                              k.alpha_t, k.beta2_t, g_out + r * c, se);
+        if (se.any) {  // else the lanes are zeros and sum to 0, as FoldedLanes::sum()
+          v = load_vd(se.v) + load_vd(se.v + kVD);
+        }
+      },
+      [&](int64_t r, double te, double lanes) { e[r] = inv[r] * (te + lanes); });
 }
 
 template <typename T>
