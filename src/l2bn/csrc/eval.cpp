@@ -79,10 +79,10 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
         // waits for the previous row), then the tile's output. The same bits as that loop.
         const int64_t tile = std::max<int64_t>(1, kInCacheBytes / (c * sizeof(T)));
         at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
-          std::vector<double> rho(tile), inv(tile);
+          std::vector<double> inv(tile);
           for (int64_t t0 = i0; t0 < i1; t0 += tile) {
             const int64_t rows = std::min(i1 - t0, tile);
-            kern.rows_scales(xp + t0 * c, rows, c, l2_eps, scale ? sqrt_d : 1.0, rho.data(),
+            kern.rows_scales(xp + t0 * c, rows, c, l2_eps, scale ? sqrt_d : 1.0, nullptr,
                              nullptr, inv.data());
             kern.rows_output(yp + t0 * c, xp + t0 * c, c, 0, rows, inv.data(), gain_t.data(),
                              shift.data());

@@ -101,8 +101,8 @@ struct Kernels {
   // row_output of rows [i0, i1) with inv[i] (1 / rho of the row).
   void (*rows_output)(T* out, const T* x, int64_t c, int64_t i0, int64_t i1, const double* inv,
                       const T* gain, const T* shift);
-  // rho, inv = 1 / rho and (optional) active of the rows [0, rows) of a tile, one sample
-  // each (eq. 3; divisor: sqrt(D) or 1); the norms as block_sum_squares sums them.
+  // inv = 1 / rho and (each optional) rho and active of the rows [0, rows) of a tile, one
+  // sample each (eq. 3; divisor: sqrt(D) or 1); the norms as block_sum_squares sums them.
   void (*rows_scales)(const T* x, int64_t rows, int64_t c, double l2_eps, double divisor,
                       double* rho, bool* active, double* inv);
   void (*tile_grad)(const T* dy, const T* x, int64_t rows, int64_t c, const double* inv,

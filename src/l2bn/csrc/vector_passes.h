@@ -244,9 +244,9 @@ L2BN_INLINE void short_rows_sum_squares(const float* x, int64_t rows, int64_t c,
       [&](int64_t r, double tail, double lanes) { out[r] = tail + lanes; });
 }
 
-// Rows [0, rows) of a tile (one sample each): rho[r] = max(||row r||, l2_eps) / divisor
-// (divisor: sqrt(C) under the scale of eq. 3, else 1), inv[r] = 1 / rho[r] and, when active
-// is given, active[r] = ||row r|| > l2_eps; the norms summed as sum_squares sums them. The
+// Rows [0, rows) of a tile (one sample each): inv[r] = 1 / rho with rho = max(||row r||,
+// l2_eps) / divisor (divisor: sqrt(C) under the scale of eq. 3, else 1) and, when given,
+// rho[r] and active[r] = ||row r|| > l2_eps; the norms summed as sum_squares sums them. The
 // bits of sample_scale (common.h), in loops without branches compiled for this instruction
 // set, so that a tile's square roots and divisions go in the widest vectors (row by row,
 // each waits on its own: a fixed cost of every row, which dominates (N, C) input with few
@@ -278,8 +278,11 @@ L2BN_INLINE void rows_scales(const T* x, int64_t rows, int64_t c, double l2_eps,
 #pragma omp simd
   for (int64_t r = 0; r < rows; ++r) {
     const double clamped = inv[r] < l2_eps ? l2_eps : inv[r];  // std::max: NaN stays NaN
-    rho[r] = clamped / divisor;  // x / 1.0 == x: the bits of sample_scale without the scale
-    inv[r] = 1.0 / rho[r];
+    const double rho_r = clamped / divisor;  // x / 1.0 == x: sample_scale's bits unscaled
+    if (rho != nullptr) {
+      rho[r] = rho_r;
+    }
+    inv[r] = 1.0 / rho_r;
   }
 }
 
@@ -346,14 +349,6 @@ L2BN_INLINE void tile_grad(
       t1, t2);
 }
 
-// e = sum_c xh * (gain * dy - c1 - alpha * (xh - mu)). Fast float form: the same sum as
-// inv * sum_c x * g, g = gain * dy + beta2 - alpha * inv * x (beta2 = alpha * mu - c1: g is
-// the gradient of the normalized value), each g in float and the products in float lanes
-// folded into double every kFold steps; g cancels when the means dominate, hence only for
-// well-conditioned channels. One sum a row, not two: its fold and lane sum are a fixed
-// cost of every row, which dominates short rows.
-// With `g_out` (float input, `fast` only), each g is also written there: dx is then
-// inv * g - inv^2 * proj * x (finish_row), two streams instead of grad_row's five.
 // The fast float projection of one row before its lanes are added: g written to g_out
 // (when given), x * g summed into se (float lanes folded into double: FoldedLanes) and, for
 // the values after the whole vectors, returned in double. projection adds them.
@@ -414,6 +409,14 @@ L2BN_INLINE double projection_lanes(
   return te;
 }
 
+// e = sum_c xh * (gain * dy - c1 - alpha * (xh - mu)). Fast float form: the same sum as
+// inv * sum_c x * g, g = gain * dy + beta2 - alpha * inv * x (beta2 = alpha * mu - c1: g is
+// the gradient of the normalized value), each g in float and the products in float lanes
+// folded into double every kFold steps; g cancels when the means dominate, hence only for
+// well-conditioned channels. One sum a row, not two: its fold and lane sum are a fixed
+// cost of every row, which dominates short rows.
+// With `g_out` (float input, `fast` only), each g is also written there: dx is then
+// inv * g - inv^2 * proj * x (finish_row), two streams instead of grad_row's five.
 template <typename T>
 L2BN_INLINE double projection(
     const T* dy, const T* x, int64_t c, double inv, const double* gain, const double* c1,
