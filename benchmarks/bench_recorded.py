@@ -1,12 +1,13 @@
 """What autograd's recording costs each contender: the operators bare against the same
 calls recorded, BatchNorm against L2BN, in training mode.
 
-For each contender, four calls interleaved round by round (``l2bn bench``'s timing and
+For each contender, five calls interleaved round by round (``l2bn bench``'s timing and
 allocator settings): ``op fwd`` (ATen's ``native_batch_norm`` / the fused
 ``l2bn::train_forward`` on detached tensors), ``recorded fwd`` (``torch.batch_norm`` /
 ``l2bn::train`` on tensors that require grad: autograd records the call), ``op fwd+bwd``
-(the forward and backward operators, ``l2bn bench --ops``) and ``recorded fwd+bwd`` (the
-recorded forward, then ``backward``). Medians in microseconds, the ratio L2BN / BatchNorm
+(the forward and backward operators, ``l2bn bench --ops``), ``recorded fwd+bwd`` (the
+recorded forward, then ``backward``) and ``layer fwd+bwd`` (``BatchNorm1d/2d`` /
+``L2BatchNorm1d/2d`` in training mode, then ``backward``). Medians in microseconds, the ratio L2BN / BatchNorm
 of each call, what recording adds to each contender, and how many distinct addresses the
 outputs of each recorded forward took over the rounds: an output that lives until the
 backward makes glibc hand out a different free block of the same size from call to call

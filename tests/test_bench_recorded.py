@@ -27,8 +27,8 @@ def _module():
 
 @needs_fused
 def test_calls_compute_what_they_name():
-    """Each recorded call runs through autograd (and its backward fills the gradients);
-    the bare calls record nothing; every recorded forward's output address is kept."""
+    """Each recorded call runs through autograd (and its backward runs); the bare calls
+    record nothing; every recorded forward's output address is kept."""
     module = _module()
     x, dy = torch.randn(6, 5, 3), torch.randn(6, 5, 3)
     addresses = {"bn": set(), "l2bn": set()}
