@@ -7,12 +7,12 @@ allocator settings): ``op fwd`` (ATen's ``native_batch_norm`` / the fused
 ``l2bn::train`` on tensors that require grad: autograd records the call), ``op fwd+bwd``
 (the forward and backward operators, ``l2bn bench --ops``), ``recorded fwd+bwd`` (the
 recorded forward, then ``backward``) and ``layer fwd+bwd`` (``BatchNorm1d/2d`` /
-``L2BatchNorm1d/2d`` in training mode, then ``backward``). Medians in microseconds, the ratio L2BN / BatchNorm
-of each call, what recording adds to each contender, and how many distinct addresses the
-outputs of each recorded forward took over the rounds: an output that lives until the
-backward makes glibc hand out a different free block of the same size from call to call
-(its large-bin policy), so the output is written into memory that has left the caches; a
-bare call gets the block it freed.
+``L2BatchNorm1d/2d`` in training mode, then ``backward``). Medians in microseconds, the
+ratio L2BN / BatchNorm of each call, what recording adds to each contender, and how many
+distinct addresses the outputs of each recorded forward took over the rounds: an output
+that lives until the backward makes glibc hand out a different free block of the same size
+from call to call (its large-bin policy), so the output is written into memory that has
+left the caches; a bare call gets the block it freed.
 
 Usage: python benchmarks/bench_recorded.py [--threads 2] [--rounds 200] [--shape 1024x512]
 [--layout contiguous]
