@@ -15,6 +15,7 @@ import torch
 
 from _reference import reference_l2bn, relative_error
 from l2bn import L2BatchNorm1d, L2BatchNorm2d, backends, l2_batch_norm
+from l2bn._impl import cpu
 
 pytestmark = pytest.mark.skipif(
     not backends.available("cpu"), reason=str(backends.unavailable_reason("cpu"))
@@ -119,15 +120,14 @@ def test_vector_float_tiles(shape):
     assert max(errors.values()) < 1e-5, errors
 
 
-# Rows shorter than a step of 32 values: their norms are summed several rows at a time,
-# side by side in vectors (kernels of every instruction set: 16, 8 or 4 float lanes, so C
-# below, at and between whole vectors of each), 37 rows (groups of 8, 4, 2 rows and a
-# partial last one). Rows of very different norms, so that plain BatchNorm (or a norm taken
-# from another row, or missing a lane) is far outside the tolerance.
+# Rows shorter than a step of 32 values: their norms (and the backward's projections) are
+# summed several rows at a time, side by side in vectors (kernels of every instruction
+# set: 16, 8 or 4 float lanes, so C below, at and between whole vectors of each), 37 rows
+# (groups of 8, 4, 2 rows and a partial last one). Rows of very different norms, so that
+# plain BatchNorm (or a norm taken from another row, or missing a lane) is far outside the
+# tolerance.
 @pytest.mark.parametrize("c", [2, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 23, 24, 31])
 def test_short_rows_norms(c):
-    from l2bn._impl import cpu
-
     g = torch.Generator().manual_seed(5)
     x64 = torch.randn(37, c, generator=g, dtype=torch.float64)
     x64 *= torch.logspace(-3, 3, 37, dtype=torch.float64).view(37, 1)
