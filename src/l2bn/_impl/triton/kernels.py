@@ -62,6 +62,14 @@ import triton.language as tl
 
 
 @triton.jit
+def _f32(value):
+    """A float argument as float32: a launch from Python passes a float as float32,
+    ``torch.compile`` (inductor) as float64, which would turn the statistics into float64
+    (and a loop-carried float32 into a compile error)."""
+    return tl.cast(value, tl.float32)
+
+
+@triton.jit
 def _sample_rho(sq_ptr, n, n_parts, rho_scale, l2_eps, BLOCK_P: tl.constexpr):
     """``rho[n]`` and the 0/1 activity of sample ``n`` from its ``n_parts`` partial sums of
     squares (a scalar pair)."""
@@ -323,6 +331,8 @@ def forward_finalize_kernel(
     (:func:`_forward_stats`; ``rho`` written by program 0, the row moments of its channels
     by each program), then per channel ``invstd``, ``gain = gamma * invstd``,
     ``shift = beta - mu * gain`` and the running statistics."""
+    inv_m, rho_scale, l2_eps = _f32(inv_m), _f32(rho_scale), _f32(l2_eps)
+    eps, factor, unbias = _f32(eps), _f32(factor), _f32(unbias)
     pid = tl.program_id(0)
     cs = pid * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cs < C
@@ -416,6 +426,7 @@ def affine_kernel(
     the whole coefficient ``a[n, c]``, contiguous ``(N, C)``, and ``y = a * x + shift[c]``
     (SyncL2BatchNorm's output pass, coefficients built from the global statistics).
     """
+    rho_scale, l2_eps, eps = _f32(rho_scale), _f32(l2_eps), _f32(eps)
     pid = tl.program_id(0)
     sb = pid % n_sblocks
     rest = pid // n_sblocks
@@ -507,6 +518,8 @@ def folded_affine_kernel(
     ``mean``, ``invstd`` and the running statistics of a channel block by that block's
     program ``(0, block, 0)``. No program reads what another writes.
     """
+    inv_m, rho_scale, l2_eps = _f32(inv_m), _f32(rho_scale), _f32(l2_eps)
+    eps, factor, unbias = _f32(eps), _f32(factor), _f32(unbias)
     pid = tl.program_id(0)
     group = pid % n_groups
     rest = pid // n_groups
@@ -559,6 +572,7 @@ def eval_sample_kernel(
     BLOCK_S: tl.constexpr,
 ):
     """Program ``n``: eval L2BN of the whole sample ``n`` in one tile (one read, one write)."""
+    rho_scale, l2_eps, eps = _f32(rho_scale), _f32(l2_eps), _f32(eps)
     n = tl.program_id(0)
     cs = tl.arange(0, BLOCK_C)
     cmask = cs < C
@@ -833,6 +847,7 @@ def backward_finalize_kernel(
     (:func:`_projection_rows`) and the per-channel coefficients ``gain``, ``qc``, ``rc`` of
     ``grad_input`` (:func:`_grad_coefficients`).
     """
+    m_f, count = _f32(m_f), _f32(count)
     pid = tl.program_id(0)
     cs = pid * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cs < C
@@ -953,6 +968,7 @@ def grad_input_kernel(
     ``ROWS``: ``P``, ``Q``, ``R`` are read whole from contiguous ``(N, C)`` arrays at
     ``gain``, ``qc``, ``rc`` (SyncL2BatchNorm's input gradient, whose coefficients hold
     the channel sums of every process)."""
+    proj_scale = _f32(proj_scale)
     pid = tl.program_id(0)
     sb = pid % n_sblocks
     rest = pid // n_sblocks
@@ -1039,6 +1055,7 @@ def folded_grad_input_kernel(
     ``[group * group_len, ...)`` of its rows. ``dweight`` and ``dbias`` are written by
     program 0 only.
     """
+    m_f, count, proj_scale = _f32(m_f), _f32(count), _f32(proj_scale)
     pid = tl.program_id(0)
     group = pid % n_groups
     rest = pid // n_groups
