@@ -301,7 +301,9 @@ def _row_affine_bn(x: Tensor, a: Tensor, b: Tensor, out: Tensor | None) -> Tenso
     weight, bias = a.reshape(-1), b.expand(n, c).reshape(-1)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, a, b)):
         # Differentiable (eval path with autograd): a view of BatchNorm's output is fine.
-        y = F.batch_norm(x.view(view), zeros, ones, weight, bias, False, 0.0, 0.0)
+        # Variance 0 and eps 1, not variance 1 and eps 0 (the same var + eps = 1 exactly):
+        # F.batch_norm of torch 2.11 refuses eps <= 0 in eval too.
+        y = F.batch_norm(x.view(view), zeros, zeros, weight, bias, False, 0.0, 1.0)
         return y.view(x.shape)
     if out is None:
         # A fresh tensor, not a view: a custom Function must not return a view (in-place
