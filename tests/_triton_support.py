@@ -113,7 +113,11 @@ SYNC = "aten._local_scalar_dense.default"  # what .item(), bool(t) and float(t) 
 
 
 class Recorder(TorchDispatchMode):
-    """Names of the aten operations run, except inside kernel launches."""
+    """Names of the aten operations run, except inside kernel launches. A launch on CUDA
+    reaches the mode as the higher-order operator ``triton_kernel_wrapper_mutation``
+    (without ``supports_higher_order_operators`` the mode would refuse it)."""
+
+    supports_higher_order_operators = True
 
     def __init__(self, launches=None) -> None:
         super().__init__()
