@@ -82,3 +82,61 @@ def test_cases_past_the_time_budget_are_skipped_and_listed():
     assert results["timings"] == []
     assert results["meta"]["cases_skipped"] == [c.name for c in gpu.cases(quick=True)]
     assert "skipped (time budget)" in gpu.format_table(results)
+
+
+def test_a_contender_that_raises_gets_a_failed_row(monkeypatch):
+    """A contender whose call raises (as a compile error did on the first GPU run, which
+    aborted the whole benchmark) gets a row naming the error; the others are timed."""
+
+    class Broken(gpu.L2BatchNorm2d):
+        def forward(self, x):
+            raise RuntimeError("kernel failed\nsecond line")
+
+    monkeypatch.setattr(gpu, "L2BatchNorm2d", Broken)
+    results = gpu.run_benchmark(
+        torch.device("cpu"),
+        quick=True,
+        rounds=1,
+        case_text="16x32x14x14 bf16 CL",
+        modes=["train_fwd"],
+        compile_budget=0.0,
+        e2e=False,
+    )
+    rows = {row["contender"]: row for row in results["timings"]}
+    assert rows["l2bn"] == {
+        "case": "16x32x14x14 bf16 CL",
+        "mode": "train_fwd",
+        "contender": "l2bn",
+        "error": "RuntimeError: kernel failed",
+    }
+    assert rows["cudnn_bn"]["median_us"] > 0 and rows["naive"]["median_us"] > 0
+    assert gpu.failed_rows(results) == [rows["l2bn"]]
+    assert "failed: RuntimeError: kernel failed" in gpu.format_table(results)
+
+
+def test_every_contender_failing_leaves_only_failed_rows(monkeypatch):
+    class Raising(torch.nn.Module):
+        def forward(self, x):
+            raise ValueError("no")
+
+    def build(channels, device, layout, names):
+        return {name: (Raising(), gpu._cudnn(True)) for name in names}
+
+    monkeypatch.setattr(gpu, "build_contenders", build)
+    results = gpu.run_benchmark(
+        torch.device("cpu"),
+        quick=True,
+        rounds=1,
+        case_text="16x32x14x14 bf16 CL",
+        modes=["eval_fwd"],
+        compile_budget=0.0,
+        e2e=False,
+    )
+    rows = results["timings"]
+    assert {r["contender"]: r.get("error", r.get("skipped")) for r in rows} == {
+        "cudnn_bn": "ValueError: no",
+        "native_bn": "ValueError: no",
+        "naive": "ValueError: no",
+        "l2bn": "ValueError: no",
+        "l2bn_compiled": True,
+    }

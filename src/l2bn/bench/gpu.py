@@ -32,6 +32,7 @@ import math
 import statistics
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -261,23 +262,37 @@ def bench_case(
         for name, (module, context) in modules.items():
             module.train(mode != "eval_fwd")
             calls[name] = mode_call(module, mode, x, dy, context, autocast)
-        warm = {}
-        for name, call in calls.items():  # warm-up (compiles), then one timed call each
+        warm, failed = {}, {}
+        for name, call in list(calls.items()):  # warm-up (compiles), then one timed call
             start = time.perf_counter()
-            call()
-            _synchronize(device)
-            if name == "l2bn_compiled":
-                compile_state["spent"] += time.perf_counter() - start
+            try:
+                call()
+                _synchronize(device)
+            except Exception as exc:  # e.g. a compile error: that contender's row says it
+                traceback.print_exc(file=sys.stderr)
+                failed[name] = f"{type(exc).__name__}: {_first_line(exc)}"
+                del calls[name]
+                continue
+            finally:
+                if name == "l2bn_compiled":
+                    compile_state["spent"] += time.perf_counter() - start
             with _clock(device) as clock:
                 call()
             _synchronize(device)
             warm[name] = clock.seconds()
+        if not warm:  # every contender failed
+            rows += [_failed_row(case, mode, name, text) for name, text in failed.items()]
+            rows += _skipped_rows(case, mode, contenders, names)
+            continue
         base = warm.get("cudnn_bn") or min(warm.values())
         reps = max(1, min(100, math.ceil(TARGET_ROUND_S / max(base, 1e-7))))
         samples = time_calls(calls, rounds, reps, device)
         kernels = {name: count_kernels(call, device) for name, call in calls.items()}
         medians = {name: statistics.median(s) for name, s in samples.items()}
         for name in names:
+            if name in failed:
+                rows.append(_failed_row(case, mode, name, failed[name]))
+                continue
             s = samples[name]
             row: dict[str, Any] = {
                 "case": case.name,
@@ -301,10 +316,34 @@ def bench_case(
                 # The issue's targets: the faster of the two BatchNorms of this run.
                 row["ratio_to_best_bn"] = medians[name] / min(refs)
             rows.append(row)
-        skipped = [n for n in contenders if n not in names]
-        for name in skipped:
-            rows.append({"case": case.name, "mode": mode, "contender": name, "skipped": True})
+        rows += _skipped_rows(case, mode, contenders, names)
     return rows
+
+
+def _skipped_rows(
+    case: GpuCase, mode: str, contenders: tuple[str, ...], names: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """Rows of the contenders left out of this case (the compile budget spent)."""
+    return [
+        {"case": case.name, "mode": mode, "contender": n, "skipped": True}
+        for n in contenders
+        if n not in names
+    ]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _failed_row(case: GpuCase, mode: str, name: str, error: str) -> dict[str, Any]:
+    """The row of a contender whose warm-up call raised (its error's type and first line)."""
+    return {"case": case.name, "mode": mode, "contender": name, "error": error}
+
+
+def failed_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of contenders that raised instead of running."""
+    return [row for row in results["timings"] if "error" in row]
 
 
 # --------------------------------------------------------------------------------------
@@ -509,6 +548,11 @@ def format_table(results: dict[str, Any]) -> str:
         if row.get("skipped"):
             lines.append(f"{row['case']:<26} {label:<14} {row['contender']:<14} skipped")
             continue
+        if "error" in row:
+            lines.append(
+                f"{row['case']:<26} {label:<14} {row['contender']:<14} failed: {row['error']}"
+            )
+            continue
         kernels = "-" if row["kernels"] is None else str(row["kernels"])
         ratios = [
             f"{row[k]:>8.2f}" if k in row else f"{'-':>8}"
@@ -586,4 +630,11 @@ def run(args: argparse.Namespace) -> int:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text + "\n")
     print(text if args.json else format_table(results))
+    failures = failed_rows(results)
+    if failures:
+        print(
+            f"l2bn bench: {len(failures)} contender run(s) failed (rows marked failed)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
