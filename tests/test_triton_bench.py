@@ -140,3 +140,19 @@ def test_every_contender_failing_leaves_only_failed_rows(monkeypatch):
         "l2bn": "ValueError: no",
         "l2bn_compiled": True,
     }
+
+
+def test_a_training_step_that_raises_gets_a_failed_row(monkeypatch):
+    def broken(name, batch, *args):
+        raise RuntimeError("step failed")
+
+    monkeypatch.setattr(gpu, "training_step_ratio", broken)
+    results = gpu.run_benchmark(
+        torch.device("cpu"), quick=True, rounds=1, cases_budget=0.0, e2e_batch=2
+    )
+    (step,) = results["training_steps"]
+    assert step == {"model": "resnet20", "batch": 2, "error": "RuntimeError: step failed"}
+    assert gpu.failed_rows(results) == [step]
+    assert "resnet20 SGD step, batch 2: failed: RuntimeError: step failed" in (
+        gpu.format_table(results)
+    )

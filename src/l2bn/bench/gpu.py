@@ -270,7 +270,7 @@ def bench_case(
                 _synchronize(device)
             except Exception as exc:  # e.g. a compile error: that contender's row says it
                 traceback.print_exc(file=sys.stderr)
-                failed[name] = f"{type(exc).__name__}: {_first_line(exc)}"
+                failed[name] = _error_text(exc)
                 del calls[name]
                 continue
             finally:
@@ -331,9 +331,10 @@ def _skipped_rows(
     ]
 
 
-def _first_line(exc: BaseException) -> str:
+def _error_text(exc: BaseException) -> str:
+    """``Type: first line of the message`` (the traceback goes to stderr)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _failed_row(case: GpuCase, mode: str, name: str, error: str) -> dict[str, Any]:
@@ -342,8 +343,9 @@ def _failed_row(case: GpuCase, mode: str, name: str, error: str) -> dict[str, An
 
 
 def failed_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rows of contenders that raised instead of running."""
-    return [row for row in results["timings"] if "error" in row]
+    """The rows of contenders and training steps that raised instead of running."""
+    rows = results["timings"] + results.get("training_steps", [])
+    return [row for row in rows if "error" in row]
 
 
 # --------------------------------------------------------------------------------------
@@ -517,9 +519,14 @@ def run_benchmark(
         for name, batch, image, classes, autocast, cl in specs:
             if log:
                 log(f"{name} training step")
-            results["training_steps"].append(
-                training_step_ratio(name, batch, image, classes, autocast, cl, rounds, device)
-            )
+            try:
+                step = training_step_ratio(
+                    name, batch, image, classes, autocast, cl, rounds, device
+                )
+            except Exception as exc:  # its row says so; the cases' rows are kept
+                traceback.print_exc(file=sys.stderr)
+                step = {"model": name, "batch": batch, "error": _error_text(exc)}
+            results["training_steps"].append(step)
         results["cuda_graph"] = cuda_graph_step(
             "resnet20", e2e_batch or (8 if quick else 128), 32, 100, rounds, device
         )
@@ -563,6 +570,12 @@ def format_table(results: dict[str, Any]) -> str:
             f"{kernels:>7} {' '.join(ratios)}"
         )
     for step in results.get("training_steps", []):
+        if "error" in step:
+            lines += [
+                "",
+                f"{step['model']} SGD step, batch {step['batch']}: failed: {step['error']}",
+            ]
+            continue
         lines += [
             "",
             f"{step['model']} SGD step, batch {step['batch']}"
