@@ -84,6 +84,19 @@ def test_cases_past_the_time_budget_are_skipped_and_listed():
     assert "skipped (time budget)" in gpu.format_table(results)
 
 
+def _one_small_case(mode: str) -> dict:
+    """The benchmark on CPU: one small case, one mode, the compiled contender skipped."""
+    return gpu.run_benchmark(
+        torch.device("cpu"),
+        quick=True,
+        rounds=1,
+        case_text="16x32x14x14 bf16 CL",
+        modes=[mode],
+        compile_budget=0.0,
+        e2e=False,
+    )
+
+
 def test_a_contender_that_raises_gets_a_failed_row(monkeypatch):
     """A contender whose call raises (as a compile error did on the first GPU run, which
     aborted the whole benchmark) gets a row naming the error; the others are timed."""
@@ -93,15 +106,7 @@ def test_a_contender_that_raises_gets_a_failed_row(monkeypatch):
             raise RuntimeError("kernel failed\nsecond line")
 
     monkeypatch.setattr(gpu, "L2BatchNorm2d", Broken)
-    results = gpu.run_benchmark(
-        torch.device("cpu"),
-        quick=True,
-        rounds=1,
-        case_text="16x32x14x14 bf16 CL",
-        modes=["train_fwd"],
-        compile_budget=0.0,
-        e2e=False,
-    )
+    results = _one_small_case("train_fwd")
     rows = {row["contender"]: row for row in results["timings"]}
     assert rows["l2bn"] == {
         "case": "16x32x14x14 bf16 CL",
@@ -123,15 +128,7 @@ def test_every_contender_failing_leaves_only_failed_rows(monkeypatch):
         return {name: (Raising(), gpu._cudnn(True)) for name in names}
 
     monkeypatch.setattr(gpu, "build_contenders", build)
-    results = gpu.run_benchmark(
-        torch.device("cpu"),
-        quick=True,
-        rounds=1,
-        case_text="16x32x14x14 bf16 CL",
-        modes=["eval_fwd"],
-        compile_budget=0.0,
-        e2e=False,
-    )
+    results = _one_small_case("eval_fwd")
     rows = results["timings"]
     assert {r["contender"]: r.get("error", r.get("skipped")) for r in rows} == {
         "cudnn_bn": "ValueError: no",
