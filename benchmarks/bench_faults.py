@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from l2bn.bench.contenders import MODES, op_calls, parse_shape
+from l2bn.bench.contenders import MODES, op_calls, script_shape
 
 
 def measure(calls: dict, rounds: int) -> dict[str, tuple[float, float, float]]:
@@ -53,12 +53,7 @@ def main() -> None:
         "--layout", choices=("contiguous", "channels_last"), default="channels_last"
     )
     args = parser.parse_args()
-    if args.rounds < 1 or args.threads < 1:
-        parser.error("--rounds and --threads must be >= 1")
-    try:
-        shape = parse_shape(args.shape)
-    except ValueError as error:
-        parser.error(str(error))
+    shape = script_shape(parser, args)
     torch.set_num_threads(args.threads)
     memory_format = (
         torch.channels_last

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 
 from l2bn._impl import cpu
-from l2bn.bench.contenders import build, parse_shape
+from l2bn.bench.contenders import build, script_shape
 from l2bn.bench.machine import keep_freed_memory
 from l2bn.bench.timing import time_interleaved
 
@@ -99,12 +99,7 @@ def main() -> None:
     parser.add_argument("--shape", default="1024x512", help="NxC[xL|xHxW] (default 1024x512)")
     parser.add_argument("--layout", choices=("contiguous", "channels_last"), default="contiguous")
     args = parser.parse_args()
-    if args.rounds < 1 or args.threads < 1:
-        parser.error("--rounds and --threads must be >= 1")
-    try:
-        shape = parse_shape(args.shape)
-    except ValueError as error:
-        parser.error(str(error))
+    shape = script_shape(parser, args)
     if cpu.UNAVAILABLE_REASON is not None:
         parser.error(f"the fused operators are not available: {cpu.UNAVAILABLE_REASON}")
     allocator = keep_freed_memory()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,6 +86,17 @@ def parse_shape(text: str) -> tuple[int, ...]:
             ", e.g. 16384x32 or 128x16x32x32"
         )
     return shape
+
+
+def script_shape(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[int, ...]:
+    """A benchmark script's ``--shape`` parsed, after checking ``--rounds`` and ``--threads``
+    (at least 1); bad input exits through ``parser.error``."""
+    if args.rounds < 1 or args.threads < 1:
+        parser.error("--rounds and --threads must be >= 1")
+    try:
+        return parse_shape(args.shape)
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def shape_cases(shapes: list[tuple[int, ...]]) -> list[Case]:
