@@ -5,6 +5,7 @@ No timing assertion: only the structure of the results and the bytes saved for b
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -14,7 +15,7 @@ from l2bn import L2BatchNorm2d, backends
 from l2bn.bench import contenders as cn
 from l2bn.bench.report import format_table
 from l2bn.bench.saved import saved_bytes
-from l2bn.bench.timing import time_interleaved
+from l2bn.bench.timing import MAX_CONTENDERS, balanced_orders, round_orders, time_interleaved
 from l2bn.cli import main
 
 
@@ -144,20 +145,54 @@ def test_saved_bytes_counts_shared_storage_once():
     assert saved_bytes(lambda: (x * 2).exp()) == 400  # exp saves its output only
 
 
-def test_time_interleaved_cycles_permutations_and_runs_before_hook():
+def _follows(sequence: list[str]) -> dict[tuple[str, str], int]:
+    """How often each ordered pair of neighbours occurs in ``sequence``."""
+    counts: dict[tuple[str, str], int] = {}
+    for pair in itertools.pairwise(sequence):
+        counts[pair] = counts.get(pair, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("count", range(1, MAX_CONTENDERS + 1))
+def test_balanced_orders_hold_every_ordered_pair_once_across_rounds(count):
+    period = balanced_orders(count)
+    assert len(period) == max(1, count - 1)
+    assert all(sorted(order) == list(range(count)) for order in period)
+    calls = [str(i) for order in period for i in order]
+    cyclic = _follows(calls + calls[:1]) if count > 1 else {}
+    expected = {(str(a), str(b)): 1 for a in range(count) for b in range(count) if a != b}
+    assert cyclic == expected  # no contender after itself, every other pair once
+
+
+def test_balanced_orders_refuse_counts_out_of_range():
+    for count in (0, MAX_CONTENDERS + 1):
+        with pytest.raises(ValueError, match="contenders"):
+            balanced_orders(count)
+
+
+def test_time_interleaved_balances_predecessors_across_rounds_and_runs_before_hook():
     order: list[str] = []
     hooks: list[int] = []
     calls = {name: (lambda name=name: order.append(name)) for name in "abc"}
-    result = time_interleaved(calls, rounds=6, warmup=0, before=lambda: hooks.append(1))
-    rounds = ["".join(order[i : i + 3]) for i in range(0, 18, 3)]
-    assert rounds == ["abc", "acb", "bac", "bca", "cab", "cba"]
-    # Within rounds, every contender follows every other equally often.
-    follows = [r[i : i + 2] for r in rounds for i in range(2)]
-    assert all(follows.count(a + b) == 2 for a in "abc" for b in "abc" if a != b)
-    assert len(hooks) == 18
+    result = time_interleaved(calls, rounds=6, warmup=1, before=lambda: hooks.append(1))
+    assert len(order) == len(hooks) == 21
+    assert all(sorted(order[i : i + 3]) == list("abc") for i in range(0, 21, 3))
+    # The timed calls and the warm-up call before them: each contender follows each other
+    # one exactly as often, across the boundaries of the rounds too (all orders cycled
+    # made "b" follow "a" three times in six rounds, "c" follow "a" twice).
+    follows = _follows(order[2:])
+    assert follows == {(a, b): 3 for a in "abc" for b in "abc" if a != b}
     assert all(len(t.samples) == 6 for t in result.values())
     with pytest.raises(ValueError, match="rounds"):
         time_interleaved(calls, rounds=0)
+
+
+def test_round_orders_start_after_the_warm_up_in_the_cycle():
+    orders = round_orders(["a", "b", "c", "d"], rounds=3, warmup=2)
+    assert len(orders) == 5
+    calls = [name for order in orders for name in order]
+    follows = _follows(calls[7:])  # from the warm-up's last call on: one period
+    assert follows == {(a, b): 1 for a in "abcd" for b in "abcd" if a != b}
 
 
 def test_naive_composite_is_the_reference_formula():

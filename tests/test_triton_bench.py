@@ -32,6 +32,20 @@ def test_issue_cases():
     ]
 
 
+def test_time_calls_give_each_contender_each_predecessor_equally_often():
+    order: list[str] = []
+    calls = {name: (lambda name=name: order.append(name)) for name in "abcd"}
+    samples = gpu.time_calls(calls, rounds=6, reps=2, device=torch.device("cpu"))
+    assert {name: len(s) for name, s in samples.items()} == dict.fromkeys("abcd", 6)
+    runs = order[::2]  # one entry a round's call (each call runs reps times)
+    follows: dict[tuple[str, str], int] = {}
+    for pair in zip(runs, runs[1:] + runs[:1], strict=False):
+        follows[pair] = follows.get(pair, 0) + 1
+    # Two whole periods of three rounds: every ordered pair twice (rotating one order made
+    # each contender follow one other only).
+    assert follows == {(a, b): 2 for a in "abcd" for b in "abcd" if a != b}
+
+
 @pytest.fixture(scope="module")
 def cpu_results():
     """The benchmark's code on CPU: one small case in bf16 autocast and channels_last, every

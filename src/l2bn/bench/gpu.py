@@ -12,7 +12,8 @@ Triton backend where available) and ``l2bn_compiled`` (the same under
 ``torch.compile(fullgraph=True)``). Modes: training forward (graph recorded), training
 forward+backward, eval forward under ``no_grad``.
 
-Per case and mode the contenders run interleaved round by round; each round times
+Per case and mode the contenders run interleaved round by round (each follows each other
+equally often: ``l2bn.bench.timing.round_orders``); each round times
 ``reps`` back-to-back calls between two CUDA events (GPU time, launch gaps included) and
 reports per call. Kernels per call come from one ``torch.profiler`` run of each contender
 (every GPU-side event: kernels, memsets, copies). Ratios are to cuDNN BatchNorm, to native
@@ -44,6 +45,7 @@ from torch import Tensor, nn
 from l2bn import backends
 from l2bn.bench.contenders import MODE_LABELS, MODES, NaiveComposite
 from l2bn.bench.report import to_json
+from l2bn.bench.timing import round_orders
 from l2bn.layers import L2BatchNorm2d
 
 RESNET50_SHAPES = ((256, 256, 56, 56), (256, 512, 28, 28), (256, 1024, 14, 14), (256, 2048, 7, 7))
@@ -152,12 +154,12 @@ def count_kernels(call: Callable[[], object], device: torch.device) -> int | Non
 def time_calls(
     calls: dict[str, Callable[[], object]], rounds: int, reps: int, device: torch.device
 ) -> dict[str, list[float]]:
-    """Seconds per call of each contender, one sample per round, rotating the order."""
-    names = list(calls)
-    clocks: dict[str, list] = {name: [] for name in names}
-    for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
+    """Seconds per call of each contender, one sample per round, in the orders of
+    :func:`l2bn.bench.timing.round_orders` (each contender follows each other equally
+    often)."""
+    clocks: dict[str, list] = {name: [] for name in calls}
+    for order in round_orders(list(calls), rounds):
+        for name in order:
             call = calls[name]
             with _clock(device) as clock:
                 for _ in range(reps):
