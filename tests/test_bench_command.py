@@ -13,6 +13,7 @@ import torch
 
 from l2bn import L2BatchNorm2d, backends
 from l2bn.bench import contenders as cn
+from l2bn.bench import machine
 from l2bn.bench.report import format_table
 from l2bn.bench.saved import saved_bytes
 from l2bn.bench.timing import MAX_CONTENDERS, balanced_orders, round_orders, time_interleaved
@@ -98,8 +99,6 @@ def test_bad_option_is_one_line_and_exit_2(option, capsys):
 
 def test_isa_the_processor_lacks_is_one_line_and_exit_2(monkeypatch, capsys):
     """On a processor without AVX-512, --isa avx512 is a bad option, not a traceback."""
-    from l2bn.bench import machine
-
     if not machine.kernel_isas():
         pytest.skip("the fused kernels are not built")
     monkeypatch.setattr(machine, "kernel_isas", lambda: ["avx2", "default"])
@@ -212,6 +211,25 @@ def test_meta_names_processor_isa_and_aten_capability(quick_results):
     if backends.available("cpu"):
         assert meta["kernel_isa"] == torch.ops.l2bn.cpu_isa()
         assert meta["kernel_isas"] == list(torch.ops.l2bn.cpu_isas())
+
+
+def test_huge_pages_report_torchs_switch_and_the_kernel_mode(monkeypatch, tmp_path):
+    mode = tmp_path / "enabled"
+    mode.write_text("always [madvise] never\n")
+    monkeypatch.setattr(machine, "_THP_MODE", str(mode))
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    assert machine.huge_pages() == "off (THP_MEM_ALLOC_ENABLE unset, kernel THP mode madvise)"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
+    assert machine.huge_pages() == "on (THP_MEM_ALLOC_ENABLE '1', kernel THP mode madvise)"
+    mode.write_text("always madvise [never]\n")
+    assert machine.huge_pages().startswith("off (THP_MEM_ALLOC_ENABLE '1', kernel THP mode never")
+    monkeypatch.setattr(machine, "_THP_MODE", str(tmp_path / "missing"))
+    assert machine.huge_pages().endswith("kernel THP mode unknown)")
+
+
+def test_the_header_names_the_huge_page_setting(quick_results):
+    assert quick_results["meta"]["huge_pages"] == machine.huge_pages()
+    assert f"torch's huge-page allocations: {machine.huge_pages()}" in format_table(quick_results)
 
 
 @pytest.mark.skipif(not backends.available("cpu"), reason="fused kernels not built")

@@ -66,6 +66,7 @@ def describe() -> dict[str, object]:
         "kernel_isa": kernel_isa(),
         "kernel_isas": kernel_isas(),
         "aten_capability": aten_capability(),
+        "huge_pages": huge_pages(),
     }
 
 
@@ -95,6 +96,31 @@ def forced_environment(isa: str | None, aten: str | None) -> dict[str, str] | No
     if aten is not None:
         env["ATEN_CPU_CAPABILITY"] = aten
     return env
+
+
+_THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def huge_pages() -> str:
+    """Whether torch's CPU allocator asks for transparent huge pages, for the report.
+
+    torch maps allocations of 2 MB or more on huge pages when ``THP_MEM_ALLOC_ENABLE=1``
+    is set before it starts (read once, at its first allocation) and the kernel's THP mode
+    (``/sys/kernel/mm/transparent_hugepage/enabled``) is ``always`` or ``madvise``.
+    Without them each fresh 4 kB page of a large output is one page fault: at the 51 MB
+    cases that is most of the call, for BatchNorm and L2BN alike (README, "What is not at
+    1.0x, and why").
+    """
+    try:
+        with open(_THP_MODE, encoding="utf-8") as f:
+            text = f.read()
+        mode = text[text.index("[") + 1 : text.index("]")]
+    except (OSError, ValueError):
+        mode = "unknown"
+    value = os.environ.get("THP_MEM_ALLOC_ENABLE")
+    on = value == "1" and mode in ("always", "madvise")
+    setting = "unset" if value is None else repr(value)
+    return f"{'on' if on else 'off'} (THP_MEM_ALLOC_ENABLE {setting}, kernel THP mode {mode})"
 
 
 # glibc's mallopt parameters (malloc.h).

@@ -39,6 +39,7 @@ def format_table(results: dict[str, Any]) -> str:
         "--isa forces one)",
         f"ATen CPU capability: {meta.get('aten_capability', 'unknown')} (ATEN_CPU_CAPABILITY)",
         f"allocator: {meta.get('allocator', 'unknown')}",
+        f"torch's huge-page allocations: {meta.get('huge_pages', 'unknown')}",
         "l2bn implementation:",
         *(f"  {line}" for line in str(meta.get("l2bn_implementation", "unknown")).splitlines()),
         "",
