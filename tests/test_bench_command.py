@@ -16,7 +16,7 @@ from l2bn.bench import contenders as cn
 from l2bn.bench import machine
 from l2bn.bench.report import format_table
 from l2bn.bench.saved import saved_bytes
-from l2bn.bench.timing import MAX_CONTENDERS, balanced_orders, round_orders, time_interleaved
+from l2bn.bench.timing import fair_period, round_orders, time_interleaved
 from l2bn.cli import main
 
 
@@ -152,46 +152,78 @@ def _follows(sequence: list[str]) -> dict[tuple[str, str], int]:
     return counts
 
 
-@pytest.mark.parametrize("count", range(1, MAX_CONTENDERS + 1))
-def test_balanced_orders_hold_every_ordered_pair_once_across_rounds(count):
-    period = balanced_orders(count)
-    assert len(period) == max(1, count - 1)
+def _since_last(cyclic: list[str], who: str, other: str) -> int:
+    """How many calls of ``who`` in the cyclic sequence had ``other`` run since its
+    previous call."""
+    n, count = len(cyclic), 0
+    for i, name in enumerate(cyclic):
+        if name != who:
+            continue
+        j = i - 1
+        while cyclic[j % n] != who:
+            if cyclic[j % n] == other:
+                count += 1
+                break
+            j -= 1
+    return count
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_fair_period_gives_every_contender_the_same_histories(count):
+    period = fair_period(count)
     assert all(sorted(order) == list(range(count)) for order in period)
-    calls = [str(i) for order in period for i in order]
-    cyclic = _follows(calls + calls[:1]) if count > 1 else {}
-    expected = {(str(a), str(b)): 1 for a in range(count) for b in range(count) if a != b}
-    assert cyclic == expected  # no contender after itself, every other pair once
+    calls = [i for order in period for i in order]
+    n = len(calls)
+    histories = []  # (contender, what ran since its previous call), by another route
+    for i, who in enumerate(calls):
+        back = next(d for d in range(1, n + 1) if calls[(i - d) % n] == who)
+        histories.append((who, tuple(calls[(i - d) % n] for d in range(back - 1, 0, -1))))
+    for names in itertools.permutations(range(count)):
+        renamed = sorted((names[w], tuple(names[e] for e in h)) for w, h in histories)
+        assert renamed == sorted(histories)
 
 
-def test_balanced_orders_refuse_counts_out_of_range():
-    for count in (0, MAX_CONTENDERS + 1):
-        with pytest.raises(ValueError, match="contenders"):
-            balanced_orders(count)
+def test_the_three_contenders_of_l2bn_bench_see_the_naive_composite_alike():
+    names = ["bn", "naive", "l2bn"]
+    calls = [name for order in round_orders(names, rounds=6) for name in order]
+    cyclic = _follows(calls + calls[:1])
+    assert cyclic[("naive", "bn")] == cyclic[("naive", "l2bn")] > 0
+    assert cyclic[("l2bn", "bn")] == cyclic[("bn", "l2bn")] > 0
+    # What made L2BN faster than BatchNorm by construction in the balanced-predecessor
+    # schedule: calls of L2BN with no naive composite since its previous call.
+    assert _since_last(calls, "bn", "naive") == _since_last(calls, "l2bn", "naive")
+    # All permutations cycled (the schedule before): L2BN after the composite 3 times in
+    # 6 rounds, BatchNorm twice.
+    old = [name for order in itertools.permutations(names) for name in order]
+    old_follows = _follows(old + old[:1])
+    assert (old_follows[("naive", "l2bn")], old_follows[("naive", "bn")]) == (3, 2)
 
 
-def test_time_interleaved_balances_predecessors_across_rounds_and_runs_before_hook():
+def test_more_contenders_get_seeded_random_rounds():
+    names = list("abcdefghij")
+    assert fair_period(len(names)) is None
+    orders = round_orders(names, rounds=400, warmup=2)
+    assert len(orders) == 402 and all(sorted(o) == names for o in orders)
+    assert orders == round_orders(names, rounds=400, warmup=2)  # the same every run
+    assert orders != round_orders(names, rounds=400, warmup=2, seed=1)
+    follows = _follows([name for order in orders for name in order])
+    # Fair on average: each of the 90 ordered pairs about 44 times in 4019 neighbours.
+    assert all(20 <= follows.get((a, b), 0) <= 75 for a in names for b in names if a != b)
+    with pytest.raises(ValueError, match="contender"):
+        round_orders([], rounds=1)
+
+
+def test_time_interleaved_runs_the_fair_rounds_and_the_before_hook():
     order: list[str] = []
     hooks: list[int] = []
     calls = {name: (lambda name=name: order.append(name)) for name in "abc"}
     result = time_interleaved(calls, rounds=6, warmup=1, before=lambda: hooks.append(1))
     assert len(order) == len(hooks) == 21
-    assert all(sorted(order[i : i + 3]) == list("abc") for i in range(0, 21, 3))
-    # The timed calls and the warm-up call before them: each contender follows each other
-    # one exactly as often, across the boundaries of the rounds too (all orders cycled
-    # made "b" follow "a" three times in six rounds, "c" follow "a" twice).
-    follows = _follows(order[2:])
-    assert follows == {(a, b): 3 for a in "abc" for b in "abc" if a != b}
+    assert [tuple(order[i : i + 3]) for i in range(3, 21, 3)] == round_orders("abc", 6)
+    assert tuple(order[:3]) == round_orders("abc", 6)[-1]  # the warm-up: the cycle's last
     assert all(len(t.samples) == 6 for t in result.values())
     with pytest.raises(ValueError, match="rounds"):
         time_interleaved(calls, rounds=0)
-
-
-def test_round_orders_start_after_the_warm_up_in_the_cycle():
-    orders = round_orders(["a", "b", "c", "d"], rounds=3, warmup=2)
-    assert len(orders) == 5
-    calls = [name for order in orders for name in order]
-    follows = _follows(calls[7:])  # from the warm-up's last call on: one period
-    assert follows == {(a, b): 1 for a in "abcd" for b in "abcd" if a != b}
 
 
 def test_naive_composite_is_the_reference_formula():

@@ -12,8 +12,9 @@ Triton backend where available) and ``l2bn_compiled`` (the same under
 ``torch.compile(fullgraph=True)``). Modes: training forward (graph recorded), training
 forward+backward, eval forward under ``no_grad``.
 
-Per case and mode the contenders run interleaved round by round (each follows each other
-equally often: ``l2bn.bench.timing.round_orders``); each round times
+Per case and mode the contenders run interleaved round by round, in the orders of the CPU
+benchmark (``l2bn.bench.timing.round_orders``: seeded random for more than three); each
+round times
 ``reps`` back-to-back calls between two CUDA events (GPU time, launch gaps included) and
 reports per call. Kernels per call come from one ``torch.profiler`` run of each contender
 (every GPU-side event: kernels, memsets, copies). Ratios are to cuDNN BatchNorm, to native
@@ -155,8 +156,7 @@ def time_calls(
     calls: dict[str, Callable[[], object]], rounds: int, reps: int, device: torch.device
 ) -> dict[str, list[float]]:
     """Seconds per call of each contender, one sample per round, in the orders of
-    :func:`l2bn.bench.timing.round_orders` (each contender follows each other equally
-    often)."""
+    :func:`l2bn.bench.timing.round_orders`."""
     clocks: dict[str, list] = {name: [] for name in calls}
     for order in round_orders(list(calls), rounds):
         for name in order:
