@@ -1,0 +1,101 @@
+"""How much a call depends on what ran before it: each contender's median by the call just
+before it and by whether a given contender (default: the naive composite) ran at any time
+since its own previous call.
+
+The contenders of ``l2bn bench`` (its modules, timing and allocator settings) run in
+rounds of a seeded random order, so every history occurs; each call is filed under its
+predecessor and under whether ``--marker`` ran since the same contender's previous call.
+This is what ``l2bn.bench.timing.fair_period`` equalizes between contenders (README, "How
+the rounds are run").
+
+Usage: python benchmarks/bench_history.py [--shape 128x64x8x8] [--layout channels_last]
+[--mode train_fwd_bwd] [--threads 2] [--rounds 240] [--marker naive]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+import torch
+
+from l2bn.bench import contenders as cn
+from l2bn.bench.machine import keep_freed_memory
+
+
+def filed(sequence: list[str], marker: str) -> list[tuple[str, str | None, bool]]:
+    """For each call of ``sequence``: its contender, the contender just before it (None for
+    the first) and whether ``marker`` ran since that contender's previous call (or since
+    the start)."""
+    out = []
+    for i, name in enumerate(sequence):
+        since = False
+        for earlier in reversed(sequence[:i]):
+            if earlier == name:
+                break
+            since = since or earlier == marker
+        out.append((name, sequence[i - 1] if i else None, since))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="128x64x8x8", help="NxC[xL|xHxW]")
+    parser.add_argument(
+        "--layout", choices=("contiguous", "channels_last"), default="channels_last"
+    )
+    parser.add_argument("--mode", choices=cn.MODES, default="train_fwd_bwd")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--rounds", type=int, default=240, help="rounds (>= 1)")
+    parser.add_argument("--marker", choices=cn.CONTENDERS, default="naive")
+    args = parser.parse_args()
+    shape = cn.script_shape(parser, args)
+    allocator = keep_freed_memory()
+    torch.set_num_threads(args.threads)
+    layout = args.layout if len(shape) == 4 else "contiguous"
+    case = cn.Case(shape, layout)
+    gen = torch.Generator().manual_seed(0)
+    x = case.input(gen).requires_grad_()
+    dy = case.input(gen)
+    modules = {name: cn.build(name, shape[1], len(shape)) for name in cn.CONTENDERS}
+    for m in modules.values():
+        if layout == "channels_last":
+            m.to(memory_format=torch.channels_last)
+        m.train(args.mode != "eval_fwd")
+    calls = {name: cn.mode_call(m, args.mode, x, dy) for name, m in modules.items()}
+
+    def drop_grads() -> None:
+        x.grad = None
+        for m in modules.values():
+            for p in m.parameters():
+                p.grad = None
+
+    # Seeded random rounds, not the fair period of l2bn bench: every history occurs.
+    rng = random.Random(0)
+    sequence = [name for _ in range(args.rounds + 1) for name in rng.sample(list(calls), 3)]
+    samples: dict[tuple[str, str | None, bool], list[float]] = {}
+    for i, key in enumerate(filed(sequence, args.marker)):
+        drop_grads()
+        start = time.perf_counter()
+        calls[key[0]]()
+        elapsed = time.perf_counter() - start
+        if i >= len(calls):  # after the warm-up round
+            samples.setdefault(key, []).append(elapsed)
+    print(
+        f"{case.name} {args.mode}, {torch.get_num_threads()} thread(s), {args.rounds} random "
+        f"rounds, allocator: {allocator}; medians, ms"
+    )
+    print(
+        f"{'contender':<10}{'after':<8}{args.marker + ' since own last':>20}{'ms':>9}{'calls':>7}"
+    )
+    for (name, before, since), times in sorted(samples.items()):
+        if name == args.marker:
+            continue
+        median = statistics.median(times) * 1e3
+        print(f"{name:<10}{before:<8}{since!s:>20}{median:>9.3f}{len(times):>7}")
+
+
+if __name__ == "__main__":
+    main()
