@@ -3,10 +3,10 @@ contender the same history.
 
 A call is slowed by what ran before it: a contender that evicts the caches or frees large
 buffers slows the call that comes next, and whether it ran since a contender's own
-previous call decides how warm that contender's code and state are (measured on the
-channels-last 128x64x8x8 training call: 0.38 ms when nothing else than BatchNorm ran since
-L2BN's previous call, 0.46 ms when the naive composite also did, 0.58 ms right after the
-composite; BatchNorm alike). Rotations of one order make each contender always follow the
+previous call decides how warm that contender's code and state are (L2BN's channels-last
+128x64x8x8 training call, 2 threads, ``benchmarks/bench_history.py``: 0.38 ms when only
+BatchNorm ran since its previous call, 0.46 ms when the naive composite also did, 0.58 ms
+right after the composite; BatchNorm's alike). Rotations of one order make each contender always follow the
 same one. Cycling through all permutations balances the pairs inside the rounds but not
 across their boundaries, nor the histories. :func:`fair_period` gives, for up to three
 contenders, a period of rounds in which each contender's calls have the same histories
