@@ -2,16 +2,16 @@
 contender the same history.
 
 A call is slowed by what ran before it: a contender that evicts the caches or frees large
-buffers slows the call that comes next, and whether it ran since a contender's own
-previous call decides how warm that contender's code and state are (L2BN's channels-last
-128x64x8x8 training call, 2 threads, ``benchmarks/bench_history.py``: 0.38 ms when only
-BatchNorm ran since its previous call, 0.46 ms when the naive composite also did, 0.58 ms
-right after the composite; BatchNorm's alike). Rotations of one order make each contender always follow the
+buffers slows the call that comes next, and whether it ran since a contender's own previous
+call decides how warm that contender's code and state are (L2BN's channels-last 128x64x8x8
+training call, 2 threads, ``benchmarks/bench_history.py``: 0.36 ms when only BatchNorm ran
+since its previous call, 0.44 ms when the naive composite also did, 0.61 ms right after the
+composite; BatchNorm's alike). Rotations of one order make each contender always follow the
 same one. Cycling through all permutations balances the pairs inside the rounds but not
 across their boundaries, nor the histories. :func:`fair_period` gives, for up to three
-contenders, a period of rounds in which each contender's calls have the same histories
-(what ran since its previous call, in order) as every other's, up to renaming the
-contenders; more contenders get rounds in a seeded random order, fair on average.
+contenders, a period of rounds in which each contender's calls have the same histories (what
+ran since its previous call, in order) as every other's, up to renaming the contenders; more
+contenders get rounds in a seeded random order, fair on average.
 
 Two clocks: ``wall`` (``time.perf_counter``, what a user waits for) and ``cpu``
 (``time.process_time``, the CPU time of this process: with one thread it leaves out the
