@@ -5,16 +5,11 @@ Builds the loops once (a C++ compiler, as for l2bn._C)."""
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import sys
-
 import pytest
 import torch
 
+from _benchmark_scripts import load
 from l2bn import backends
-
-BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_eval_floor.py"
 
 pytestmark = pytest.mark.skipif(
     not backends.available("cpu"), reason="needs a C++ toolchain, as l2bn._C does"
@@ -23,11 +18,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_eval_floor", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load("bench_eval_floor")
 
 
 @pytest.fixture(scope="module")

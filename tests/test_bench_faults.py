@@ -3,29 +3,16 @@ README's account of the large-map page faults rests on it."""
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import subprocess
-import sys
-
 import pytest
 import torch
 
+from _benchmark_scripts import load, run
 from l2bn import backends
-
-BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_faults.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("bench_faults", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_measure_reports_wall_user_and_system_of_every_call():
     calls = {"sleep": lambda: __import__("time").sleep(0.002), "alloc": lambda: torch.ones(64)}
-    times = _module().measure(calls, rounds=3)
+    times = load("bench_faults").measure(calls, rounds=3)
     assert set(times) == {"sleep", "alloc"}
     wall, user, system = times["sleep"]
     assert wall >= 2.0 and user >= 0 and system >= 0  # ms; a sleep is wall time only
@@ -33,17 +20,10 @@ def test_measure_reports_wall_user_and_system_of_every_call():
 
 @pytest.mark.skipif(not backends.available("cpu"), reason="times the fused operators")
 def test_command_prints_the_operators_and_the_fault_baseline():
-    out = subprocess.run(
-        [sys.executable, str(BENCH), "--rounds", "2", "--shape", "4x16x4x4"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = run("bench_faults", "--rounds", "2", "--shape", "4x16x4x4").stdout
     assert "bn_op" in out and "l2bn_op" in out and "empty_like+fill" in out
 
 
 def test_bad_shape_is_a_usage_error():
-    result = subprocess.run(
-        [sys.executable, str(BENCH), "--shape", "1x3"], capture_output=True, text=True
-    )
+    result = run("bench_faults", "--shape", "1x3", check=False)
     assert result.returncode == 2 and "N >= 2" in result.stderr

@@ -3,24 +3,12 @@ of why the rounds of ``l2bn bench`` equalize histories rests on it."""
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import subprocess
-import sys
-
-BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_history.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("bench_history", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _benchmark_scripts import load, run
 
 
 def test_calls_are_filed_by_predecessor_and_marker_since_own_last_call():
     sequence = ["bn", "naive", "l2bn", "bn", "l2bn", "naive", "l2bn", "l2bn"]
-    assert _module().filed(sequence, "naive") == [
+    assert load("bench_history").filed(sequence, "naive") == [
         ("bn", None, False),
         ("naive", "bn", False),
         ("l2bn", "naive", True),
@@ -33,18 +21,11 @@ def test_calls_are_filed_by_predecessor_and_marker_since_own_last_call():
 
 
 def test_command_prints_a_median_per_history():
-    out = subprocess.run(
-        [sys.executable, str(BENCH), "--rounds", "12", "--shape", "4x8x3x3", "--threads", "1"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = run("bench_history", "--rounds", "12", "--shape", "4x8x3x3", "--threads", "1").stdout
     lines = out.splitlines()
     assert lines[0].startswith("2d 4x8x3x3 CL train_fwd_bwd, 1 thread(s), 12 random rounds")
     rows = [line.split() for line in lines[2:]]
     assert rows and {row[0] for row in rows} <= {"bn", "l2bn"}
     assert ["l2bn", "naive", "True"] in [row[:3] for row in rows]
-    bad = subprocess.run(
-        [sys.executable, str(BENCH), "--rounds", "0"], capture_output=True, text=True
-    )
+    bad = run("bench_history", "--rounds", "0", check=False)
     assert bad.returncode == 2 and "--rounds" in bad.stderr

@@ -3,33 +3,20 @@ README's account of the small training cells rests on it."""
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import subprocess
-import sys
-
 import pytest
 import torch
 
+from _benchmark_scripts import load, run
 from l2bn import backends
 
-BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_recorded.py"
-
 needs_fused = pytest.mark.skipif(not backends.available("cpu"), reason="times the fused operators")
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("bench_recorded", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @needs_fused
 def test_calls_compute_what_they_name():
     """Each recorded call runs through autograd (and its backward runs); the bare calls
     record nothing; every recorded forward's output address is kept."""
-    module = _module()
+    module = load("bench_recorded")
     x, dy = torch.randn(6, 5, 3), torch.randn(6, 5, 3)
     addresses = {"bn": set(), "l2bn": set()}
     calls, drop_grads = module.contender_calls(x, dy, addresses)
@@ -48,12 +35,7 @@ def test_calls_compute_what_they_name():
 
 @needs_fused
 def test_command_prints_every_call_and_the_recording_cost():
-    out = subprocess.run(
-        [sys.executable, str(BENCH), "--rounds", "2", "--shape", "8x16", "--threads", "1"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = run("bench_recorded", "--rounds", "2", "--shape", "8x16", "--threads", "1").stdout
     for call in (
         "op fwd",
         "recorded fwd+bwd",
@@ -65,7 +47,5 @@ def test_command_prints_every_call_and_the_recording_cost():
 
 
 def test_bad_shape_is_a_usage_error():
-    result = subprocess.run(
-        [sys.executable, str(BENCH), "--shape", "1x3"], capture_output=True, text=True
-    )
+    result = run("bench_recorded", "--shape", "1x3", check=False)
     assert result.returncode == 2 and "N >= 2" in result.stderr
