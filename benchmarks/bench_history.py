@@ -6,10 +6,12 @@ The contenders of ``l2bn bench`` (its modules, timing and allocator settings) ru
 rounds of a seeded random order, so every history occurs; each call is filed under its
 predecessor and under whether ``--marker`` ran since the same contender's previous call.
 This is what ``l2bn.bench.timing.fair_period`` equalizes between contenders (README, "How
-the rounds are run").
+the rounds are run"). ``--contenders bn,l2bn`` leaves the naive composite out of the
+process altogether.
 
 Usage: python benchmarks/bench_history.py [--shape 128x64x8x8] [--layout channels_last]
 [--mode train_fwd_bwd] [--threads 2] [--rounds 240] [--marker naive]
+[--contenders bn,naive,l2bn]
 """
 
 from __future__ import annotations
@@ -50,8 +52,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--rounds", type=int, default=240, help="rounds (>= 1)")
     parser.add_argument("--marker", choices=cn.CONTENDERS, default="naive")
+    parser.add_argument(
+        "--contenders",
+        default=",".join(cn.CONTENDERS),
+        help="comma-separated subset of bn,naive,l2bn (default: all three)",
+    )
     args = parser.parse_args()
     shape = cn.script_shape(parser, args)
+    names = [name.strip() for name in args.contenders.split(",") if name.strip()]
+    if not names or any(name not in cn.CONTENDERS for name in names):
+        parser.error(f"--contenders: expected names from {', '.join(cn.CONTENDERS)}")
     allocator = keep_freed_memory()
     torch.set_num_threads(args.threads)
     layout = args.layout if len(shape) == 4 else "contiguous"
@@ -59,7 +69,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     x = case.input(gen).requires_grad_()
     dy = case.input(gen)
-    modules = {name: cn.build(name, shape[1], len(shape)) for name in cn.CONTENDERS}
+    modules = {name: cn.build(name, shape[1], len(shape)) for name in names}
     for m in modules.values():
         if layout == "channels_last":
             m.to(memory_format=torch.channels_last)
@@ -74,7 +84,7 @@ def main() -> None:
 
     # Seeded random rounds, not the fair period of l2bn bench: every history occurs.
     rng = random.Random(0)
-    sequence = [name for _ in range(args.rounds + 1) for name in rng.sample(list(calls), 3)]
+    sequence = [name for _ in range(args.rounds + 1) for name in rng.sample(names, len(names))]
     samples: dict[tuple[str, str | None, bool], list[float]] = {}
     for i, key in enumerate(filed(sequence, args.marker)):
         drop_grads()

@@ -29,3 +29,12 @@ def test_command_prints_a_median_per_history():
     assert ["l2bn", "naive", "True"] in [row[:3] for row in rows]
     bad = run("bench_history", "--rounds", "0", check=False)
     assert bad.returncode == 2 and "--rounds" in bad.stderr
+
+
+def test_contenders_leave_the_composite_out():
+    args = ("--rounds", "6", "--shape", "4x8", "--threads", "1", "--contenders", "bn,l2bn")
+    rows = [line.split() for line in run("bench_history", *args).stdout.splitlines()[2:]]
+    assert rows and all("naive" not in row for row in rows)
+    assert {row[0] for row in rows} == {"bn", "l2bn"}
+    bad = run("bench_history", "--contenders", "bn,gn", check=False)
+    assert bad.returncode == 2 and "--contenders" in bad.stderr
