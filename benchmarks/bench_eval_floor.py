@@ -20,9 +20,10 @@ does). Each line prints medians in microseconds and ratios to ``bn``: ``floor / 
 the lowest ratio L2BN's data flow reached on this machine, ``l2bn / floor`` how far the
 operator is above it.
 
-The rounds cycle through the orders of the five contenders (l2bn.bench.timing); 30 rounds
-run 30 of the 120 orders, so the orders are not balanced as in ``l2bn bench``: compare the
-ratios of several runs.
+The rounds cycle through ``l2bn.bench.timing.balanced_orders`` of the five contenders: each
+has each other one just before it equally often over every 4 rounds (30 rounds are 7
+periods and 2 rounds), but not the same history since its previous call as ``l2bn bench``'s
+three contenders have: compare the ratios of several runs.
 
 ``python benchmarks/bench_eval_floor.py [--threads N] [--isa avx2] [--alone] [--cold
 [all|data]] [--shape NxCxHxW ...]`` (default: the 2d shapes of ``l2bn bench``; ``--alone``:

@@ -10,7 +10,7 @@ the rounds are run"). ``--contenders bn,l2bn`` leaves the naive composite out of
 process altogether.
 
 Usage: python benchmarks/bench_history.py [--shape 128x64x8x8] [--layout channels_last]
-[--mode train_fwd_bwd] [--threads 2] [--rounds 240] [--marker naive]
+[--mode train_fwd_bwd] [--threads 2] [--rounds 240] [--marker naive|bn|l2bn]
 [--contenders bn,naive,l2bn]
 """
 
@@ -27,7 +27,7 @@ from l2bn.bench import contenders as cn
 from l2bn.bench.machine import keep_freed_memory
 
 
-def filed(sequence: list[str], marker: str) -> list[tuple[str, str | None, bool]]:
+def filed(sequence: list[str], marker: str | None) -> list[tuple[str, str | None, bool]]:
     """For each call of ``sequence``: its contender, the contender just before it (None for
     the first) and whether ``marker`` ran since that contender's previous call (or since
     the start)."""
@@ -51,7 +51,13 @@ def main() -> None:
     parser.add_argument("--mode", choices=cn.MODES, default="train_fwd_bwd")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--rounds", type=int, default=240, help="rounds (>= 1)")
-    parser.add_argument("--marker", choices=cn.CONTENDERS, default="naive")
+    parser.add_argument(
+        "--marker",
+        choices=cn.CONTENDERS,
+        default=None,
+        help="the contender whose runs since another's previous call are counted, its own "
+        "rows left out (default: naive, when it is among the contenders; else none)",
+    )
     parser.add_argument(
         "--contenders",
         default=",".join(cn.CONTENDERS),
@@ -62,6 +68,12 @@ def main() -> None:
     names = [name.strip() for name in args.contenders.split(",") if name.strip()]
     if not names or any(name not in cn.CONTENDERS for name in names):
         parser.error(f"--contenders: expected names from {', '.join(cn.CONTENDERS)}")
+    if len(set(names)) != len(names):
+        parser.error("--contenders: each name once")
+    if args.marker is None:
+        args.marker = "naive" if "naive" in names else None
+    elif args.marker not in names:
+        parser.error(f"--marker {args.marker}: not among --contenders {','.join(names)}")
     allocator = keep_freed_memory()
     torch.set_num_threads(args.threads)
     layout = args.layout if len(shape) == 4 else "contiguous"
@@ -91,20 +103,20 @@ def main() -> None:
         start = time.perf_counter()
         calls[key[0]]()
         elapsed = time.perf_counter() - start
-        if i >= len(calls):  # after the warm-up round
+        if i >= len(names):  # after the warm-up round
             samples.setdefault(key, []).append(elapsed)
     print(
         f"{case.name} {args.mode}, {torch.get_num_threads()} thread(s), {args.rounds} random "
         f"rounds, allocator: {allocator}; medians, ms"
     )
-    print(
-        f"{'contender':<10}{'after':<8}{args.marker + ' since own last':>20}{'ms':>9}{'calls':>7}"
-    )
+    since_label = f"{args.marker} since own last" if args.marker else "(no marker)"
+    print(f"{'contender':<10}{'after':<8}{since_label:>20}{'ms':>9}{'calls':>7}")
     for (name, before, since), times in sorted(samples.items()):
         if name == args.marker:
             continue
         median = statistics.median(times) * 1e3
-        print(f"{name:<10}{before:<8}{since!s:>20}{median:>9.3f}{len(times):>7}")
+        flag = str(since) if args.marker else "-"
+        print(f"{name:<10}{before:<8}{flag:>20}{median:>9.3f}{len(times):>7}")
 
 
 if __name__ == "__main__":

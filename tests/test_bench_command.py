@@ -16,7 +16,15 @@ from l2bn.bench import contenders as cn
 from l2bn.bench import machine
 from l2bn.bench.report import format_table
 from l2bn.bench.saved import saved_bytes
-from l2bn.bench.timing import fair_period, round_orders, time_interleaved
+from l2bn.bench.timing import (
+    MAX_CONTENDERS,
+    balanced_orders,
+    fair_period,
+    period,
+    round_orders,
+    schedule,
+    time_interleaved,
+)
 from l2bn.cli import main
 
 
@@ -199,18 +207,50 @@ def test_the_three_contenders_of_l2bn_bench_see_the_naive_composite_alike():
     assert (old_follows[("naive", "l2bn")], old_follows[("naive", "bn")]) == (3, 2)
 
 
-def test_more_contenders_get_seeded_random_rounds():
-    names = list("abcdefghij")
-    assert fair_period(len(names)) is None
-    orders = round_orders(names, rounds=400, warmup=2)
-    assert len(orders) == 402 and all(sorted(o) == names for o in orders)
-    assert orders == round_orders(names, rounds=400, warmup=2)  # the same every run
-    assert orders != round_orders(names, rounds=400, warmup=2, seed=1)
-    follows = _follows([name for order in orders for name in order])
-    # Fair on average: each of the 90 ordered pairs about 44 times in 4019 neighbours.
-    assert all(20 <= follows.get((a, b), 0) <= 75 for a in names for b in names if a != b)
+@pytest.mark.parametrize("count", range(4, MAX_CONTENDERS + 1))
+def test_more_contenders_get_each_other_just_before_them_equally_often(count):
+    assert fair_period(count) is None
+    cycle = balanced_orders(count)
+    assert len(cycle) == count - 1 and period(count) == cycle
+    assert all(sorted(order) == list(range(count)) for order in cycle)
+    calls = [str(i) for order in cycle for i in order]
+    # Cyclically, every ordered pair of distinct contenders once, never one after itself.
+    assert _follows(calls + calls[:1]) == {
+        (str(a), str(b)): 1 for a in range(count) for b in range(count) if a != b
+    }
+    names = [f"c{i}" for i in range(count)]
+    assert round_orders(names, rounds=count - 1) == [
+        tuple(names[i] for i in order) for order in cycle
+    ]
+
+
+def test_balanced_orders_refuse_counts_out_of_range():
+    for count in (0, MAX_CONTENDERS + 1):
+        with pytest.raises(ValueError, match="contenders"):
+            balanced_orders(count)
     with pytest.raises(ValueError, match="contender"):
         round_orders([], rounds=1)
+
+
+def test_schedule_says_whether_the_rounds_end_on_a_whole_period():
+    assert (
+        schedule(3, 30)
+        == "every contender the same history (period 6 rounds; 30 rounds = 5 periods)"
+    )
+    assert schedule(2, 15).endswith("(period 1 round; 15 rounds = 15 periods)")
+    partial = schedule(3, 15)
+    assert "2 periods and 3 more, not balanced (use a multiple of 6)" in partial
+    assert schedule(5, 12).startswith("each contender after each other equally often (period 4")
+
+
+def test_the_bench_default_rounds_end_on_a_whole_period(quick_results):
+    from l2bn.bench.command import DEFAULT_ROUNDS
+
+    assert "not balanced" not in schedule(len(cn.CONTENDERS), DEFAULT_ROUNDS)
+    assert "not balanced" not in schedule(2, DEFAULT_ROUNDS)
+    meta = quick_results["meta"]
+    assert meta["schedule"] == schedule(len(meta["contenders"]), meta["rounds"])
+    assert f"rounds: {meta['schedule']}" in format_table(quick_results)
 
 
 def test_time_interleaved_runs_the_fair_rounds_and_the_before_hook():
@@ -253,6 +293,12 @@ def test_huge_pages_report_torchs_switch_and_the_kernel_mode(monkeypatch, tmp_pa
     assert machine.huge_pages() == "off (THP_MEM_ALLOC_ENABLE unset, kernel THP mode madvise)"
     monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
     assert machine.huge_pages() == "on (THP_MEM_ALLOC_ENABLE '1', kernel THP mode madvise)"
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
+    mode.write_text("[always] madvise never\n")
+    assert machine.huge_pages().endswith(
+        "mode always: the kernel may back large mappings with huge pages anyway)"
+    )
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
     mode.write_text("always madvise [never]\n")
     assert machine.huge_pages().startswith("off (THP_MEM_ALLOC_ENABLE '1', kernel THP mode never")
     monkeypatch.setattr(machine, "_THP_MODE", str(tmp_path / "missing"))

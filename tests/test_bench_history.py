@@ -36,5 +36,11 @@ def test_contenders_leave_the_composite_out():
     rows = [line.split() for line in run("bench_history", *args).stdout.splitlines()[2:]]
     assert rows and all("naive" not in row for row in rows)
     assert {row[0] for row in rows} == {"bn", "l2bn"}
-    bad = run("bench_history", "--contenders", "bn,gn", check=False)
-    assert bad.returncode == 2 and "--contenders" in bad.stderr
+    assert all(row[2] == "-" for row in rows)  # no marker: the composite is not there
+    for args, message in (
+        (("--contenders", "bn,gn"), "--contenders"),
+        (("--contenders", "bn,bn"), "each name once"),
+        (("--contenders", "bn,l2bn", "--marker", "naive"), "not among"),
+    ):
+        bad = run("bench_history", *args, check=False)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr

@@ -16,7 +16,10 @@ from l2bn.bench import machine
 from l2bn.bench.e2e import time_compiled_training_step, time_training_step
 from l2bn.bench.report import format_table, timing_row, to_json
 from l2bn.bench.saved import saved_bytes
-from l2bn.bench.timing import time_interleaved
+from l2bn.bench.timing import schedule, time_interleaved
+
+DEFAULT_ROUNDS = 18
+"""Three whole periods of the rounds of three contenders (``l2bn.bench.timing.schedule``)."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +28,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument(
-        "--rounds", type=int, default=None, help="interleaved rounds (default 15; quick 2)"
+        "--rounds",
+        type=int,
+        default=None,
+        help=f"interleaved rounds (default {DEFAULT_ROUNDS}: three periods of the fair "
+        "schedule; quick 2)",
     )
     parser.add_argument(
         "--cases", default="", help="only cases whose name contains this text, e.g. '56x56'"
@@ -201,7 +208,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Run every selected case (and the ResNet-20 step); return the results dict."""
     modes = _parse_modes(args.modes)
     contenders = tuple(_parse_contenders(getattr(args, "contenders", ",".join(cn.CONTENDERS))))
-    rounds = args.rounds if args.rounds is not None else (2 if args.quick else 15)
+    rounds = args.rounds if args.rounds is not None else (2 if args.quick else DEFAULT_ROUNDS)
     selected = selected_cases(args)
     allocator = "system default" if args.default_malloc else machine.keep_freed_memory()
     results: dict[str, Any] = {
@@ -209,6 +216,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "rounds": rounds,
+            "schedule": schedule(len(contenders), rounds),
             "device": "cpu",
             "clock": args.clock,
             "contenders": list(contenders),

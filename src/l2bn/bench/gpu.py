@@ -494,7 +494,7 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Every selected case, then the training steps; returns the results dict. Cases that
     would start after ``cases_budget`` seconds are skipped (listed in the results)."""
-    rounds = rounds or (2 if quick else 10)
+    rounds = rounds or (2 if quick else 12)
     modes = list(modes or MODES)
     results: dict[str, Any] = {"meta": _meta(device, rounds, quick), "timings": []}
     compile_state = {"spent": 0.0, "budget": compile_budget}

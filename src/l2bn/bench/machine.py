@@ -120,7 +120,10 @@ def huge_pages() -> str:
     value = os.environ.get("THP_MEM_ALLOC_ENABLE")
     on = value == "1" and mode in ("always", "madvise")
     setting = "unset" if value is None else repr(value)
-    return f"{'on' if on else 'off'} (THP_MEM_ALLOC_ENABLE {setting}, kernel THP mode {mode})"
+    text = f"{'on' if on else 'off'} (THP_MEM_ALLOC_ENABLE {setting}, kernel THP mode {mode}"
+    if not on and mode == "always":
+        text += ": the kernel may back large mappings with huge pages anyway"
+    return text + ")"
 
 
 # glibc's mallopt parameters (malloc.h).

@@ -33,6 +33,7 @@ def format_table(results: dict[str, Any]) -> str:
         f"l2bn bench: torch {meta['torch']}, {meta['threads']} threads, "
         f"{meta['rounds']} interleaved rounds, {meta['clock']} clock, device {meta['device']}",
         f"contenders: {', '.join(meta.get('contenders', ['bn', 'naive', 'l2bn']))}",
+        f"rounds: {meta.get('schedule', 'unknown')}",
         f"processor: {meta.get('processor', 'unknown')}",
         f"fused kernels' instruction set: {meta.get('kernel_isa') or 'none (l2bn._C not loaded)'}"
         f" (available: {', '.join(meta.get('kernel_isas') or []) or 'none'}; L2BN_CPU_ISA or "

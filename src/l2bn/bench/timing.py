@@ -11,7 +11,8 @@ same one. Cycling through all permutations balances the pairs inside the rounds 
 across their boundaries, nor the histories. :func:`fair_period` gives, for up to three
 contenders, a period of rounds in which each contender's calls have the same histories (what
 ran since its previous call, in order) as every other's, up to renaming the contenders; more
-contenders get rounds in a seeded random order, fair on average.
+contenders get :func:`balanced_orders`, whose period of ``k - 1`` rounds gives each contender
+each other one just before it equally often (the call just before, not the whole history).
 
 Two clocks: ``wall`` (``time.perf_counter``, what a user waits for) and ``cpu``
 (``time.process_time``, the CPU time of this process: with one thread it leaves out the
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import random
 import statistics
 import time
 from collections import Counter
@@ -94,7 +94,7 @@ def fair_period(count: int) -> tuple[tuple[int, ...], ...] | None:
 
     Found by exhaustive search over periods of up to ``FAIR_SEARCH_ROUNDS`` rounds that
     start with the identity (any other first round is a renaming): one round for one or
-    two contenders, six for three. The search grows as ``(count!) ** rounds``.
+    two contenders, six for three. The search grows as ``(count!) ** (rounds - 1)``.
     """
     if count < 1:
         raise ValueError(f"expected at least 1 contender, got {count}")
@@ -109,24 +109,91 @@ def fair_period(count: int) -> tuple[tuple[int, ...], ...] | None:
     raise RuntimeError(f"no fair period of {count} contenders")  # pragma: no cover
 
 
-def round_orders(
-    names: Sequence[str], rounds: int, warmup: int = 0, seed: int = 0
-) -> list[tuple[str, ...]]:
-    """The orders of ``warmup`` untimed rounds, then ``rounds`` timed ones.
+MAX_CONTENDERS = 12
 
-    Up to three contenders: :func:`fair_period` cycled, the warm-up rounds being those that
-    precede the first timed round in the cycle; over whole periods (1 round for two
-    contenders, 6 for three: ``--rounds 30`` is 30 or 5 periods) every contender has the
-    same histories. More contenders: each round a random order from ``seed``, fair on
-    average and the same from run to run.
+
+@functools.cache
+def balanced_orders(count: int) -> tuple[tuple[int, ...], ...]:
+    """A period of ``count - 1`` rounds (one for a single contender), each a permutation of
+    ``0 .. count - 1``, whose calls, read in order and cyclically from the last round back
+    to the first, hold every ordered pair ``(a, b)`` of distinct contenders exactly once as
+    neighbours and never a contender after itself: each contender has each other one just
+    before it equally often, across the boundaries of the rounds as within them. It does
+    not balance what ran earlier since a contender's previous call (:func:`fair_period`
+    does, for up to three). Found by a depth-first search, instant up to
+    ``MAX_CONTENDERS``.
+
+    Raises:
+        ValueError: ``count`` below 1 or above ``MAX_CONTENDERS``.
+    """
+    if not 1 <= count <= MAX_CONTENDERS:
+        raise ValueError(f"expected 1 to {MAX_CONTENDERS} contenders, got {count}")
+    if count == 1:
+        return ((0,),)
+    total = count * (count - 1)
+    calls = list(range(count))  # the first round, fixed: any other is a renaming
+    pairs = set(itertools.pairwise(calls))
+
+    def extend() -> bool:
+        i = len(calls)
+        if i == total:
+            return (calls[-1], calls[0]) not in pairs
+        taken = set(calls[i - i % count : i])
+        prev = calls[-1]
+        for nxt in range(count):
+            if nxt in taken or (prev, nxt) in pairs:
+                continue
+            if i == total - 1 and (nxt, calls[0]) in pairs:
+                continue
+            calls.append(nxt)
+            pairs.add((prev, nxt))
+            if extend():
+                return True
+            calls.pop()
+            pairs.discard((prev, nxt))
+        return False
+
+    if not extend():  # pragma: no cover - exists for every count up to MAX_CONTENDERS
+        raise RuntimeError(f"no balanced order of {count} contenders")
+    return tuple(tuple(calls[r : r + count]) for r in range(0, total, count))
+
+
+def period(count: int) -> tuple[tuple[int, ...], ...]:
+    """The rounds that :func:`round_orders` cycles: :func:`fair_period` where it exists
+    (up to three contenders), else :func:`balanced_orders`."""
+    return fair_period(count) or balanced_orders(count)
+
+
+def schedule(count: int, rounds: int) -> str:
+    """One line on how ``rounds`` timed rounds of ``count`` contenders are balanced (for
+    the report): the period, and the rounds past the last whole one, which are not."""
+    length = len(period(count))
+    what = (
+        "every contender the same history"
+        if fair_period(count) is not None
+        else "each contender after each other equally often"
+    )
+    whole, rest = divmod(rounds, length)
+    span = f"{length} round{'s' * (length != 1)}"
+    if rest == 0:
+        return f"{what} (period {span}; {rounds} rounds = {whole} periods)"
+    return (
+        f"{what} over whole periods of {span}; {rounds} rounds = {whole} periods "
+        f"and {rest} more, not balanced (use a multiple of {length})"
+    )
+
+
+def round_orders(names: Sequence[str], rounds: int, warmup: int = 0) -> list[tuple[str, ...]]:
+    """The orders of ``warmup`` untimed rounds, then ``rounds`` timed ones: :func:`period`
+    cycled, the warm-up rounds being those that precede the first timed round in the cycle
+    (so the first timed calls have the histories the cycle gives them). Over whole periods
+    (1 round for two contenders, 6 for three: ``--rounds 30`` is 30 or 5 periods; ``k - 1``
+    for ``k`` > 3) the balance of :func:`fair_period` or :func:`balanced_orders` holds.
     """
     if not names:
         raise ValueError("expected at least 1 contender")
-    period = fair_period(len(names))
-    if period is None:
-        rng = random.Random(seed)
-        return [tuple(rng.sample(list(names), len(names))) for _ in range(warmup + rounds)]
-    return [tuple(names[i] for i in period[r % len(period)]) for r in range(-warmup, rounds)]
+    cycle = period(len(names))
+    return [tuple(names[i] for i in cycle[r % len(cycle)]) for r in range(-warmup, rounds)]
 
 
 def time_interleaved(
