@@ -78,28 +78,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     layout = args.layout if len(shape) == 4 else "contiguous"
     case = cn.Case(shape, layout)
-    gen = torch.Generator().manual_seed(0)
-    x = case.input(gen).requires_grad_()
-    dy = case.input(gen)
-    modules = {name: cn.build(name, shape[1], len(shape)) for name in names}
-    for m in modules.values():
-        if layout == "channels_last":
-            m.to(memory_format=torch.channels_last)
+    bench = cn.prepare(case, names, seed=0)
+    calls = {}
+    for name, m in bench.modules.items():
         m.train(args.mode != "eval_fwd")
-    calls = {name: cn.mode_call(m, args.mode, x, dy) for name, m in modules.items()}
-
-    def drop_grads() -> None:
-        x.grad = None
-        for m in modules.values():
-            for p in m.parameters():
-                p.grad = None
-
+        calls[name] = cn.mode_call(m, args.mode, bench.x, bench.dy)
     # Seeded random rounds, not the fair period of l2bn bench: every history occurs.
     rng = random.Random(0)
     sequence = [name for _ in range(args.rounds + 1) for name in rng.sample(names, len(names))]
     samples: dict[tuple[str, str | None, bool], list[float]] = {}
     for i, key in enumerate(filed(sequence, args.marker)):
-        drop_grads()
+        bench.drop_grads()
         start = time.perf_counter()
         calls[key[0]]()
         elapsed = time.perf_counter() - start

@@ -145,21 +145,8 @@ def bench_case(
 ) -> tuple[list, list]:
     """Timing rows and saved-bytes rows of one case (with ``ops``, also the operators
     alone, interleaved among themselves after the modules)."""
-    gen = torch.Generator().manual_seed(seed)
-    x = case.input(gen).requires_grad_()
-    dy = case.input(gen)
-    dims, channels = len(case.shape), case.shape[1]
-    modules = {name: cn.build(name, channels, dims) for name in contenders}
-    if case.layout == "channels_last":
-        for m in modules.values():
-            m.to(memory_format=torch.channels_last)
-
-    def drop_grads() -> None:
-        x.grad = None
-        for m in modules.values():
-            for p in m.parameters():
-                p.grad = None
-
+    bench = cn.prepare(case, contenders, seed)
+    x, dy, modules, drop_grads = bench.x, bench.dy, bench.modules, bench.drop_grads
     rows = []
     for mode in modes:
         for m in modules.values():

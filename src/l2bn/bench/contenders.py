@@ -117,6 +117,35 @@ def build(name: str, num_features: int, dims: int) -> nn.Module:
     raise ValueError(f"unknown contender {name!r}; valid names: {', '.join(CONTENDERS)}")
 
 
+@dataclass
+class Bench:
+    """What one case's contenders are timed on: the input ``x`` (requires grad), the
+    output gradient ``dy``, a fresh module per contender (in the case's layout) and
+    :meth:`drop_grads`, run before every call so that no gradient accumulates."""
+
+    x: Tensor
+    dy: Tensor
+    modules: dict[str, nn.Module]
+
+    def drop_grads(self) -> None:
+        self.x.grad = None
+        for m in self.modules.values():
+            for p in m.parameters():
+                p.grad = None
+
+
+def prepare(case: Case, names: tuple[str, ...] | list[str], seed: int) -> Bench:
+    """The input, output gradient (from ``seed``) and modules of ``names`` for ``case``."""
+    gen = torch.Generator().manual_seed(seed)
+    x = case.input(gen).requires_grad_()
+    dy = case.input(gen)
+    modules = {name: build(name, case.shape[1], len(case.shape)) for name in names}
+    if case.layout == "channels_last":
+        for m in modules.values():
+            m.to(memory_format=torch.channels_last)
+    return Bench(x, dy, modules)
+
+
 def mode_call(module: nn.Module, mode: str, x: Tensor, dy: Tensor) -> Callable[[], object]:
     """The call timed for ``mode``: training forward (graph recorded), forward+backward,
     or eval forward under ``no_grad``."""

@@ -13,8 +13,8 @@ Triton backend where available) and ``l2bn_compiled`` (the same under
 forward+backward, eval forward under ``no_grad``.
 
 Per case and mode the contenders run interleaved round by round, in the orders of the CPU
-benchmark (``l2bn.bench.timing.round_orders``: seeded random for more than three); each
-round times
+benchmark (``l2bn.bench.timing.round_orders``: for more than three contenders, each has
+each other one just before it equally often over every ``k - 1`` rounds); each round times
 ``reps`` back-to-back calls between two CUDA events (GPU time, launch gaps included) and
 reports per call. Kernels per call come from one ``torch.profiler`` run of each contender
 (every GPU-side event: kernels, memsets, copies). Ratios are to cuDNN BatchNorm, to native
