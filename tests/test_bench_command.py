@@ -178,9 +178,10 @@ def _since_last(cyclic: list[str], who: str, other: str) -> int:
 
 @pytest.mark.parametrize("count", [1, 2, 3])
 def test_fair_period_gives_every_contender_the_same_histories(count):
-    period = fair_period(count)
-    assert all(sorted(order) == list(range(count)) for order in period)
-    calls = [i for order in period for i in order]
+    cycle = fair_period(count)
+    assert period(count) == cycle
+    assert all(sorted(order) == list(range(count)) for order in cycle)
+    calls = [i for order in cycle for i in order]
     n = len(calls)
     histories = []  # (contender, what ran since its previous call), by another route
     for i, who in enumerate(calls):
