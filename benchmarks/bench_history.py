@@ -9,22 +9,56 @@ This is what ``l2bn.bench.timing.fair_period`` equalizes between contenders (REA
 the rounds are run"). ``--contenders bn,l2bn`` leaves the naive composite out of the
 process altogether.
 
+One more contender exists here only: ``plain``, the composite's work in plain tensor
+operations (``F.normalize``, then the batch statistics by ``mean`` and ``var``), which
+moves the composite's data but runs none of BatchNorm's code. The composite runs
+BatchNorm's (its second half is a BatchNorm layer), so it leaves that code warm for the
+next ``bn`` call and not for ``l2bn``; ``--contenders bn,plain,l2bn`` evicts the caches
+alike for both (README, "1d (N, C) training").
+
 Usage: python benchmarks/bench_history.py [--shape 128x64x8x8] [--layout channels_last]
-[--mode train_fwd_bwd] [--threads 2] [--rounds 240] [--marker naive|bn|l2bn]
+[--mode train_fwd_bwd] [--threads 2] [--rounds 240] [--marker naive|plain|bn|l2bn]
 [--contenders bn,naive,l2bn]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import statistics
 import time
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from l2bn.bench import contenders as cn
 from l2bn.bench.machine import keep_freed_memory
+
+NAMES = (*cn.CONTENDERS, "plain")
+
+
+class PlainComposite(nn.Module):
+    """The naive composite (training mode, unit weight, zero bias) in plain tensor
+    operations: ``F.normalize`` of each flattened sample times ``sqrt(D)``, then
+    ``(xh - mean) / sqrt(var + eps)`` with the per-channel batch mean and biased variance
+    from ``Tensor.mean`` and ``Tensor.var``. Same output as the composite, none of
+    BatchNorm's code; no parameters, no running statistics."""
+
+    def __init__(self, eps: float = 1e-5, l2_eps: float = 1e-12) -> None:
+        super().__init__()
+        self.eps = eps
+        self.l2_eps = l2_eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.reshape(x.shape[0], -1)
+        xh = F.normalize(flat, dim=1, eps=self.l2_eps) * math.sqrt(flat.shape[1])
+        xh = xh.reshape(x.shape)
+        dims = [0, *range(2, x.dim())]
+        mean = xh.mean(dims, keepdim=True)
+        var = xh.var(dims, unbiased=False, keepdim=True)
+        return (xh - mean) * torch.rsqrt(var + self.eps)
 
 
 def filed(sequence: list[str], marker: str | None) -> list[tuple[str, str | None, bool]]:
@@ -53,32 +87,34 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=240, help="rounds (>= 1)")
     parser.add_argument(
         "--marker",
-        choices=cn.CONTENDERS,
+        choices=NAMES,
         default=None,
         help="the contender whose runs since another's previous call are counted, its own "
-        "rows left out (default: naive, when it is among the contenders; else none)",
+        "rows left out (default: naive, else plain, when among the contenders; else none)",
     )
     parser.add_argument(
         "--contenders",
         default=",".join(cn.CONTENDERS),
-        help="comma-separated subset of bn,naive,l2bn (default: all three)",
+        help="comma-separated subset of bn,naive,l2bn,plain (default: bn,naive,l2bn)",
     )
     args = parser.parse_args()
     shape = cn.script_shape(parser, args)
     names = [name.strip() for name in args.contenders.split(",") if name.strip()]
-    if not names or any(name not in cn.CONTENDERS for name in names):
-        parser.error(f"--contenders: expected names from {', '.join(cn.CONTENDERS)}")
+    if not names or any(name not in NAMES for name in names):
+        parser.error(f"--contenders: expected names from {', '.join(NAMES)}")
     if len(set(names)) != len(names):
         parser.error("--contenders: each name once")
     if args.marker is None:
-        args.marker = "naive" if "naive" in names else None
+        args.marker = next((name for name in ("naive", "plain") if name in names), None)
     elif args.marker not in names:
         parser.error(f"--marker {args.marker}: not among --contenders {','.join(names)}")
     allocator = keep_freed_memory()
     torch.set_num_threads(args.threads)
     layout = args.layout if len(shape) == 4 else "contiguous"
     case = cn.Case(shape, layout)
-    bench = cn.prepare(case, names, seed=0)
+    bench = cn.prepare(case, [name for name in names if name != "plain"], seed=0)
+    if "plain" in names:
+        bench.modules["plain"] = PlainComposite()
     calls = {}
     for name, m in bench.modules.items():
         m.train(args.mode != "eval_fwd")

@@ -44,3 +44,31 @@ def test_contenders_leave_the_composite_out():
     ):
         bad = run("bench_history", *args, check=False)
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+
+
+def test_plain_composite_is_the_composite_without_batchnorm_code():
+    import torch
+    from torch.profiler import profile
+
+    from l2bn.bench.contenders import NaiveComposite
+
+    plain = load("bench_history").PlainComposite()
+    for shape, layout in (((6, 5, 3, 4), torch.channels_last), ((7, 9), torch.contiguous_format)):
+        x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=layout)
+        bn = torch.nn.BatchNorm2d if len(shape) == 4 else torch.nn.BatchNorm1d
+        naive = NaiveComposite(bn(shape[1], dtype=torch.float64))
+        torch.testing.assert_close(plain(x), naive(x))
+        with profile() as prof:
+            plain(x.float())
+        names = {event.name for event in prof.events()}
+        assert "aten::linalg_vector_norm" in names  # F.normalize ran
+        assert not any("batch_norm" in name for name in names), names
+
+
+def test_plain_contender_is_the_default_marker_without_the_composite():
+    args = ("--rounds", "6", "--shape", "4x8", "--threads", "1")
+    out = run("bench_history", *args, "--contenders", "bn,plain,l2bn").stdout.splitlines()
+    assert "plain since own last" in out[1]
+    rows = [line.split() for line in out[2:]]
+    assert {row[0] for row in rows} == {"bn", "l2bn"}  # the marker's own rows left out
+    assert ["l2bn", "plain", "True"] in [row[:3] for row in rows]
