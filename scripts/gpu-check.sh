@@ -60,7 +60,8 @@ fi
 timeout "${GPU_CHECK_TESTS_S:-240}" "$py" -m pytest -q -p no:cacheprovider -rfEs --tb=short \
     "${workers[@]}" \
     tests/test_triton_gpu.py tests/test_triton_kernels.py tests/test_triton_launches.py \
-    tests/test_triton_sync.py tests/test_triton_bench.py tests/test_core_compile.py \
+    tests/test_triton_sync.py tests/test_triton_direct.py tests/test_triton_bench.py \
+    tests/test_core_compile.py \
     >"$out/tests.txt" 2>&1
 tests_rc=$?
 mid=$(date +%s)

@@ -12,6 +12,15 @@ without the mutation, with the same backward registered as its autograd formula 
 (:func:`torch.library.register_autograd`); the running statistics are then updated by
 :func:`l2bn._impl.running.update_running_stats` from the batch statistics it returns,
 which the exported program records as a mutation of the module's buffers.
+
+In eager mode, on plain tensors and with no dispatch or torch-function mode active, the
+calls run the operators' Python bodies directly (:func:`_direct`) instead of going through
+the dispatcher: an operator call passes through its autograd, ADInplaceOrView and device
+kernels, each a Python function, before the body runs, which cost about as much host time
+as the launches themselves on the H200 machine (README, "Host time"). The same launches run,
+and a training forward bumps the running statistics' version counters as the operator
+does. Compiling, exporting, a ``TorchDispatchMode`` or ``TorchFunctionMode`` (the
+launch-counting tests', ``FlopCounterMode``) and tensor subclasses get the operators.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from torch import Tensor
 
 from l2bn._impl.operator_backward import train_grads
 from l2bn._impl.running import update_from_batch
-from l2bn._impl.transforms import exporting
+from l2bn._impl.transforms import compiling, exporting
 from l2bn._impl.triton import ops  # registers torch.ops.l2bn_triton.*
 
 _train = torch.ops.l2bn_triton.train.default
@@ -32,6 +41,71 @@ _train_backward = torch.ops.l2bn_triton.train_backward.default
 _eval_forward = torch.ops.l2bn_triton.eval_forward.default
 
 __all__ = ["TritonL2BatchNormFunction", "ops", "run"]
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def _direct(*tensors: Tensor | None) -> bool:
+    """Whether a call on ``tensors`` may run an operator's Python body directly: eager
+    (not compiling or exporting), no ``TorchDispatchMode`` or ``TorchFunctionMode`` active
+    (they expect to see the operators), and plain tensors or parameters only (a subclass
+    gets the operator, which dispatches to it)."""
+    if (
+        compiling()
+        or torch._C._len_torch_dispatch_stack()
+        or torch._C._is_torch_function_mode_enabled()
+    ):
+        return False
+    return all(t is None or type(t) in _PLAIN for t in tensors)
+
+
+def _forward(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    momentum: float,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+) -> tuple[Tensor, ...]:
+    """``l2bn_triton::train_forward``, or its body directly (:func:`_direct`)."""
+    args = (x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale)
+    if not _direct(x, weight, bias, running_mean, running_var):
+        return _train_forward(*args)
+    with ops.direct_launches():
+        outputs = ops._train_forward(*args, True)
+    for t in (running_mean, running_var):
+        if t is not None:  # as the operator's ADInplaceOrView kernel does for its mutations
+            torch.autograd.graph.increment_version(t)
+    return outputs
+
+
+def _backward(dy: Tensor, x: Tensor, weight: Tensor | None, *rest: Any) -> tuple[Tensor, ...]:
+    """``l2bn_triton::train_backward``, or its body directly (:func:`_direct`)."""
+    if not _direct(dy, x, weight):
+        return _train_backward(dy, x, weight, *rest)
+    with ops.direct_launches():
+        return ops._train_backward(dy, x, weight, *rest, True)
+
+
+def _eval(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+) -> Tensor:
+    """``l2bn_triton::eval_forward``, or its body directly (:func:`_direct`)."""
+    args = (x, running_mean, running_var, weight, bias, eps, l2_eps, scale)
+    if not _direct(x, running_mean, running_var, weight, bias):
+        return _eval_forward(*args)
+    with ops.direct_launches():
+        return ops._eval_forward(*args, True)
 
 
 def run(
@@ -57,8 +131,8 @@ def run(
         args = (x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale)
         if grad:
             return TritonL2BatchNormFunction.apply(*args)[0]
-        return _train_forward(*args)[0]
-    return _eval_forward(x, running_mean, running_var, weight, bias, eps, l2_eps, scale)
+        return _forward(*args)[0]
+    return _eval(x, running_mean, running_var, weight, bias, eps, l2_eps, scale)
 
 
 def _exported_train(
@@ -109,7 +183,7 @@ def _train_backward_formula(ctx: Any, dy: Tensor, *_stats: Tensor) -> tuple[Tens
     under ``create_graph=True``)."""
     if dy is None:  # the output was not used: no gradient flows
         return (None,) * 6
-    return (*train_grads(ctx, dy, _train_backward), None, None, None)
+    return (*train_grads(ctx, dy, _backward), None, None, None)
 
 
 torch.library.register_autograd(
@@ -133,9 +207,7 @@ class TritonL2BatchNormFunction(torch.autograd.Function):
         l2_eps: float,
         scale: bool,
     ) -> tuple[Tensor, ...]:
-        return _train_forward(
-            x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale
-        )
+        return _forward(x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -147,4 +219,4 @@ class TritonL2BatchNormFunction(torch.autograd.Function):
     def backward(ctx: Any, dy: Tensor, *_stats: Tensor) -> tuple[Tensor | None, ...]:
         if dy is None:  # the output was not used: no gradient flows
             return (None,) * 9
-        return (*train_grads(ctx, dy, _train_backward), None, None, None, None, None, None)
+        return (*train_grads(ctx, dy, _backward), None, None, None, None, None, None)
