@@ -67,7 +67,8 @@ def synced_us(fn: Callable[[], object], reps: int, sync: Callable[[], None]) -> 
 
 
 def calls(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) -> dict[str, Callable]:
-    """The timed calls of ``module`` on ``x`` (which requires grad) for each mode."""
+    """The timed calls of ``module`` on ``x`` (which requires grad) for each mode; the
+    caller sets the module's mode (``train`` or ``eval``) before timing them."""
 
     def fwd() -> object:
         return module(x)
@@ -78,11 +79,9 @@ def calls(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) -> dict[st
         for p in module.parameters():
             p.grad = None
 
-    def evaluate() -> None:
-        module.eval()
+    def evaluate() -> object:
         with torch.no_grad():
-            module(x)
-        module.train()
+            return module(x)
 
     return {"fwd": fwd, "fwd+bwd": fwd_bwd, "eval": evaluate}
 
@@ -127,6 +126,8 @@ def main() -> None:
             dy = torch.randn(shape, device=device)
             timed = {"bn": calls(bn, x, dy), "ops": calls(l2, x, dy), "direct": calls(l2, x, dy)}
             for mode in MODES:
+                for module in (bn, l2):
+                    module.train(mode != "eval")
                 cells: dict[str, list[tuple[float, float]]] = {k: [] for k in paths}
                 for _ in range(2):
                     for label, path in paths.items():

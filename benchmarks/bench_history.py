@@ -9,12 +9,13 @@ This is what ``l2bn.bench.timing.fair_period`` equalizes between contenders (REA
 the rounds are run"). ``--contenders bn,l2bn`` leaves the naive composite out of the
 process altogether.
 
-One more contender exists here only: ``plain``, the composite's work in plain tensor
-operations (``F.normalize``, then the batch statistics by ``mean`` and ``var``), which
-moves the composite's data but runs none of BatchNorm's code. The composite runs
-BatchNorm's (its second half is a BatchNorm layer), so it leaves that code warm for the
-next ``bn`` call and not for ``l2bn``; ``--contenders bn,plain,l2bn`` evicts the caches
-alike for both (README, "1d (N, C) training").
+One more contender exists here only: ``plain``, the training-mode composite's output in
+plain tensor operations (``F.normalize``, then the batch statistics by ``mean`` and
+``var``; no affine parameters, no running statistics, more intermediate tensors), which
+runs none of BatchNorm's code. The composite runs BatchNorm's (its second half is a
+BatchNorm layer), so it leaves that code warm for the next ``bn`` call and not for
+``l2bn``; after ``plain`` neither finds its code warm (README, "What is not at 1.0x, and
+why", the 1d bullet).
 
 Usage: python benchmarks/bench_history.py [--shape 128x64x8x8] [--layout channels_last]
 [--mode train_fwd_bwd] [--threads 2] [--rounds 240] [--marker naive|plain|bn|l2bn]

@@ -163,7 +163,9 @@ def test_direct_calls_launch_without_the_tracing_wrapper(ops, operator_calls, mo
     assert len(wrapped) >= 4 and operator_calls["_train_forward"] == 1
 
 
-def test_direct_launches_restores_the_previous_setting(ops):
+def test_direct_launches_restores_the_previous_setting_and_is_per_thread(ops):
+    import threading
+
     on = lambda: getattr(ops._direct_launches, "on", False)  # noqa: E731
     assert not on()
     with ops.direct_launches():
@@ -171,4 +173,41 @@ def test_direct_launches_restores_the_previous_setting(ops):
         with pytest.raises(ValueError), ops.direct_launches():
             raise ValueError
         assert on()
+        seen = []
+        other = threading.Thread(target=lambda: seen.append(on()))
+        other.start()
+        other.join()
+        assert seen == [False]  # another thread (the autograd engine's) is not affected
     assert not on()
+
+
+def test_batched_gradients_go_through_the_operators_and_match_a_loop(operator_calls):
+    """``is_grads_batched=True`` hands the backward a batched gradient, which the kernels
+    cannot read: the operator runs (its batching rule loops over the vectors)."""
+    layer = L2BatchNorm2d(3).to(DEVICE)
+    x = torch.randn(4, 3, 2, 2, device=DEVICE, requires_grad=True)
+    y = layer(x)
+    vectors = torch.randn(2, *y.shape, device=DEVICE)
+    inputs = (x, layer.weight, layer.bias)
+    batched = torch.autograd.grad(y, inputs, vectors, retain_graph=True, is_grads_batched=True)
+    assert operator_calls["_train_backward"] >= 1
+    for i, v in enumerate(vectors):
+        single = torch.autograd.grad(y, inputs, v, retain_graph=True)
+        for b, s in zip(batched, single, strict=True):
+            torch.testing.assert_close(b[i], s)
+
+
+def test_a_profile_of_a_direct_call_names_the_operators(operator_calls):
+    from torch.profiler import profile
+
+    layer = L2BatchNorm2d(4).to(DEVICE)
+    x = torch.randn(3, 4, 5, 6, device=DEVICE, requires_grad=True)
+    with profile() as prof:
+        layer(x).sum().backward()
+        layer.eval()
+        with torch.no_grad():
+            layer(x)
+    names = {event.name for event in prof.events()}
+    for op in ("train_forward", "train_backward", "eval_forward"):
+        assert f"l2bn_triton::{op}" in names
+    assert sum(operator_calls.values()) == 0  # ranges of the direct calls, not the operators

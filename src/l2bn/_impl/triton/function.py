@@ -19,12 +19,15 @@ the dispatcher: an operator call passes through its autograd, ADInplaceOrView an
 kernels, each a Python function, before the body runs, which cost about as much host time
 as the launches themselves on the H200 machine (README, "Host time"). The same launches run,
 and a training forward bumps the running statistics' version counters as the operator
-does. Compiling, exporting, a ``TorchDispatchMode`` or ``TorchFunctionMode`` (the
-launch-counting tests', ``FlopCounterMode``) and tensor subclasses get the operators.
+does; under the profiler a direct call is a range named as the operator. Compiling,
+exporting, a ``TorchDispatchMode`` or ``TorchFunctionMode`` (the launch-counting tests',
+``FlopCounterMode``, ``torch.set_default_device``), tensor subclasses and batched or
+functorch-wrapped tensors get the operators.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -32,7 +35,7 @@ from torch import Tensor
 
 from l2bn._impl.operator_backward import train_grads
 from l2bn._impl.running import update_from_batch
-from l2bn._impl.transforms import compiling, exporting
+from l2bn._impl.transforms import compiling, exporting, functorch_wrapped
 from l2bn._impl.triton import ops  # registers torch.ops.l2bn_triton.*
 
 _train = torch.ops.l2bn_triton.train.default
@@ -48,15 +51,26 @@ _PLAIN = (Tensor, torch.nn.Parameter)
 def _direct(*tensors: Tensor | None) -> bool:
     """Whether a call on ``tensors`` may run an operator's Python body directly: eager
     (not compiling or exporting), no ``TorchDispatchMode`` or ``TorchFunctionMode`` active
-    (they expect to see the operators), and plain tensors or parameters only (a subclass
-    gets the operator, which dispatches to it)."""
+    (they expect to see the operators; ``torch.set_default_device`` pushes one too, so
+    under it the operators run), plain tensors or parameters only (a subclass gets the
+    operator, which dispatches to it), none of them batched or wrapped by a functorch
+    transform (a batched gradient of ``is_grads_batched=True`` or ``vmap``, which the
+    dispatcher's batching rule runs once a vector and the kernels cannot read)."""
     if (
         compiling()
         or torch._C._len_torch_dispatch_stack()
         or torch._C._is_torch_function_mode_enabled()
     ):
         return False
-    return all(t is None or type(t) in _PLAIN for t in tensors)
+    return all(t is None or (type(t) in _PLAIN and not functorch_wrapped(t)) for t in tensors)
+
+
+def _named(name: str):
+    """A profiler range named as the operator, so that a profile of a direct call shows
+    it as one of the operator (only while the profiler runs: it costs host time)."""
+    if torch.autograd._profiler_enabled():
+        return torch.autograd.profiler.record_function(name)
+    return contextlib.nullcontext()
 
 
 def _forward(
@@ -74,7 +88,7 @@ def _forward(
     args = (x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale)
     if not _direct(x, weight, bias, running_mean, running_var):
         return _train_forward(*args)
-    with ops.direct_launches():
+    with _named("l2bn_triton::train_forward"), ops.direct_launches():
         outputs = ops._train_forward(*args, True)
     for t in (running_mean, running_var):
         if t is not None:  # as the operator's ADInplaceOrView kernel does for its mutations
@@ -86,7 +100,7 @@ def _backward(dy: Tensor, x: Tensor, weight: Tensor | None, *rest: Any) -> tuple
     """``l2bn_triton::train_backward``, or its body directly (:func:`_direct`)."""
     if not _direct(dy, x, weight):
         return _train_backward(dy, x, weight, *rest)
-    with ops.direct_launches():
+    with _named("l2bn_triton::train_backward"), ops.direct_launches():
         return ops._train_backward(dy, x, weight, *rest, True)
 
 
@@ -104,7 +118,7 @@ def _eval(
     args = (x, running_mean, running_var, weight, bias, eps, l2_eps, scale)
     if not _direct(x, running_mean, running_var, weight, bias):
         return _eval_forward(*args)
-    with ops.direct_launches():
+    with _named("l2bn_triton::eval_forward"), ops.direct_launches():
         return ops._eval_forward(*args, True)
 
 
