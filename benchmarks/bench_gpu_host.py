@@ -17,7 +17,7 @@ medians. ``--steps`` also times an SGD step of ResNet-20 (batch 128) and ResNet-
 
 Without CUDA it runs the kernels in Triton's interpreter on CPU (``TRITON_INTERPRET=1``
 must be set before Python starts) on a tiny input: a check that the command runs, not a
-measurement.
+measurement (2 calls a median unless ``--reps`` says otherwise).
 
 Usage: python benchmarks/bench_gpu_host.py [--reps 200] [--shape 128x64x8x8 ...] [--steps]
 """
@@ -94,14 +94,23 @@ def layers(shape: tuple[int, ...], device: str) -> tuple[torch.nn.Module, torch.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=200, help="calls per median (>= 1)")
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=None,
+        help="calls per median (>= 1; default 200, 2 without CUDA)",
+    )
     parser.add_argument("--shape", action="append", help="NxC[xL|xHxW] (repeatable)")
     parser.add_argument("--steps", action="store_true", help="also the training steps")
     args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    if args.reps is None:
+        args.reps = 200 if cuda else 2
     if args.reps < 1:
         parser.error("--reps must be at least 1")
-    cuda = torch.cuda.is_available()
+    if args.steps and not cuda:
+        parser.error("--steps needs CUDA (the training steps are not run in the interpreter)")
     device = "cuda" if cuda else "cpu"
     from l2bn._impl import triton as triton_backend
 
@@ -112,7 +121,7 @@ def main() -> None:
     try:
         shapes = [parse_shape(s) for s in (args.shape or (DEFAULT_SHAPES if cuda else ["4x8x3x3"]))]
     except ValueError as exc:
-        parser.error(f"--shape: {exc}")
+        parser.error(str(exc))
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     direct = function._direct
     paths = {"bn": direct, "ops": lambda *tensors: False, "direct": direct}
@@ -144,7 +153,7 @@ def main() -> None:
                     for v in cells.values()
                 )
                 print(f"{'x'.join(map(str, shape)):<16}{mode:<9}{row}", flush=True)
-        if args.steps and cuda:
+        if args.steps:
             from l2bn.bench import gpu
 
             specs = (

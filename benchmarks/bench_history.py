@@ -78,7 +78,7 @@ def filed(sequence: list[str], marker: str | None) -> list[tuple[str, str | None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--shape", default="128x64x8x8", help="NxC[xL|xHxW]")
     parser.add_argument(
         "--layout", choices=("contiguous", "channels_last"), default="channels_last"
@@ -105,10 +105,16 @@ def main() -> None:
         parser.error(f"--contenders: expected names from {', '.join(NAMES)}")
     if len(set(names)) != len(names):
         parser.error("--contenders: each name once")
+    if "plain" in names and args.mode == "eval_fwd":
+        parser.error("--contenders plain: training modes only (it has no running statistics)")
     if args.marker is None:
         args.marker = next((name for name in ("naive", "plain") if name in names), None)
     elif args.marker not in names:
         parser.error(f"--marker {args.marker}: not among --contenders {','.join(names)}")
+    if all(name == args.marker for name in names):
+        parser.error(
+            "--contenders: a contender besides the marker is needed (its rows are left out)"
+        )
     allocator = keep_freed_memory()
     torch.set_num_threads(args.threads)
     layout = args.layout if len(shape) == 4 else "contiguous"

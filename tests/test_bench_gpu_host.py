@@ -42,6 +42,8 @@ def test_prints_each_mode_for_the_three_contenders():
         assert len(values) == 6 and all(v > 0 for v in values)
     bad = _run("--reps", "0", interpret=True)
     assert bad.returncode == 2 and "--reps" in bad.stderr
+    steps = _run("--steps", interpret=True)
+    assert steps.returncode == 2 and "--steps needs CUDA" in steps.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the backend is available")

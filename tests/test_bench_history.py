@@ -72,3 +72,13 @@ def test_plain_contender_is_the_default_marker_without_the_composite():
     rows = [line.split() for line in out[2:]]
     assert {row[0] for row in rows} == {"bn", "l2bn"}  # the marker's own rows left out
     assert ["l2bn", "plain", "True"] in [row[:3] for row in rows]
+
+
+def test_plain_and_marker_only_lists_are_refused_where_they_mean_nothing():
+    for args, message in (
+        (("--contenders", "bn,plain,l2bn", "--mode", "eval_fwd"), "training modes only"),
+        (("--contenders", "plain"), "besides the marker"),
+        (("--contenders", "naive"), "besides the marker"),
+    ):
+        bad = run("bench_history", "--rounds", "1", *args, check=False)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
