@@ -65,12 +65,24 @@ def _direct(*tensors: Tensor | None) -> bool:
     return all(t is None or (type(t) in _PLAIN and not functorch_wrapped(t)) for t in tensors)
 
 
-def _named(name: str):
-    """A profiler range named as the operator, so that a profile of a direct call shows
-    it as one of the operator (only while the profiler runs: it costs host time)."""
-    if torch.autograd._profiler_enabled():
-        return torch.autograd.profiler.record_function(name)
-    return contextlib.nullcontext()
+def _call(op, body, name: str, tensors: tuple, args: tuple, mutated: tuple = ()) -> Any:
+    """``op(*args)``, or, where :func:`_direct` allows it for ``tensors``, the operator's
+    body ``body(*args, True)`` with direct launches; then the version counters of the
+    ``mutated`` tensors (those not None) move, as the operator's ADInplaceOrView kernel
+    moves them. Under the profiler the direct call is a range named ``name``, as the
+    operator's would be (only then: a range costs host time)."""
+    if not _direct(*tensors):
+        return op(*args)
+    profiled = torch.autograd._profiler_enabled()
+    with (
+        torch.autograd.profiler.record_function(name) if profiled else contextlib.nullcontext(),
+        ops.direct_launches(),
+    ):
+        out = body(*args, True)
+    for t in mutated:
+        if t is not None:
+            torch.autograd.graph.increment_version(t)
+    return out
 
 
 def _forward(
@@ -84,24 +96,21 @@ def _forward(
     l2_eps: float,
     scale: bool,
 ) -> tuple[Tensor, ...]:
-    """``l2bn_triton::train_forward``, or its body directly (:func:`_direct`)."""
+    """``l2bn_triton::train_forward`` (:func:`_call`), which updates the running
+    statistics."""
     args = (x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale)
-    if not _direct(x, weight, bias, running_mean, running_var):
-        return _train_forward(*args)
-    with _named("l2bn_triton::train_forward"), ops.direct_launches():
-        outputs = ops._train_forward(*args, True)
-    for t in (running_mean, running_var):
-        if t is not None:  # as the operator's ADInplaceOrView kernel does for its mutations
-            torch.autograd.graph.increment_version(t)
-    return outputs
+    stats = (running_mean, running_var)
+    return _call(
+        _train_forward, ops._train_forward, "l2bn_triton::train_forward", args[:5], args, stats
+    )
 
 
 def _backward(dy: Tensor, x: Tensor, weight: Tensor | None, *rest: Any) -> tuple[Tensor, ...]:
-    """``l2bn_triton::train_backward``, or its body directly (:func:`_direct`)."""
-    if not _direct(dy, x, weight):
-        return _train_backward(dy, x, weight, *rest)
-    with _named("l2bn_triton::train_backward"), ops.direct_launches():
-        return ops._train_backward(dy, x, weight, *rest, True)
+    """``l2bn_triton::train_backward`` (:func:`_call`)."""
+    args = (dy, x, weight, *rest)
+    return _call(
+        _train_backward, ops._train_backward, "l2bn_triton::train_backward", args[:3], args
+    )
 
 
 def _eval(
@@ -114,12 +123,9 @@ def _eval(
     l2_eps: float,
     scale: bool,
 ) -> Tensor:
-    """``l2bn_triton::eval_forward``, or its body directly (:func:`_direct`)."""
+    """``l2bn_triton::eval_forward`` (:func:`_call`)."""
     args = (x, running_mean, running_var, weight, bias, eps, l2_eps, scale)
-    if not _direct(x, running_mean, running_var, weight, bias):
-        return _eval_forward(*args)
-    with _named("l2bn_triton::eval_forward"), ops.direct_launches():
-        return ops._eval_forward(*args, True)
+    return _call(_eval_forward, ops._eval_forward, "l2bn_triton::eval_forward", args[:5], args)
 
 
 def run(
