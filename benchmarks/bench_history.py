@@ -25,13 +25,11 @@ Usage: python benchmarks/bench_history.py [--shape 128x64x8x8] [--layout channel
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from l2bn.bench import contenders as cn
@@ -42,7 +40,7 @@ NAMES = (*cn.CONTENDERS, "plain")
 
 class PlainComposite(nn.Module):
     """The naive composite (training mode, unit weight, zero bias) in plain tensor
-    operations: ``F.normalize`` of each flattened sample times ``sqrt(D)``, then
+    operations: :func:`l2bn.bench.contenders.naive_normalize`, then
     ``(xh - mean) / sqrt(var + eps)`` with the per-channel batch mean and biased variance
     from ``Tensor.mean`` and ``Tensor.var``. Same output as the composite, none of
     BatchNorm's code; no parameters, no running statistics."""
@@ -53,9 +51,7 @@ class PlainComposite(nn.Module):
         self.l2_eps = l2_eps
 
     def forward(self, x: Tensor) -> Tensor:
-        flat = x.reshape(x.shape[0], -1)
-        xh = F.normalize(flat, dim=1, eps=self.l2_eps) * math.sqrt(flat.shape[1])
-        xh = xh.reshape(x.shape)
+        xh = cn.naive_normalize(x, self.l2_eps)
         dims = [0, *range(2, x.dim())]
         mean = xh.mean(dims, keepdim=True)
         var = xh.var(dims, unbiased=False, keepdim=True)

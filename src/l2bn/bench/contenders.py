@@ -29,9 +29,15 @@ QUICK_SHAPES_2D = ((8, 4, 6, 6),)
 QUICK_SHAPES_1D = ((16, 8),)
 
 
+def naive_normalize(x: Tensor, l2_eps: float) -> Tensor:
+    """Eq. (3) done naively: ``F.normalize`` of each flattened sample of ``x`` (``(N,
+    ...)``) times ``sqrt(D)``, ``D`` values a sample; in the shape of ``x``."""
+    flat = x.reshape(x.shape[0], -1)
+    return (F.normalize(flat, dim=1, eps=l2_eps) * math.sqrt(flat.shape[1])).reshape(x.shape)
+
+
 class NaiveComposite(nn.Module):
-    """Eq. (3) done naively: ``F.normalize`` of each flattened sample times ``sqrt(D)``,
-    then the given BatchNorm layer."""
+    """Eq. (3) done naively (:func:`naive_normalize`), then the given BatchNorm layer."""
 
     def __init__(self, bn: nn.Module, l2_eps: float = 1e-12) -> None:
         super().__init__()
@@ -39,9 +45,7 @@ class NaiveComposite(nn.Module):
         self.l2_eps = l2_eps
 
     def forward(self, x: Tensor) -> Tensor:
-        flat = x.reshape(x.shape[0], -1)
-        xh = F.normalize(flat, dim=1, eps=self.l2_eps) * math.sqrt(flat.shape[1])
-        return self.bn(xh.reshape(x.shape))
+        return self.bn(naive_normalize(x, self.l2_eps))
 
 
 @dataclass(frozen=True)
