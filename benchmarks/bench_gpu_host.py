@@ -25,17 +25,18 @@ Usage: python benchmarks/bench_gpu_host.py [--reps 200] [--shape 128x64x8x8 ...]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
 import l2bn
-from l2bn.bench.contenders import parse_shape
+from l2bn.bench import gpu
+from l2bn.bench.contenders import build, parse_shape
 
 DEFAULT_SHAPES = ("128x64x8x8", "128x16x32x32", "256x2048x7x7", "1024x512")
-MODES = ("fwd", "fwd+bwd", "eval")
 
 
 def host_us(fn: Callable[[], object], reps: int, sync: Callable[[], None]) -> float:
@@ -66,31 +67,23 @@ def synced_us(fn: Callable[[], object], reps: int, sync: Callable[[], None]) -> 
     return statistics.median(times) * 1e6
 
 
-def calls(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) -> dict[str, Callable]:
-    """The timed calls of ``module`` on ``x`` (which requires grad) for each mode; the
-    caller sets the module's mode (``train`` or ``eval``) before timing them."""
-
-    def fwd() -> object:
-        return module(x)
-
-    def fwd_bwd() -> None:
-        module(x).backward(dy)
-        x.grad = None
-        for p in module.parameters():
-            p.grad = None
-
-    def evaluate() -> object:
-        with torch.no_grad():
-            return module(x)
-
-    return {"fwd": fwd, "fwd+bwd": fwd_bwd, "eval": evaluate}
+# This script's mode labels, and the modes of l2bn.bench.
+MODES = {"fwd": "train_fwd", "fwd+bwd": "train_fwd_bwd", "eval": "eval_fwd"}
 
 
-def layers(shape: tuple[int, ...], device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
-    c = shape[1]
-    if len(shape) in (2, 3):
-        return torch.nn.BatchNorm1d(c).to(device), l2bn.L2BatchNorm1d(c).to(device)
-    return torch.nn.BatchNorm2d(c).to(device), l2bn.L2BatchNorm2d(c).to(device)
+@contextlib.contextmanager
+def operators_forced(force: bool) -> Iterator[None]:
+    """While in this block, every L2BN call on the Triton path goes through the registered
+    operators (``function._direct`` answers False) when ``force``; else the default."""
+    from l2bn._impl.triton import function
+
+    direct = function._direct
+    if force:
+        function._direct = lambda *tensors: False
+    try:
+        yield
+    finally:
+        function._direct = direct
 
 
 def main() -> None:
@@ -116,54 +109,47 @@ def main() -> None:
 
     if triton_backend.UNAVAILABLE_REASON is not None:
         parser.error(f"the Triton backend is unavailable: {triton_backend.UNAVAILABLE_REASON}")
-    from l2bn._impl.triton import function
-
     try:
         shapes = [parse_shape(s) for s in (args.shape or (DEFAULT_SHAPES if cuda else ["4x8x3x3"]))]
     except ValueError as exc:
         parser.error(str(exc))
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    direct = function._direct
-    paths = {"bn": direct, "ops": lambda *tensors: False, "direct": direct}
+    paths = {"bn": False, "ops": True, "direct": False}  # whether the operators are forced
     name = torch.cuda.get_device_name() if cuda else "CPU, Triton's interpreter"
     print(f"bench_gpu_host: {name}, torch {torch.__version__}, {args.reps} calls a median")
     print(f"{'case':<16}{'mode':<9}" + "".join(f"{k + ' host | synced us':>28}" for k in paths))
     with l2bn.backends.prefer("triton"):
         for shape in shapes:
-            bn, l2 = layers(shape, device)
+            bn, l2 = (build(name, shape[1], len(shape)).to(device) for name in ("bn", "l2bn"))
+            modules = {"bn": bn, "ops": l2, "direct": l2}
             x = torch.randn(shape, device=device, requires_grad=True)
             dy = torch.randn(shape, device=device)
-            timed = {"bn": calls(bn, x, dy), "ops": calls(l2, x, dy), "direct": calls(l2, x, dy)}
-            for mode in MODES:
+            for label, mode in MODES.items():
                 for module in (bn, l2):
-                    module.train(mode != "eval")
+                    module.train(mode != "eval_fwd")
                 cells: dict[str, list[tuple[float, float]]] = {k: [] for k in paths}
                 for _ in range(2):
-                    for label, path in paths.items():
-                        function._direct = path
-                        try:
-                            fn = timed[label][mode]
-                            cells[label].append(
+                    for name, force in paths.items():
+                        fn = gpu.mode_call(
+                            modules[name], mode, x, dy, contextlib.nullcontext, False
+                        )
+                        with operators_forced(force):
+                            cells[name].append(
                                 (host_us(fn, args.reps, sync), synced_us(fn, args.reps, sync))
                             )
-                        finally:
-                            function._direct = direct
                 row = "".join(
                     f"{min(h for h, _ in v):>16.1f} | {min(s for _, s in v):>9.1f}"
                     for v in cells.values()
                 )
-                print(f"{'x'.join(map(str, shape)):<16}{mode:<9}{row}", flush=True)
+                print(f"{'x'.join(map(str, shape)):<16}{label:<9}{row}", flush=True)
         if args.steps:
-            from l2bn.bench import gpu
-
             specs = (
                 ("resnet20", 128, 32, 100, False, False),
                 ("resnet50", 64, 224, 1000, True, True),
             )
             for _ in range(2):
                 for label in ("ops", "direct"):
-                    function._direct = paths[label]
-                    try:
+                    with operators_forced(paths[label]):
                         for spec in specs:
                             r = gpu.training_step_ratio(*spec, 12, torch.device("cuda"))
                             print(
@@ -172,8 +158,6 @@ def main() -> None:
                                 f"ratio {r['ratio']:.3f}",
                                 flush=True,
                             )
-                    finally:
-                        function._direct = direct
 
 
 if __name__ == "__main__":

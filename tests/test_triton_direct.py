@@ -211,3 +211,21 @@ def test_a_profile_of_a_direct_call_names_the_operators(operator_calls):
     for op in ("train_forward", "train_backward", "eval_forward"):
         assert f"l2bn_triton::{op}" in names
     assert sum(operator_calls.values()) == 0  # ranges of the direct calls, not the operators
+
+
+def test_the_host_time_benchmark_forces_the_operators_for_its_ops_column(operator_calls):
+    """``benchmarks/bench_gpu_host.py``'s ``ops`` contender goes through the operators,
+    its ``direct`` one does not."""
+    from _benchmark_scripts import load
+
+    forced = load("bench_gpu_host").operators_forced
+    layer = L2BatchNorm2d(4).to(DEVICE)
+    x = torch.randn(3, 4, 5, 6, device=DEVICE)
+    with forced(False):
+        layer(x)
+    assert operator_calls["_train_forward"] == 0
+    with forced(True):
+        layer(x)
+    assert operator_calls["_train_forward"] == 1
+    layer(x)  # restored on leaving
+    assert operator_calls["_train_forward"] == 1
