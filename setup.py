@@ -18,6 +18,7 @@ from setuptools import setup
 
 SOURCES = (
     "module.cpp",
+    "entry_points.cpp",
     "register.cpp",
     "train.cpp",
     "autograd.cpp",

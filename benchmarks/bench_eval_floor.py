@@ -10,7 +10,7 @@ floor loops' vector width).
 
 This command times, in one process and interleaved round by round (l2bn.bench.timing):
   - ``bn``: native BatchNorm eval (``torch.batch_norm``);
-  - ``l2bn``: the fused eval operator (``torch.ops.l2bn.eval_forward``);
+  - ``l2bn``: the fused eval operator (``l2bn::eval_forward``, as the layer calls it);
   - ``stream``: the least work of BatchNorm's data flow (read once, write once);
   - ``two_pass`` and ``pipelined``: the least work of L2BN's data flow (read twice, write
     once) under two schedules; the faster of the two is the floor.
@@ -43,7 +43,7 @@ import sys
 import torch
 import torch.utils.cpp_extension
 
-import l2bn  # noqa: F401  (registers torch.ops.l2bn)
+from l2bn._impl import cpu
 from l2bn.bench import machine
 from l2bn.bench.contenders import FULL_SHAPES_2D, parse_shape
 from l2bn.bench.timing import time_interleaved
@@ -69,10 +69,9 @@ def build(isa: str | None):
 
 
 def l2bn_eval(x, mean, var, weight, bias):
-    """The fused eval operator as the layer calls it without a graph: below autograd (its
-    Python autograd kernel costs about 4 us a call)."""
-    with torch._C._AutoDispatchBelowAutograd():
-        return torch.ops.l2bn.eval_forward.default(x, mean, var, weight, bias, 1e-5, 1e-12, True)
+    """The fused eval operator as the layer calls it without a graph: through its entry
+    point, below autograd (``l2bn._C.eval_forward``, csrc/entry_points.cpp)."""
+    return cpu._eval_entry(x, mean, var, weight, bias, 1e-5, 1e-12, True)
 
 
 def repeated(call, times: int):

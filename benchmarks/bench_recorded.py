@@ -4,7 +4,8 @@ calls recorded, BatchNorm against L2BN, in training mode.
 For each contender, five calls interleaved round by round (``l2bn bench``'s timing and
 allocator settings): ``op fwd`` (ATen's ``native_batch_norm`` / the fused
 ``l2bn::train_forward`` on detached tensors), ``recorded fwd`` (``torch.batch_norm`` /
-``l2bn::train`` on tensors that require grad: autograd records the call), ``op fwd+bwd``
+``l2bn::train`` through its entry point, as the layer calls it, on tensors that require
+grad: autograd records the call), ``op fwd+bwd``
 (the forward and backward operators, ``l2bn bench --ops``), ``recorded fwd+bwd`` (the
 recorded forward, then ``backward``) and ``layer fwd+bwd`` (``BatchNorm1d/2d`` /
 ``L2BatchNorm1d/2d`` in training mode, then ``backward``). Medians in microseconds, the
@@ -55,7 +56,7 @@ def contender_calls(
                 return torch.batch_norm(xg, w, b, rm, rv, True, momentum, eps, False)
             return torch.native_batch_norm(x, wd, bd, rm, rv, True, momentum, eps)
         if recorded:
-            return cpu._train(xg, w, b, rm, rv, momentum, eps, l2_eps, True)
+            return cpu._train_entry(xg, w, b, rm, rv, momentum, eps, l2_eps, True)
         return cpu._train_forward(x, wd, bd, rm, rv, momentum, eps, l2_eps, True)
 
     def recorded_forward(name: str) -> torch.Tensor:

@@ -58,8 +58,15 @@ CASES = [
 def calls(monkeypatch):
     """Count the calls of the fused training and eval operators."""
     counts = {"train": 0, "evaluate": 0}
-    # Eager training runs l2bn::train (autograd in C++); compiled graphs train_forward.
-    attributes = (("train", "_train"), ("train", "_train_forward"), ("evaluate", "_eval_forward"))
+    # Eager training runs l2bn::train (autograd in C++), through its entry point unless
+    # __torch_function__ must see it; compiled graphs train_forward.
+    attributes = (
+        ("train", "_train"),
+        ("train", "_train_entry"),
+        ("train", "_train_forward"),
+        ("evaluate", "_eval_forward"),
+        ("evaluate", "_eval_entry"),
+    )
     for name, attribute in attributes:
         original = getattr(_fused, attribute)
 

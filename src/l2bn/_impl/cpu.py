@@ -6,7 +6,10 @@ setup.py). It registers ``torch.ops.l2bn.train_forward``, ``train_backward`` and
 input, with every ``O(N * C)`` step (statistics, coefficients, the running-statistics
 update) in C++ as well. It also registers ``torch.ops.l2bn.train``: ``train_forward`` with
 its autograd formula in C++ (csrc/autograd.cpp), what an eager training step runs, free of
-any Python autograd object.
+any Python autograd object. Eager calls reach ``l2bn::train`` and ``eval_forward`` through
+``l2bn._C.train`` and ``l2bn._C.eval_forward`` (csrc/entry_points.cpp), which call them
+through the dispatcher without ``torch.ops``' boxed path; :func:`run` keeps ``torch.ops``
+where ``__torch_function__`` must see the call.
 
 This module registers the operators' fake (meta) implementations, so that
 ``torch.compile(fullgraph=True)`` and ``torch.export`` keep them in the graph; the Python
@@ -200,6 +203,13 @@ if UNAVAILABLE_REASON is None:
     _train_forward = torch.ops.l2bn.train_forward.default
     _train_backward = torch.ops.l2bn.train_backward.default
     _eval_forward = torch.ops.l2bn.eval_forward.default
+    # The same two calls without torch.ops (csrc/entry_points.cpp); eval below autograd.
+    from l2bn._C import eval_forward as _eval_entry
+    from l2bn._C import train as _train_entry
+
+# True when a tensor argument overrides __torch_function__ or a TorchFunctionMode is on
+# (torch.set_default_device pushes one): such calls must go through torch.ops.
+_has_torch_function = torch._C._has_torch_function
 
 
 def applies(
@@ -250,12 +260,17 @@ def run(
                 return FusedL2BatchNormFunction.apply(*args)
             return _train_forward(*args)[0]
         # Eager: the operator's C++ autograd kernel records the backward when one is wanted.
-        return _train(*args)
+        if _has_torch_function((x, weight, bias, running_mean, running_var)):
+            return _train(*args)
+        return _train_entry(*args)
+    args = (x, running_mean, running_var, weight, bias, eps, l2_eps, scale)
     if not grad and not compiling():
         # No autograd to record: skip the Python autograd kernel of eval_forward (4 us).
-        with _below_autograd():
-            return _eval_forward(x, running_mean, running_var, weight, bias, eps, l2_eps, scale)
-    return _eval_forward(x, running_mean, running_var, weight, bias, eps, l2_eps, scale)
+        if _has_torch_function(args[:5]):
+            with _below_autograd():
+                return _eval_forward(*args)
+        return _eval_entry(*args)
+    return _eval_forward(*args)
 
 
 class FusedL2BatchNormFunction(torch.autograd.Function):
