@@ -45,6 +45,7 @@ import torch.utils.cpp_extension
 
 from l2bn._impl import cpu
 from l2bn.bench import machine
+from l2bn.bench.caches import evict_caches, eviction_buffer
 from l2bn.bench.contenders import FULL_SHAPES_2D, parse_shape
 from l2bn.bench.timing import time_interleaved
 
@@ -87,17 +88,7 @@ def layouts(shape: tuple[int, ...]) -> tuple[str, ...]:
     return ("contiguous", "channels_last") if shape[1] % LANES == 0 else ("contiguous",)
 
 
-# Written before every timed call with --cold: twice this machine's L3 (32 MB), so that
-# the call's input comes from memory, as after the naive composite in l2bn bench's rounds.
-COLD_BYTES = 64 * 1024 * 1024
-
-
 COLD = ("all", "data")
-
-
-def evict_caches(buffer: torch.Tensor) -> None:
-    """Write ``buffer`` (larger than the last-level cache): what the caches held is evicted."""
-    buffer.add_(1)
 
 
 def measure(
@@ -141,7 +132,7 @@ def measure(
             raise ValueError(f"cold must be one of {', '.join(COLD)}, got {cold!r}")
         # One call a sample, each after an eviction.
         times = 1
-        buffer = torch.zeros(COLD_BYTES // 4)
+        buffer = eviction_buffer()
         small = contenders(arranged(torch.randn(2, *shape[1:])))
 
         def before() -> None:

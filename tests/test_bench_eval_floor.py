@@ -109,10 +109,13 @@ def test_bad_shapes_are_usage_errors(bench, text, message):
     assert bench.shape_arg("4x3x7x7") == (4, 3, 7, 7)  # any H * W
 
 
-def test_evict_caches_writes_the_whole_buffer(bench):
+def test_evict_caches_writes_the_whole_buffer():
+    from l2bn.bench.caches import COLD_BYTES, evict_caches, eviction_buffer
+
     buffer = torch.zeros(1000)
-    bench.evict_caches(buffer)
+    evict_caches(buffer)
     assert torch.equal(buffer, torch.ones(1000))
+    assert eviction_buffer().numel() * 4 == COLD_BYTES
 
 
 def test_unknown_cold_mode_is_refused(bench, floor):
