@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
@@ -201,9 +202,10 @@ def test_errors_match_the_operators():
     ("args", "message"),
     [
         ((torch.randn(2, 3),), r"l2bn\._C\.train takes 9 arguments, got 1"),
-        (("x", None, None, None, None, 0.1, 1e-5, 1e-12, True), r"argument 0 must be a Tensor"),
-        ((torch.randn(2, 3), None, None, None, None, "0.1", 1e-5, 1e-12, True), "argument 5"),
-        ((torch.randn(2, 3), None, None, None, None, 0.1, 1e-5, 1e-12, 1), "must be a bool"),
+        (("x", None, None, None, None, 0.1, 1e-5, 1e-12, True), r"x must be a Tensor, not str"),
+        ((torch.randn(2, 3), 1.0, None, None, None, 0.1, 1e-5, 1e-12, True), "weight must be"),
+        ((torch.randn(2, 3), None, None, None, None, "0.1", 1e-5, 1e-12, True), "momentum"),
+        ((torch.randn(2, 3), None, None, None, None, 0.1, torch.ones(2), 1e-12, True), "eps"),
     ],
 )
 def test_bad_arguments_raise_type_errors(args, message):
@@ -211,3 +213,42 @@ def test_bad_arguments_raise_type_errors(args, message):
         cpu._train_entry(*args)
     with pytest.raises(TypeError, match=r"l2bn\._C\.eval_forward takes 8 arguments, got 1"):
         cpu._eval_entry(torch.randn(2, 3))
+
+
+@pytest.mark.parametrize(
+    "scalars",
+    [
+        (np.float32(0.1), np.float32(1e-5), np.float64(1e-12), np.bool_(True)),
+        (torch.tensor(0.1), torch.tensor([1e-5]), 1e-12, 1),
+        (0, 1, 0, np.bool_(False)),
+    ],
+    ids=["numpy", "tensors-int-flag", "ints"],
+)
+def test_scalars_are_converted_as_torch_ops_converts_them(scalars):
+    """numpy scalars, one-element tensors and ints, as hyperparameters from a config or a
+    converted BatchNorm may carry them: the same as through torch.ops, train and eval."""
+    momentum, eps, l2_eps, scale = scalars
+    shape, fmt = SHAPES[0]
+    x, weight, bias, _ = _arguments(shape, fmt)
+    c = shape[1]
+    outs = []
+    for call in (cpu._train_entry, torch.ops.l2bn.train.default):
+        stats = torch.zeros(c, dtype=x.dtype), torch.ones(c, dtype=x.dtype)
+        y = call(x, weight, bias, *stats, momentum, eps, l2_eps, scale)
+        outs.append((y, *stats))
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)
+    stats = torch.rand(c, dtype=x.dtype), torch.rand(c, dtype=x.dtype) + 0.5
+    args = (x, *stats, weight, bias, eps, l2_eps, scale)
+    with torch.no_grad():
+        assert torch.equal(cpu._eval_entry(*args), torch.ops.l2bn.eval_forward.default(*args))
+
+
+def test_a_layer_with_numpy_hyperparameters_runs_in_every_mode():
+    layer = L2BatchNorm2d(3, eps=np.float32(1e-5), momentum=np.float32(0.1))
+    x = torch.randn(4, 3, 5, 5)
+    layer(x)
+    layer.eval()
+    with_grad = layer(x.requires_grad_())  # eval recorded: through torch.ops
+    with torch.no_grad():
+        assert torch.equal(layer(x), with_grad.detach())

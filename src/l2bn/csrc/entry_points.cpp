@@ -26,18 +26,20 @@
 namespace l2bn {
 namespace {
 
-// Each argument of one call, converted; a wrong type raises TypeError naming the
-// function and the argument's position.
+// Each argument of one call, converted as torch.ops converts it; a wrong type raises
+// TypeError naming the function and the argument.
 class Arguments {
  public:
-  Arguments(const char* name, PyObject* const* args, Py_ssize_t given, Py_ssize_t expected)
-      : name_(name), args_(args) {
-    TORCH_CHECK_TYPE(given == expected, "l2bn._C.", name, " takes ", expected,
+  template <size_t K>
+  Arguments(const char* function, const char* const (&names)[K], PyObject* const* args,
+            Py_ssize_t given)
+      : function_(function), names_(names), args_(args) {
+    TORCH_CHECK_TYPE(given == static_cast<Py_ssize_t>(K), "l2bn._C.", function, " takes ", K,
                      " arguments, got ", given);
   }
 
   const at::Tensor& tensor(Py_ssize_t i) const {
-    TORCH_CHECK_TYPE(THPVariable_Check(args_[i]), "l2bn._C.", name_, ": argument ", i,
+    TORCH_CHECK_TYPE(THPVariable_Check(args_[i]), "l2bn._C.", function_, ": ", names_[i],
                      " must be a Tensor, not ", Py_TYPE(args_[i])->tp_name);
     return THPVariable_Unpack(args_[i]);
   }
@@ -49,26 +51,54 @@ class Arguments {
     return tensor(i);
   }
 
+  // A Python float or int; else a one-element tensor, or anything with __float__ (numpy
+  // scalars), as torch.ops takes them.
   double real(Py_ssize_t i) const {
-    TORCH_CHECK_TYPE(PyFloat_Check(args_[i]) || PyLong_Check(args_[i]), "l2bn._C.", name_,
-                     ": argument ", i, " must be a float, not ", Py_TYPE(args_[i])->tp_name);
-    const double value = PyFloat_AsDouble(args_[i]);
+    PyObject* obj = args_[i];
+    if (PyFloat_CheckExact(obj)) {
+      return PyFloat_AS_DOUBLE(obj);
+    }
+    if (THPVariable_Check(obj)) {
+      const at::Tensor& t = THPVariable_Unpack(obj);
+      TORCH_CHECK_TYPE(t.numel() == 1, "l2bn._C.", function_, ": ", names_[i],
+                       " must be a float or a one-element tensor, got a tensor of shape ",
+                       t.sizes());
+      return t.item<double>();
+    }
+    TORCH_CHECK_TYPE(PyLong_Check(obj) || PyFloat_Check(obj) || PyNumber_Check(obj),
+                     "l2bn._C.", function_, ": ", names_[i], " must be a float, not ",
+                     Py_TYPE(obj)->tp_name);
+    const double value = PyFloat_AsDouble(obj);
     if (value == -1.0 && PyErr_Occurred()) {
       throw python_error();
     }
     return value;
   }
 
+  // True or False; else the object's truth value (ints, numpy booleans), as torch.ops.
   bool flag(Py_ssize_t i) const {
-    TORCH_CHECK_TYPE(PyBool_Check(args_[i]), "l2bn._C.", name_, ": argument ", i,
-                     " must be a bool, not ", Py_TYPE(args_[i])->tp_name);
-    return args_[i] == Py_True;
+    PyObject* obj = args_[i];
+    if (PyBool_Check(obj)) {
+      return obj == Py_True;
+    }
+    const int truth = PyObject_IsTrue(obj);
+    if (truth < 0) {
+      throw python_error();
+    }
+    return truth != 0;
   }
 
  private:
-  const char* name_;
+  const char* function_;
+  const char* const* names_;
   PyObject* const* args_;
 };
+
+constexpr const char* kTrainNames[] = {"x",        "weight", "bias",   "running_mean",
+                                       "running_var", "momentum", "eps", "l2_eps",
+                                       "scale"};
+constexpr const char* kEvalNames[] = {"x",      "running_mean", "running_var", "weight",
+                                      "bias",   "eps",          "l2_eps",      "scale"};
 
 // train(x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale) -> y
 PyObject* train(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
@@ -76,7 +106,7 @@ PyObject* train(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("l2bn::train", "")
                              .typed<decltype(l2bn::train)>();
-  const Arguments a("train", args, nargs, 9);
+  const Arguments a("train", kTrainNames, args, nargs);
   const at::Tensor& x = a.tensor(0);
   const auto weight = a.optional_tensor(1), bias = a.optional_tensor(2);
   const auto running_mean = a.optional_tensor(3), running_var = a.optional_tensor(4);
@@ -98,7 +128,7 @@ PyObject* eval_forward(PyObject* /*module*/, PyObject* const* args, Py_ssize_t n
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("l2bn::eval_forward", "")
                              .typed<decltype(l2bn::eval_forward)>();
-  const Arguments a("eval_forward", args, nargs, 8);
+  const Arguments a("eval_forward", kEvalNames, args, nargs);
   const at::Tensor& x = a.tensor(0);
   const at::Tensor& running_mean = a.tensor(1);
   const at::Tensor& running_var = a.tensor(2);
