@@ -377,3 +377,22 @@ def test_ops_without_the_fused_kernels_is_an_error_not_a_silent_drop(monkeypatch
     assert main(["bench", "--quick", "--no-e2e", "--ops"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("l2bn bench: error: --ops") and "unavailable" in err
+
+
+def test_the_allocator_line_names_a_preloaded_allocator(monkeypatch):
+    """Under LD_PRELOAD=libjemalloc.so.2 (or tcmalloc, mimalloc) the header must not claim
+    glibc's settings, which do not reach the tensors' memory then."""
+    monkeypatch.setattr(
+        machine, "_mapped_files", lambda: ["/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"]
+    )
+    assert machine.preloaded_allocator() == "jemalloc"
+    assert machine.keep_freed_memory().startswith("jemalloc (preloaded")
+    monkeypatch.setattr(machine, "_mapped_files", lambda: ["/usr/lib/libc.so.6"])
+    assert machine.preloaded_allocator() is None
+
+
+def test_this_process_maps_its_own_libraries():
+    files = machine._mapped_files()
+    if not files:
+        pytest.skip("no /proc/self/maps here")
+    assert any("libtorch" in path for path in files)  # torch is imported

@@ -131,6 +131,31 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
+# Replacements of malloc that LD_PRELOAD puts in front of glibc's (mallopt then has no
+# effect on the tensors' memory).
+PRELOADED_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
+
+
+def _mapped_files() -> list[str]:
+    """The files mapped into this process (``/proc/self/maps``; empty where absent)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            return [line.split()[-1] for line in f if line.count(" ") >= 5 and "/" in line]
+    except OSError:
+        return []
+
+
+def preloaded_allocator() -> str | None:
+    """The malloc replacement mapped into this process (``LD_PRELOAD=libjemalloc.so.2``,
+    say), or None when glibc's malloc serves it."""
+    for path in _mapped_files():
+        name = path.rsplit("/", 1)[-1]
+        for allocator in PRELOADED_ALLOCATORS:
+            if name.startswith(f"lib{allocator}"):
+                return allocator
+    return None
+
+
 def keep_freed_memory() -> str:
     """Make glibc keep freed memory in the process (fixed trim and mmap thresholds).
 
@@ -139,8 +164,13 @@ def keep_freed_memory() -> str:
     depends on what ran just before it (the naive composite frees the most), not on the
     contender. With fixed thresholds every contender reuses warm memory, as in a steady
     training loop. Tensors of 32 MB or more are still mapped afresh for every contender
-    (glibc's largest mmap threshold). Returns a description for the report.
+    (glibc's largest mmap threshold). Under a preloaded allocator (jemalloc, tcmalloc,
+    mimalloc) nothing is set: glibc's thresholds would not apply to it. Returns a
+    description for the report.
     """
+    preloaded = preloaded_allocator()
+    if preloaded is not None:
+        return f"{preloaded} (preloaded; its own defaults, glibc's thresholds do not apply)"
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
