@@ -386,7 +386,12 @@ def test_the_allocator_line_names_a_preloaded_allocator(monkeypatch):
         machine, "_mapped_files", lambda: ["/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"]
     )
     assert machine.preloaded_allocator() == "jemalloc"
-    assert machine.keep_freed_memory().startswith("jemalloc (preloaded")
+    monkeypatch.delenv("MALLOC_CONF", raising=False)
+    assert machine.keep_freed_memory() == (
+        "jemalloc (preloaded; its own settings; glibc's thresholds do not apply)"
+    )
+    monkeypatch.setenv("MALLOC_CONF", "dirty_decay_ms:-1")
+    assert "MALLOC_CONF='dirty_decay_ms:-1'" in machine.keep_freed_memory()
     monkeypatch.setattr(machine, "_mapped_files", lambda: ["/usr/lib/libc.so.6"])
     assert machine.preloaded_allocator() is None
 

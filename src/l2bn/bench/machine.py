@@ -170,7 +170,9 @@ def keep_freed_memory() -> str:
     """
     preloaded = preloaded_allocator()
     if preloaded is not None:
-        return f"{preloaded} (preloaded; its own defaults, glibc's thresholds do not apply)"
+        conf = os.environ.get("MALLOC_CONF") if preloaded == "jemalloc" else None
+        settings = f"MALLOC_CONF={conf!r}" if conf else "its own settings"
+        return f"{preloaded} (preloaded; {settings}; glibc's thresholds do not apply)"
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
