@@ -1,0 +1,133 @@
+"""Eval-mode gradients on the fused CPU path (the eval operator's autograd formula,
+``l2bn._impl.cpu._eval_backward``) against the float64 reference: float32 input, every
+layout, large channel offsets, norms 1e6 apart, clamped samples, and frozen layers (whose
+input gradient is what fine-tuning a network with frozen norms runs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _reference import adversarial_input, reference_l2bn, relative_error
+from l2bn import L2BatchNorm1d, L2BatchNorm2d, backends, freeze
+
+pytestmark = pytest.mark.skipif(
+    not backends.available("cpu"), reason=str(backends.unavailable_reason("cpu"))
+)
+
+CASES = [
+    ((6, 5, 7, 9), torch.contiguous_format),
+    ((6, 5, 7, 9), torch.channels_last),
+    ((8, 16, 2, 2), torch.channels_last),
+    ((12, 7), torch.contiguous_format),
+]
+
+
+def _layer(x):
+    """An eval-mode layer whose running statistics are those of ``x`` normalized (as after
+    training on it): then ``x / rho - mean`` cancels where the channels' means are large
+    against their spread (the ``offset`` input: 1e3 standard deviations)."""
+    c = x.shape[1]
+    layer = (L2BatchNorm2d if x.dim() == 4 else L2BatchNorm1d)(c)
+    gen = torch.Generator().manual_seed(1)
+    flat = x.double().reshape(x.shape[0], -1)
+    xh = (flat / flat.norm(dim=1, keepdim=True).clamp(min=1e-12) * flat.shape[1] ** 0.5).view(
+        x.shape
+    )
+    dims = (0, *range(2, x.dim()))
+    with torch.no_grad():
+        layer.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+        layer.bias.copy_(torch.rand(c, generator=gen) - 0.5)
+        layer.running_mean.copy_(xh.mean(dim=dims))
+        layer.running_var.copy_(xh.var(dim=dims))
+    return layer.eval()
+
+
+def _grads(layer, x, dy):
+    x = x.detach().clone().requires_grad_()
+    layer.zero_grad()
+    y = layer(x)
+    # The fused eval operator, differentiated by its formula (not the PyTorch path).
+    assert "l2bn_eval_forward" in y.grad_fn.name()
+    y.backward(dy)
+    params = [p.grad for p in (layer.weight, layer.bias)] if layer.weight is not None else []
+    return [x.grad, *params]
+
+
+def _reference_grads(layer, x, dy):
+    x = x.detach().double().requires_grad_()
+    w = layer.weight.detach().double().requires_grad_()
+    b = layer.bias.detach().double().requires_grad_()
+    rm, rv = layer.running_mean.double(), layer.running_var.double()
+    reference_l2bn(x, rm, rv, w, b, training=False).backward(dy.double())
+    return [x.grad, w.grad, b.grad]
+
+
+def _inputs(kind, shape, fmt):
+    if kind == "plain":
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    elif kind == "clamped":  # two samples of zeros: rho clamped, no gradient through it
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        x[1].zero_()
+        x[3].zero_()
+    else:
+        x = adversarial_input(kind, shape, dtype=torch.float32)
+    dy = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    return x.contiguous(memory_format=fmt), dy.contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("kind", ["plain", "offset", "norms", "clamped"])
+@pytest.mark.parametrize(("shape", "fmt"), CASES)
+def test_eval_gradients_match_the_float64_reference(kind, shape, fmt):
+    x, dy = _inputs(kind, shape, fmt)
+    layer = _layer(x)
+    got = _grads(layer, x, dy)
+    want = _reference_grads(layer, x, dy)
+    for name, g, r in zip(("dx", "dweight", "dbias"), got, want, strict=True):
+        assert g.dtype == torch.float32
+        assert relative_error(g, r) < 2e-5, name
+    assert got[0].stride() == x.stride()
+
+
+@pytest.mark.parametrize(("shape", "fmt"), CASES)
+@pytest.mark.parametrize("kind", ["plain", "offset", "norms"])
+def test_frozen_layer_input_gradient(kind, shape, fmt):
+    x, dy = _inputs(kind, shape, fmt)
+    layer = _layer(x)
+    want = _reference_grads(layer, x, dy)[0]
+    frozen = freeze(layer)
+    xg = x.detach().clone().requires_grad_()
+    frozen(xg).backward(dy)
+    assert relative_error(xg.grad, want) < 2e-5
+    # The same gradient as the unfrozen layer in eval mode, to float32 rounding.
+    assert relative_error(xg.grad, _grads(layer, x, dy)[0]) < 1e-6
+
+
+@pytest.mark.parametrize("wanted", ["x", "weight", "bias", "x,weight,bias"])
+@pytest.mark.parametrize("shape", [(4, 3, 3, 2), (5, 4)])
+def test_eval_formula_is_differentiable_again(shape, wanted):
+    """gradcheck and gradgradcheck (float64) of the fused eval operator's formula, for each
+    subset of the gradients it is asked for."""
+    from l2bn import l2_batch_norm
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5
+    c = shape[1]
+    args = {
+        "x": x,
+        "weight": torch.rand(c, generator=g, dtype=torch.float64) + 0.5,
+        "bias": torch.randn(c, generator=g, dtype=torch.float64),
+    }
+    rm = torch.randn(c, generator=g, dtype=torch.float64)
+    rv = torch.rand(c, generator=g, dtype=torch.float64) + 0.5
+    names = wanted.split(",")
+    inputs = [args[k].clone().requires_grad_() for k in names]
+
+    def fn(*tensors):
+        call = dict(args, **dict(zip(names, tensors, strict=True)))
+        y = l2_batch_norm(call["x"], rm, rv, call["weight"], call["bias"], training=False)
+        assert "l2bn_eval_forward" in y.grad_fn.name()
+        return y
+
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
