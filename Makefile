@@ -46,7 +46,7 @@ format: setup
 # The core parity and gradient suites run again under ATen's lower CPU capabilities, so
 # that no result depends on the processor the tests happen to run on.
 # L2BN_REQUIRE_TEST_EXTRAS: the recipe tests fail, rather than skip, without timm.
-CORE_SUITES := tests/test_core_parity.py tests/test_core_gradcheck.py
+CORE_SUITES := tests/test_core_parity.py tests/test_core_gradcheck.py tests/test_paths_eval_backward.py
 test: setup
 	for cap in default avx2; do \
 	  echo "== core suites under ATEN_CPU_CAPABILITY=$$cap"; \
