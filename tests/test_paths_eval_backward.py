@@ -131,3 +131,62 @@ def test_eval_formula_is_differentiable_again(shape, wanted):
 
     assert torch.autograd.gradcheck(fn, inputs)
     assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+def _frozen_grads(layer, x, dy):
+    """Input, weight and bias gradients of ``layer`` (eval mode) and of the float64
+    reference, for the parameters that require grad."""
+    got = _grads(layer, x, dy)
+    want = _reference_grads(layer, x, dy)
+    return got, want
+
+
+def test_dy_along_y_cancels_without_losing_precision():
+    """A loss like ||y||^2 / 2 sends dy = y, whose component along x the projection
+    through the norm removes: dx is the small difference of two large terms."""
+    x = torch.randn(4, 64, 56, 56, generator=torch.Generator().manual_seed(0))
+    layer = _layer(x)
+    with torch.no_grad():
+        layer.weight.fill_(1)
+        layer.bias.zero_()
+        dy = layer(x)
+    got, want = _frozen_grads(layer, x, dy)
+    assert relative_error(got[0], want[0]) < 1e-6
+
+
+def test_one_value_per_sample_has_no_input_gradient():
+    """D = 1: x / rho is the sign of x, whose gradient is zero."""
+    x = torch.randn(6, 1, generator=torch.Generator().manual_seed(0)) * 3
+    layer = _layer(x)
+    dx = _grads(layer, x, torch.randn(6, 1))[0]
+    assert dx.abs().max() < 1e-12
+
+
+@pytest.mark.parametrize(
+    ("x_scale", "dy_scale", "shape"),
+    [(1e-11, 1e17, (16, 4)), (1e-11, 1e17, (8, 4, 5)), (1e20, 1.0, (8, 4, 6, 6))],
+    ids=["tiny-x-huge-dy", "tiny-x-huge-dy-3d", "huge-x"],
+)
+def test_extreme_magnitudes_stay_finite_and_accurate(x_scale, dy_scale, shape):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g) * x_scale
+    dy = torch.randn(shape, generator=g) * dy_scale
+    layer = _layer(x)
+    got, want = _frozen_grads(layer, x, dy)
+    for name, a, r in zip(("dx", "dweight", "dbias"), got, want, strict=True):
+        assert torch.isfinite(a).all(), name
+        assert relative_error(a, r) < 2e-5, name
+    # Frozen: the input gradient alone (no weight gradient asks for anything in float64).
+    xg = x.detach().clone().requires_grad_()
+    freeze(layer)(xg).backward(dy)
+    assert torch.isfinite(xg.grad).all()
+    assert relative_error(xg.grad, want[0]) < 2e-5
+
+
+def test_bias_gradient_when_dy_cancels_across_samples():
+    """dy of +-1e3 per sample plus small noise: sum dy over the batch is the small noise."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 64, 64, generator=g)
+    dy = torch.tensor([1e3, -1e3]).view(2, 1, 1, 1) + 1e-2 * torch.randn(x.shape, generator=g)
+    got, want = _frozen_grads(_layer(x), x, dy)
+    assert relative_error(got[2], want[2]) < 1e-5
