@@ -24,6 +24,7 @@ SOURCES = (
     "autograd.cpp",
     "vector.cpp",
     "eval.cpp",
+    "eval_backward.cpp",
     "kernels.cpp",
     # The passes, once per instruction set (chosen at load time, L2BN_CPU_ISA forces one).
     "kernels_avx512.cpp",

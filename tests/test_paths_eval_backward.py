@@ -190,3 +190,61 @@ def test_bias_gradient_when_dy_cancels_across_samples():
     dy = torch.tensor([1e3, -1e3]).view(2, 1, 1, 1) + 1e-2 * torch.randn(x.shape, generator=g)
     got, want = _frozen_grads(_layer(x), x, dy)
     assert relative_error(got[2], want[2]) < 1e-5
+
+
+def test_the_fused_backward_runs_unless_a_graph_is_recorded(monkeypatch):
+    from l2bn._impl import cpu
+
+    calls = []
+    original = cpu._eval_backward_op
+
+    def spy(*args):
+        calls.append(args[-1])
+        return original(*args)
+
+    monkeypatch.setattr(cpu, "_eval_backward_op", spy)
+    x = torch.randn(4, 3, 5, 5)
+    layer = _layer(x)
+    xg = x.clone().requires_grad_()
+    layer(xg).sum().backward()
+    assert calls == [[True, True, True]]
+    frozen = freeze(_layer(x))
+    frozen(xg).sum().backward()
+    assert calls[-1] == [True, False, False]
+    # create_graph=True: the differentiable formula, not the fused kernel.
+    (gx,) = torch.autograd.grad(layer(xg).square().sum(), xg, create_graph=True)
+    assert len(calls) == 2
+    # Its backward reaches the eval operator again (dy = 2 y), with no graph: fused.
+    gx.sum().backward()
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize(("shape", "fmt"), CASES)
+def test_eval_backward_operator_opcheck(shape, fmt):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g).contiguous(memory_format=fmt)
+    dy = torch.randn(shape, generator=g)
+    c = shape[1]
+    stats = torch.rand(c, generator=g) - 0.5, torch.rand(c, generator=g) + 0.5
+    for mask in ([True, True, True], [True, False, False], [False, True, False]):
+        args = (dy, x, *stats, torch.rand(c, generator=g) + 0.5, 1e-5, 1e-12, True, mask)
+        torch.library.opcheck(torch.ops.l2bn.eval_backward.default, args)
+        dx, dweight, dbias = torch.ops.l2bn.eval_backward.default(*args)
+        assert dx.numel() == (x.numel() if mask[0] else 0)
+        assert dweight.shape == ((c,) if mask[1] else (0,)) and dweight.dtype == torch.float64
+        assert dbias.shape == ((c,) if mask[2] else (0,))
+        if mask[0]:
+            assert dx.stride() == x.stride()
+
+
+def test_eval_backward_operator_refuses_mismatched_gradients():
+    x = torch.randn(4, 3, 5, 5)
+    stats = torch.zeros(3), torch.ones(3)
+    with pytest.raises(RuntimeError, match="grad_output of shape"):
+        torch.ops.l2bn.eval_backward.default(
+            torch.randn(4, 3, 5), x, *stats, None, 1e-5, 1e-12, True, [True, False, False]
+        )
+    with pytest.raises(RuntimeError, match="grad_output of dtype"):
+        torch.ops.l2bn.eval_backward.default(
+            x.double(), x, *stats, None, 1e-5, 1e-12, True, [True, False, False]
+        )

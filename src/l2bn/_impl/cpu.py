@@ -37,7 +37,7 @@ from l2bn._impl.composite import differentiable_train_grads
 from l2bn._impl.operator_backward import train_grads
 from l2bn._impl.passes import accumulation_dtype
 from l2bn._impl.sample_scale import norm_divisor, sample_scale
-from l2bn._impl.transforms import compiling, exporting
+from l2bn._impl.transforms import compiling, exporting, functorch_wrapped
 
 NAME = "cpu"
 DESCRIPTION = "fused C++ kernels (l2bn._C)"
@@ -121,10 +121,21 @@ def _register_fakes() -> None:
     def train_fake(x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale):
         return _output_like(x)
 
+    def eval_backward_fake(dy, x, running_mean, running_var, weight, eps, l2_eps, scale, mask):
+        c = x.shape[1]
+        dx = _output_like(x) if mask[0] else x.new_empty((0,))
+        double = {"dtype": torch.float64}
+        return (
+            dx,
+            x.new_empty((c if mask[1] else 0,), **double),
+            x.new_empty((c if mask[2] else 0,), **double),
+        )
+
     torch.library.register_fake("l2bn::train", train_fake)
     torch.library.register_fake("l2bn::train_forward", train_forward_fake)
     torch.library.register_fake("l2bn::train_backward", train_backward_fake)
     torch.library.register_fake("l2bn::eval_forward", eval_forward_fake)
+    torch.library.register_fake("l2bn::eval_backward", eval_backward_fake)
     torch.library.register_autograd(
         "l2bn::eval_forward", _eval_backward, setup_context=_eval_setup_context
     )
@@ -138,6 +149,32 @@ def _eval_setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
 
 
 def _eval_backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+    """The eval operator's backward: the fused ``l2bn::eval_backward`` (csrc/
+    eval_backward.cpp) where the backward records no graph of its own, else
+    :func:`_differentiable_eval_backward` (``create_graph=True``, batched gradients)."""
+    if torch.is_grad_enabled() or functorch_wrapped(dy):
+        return _differentiable_eval_backward(ctx, dy)
+    x, running_mean, running_var, weight = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    mask = [needs[0], weight is not None and needs[3], ctx.bias_dtype is not None and needs[4]]
+    if not any(mask):
+        return (None,) * 8
+    dx, dweight, dbias = _eval_backward_op(
+        dy, x, running_mean, running_var, weight, ctx.eps, ctx.l2_eps, ctx.scale, mask
+    )
+    return (
+        dx if mask[0] else None,
+        None,
+        None,
+        dweight.to(weight.dtype) if mask[1] else None,
+        dbias.to(ctx.bias_dtype) if mask[2] else None,
+        None,
+        None,
+        None,
+    )
+
+
+def _differentiable_eval_backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
     """Gradients of eval-mode L2BN ``y = gamma * invstd * (x / rho[n] - mean) + beta``.
 
     In torch operations (differentiable again, for double backward), in the accumulation
@@ -220,6 +257,7 @@ if UNAVAILABLE_REASON is None:
     _train_forward = torch.ops.l2bn.train_forward.default
     _train_backward = torch.ops.l2bn.train_backward.default
     _eval_forward = torch.ops.l2bn.eval_forward.default
+    _eval_backward_op = torch.ops.l2bn.eval_backward.default
     # The same two calls without torch.ops (csrc/entry_points.cpp); eval below autograd.
     from l2bn._C import eval_forward as _eval_entry
     from l2bn._C import train as _train_entry

@@ -169,4 +169,5 @@ TORCH_LIBRARY_IMPL(l2bn, Autograd, m) {
   m.impl("train", &l2bn::train_autograd);
   m.impl("train_forward", torch::autograd::autogradNotImplementedFallback());
   m.impl("train_backward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("eval_backward", torch::autograd::autogradNotImplementedFallback());
 }

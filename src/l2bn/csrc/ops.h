@@ -3,6 +3,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -40,6 +41,13 @@ Tensor train(const Tensor& x, const std::optional<Tensor>& weight,
 Tensor eval_forward(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                     const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
                     double eps, double l2_eps, bool scale);
+
+// (dx, dweight, dbias) of eval_forward (eval_backward.cpp): dweight and dbias in float64;
+// each is empty (shape (0,)) unless asked for in output_mask.
+std::tuple<Tensor, Tensor, Tensor> eval_backward(
+    const Tensor& grad_output, const Tensor& input, const Tensor& running_mean,
+    const Tensor& running_var, const std::optional<Tensor>& weight, double eps, double l2_eps,
+    bool scale, std::array<bool, 3> output_mask);
 
 // train_forward / train_backward on rows of C values (vector.cpp): (N, C) input and
 // channel-last small maps (l: N samples of M rows); running statistics and parameter

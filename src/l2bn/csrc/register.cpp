@@ -48,6 +48,12 @@ TORCH_LIBRARY(l2bn, m) {
   m.def(
       "eval_forward(Tensor x, Tensor running_mean, Tensor running_var, Tensor? weight, "
       "Tensor? bias, float eps, float l2_eps, bool scale) -> Tensor");
+  // Gradients of eval_forward for a backward that records no graph (eval_backward.cpp):
+  // (dx, dweight, dbias), dweight and dbias in float64, empty unless asked for.
+  m.def(
+      "eval_backward(Tensor grad_output, Tensor x, Tensor running_mean, Tensor running_var, "
+      "Tensor? weight, float eps, float l2_eps, bool scale, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
   m.def("cpu_isa() -> str", &cpu_isa);
   m.def("cpu_isas() -> str[]", &cpu_isas);
   m.def("small_map_positions() -> int", &small_map_positions);
@@ -58,4 +64,5 @@ TORCH_LIBRARY_IMPL(l2bn, CPU, m) {
   m.impl("train_backward", &l2bn::train_backward);
   m.impl("train", &l2bn::train);
   m.impl("eval_forward", &l2bn::eval_forward);
+  m.impl("eval_backward", &l2bn::eval_backward);
 }
