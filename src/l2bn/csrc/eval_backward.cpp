@@ -18,11 +18,30 @@
 namespace l2bn {
 namespace {
 
-// Four partial sums, so that consecutive additions do not wait for each other.
-struct Sum4 {
-  double s[4] = {0, 0, 0, 0};
-  double total() const { return (s[0] + s[1]) + (s[2] + s[3]); }
-};
+// sum of g * x and of g over a row of `len` values, in double, in four accumulators each
+// (registers: consecutive additions do not wait for each other).
+template <typename T>
+void row_sums(const T* x, const T* g, int64_t len, double* sum_gx, double* sum_g) {
+  double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+  int64_t s = 0;
+  for (; s + 4 <= len; s += 4) {
+    const double g0 = g[s], g1 = g[s + 1], g2 = g[s + 2], g3 = g[s + 3];
+    a0 += g0 * static_cast<double>(x[s]);
+    a1 += g1 * static_cast<double>(x[s + 1]);
+    a2 += g2 * static_cast<double>(x[s + 2]);
+    a3 += g3 * static_cast<double>(x[s + 3]);
+    b0 += g0;
+    b1 += g1;
+    b2 += g2;
+    b3 += g3;
+  }
+  for (; s < len; ++s) {
+    a0 += static_cast<double>(g[s]) * static_cast<double>(x[s]);
+    b0 += g[s];
+  }
+  *sum_gx = (a0 + a1) + (a2 + a3);
+  *sum_g = (b0 + b1) + (b2 + b3);
+}
 
 }  // namespace
 
@@ -56,84 +75,82 @@ std::tuple<Tensor, Tensor, Tensor> eval_backward(
   const double sqrt_d = std::sqrt(static_cast<double>(d));
   const double k_div = scale ? sqrt_d : 1.0;
   Tensor dx = need_dx ? at::empty_like(x) : at::empty({0}, x.options());
-  std::vector<double> u(static_cast<size_t>(n * c)), v(need_sums ? n * c : 0), rho(n);
+  // Per thread: sum_n u / rho and sum_n v of its samples (added in thread order after).
+  Partials sums(need_sums ? 2 * c : 0);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_eval_backward", [&] {
     using T = scalar_t;
     const T* xp = x.const_data_ptr<T>();
     const T* gp = dy.const_data_ptr<T>();
     T* out = need_dx ? dx.data_ptr<T>() : nullptr;
+    const Kernels<T>& kern = kernels<T>();
     at::parallel_for(0, n, 1, [&](int64_t i0, int64_t i1) {
-      std::vector<double> coef(c);
+      std::vector<double> u(c), v(c), coef(c);  // the sample's sums, its dx coefficients
+      double* xh_dy = need_sums ? sums.mine() : nullptr;
+      double* dy_sum = need_sums ? xh_dy + c : nullptr;
       for (int64_t i = i0; i < i1; ++i) {
         const T* xs = xp + i * d;
         const T* gs = gp + i * d;
-        double* ui = u.data() + i * c;
-        double* vi = need_sums ? v.data() + i * c : nullptr;
-        Sum4 sq;
         if (!l.channels_last) {  // c rows of m positions
           for (int64_t k = 0; k < c; ++k) {
-            Sum4 su, sv;
-            const T* xr = xs + k * m;
-            const T* gr = gs + k * m;
-            for (int64_t s = 0; s < m; ++s) {
-              const double xv = xr[s], gv = gr[s];
-              sq.s[s & 3] += xv * xv;
-              su.s[s & 3] += gv * xv;
-              sv.s[s & 3] += gv;
-            }
-            ui[k] = su.total();
-            if (vi != nullptr) {
-              vi[k] = sv.total();
-            }
+            row_sums(xs + k * m, gs + k * m, m, &u[k], &v[k]);
           }
-        } else {  // m positions of c channels
-          std::fill(ui, ui + c, 0.0);
-          if (vi != nullptr) {
-            std::fill(vi, vi + c, 0.0);
-          }
+        } else {  // m positions of c channels: each channel's sums in its own element
+          std::fill(u.begin(), u.end(), 0.0);
+          std::fill(v.begin(), v.end(), 0.0);
           for (int64_t s = 0; s < m; ++s) {
             const T* xr = xs + s * c;
             const T* gr = gs + s * c;
             for (int64_t k = 0; k < c; ++k) {
-              const double xv = xr[k], gv = gr[k];
-              sq.s[k & 3] += xv * xv;
-              ui[k] += gv * xv;
-              if (vi != nullptr) {
-                vi[k] += gv;
-              }
+              u[k] += static_cast<double>(gr[k]) * static_cast<double>(xr[k]);
+              v[k] += static_cast<double>(gr[k]);
             }
           }
         }
-        const double norm_sq = sq.total();
+        // The sample's squared norm, each square in double (float lanes overflow past 1e19).
+        const double norm_sq = kern.exact_sum_squares(xs, d);
         bool active = false;
-        rho[i] = sample_scale(norm_sq, l2_eps, sqrt_d, scale, &active);
+        const double r = sample_scale(norm_sq, l2_eps, sqrt_d, scale, &active);
+        const double inv_r = 1.0 / r;  // one division a sample, not one a channel
+        if (need_sums) {
+          for (int64_t k = 0; k < c; ++k) {
+            xh_dy[k] += u[k] * inv_r;
+            dy_sum[k] += v[k];
+          }
+        }
         if (out == nullptr) {
           continue;
         }
-        double t = 0;
-        for (int64_t k = 0; k < c; ++k) {
-          t += gain[k] * ui[k];
+        double t0 = 0, t1 = 0, t2 = 0, t3 = 0;  // t in four chains
+        int64_t k = 0;
+        for (; k + 4 <= c; k += 4) {
+          t0 += gain[k] * u[k];
+          t1 += gain[k + 1] * u[k + 1];
+          t2 += gain[k + 2] * u[k + 2];
+          t3 += gain[k + 3] * u[k + 3];
         }
-        const double r = rho[i];
+        for (; k < c; ++k) {
+          t0 += gain[k] * u[k];
+        }
+        const double t = (t0 + t1) + (t2 + t3);
         const double through_norm = active ? t / (r * r * k_div * std::sqrt(norm_sq)) : 0.0;
-        for (int64_t k = 0; k < c; ++k) {
-          coef[k] = gain[k] / r;
+        for (int64_t j = 0; j < c; ++j) {
+          coef[j] = gain[j] * inv_r;
         }
         T* os = out + i * d;
         if (!l.channels_last) {
-          for (int64_t k = 0; k < c; ++k) {
-            const double a = coef[k];
-            for (int64_t s = k * m; s < (k + 1) * m; ++s) {
+          for (int64_t j = 0; j < c; ++j) {
+            const double a = coef[j];
+            for (int64_t s = j * m; s < (j + 1) * m; ++s) {
               os[s] = static_cast<T>(a * static_cast<double>(gs[s]) -
                                      static_cast<double>(xs[s]) * through_norm);
             }
           }
         } else {
           for (int64_t s = 0; s < m; ++s) {
-            for (int64_t k = 0; k < c; ++k) {
-              const int64_t j = s * c + k;
-              os[j] = static_cast<T>(coef[k] * static_cast<double>(gs[j]) -
-                                     static_cast<double>(xs[j]) * through_norm);
+            for (int64_t j = 0; j < c; ++j) {
+              const int64_t e = s * c + j;
+              os[e] = static_cast<T>(coef[j] * static_cast<double>(gs[e]) -
+                                     static_cast<double>(xs[e]) * through_norm);
             }
           }
         }
@@ -143,22 +160,15 @@ std::tuple<Tensor, Tensor, Tensor> eval_backward(
   Tensor dweight = at::empty({need_dweight ? c : 0}, x.options().dtype(at::kDouble));
   Tensor dbias = at::empty({need_dbias ? c : 0}, x.options().dtype(at::kDouble));
   if (need_sums) {
-    std::vector<double> xh_dy(c, 0.0), dy_sum(c, 0.0);
-    for (int64_t i = 0; i < n; ++i) {
-      const double inv = 1.0 / rho[i];
-      for (int64_t k = 0; k < c; ++k) {
-        xh_dy[k] += u[i * c + k] * inv;
-        dy_sum[k] += v[i * c + k];
-      }
-    }
+    const std::vector<double> total = sums.total();
     if (need_dweight) {
       double* p = dweight.data_ptr<double>();
       for (int64_t k = 0; k < c; ++k) {
-        p[k] = invstd[k] * (xh_dy[k] - rm[k] * dy_sum[k]);
+        p[k] = invstd[k] * (total[k] - rm[k] * total[c + k]);
       }
     }
     if (need_dbias) {
-      std::copy(dy_sum.begin(), dy_sum.end(), dbias.data_ptr<double>());
+      std::copy(total.begin() + c, total.end(), dbias.data_ptr<double>());
     }
   }
   return {dx, dweight, dbias};
