@@ -569,3 +569,44 @@ def test_fused_float32_rows_with_an_infinite_or_zero_sample(shape, position, val
     torch.testing.assert_close(y_eval.double(), y_ref_eval, equal_nan=True, rtol=1e-5, atol=1e-5)
     if value == 0.0:
         assert torch.isfinite(x.grad).all()
+
+
+# Each layout the kernels take: row-wise maps (small samples, and samples past the eval's
+# two-pass size), channel-last maps, channel-last small maps (rows of C), (N, C) rows short
+# and long, and fewer samples than threads.
+MAGNITUDE_CASES = [
+    ((8, 4, 6, 6), "contiguous"),
+    ((2, 64, 32, 32), "contiguous"),
+    ((8, 4, 6, 6), "channels_last"),
+    ((4, 16, 2, 2), "channels_last"),
+    ((16, 32), "contiguous"),
+    ((8, 512), "contiguous"),
+    ((1, 4, 6, 6), "contiguous"),
+]
+
+
+@needs_fused
+@pytest.mark.parametrize("magnitude", [1e19, 1e20, 1e-20])
+@pytest.mark.parametrize(("shape", "layout"), MAGNITUDE_CASES)
+def test_extreme_magnitudes_match_the_reference(shape, layout, magnitude, calls):
+    """Float32 values past about 1e19 overflow a float lane's sum of squares: the norms of
+    such samples are summed again in double, in training (forward and backward) and eval."""
+    g = torch.Generator().manual_seed(0)
+    x = _arrange(torch.randn(shape, generator=g) * magnitude, layout)
+    dy = torch.randn(shape, generator=g)
+    layer = LAYER[len(shape)](shape[1])
+    xg = x.clone().requires_grad_()
+    if shape[0] > 1:
+        y = layer(xg)
+        y.backward(dy)
+        x64 = x.double().requires_grad_()
+        ref = reference_l2bn(x64, None, None, training=True)
+        ref.backward(dy.double())
+        assert relative_error(y, ref) < 1e-5
+        assert relative_error(xg.grad, x64.grad) < 1e-4
+    layer.eval()
+    with torch.no_grad():
+        y_eval = layer(x)
+    rm, rv = layer.running_mean.double(), layer.running_var.double()
+    assert relative_error(y_eval, reference_l2bn(x.double(), rm, rv)) < 1e-5
+    assert calls["evaluate"] == 1
