@@ -63,11 +63,6 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "l2bn_eval_forward", [&] {
     using T = scalar_t;
     const Kernels<T>& kern = kernels<T>();
-    // A float lane's sum of squares overflows where values pass about 1e19: such a sample's
-    // norm is summed again with each square in double (infinite input stays infinite).
-    auto checked = [&](double norm_sq, const T* sample, int64_t len) {
-      return std::isinf(norm_sq) ? kern.exact_sum_squares(sample, len) : norm_sq;
-    };
     const T* xp = x.const_data_ptr<T>();
     T* yp = y.data_ptr<T>();
     std::vector<T> shift(c);
@@ -89,12 +84,6 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
             const int64_t rows = std::min(i1 - t0, tile);
             kern.rows_scales(xp + t0 * c, rows, c, l2_eps, scale ? sqrt_d : 1.0, nullptr,
                              nullptr, inv.data());
-            for (int64_t r = 0; r < rows; ++r) {
-              if (inv[r] == 0) {  // rho = inf: the lanes overflowed, or x holds inf
-                const T* row = xp + (t0 + r) * c;
-                inv[r] = 1.0 / scale_of(kern.exact_sum_squares(row, c));
-              }
-            }
             kern.rows_output(yp + t0 * c, xp + t0 * c, c, 0, rows, inv.data(), gain_t.data(),
                              shift.data());
           }
@@ -106,8 +95,8 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
       at::parallel_for(0, n, grain(c), [&](int64_t i0, int64_t i1) {
         double norm_sq = kern.block_sum_squares(xp + i0 * c, c);
         for (int64_t i = i0; i < i1; ++i) {
+          const T inv = static_cast<T>(1.0 / scale_of(norm_sq));
           const T* row = xp + i * c;
-          const T inv = static_cast<T>(1.0 / scale_of(checked(norm_sq, row, c)));
           if (i + 1 < i1) {
             norm_sq = kern.row_output_next(yp + i * c, row, c, inv, gain_t.data(), shift.data(),
                                       row + c);
@@ -144,7 +133,7 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
           if (two_pass && i > i0) {
             norm_sq = kern.block_sum_squares(sample, per_sample);
           }
-          const double inv = 1.0 / scale_of(checked(norm_sq, sample, per_sample));
+          const double inv = 1.0 / scale_of(norm_sq);
           for (int64_t k = 0; k < c; ++k) {
             a[k] = static_cast<T>(gain[k] * inv);
           }
@@ -168,9 +157,7 @@ Tensor eval_forward(const Tensor& input, const Tensor& running_mean, const Tenso
     std::vector<T> a(n * c);
     at::parallel_for(0, n, 1, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
-        const T* sample = xp + i * per_sample;
-        const double inv =
-            1.0 / scale_of(checked(kern.block_sum_squares(sample, per_sample), sample, per_sample));
+        const double inv = 1.0 / scale_of(kern.block_sum_squares(xp + i * per_sample, per_sample));
         for (int64_t k = 0; k < c; ++k) {
           a[i * c + k] = static_cast<T>(gain[k] * inv);
         }

@@ -728,13 +728,6 @@ L2BN_INLINE void add_squares(const T* x, int64_t len, Acc& acc) {
   acc.rest(x + i, len - i);
 }
 
-template <typename T>
-L2BN_INLINE double sum_squares(const T* x, int64_t len) {
-  SquareSum<T> acc;
-  add_squares(x, len, acc);
-  return acc.total();
-}
-
 // sum_squares with every square in double lanes, whatever T (exact squares of float
 // input): for norms whose rounding would cancel later (vector.cpp).
 template <typename T>
@@ -742,6 +735,23 @@ L2BN_INLINE double exact_sum_squares(const T* x, int64_t len) {
   DoubleSquareSum<T> acc;
   add_squares(x, len, acc);
   return acc.total();
+}
+
+// `sum`, the float-lane sum of the squares of the block x[0, len), or the block summed again
+// with every square in double where it came out infinite: float lanes overflow where values
+// pass about 1e19 (infinite input stays infinite). Every sum of a whole block's squares
+// (sum_squares, the next sample's of sample_output_next, row_output_next's, rows_scales')
+// returns through here.
+template <typename T>
+L2BN_INLINE double finite_squares(double sum, const T* x, int64_t len) {
+  return std::isinf(sum) ? exact_sum_squares<T>(x, len) : sum;
+}
+
+template <typename T>
+L2BN_INLINE double sum_squares(const T* x, int64_t len) {
+  SquareSum<T> acc;
+  add_squares(x, len, acc);
+  return finite_squares(acc.total(), x, len);
 }
 
 // ---- elementwise outputs ------------------------------------------------------------------
@@ -1043,7 +1053,7 @@ L2BN_INLINE double sample_output_next(T* out, const T* u, const T* a, const T* b
   if (next == nullptr) {
     return sample_output<T, false>(out, u, a, b, u, d, len, cl);
   }
-  return sample_output<T, true>(out, u, a, b, next, d, len, cl);
+  return finite_squares(sample_output<T, true>(out, u, a, b, next, d, len, cl), next, d);
 }
 
 }  // namespace

@@ -80,12 +80,6 @@ VectorForward vector_forward(const Tensor& x, const Layout& l, const std::vector
     using T = scalar_t;
     const Kernels<T>& kern = kernels<T>();
     const T* xp = x.const_data_ptr<T>();
-    // A float lane's sum of squares overflows where values pass about 1e19: such a
-    // sample's norm is summed again with each square in double (infinite input stays
-    // infinite).
-    auto checked = [&](double norm_sq, const T* sample) {
-      return std::isinf(norm_sq) ? kern.exact_sum_squares(sample, d) : norm_sq;
-    };
     // Channel sums of d = xh - centre[c] (centre: the mean xh of the first 8 rows), so that
     // float lanes keep the variance's precision; channels whose mean is still far from the
     // shift (relative to their spread) are summed again, centred, in double. So are float
@@ -99,8 +93,8 @@ VectorForward vector_forward(const Tensor& x, const Layout& l, const std::vector
     for (int64_t r = 0; r < q; ++r) {
       if (r % m == 0) {
         const int64_t i = r / m;
-        inv = 1.0 / sample_scale(checked(kern.block_sum_squares(xp + i * d, d), xp + i * d),
-                                 l2_eps, sqrt_d, scale, &active[i]);
+        inv = 1.0 / sample_scale(kern.block_sum_squares(xp + i * d, d), l2_eps, sqrt_d, scale,
+                                 &active[i]);
       }
       for (int64_t k = 0; k < c; ++k) {
         centre_d[k] += xp[r * c + k] * inv;
@@ -119,19 +113,11 @@ VectorForward vector_forward(const Tensor& x, const Layout& l, const std::vector
       if (m == 1) {
         kern.rows_scales(xp + t * c, tile, c, l2_eps, scale ? sqrt_d : 1.0, rho + t,
                          active + t, inv_rows);
-        for (int64_t r = 0; r < tile; ++r) {
-          if (std::isinf(rho[t + r])) {  // the lanes overflowed, or x holds inf
-            const T* row = xp + (t + r) * c;
-            rho[t + r] = sample_scale(kern.exact_sum_squares(row, c), l2_eps, sqrt_d, scale,
-                                      &active[t + r]);
-            inv_rows[r] = 1.0 / rho[t + r];
-          }
-        }
         return;
       }
       for (int64_t i = (t + m - 1) / m; i * m < t + tile; ++i) {  // samples starting here
-        rho[i] = sample_scale(checked(kern.block_sum_squares(xp + i * d, d), xp + i * d),
-                              l2_eps, sqrt_d, scale, &active[i]);
+        rho[i] = sample_scale(kern.block_sum_squares(xp + i * d, d), l2_eps, sqrt_d, scale,
+                              &active[i]);
       }
       InverseScales{rho, m}(t, tile, inv_rows);
     };

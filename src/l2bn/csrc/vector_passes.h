@@ -265,6 +265,10 @@ L2BN_INLINE void rows_scales(const T* x, int64_t rows, int64_t c, double l2_eps,
     for (int64_t r = 0; r < rows; ++r) {
       inv[r] = sum_squares<T>(x + r * c, c);  // the squared norms, for now
     }
+  } else {
+    for (int64_t r = 0; r < rows; ++r) {
+      inv[r] = finite_squares(inv[r], x + r * c, c);
+    }
   }
 #pragma omp simd
   for (int64_t r = 0; r < rows; ++r) {
@@ -314,7 +318,7 @@ L2BN_INLINE double row_output_next(
   for (; k < c; ++k) {
     out[k] = x[k] * (gain[k] * inv) + shift[k];
   }
-  return acc.total();
+  return finite_squares(acc.total(), next, c);
 }
 
 template <typename T>
