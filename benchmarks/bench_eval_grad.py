@@ -50,13 +50,8 @@ def layers(shape: tuple[int, ...]) -> dict[str, nn.Module]:
 
 def measure(case: cn.Case, rounds: int) -> dict[str, float]:
     """Median ms of each contender's eval forward+backward on ``case``."""
-    gen = torch.Generator().manual_seed(0)
-    x = case.input(gen).requires_grad_()
-    dy = case.input(gen)
-    modules = layers(case.shape)
-    if case.layout == "channels_last":
-        for m in modules.values():
-            m.to(memory_format=torch.channels_last)
+    bench = cn.prepare(case, (), seed=0, modules=layers(case.shape))
+    x, dy = bench.x, bench.dy
 
     def call(m: nn.Module) -> Callable[[], None]:
         def run() -> None:
@@ -67,7 +62,7 @@ def measure(case: cn.Case, rounds: int) -> dict[str, float]:
 
         return run
 
-    timings = time_interleaved({name: call(m) for name, m in modules.items()}, rounds)
+    timings = time_interleaved({name: call(m) for name, m in bench.modules.items()}, rounds)
     return {name: t.median * 1e3 for name, t in timings.items()}
 
 

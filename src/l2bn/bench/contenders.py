@@ -138,12 +138,19 @@ class Bench:
                 p.grad = None
 
 
-def prepare(case: Case, names: tuple[str, ...] | list[str], seed: int) -> Bench:
-    """The input, output gradient (from ``seed``) and modules of ``names`` for ``case``."""
+def prepare(
+    case: Case,
+    names: tuple[str, ...] | list[str],
+    seed: int,
+    modules: dict[str, nn.Module] | None = None,
+) -> Bench:
+    """The input, output gradient (from ``seed``) and modules of ``names`` for ``case``
+    (or the given ``modules`` instead), in the case's layout."""
     gen = torch.Generator().manual_seed(seed)
     x = case.input(gen).requires_grad_()
     dy = case.input(gen)
-    modules = {name: build(name, case.shape[1], len(case.shape)) for name in names}
+    if modules is None:
+        modules = {name: build(name, case.shape[1], len(case.shape)) for name in names}
     if case.layout == "channels_last":
         for m in modules.values():
             m.to(memory_format=torch.channels_last)

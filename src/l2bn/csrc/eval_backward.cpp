@@ -106,7 +106,8 @@ std::tuple<Tensor, Tensor, Tensor> eval_backward(
             }
           }
         }
-        // The sample's squared norm, each square in double (float lanes overflow past 1e19).
+        // The sample's squared norm, each square in double: rho's rounding would reach
+        // dweight, through sum_n u / rho - mean * v, where channel means are large.
         const double norm_sq = kern.exact_sum_squares(xs, d);
         bool active = false;
         const double r = sample_scale(norm_sq, l2_eps, sqrt_d, scale, &active);
