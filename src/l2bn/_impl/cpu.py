@@ -148,6 +148,13 @@ def _eval_setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
     ctx.eps, ctx.l2_eps, ctx.scale = eps, l2_eps, scale
 
 
+def _eval_grads_wanted(ctx: Any, weight: Tensor | None) -> list[bool]:
+    """Which of ``(dx, dweight, dbias)`` the eval operator's backward is asked for (the
+    weight's and the bias's only where the call had them)."""
+    needs = ctx.needs_input_grad
+    return [needs[0], weight is not None and needs[3], ctx.bias_dtype is not None and needs[4]]
+
+
 def _eval_backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
     """The eval operator's backward: the fused ``l2bn::eval_backward`` (csrc/
     eval_backward.cpp) where the backward records no graph of its own, else
@@ -155,8 +162,7 @@ def _eval_backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
     if torch.is_grad_enabled() or functorch_wrapped(dy):
         return _differentiable_eval_backward(ctx, dy)
     x, running_mean, running_var, weight = ctx.saved_tensors
-    needs = ctx.needs_input_grad
-    mask = [needs[0], weight is not None and needs[3], ctx.bias_dtype is not None and needs[4]]
+    mask = _eval_grads_wanted(ctx, weight)
     if not any(mask):
         return (None,) * 8
     dx, dweight, dbias = _eval_backward_op(
@@ -190,9 +196,7 @@ def _differentiable_eval_backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, 
     statistics get no gradient.
     """
     x, running_mean, running_var, weight = ctx.saved_tensors
-    needs = ctx.needs_input_grad
-    want_dweight = weight is not None and needs[3]
-    want_dbias = ctx.bias_dtype is not None and needs[4]
+    want_dx, want_dweight, want_dbias = _eval_grads_wanted(ctx, weight)
     acc = accumulation_dtype(x)
     n, c = x.shape[0], x.shape[1]
     spatial = tuple(range(2, x.dim()))
@@ -204,7 +208,7 @@ def _differentiable_eval_backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, 
     dy_x = dya * xa
     u = dy_x.sum(dim=spatial) if spatial else dy_x  # (N, C)
     dx = dweight = dbias = None
-    if needs[0]:
+    if want_dx:
         gain = invstd if weight is None else weight.to(acc) * invstd
         t = torch.mv(u, gain)
         k = norm_divisor(values, ctx.scale)
