@@ -71,7 +71,8 @@ def build(isa: str | None):
 
 def l2bn_eval(x, mean, var, weight, bias):
     """The fused eval operator as the layer calls it without a graph: through its entry
-    point, below autograd (``l2bn._C.eval_forward``, csrc/entry_points.cpp)."""
+    point (``l2bn._C.eval_forward``, csrc/entry_points.cpp); no input requires grad, so
+    its C++ autograd kernel records nothing."""
     return cpu._eval_entry(x, mean, var, weight, bias, 1e-5, 1e-12, True)
 
 

@@ -103,6 +103,10 @@ def cases(shape: tuple[int, ...]) -> dict[str, Callable[[], object]]:
     bn_eval, l2_eval = torch.nn.BatchNorm2d(c).eval(), l2bn.L2BatchNorm2d(c).eval()
     calls["bn eval (no_grad)"] = eval_call(bn_eval)
     calls["l2bn eval (no_grad)"] = eval_call(l2_eval)
+    # Eval mode with a graph (fine-tuning with frozen statistics): the input and the
+    # parameters' gradients.
+    calls["bn eval fwd+bwd"] = fwd_bwd(bn_eval)
+    calls["l2bn eval fwd+bwd"] = fwd_bwd(l2_eval)
     eval_args = (xd, rm, rv, w.detach(), b.detach(), 1e-5, 1e-12, True)
 
     def eval_op() -> object:
@@ -124,6 +128,8 @@ COLD_CALLS = (
     "entry train fwd+bwd",
     "bn eval (no_grad)",
     "l2bn eval (no_grad)",
+    "bn eval fwd+bwd",
+    "l2bn eval fwd+bwd",
     "op eval_forward (below autograd)",
     "entry eval_forward",
 )

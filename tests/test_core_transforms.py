@@ -311,6 +311,14 @@ def test_opcheck_fused_operators(shape, channels_last):
     torch.library.opcheck(ops.train, (xg, wg, bg, rm.clone(), rv.clone(), 0.1, 1e-5, 1e-12, True))
     torch.library.opcheck(ops.train, (xg, None, None, None, None, 0.1, 1e-5, 1e-12, False))
     torch.library.opcheck(ops.train, (x, w, b, rm, rv, 0.1, 1e-5, 1e-12, True))
+    # eval_forward's C++ autograd kernel (frozen-norm fine-tuning), and the differentiable
+    # gradient its backward takes under create_graph=True.
+    torch.library.opcheck(ops.eval_forward, (xg, rm, rv + 1, wg, bg, 1e-5, 1e-12, True))
+    torch.library.opcheck(ops.eval_forward, (xg, rm, rv + 1, None, None, 1e-5, 1e-12, False))
+    for needs in ([True, True, True], [False, True, False]):
+        torch.library.opcheck(
+            ops.differentiable_eval_grads, (dy, x, rm, rv + 1, w, 1e-5, 1e-12, True, needs)
+        )
 
 
 @pytest.mark.skipif(not l2bn.backends.available("cpu"), reason="fused kernels not built")

@@ -63,7 +63,7 @@ def test_train_entry_gives_the_operators_bits(shape, fmt):
 
 
 @pytest.mark.parametrize(("shape", "fmt"), SHAPES)
-def test_eval_entry_gives_the_operators_bits_below_autograd(shape, fmt):
+def test_eval_entry_gives_the_operators_bits_and_graph(shape, fmt):
     x, weight, bias, _ = _arguments(shape, fmt)
     c = shape[1]
     stats = torch.rand(c, dtype=x.dtype) - 0.5, torch.rand(c, dtype=x.dtype) + 0.5
@@ -72,9 +72,19 @@ def test_eval_entry_gives_the_operators_bits_below_autograd(shape, fmt):
         expected = torch.ops.l2bn.eval_forward.default(*args)
     got = cpu._eval_entry(*args)
     assert torch.equal(got, expected) and got.stride() == expected.stride()
-    # Below autograd: no graph even for an input that requires grad (the caller passes
-    # only calls that record none).
-    assert cpu._eval_entry(x.requires_grad_(), *args[1:]).grad_fn is None
+    assert got.grad_fn is None
+    # Through autograd, as torch.ops: the C++ formula's node, and the same gradient.
+    dy = torch.randn_like(x)
+    grads = []
+    for call in (cpu._eval_entry, torch.ops.l2bn.eval_forward.default):
+        xg = x.detach().requires_grad_()
+        y = call(xg, *args[1:])
+        assert "EvalFunction" in y.grad_fn.name()
+        (gx,) = torch.autograd.grad(y, xg, dy)
+        grads.append(gx)
+    assert torch.equal(*grads)
+    with torch.no_grad():
+        assert cpu._eval_entry(x.detach().requires_grad_(), *args[1:]).grad_fn is None
 
 
 def _spy(monkeypatch):
@@ -96,12 +106,13 @@ def _layer_calls(x):
     layer.eval()
     with torch.no_grad():
         layer(x)
+    layer(x).sum().backward()  # eval with a graph: fine-tuning with frozen norms
 
 
 def test_eager_layer_calls_go_through_the_entry_points(monkeypatch):
     counts = _spy(monkeypatch)
     _layer_calls(torch.randn(4, 3, 5, 5))
-    assert counts == {"_train": 0, "_train_entry": 1, "_eval_forward": 0, "_eval_entry": 1}
+    assert counts == {"_train": 0, "_train_entry": 1, "_eval_forward": 0, "_eval_entry": 2}
 
 
 class _Recording(TorchFunctionMode):
@@ -119,7 +130,7 @@ def test_a_torch_function_mode_sees_the_operators(monkeypatch):
     mode = _Recording()
     with mode:
         _layer_calls(torch.randn(4, 3, 5, 5))
-    assert counts == {"_train": 1, "_train_entry": 0, "_eval_forward": 1, "_eval_entry": 0}
+    assert counts == {"_train": 1, "_train_entry": 0, "_eval_forward": 2, "_eval_entry": 0}
     assert torch.ops.l2bn.train.default in mode.seen
     assert torch.ops.l2bn.eval_forward.default in mode.seen
 

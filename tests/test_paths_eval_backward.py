@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from _reference import adversarial_input, reference_l2bn, relative_error
 from l2bn import L2BatchNorm1d, L2BatchNorm2d, backends, freeze
@@ -48,7 +49,7 @@ def _grads(layer, x, dy):
     layer.zero_grad()
     y = layer(x)
     # The fused eval operator, differentiated by its formula (not the PyTorch path).
-    assert "l2bn_eval_forward" in y.grad_fn.name()
+    assert "EvalFunction" in y.grad_fn.name()
     y.backward(dy)
     params = [p.grad for p in (layer.weight, layer.bias)] if layer.weight is not None else []
     return [x.grad, *params]
@@ -126,7 +127,7 @@ def test_eval_formula_is_differentiable_again(shape, wanted):
     def fn(*tensors):
         call = dict(args, **dict(zip(names, tensors, strict=True)))
         y = l2_batch_norm(call["x"], rm, rv, call["weight"], call["bias"], training=False)
-        assert "l2bn_eval_forward" in y.grad_fn.name()
+        assert "EvalFunction" in y.grad_fn.name()
         return y
 
     assert torch.autograd.gradcheck(fn, inputs)
@@ -192,31 +193,41 @@ def test_bias_gradient_when_dy_cancels_across_samples():
     assert relative_error(got[2], want[2]) < 1e-5
 
 
-def test_the_fused_backward_runs_unless_a_graph_is_recorded(monkeypatch):
-    from l2bn._impl import cpu
+class _BackwardCalls(TorchDispatchMode):
+    """Records the mask of each fused eval backward the dispatcher runs (the C++ autograd
+    kernel calls it through the dispatcher)."""
 
-    calls = []
-    original = cpu._eval_backward_op
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, list[bool]]] = []
 
-    def spy(*args):
-        calls.append(args[-1])
-        return original(*args)
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.name()
+        if name == "l2bn::eval_backward":
+            self.calls.append(("eval_backward", list(args[-1])))
+        return func(*args, **(kwargs or {}))
 
-    monkeypatch.setattr(cpu, "_eval_backward_op", spy)
+
+def test_the_fused_backward_runs_unless_a_graph_is_recorded():
     x = torch.randn(4, 3, 5, 5)
     layer = _layer(x)
     xg = x.clone().requires_grad_()
-    layer(xg).sum().backward()
-    assert calls == [[True, True, True]]
-    frozen = freeze(_layer(x))
-    frozen(xg).sum().backward()
-    assert calls[-1] == [True, False, False]
-    # create_graph=True: the differentiable formula, not the fused kernel.
-    (gx,) = torch.autograd.grad(layer(xg).square().sum(), xg, create_graph=True)
-    assert len(calls) == 2
+    with _BackwardCalls() as seen:
+        layer(xg).sum().backward()
+    assert seen.calls == [("eval_backward", [True, True, True])]
+    with _BackwardCalls() as seen:
+        freeze(_layer(x))(xg).sum().backward()
+    assert seen.calls == [("eval_backward", [True, False, False])]
+    # create_graph=True: the differentiable formula (torch operations, which the mode sees
+    # in place of its operator), not the fused kernel.
+    with _BackwardCalls() as seen:
+        (gx,) = torch.autograd.grad(layer(xg).square().sum(), xg, create_graph=True)
+    assert seen.calls == []
+    assert gx.requires_grad
     # Its backward reaches the eval operator again (dy = 2 y), with no graph: fused.
-    gx.sum().backward()
-    assert len(calls) == 3
+    with _BackwardCalls() as seen:
+        gx.sum().backward()
+    assert ("eval_backward", [True, True, True]) in seen.calls
 
 
 @pytest.mark.parametrize(("shape", "fmt"), CASES)
@@ -248,3 +259,24 @@ def test_eval_backward_operator_refuses_mismatched_gradients():
         torch.ops.l2bn.eval_backward.default(
             x.double(), x, *stats, None, 1e-5, 1e-12, True, [True, False, False]
         )
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_batched_gradients_match_one_vector_gradients(training):
+    """``torch.autograd.grad(is_grads_batched=True)`` hands the C++ autograd kernels a
+    batched gradient (the backward runs under vmap): each of its gradients must equal the
+    one-vector gradient."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64, generator=g)
+    layer = _layer(x).to(torch.float64).train(training)
+    xg = x.requires_grad_()
+    y = layer(xg)
+    name = "TrainFunction" if training else "EvalFunction"
+    assert name in y.grad_fn.name()  # the fused operators' formula, not the PyTorch path
+    vectors = torch.randn(3, *y.shape, dtype=torch.float64, generator=g)
+    inputs = (xg, layer.weight, layer.bias)
+    batched = torch.autograd.grad(y, inputs, vectors, retain_graph=True, is_grads_batched=True)
+    for i, v in enumerate(vectors):
+        single = torch.autograd.grad(y, inputs, v, retain_graph=True)
+        for b, s in zip(batched, single, strict=True):
+            assert relative_error(b[i], s) < 1e-12

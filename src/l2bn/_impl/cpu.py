@@ -6,15 +6,17 @@ setup.py). It registers ``torch.ops.l2bn.train_forward``, ``train_backward`` and
 input, with every ``O(N * C)`` step (statistics, coefficients, the running-statistics
 update) in C++ as well. It also registers ``torch.ops.l2bn.train``: ``train_forward`` with
 its autograd formula in C++ (csrc/autograd.cpp), what an eager training step runs, free of
-any Python autograd object. Eager calls reach ``l2bn::train`` and ``eval_forward`` through
+any Python autograd object; ``eval_forward``'s autograd formula is C++ as well (its
+backward: ``eval_backward``). Eager calls reach ``l2bn::train`` and ``eval_forward`` through
 ``l2bn._C.train`` and ``l2bn._C.eval_forward`` (csrc/entry_points.cpp), which call them
 through the dispatcher without ``torch.ops``' boxed path; :func:`run` keeps ``torch.ops``
 where ``__torch_function__`` must see the call.
 
 This module registers the operators' fake (meta) implementations, so that
 ``torch.compile(fullgraph=True)`` and ``torch.export`` keep them in the graph; the Python
-kernel of ``l2bn::differentiable_train_grads`` (the gradient ``l2bn::train`` takes when its
-backward runs with ``create_graph=True``); and :class:`FusedL2BatchNormFunction`, the
+kernels of ``l2bn::differentiable_train_grads`` and ``differentiable_eval_grads`` (the
+gradients ``l2bn::train`` and ``eval_forward`` take when their backward runs with
+``create_graph=True`` or on a batched gradient); and :class:`FusedL2BatchNormFunction`, the
 autograd function that torch.compile's training graphs record (they then show
 ``train_forward`` and ``train_backward``, whose running-statistics mutation the compiler
 handles). ``torch.export`` records ``l2bn::train`` instead: it keeps no Python autograd
@@ -37,12 +39,11 @@ from l2bn._impl.composite import differentiable_train_grads
 from l2bn._impl.operator_backward import train_grads
 from l2bn._impl.passes import accumulation_dtype
 from l2bn._impl.sample_scale import norm_divisor, sample_scale
-from l2bn._impl.transforms import compiling, exporting, functorch_wrapped
+from l2bn._impl.transforms import compiling, exporting
 
 NAME = "cpu"
 DESCRIPTION = "fused C++ kernels (l2bn._C)"
 _FULL_PRECISION = (torch.float32, torch.float64)
-_below_autograd = torch._C._AutoDispatchBelowAutograd
 
 
 def _load() -> str | None:
@@ -136,83 +137,54 @@ def _register_fakes() -> None:
     torch.library.register_fake("l2bn::train_backward", train_backward_fake)
     torch.library.register_fake("l2bn::eval_forward", eval_forward_fake)
     torch.library.register_fake("l2bn::eval_backward", eval_backward_fake)
-    torch.library.register_autograd(
-        "l2bn::eval_forward", _eval_backward, setup_context=_eval_setup_context
-    )
 
 
-def _eval_setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-    x, running_mean, running_var, weight, bias, eps, l2_eps, scale = inputs
-    ctx.save_for_backward(x, running_mean, running_var, weight)
-    ctx.bias_dtype = None if bias is None else bias.dtype
-    ctx.eps, ctx.l2_eps, ctx.scale = eps, l2_eps, scale
+def _differentiable_eval_grads(
+    dy: Tensor,
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+    needs: list[bool],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Kernel of ``l2bn::differentiable_eval_grads``: ``(dx, dweight, dbias)`` of eval-mode
+    L2BN ``y = gamma * invstd * (x / rho[n] - mean) + beta``, an empty tensor in place of
+    each gradient not asked for in ``needs``; dweight and dbias in the accumulation dtype
+    (the autograd kernel, csrc/autograd.cpp, casts them to the parameters' dtypes).
 
-
-def _eval_grads_wanted(ctx: Any, weight: Tensor | None) -> list[bool]:
-    """Which of ``(dx, dweight, dbias)`` the eval operator's backward is asked for (the
-    weight's and the bias's only where the call had them)."""
-    needs = ctx.needs_input_grad
-    return [needs[0], weight is not None and needs[3], ctx.bias_dtype is not None and needs[4]]
-
-
-def _eval_backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
-    """The eval operator's backward: the fused ``l2bn::eval_backward`` (csrc/
-    eval_backward.cpp) where the backward records no graph of its own, else
-    :func:`_differentiable_eval_backward` (``create_graph=True``, batched gradients)."""
-    if torch.is_grad_enabled() or functorch_wrapped(dy):
-        return _differentiable_eval_backward(ctx, dy)
-    x, running_mean, running_var, weight = ctx.saved_tensors
-    mask = _eval_grads_wanted(ctx, weight)
-    if not any(mask):
-        return (None,) * 8
-    dx, dweight, dbias = _eval_backward_op(
-        dy, x, running_mean, running_var, weight, ctx.eps, ctx.l2_eps, ctx.scale, mask
-    )
-    return (
-        dx if mask[0] else None,
-        None,
-        None,
-        dweight.to(weight.dtype) if mask[1] else None,
-        dbias.to(ctx.bias_dtype) if mask[2] else None,
-        None,
-        None,
-        None,
-    )
-
-
-def _differentiable_eval_backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
-    """Gradients of eval-mode L2BN ``y = gamma * invstd * (x / rho[n] - mean) + beta``.
-
-    In torch operations (differentiable again, for double backward), in the accumulation
-    dtype (float64 on CPU). ``rho[n]`` is recomputed from ``x``; through it, with ``a =
-    gamma * invstd`` and ``t[n] = sum_{c,s} a * dy * x``, ``dL/drho = -t / rho^2`` and
-    ``d||x||/dx = x / ||x||`` (zero where the norm was clamped by ``l2_eps``), so ``dx = a
-    * dy / rho - x * t / (rho^2 * k * ||x||)`` (``k``: ``sqrt(D)`` under ``scale``). Both
-    terms and their difference stay in float64 until ``dx`` is rounded to the input's
-    dtype: where ``dy`` lies along ``x`` (a loss like ``||y||^2 / 2``) they cancel. The
-    per-``(n, c)`` sums ``u = sum_s dy * x`` and ``v = sum_s dy`` give ``t``, ``dweight =
-    invstd * (sum_n u / rho - mean * sum_n v)`` and ``dbias = sum_n v``: in float64 the
-    difference loses nothing at channel means of 1e4 standard deviations. The running
-    statistics get no gradient.
+    In torch operations (differentiable again, for double backward, and batched under
+    ``vmap``), in the accumulation dtype (float64 on CPU). ``rho[n]`` is recomputed from
+    ``x``; through it, with ``a = gamma * invstd`` and ``t[n] = sum_{c,s} a * dy * x``,
+    ``dL/drho = -t / rho^2`` and ``d||x||/dx = x / ||x||`` (zero where the norm was clamped
+    by ``l2_eps``), so ``dx = a * dy / rho - x * t / (rho^2 * k * ||x||)`` (``k``:
+    ``sqrt(D)`` under ``scale``). Both terms and their difference stay in float64 until
+    ``dx`` is rounded to the input's dtype: where ``dy`` lies along ``x`` (a loss like
+    ``||y||^2 / 2``) they cancel. The per-``(n, c)`` sums ``u = sum_s dy * x`` and ``v =
+    sum_s dy`` give ``t``, ``dweight = invstd * (sum_n u / rho - mean * sum_n v)`` and
+    ``dbias = sum_n v``: in float64 the difference loses nothing at channel means of 1e4
+    standard deviations. The running statistics get no gradient.
     """
-    x, running_mean, running_var, weight = ctx.saved_tensors
-    want_dx, want_dweight, want_dbias = _eval_grads_wanted(ctx, weight)
+    want_dx, want_dweight, want_dbias = needs
     acc = accumulation_dtype(x)
     n, c = x.shape[0], x.shape[1]
     spatial = tuple(range(2, x.dim()))
     xa, dya = x.to(acc), dy.to(acc)
-    invstd = (running_var.to(acc) + ctx.eps).rsqrt()
+    invstd = (running_var.to(acc) + eps).rsqrt()
     values = math.prod(x.shape[1:])
     norm = torch.linalg.vector_norm(xa, dim=tuple(range(1, x.dim())))
-    rho = sample_scale(norm, values, ctx.l2_eps, ctx.scale)  # (N,)
+    rho = sample_scale(norm, values, l2_eps, scale)  # (N,)
     dy_x = dya * xa
     u = dy_x.sum(dim=spatial) if spatial else dy_x  # (N, C)
-    dx = dweight = dbias = None
+    empty = x.new_empty((0,))
+    dx = dweight = dbias = empty
     if want_dx:
         gain = invstd if weight is None else weight.to(acc) * invstd
         t = torch.mv(u, gain)
-        k = norm_divisor(values, ctx.scale)
-        through_norm = torch.where(norm > ctx.l2_eps, t / (rho * rho * k * norm), 0.0)
+        k = norm_divisor(values, scale)
+        through_norm = torch.where(norm > l2_eps, t / (rho * rho * k * norm), 0.0)
         scale_dy = gain.view(1, c) / rho.view(n, 1)  # (N, C)
         dx = torch.addcmul(
             dya * scale_dy.view((n, c) + (1,) * (x.dim() - 2)),
@@ -225,10 +197,10 @@ def _differentiable_eval_backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, 
         dy_sum = v.sum(dim=0)
         if want_dweight:
             xh_dy = torch.mv(u.t(), 1.0 / rho)  # sum_n u / rho
-            dweight = (invstd * (xh_dy - running_mean.to(acc) * dy_sum)).to(weight.dtype)
+            dweight = invstd * (xh_dy - running_mean.to(acc) * dy_sum)
         if want_dbias:
-            dbias = dy_sum.to(ctx.bias_dtype)
-    return dx, None, None, dweight, dbias, None, None, None
+            dbias = dy_sum
+    return dx, dweight, dbias
 
 
 def _differentiable_train_grads(
@@ -256,13 +228,15 @@ if UNAVAILABLE_REASON is None:
     _KERNELS[0].impl(
         "differentiable_train_grads", _differentiable_train_grads, "CompositeImplicitAutograd"
     )
+    _KERNELS[0].impl(
+        "differentiable_eval_grads", _differentiable_eval_grads, "CompositeImplicitAutograd"
+    )
     # The overloads themselves: calling them skips the packet's overload resolution.
     _train = torch.ops.l2bn.train.default
     _train_forward = torch.ops.l2bn.train_forward.default
     _train_backward = torch.ops.l2bn.train_backward.default
     _eval_forward = torch.ops.l2bn.eval_forward.default
-    _eval_backward_op = torch.ops.l2bn.eval_backward.default
-    # The same two calls without torch.ops (csrc/entry_points.cpp); eval below autograd.
+    # The same two calls without torch.ops (csrc/entry_points.cpp).
     from l2bn._C import eval_forward as _eval_entry
     from l2bn._C import train as _train_entry
 
@@ -323,13 +297,10 @@ def run(
             return _train(*args)
         return _train_entry(*args)
     args = (x, running_mean, running_var, weight, bias, eps, l2_eps, scale)
-    if not grad and not compiling():
-        # No autograd to record: skip the Python autograd kernel of eval_forward (4 us).
-        if _has_torch_function(args[:5]):
-            with _below_autograd():
-                return _eval_forward(*args)
-        return _eval_entry(*args)
-    return _eval_forward(*args)
+    # Its C++ autograd kernel records the backward when one is wanted, as l2bn::train's.
+    if compiling() or _has_torch_function(args[:5]):
+        return _eval_forward(*args)
+    return _eval_entry(*args)
 
 
 class FusedL2BatchNormFunction(torch.autograd.Function):

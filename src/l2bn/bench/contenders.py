@@ -216,8 +216,8 @@ def op_calls(mode: str, x: Tensor, dy: Tensor) -> dict[str, Callable[[], object]
     if mode == "eval_fwd":
 
         def l2_eval():
-            # As the layer calls it without a graph: through its entry point, below autograd
-            # (csrc/entry_points.cpp).
+            # As the layer calls it without a graph: through its entry point (csrc/
+            # entry_points.cpp), whose C++ autograd kernel records nothing for detached x.
             return cpu._eval_entry(x, *l2_stats, w, b, eps, 1e-12, True)
 
         return {

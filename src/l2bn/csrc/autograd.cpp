@@ -1,13 +1,16 @@
-// torch.ops.l2bn.train: training-mode L2BN as one operator with its autograd formula in
-// C++, so that an eager training step pays no Python autograd Function (its context
+// torch.ops.l2bn.train and eval_forward: L2BN as one operator each with its autograd
+// formula in C++, so that an eager step pays no Python autograd Function (its context
 // object, the Python call of its backward and the garbage collections those objects
-// cause). The forward runs train_forward and saves x, the weight and the O(N * C)
-// statistics; the backward runs train_backward. A backward run with grad mode on
-// (create_graph=True) instead calls differentiable_train_grads, whose Python kernel
-// (l2bn/_impl/cpu.py) differentiates the composite, so that second derivatives are exact.
+// cause). Training: the forward runs train_forward and saves x, the weight and the
+// O(N * C) statistics; the backward runs train_backward. Eval (running statistics, as in
+// fine-tuning with frozen norms): the forward runs eval_forward and saves x, the running
+// statistics and the weight; the backward runs eval_backward. A backward run with grad
+// mode on (create_graph=True), or given a batched gradient (torch.func, is_grads_batched),
+// instead calls differentiable_train_grads / differentiable_eval_grads, whose Python
+// kernels (l2bn/_impl/cpu.py) are torch operations, so that second derivatives are exact.
 //
-// Both operators are called through the dispatcher, so that dispatch modes and fake
-// tensors see train_forward and train_backward as they do from Python.
+// Every operator is called through the dispatcher, so that dispatch modes and fake
+// tensors see the forward and backward operators as they do from Python.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -49,7 +52,41 @@ const c10::TypedOperatorHandle<GradsSignature>& differentiable_grads_op() {
   return op;
 }
 
+using EvalGradsSignature = std::tuple<Tensor, Tensor, Tensor>(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
+    double, double, bool, std::array<bool, 3>);
+
+const c10::TypedOperatorHandle<decltype(eval_forward)>& eval_forward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("l2bn::eval_forward", "")
+                             .typed<decltype(eval_forward)>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<decltype(eval_backward)>& eval_backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("l2bn::eval_backward", "")
+                             .typed<decltype(eval_backward)>();
+  return op;
+}
+
+// Its kernel is Python's, as differentiable_train_grads'.
+const c10::TypedOperatorHandle<EvalGradsSignature>& differentiable_eval_grads_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("l2bn::differentiable_eval_grads", "")
+                             .typed<EvalGradsSignature>();
+  return op;
+}
+
 bool defined(const std::optional<Tensor>& t) { return t.has_value() && t->defined(); }
+
+// A gradient of torch.func or of is_grads_batched=True (vmap over the backward): the fused
+// backward operators have no batching rule, the differentiable formulas do.
+bool batched(const Tensor& t) {
+  return t.key_set().has_any(c10::DispatchKeySet({c10::DispatchKey::FuncTorchBatched,
+                                                  c10::DispatchKey::FuncTorchGradWrapper,
+                                                  c10::DispatchKey::Batched}));
+}
 
 // The running statistics, passed to TrainFunction as one non-tensor argument: they take
 // no gradient, so they get no autograd edge and no input metadata.
@@ -128,7 +165,86 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
   }
 };
 
+// Eval-mode L2BN (running statistics): the edges are those of x, and of the weight and
+// the bias when given; the running statistics are saved but take no gradient (cpu.py
+// sends running statistics that require grad to the PyTorch backend).
+class EvalFunction : public torch::autograd::Function<EvalFunction> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x,
+                        const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
+                        const Running& running, double eps, double l2_eps, bool scale) {
+    Tensor y = [&] {
+      at::AutoDispatchBelowADInplaceOrView below;
+      return eval_forward_op().call(x, *running.mean, *running.var, weight, bias, eps, l2_eps,
+                                    scale);
+    }();
+    ctx->save_for_backward(
+        {x, *running.mean, *running.var, defined(weight) ? *weight : Tensor()});
+    const int64_t flags =
+        (scale ? kScale : 0) | (defined(weight) ? kHasWeight : 0) | (defined(bias) ? kHasBias : 0);
+    ctx->saved_data["flags"] = flags;
+    ctx->saved_data["bias_dtype"] =
+        static_cast<int64_t>(defined(bias) ? bias->scalar_type() : x.scalar_type());
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["l2_eps"] = l2_eps;
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &running_mean = saved[1], &running_var = saved[2];
+    const int64_t flags = ctx->saved_data["flags"].toInt();
+    const bool has_weight = flags & kHasWeight, has_bias = flags & kHasBias;
+    const bool scale = flags & kScale;
+    const auto bias_dtype = static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt());
+    const std::array<bool, 3> needs{
+        ctx->needs_input_grad(0), has_weight && ctx->needs_input_grad(1),
+        has_bias && ctx->needs_input_grad(has_weight ? 2 : 1)};
+    const variable_list none(7);
+    if (!needs[0] && !needs[1] && !needs[2]) {
+      return none;
+    }
+    const std::optional<Tensor> w = has_weight ? std::optional<Tensor>(saved[3]) : std::nullopt;
+    const double eps = ctx->saved_data["eps"].toDouble();
+    const double l2_eps = ctx->saved_data["l2_eps"].toDouble();
+    const Tensor& dy = grads[0];
+    Tensor dx, dweight, dbias;
+    if (at::GradMode::is_enabled() || batched(dy)) {
+      std::tie(dx, dweight, dbias) = differentiable_eval_grads_op().call(
+          dy, x, running_mean, running_var, w, eps, l2_eps, scale, needs);
+    } else {
+      at::AutoDispatchBelowADInplaceOrView below;
+      std::tie(dx, dweight, dbias) = eval_backward_op().call(
+          dy, x, running_mean, running_var, w, eps, l2_eps, scale, needs);
+    }
+    variable_list out = none;
+    if (needs[0]) {
+      out[0] = dx;
+    }
+    if (needs[1]) {
+      out[1] = dweight.scalar_type() == w->scalar_type() ? dweight : dweight.to(w->scalar_type());
+    }
+    if (needs[2]) {
+      out[2] = dbias.scalar_type() == bias_dtype ? dbias : dbias.to(bias_dtype);
+    }
+    return out;
+  }
+};
+
 bool requires_grad(const std::optional<Tensor>& t) { return defined(t) && t->requires_grad(); }
+
+// The Autograd kernel of l2bn::eval_forward, as train_autograd's.
+Tensor eval_autograd(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                     const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
+                     double eps, double l2_eps, bool scale) {
+  if (at::GradMode::is_enabled() &&
+      (x.requires_grad() || requires_grad(weight) || requires_grad(bias))) {
+    const std::optional<Tensor> mean(running_mean), var(running_var);
+    return EvalFunction::apply(x, weight, bias, Running{mean, var}, eps, l2_eps, scale);
+  }
+  at::AutoDispatchBelowADInplaceOrView below;
+  return eval_forward_op().call(x, running_mean, running_var, weight, bias, eps, l2_eps, scale);
+}
 
 // The Autograd kernel of l2bn::train: record the function when a gradient is wanted, else
 // run the kernel below autograd.
@@ -167,6 +283,7 @@ Tensor train(const Tensor& x, const std::optional<Tensor>& weight,
 // the gradients of the input and parameters at None behind a warning.
 TORCH_LIBRARY_IMPL(l2bn, Autograd, m) {
   m.impl("train", &l2bn::train_autograd);
+  m.impl("eval_forward", &l2bn::eval_autograd);
   m.impl("train_forward", torch::autograd::autogradNotImplementedFallback());
   m.impl("train_backward", torch::autograd::autogradNotImplementedFallback());
   m.impl("eval_backward", torch::autograd::autogradNotImplementedFallback());

@@ -121,8 +121,8 @@ PyObject* train(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
   END_HANDLE_TH_ERRORS
 }
 
-// eval_forward(x, running_mean, running_var, weight, bias, eps, l2_eps, scale) -> y, run
-// below autograd: for calls that record no graph (no_grad, or no input requires grad).
+// eval_forward(x, running_mean, running_var, weight, bias, eps, l2_eps, scale) -> y; its
+// autograd kernel (autograd.cpp) records the backward when a gradient is wanted.
 PyObject* eval_forward(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   static const auto op = c10::Dispatcher::singleton()
@@ -138,7 +138,6 @@ PyObject* eval_forward(PyObject* /*module*/, PyObject* const* args, Py_ssize_t n
   at::Tensor y;
   {
     pybind11::gil_scoped_release no_gil;
-    at::AutoDispatchBelowAutograd below;
     y = op.call(x, running_mean, running_var, weight, bias, eps, l2_eps, scale);
   }
   return THPVariable_Wrap(std::move(y));
@@ -159,7 +158,7 @@ PyMethodDef* python_methods() {
        "Tensor: l2bn::train through the dispatcher (autograd included), without torch.ops."},
       {"eval_forward", fastcall<eval_forward>(), METH_FASTCALL,
        "eval_forward(x, running_mean, running_var, weight, bias, eps, l2_eps, scale) -> "
-       "Tensor: l2bn::eval_forward below autograd, without torch.ops (no graph recorded)."},
+       "Tensor: l2bn::eval_forward through the dispatcher, without torch.ops."},
       {nullptr, nullptr, 0, nullptr}};
   return methods;
 }

@@ -1,5 +1,5 @@
 // Registers the operators of ops.h as torch.ops.l2bn.* with a CPU implementation (the
-// Autograd kernel of l2bn::train is in autograd.cpp); other
+// Autograd kernels of l2bn::train and eval_forward are in autograd.cpp); other
 // devices take the pure-PyTorch path in Python (l2bn/_impl/dispatch.py decides). cpu_isa()
 // and cpu_isas() report the kernels' instruction set (kernels.cpp) and those available.
 #include <torch/library.h>
@@ -53,6 +53,13 @@ TORCH_LIBRARY(l2bn, m) {
   m.def(
       "eval_backward(Tensor grad_output, Tensor x, Tensor running_mean, Tensor running_var, "
       "Tensor? weight, float eps, float l2_eps, bool scale, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+  // (dx, dweight, dbias) of eval_forward as a differentiable graph, for a backward run with
+  // create_graph=True or a batched gradient (autograd.cpp). Its kernel is Python's; a
+  // gradient not asked for in `needs` is an empty tensor.
+  m.def(
+      "differentiable_eval_grads(Tensor dy, Tensor x, Tensor running_mean, "
+      "Tensor running_var, Tensor? weight, float eps, float l2_eps, bool scale, bool[3] needs) "
       "-> (Tensor, Tensor, Tensor)");
   m.def("cpu_isa() -> str", &cpu_isa);
   m.def("cpu_isas() -> str[]", &cpu_isas);
