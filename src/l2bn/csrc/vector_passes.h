@@ -459,22 +459,24 @@ L2BN_INLINE void short_projections(const float* dy, const float* x, float* g_out
       [&](int64_t r, double te, double lanes) { e[r] = inv[r] * (te + lanes); });
 }
 
+// (inv2: inv^2, or inv for a sample of huge norm, x_scale then inv: SquareFactor.)
 template <typename T>
 L2BN_INLINE void grad_row(
     T* out, const T* dy, const T* x, int64_t c, T inv, T inv2, T proj, const T* gain,
-    const T* beta, const T* alpha) {
+    const T* beta, const T* alpha, T x_scale) {
 #pragma omp simd
   for (int64_t k = 0; k < c; ++k) {
-    out[k] = inv * (gain[k] * dy[k] + beta[k]) - inv2 * (alpha[k] + proj) * x[k];
+    out[k] = inv * (gain[k] * dy[k] + beta[k]) - inv2 * (alpha[k] + proj) * (x[k] * x_scale);
   }
 }
 
-// dx = inv * g - q * x over a row whose g the projection wrote to out (q = inv^2 * proj).
+// dx = inv * g - q * x over a row whose g the projection wrote to out (q = inv^2 * proj, or
+// inv * proj with x_scale inv: SquareFactor).
 template <typename T>
-L2BN_INLINE void finish_row(T* out, const T* x, int64_t c, T inv, T q) {
+L2BN_INLINE void finish_row(T* out, const T* x, int64_t c, T inv, T q, T x_scale) {
 #pragma omp simd
   for (int64_t k = 0; k < c; ++k) {
-    out[k] = inv * out[k] - q * x[k];
+    out[k] = inv * out[k] - q * (x[k] * x_scale);
   }
 }
 
@@ -530,16 +532,17 @@ L2BN_INLINE void grad_rows(
     }
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = t0 + r;
-      const double inv2 = inv[r] * inv[r];
+      const SquareFactor<T> f(inv[r]);
       const T inv_t = static_cast<T>(inv[r]);
       if (store) {
-        finish_row<T>(out + i * d, x + i * d, d, inv_t, static_cast<T>(inv2 * proj[r]));
+        finish_row<T>(out + i * d, x + i * d, d, inv_t, static_cast<T>(f.rest * proj[r]),
+                      f.x_scale);
         continue;
       }
-      const T inv2_t = static_cast<T>(inv2), proj_t = static_cast<T>(proj[r]);
+      const T inv2_t = static_cast<T>(f.rest), proj_t = static_cast<T>(proj[r]);
       for (int64_t j = 0; j < k.m; ++j) {
         grad_row<T>(out + i * d + j * c, dy + i * d + j * c, x + i * d + j * c, c, inv_t,
-                    inv2_t, proj_t, k.gain_t, k.beta_t, k.alpha_t);
+                    inv2_t, proj_t, k.gain_t, k.beta_t, k.alpha_t, f.x_scale);
       }
     }
   }
