@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from _timm import _missing, _torchvision_pure_python
-from l2bn import convert_bn_to_l2bn
+from l2bn import L2BatchNorm2d, convert_bn_to_l2bn
 from l2bn.models import create_model
 
 
@@ -43,10 +43,15 @@ def test_create_feature_extractor_on_a_converted_resnet(training):
     reference = copy.deepcopy(model)
     nodes = {"layer1": "early", "layer3": "late"}
     train_nodes, eval_nodes = fx.get_graph_node_names(model)
-    assert "norm1.layer_forward" in train_nodes and "norm1.layer_forward" in eval_nodes
+    # Each L2BN layer is one node named by its module path, as a BatchNorm layer's is.
+    assert "norm1" in train_nodes and "norm1" in eval_nodes
+    assert "layer1.0.norm1" in train_nodes
     extractor = fx.create_feature_extractor(model, return_nodes=nodes).train(training)
+    modules = dict(extractor.named_modules())
     layer_calls = [
-        n for n in extractor.graph.nodes if getattr(n.target, "__name__", "") == "layer_forward"
+        n
+        for n in extractor.graph.nodes
+        if n.op == "call_module" and isinstance(modules[n.target], L2BatchNorm2d)
     ]
     assert layer_calls, "L2BN layers were not recorded as one call each"
     x = torch.randn(4, 3, 16, 16) * torch.logspace(-1, 1, 4).view(-1, 1, 1, 1)

@@ -196,16 +196,36 @@ def test_vmap_model_ensemble(backend, training):
 
 @pytest.mark.parametrize("training", [True, False])
 def test_fx_symbolic_trace(backend, training):
+    """FX records an L2BN submodule as a call of the module, as it records BatchNorm: the
+    traced model follows ``.train()``/``.eval()`` switched after tracing. (Traced into, its
+    mode was a constant of the graph: a model traced in training mode kept using batch
+    statistics after ``.eval()``.)"""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), L2BatchNorm2d(4)).double().train(training)
     traced = torch.fx.symbolic_trace(model)
-    calls = [n for n in traced.graph.nodes if n.op == "call_function"]
-    assert len(calls) == 1 and calls[0].target.__name__ == "layer_forward", traced.graph
+    modules = dict(traced.named_modules())
+    nodes = [n for n in traced.graph.nodes if n.op in ("call_module", "call_function")]
+    assert [n.op for n in nodes] == ["call_module", "call_module"], traced.graph
+    assert isinstance(modules[nodes[1].target], L2BatchNorm2d)
     eager = copy.deepcopy(model)
     x = _input((4, 3, 6, 6))
-    torch.testing.assert_close(traced(x), eager(x))
-    for a, b in zip(traced.buffers(), eager.buffers(), strict=True):
-        torch.testing.assert_close(a, b)
+    for mode in (training, not training, training):
+        traced.train(mode)
+        eager.train(mode)
+        torch.testing.assert_close(traced(x), eager(x))
+        for a, b in zip(traced.buffers(), eager.buffers(), strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_fx_symbolic_trace_of_a_layer_alone_records_one_call():
+    """The traced root is traced into (as FX does with a root BatchNorm): one wrapped call,
+    its mode that of the trace."""
+    layer = L2BatchNorm2d(4).double().eval()
+    traced = torch.fx.symbolic_trace(layer)
+    calls = [n for n in traced.graph.nodes if n.op == "call_function"]
+    assert len(calls) == 1 and calls[0].target.__name__ == "layer_forward", traced.graph
+    x = _input((4, 4, 6, 6))
+    torch.testing.assert_close(traced(x), layer(x))
 
 
 def test_jit_script_refuses_with_a_clear_message():

@@ -25,6 +25,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from l2bn._impl.running import momentum_factor
 from l2bn.functional import DEFAULT_L2_EPS, checked_l2_batch_norm, validate_input
 from l2bn.fusion import install_fusion_guards
+from l2bn.fx_leaf import as_fx_leaf
 
 
 class _L2BatchNorm(_NormBase):
@@ -77,6 +78,9 @@ class _L2BatchNorm(_NormBase):
         )
 
     def forward(self, input: Tensor) -> Tensor:
+        traced = as_fx_leaf(self, input)  # torch.fx: one call of the layer (fx_leaf.py)
+        if traced is not None:
+            return traced
         try:
             # Straight from the module's tables: Module.__getattr__ costs ~0.4 us a name.
             # A member moved out of its table (torch.nn.utils.parametrize, weight_norm) is
@@ -128,7 +132,8 @@ def layer_forward(
     Batch statistics in training mode, or in eval mode without running statistics; the
     running statistics are updated (and ``num_batches_tracked`` advanced) in training mode
     when tracked. A module-level function registered with :func:`torch.fx.wrap`, so that
-    ``torch.fx.symbolic_trace`` records an L2BN layer as one call.
+    ``torch.fx.symbolic_trace`` records one call where it traces a layer's forward (the
+    traced root; a submodule is recorded as a call of the module, ``l2bn.fx_leaf``).
     """
     use_batch_stats = training or (running_mean is None and running_var is None)
     validate_input(input, num_features, use_batch_stats, expected_dims)

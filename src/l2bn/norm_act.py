@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from l2bn.frozen import FrozenL2BatchNorm2d
 from l2bn.functional import DEFAULT_L2_EPS
+from l2bn.fx_leaf import as_fx_leaf
 from l2bn.layers import L2BatchNorm2d
 from l2bn.sync import SyncL2BatchNorm
 
@@ -115,6 +116,9 @@ class L2BatchNormAct2d(L2BatchNorm2d):
         self.act = create_act(act_layer, act_kwargs, inplace, apply_act)
 
     def forward(self, input: Tensor) -> Tensor:
+        traced = as_fx_leaf(self, input)  # torch.fx: one call of the whole layer
+        if traced is not None:
+            return traced
         return self.act(self.drop(super().forward(input)))
 
 
@@ -160,6 +164,9 @@ class SyncL2BatchNormAct(SyncL2BatchNorm):
         self.act = create_act(act_layer, act_kwargs, inplace, apply_act)
 
     def forward(self, input: Tensor) -> Tensor:
+        traced = as_fx_leaf(self, input)  # torch.fx: one call of the whole layer
+        if traced is not None:
+            return traced
         return self.act(self.drop(super().forward(input)))
 
 

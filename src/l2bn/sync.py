@@ -21,6 +21,7 @@ from torch import Tensor
 from l2bn._impl.running import momentum_factor, update_running_stats
 from l2bn._impl.sync_function import sync_l2_batch_norm
 from l2bn.functional import DEFAULT_L2_EPS, validate_input
+from l2bn.fx_leaf import as_fx_leaf
 from l2bn.layers import _L2BatchNorm
 
 
@@ -80,6 +81,9 @@ class SyncL2BatchNorm(_L2BatchNorm):
         return dist.get_world_size(self.process_group)
 
     def forward(self, input: Tensor) -> Tensor:
+        traced = as_fx_leaf(self, input)  # torch.fx: one call of the layer (fx_leaf.py)
+        if traced is not None:
+            return traced
         if not self.training or self._group_size() <= 1:
             return super().forward(input)
         # Local checks only: a rank may hold 1 value per channel, or none at all.
