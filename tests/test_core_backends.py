@@ -32,7 +32,9 @@ def test_status_names_every_backend_and_what_runs():
         assert f"\n{name}: " in f"\n{text}"
     expected = "cpu" if backends.available("cpu") else "pytorch"
     assert f"cpu float32: training -> {expected}, eval -> {expected}" in text
+    assert f"cpu float64: training -> {expected}, eval -> {expected}" in text
     assert "cpu float16: training -> pytorch, eval -> pytorch" in text
+    assert "cpu bfloat16: training -> pytorch, eval -> pytorch" in text
 
 
 def test_flags_switch_a_backend_off_and_restore_it(chosen):

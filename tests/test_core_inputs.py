@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import l2bn
 from l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, backends, l2_batch_norm
 
 # Every test runs on the fused C++ kernels and on the pure-PyTorch path.
@@ -143,9 +144,43 @@ def test_eps_must_be_positive_in_training():
         L2BatchNorm2d(3, eps=0.0)(torch.randn(2, 3, 4, 4))
 
 
-def test_negative_l2_eps_is_rejected():
-    with pytest.raises(ValueError, match="l2bn: l2_eps must be non-negative"):
-        L2BatchNorm2d(3, l2_eps=-1.0)
+@pytest.mark.parametrize("l2_eps", [-1.0, float("nan"), float("inf")])
+def test_bad_l2_eps_is_rejected(l2_eps):
+    """A NaN bound would be ignored by the clamp, an infinite one would zero every sample."""
+    match = "l2bn: l2_eps must be a finite non-negative number"
+    for make in (
+        lambda: L2BatchNorm2d(3, l2_eps=l2_eps),
+        lambda: l2bn.LazyL2BatchNorm2d(l2_eps=l2_eps),
+        lambda: l2bn.FrozenL2BatchNorm2d(3, l2_eps=l2_eps),
+    ):
+        with pytest.raises(ValueError, match=match):
+            make()
+    with pytest.raises(ValueError, match=match):
+        l2_batch_norm(torch.randn(2, 3, 4, 4), None, None, training=True, l2_eps=l2_eps)
+
+
+def test_functional_running_statistics_come_in_pairs():
+    """As F.batch_norm: one running statistic without the other is refused, not half
+    updated."""
+    x = torch.randn(4, 3, 2, 2)
+    for rm, rv in ((torch.zeros(3), None), (None, torch.ones(3))):
+        with pytest.raises(ValueError, match="both be None or neither"):
+            l2_batch_norm(x, rm, rv, training=True)
+    with pytest.raises(ValueError, match="both be None or neither"):
+        torch.nn.functional.batch_norm(x, torch.zeros(3), None, training=True)
+
+
+def test_functional_integer_running_statistics_are_refused():
+    x = torch.randn(4, 3, 2, 2)
+    with pytest.raises(TypeError, match="running_var must be a floating-point tensor"):
+        l2_batch_norm(x, torch.zeros(3), torch.ones(3, dtype=torch.int64), training=True)
+
+
+@pytest.mark.parametrize("momentum", [None, "0.1", True])
+def test_functional_momentum_must_be_a_number(momentum):
+    x = torch.randn(4, 3, 2, 2)
+    with pytest.raises(TypeError, match="l2bn: momentum must be a number"):
+        l2_batch_norm(x, torch.zeros(3), torch.ones(3), training=True, momentum=momentum)
 
 
 def test_eval_requires_running_stats_in_functional_form():

@@ -129,7 +129,7 @@ def _describe(name: str) -> str:
 
 
 def status(device: str | torch.device | None = None) -> str:
-    """Which backend runs a training and an eval call of float32 and float16 input on
+    """Which backend runs a training and an eval call of each floating dtype's input on
     ``device`` (default: CPU, and CUDA when present), then every backend and why it is or
     is not used. Multi-line text, for people and logs."""
     devices = [torch.device(device)] if device is not None else [torch.device("cpu")]
@@ -137,7 +137,7 @@ def status(device: str | torch.device | None = None) -> str:
         devices.append(torch.device("cuda"))
     lines = []
     for dev in devices:
-        for dtype in (torch.float32, torch.float16):
+        for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
             x = torch.empty((2, 1, 2), device=dev, dtype=dtype)
             stats = torch.empty((1,), device=dev, dtype=torch.float32)
             train = dispatch.choose(x, stats, stats, None, None, True, True).NAME

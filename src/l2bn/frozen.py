@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from l2bn.functional import DEFAULT_L2_EPS, l2_batch_norm, validate_input
+from l2bn.functional import DEFAULT_L2_EPS, checked_l2_eps, l2_batch_norm, validate_input
 
 
 class FrozenL2BatchNorm(nn.Module):
@@ -49,13 +49,11 @@ class FrozenL2BatchNorm(nn.Module):
         process_group: Any = None,
     ) -> None:
         super().__init__()
-        if l2_eps < 0:
-            raise ValueError(f"l2bn: l2_eps must be non-negative, got {l2_eps}")
         factory = {"device": device, "dtype": dtype}
         self.num_features = num_features
         self.eps = eps
         self.affine = affine
-        self.l2_eps = float(l2_eps)
+        self.l2_eps = checked_l2_eps(l2_eps)
         self.scale = bool(scale)
         self.momentum = momentum
         self.process_group = process_group

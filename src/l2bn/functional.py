@@ -6,6 +6,9 @@ positions), optionally rescaled by ``sqrt(D)``, then batch-normalize per channel
 
 from __future__ import annotations
 
+import math
+import numbers
+
 from torch import Tensor
 
 from l2bn._impl import dispatch
@@ -63,6 +66,27 @@ def validate_input(
             )
 
 
+def checked_l2_eps(l2_eps: float) -> float:
+    """``l2_eps`` (eq. 3's lower bound of a sample's norm) as a float.
+
+    Raises:
+        ValueError: a negative, NaN or infinite ``l2_eps`` (a NaN bound would be ignored by
+            the clamp, an infinite one would zero every sample).
+    """
+    value = float(l2_eps)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"l2bn: l2_eps must be a finite non-negative number, got {l2_eps}")
+    return value
+
+
+def _check_statistic(name: str, t: Tensor | None) -> None:
+    if t is not None and not t.dtype.is_floating_point:
+        raise TypeError(
+            f"l2bn: {name} must be a floating-point tensor, got {t.dtype} "
+            "(e.g. torch.zeros(C) and torch.ones(C))"
+        )
+
+
 def _check_param(name: str, t: Tensor | None, c: int) -> None:
     if t is not None and (t.numel() != c or t.dim() != 1):
         raise ValueError(
@@ -105,9 +129,11 @@ def l2_batch_norm(
         Tensor of the shape, dtype and memory layout of ``input``.
 
     Raises:
-        ValueError: wrong shapes of the per-channel tensors, missing running statistics in
-            eval mode, ``eps <= 0`` or one value per channel in training.
-        TypeError: non-tensor, integer, bool or complex input.
+        ValueError: wrong shapes of the per-channel tensors, one running statistic without
+            the other, missing running statistics in eval mode, ``eps <= 0`` or one value
+            per channel in training, a negative, NaN or infinite ``l2_eps``.
+        TypeError: non-tensor, integer, bool or complex input; integer running statistics;
+            a ``momentum`` that is not a number.
 
     Example::
 
@@ -124,8 +150,21 @@ def l2_batch_norm(
         ("bias", bias),
     ):
         _check_param(name, t, c)
-    if not training and (running_mean is None or running_var is None):
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(
+            "l2bn: running_mean and running_var must either both be None or neither be None"
+        )
+    if not training and running_mean is None:
         raise ValueError("l2bn: running_mean and running_var are required when training=False")
+    _check_statistic("running_mean", running_mean)
+    _check_statistic("running_var", running_var)
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(
+            f"l2bn: momentum must be a number (this batch's weight in the running "
+            f"statistics), got {momentum!r}; for a cumulative average use the layers' "
+            "momentum=None, as torch's BatchNorm"
+        )
+    l2_eps = checked_l2_eps(l2_eps)
 
     return checked_l2_batch_norm(
         input, running_mean, running_var, weight, bias, training, momentum, eps, l2_eps, scale

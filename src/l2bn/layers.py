@@ -23,7 +23,12 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _NormBase
 
 from l2bn._impl.running import momentum_factor
-from l2bn.functional import DEFAULT_L2_EPS, checked_l2_batch_norm, validate_input
+from l2bn.functional import (
+    DEFAULT_L2_EPS,
+    checked_l2_batch_norm,
+    checked_l2_eps,
+    validate_input,
+)
 from l2bn.fusion import install_fusion_guards
 from l2bn.fx_leaf import as_fx_leaf
 
@@ -60,9 +65,7 @@ class _L2BatchNorm(_NormBase):
             dtype=dtype,
             **extra,
         )
-        if l2_eps < 0:
-            raise ValueError(f"l2bn: l2_eps must be non-negative, got {l2_eps}")
-        self.l2_eps = float(l2_eps)
+        self.l2_eps = checked_l2_eps(l2_eps)
         self.scale = bool(scale)
 
     def _check_input_dim(self, input: Tensor) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch.nn.modules.batchnorm import _LazyNormBase
 
-from l2bn.functional import DEFAULT_L2_EPS
+from l2bn.functional import DEFAULT_L2_EPS, checked_l2_eps
 from l2bn.layers import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d
 
 
@@ -37,9 +37,7 @@ class _LazyL2Init:
         super().__init__(  # type: ignore[call-arg]
             eps, momentum, affine, track_running_stats, device, dtype, bias=bias
         )
-        if l2_eps < 0:
-            raise ValueError(f"l2bn: l2_eps must be non-negative, got {l2_eps}")
-        self.l2_eps = float(l2_eps)
+        self.l2_eps = checked_l2_eps(l2_eps)
         self.scale = bool(scale)
 
 
