@@ -116,3 +116,46 @@ def test_unknown_backend_names_are_errors():
 
 def test_backends_is_public():
     assert l2bn.backends is backends
+
+
+# (N, C), row-wise and channel-last maps, and channel-last small maps (rows of C).
+HUGE_CASES = [((16, 32), None), ((8, 4, 6, 6), None), ((8, 4, 6, 6), "cl"), ((4, 16, 2, 2), "cl")]
+
+
+@pytest.mark.parametrize(
+    ("backend", "dtype"),
+    [("pytorch", torch.float32), ("composite", torch.float32), ("composite", torch.bfloat16)],
+)
+@pytest.mark.parametrize(("shape", "layout"), HUGE_CASES)
+@pytest.mark.parametrize("magnitude", [1e19, 1e25, 1e35])
+@pytest.mark.parametrize("training", [True, False])
+def test_huge_values_match_the_reference(backend, dtype, shape, layout, magnitude, training):
+    """Values whose squares overflow float32 (past about 1e19): the composite brings such
+    samples to unit scale by a power of two first; the pytorch backend sums (N, C) norms in
+    float64 and keeps the backward's 1 / rho^2 coefficient in float64 (CPU float32). Before,
+    outputs of zeros and gradients 5-40% off."""
+    if backend == "pytorch" and not passes.fast_applies(torch.empty(1, dtype=dtype)):
+        pytest.skip("the pytorch backend's CPU float32 path")
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(shape, generator=g) * magnitude).to(dtype)
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(shape, generator=g).to(dtype)
+    layer = (L2BatchNorm1d if len(shape) < 4 else L2BatchNorm2d)(shape[1]).to(dtype)
+    with torch.no_grad():
+        layer.running_mean.uniform_(-0.5, 0.5, generator=g)
+        layer.running_var.uniform_(0.5, 2.0, generator=g)
+    layer.train(training)
+    stats = [t.double().clone() for t in (layer.running_mean, layer.running_var)]
+    xg = x.detach().clone().requires_grad_()
+    with backends.prefer(backend):
+        y = layer(xg)
+    y.backward(dy)
+    x64 = x.detach().double().requires_grad_()
+    ref = reference_l2bn(x64, *(None, None) if training else stats, training=training)
+    ref.backward(dy.double())
+    limit = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.isfinite(y).all() and torch.isfinite(xg.grad).all()
+    assert torch.allclose(y.double(), ref, rtol=limit, atol=limit)
+    scale = x64.grad.abs().max()
+    assert (xg.grad.double() - x64.grad).abs().max() <= 10 * limit * scale

@@ -26,10 +26,34 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+# Samples whose largest magnitude passes this are first brought to [1, 2) (below).
+_LARGE = 2.0**40
+
+
+def _tamed(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``x`` with each sample whose largest finite magnitude passes 2^40 multiplied by a
+    power of two that brings it to ``[1, 2)`` (exact).
+
+    In float32, bfloat16 or float16 the squares of values past about 1e19 overflow (the norm
+    became inf and the sample's output 0), and the division's backward squares ``rho``.
+    L2BN ignores a sample's scale (eq. 3; the clamp at ``l2_eps`` cannot bind at such
+    norms), and the factor is a constant of the graph (computed from detached ``x``), so the
+    output and every derivative are the same as without it. Not for float64 input, whose
+    range makes it unneeded.
+    """
+    if x.dtype == torch.float64:
+        return x
+    peak = x.detach().abs().amax(dim=dims, keepdim=True)
+    large = torch.isfinite(peak) & (peak > _LARGE)  # NaN and inf samples keep their values
+    factor = torch.where(large, torch.pow(2.0, -torch.floor(torch.log2(peak))), 1.0)
+    return x * factor
+
+
 def normalize_samples(x: Tensor, l2_eps: float, scale: bool) -> Tensor:
     """``xh`` of eq. (3) in the accumulation dtype: each sample divided by ``rho[n]``."""
     acc = _accumulation_dtype(x.dtype)
     dims = tuple(range(1, x.dim()))
+    x = _tamed(x, dims)
     norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=acc)
     rho = sample_scale(norm, math.prod(x.shape[1:]), l2_eps, scale)
     return x.to(acc) / rho

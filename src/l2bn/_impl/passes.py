@@ -384,6 +384,11 @@ def grad_combine(
         torch.addcmul(r.view(shape), x, q.view(shape), out=out)
         return out.addcmul_(dy, p.view(shape))
     if p.dtype != x.dtype:
+        if _underflows(q, x.dtype):
+            # q ~ 1 / rho^2 of samples of huge norm (float32 values past about 1e19) would
+            # lose its bits in x's dtype: the widened formula above, in q's dtype.
+            dx = torch.addcmul(r.view(shape), x, q.view(shape))
+            return dx.addcmul_(dy, p.view(shape)).to(x.dtype)
         p, q, r = p.to(x.dtype), q.to(x.dtype), r.to(x.dtype)
     qs = q.reshape(shape)
     if out is None or _fast(out):
@@ -400,6 +405,14 @@ def grad_combine(
         return _grad_combine_fast(dy, x, p, q, r, out)
     dx = torch.addcmul(r.reshape(shape), dy, p.reshape(shape))
     return dx.addcmul_(x, qs)
+
+
+def _underflows(t: Tensor, dtype: torch.dtype) -> bool:
+    """Whether a nonzero value of ``t`` (CPU, ``O(N * C)``: the check costs no
+    synchronization) would round to fewer than 24 significant bits in ``dtype``."""
+    limit = torch.finfo(dtype).tiny * 2.0**24
+    magnitude = t.abs()
+    return bool(((magnitude > 0) & (magnitude < limit)).any())
 
 
 def _grad_combine_fast(

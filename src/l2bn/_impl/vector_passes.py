@@ -24,7 +24,9 @@ def vector_forward(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, l2_eps: float, scale: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns ``y, xh, mean, var (biased), invstd, rho, active`` for ``x`` of shape (N, C)."""
-    norm = torch.linalg.vector_norm(x, dim=1)
+    # Summed in float64 (this path is CPU float32/float64 only): float32 squares of values
+    # past about 1e19 overflow, and the norm became inf (an output of zeros).
+    norm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64).to(x.dtype)
     active = norm > l2_eps
     rho = sample_scale(norm, x.shape[1], l2_eps, scale)
     xh = x / rho.unsqueeze(1)
