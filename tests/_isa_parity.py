@@ -45,7 +45,12 @@ class FusedCalls(TorchDispatchMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.counts = {"train_forward": 0, "train_backward": 0, "eval_forward": 0}
+        self.counts = {
+            "train_forward": 0,
+            "train_backward": 0,
+            "eval_forward": 0,
+            "eval_backward": 0,
+        }
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.name().removeprefix("l2bn::")
@@ -55,7 +60,9 @@ class FusedCalls(TorchDispatchMode):
 
 
 def step(x: torch.Tensor, dy: torch.Tensor, reference: bool) -> list[torch.Tensor]:
-    """Training forward + backward and an eval forward of one layer (or the reference)."""
+    """Training forward + backward, an eval forward, and an eval forward + backward (the
+    input, weight and bias gradients of a frozen-statistics step) of one layer (or the
+    reference)."""
     c = x.shape[1]
     g = torch.Generator().manual_seed(0)
     w = torch.empty(c, dtype=torch.float64).uniform_(0.5, 1.5, generator=g)
@@ -68,7 +75,10 @@ def step(x: torch.Tensor, dy: torch.Tensor, reference: bool) -> list[torch.Tenso
         y.backward(dy)
         with torch.no_grad():
             y_eval = reference_l2bn(x, rm, rv, w, b, training=False)
-        return [y, xg.grad, w.grad, b.grad, rm, rv, y_eval]
+        xe = x.detach().clone().requires_grad_()
+        we, be = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+        reference_l2bn(xe, rm, rv, we, be, training=False).backward(dy)
+        return [y, xg.grad, w.grad, b.grad, rm, rv, y_eval, xe.grad, we.grad, be.grad]
     layer = (L2BatchNorm1d if x.dim() < 4 else L2BatchNorm2d)(c).to(x.dtype)
     if x.dim() == 4 and not x.is_contiguous():
         layer = layer.to(memory_format=torch.channels_last)
@@ -81,8 +91,12 @@ def step(x: torch.Tensor, dy: torch.Tensor, reference: bool) -> list[torch.Tenso
         layer.eval()
         with torch.no_grad():
             y_eval = layer(x)
-    return [y, xg.grad, layer.weight.grad, layer.bias.grad, layer.running_mean,
-            layer.running_var, y_eval]  # fmt: skip
+        grads = [layer.weight.grad.clone(), layer.bias.grad.clone()]
+        layer.zero_grad()
+        xe = x.detach().clone().requires_grad_()
+        layer(xe).backward(dy)
+    return [y, xg.grad, *grads, layer.running_mean, layer.running_var, y_eval, xe.grad,
+            layer.weight.grad, layer.bias.grad]  # fmt: skip
 
 
 def main() -> None:

@@ -99,15 +99,6 @@ inline Tensor doubles(at::IntArrayRef shape) {
   return at::empty(shape, at::TensorOptions(at::kDouble));
 }
 
-// rho[n] of eq. (3) from ||x[n]||^2; NaN propagates as in torch.clamp.
-inline double sample_scale(double norm_sq, double l2_eps, double sqrt_d, bool scale,
-                           bool* active) {
-  const double norm = std::sqrt(norm_sq);
-  *active = norm > l2_eps;
-  const double rho = std::isnan(norm) ? norm : std::max(norm, l2_eps);
-  return scale ? rho / sqrt_d : rho;
-}
-
 // A channel's mean is at most a few standard deviations (E[v^2] <= kCondLimitFast * var):
 // float input may then take float lanes where differences of nearly equal values occur.
 constexpr double kCondLimitFast = 16;

@@ -1,10 +1,11 @@
 // Included once by each kernels_<isa>.cpp, after its target pragma: the passes of passes.h,
-// statistics.h and vector_passes.h as plain functions with internal linkage (each
+// statistics.h, vector_passes.h and eval_grad_passes.h as plain functions with internal linkage (each
 // translation unit owns its copy, compiled for its instruction set), and
 // L2BN_KERNEL_TABLE(T) and L2BN_STATISTICS_TABLE, the tables of their addresses. Taking an
 // address runs no code, so the tables may be built outside the pragma.
 #pragma once
 
+#include "eval_grad_passes.h"
 #include "kernels.h"
 #include "passes.h"
 #include "statistics.h"
@@ -125,6 +126,12 @@ void k_grad_rows(T* out, const T* dy, const T* x, int64_t c, int64_t i0, int64_t
   grad_rows<T>(out, dy, x, c, i0, i1, k);
 }
 
+template <typename T>
+void k_eval_grads(T* out, const T* dy, const T* x, const EvalGradCoefs& k, int64_t i0,
+                  int64_t i1, double* xh_dy, double* dy_sum, double* scratch) {
+  eval_grads<T>(out, dy, x, k, i0, i1, xh_dy, dy_sum, scratch);
+}
+
 }  // namespace
 }  // namespace l2bn
 
@@ -135,7 +142,7 @@ void k_grad_rows(T* out, const T* dy, const T* x, int64_t c, int64_t i0, int64_t
         &k_affine<T>, &k_scale_shift<T>, &k_grad_output<T>, &k_sample_output_next<T>,    \
         &k_tile_sums<T>, &k_tile_dev<T>, &k_row_output<T>,     \
         &k_row_output_next<T>, &k_rows_output<T>, &k_rows_scales<T>, &k_tile_grad<T>, \
-        &k_grad_rows<T>                                                                  \
+        &k_grad_rows<T>, &k_eval_grads<T>                                                \
   }
 
 #define L2BN_STATISTICS_TABLE \

@@ -28,6 +28,26 @@ namespace l2bn {
 // E[v^2] <= kCondLimit * var; other rows or channels are recomputed by a centred pass.
 constexpr double kCondLimit = 1e4;
 
+// rho[n] of eq. (3) from ||x[n]||^2; NaN propagates as in torch.clamp.
+inline double sample_scale(double norm_sq, double l2_eps, double sqrt_d, bool scale,
+                           bool* active) {
+  const double norm = std::sqrt(norm_sq);
+  *active = norm > l2_eps;
+  const double rho = std::isnan(norm) ? norm : std::max(norm, l2_eps);
+  return scale ? rho / sqrt_d : rho;
+}
+
+// What the eval-mode backward of whole samples (eval_backward.cpp, eval_grad_passes.h)
+// needs besides dy and x: the layout (c channels of m positions, channel-last or not), the
+// per-channel gain = gamma * invstd, and eq. 3's l2_eps, sqrt(D) and scale.
+struct EvalGradCoefs {
+  int64_t c, m;
+  bool channels_last;
+  const double* gain;
+  double l2_eps, sqrt_d;
+  bool scale;
+};
+
 // A per-(n, c) coefficient: value(n, c) = ptr[n * n_stride + c]; n_stride 0 broadcasts a
 // per-channel vector over samples.
 template <typename T>
@@ -110,6 +130,11 @@ struct Kernels {
   // dx of samples [i0, i1), k.m rows of C values each (vector_passes.h, grad_rows).
   void (*grad_rows)(T* out, const T* dy, const T* x, int64_t c, int64_t i0, int64_t i1,
                     const RowGradCoefs<T>& k);
+  // Eval-mode gradients of samples [i0, i1) (eval_grad_passes.h): dx into out (unless
+  // nullptr); sum_n u / rho and sum_n v added to xh_dy and dy_sum (unless nullptr).
+  // scratch: 3 * C doubles.
+  void (*eval_grads)(T* out, const T* dy, const T* x, const EvalGradCoefs& k, int64_t i0,
+                     int64_t i1, double* xh_dy, double* dy_sum, double* scratch);
 };
 
 // The per-channel factors of the backward's projections (train.cpp): mu (channel mean of
