@@ -72,3 +72,45 @@ def test_compare_placements_plan_and_missing_data_message(tmp_path: Path, capsys
     assert code == 1
     err = capsys.readouterr().err
     assert "l2bn compare: error:" in err and str(empty) in err
+
+
+def _tiny_compare(tmp_path: Path, seeds: str = "5") -> list[str]:
+    root = write_idx(tmp_path / "data", n_train=32, n_test=16)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "name: tiny\nmodel: resnet20\nepochs: 1\nbatch_size: 16\nlr: 0.05\n"
+        f"seeds: [{seeds}]\ntrain_subset: null\ntest_subset: null\ndata_root: {root}\n"
+        "metrics: false\ndevice: cpu\n"
+    )
+    return ["compare", "--config", str(config), "--runs-dir", str(tmp_path / "runs")]
+
+
+def test_compare_threads_do_not_depend_on_the_runs_left_to_do(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import torch
+
+    from l2bn.experiments.config import ExperimentConfig
+    from l2bn.experiments.train import train_run
+
+    args = [*_tiny_compare(tmp_path, "5, 6"), "--norms", "l2bn", "--no-plots", "--quiet"]
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert main([*args, "--dry-run"]) == 0
+        config = ExperimentConfig.from_yaml(capsys.readouterr().out)  # the resolved config
+        # seed 5 finished as the first command (2 runs: --jobs 2, 1 thread each) left it;
+        # seed 6 never started
+        run5 = tmp_path / "runs" / "tiny" / "resnet20-l2bn" / "seed5"
+        train_run(config.replace(norm="l2bn", threads=1), 5, run5, quiet=True)
+        assert main(args) == 0  # one run left: it still gets the planned 1 thread
+        run6 = tmp_path / "runs" / "tiny" / "resnet20-l2bn" / "seed6"
+        assert (run6 / "done").is_file()
+        assert "threads: 1" in (run6 / "config.yaml").read_text()
+        capsys.readouterr()
+        assert main([*args, "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert out.count("(done; threads 1)") == 2, out
+    finally:
+        torch.set_num_threads(threads)

@@ -15,7 +15,12 @@ import torch
 from l2bn.cli import main
 from l2bn.experiments import checkpoint as ckpt
 from l2bn.experiments.checkpoint import CheckpointError, load_checkpoint_file
-from l2bn.experiments.identity import RunMismatchError, fingerprint, run_identity
+from l2bn.experiments.identity import (
+    RunMismatchError,
+    fingerprint,
+    run_identity,
+    source_version,
+)
 from l2bn.experiments.metrics_log import read_metrics
 from l2bn.experiments.runs import is_done
 from l2bn.experiments.train import train_run
@@ -33,12 +38,12 @@ def test_identity_covers_what_changes_results_and_nothing_else() -> None:
     base = tiny_config()
     same = fingerprint(run_identity(base, 3))
     for execution_only in (
-        {"threads": 2},
-        {"device": "auto"},
         {"data_root": "/elsewhere"},
         {"num_workers": 2},
         {"name": "other"},
         {"seeds": [3, 4]},
+        {"notes": "x"},
+        *([] if torch.cuda.is_available() else [{"device": "auto"}]),
     ):
         assert fingerprint(run_identity(base.replace(**execution_only), 3)) == same
     for result_field in (
@@ -49,10 +54,138 @@ def test_identity_covers_what_changes_results_and_nothing_else() -> None:
         {"augment": "cifar"},
         {"weight_decay": 0.0},
         {"metrics_max_samples": 8},
+        {"threads": 2},  # a CPU run's numbers depend on its thread count
     ):
         assert fingerprint(run_identity(base.replace(**result_field), 3)) != same
     assert fingerprint(run_identity(base, 4)) != same
-    assert run_identity(base, 3)["torch_version"] == str(torch.__version__)
+    identity = run_identity(base, 3)
+    assert identity["torch_version"] == str(torch.__version__)
+    assert identity["device_type"] == "cpu" and identity["threads"] == 1
+    assert identity["aten_cpu_capability"] == torch.backends.cpu.get_cpu_capability().lower()
+    assert identity["l2bn_source"] == source_version()
+    # unset threads: this process's torch threads (what such a run uses)
+    assert run_identity(base.replace(threads=None), 3)["threads"] == torch.get_num_threads()
+
+
+def test_identity_names_the_code_and_the_backend(monkeypatch) -> None:
+    from l2bn import backends
+    from l2bn.experiments import identity as ident
+
+    base = tiny_config()
+    expected = "cpu" if backends.available("cpu") else "pytorch"
+    assert run_identity(base, 3)["l2bn_backend"] == expected
+    with backends.flags(cpu=False):
+        off = run_identity(base, 3)
+    assert off["l2bn_backend"] == "pytorch" and off["l2bn_cpu_isa"] is None
+    if backends.available("cpu"):
+        assert fingerprint(off) != fingerprint(run_identity(base, 3))
+        assert run_identity(base, 3)["l2bn_cpu_isa"] == str(torch.ops.l2bn.cpu_isa())
+    monkeypatch.setattr(ident, "source_version", lambda: "git:0123456789abcdef")
+    one = fingerprint(run_identity(base, 3))
+    monkeypatch.setattr(ident, "source_version", lambda: "git:fedcba9876543210")
+    assert fingerprint(run_identity(base, 3)) != one
+
+
+def test_git_source_tracks_the_tree_and_uncommitted_changes(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from l2bn.experiments.identity import git_source
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo, package = tmp_path / "repo", tmp_path / "repo" / "src" / "pkg"
+    package.mkdir(parents=True)
+    (repo / "README").write_text("docs\n")
+    (package / "code.py").write_text("x = 1\n")
+    assert git_source(package) is None  # not a git work tree
+
+    def git(*args: str) -> None:
+        env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "HOME": str(tmp_path)}
+        env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=env)
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "one")
+    clean = git_source(package)
+    assert clean is not None and clean.startswith("git:") and "dirty" not in clean
+    (repo / "README").write_text("other docs\n")  # outside the package: same code
+    git("commit", "-q", "-am", "docs only")
+    assert git_source(package) == clean
+    (package / "code.py").write_text("x = 2\n")
+    first = git_source(package)
+    assert first is not None and first.startswith(clean + "+dirty:")
+    (package / "code.py").write_text("x = 3\n")
+    second = git_source(package)
+    assert second is not None and second.startswith(clean + "+dirty:") and second != first
+    (package / "new.py").write_text("y = 1\n")  # an untracked file counts too
+    assert git_source(package) not in (first, second)
+    git("add", "-A")
+    git("commit", "-q", "-m", "two")
+    committed = git_source(package)
+    assert committed is not None and "dirty" not in committed and committed != clean
+
+
+def test_finished_run_of_another_backend_or_code_is_not_reused(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from l2bn import backends
+    from l2bn.experiments import identity as ident
+
+    root = write_idx(tmp_path / "data", n_train=32, n_test=16)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(tiny_config(name="tiny", data_root=str(root), epochs=1, seeds=[5]).to_yaml())
+    runs = tmp_path / "runs"
+    args = ["compare", "--config", str(config), "--runs-dir", str(runs), "--norms", "l2bn"]
+    args += ["--jobs", "1", "--no-plots", "--quiet"]
+    with backends.flags(cpu=False):  # as L2BN_DISABLE_FUSED=1
+        assert main(args) == 0
+    run = runs / "tiny" / "resnet20-l2bn" / "seed5"
+    stamp = (run / "checkpoint.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    if backends.available("cpu"):
+        assert main(args) == 1
+        err = _error_line(capsys)
+        assert "l2bn_backend: 'pytorch' -> 'cpu'" in err and "--overwrite" in err
+    before = ident.source_version()
+    monkeypatch.setattr(ident, "source_version", lambda: "git:fedcba9876543210+dirty:00")
+    with backends.flags(cpu=False):
+        assert main(args) == 1
+    err = _error_line(capsys)
+    assert f"l2bn_source: {before!r} -> 'git:fedcba9876543210+dirty:00'" in err
+    assert (run / "checkpoint.pt").stat().st_mtime_ns == stamp  # nothing retrained
+
+
+def test_resumed_run_keeps_the_threads_it_started_with(tmp_path: Path, monkeypatch, capsys) -> None:
+    root = write_idx(tmp_path / "data", n_train=32, n_test=16)
+    config = tiny_config(data_root=str(root), epochs=2, threads=None)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _unfinished(config, 3, tmp_path / "run", monkeypatch)  # started with 1 thread
+        train_run(config.replace(threads=1), 3, tmp_path / "straight", quiet=True)
+        torch.set_num_threads(2)  # a new run would now take 2
+        summary = train_run(config, 3, tmp_path / "run", quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert summary["epochs"] == 2 and is_done(tmp_path / "run")
+    assert "threads: 1" in (tmp_path / "run" / "config.yaml").read_text()
+    strip = [
+        {k: v for k, v in r.items() if k != "seconds"}
+        for r in read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    ]
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    # an explicit other count for a started run is refused, naming it
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(config.to_yaml())
+    args = ["train", "--config", str(config_path), "--run-dir", str(tmp_path / "run")]
+    assert main([*args, "--threads", "2", "--quiet"]) == 1
+    err = _error_line(capsys)
+    assert "threads: 1 -> 2" in err and "leave out --threads" in err
+    assert main([*args, "--quiet"]) == 0  # without it: the run's own count, reused
 
 
 def test_compare_refuses_changed_hyperparameters_then_overwrite(tmp_path: Path, capsys) -> None:

@@ -1,11 +1,28 @@
 """Run identity: what determines a run's result, and the fingerprint that binds a directory
 to it.
 
-A run's identity is every config field that changes its numbers (model, norm and placement,
-dataset and its options, subsets, every optimization and schedule field, epochs,
-augmentation, mixup, label smoothing, the metrics settings), its seed, and the versions of
-l2bn and torch. Fields that change only how a run executes (``EXECUTION_ONLY``: where the
-data is, device, threads, loader workers, notes, the experiment name) are not part of it.
+A run's identity is everything that changes its numbers:
+
+* every config field except those that only say how it runs (``EXECUTION_ONLY``: the
+  experiment name, where the data is, the device and thread settings as written, loader
+  workers, notes): model, norm and placement, dataset and its options, subsets, every
+  optimization and schedule field, epochs, augmentation, mixup, label smoothing, the
+  metrics settings; and the seed;
+* the code: the l2bn version and, when the package runs from a git work tree, the git tree
+  of its source directory (``git:<tree>``, so that a commit touching only documentation or
+  tests keeps runs valid) with a hash of its uncommitted changes (``+dirty:<hash>``); the
+  torch version;
+* where it computes: the device type the ``device`` setting resolves to (``cpu``,
+  ``cuda``), the L2BN backend that runs a float32 call there (:mod:`l2bn.backends`:
+  ``cpu`` for the fused C++ kernels, ``pytorch`` when they are unavailable, switched off or
+  ``L2BN_DISABLE_FUSED=1``, ``triton`` on a GPU), and on a CPU the instruction sets of the
+  fused kernels and of ATen and the number of torch threads (a reduction split over another
+  number of threads sums in another order, and training amplifies the last-bit difference).
+
+The thread count of a CPU run is decided once, when the run starts (:func:`settle_threads`):
+the ``threads`` setting when given, else the caller's default (``l2bn compare``: the cores
+divided by its parallel runs). A run that is resumed or reused without a ``threads``
+setting keeps the count it started with; an explicit other count is a mismatch.
 
 ``fingerprint.json`` in a run directory stores the identity and its SHA-256 fingerprint; the
 checkpoints carry the fingerprint too. A run is reused or resumed only when the fingerprints
@@ -14,10 +31,12 @@ match; otherwise :class:`RunMismatchError` names the fields that differ.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,18 +71,123 @@ class IncomparableRunsError(UsageError):
 
 
 def run_identity(config: ExperimentConfig, seed: int) -> dict[str, Any]:
-    """The fields that determine the result of seed ``seed`` of ``config``."""
+    """The fields that determine the result of seed ``seed`` of ``config``.
+
+    On a CPU, ``config.threads`` None stands for the torch threads of this process (what a
+    run leaves unset uses); :func:`settle_threads` sets it before a run starts."""
     import torch
 
     import l2bn
+    from l2bn.experiments.distributed import resolve_device
 
     fields = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_ONLY}
-    return {
+    device_type = resolve_device(config.device).type
+    identity = {
         "seed": int(seed),
         **fields,
         "l2bn_version": l2bn.__version__,
+        "l2bn_source": source_version(),
         "torch_version": str(torch.__version__),
+        "device_type": device_type,
+        **compute_backend(device_type),
     }
+    if device_type == "cpu":
+        threads = config.threads if config.threads is not None else torch.get_num_threads()
+        identity["threads"] = int(threads)
+    return identity
+
+
+def compute_backend(device_type: str) -> dict[str, Any]:
+    """What computes on ``device_type``: the L2BN backend of a float32 training call and of
+    an eval call (one name when they agree), and on a CPU the fused kernels' instruction
+    set (None when they do not run) and ATen's CPU capability."""
+    import torch
+
+    from l2bn._impl import dispatch
+
+    x = torch.empty((2, 1, 2), device=device_type)
+    stats = torch.empty((1,), device=device_type)
+    training = dispatch.choose(x, stats, stats, None, None, True, True).NAME
+    evaluation = dispatch.choose(x, stats, stats, None, None, False, False).NAME
+    backend = training if training == evaluation else f"training {training}, eval {evaluation}"
+    result: dict[str, Any] = {"l2bn_backend": backend}
+    if device_type == "cpu":
+        fused = "cpu" in (training, evaluation) and hasattr(torch.ops.l2bn, "cpu_isa")
+        result["l2bn_cpu_isa"] = str(torch.ops.l2bn.cpu_isa()) if fused else None
+        result["aten_cpu_capability"] = torch.backends.cpu.get_cpu_capability().lower()
+    return result
+
+
+@functools.lru_cache(maxsize=1)
+def source_version() -> str | None:
+    """:func:`git_source` of the l2bn package's directory (None for an installed copy,
+    whose version alone names the code). Computed once per process."""
+    import l2bn
+
+    return git_source(Path(l2bn.__file__).resolve().parent)
+
+
+def git_source(directory: Path) -> str | None:
+    """``git:<tree>``: the git tree of ``directory`` at HEAD, with ``+dirty:<hash>`` (a hash
+    of its uncommitted changes, untracked files included) when it has any; None when it is
+    not tracked in a git work tree (or git is missing)."""
+
+    def git(*args: str) -> bytes:
+        env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
+        return subprocess.run(
+            ["git", "-C", str(directory), *args],
+            capture_output=True,
+            check=True,
+            timeout=30,
+            env=env,
+        ).stdout
+
+    try:
+        tree = git("rev-parse", "--verify", "--quiet", "HEAD:./").decode().strip()
+        if not tree:
+            return None
+        status = git("status", "--porcelain=v1", "-z", "--untracked-files=all", "--", ".")
+        if not status:
+            return f"git:{tree[:16]}"
+        top = Path(git("rev-parse", "--show-toplevel").decode().strip())
+        digest = hashlib.sha256(git("diff", "--binary", "HEAD", "--", "."))
+        for entry in status.split(b"\0"):
+            if entry.startswith(b"?? "):
+                name = entry[3:]
+                digest.update(b"\0" + name + b"\0")
+                digest.update((top / os.fsdecode(name)).read_bytes())
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return f"git:{tree[:16]}+dirty:{digest.hexdigest()[:16]}"
+
+
+def settle_threads(
+    config: ExperimentConfig,
+    seed: int,
+    directory: str | Path,
+    default: int,
+    adopt: bool = True,
+) -> ExperimentConfig:
+    """``config`` with the thread count its CPU run uses, decided once per run.
+
+    A set ``threads`` is kept (when it differs from the count the directory's run started
+    with, the identities differ: a mismatch). Unset, it becomes the count recorded in the
+    directory when that holds this run started with another count and otherwise the same
+    identity (with ``adopt``: not when the run is to be trained afresh), else ``default``.
+    Off the CPU the thread count is not part of the result, and ``config`` is returned as
+    it is."""
+    from l2bn.experiments.distributed import resolve_device
+
+    if config.threads is not None or resolve_device(config.device).type != "cpu":
+        return config
+    if adopt:
+        stored = _read_identity(Path(directory))
+        recorded = stored.get("threads") if stored is not None else None
+        if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 1:
+            candidate = config.replace(threads=recorded)
+            if run_identity(candidate, seed) == stored:
+                return candidate
+    return config.replace(threads=max(1, int(default)))
 
 
 def comparison_settings(config: ExperimentConfig) -> dict[str, Any]:
@@ -143,13 +267,17 @@ def fingerprint(identity: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def differing_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The fields that differ, in the saved identity's order."""
+    keys = [*saved, *(k for k in current if k not in saved)]
+    return [key for key in keys if saved.get(key) != current.get(key)]
+
+
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``"key: old -> new"`` for every field that differs."""
-    keys = [*saved, *(k for k in current if k not in saved)]
     return [
         f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
-        for key in keys
-        if saved.get(key) != current.get(key)
+        for key in differing_keys(saved, current)
     ]
 
 
@@ -161,6 +289,7 @@ class RunState:
     same: bool
     done: bool
     differing: list[str] = field(default_factory=list)
+    differing_keys: list[str] = field(default_factory=list)
 
 
 def _read_identity(directory: Path) -> dict[str, Any] | None:
@@ -189,14 +318,26 @@ def inspect_run(directory: str | Path, identity: dict[str, Any]) -> RunState:
             "so its configuration is unknown"
         )
         return RunState(True, False, done, [reason])
-    return RunState(True, stored == identity, done, differences(stored, identity))
+    return RunState(
+        True,
+        stored == identity,
+        done,
+        differences(stored, identity),
+        differing_keys(stored, identity),
+    )
 
 
 def mismatch_error(directory: str | Path, state: RunState) -> RunMismatchError:
-    """The one-line refusal: what differs, and the two ways forward."""
+    """The one-line refusal: what differs, and the ways forward."""
+    threads = ""
+    if state.differing_keys == ["threads"]:
+        threads = (
+            "; a CPU run keeps the number of threads it started with (its numbers depend on "
+            "it): leave out --threads (and the threads setting) to continue it with its own"
+        )
     return RunMismatchError(
         f"{directory} holds a run with a different configuration "
-        f"({'; '.join(state.differing)}); keep it and choose another run directory "
+        f"({'; '.join(state.differing)}){threads}; keep it and choose another run directory "
         "(--name or --runs-dir), or pass --overwrite to delete it and train afresh"
     )
 

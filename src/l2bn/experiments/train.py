@@ -49,6 +49,7 @@ from l2bn.experiments.identity import (
     inspect_run,
     mismatch_error,
     run_identity,
+    settle_threads,
     write_identity,
 )
 from l2bn.experiments.metrics_log import append_metrics, keep_epochs_before, read_metrics
@@ -173,9 +174,13 @@ def train_run(
     continues from its last good checkpoint when ``resume`` is true; otherwise
     RunExistsError is raised. A directory holding a run of another identity raises
     RunMismatchError, or with ``overwrite`` is cleared and trained afresh.
+
+    On a CPU, ``config.threads`` None means: the thread count the directory's run started
+    with, or for a new run this process's torch threads (:func:`settle_threads`).
     """
     directory = Path(directory)
     config = config.replace(seeds=[seed])
+    config = settle_threads(config, seed, directory, torch.get_num_threads(), not overwrite)
     identity = run_identity(config, seed)
     state = inspect_run(directory, identity)
     if state.holds_run and not state.same and not overwrite:

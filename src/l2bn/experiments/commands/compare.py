@@ -48,7 +48,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--jobs",
         type=int,
         default=0,
-        help="parallel worker processes (default 0 = auto: one per core on CPU, 1 on GPU)",
+        help="parallel worker processes (default 0 = auto: on a CPU one per run, at most one "
+        "per core; 1 on a GPU); a CPU run that does not set --threads gets the cores divided "
+        "by this when it starts, and keeps that count when resumed",
     )
     parser.add_argument("--out", help="report folder (default RUNS_DIR/NAME/report)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
@@ -95,14 +97,27 @@ def _split(text: str) -> list[str]:
     return items
 
 
-def _auto_jobs(config: Any, pending: int) -> int:
+def _auto_jobs(config: Any, runs: int) -> int:
+    """``--jobs 0``: one process per run up to one per core on a CPU, else 1. ``runs``
+    counts every run of the command, finished or not, so that a rerun that continues some
+    of them plans the same jobs (and threads per run) as the first one."""
     from l2bn.experiments.distributed import resolve_device
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return 1
     if resolve_device(config.device).type != "cpu":
         return 1
-    return max(1, min(pending, os.cpu_count() or 1))
+    return max(1, min(runs, os.cpu_count() or 1))
+
+
+def _default_threads(jobs: int) -> int:
+    """Threads of a CPU run that does not set them: this process's torch threads for one
+    run at a time, else the cores shared among the ``jobs`` worker processes."""
+    if jobs == 1:
+        import torch
+
+        return torch.get_num_threads()
+    return max(1, (os.cpu_count() or 1) // jobs)
 
 
 _worker_interrupted = False
@@ -198,23 +213,37 @@ def _require_comparable_with_saved(args: argparse.Namespace, runs: list[Any]) ->
 
 
 def _run(args: argparse.Namespace) -> int:
-    from l2bn.experiments.identity import inspect_run, mismatch_error, run_identity
+    from l2bn.experiments.identity import (
+        inspect_run,
+        mismatch_error,
+        run_identity,
+        settle_threads,
+    )
     from l2bn.experiments.preflight import check_output_dir, check_world_size
     from l2bn.experiments.runs import load_run, run_dir
 
     started = time.time()
     config, variants = _plan(args)
-    runs = [(v, seed, run_dir(args.runs_dir, v, seed)) for v in variants for seed in config.seeds]
+    planned = [(v, seed) for v in variants for seed in config.seeds]
+    jobs = args.jobs if args.jobs > 0 else _auto_jobs(config, len(planned))
+    threads = _default_threads(jobs)
+    runs = []
+    for variant, seed in planned:
+        directory = run_dir(args.runs_dir, variant, seed)
+        variant = settle_threads(variant, seed, directory, threads, adopt=not args.overwrite)
+        runs.append((variant, seed, directory))
     states = [inspect_run(d, run_identity(v, seed)) for v, seed, d in runs]
     if args.dry_run:
         sys.stdout.write(config.to_yaml())
-        for (_, _, directory), state in zip(runs, states, strict=True):
-            tag = ""
+        for (variant, _, directory), state in zip(runs, states, strict=True):
+            notes = []
             if state.holds_run and not state.same:
-                tag = " (holds another configuration)"
+                notes.append("holds another configuration")
             elif state.done:
-                tag = " (done)"
-            print(f"# run: {directory}{tag}")
+                notes.append("done")
+            if variant.threads is not None:
+                notes.append(f"threads {variant.threads}")
+            print(f"# run: {directory}" + (f" ({'; '.join(notes)})" if notes else ""))
         return 0
     _require_comparable_with_saved(args, runs)
     check_world_size(config)
@@ -239,7 +268,6 @@ def _run(args: argparse.Namespace) -> int:
     )
     if pending:
         _check_data(config)
-        jobs = args.jobs if args.jobs > 0 else _auto_jobs(config, len(pending))
         options = {
             "resume": True,
             "overwrite": args.overwrite,
@@ -247,10 +275,10 @@ def _run(args: argparse.Namespace) -> int:
             "tensorboard": args.tensorboard,
             "sync_bn": args.sync_bn,
         }
-        if jobs == 1:
+        if min(jobs, len(pending)) == 1:
             _run_sequential(pending, options)
         else:
-            _run_parallel(pending, options, jobs, say)
+            _run_parallel(pending, options, min(jobs, len(pending)), say)
     records = [load_run(d) for _, _, d in runs]
     records = [r for r in records if r is not None]
     if int(os.environ.get("RANK", "0")) != 0:
@@ -301,7 +329,7 @@ def _run_parallel(pending: list[tuple[Any, int, Path]], options: dict, jobs: int
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_ignore_sigint) as pool:
         futures = {}
         for config, seed, directory in pending:
-            if config.threads is None:
+            if config.threads is None:  # off the CPU (a CPU run's threads are settled)
                 config = config.replace(threads=max(1, cores // jobs))
             future = pool.submit(_worker, config.to_dict(), seed, str(directory), options)
             futures[future] = directory
