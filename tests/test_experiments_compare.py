@@ -85,6 +85,25 @@ def _tiny_compare(tmp_path: Path, seeds: str = "5") -> list[str]:
     return ["compare", "--config", str(config), "--runs-dir", str(tmp_path / "runs")]
 
 
+def test_compare_overwrite_retrains_finished_runs(tmp_path: Path, capsys) -> None:
+    args = [*_tiny_compare(tmp_path), "--norms", "bn", "--jobs", "1", "--threads", "1"]
+    args += ["--no-plots"]
+    assert main([*args, "--quiet"]) == 0
+    run = tmp_path / "runs" / "tiny" / "resnet20-bn" / "seed5"
+    stamp = (run / "checkpoint.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main([*args]) == 0
+    assert "1 already finished" in capsys.readouterr().err
+    assert (run / "checkpoint.pt").stat().st_mtime_ns == stamp
+    assert main([*args, "--overwrite"]) == 0  # retrains the finished run
+    assert "0 already finished" in capsys.readouterr().err
+    assert (run / "checkpoint.pt").stat().st_mtime_ns != stamp
+    assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")] == [1]
+    assert main([*args, "--dry-run", "--overwrite"]) == 0
+    assert f"# run: {run} (to be deleted and trained afresh" in capsys.readouterr().out
+    assert (run / "done").is_file()
+
+
 def test_compare_threads_do_not_depend_on_the_runs_left_to_do(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:

@@ -186,6 +186,10 @@ def test_resumed_run_keeps_the_threads_it_started_with(tmp_path: Path, monkeypat
     err = _error_line(capsys)
     assert "threads: 1 -> 2" in err and "leave out --threads" in err
     assert main([*args, "--quiet"]) == 0  # without it: the run's own count, reused
+    # --overwrite trains it afresh, also at another count
+    assert main([*args, "--threads", "2", "--quiet", "--overwrite"]) == 0
+    assert "threads: 2" in (tmp_path / "run" / "config.yaml").read_text()
+    assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 2
 
 
 def test_compare_refuses_changed_hyperparameters_then_overwrite(tmp_path: Path, capsys) -> None:

@@ -173,7 +173,8 @@ def train_run(
     A finished run of the same identity (fingerprint) is not repeated. An unfinished one
     continues from its last good checkpoint when ``resume`` is true; otherwise
     RunExistsError is raised. A directory holding a run of another identity raises
-    RunMismatchError, or with ``overwrite`` is cleared and trained afresh.
+    RunMismatchError. With ``overwrite`` whatever the directory holds (a run of another
+    identity, or this run, finished or not) is cleared and the run trained afresh.
 
     On a CPU, ``config.threads`` None means: the thread count the directory's run started
     with, or for a new run this process's torch threads (:func:`settle_threads`).
@@ -185,7 +186,7 @@ def train_run(
     state = inspect_run(directory, identity)
     if state.holds_run and not state.same and not overwrite:
         raise mismatch_error(directory, state)
-    if state.same and state.done:
+    if state.same and state.done and not overwrite:
         return _read_summary(directory)
     own_context = context is None
     context = context or init_distributed(config.device)
@@ -225,10 +226,10 @@ def _prepare_directory(
     """Under the run's lock: check (or, with ``overwrite``, clear) what the directory
     holds, then bind it to ``identity``. True when the run turns out to be finished."""
     state = inspect_run(directory, identity)
-    if state.holds_run and not state.same:
-        if not overwrite:
-            raise mismatch_error(directory, state)
+    if state.holds_run and overwrite:
         clear_run(directory)
+    elif state.holds_run and not state.same:
+        raise mismatch_error(directory, state)
     elif state.done:
         return True
     has_checkpoint = any(

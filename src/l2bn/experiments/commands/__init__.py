@@ -115,8 +115,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="delete a run directory that holds a run of another configuration and train "
-        "it afresh (without it such a directory is an error)",
+        help="delete what the run directories hold (a finished or unfinished run, or a run "
+        "of another configuration) and train afresh (without it a finished run is kept, an "
+        "unfinished one resumed, and one of another configuration is an error)",
     )
 
 

@@ -63,12 +63,17 @@ RESUME_HINT = (
     "Finished runs are kept and unfinished ones keep their last finished epoch: rerun the "
     "same command to continue them exactly."
 )
+OVERWRITE_RESUME_HINT = (
+    "Finished runs are kept and unfinished ones keep their last finished epoch: rerun the "
+    "same command without --overwrite to continue them exactly (with it, they start afresh)."
+)
 
 
 def run(args: argparse.Namespace) -> int:
     if list_presets_if_asked(args):
         return 0
-    return run_guarded("compare", lambda: _run(args), resume_hint=RESUME_HINT)
+    hint = OVERWRITE_RESUME_HINT if args.overwrite else RESUME_HINT
+    return run_guarded("compare", lambda: _run(args), resume_hint=hint)
 
 
 def plan_variants(config: Any, norms: str, placements: str | None) -> list[Any]:
@@ -237,7 +242,9 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write(config.to_yaml())
         for (variant, _, directory), state in zip(runs, states, strict=True):
             notes = []
-            if state.holds_run and not state.same:
+            if state.holds_run and args.overwrite:
+                notes.append("to be deleted and trained afresh: --overwrite")
+            elif state.holds_run and not state.same:
                 notes.append("holds another configuration")
             elif state.done:
                 notes.append("done")
@@ -258,7 +265,7 @@ def _run(args: argparse.Namespace) -> int:
         if len(conflicts) > 1:
             error.args = (f"{error} [{len(conflicts) - 1} more run(s) differ]",)
         raise error
-    finished = [st.same and st.done for st in states]
+    finished = [st.same and st.done and not args.overwrite for st in states]
     pending = [run for run, done in zip(runs, finished, strict=True) if not done]
     skipped = len(runs) - len(pending)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))

@@ -33,10 +33,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+OVERWRITE_RESUME_HINT = (
+    "The run keeps its last finished epoch: rerun the same command with --resume and "
+    "without --overwrite to continue it exactly (with --overwrite, it starts afresh)."
+)
+
+
 def run(args: argparse.Namespace) -> int:
     if list_presets_if_asked(args):
         return 0
-    return run_guarded("train", lambda: _run(args), resume_hint=RESUME_HINT)
+    hint = OVERWRITE_RESUME_HINT if args.overwrite else RESUME_HINT
+    return run_guarded("train", lambda: _run(args), resume_hint=hint)
 
 
 def _chosen_seed(args: argparse.Namespace, seeds: list[int]) -> int:
