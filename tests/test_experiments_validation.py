@@ -40,6 +40,14 @@ CASES = {
     "seed twice in train": (["train", "--seeds", "7,7"], "seed 7 listed twice"),
     "norm listed twice": (["compare", "--norms", "bn,l2bn,BN"], "'BN' listed twice"),
     "negative --jobs": (["compare", "--jobs", "-1"], "--jobs: expected 0 (auto) or a positive"),
+    # names are case-sensitive: BN would train into resnet20-BN, a variant apart from bn
+    "--norms in upper case": (["compare", "--norms", "BN,L2BN"], "norm 'BN' must be written 'bn'"),
+    "one of --norms in upper case": (["compare", "--norms", "bn,L2BN"], "must be written 'l2bn'"),
+    "--norm in upper case": (["train", "--norm", "L2BN"], "norm 'L2BN' must be written 'l2bn'"),
+    "--norm with a space": (["train", "--norm", " bn"], "norm ' bn' must be written 'bn'"),
+    "--model in upper case": (["compare", "--model", "RESNET20"], "must be written 'resnet20'"),
+    "--dataset in upper case": (["train", "--dataset", "MNIST"], "must be written 'mnist'"),
+    "augment in upper case": (["train", "--set", "augment=None"], "must be written 'none'"),
 }
 
 

@@ -20,8 +20,18 @@ DEVICE_CHOICES = "auto, cpu, cuda, cuda:N"
 
 
 def _check_name(kind: str, name: str, valid: list[str]) -> None:
-    if name.strip().lower() not in [v.lower() for v in valid]:
-        raise UsageError(f"unknown {kind} {name!r}; valid names: {', '.join(valid)}")
+    """``name`` is one of ``valid``, spelled exactly: the registries would also take another
+    case or spaces around it, but the name is used as written for the run directories and
+    the report's rows, so ``BN`` would be a variant of its own, apart from ``bn``."""
+    if name in valid:
+        return
+    canonical = {v.lower(): v for v in valid}.get(name.strip().lower())
+    if canonical is not None:
+        raise UsageError(
+            f"{kind} {name!r} must be written {canonical!r}: names are case-sensitive "
+            "(they name the run directories and the report's rows)"
+        )
+    raise UsageError(f"unknown {kind} {name!r}; valid names: {', '.join(valid)}")
 
 
 def check_norm_name(name: str) -> None:
