@@ -92,6 +92,33 @@ def test_bad_values_give_clear_errors() -> None:
         ExperimentConfig(norm="gn", l2bn_layers="stage1")
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize(
+    "field", ["lr", "min_lr", "momentum", "weight_decay", "gamma", "mixup_alpha", "label_smoothing"]
+)
+def test_every_float_setting_must_be_finite(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"{field} must be a finite number"):
+        ExperimentConfig(**{field: value})
+    with pytest.raises(ValueError, match=f"{field} must be a finite number"):
+        ExperimentConfig.from_yaml(f"{field}: {value}")
+
+
+def test_integers_seeds_and_names() -> None:
+    for text in ("inf", "nan", ".inf", "1.5"):
+        with pytest.raises(ValueError, match="epochs must be an integer"):
+            ExperimentConfig.from_dict({"epochs": text})
+    # seeds cover torch.manual_seed's range exactly, big ones without a float's rounding
+    big = 2**64 - 1
+    assert ExperimentConfig.from_dict({"seeds": f"0,{big}"}).seeds == [0, big]
+    for seeds in ([-1], [2**64], "-5"):
+        with pytest.raises(ValueError, match=r"seeds must be in \[0, 2\*\*64 - 1\]"):
+            ExperimentConfig.from_dict({"seeds": seeds})
+    assert ExperimentConfig(name="my-run.v2").name == "my-run.v2"
+    for name in ("", " ", ".", "..", "../x", "a/b", "/abs", "a\\b"):
+        with pytest.raises(ValueError, match="must be a plain folder name"):
+            ExperimentConfig(name=name)
+
+
 def test_set_overrides_and_config_file(tmp_path) -> None:
     base = load_preset("cifar100-resnet")
     changed = apply_assignments(

@@ -48,6 +48,21 @@ CASES = {
     "--model in upper case": (["compare", "--model", "RESNET20"], "must be written 'resnet20'"),
     "--dataset in upper case": (["train", "--dataset", "MNIST"], "must be written 'mnist'"),
     "augment in upper case": (["train", "--set", "augment=None"], "must be written 'none'"),
+    # NaN passes a `< 0` check: every float setting must be finite
+    "NaN --lr": (["compare", "--lr", "nan"], "lr must be a finite number, got nan"),
+    "NaN weight decay": (["train", "--set", "weight_decay=nan"], "weight_decay must be a finite"),
+    "infinite momentum": (["compare", "--set", "momentum=inf"], "momentum must be a finite"),
+    "NaN gamma": (["train", "--set", "gamma=.nan"], "gamma must be a finite number"),
+    "negative gamma": (["train", "--set", "gamma=-0.1"], "gamma must be >= 0"),
+    "infinite --epochs": (["train", "--epochs", "inf"], "epochs must be an integer, got 'inf'"),
+    "negative seed": (["compare", "--seeds=121,-1"], "seeds must be in [0, 2**64 - 1]"),
+    "negative --seed": (["train", "--seed", "-1"], "--seed: seeds must be in [0, 2**64 - 1]"),
+    "seed past 2**64": (["train", "--seeds", str(2**64)], "seeds must be in [0, 2**64 - 1]"),
+    # the name is one folder level under --runs-dir
+    "empty --name": (["compare", "--name", ""], "name '' must be a plain folder name"),
+    "--name with ..": (["compare", "--name", "../../escape"], "must be a plain folder name"),
+    "absolute --name": (["train", "--name", "/abs/x"], "name '/abs/x' must be a plain folder"),
+    "--name with a slash": (["train", "--name", "a/b"], "name 'a/b' must be a plain folder"),
 }
 
 

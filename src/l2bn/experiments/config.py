@@ -8,7 +8,11 @@ acoustic-scene recipe of section 4.2 (cosine decay with restarts), plus the CPU-
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +20,7 @@ from typing import Any
 
 SCHEDULERS = ("cosine", "multistep", "cosine_restarts")
 PLACEMENTS = ("none", "all", "classifier", "stage1", "stage2-3")
+MAX_SEED = 2**64 - 1
 
 
 @dataclass
@@ -65,6 +70,11 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent setting."""
+        _check_run_name(self.name)
+        for name in _float_fields():
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(
                 f"unknown scheduler {self.scheduler!r}; valid: {', '.join(SCHEDULERS)}"
@@ -82,8 +92,9 @@ class ExperimentConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "min_lr", "weight_decay", "momentum", "mixup_alpha", "warmup_epochs"):
-            if getattr(self, name) < 0:
+        nonnegative = ("lr", "min_lr", "weight_decay", "momentum", "gamma", "mixup_alpha")
+        for name in (*nonnegative, "warmup_epochs"):
+            if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
@@ -93,6 +104,12 @@ class ExperimentConfig:
             )
         if not self.seeds:
             raise ValueError("seeds must list at least one seed")
+        outside = [seed for seed in self.seeds if not 0 <= seed <= MAX_SEED]
+        if outside:
+            # torch.manual_seed takes -1 as 2**64 - 1: a negative seed would alias another
+            raise ValueError(
+                f"seeds must be in [0, 2**64 - 1] (torch.manual_seed's range), got {outside[0]}"
+            )
         twice = sorted({seed for seed in self.seeds if self.seeds.count(seed) > 1})
         if twice:
             raise ValueError(
@@ -148,6 +165,26 @@ class ExperimentConfig:
         return cls.from_dict(data)
 
 
+def _check_run_name(name: str) -> None:
+    """``name`` is the first folder level under the runs directory: one plain folder name."""
+    unsafe = (
+        not name.strip()
+        or name in (".", "..")
+        or any(sep in name for sep in ("/", "\\", "\0"))
+        or os.path.isabs(name)
+    )
+    if unsafe:
+        raise ValueError(
+            f"name {name!r} must be a plain folder name (the first level under the runs "
+            "directory): not empty, not '.' or '..', without '/' or '\\'"
+        )
+
+
+@functools.cache
+def _float_fields() -> tuple[str, ...]:
+    return tuple(name for name in field_names() if _field_type(name) in (float, float | None))
+
+
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(ExperimentConfig)]
 
@@ -197,11 +234,16 @@ def _coerce_to(kind: Any, value: Any, name: str) -> Any:
     if kind is int:
         if isinstance(value, bool):
             raise ValueError(f"{name} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value  # exact, also beyond float precision (seeds up to 2**64 - 1)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return int(value)  # exact; "1e3" goes on below
         try:
             as_float = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{name} must be an integer, got {value!r}") from None
-        if as_float != int(as_float):
+        if not math.isfinite(as_float) or as_float != int(as_float):
             raise ValueError(f"{name} must be an integer, got {value!r}")
         return int(as_float)
     if kind is float:

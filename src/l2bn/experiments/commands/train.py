@@ -62,6 +62,7 @@ def _chosen_seed(args: argparse.Namespace, seeds: list[int]) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from l2bn.experiments.errors import UsageError
     from l2bn.experiments.preflight import check_config, check_output_dir, check_world_size
     from l2bn.experiments.runs import run_dir
     from l2bn.experiments.train import train_run
@@ -69,7 +70,10 @@ def _run(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     seed = _chosen_seed(args, config.seeds)
     if args.seed is not None:
-        config = config.replace(seeds=[seed])
+        try:
+            config = config.replace(seeds=[seed])
+        except ValueError as err:
+            raise UsageError(f"--seed: {err}") from None
     check_config(config)
     if args.dry_run:
         sys.stdout.write(config.to_yaml())
