@@ -43,8 +43,56 @@ def test_cli_dispatch_and_custom_points(tmp_path: Path, capsys: pytest.CaptureFi
     assert rows[0][1] == "90.00"  # the custom points were used
 
 
-def test_bad_arguments() -> None:
-    with pytest.raises(SystemExit):
-        parse("--points", "1,0;0")
+BAD_ARGUMENTS = {
+    "no layers": (["--layers", "0"], "--layers must be >= 1, got 0"),
+    "negative layers": (["--layers", "-1"], "--layers must be >= 1, got -1"),
+    "one point": (["--points", "1,0;0"], "give at least two 2-D points"),
+    "not numbers": (["--points", "a,b;1,1"], "--points must look like 'x,y;x,y;...'"),
+    "zero point": (["--points", "0,0;0,0;1,1"], "the point (0, 0) has no direction"),
+    "NaN point": (["--points", "nan,1;1,0;0,1"], "the coordinates must be finite, got (nan"),
+    "infinite point": (["--points", "1,inf;1,0"], "the coordinates must be finite"),
+    # (2, 2) is the mean of the three: BN maps it to zero
+    "zero after BN": (["--points", "1,1;2,2;3,3"], "becomes the zero vector after a norm"),
+    "overflow": (["--points", "1e300,1;1,0;0,1"], "the angles are not finite"),
+    "out is a file": (["--out", "{file}"], "a file of that name exists"),
+    "out under a file": (["--out", "{file}/sub"], "cannot write the figures there"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ARGUMENTS))
+def test_bad_arguments_are_one_line_exit_2(
+    case: str, tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("not a folder")
+    argv, expected = BAD_ARGUMENTS[case]
+    argv = ["geometry", *(a.format(file=tmp_path / "file") for a in argv)]
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("l2bn geometry: error: ") and expected in captured.err
+    assert len(captured.err.splitlines()) == 1, captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_unwritable_out_is_found_before_drawing(
+    tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder that cannot be written (also for root, who passes permission checks: here
+    a probe file that the system refuses) is a usage error, before the table."""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    assert cli.main(["geometry", "--out", str(tmp_path / "figs")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "--out " in captured.err and "(Operation not permitted)" in captured.err
+
+
+def test_l2bn_debug_shows_the_exception(monkeypatch) -> None:
+    monkeypatch.setenv("L2BN_DEBUG", "1")
     with pytest.raises(ValueError, match="--layers"):
         geometry_command.run(parse("--layers", "0", "--no-figures"))
