@@ -112,16 +112,52 @@ def test_runs_dir_without_write_permission(
 ) -> None:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    if os.geteuid() == 0:  # root may write anywhere: let the permission check say no
-        real_access = os.access
-        monkeypatch.setattr(
-            os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode)
-        )
+    if os.geteuid() == 0:  # root may write anywhere: let the system say no
+        real_mkdir = Path.mkdir
+
+        def mkdir(self: Path, *args, **kwargs) -> None:
+            if self.parent == locked:
+                raise PermissionError(13, "Permission denied", str(self))
+            real_mkdir(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "mkdir", mkdir)
     assert main(["compare", *no_data, "--runs-dir", str(locked / "runs")]) == 2
-    assert f"{locked / 'runs'} (its existing parent {locked}) is not writable" in _one_error_line(
-        capsys, "compare"
-    )
+    assert (
+        f"runs folder {locked / 'runs'} (its existing parent {locked}) is not writable "
+        "(Permission denied)"
+    ) in _one_error_line(capsys, "compare")
     assert os.listdir(locked) == []
+
+
+SYSTEM_FOLDERS = [
+    ("--out", "/proc/l2bn-no-such/report", "report folder"),
+    ("--runs-dir", "/sys/l2bn-no-such", "runs folder"),
+]
+
+
+@pytest.mark.parametrize(("option", "folder", "role"), SYSTEM_FOLDERS)
+def test_folders_that_cannot_be_written_are_found_before_any_work(
+    option: str, folder: str, role: str, tmp_path: Path, capsys, no_data: list[str]
+) -> None:
+    """/proc and /sys pass a permission check for root (os.access), but nothing can be
+    created in them: found by trying, before any work (here: the missing data, exit 1)."""
+    top = Path(*Path(folder).parts[:2])
+    if not top.is_dir():
+        pytest.skip(f"no {top} here")
+    argv = ["compare", *no_data, "--runs-dir", str(tmp_path / "runs"), option, folder]
+    assert main(argv) == 2
+    err = _one_error_line(capsys, "compare")
+    assert f"{role} {folder} (its existing parent" in err and "is not writable (" in err
+
+
+def test_the_folder_check_leaves_nothing_behind(tmp_path: Path) -> None:
+    from l2bn.experiments.preflight import check_output_dir
+
+    check_output_dir(tmp_path / "a" / "b" / "c", "runs folder")
+    check_output_dir(tmp_path / "d" / ".." / "e", "runs folder")
+    (tmp_path / "kept").mkdir()
+    check_output_dir(tmp_path / "kept", "report folder")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [Path("kept")]
 
 
 def test_l2bn_debug_shows_the_exception(tmp_path: Path, monkeypatch, no_data) -> None:

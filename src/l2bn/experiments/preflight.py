@@ -8,7 +8,9 @@ allocates nothing), the device, and the folders a command will write to.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -99,19 +101,37 @@ def check_device(name: str) -> None:
 
 
 def check_output_dir(path: str | Path, what: str) -> None:
-    """``path`` is a directory, or can be created: its first existing ancestor is a
-    writable directory. Nothing is created here."""
+    """``path`` is a directory that files can be written to, or one that can be created.
+
+    Checked by doing it, as a permission test cannot tell (root passes ``os.access`` for
+    ``/proc`` or ``/sys``, a read-only mount passes it too): the missing folders are
+    created, a probe file is written and removed in ``path``, and the folders created here
+    are removed again, so that nothing is left behind. ``what`` (``runs folder``, ...)
+    names the folder's role in the error.
+    """
     path = Path(path).expanduser()
-    probe = path
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        if probe == path:
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == path:
             raise UsageError(f"{what} {path} is a file, not a directory")
-        raise UsageError(f"{what} {path} cannot be created: {probe} is a file")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        place = "" if probe == path else f" (its existing parent {probe})"
-        raise UsageError(f"{what} {path}{place} is not writable")
+        raise UsageError(f"{what} {path} cannot be created: {existing} is a file")
+    missing = [path, *path.parents]
+    missing = missing[: missing.index(existing)]  # deepest first
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".l2bn-write-probe-", dir=path)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        place = "" if existing == path else f" (its existing parent {existing})"
+        reason = err.strerror or str(err)
+        raise UsageError(f"{what} {path}{place} is not writable ({reason})") from None
+    finally:
+        for folder in missing:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def check_config(config: ExperimentConfig) -> None:
