@@ -160,6 +160,50 @@ def test_the_folder_check_leaves_nothing_behind(tmp_path: Path) -> None:
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [Path("kept")]
 
 
+def test_tensorboard_missing_is_found_before_any_work(
+    tmp_path: Path, monkeypatch, capsys, no_data: list[str]
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    for command in ("compare", "train"):
+        argv = [command, *no_data, "--runs-dir", str(tmp_path / "runs"), "--tensorboard"]
+        assert main(argv) == 2
+        err = _one_error_line(capsys, command)
+        assert "--tensorboard needs the tensorboard package" in err
+        assert "pip install 'l2bn[tensorboard]'" in err
+    assert sorted(os.listdir(tmp_path)) == ["empty"]
+
+
+def test_sync_bn_in_one_process_warns_that_it_changes_nothing(
+    tmp_path: Path, monkeypatch, capsys, no_data: list[str]
+) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    argv = ["train", *no_data, "--runs-dir", str(tmp_path / "r"), "--sync-bn"]
+    with pytest.warns(UserWarning, match="this is a single process") as caught:
+        assert main(argv) == 1  # then stopped at the missing data
+    assert str(caught[0].message).startswith("--sync-bn synchronizes the batch statistics")
+    assert "changes nothing here" in str(caught[0].message)
+
+
+def test_sync_bn_of_plain_batchnorm_on_cpu_under_torchrun_is_a_usage_error(
+    tmp_path: Path, monkeypatch, capsys, no_data: list[str]
+) -> None:
+    """torch.nn.SyncBatchNorm runs on CUDA only: found on the meta model before any work
+    (before: in the run, after its directory was written). L2BN layers synchronize."""
+    from l2bn.experiments.config import ExperimentConfig
+    from l2bn.experiments.preflight import check_sync_bn
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    argv = ["compare", *no_data, "--runs-dir", str(tmp_path / "r"), "--device", "cpu"]
+    assert main([*argv, "--placements", "none,stage1", "--sync-bn"]) == 2
+    err = _one_error_line(capsys, "compare")
+    assert "--sync-bn: layer norm1 is a plain BatchNorm2d" in err and "[resnet20-bn]" in err
+    assert not (tmp_path / "r").exists()
+    check_sync_bn(ExperimentConfig(norm="l2bn", device="cpu"))
+
+
 def test_l2bn_debug_shows_the_exception(tmp_path: Path, monkeypatch, no_data) -> None:
     from l2bn.experiments.errors import UsageError
 

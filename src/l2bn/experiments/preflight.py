@@ -149,3 +149,44 @@ def check_world_size(config: ExperimentConfig) -> None:
             f"batch_size {config.batch_size} (the total over all processes, as in the paper) "
             f"is not divisible by the {world_size} processes"
         )
+
+
+def check_tensorboard() -> None:
+    """``--tensorboard`` can write its logs: the tensorboard package imports."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError as err:
+        raise UsageError(
+            f"--tensorboard needs the tensorboard package ({err}): pip install 'l2bn[tensorboard]'"
+        ) from None
+
+
+def check_sync_bn(config: ExperimentConfig) -> None:
+    """``--sync-bn`` can do what it says. Under torchrun on a CPU, a model with plain
+    BatchNorm layers cannot be synchronized (torch.nn.SyncBatchNorm is CUDA only): a
+    UsageError naming the layer. Outside torchrun there is one process, whose norms
+    already see the whole batch, so the flag changes nothing: a warning says so."""
+    import warnings
+
+    from l2bn.experiments.distributed import convert_sync_norms, resolve_device
+    from l2bn.experiments.runs import variant_name
+    from l2bn.experiments.train import build_model
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        warnings.warn(
+            "--sync-bn synchronizes the batch statistics of the processes of a torchrun job; "
+            "this is a single process (WORLD_SIZE is not above 1), whose norms already see "
+            "the whole batch, so --sync-bn changes nothing here",
+            UserWarning,
+            stacklevel=2,
+        )
+        return
+    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    with torch.device("meta"):
+        model = build_model(config, num_classes=10, in_channels=3)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # layers left unsynchronized warn in the run
+            convert_sync_norms(model, device)
+    except ValueError as err:
+        raise UsageError(f"{err} [{variant_name(config)}]") from None

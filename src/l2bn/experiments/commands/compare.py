@@ -224,7 +224,12 @@ def _run(args: argparse.Namespace) -> int:
         run_identity,
         settle_threads,
     )
-    from l2bn.experiments.preflight import check_output_dir, check_world_size
+    from l2bn.experiments.preflight import (
+        check_output_dir,
+        check_sync_bn,
+        check_tensorboard,
+        check_world_size,
+    )
     from l2bn.experiments.runs import load_run, run_dir
 
     started = time.time()
@@ -254,6 +259,11 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     _require_comparable_with_saved(args, runs)
     check_world_size(config)
+    if args.tensorboard:
+        check_tensorboard()
+    if args.sync_bn:
+        for variant in variants:
+            check_sync_bn(variant)
     check_output_dir(args.runs_dir, "runs folder")
     if args.out:
         check_output_dir(args.out, "report folder")

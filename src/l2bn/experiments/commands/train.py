@@ -63,7 +63,13 @@ def _chosen_seed(args: argparse.Namespace, seeds: list[int]) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from l2bn.experiments.errors import UsageError
-    from l2bn.experiments.preflight import check_config, check_output_dir, check_world_size
+    from l2bn.experiments.preflight import (
+        check_config,
+        check_output_dir,
+        check_sync_bn,
+        check_tensorboard,
+        check_world_size,
+    )
     from l2bn.experiments.runs import run_dir
     from l2bn.experiments.train import train_run
 
@@ -79,6 +85,10 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write(config.to_yaml())
         return 0
     check_world_size(config)
+    if args.tensorboard:
+        check_tensorboard()
+    if args.sync_bn:
+        check_sync_bn(config)
     directory = args.run_dir or run_dir(args.runs_dir, config, seed)
     check_output_dir(directory, "run directory")
     summary = train_run(
