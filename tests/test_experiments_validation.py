@@ -175,6 +175,31 @@ def test_tensorboard_missing_is_found_before_any_work(
     assert sorted(os.listdir(tmp_path)) == ["empty"]
 
 
+@pytest.mark.parametrize(
+    ("command", "option", "expected"),
+    [
+        ("compare", "--train-subset=17", "train_subset 17 is larger than the train split"),
+        ("train", "--train-subset=17", "train_subset 17 is larger than the train split"),
+        ("compare", "--test-subset=9", "test_subset 9 is larger than the test split"),
+        ("train", "--test-subset=9", "test_subset 9 is larger than the test split"),
+    ],
+)
+def test_a_subset_larger_than_the_data_is_found_before_any_work(
+    command: str, option: str, expected: str, tmp_path: Path, capsys
+) -> None:
+    """The split sizes are known once the data are read: before any run starts (compare)
+    or anything is written (train); before, the run stopped after its directory was
+    written (train subset) or after an epoch of training (test subset)."""
+    root = write_idx(tmp_path / "data", n_train=16, n_test=8)
+    runs = tmp_path / "runs"
+    argv = [command, "--data-root", str(root), "--runs-dir", str(runs), "--epochs", "1"]
+    argv += ["--seeds", "3", "--no-metrics", "--threads", "1", "--quiet"]
+    argv += ["--train-subset=16", "--test-subset=8", option]  # the last one given counts
+    assert main(argv) == 2
+    assert f"{expected} of fashion-mnist (" in _one_error_line(capsys, command)
+    assert not runs.exists()
+
+
 def test_sync_bn_in_one_process_warns_that_it_changes_nothing(
     tmp_path: Path, monkeypatch, capsys, no_data: list[str]
 ) -> None:

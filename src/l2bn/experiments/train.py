@@ -41,7 +41,7 @@ from l2bn.experiments.distributed import (
     shutdown_distributed,
     wrap_model,
 )
-from l2bn.experiments.errors import RunExistsError
+from l2bn.experiments.errors import RunExistsError, UsageError
 from l2bn.experiments.evaluation import evaluate_epoch
 from l2bn.experiments.identity import (
     clear_run,
@@ -66,7 +66,7 @@ from l2bn.experiments.runs import (
 )
 from l2bn.experiments.schedule import build_scheduler
 
-__all__ = ["KILL_ENV", "RunExistsError", "build_model", "derive_seed", "train_run"]
+__all__ = ["KILL_ENV", "RunExistsError", "build_model", "check_subsets", "derive_seed", "train_run"]
 
 # Test hook: "EPOCH:STEP" (0-based) makes the process kill itself with SIGKILL there.
 KILL_ENV = "L2BN_TEST_KILL_AT"
@@ -105,6 +105,22 @@ def build_model(config: ExperimentConfig, num_classes: int, in_channels: int) ->
     return create_model(
         config.model, num_classes=num_classes, in_channels=in_channels, norm_layer=norm_layer
     )
+
+
+def check_subsets(config: ExperimentConfig, train_set: Any, test_set: Any) -> None:
+    """UsageError when ``train_subset`` or ``test_subset`` asks for more samples than the
+    split holds (known only once the data are read; otherwise the run would stop there
+    after its directory was written, or after an epoch of training)."""
+    for key, dataset, split in (
+        ("train_subset", train_set, "train"),
+        ("test_subset", test_set, "test"),
+    ):
+        wanted = getattr(config, key)
+        if wanted is not None and wanted > len(dataset):
+            raise UsageError(
+                f"{key} {wanted} is larger than the {split} split of {config.dataset} "
+                f"({len(dataset)} samples)"
+            )
 
 
 def _kill_point() -> tuple[int, int] | None:
@@ -268,6 +284,7 @@ def _train(
     data_kwargs = dict(config.dataset_kwargs)
     train_set = load_dataset(config.dataset, root=config.data_root, train=True, **data_kwargs)
     test_set = load_dataset(config.dataset, root=config.data_root, train=False, **data_kwargs)
+    check_subsets(config, train_set, test_set)
     lock = run_lock(directory) if context.is_main else contextlib.nullcontext()
     with lock:
         finished = False

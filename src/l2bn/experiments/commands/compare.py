@@ -313,10 +313,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_data(config: Any) -> None:
-    """Fail early, with the data loader's own message, when the dataset is missing."""
+    """Fail early, with the data loader's own message, when the dataset is missing, and
+    with a UsageError when a subset is larger than its split."""
     from l2bn.data import load_dataset
+    from l2bn.experiments.train import check_subsets
 
-    load_dataset(config.dataset, root=config.data_root, train=True, **config.dataset_kwargs)
+    splits = [
+        load_dataset(config.dataset, root=config.data_root, train=train, **config.dataset_kwargs)
+        for train in (True, False)
+    ]
+    check_subsets(config, *splits)
 
 
 def _run_sequential(pending: list[tuple[Any, int, Path]], options: dict) -> None:
