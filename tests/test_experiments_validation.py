@@ -200,6 +200,17 @@ def test_a_subset_larger_than_the_data_is_found_before_any_work(
     assert not runs.exists()
 
 
+def test_metrics_max_samples_past_the_train_split_takes_all_of_it(tmp_path: Path) -> None:
+    """A maximum, not a subset: past the split's size it means every sample (before: the
+    run stopped at the first evaluation, after an epoch of training)."""
+    root = write_idx(tmp_path / "data", n_train=16, n_test=8)
+    argv = ["train", "--data-root", str(root), "--runs-dir", str(tmp_path / "runs")]
+    argv += ["--epochs", "1", "--seed", "3", "--threads", "1", "--quiet", "--test-subset=8"]
+    assert main([*argv, "--set", "train_subset=null", "--set", "metrics_max_samples=100"]) == 0
+    (metrics,) = (tmp_path / "runs").rglob("metrics.jsonl")
+    assert '"iir_train": ' in metrics.read_text()
+
+
 def test_sync_bn_in_one_process_warns_that_it_changes_nothing(
     tmp_path: Path, monkeypatch, capsys, no_data: list[str]
 ) -> None:

@@ -126,13 +126,16 @@ def evaluate_epoch(
     from l2bn.analysis import collect_features, train_test_metrics
 
     limit = [v for v in (config.train_subset, config.metrics_max_samples) if v is not None]
+    subset = min(limit) if limit else None
+    if subset is not None and subset > len(train_set):
+        subset = None  # metrics_max_samples is a maximum: past the split, all of it
     feature_loader = build_loader(
         train_set,
         batch_size=eval_batch,
         train=False,
         seed=seed,
         augment=config.augment,
-        subset=min(limit) if limit else None,
+        subset=subset,
         num_workers=config.num_workers,
     )
     train_features, train_labels = collect_features(
