@@ -147,6 +147,26 @@ def test_dry_run_prints_yaml_that_parses_back_to_the_same_config(tmp_path, capsy
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_config_files_preset_never_overrides_an_explicit_preset(tmp_path, capsys) -> None:
+    """``--preset A --config FILE`` with ``preset: B`` in FILE resolved to B: refused now;
+    the same preset twice, or the file's alone, still work."""
+    from l2bn.cli import main
+
+    over = tmp_path / "c1.yaml"
+    over.write_text("preset: fmnist-resnet20\nepochs: 2\n")
+    dry = ["--config", str(over), "--runs-dir", str(tmp_path / "runs"), "--dry-run"]
+    for command in ("compare", "train"):
+        assert main([command, "--preset", "cifar100-resnet", *dry]) == 2
+        err = capsys.readouterr().err
+        assert f"l2bn {command}: error: {over} names preset 'fmnist-resnet20', but --preset " in err
+        assert "cifar100-resnet was given" in err
+    for given in ([], ["--preset", "fmnist-resnet20"]):
+        assert main(["train", *given, *dry]) == 0
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed["dataset"] == "fashion-mnist" and printed["epochs"] == 2
+    assert not (tmp_path / "runs").exists()
+
+
 def _config(**kw) -> ExperimentConfig:
     return ExperimentConfig(**{"epochs": 10, "lr": 0.1, **kw})
 

@@ -41,8 +41,13 @@ def load_preset(name: str) -> ExperimentConfig:
     return config
 
 
-def load_config_file(path: str | Path, base: ExperimentConfig | None = None) -> ExperimentConfig:
-    """Overlay a YAML file on ``base`` (or on the preset the file names with ``preset:``)."""
+def load_config_file(
+    path: str | Path, base: ExperimentConfig | None = None, *, preset: str | None = None
+) -> ExperimentConfig:
+    """Overlay a YAML file on ``base`` (or on the preset the file names with ``preset:``).
+
+    ``preset`` is a preset asked for explicitly (``--preset``): a file that names another
+    one is a ValueError rather than silently replacing it."""
     import yaml
 
     path = Path(path)
@@ -55,9 +60,14 @@ def load_config_file(path: str | Path, base: ExperimentConfig | None = None) -> 
         raise ValueError(f"{path}: not valid YAML ({yaml_problem(err)})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must be a YAML mapping")
-    preset = data.pop("preset", None)
-    if preset is not None:
-        base = load_preset(str(preset))
+    named = data.pop("preset", None)
+    if named is not None:
+        if preset is not None and str(named) != preset:
+            raise ValueError(
+                f"{path} names preset {str(named)!r}, but --preset {preset} was given: "
+                "drop one of them"
+            )
+        base = load_preset(str(named))
     merged = (base or ExperimentConfig()).to_dict()
     merged.update(data)
     try:

@@ -41,9 +41,10 @@ def add_config_arguments(
     group = parser.add_argument_group("configuration (preset < --config < flags < --set)")
     group.add_argument(
         "--preset",
-        default=preset_default,
+        default=None,  # None: not given (a --config file's `preset:` may then name it)
         help=f"named preset (default {preset_default}); `--preset list` lists them",
     )
+    parser.set_defaults(default_preset=preset_default)
     group.add_argument("--config", metavar="FILE", help="YAML file overriding the preset")
     group.add_argument(
         "--set",
@@ -72,9 +73,9 @@ def resolve_config(args: argparse.Namespace) -> Any:
     from l2bn.experiments.presets import load_config_file, load_preset
 
     try:
-        config = load_preset(args.preset)
+        config = load_preset(args.default_preset if args.preset is None else args.preset)
         if args.config:
-            config = load_config_file(args.config, base=config)
+            config = load_config_file(args.config, base=config, preset=args.preset)
         changes = {}
         for flag, key, _ in _SHORTCUTS:
             value = getattr(args, f"cfg_{key}", None)
