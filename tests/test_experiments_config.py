@@ -167,6 +167,23 @@ def test_a_config_files_preset_never_overrides_an_explicit_preset(tmp_path, caps
     assert not (tmp_path / "runs").exists()
 
 
+def test_compare_dry_run_prints_the_norms_it_runs(tmp_path, capsys) -> None:
+    """Not the preset's single ``norm``, which compare replaces with each of --norms."""
+    from l2bn.cli import main
+
+    runs = ["--runs-dir", str(tmp_path / "runs")]
+    assert main(["compare", *runs, "--norms", "l2bn", "--dry-run"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["norms"] == ["l2bn"] and "norm" not in printed
+    assert printed["l2bn_layers"] == "all" and printed["model"] == "resnet20"
+    assert main(["compare", *runs, "--placements", "none,stage1", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    printed = yaml.safe_load(out)
+    assert printed["placements"] == ["none", "stage1"]
+    assert "norm" not in printed and "l2bn_layers" not in printed
+    assert "resnet20-bn/seed121" in out and "resnet20-l2bn-stage1/seed121" in out
+
+
 def _config(**kw) -> ExperimentConfig:
     return ExperimentConfig(**{"epochs": 10, "lr": 0.1, **kw})
 

@@ -196,6 +196,24 @@ def _refuse_variant_options(args: argparse.Namespace) -> None:
         )
 
 
+def _planned_yaml(config: Any, args: argparse.Namespace) -> str:
+    """The resolved config as compare runs it: the single ``norm`` (which no variant takes
+    from it) replaced by the ``norms`` list, or ``norm`` and ``l2bn_layers`` by the
+    ``placements`` list (``none`` is the BN model, the others L2BN placed there)."""
+    import yaml
+
+    shown: dict[str, Any] = {}
+    for key, value in config.to_dict().items():
+        if key == "norm":
+            if args.placements:
+                shown["placements"] = _split(args.placements)
+            else:
+                shown["norms"] = _split(args.norms)
+        elif not (key == "l2bn_layers" and args.placements):
+            shown[key] = value
+    return yaml.safe_dump(shown, sort_keys=False, default_flow_style=None)
+
+
 def _require_comparable_with_saved(args: argparse.Namespace, runs: list[Any]) -> None:
     """The runs already saved under RUNS_DIR/NAME (other than those planned) share this
     config's settings, the norm and seed apart; else `l2bn report` would pool them."""
@@ -244,7 +262,7 @@ def _run(args: argparse.Namespace) -> int:
         runs.append((variant, seed, directory))
     states = [inspect_run(d, run_identity(v, seed)) for v, seed, d in runs]
     if args.dry_run:
-        sys.stdout.write(config.to_yaml())
+        sys.stdout.write(_planned_yaml(config, args))
         for (variant, _, directory), state in zip(runs, states, strict=True):
             notes = []
             if state.holds_run and args.overwrite:
