@@ -296,3 +296,20 @@ def test_compare_refuses_to_add_another_configuration_to_a_name(
     assert sorted(p.relative_to(runs) for p in runs.rglob("*")) == before
     assert main(["compare", *common, "--norms", "l2bn", "--lr", "0.1"]) == 1  # no data
     assert "lr:" not in capsys.readouterr().err
+
+
+def test_a_saved_config_the_checks_refuse_is_named_by_report(tmp_path: Path, capsys) -> None:
+    """A run saved before the finiteness checks (here lr .nan) stops `l2bn report` with the
+    file that holds it, not the bare check."""
+    import json
+
+    from l2bn.experiments.config import ExperimentConfig
+
+    directory = tmp_path / "runs" / "old" / "resnet20-bn" / "seed1"
+    directory.mkdir(parents=True)
+    text = ExperimentConfig(name="old", seeds=[1]).to_yaml().replace("lr: 0.1", "lr: .nan")
+    (directory / "config.yaml").write_text(text)
+    (directory / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_acc": 50.0}) + "\n")
+    assert main(["report", str(tmp_path / "runs"), "--no-plots"]) == 1
+    err = _one_error_line(capsys, "report")
+    assert f"{directory / 'config.yaml'}: lr must be a finite number, got nan" in err

@@ -75,7 +75,10 @@ def load_run(directory: str | Path) -> RunRecord | None:
         seed = int(directory.name[len("seed") :])
     except ValueError:
         return None
-    config = ExperimentConfig.from_yaml(config_path.read_text(encoding="utf-8"))
+    try:
+        config = ExperimentConfig.from_yaml(config_path.read_text(encoding="utf-8"))
+    except ValueError as err:  # e.g. a value the config no longer accepts (NaN lr)
+        raise ValueError(f"{config_path}: {err}") from None
     rows = read_metrics(directory / METRICS_FILE)
     if not rows:
         return None
