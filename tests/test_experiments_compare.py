@@ -108,6 +108,7 @@ def test_compare_threads_do_not_depend_on_the_runs_left_to_do(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:
     import torch
+    import yaml
 
     from l2bn.experiments.config import ExperimentConfig
     from l2bn.experiments.train import train_run
@@ -118,7 +119,10 @@ def test_compare_threads_do_not_depend_on_the_runs_left_to_do(
     try:
         torch.set_num_threads(2)
         assert main([*args, "--dry-run"]) == 0
-        config = ExperimentConfig.from_yaml(capsys.readouterr().out)  # the resolved config
+        # The resolved config, with the norms list that compare runs in place of one norm.
+        resolved = yaml.safe_load(capsys.readouterr().out)
+        assert resolved.pop("norms") == ["l2bn"]
+        config = ExperimentConfig.from_yaml(yaml.safe_dump(resolved))
         # seed 5 finished as the first command (2 runs: --jobs 2, 1 thread each) left it;
         # seed 6 never started
         run5 = tmp_path / "runs" / "tiny" / "resnet20-l2bn" / "seed5"
