@@ -137,3 +137,53 @@ def test_compare_threads_do_not_depend_on_the_runs_left_to_do(
         assert out.count("(done; threads 1)") == 2, out
     finally:
         torch.set_num_threads(threads)
+
+
+def _tiny_config(tmp_path: Path, **fields) -> Path:
+    root = write_idx(tmp_path / "data", n_train=32, n_test=16)
+    settings = {
+        "name": "tiny",
+        "model": "resnet20",
+        "epochs": 1,
+        "batch_size": 16,
+        "lr": 0.05,
+        "seeds": "[5]",
+        "train_subset": "null",
+        "test_subset": "null",
+        "data_root": str(root),
+        "metrics": "true",
+        "metrics_max_samples": 16,
+        "device": "cpu",
+        "threads": 1,
+        **fields,
+    }
+    config = tmp_path / "tiny.yaml"
+    config.write_text("".join(f"{k}: {v}\n" for k, v in settings.items()))
+    return config
+
+
+def test_a_diverged_run_is_recorded_and_stops(tmp_path: Path) -> None:
+    """At lr 1e30 the first epoch ends with NaN loss and weights: the epoch is recorded as
+    diverged (angles null, no exception from the angle metrics), the run stops there and
+    is finished as diverged; resumed from that epoch's checkpoint it trains nothing more."""
+    import json
+
+    from l2bn.experiments.config import ExperimentConfig
+    from l2bn.experiments.train import train_run
+
+    text = _tiny_config(tmp_path, epochs=2, lr="1.0e+30").read_text()
+    config = ExperimentConfig.from_yaml(text).replace(norm="bn")
+    run = tmp_path / "run"
+    summary = train_run(config, 5, run, quiet=True)
+    (row,) = read_metrics(run / "metrics.jsonl")
+    assert "training loss" in row["diverged"] and "weights" in row["diverged"]
+    assert row["iir_train"] is None and row["train_loss"] is None
+    done = json.loads((run / "done").read_text())
+    assert (done["diverged_epoch"], done["epochs"]) == (1, 2) == (summary["diverged_epoch"], 2)
+    # killed after the diverged epoch's checkpoint, before its done marker: resuming
+    # trains no further epoch on NaN weights
+    stamp = (run / "checkpoint.pt").stat().st_mtime_ns
+    (run / "done").unlink()
+    assert train_run(config, 5, run, quiet=True)["diverged_epoch"] == 1
+    assert len(read_metrics(run / "metrics.jsonl")) == 1
+    assert (run / "checkpoint.pt").stat().st_mtime_ns == stamp

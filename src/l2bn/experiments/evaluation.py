@@ -2,10 +2,16 @@
 intra-angle, inter-angle and IIR of the classification layer's input (supplement eqs. 1-3,
 paper eq. 4), measured as in the paper's section 4.1: class centers from training features,
 test intra-angle against them, inter-angle on training data only.
+
+A diverged model (NaN or infinite classifier inputs) has no angles: the epoch's angle metrics
+are left empty (null in ``metrics.jsonl``) and ``not_finite`` in the returned row names what
+was not finite, for the training loop to record the divergence
+(:mod:`l2bn.experiments.train`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -15,6 +21,8 @@ from torch import nn
 from l2bn.experiments import checkpoint as ckpt
 from l2bn.experiments.config import ExperimentConfig
 from l2bn.experiments.progress import progress
+
+ANGLE_METRICS = ("intra_train", "intra_test", "inter", "iir_train", "iir_test")
 
 
 def classifier_module(model: nn.Module) -> nn.Module:
@@ -97,7 +105,10 @@ def evaluate_epoch(
     device: torch.device,
     show_progress: bool = False,
 ) -> dict[str, Any]:
-    """Test loss/accuracy and, with metrics on, intra/inter angles and IIR (section 4.1)."""
+    """Test loss/accuracy and, with metrics on, intra/inter angles and IIR (section 4.1).
+
+    ``not_finite`` (a list, maybe empty) names the test loss and the classifier features
+    when they are NaN or infinite; the angle metrics are then None."""
     from l2bn.data import build_loader
 
     model = ckpt.unwrap(model)
@@ -120,7 +131,9 @@ def evaluate_epoch(
         show_progress=show_progress,
         desc="test",
     )
-    row: dict[str, Any] = {"test_loss": test["loss"], "test_acc": test["acc"]}
+    row: dict[str, Any] = {"test_loss": test["loss"], "test_acc": test["acc"], "not_finite": []}
+    if not math.isfinite(test["loss"]):
+        row["not_finite"].append("test loss")
     if not config.metrics:
         return row
     from l2bn.analysis import collect_features, train_test_metrics
@@ -141,6 +154,11 @@ def evaluate_epoch(
     train_features, train_labels = collect_features(
         model, feature_loader, layer=capture, device=device
     )
+    finite = [bool(torch.isfinite(x).all()) for x in (train_features, test["features"])]
+    if not all(finite):
+        row["not_finite"].append("classifier features")
+        row.update(dict.fromkeys(ANGLE_METRICS))
+        return row
     metrics = train_test_metrics(
         train_features, train_labels, test["features"], test["labels"], int(train_set.num_classes)
     )

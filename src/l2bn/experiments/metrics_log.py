@@ -2,7 +2,10 @@
 
 Keys: epoch (1-based), lr (at the epoch's first step), train_loss, train_acc, test_loss,
 test_acc, intra_train, intra_test, inter, iir_train, iir_test (angles in degrees, supplement
-eqs. 2-3; IIR paper eq. 4; null when metrics are off), seconds (wall time of the epoch).
+eqs. 2-3; IIR paper eq. 4; null when metrics are off or the epoch diverged), seconds (wall
+time of the epoch), diverged (null, or what was NaN or infinite at the end of the epoch,
+e.g. ``"training loss, weights not finite"``: the run stopped there). Non-finite numbers are
+written as null.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ METRIC_KEYS = (
     "iir_train",
     "iir_test",
     "seconds",
+    "diverged",
 )
 
 

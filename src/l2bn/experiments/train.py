@@ -10,6 +10,13 @@ randomness in epoch ``e`` (data order and augmentation inside ``build_loader``, 
 is seeded from ``(seed, e, rank)`` alone. A run resumed from the checkpoint of epoch ``e``
 therefore ends with exactly the weights of an uninterrupted run (same seed, CPU, threads).
 
+Divergence: an epoch whose training loss, test loss, model weights (parameters or
+buffers) or classifier features are NaN or infinite is recorded with ``diverged`` naming
+them in ``metrics.jsonl`` (its angle metrics null), and the run stops there, finished as
+diverged (``done`` says at which epoch): SGD cannot bring non-finite weights back, and a
+model whose evaluation overflows has no test loss or angles to report. The report shows
+such a run as diverged; rerunning does not train it again.
+
 Integrity: a run directory is bound to its run's identity by a fingerprint
 (:mod:`l2bn.experiments.identity`) and is written by one process at a time
 (:mod:`l2bn.experiments.run_lock`); the data are read before anything is written.
@@ -397,15 +404,21 @@ def _train_locked(
         start_epoch = int(state["epoch"])
         _realign_schedule(scheduler, start_epoch * steps_per_epoch)
         best_acc, best_epoch = float(state["best_acc"]), int(state["best_epoch"])
+    diverged_before = False
     if context.is_main:
         keep_epochs_before(directory / METRICS_FILE, start_epoch + 1)
+        rows = read_metrics(directory / METRICS_FILE) if found is not None else []
+        diverged_before = bool(rows and rows[-1].get("diverged"))
+    # resumed after a diverged epoch (killed before its done marker): nothing to train
+    diverged_before = _on_every_rank(diverged_before, context)
+    end_epoch = start_epoch if diverged_before else config.epochs
 
     label = f"{variant_name(config)} seed{seed}"
     show = bars and context.is_main
     kill_at = _kill_point()
     started = time.time()
     with _tensorboard(directory, tensorboard and context.is_main) as writer:
-        for epoch in range(start_epoch, config.epochs):
+        for epoch in range(start_epoch, end_epoch):
             tick = time.time()
             torch.manual_seed(derive_seed(seed, epoch, context.rank, 0))
             mix_generator = torch.Generator().manual_seed(derive_seed(seed, epoch, context.rank, 1))
@@ -446,12 +459,15 @@ def _train_locked(
                 "train_loss": float(loss_sum) / max(seen, 1),
                 "train_acc": 100.0 * float(correct) / max(seen, 1),
             }
+            diverged = False
             if context.is_main:
                 row.update(
                     evaluate_epoch(
                         model, train_set, test_set, config, seed, eval_batch, device, show
                     )
                 )
+                row["diverged"] = _divergence(row, model)
+                diverged = row["diverged"] is not None
                 row["seconds"] = time.time() - tick
                 if row["test_acc"] > best_acc:
                     best_acc, best_epoch = row["test_acc"], epoch + 1
@@ -473,17 +489,50 @@ def _train_locked(
                 )
                 if writer is not None:
                     for key, value in row.items():
-                        if key != "epoch" and value is not None:
+                        if key != "epoch" and isinstance(value, (int, float)):
                             writer.add_scalar(key, value, epoch + 1)
                 if not quiet:
                     print(_epoch_line(label, row, config.epochs), file=sys.stderr, flush=True)
             context.barrier()
+            if _on_every_rank(diverged, context):
+                break
 
     summary = _summary(directory, config, seed, time.time() - started)
     if context.is_main:
         write_done(directory, summary)
     context.barrier()
     return summary
+
+
+def _not_finite_state(model: nn.Module) -> bool:
+    """Whether any floating-point parameter or buffer of ``model`` is NaN or infinite."""
+    return any(
+        t.is_floating_point() and not bool(torch.isfinite(t).all())
+        for t in ckpt.unwrap(model).state_dict().values()
+    )
+
+
+def _divergence(row: dict[str, Any], model: nn.Module) -> str | None:
+    """``"training loss, weights not finite"`` when the epoch diverged, else None (pops the
+    evaluation's ``not_finite`` from ``row``)."""
+    evaluation = row.pop("not_finite", [])
+    what = []
+    if not math.isfinite(row["train_loss"]):
+        what.append("training loss")
+    what += [w for w in evaluation if w == "test loss"]
+    if _not_finite_state(model):
+        what.append("weights")
+    what += [w for w in evaluation if w != "test loss"]
+    return f"{', '.join(what)} not finite" if what else None
+
+
+def _on_every_rank(flag: bool, context: DistContext) -> bool:
+    """Rank 0's ``flag`` on every process (only rank 0 evaluates)."""
+    if not context.distributed:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=context.device)
+    torch.distributed.broadcast(value, 0)
+    return bool(value.item())
 
 
 def _realign_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
@@ -506,13 +555,15 @@ def _epoch_line(label: str, row: dict[str, Any], epochs: int) -> str:
     )
     if row.get("iir_test") is not None:
         line += f" | IIR train {row['iir_train']:.3f} test {row['iir_test']:.3f}"
+    if row.get("diverged"):
+        line += f" | DIVERGED ({row['diverged']}): the run stops here"
     return line + f" ({row['seconds']:.1f} s)"
 
 
 def _summary(directory: Path, config: ExperimentConfig, seed: int, seconds: float) -> dict:
     rows = read_metrics(directory / METRICS_FILE)
     best = max(rows, key=lambda r: r["test_acc"]) if rows else {}
-    return {
+    summary = {
         "seed": seed,
         "epochs": config.epochs,
         "best_test_acc": best.get("test_acc"),
@@ -520,3 +571,8 @@ def _summary(directory: Path, config: ExperimentConfig, seed: int, seconds: floa
         "final": rows[-1] if rows else {},
         "seconds_this_session": seconds,
     }
+    diverged = next((r for r in rows if r.get("diverged")), None)
+    if diverged is not None:
+        summary["diverged"] = diverged["diverged"]
+        summary["diverged_epoch"] = diverged.get("epoch")
+    return summary
