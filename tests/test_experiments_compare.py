@@ -187,3 +187,21 @@ def test_a_diverged_run_is_recorded_and_stops(tmp_path: Path) -> None:
     assert train_run(config, 5, run, quiet=True)["diverged_epoch"] == 1
     assert len(read_metrics(run / "metrics.jsonl")) == 1
     assert (run / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_compare_reports_diverged_runs(tmp_path: Path, capsys) -> None:
+    """Both arms diverge: the comparison finishes (exit 0) and says so; a rerun trains
+    nothing again."""
+    config = _tiny_config(tmp_path, epochs=2, lr="1.0e+30")
+    runs = tmp_path / "runs"
+    args = ["compare", "--config", str(config), "--runs-dir", str(runs), "--jobs", "1"]
+    assert main([*args, "--no-plots", "--quiet"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "BN seed 5: diverged at epoch 1 (training loss" in out
+    assert "L2BN seed 5: diverged at epoch 1" in out
+    assert "L2BN vs BN (resnet20): not compared" in out
+    bn = runs / "tiny" / "resnet20-bn" / "seed5"
+    stamp = (bn / "checkpoint.pt").stat().st_mtime_ns
+    assert main([*args, "--no-plots"]) == 0
+    assert "2 already finished" in capsys.readouterr().err
+    assert (bn / "checkpoint.pt").stat().st_mtime_ns == stamp

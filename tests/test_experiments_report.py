@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -184,3 +185,200 @@ def test_report_header_names_the_subsets(tmp_path: Path, capsys) -> None:
     assert main(["report", str(tmp_path / "runs"), "--no-plots"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first == "Experiment: demo; data: fashion-mnist (train subset 300, test subset 200)"
+
+
+def _rows(norm: str, seed: int, epochs: int, diverged_at: int | None = None) -> list[dict]:
+    rows = []
+    for epoch in range(1, epochs + 1):
+        acc = BEST[norm][seed] - (epochs - epoch)
+        row = {
+            "epoch": epoch,
+            "lr": 0.1,
+            "train_loss": 1.0 / epoch,
+            "train_acc": acc + 1,
+            "test_loss": 1.2 / epoch,
+            "test_acc": acc,
+            "intra_train": 30.0 - epoch,
+            "intra_test": 32.0 - epoch,
+            "inter": 40.0 + epoch,
+            "iir_train": FINAL_IIR[norm][seed] + 0.1 * (epochs - epoch),
+            "iir_test": FINAL_IIR[norm][seed] + 0.05,
+            "seconds": 1.0,
+            "diverged": None,
+        }
+        if epoch == diverged_at:
+            row.update(dict.fromkeys(("test_loss", "intra_train", "intra_test", "inter"), None))
+            row.update(iir_train=None, iir_test=None, diverged="training loss, weights not finite")
+            rows.append(row)
+            break
+        rows.append(row)
+    return rows
+
+
+def _write_recorded_run(
+    directory: Path,
+    norm: str,
+    seed: int,
+    *,
+    epochs_done: int = 3,
+    done: bool = True,
+    diverged_at: int | None = None,
+    identity_extra: dict | None = None,
+    **settings,
+) -> Path:
+    """A run as ``l2bn train`` leaves it: config.yaml, fingerprint.json (its identity, plus
+    ``identity_extra``), metrics.jsonl and, when ``done``, the done marker; the directory's
+    name is whatever the caller chose."""
+    from l2bn.experiments.identity import run_identity, write_identity
+
+    config = ExperimentConfig(
+        name="demo", model="resnet20", norm=norm, epochs=3, seeds=[seed], **settings
+    )
+    directory.mkdir(parents=True)
+    write_identity(directory, {**run_identity(config, seed), **(identity_extra or {})})
+    (directory / "config.yaml").write_text(config.to_yaml())
+    rows = _rows(norm, seed, epochs_done, diverged_at)
+    (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if done:
+        summary = {"seed": seed, "epochs": 3}
+        if diverged_at:
+            summary.update(diverged=rows[-1]["diverged"], diverged_epoch=diverged_at)
+        write_done(directory, summary)
+    return directory
+
+
+def test_report_pairs_by_the_recorded_seed_not_the_directory_name(tmp_path: Path) -> None:
+    """A run's seed is what it recorded: an L2BN run of seed 999 kept in a folder named
+    seed121 is not BN seed 121's partner, and a run in a folder whose name is not
+    seed<k> is found. Directories that cannot be read are named, with why."""
+    from l2bn.experiments.report import write_report
+
+    root = tmp_path / "runs"
+    for seed in (121, 122):
+        _write_recorded_run(root / "demo" / "resnet20-bn" / f"seed{seed}", "bn", seed)
+    BEST["l2bn"][999], FINAL_IIR["l2bn"][999] = 91.0, 0.5
+    _write_recorded_run(root / "demo" / "resnet20-l2bn" / "seed121", "l2bn", 999)
+    _write_recorded_run(root / "mine" / "l2bn-second-try", "l2bn", 122)
+    damaged = _write_recorded_run(root / "demo" / "resnet20-l2bn" / "seed123", "l2bn", 123)
+    (damaged / "done").write_text(json.dumps({"seed": 124}))
+    started = root / "demo" / "resnet20-l2bn" / "seed125"
+    started.mkdir()
+    (started / "config.yaml").write_text(ExperimentConfig(name="demo", seeds=[125]).to_yaml())
+
+    text = write_report(find_runs(root), tmp_path / "out", plots=False)["text"]
+    assert "L2BN vs BN (resnet20, 1 seed(s) paired: 122)" in text
+
+    from l2bn.experiments.runs import _fingerprint, scan_runs
+
+    scan = scan_runs(root)
+    assert sorted((r.config.norm, r.seed) for r in scan.records) == [
+        ("bn", 121),
+        ("bn", 122),
+        ("l2bn", 122),
+        ("l2bn", 999),
+    ]
+    assert dict(scan.ignored) == {
+        damaged: "its files disagree on the seed (fingerprint.json 123, config.yaml 123, done 124)",
+        started: "no finished epoch yet",
+    }
+    text = write_report(scan.records, tmp_path / "out", plots=False, ignored=scan.ignored)["text"]
+    flat = " ".join(text.split())
+    assert "L2BN vs BN (resnet20, 1 seed(s) paired: 122)" in flat
+    assert "left out: seed 121: no L2BN run" in flat and "seed 999: no BN run" in flat
+    assert f"{damaged}: not read: its files disagree on the seed" in flat
+    assert f"{started}: not read: no finished epoch yet" in flat
+    # the report reads fingerprint.json as identity.py writes it
+    from l2bn.experiments.identity import fingerprint
+
+    assert _fingerprint({"seed": 1, "lr": 0.1}) == fingerprint({"seed": 1, "lr": 0.1})
+
+
+def test_report_command_finds_a_run_dir_of_any_name(tmp_path: Path, capsys) -> None:
+    from l2bn.cli import main
+
+    root = tmp_path / "runs"
+    _write_recorded_run(root / "x" / "bn-run", "bn", 121)
+    _write_recorded_run(root / "x" / "l2bn-run", "l2bn", 121)
+    assert main(["report", str(root), "--no-plots"]) == 0
+    assert "L2BN vs BN (resnet20, 1 seed(s) paired: 121)" in capsys.readouterr().out
+
+
+def test_unfinished_runs_are_named_not_compared(tmp_path: Path, capsys) -> None:
+    """L2BN seed 123 killed after epoch 1 of 3: not tested against BN's epoch 3; the tests
+    pair the finished seeds, the report names the unfinished run, report.csv carries the
+    epochs summarized and every run's status."""
+    from l2bn.cli import main
+
+    root = tmp_path / "runs"
+    for seed in SEEDS:
+        _write_recorded_run(root / "demo" / "resnet20-bn" / f"seed{seed}", "bn", seed)
+        finished = seed != 123
+        _write_recorded_run(
+            root / "demo" / "resnet20-l2bn" / f"seed{seed}",
+            "l2bn",
+            seed,
+            epochs_done=3 if finished else 1,
+            done=finished,
+        )
+    out = tmp_path / "out"
+    assert main(["report", str(root), "--out", str(out), "--no-plots"]) == 0
+    text = capsys.readouterr().out
+    flat = " ".join(text.split())
+    assert "L2BN vs BN (resnet20, 2 seed(s) paired: 121, 122)" in flat
+    assert "left out: seed 123: L2BN unfinished (1 of 3 epochs)" in flat
+    assert "Runs left out of the table and the tests: L2BN seed 123: unfinished (1 of 3" in flat
+    l2_line = next(line for line in text.splitlines() if line.startswith("resnet20  L2BN"))
+    assert l2_line.split()[2:4] == ["2", "3"]  # seeds, epochs: the finished runs only
+    with open(out / "report.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    summary = [r for r in rows if r["section"] == "summary" and r["quantity"] == "best_acc"]
+    assert [(r["norm"], r["epochs"], r["seeds"]) for r in summary] == [
+        ("bn", "3", "121 122 123"),
+        ("l2bn", "3", "121 122"),
+    ]
+    test = next(r for r in rows if r["section"] == "test" and r["quantity"] == "best_acc")
+    assert (test["epochs"], test["seeds"]) == ("3", "121 122")
+    runs = {(r["norm"], r["seeds"]): r for r in rows if r["section"] == "run"}
+    assert (runs[("l2bn", "123")]["status"], runs[("l2bn", "123")]["epochs"]) == (
+        "unfinished",
+        "1",
+    )
+    assert runs[("bn", "123")]["status"] == "finished"
+
+    # nothing finished at all: an error naming the runs, not a report of partial epochs
+    lone = tmp_path / "lone"
+    _write_recorded_run(lone / "a", "bn", 121, epochs_done=1, done=False)
+    assert main(["report", str(lone), "--no-plots"]) == 1
+    err = capsys.readouterr().err
+    assert "no finished runs to report" in err and "BN seed 121: unfinished (1 of 3" in err
+
+
+def test_diverged_runs_are_shown_as_diverged(tmp_path: Path) -> None:
+    from l2bn.experiments.report import write_report
+    from l2bn.experiments.runs import find_runs
+
+    root = tmp_path / "runs"
+    for seed in SEEDS:
+        _write_recorded_run(root / "bn" / str(seed), "bn", seed)
+        _write_recorded_run(
+            root / "l2bn" / str(seed), "l2bn", seed, diverged_at=2 if seed == 123 else None
+        )
+    result = write_report(find_runs(root), tmp_path / "out", plots=False)
+    text = result["text"]
+    flat = " ".join(text.split())
+    l2_line = next(line for line in text.splitlines() if line.startswith("resnet20  L2BN"))
+    assert "2 (+1 diverged)" in l2_line
+    assert "L2BN seed 123: diverged at epoch 2 (training loss, weights not finite)" in flat
+    assert "paired: 121, 122)" in flat
+    assert "left out: seed 123: L2BN diverged at epoch 2" in flat
+
+    # every L2BN seed diverged: the row says so and nothing is tested
+    for seed in SEEDS:
+        shutil.rmtree(root / "l2bn" / str(seed))
+        _write_recorded_run(root / "l2bn" / str(seed), "l2bn", seed, diverged_at=1)
+    text = write_report(find_runs(root), tmp_path / "out", plots=False)["text"]
+    l2_line = next(line for line in text.splitlines() if line.startswith("resnet20  L2BN"))
+    assert l2_line.split()[2:7] == ["0", "(+3", "diverged)", "-", "diverged"]
+    flat = " ".join(text.split())
+    assert "L2BN vs BN (resnet20): not compared, no seed where both finished" in flat
+    assert "Claims of the paper" not in text

@@ -50,7 +50,7 @@ from l2bn.experiments.stats_tests import (
     paired_test,
     seeds_for_power,
 )
-from l2bn.experiments.summary import VariantSummary
+from l2bn.experiments.summary import VariantSummary, status_text
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,8 @@ class Comparison:
     paper_rows: tuple[paper_tables.PaperRow, paper_tables.PaperRow] | None = None
     # per-epoch key -> [(epoch, result with p_adj over the epochs)]
     epochs: dict[str, list[tuple[int, PairedResult]]] = field(default_factory=dict)
+    # seeds of either arm left out of the pairing, with why ("seed 123: L2BN unfinished ...")
+    left_out: list[str] = field(default_factory=list)
 
     @property
     def family_size(self) -> int:
@@ -211,8 +213,29 @@ def _epoch_tests(
     return epochs
 
 
+def _arm_status(variant: VariantSummary, seed: int) -> str:
+    record = variant.record(seed)
+    if record is None:
+        return f"no {variant.label} run"
+    return f"{variant.label} {status_text(record)}"
+
+
+def left_out_seeds(base: VariantSummary, cand: VariantSummary) -> list[str]:
+    """Every seed of either arm that is not paired, with why: ``seed 123: L2BN unfinished
+    (1 of 2 epochs)``, ``seed 999: no BN run``. Only seeds where both runs finished (and
+    did not diverge) are paired."""
+    paired = set(base.seeds) & set(cand.seeds)
+    every = {r.seed for v in (base, cand) for r in v.records}
+    lines = []
+    for seed in sorted(every - paired):
+        why = [_arm_status(v, seed) for v in (base, cand) if seed not in v.runs]
+        lines.append(f"seed {seed}: {'; '.join(why)}")
+    return lines
+
+
 def compare_variants(base: VariantSummary, cand: VariantSummary) -> Comparison | None:
-    """All quantities of ``cand`` against ``base`` over their common seeds (None: no seed)."""
+    """All quantities of ``cand`` against ``base`` over their common seeds (None: no seed),
+    counting only runs that finished every epoch (``left_out`` names the others)."""
     seeds = sorted(set(base.seeds) & set(cand.seeds))
     if not seeds:
         return None
@@ -261,7 +284,38 @@ def compare_variants(base: VariantSummary, cand: VariantSummary) -> Comparison |
         cand_variant=cand,
         paper_rows=pair,
         epochs=_epoch_tests(base, cand, seeds),
+        left_out=left_out_seeds(base, cand),
     )
+
+
+def uncompared(summaries: list[VariantSummary], comparisons: list[Comparison]) -> list[str]:
+    """Why each variant that has no comparison has none: ``L2BN vs BN (resnet20): not
+    compared, no seed where both finished (seed 999: no BN run; ...)``."""
+    compared = {(c.preset, c.model, c.candidate) for c in comparisons}
+    lines = []
+    by_model: dict[tuple[str, str], list[VariantSummary]] = {}
+    for s in summaries:
+        by_model.setdefault((s.preset, s.model), []).append(s)
+    for (preset, model), variants in by_model.items():
+        baselines = [v for v in variants if v.is_baseline]
+        for other in variants:
+            if baselines and other is baselines[0]:
+                continue
+            if (preset, model, other.label) in compared:
+                continue
+            if not baselines:
+                lines.append(
+                    f"{other.label} ({model}): not compared, no baseline (BN, or placement "
+                    "none) among these runs"
+                )
+                continue
+            base = baselines[0]
+            why = "; ".join(left_out_seeds(base, other)) or "no runs"
+            lines.append(
+                f"{other.label} vs {base.label} ({model}): not compared, no seed where both "
+                f"finished every epoch ({why})"
+            )
+    return lines
 
 
 def compare_to_baseline(summaries: list[VariantSummary]) -> list[Comparison]:

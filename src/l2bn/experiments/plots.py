@@ -6,7 +6,8 @@
 * ``<model>_iir.png``: IIR on training and test data per epoch (Figure 7, supplement Fig. 1).
 
 Every panel draws each norm (BN and L2BN, or the norms compared) as the mean over seeds
-with a band from the lowest to the highest seed. ``marks`` (from the report's per-epoch
+with a band from the lowest to the highest seed, over the variant's finished runs (those
+the report summarizes: no unfinished or diverged run). ``marks`` (from the report's per-epoch
 paired tests) puts a star on a norm's curve at every epoch where its paired difference
 from the baseline is significant after Holm's adjustment over the epochs.
 

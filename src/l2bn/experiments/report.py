@@ -15,14 +15,24 @@ Sections of ``report.txt`` / ``report.md``:
 5. Per-epoch evidence: the epochs at which the paired difference is significant
    (Holm-adjusted over epochs); the figures mark them.
 
+Between the table and the tests: the runs left out (unfinished, diverged, unreadable) and the
+comparisons that could not be made and why.
+
 ``report.csv`` is one long table with a ``section`` column: ``summary`` (one row per
 variant and quantity, with the paper's value where a row matches), ``test`` (one row per
 comparison and quantity: all statistics, verdict, seeds needed, the paper's difference and
-sign agreement) and ``epoch`` (one row per comparison, per-epoch quantity and epoch).
+sign agreement), ``epoch`` (one row per comparison, per-epoch quantity and epoch) and ``run``
+(one row per run or unreadable directory, with its status and epochs). The ``epochs``
+column gives the epoch count of the runs summarized or tested.
 
 Runs of one name and model are reported together only when they differ in the norm, its
 placement and the seed alone (:func:`l2bn.experiments.identity.comparison_settings`);
 otherwise :func:`write_report` refuses, naming the settings that differ.
+
+Like with like: the table and the tests use finished runs only (every planned epoch, a
+``done`` marker), paired by the seed each run recorded. Unfinished runs, runs that
+diverged (:mod:`l2bn.experiments.train`) and directories that could not be read are named
+in the report with why they were left out (``report.csv`` section ``run``).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import csv
 import io
 import math
 import textwrap
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +53,7 @@ from l2bn.experiments.claims import (
     QuantityTest,
     claim_lines,
     compare_to_baseline,
+    uncompared,
 )
 from l2bn.experiments.identity import require_comparable
 from l2bn.experiments.runs import RunRecord
@@ -51,6 +63,8 @@ from l2bn.experiments.summary import (
     NORM_LABELS,
     VariantSummary,
     norm_label,
+    run_status,
+    status_text,
     summarize,
 )
 
@@ -110,6 +124,9 @@ CSV_COLUMNS = (
     "placement",
     "quantity",
     "epoch",
+    "epochs",
+    "status",
+    "run_dir",
     "n",
     "seeds",
     "mean",
@@ -151,15 +168,25 @@ def _signed(value: float, digits: int) -> str:
 
 
 def table_rows(summaries: list[VariantSummary]) -> list[list[str]]:
+    """One row per variant with a finished run; a variant whose every finished run
+    diverged shows ``diverged`` (its runs are named below the table)."""
     rows = []
     for s in summaries:
+        if not s.runs and not s.diverged:
+            continue  # nothing finished: named among the runs left out
         mean, std = s.acc_mean_std()
-        acc = f"{mean:.2f} ± {std:.2f}" if not math.isnan(std) else f"{mean:.2f}"
+        if not s.runs:
+            acc = "diverged"
+        else:
+            acc = f"{mean:.2f} ± {std:.2f}" if not math.isnan(std) else f"{mean:.2f}"
+        seeds = str(len(s.seeds))
+        if s.diverged:
+            seeds += f" (+{len(s.diverged)} diverged)"
         rows.append(
             [
                 s.model,
                 s.label,
-                str(len(s.seeds)),
+                seeds,
                 s.epochs_done(),
                 acc,
                 _fmt(s.final_mean("intra_train"), 2),
@@ -254,6 +281,7 @@ def test_rows(comp: Comparison) -> tuple[list[list[str]], list[str]]:
             notes.append(f"{q.label}: {r.note}")
         if r.wilcoxon_method and r.wilcoxon_method != "exact" and r.n >= 6:
             notes.append(f"{q.label}: Wilcoxon {r.wilcoxon_method}")
+    notes += [f"left out: {line}" for line in comp.left_out]
     if not wilcoxon:
         notes.append(f"Wilcoxon signed-rank: not run with {len(comp.seeds)} pair(s) (needs 6+)")
     elif any(t.result is not None and t.result.wilcoxon_method == "exact" for t in comp.tests):
@@ -396,9 +424,58 @@ def _result_cells(result: Any) -> dict[str, str]:
     }
 
 
-def csv_rows(summaries: list[VariantSummary], comparisons: list[Comparison]) -> list[dict]:
+def _paired_epochs(comp: Comparison) -> str:
+    """Epochs of the runs a comparison pairs (all finished: one number)."""
+    counts = sorted(
+        {
+            len(v.runs[seed].rows)
+            for v in (comp.base_variant, comp.cand_variant)
+            if v is not None
+            for seed in comp.seeds
+            if seed in v.runs
+        }
+    )
+    return "/".join(str(c) for c in counts)
+
+
+def run_rows(
+    summaries: list[VariantSummary], ignored: Iterable[tuple[Path, str]] = ()
+) -> list[dict]:
+    """``report.csv`` rows of section ``run``: every run with its status (``finished``,
+    ``diverged``, ``unfinished``; ``ignored`` for directories that could not be read)."""
     rows: list[dict] = []
     for s in summaries:
+        for record in s.records:
+            rows.append(
+                {
+                    "section": "run",
+                    "preset": s.preset,
+                    "dataset": s.dataset,
+                    "model": s.model,
+                    "variant": s.label,
+                    "norm": s.norm,
+                    "placement": s.placement,
+                    "seeds": str(record.seed),
+                    "epochs": str(len(record.rows)),
+                    "status": run_status(record),
+                    "run_dir": str(record.directory),
+                    "note": status_text(record),
+                }
+            )
+    for directory, why in ignored:
+        rows.append({"section": "run", "status": "ignored", "run_dir": str(directory), "note": why})
+    return rows
+
+
+def csv_rows(
+    summaries: list[VariantSummary],
+    comparisons: list[Comparison],
+    ignored: Iterable[tuple[Path, str]] = (),
+) -> list[dict]:
+    rows: list[dict] = []
+    for s in summaries:
+        if not s.runs and not s.diverged:
+            continue
         paper = paper_tables.find_row(
             s.dataset, s.model, paper_tables.norm_key(s.norm, s.norm_kwargs), s.placement
         )
@@ -413,11 +490,16 @@ def csv_rows(summaries: list[VariantSummary], comparisons: list[Comparison]) -> 
                 "norm": s.norm,
                 "placement": s.placement,
                 "quantity": q.key,
+                "epochs": s.epochs_done(),
                 "n": str(len(s.seeds)),
                 "seeds": " ".join(str(x) for x in s.seeds),
                 "mean": _num(mean),
                 "std": _num(std),
             }
+            if s.diverged:
+                row["note"] = "diverged, left out: seed " + ", ".join(
+                    str(seed) for seed in sorted(s.diverged)
+                )
             if paper is not None:
                 row["paper_table"] = str(paper.table)
                 row["paper_value"] = _num(paper.value(q.paper_key))
@@ -434,6 +516,7 @@ def csv_rows(summaries: list[VariantSummary], comparisons: list[Comparison]) -> 
             "norm": comp.cand_variant.norm if comp.cand_variant else "",
             "placement": comp.cand_variant.placement if comp.cand_variant else "",
             "seeds": " ".join(str(s) for s in comp.seeds),
+            "epochs": _paired_epochs(comp),
         }
         for test in comp.tests:
             agrees = test.sign_agrees
@@ -466,15 +549,17 @@ def csv_rows(summaries: list[VariantSummary], comparisons: list[Comparison]) -> 
                         **_result_cells(result),
                     }
                 )
+    rows += run_rows(summaries, ignored)
     return rows
 
 
 # ---- assembly ----------------------------------------------------------------------------
 
 LEGEND = (
-    "Accuracy: best test accuracy of each run, mean ± sample std over seeds. Angles in "
-    "degrees and IIR (intra/inter) at the final epoch, mean over seeds; class centers from "
-    "training features (supplement A); inter-angle on training data."
+    "Finished runs only (every planned epoch). Accuracy: best test accuracy of each run, "
+    "mean ± sample std over seeds. Angles in degrees and IIR (intra/inter) at the final "
+    "epoch, mean over seeds; class centers from training features (supplement A); "
+    "inter-angle on training data."
 )
 HOW_TO_READ = (
     "How to read the claims: 'supported' = the paper's direction with Holm-adjusted "
@@ -491,7 +576,7 @@ def report_header(summaries: list[VariantSummary]) -> str:
     one was given) and what the numbers come from: dataset and training/test subsets."""
 
     def subsets(s: VariantSummary) -> str:
-        config = next(iter(s.runs.values())).config if s.runs else None
+        config = s.records[0].config if s.records else None
         train = getattr(config, "train_subset", None)
         test = getattr(config, "test_subset", None)
         parts = [f"train subset {train}" if train else "", f"test subset {test}" if test else ""]
@@ -502,10 +587,32 @@ def report_header(summaries: list[VariantSummary]) -> str:
     return f"Experiment: {', '.join(names)}; data: {'; '.join(sources)}"
 
 
+def left_out_lines(
+    summaries: list[VariantSummary], ignored: Iterable[tuple[Path, str]] = ()
+) -> list[str]:
+    """The runs not in the table's means and the tests, each with why: diverged,
+    unfinished, or a directory that could not be read."""
+    lines = []
+    for s in summaries:
+        for seed in sorted(s.diverged):
+            record = s.diverged[seed]
+            lines.append(f"{s.label} seed {seed}: {status_text(record)} [{record.directory}]")
+    for s in summaries:
+        for seed in sorted(s.unfinished):
+            record = s.unfinished[seed]
+            lines.append(f"{s.label} seed {seed}: {status_text(record)} [{record.directory}]")
+    lines += [f"{directory}: not read: {why}" for directory, why in ignored]
+    return lines
+
+
 def build_report(
-    summaries: list[VariantSummary], comparisons: list[Comparison] | None = None
+    summaries: list[VariantSummary],
+    comparisons: list[Comparison] | None = None,
+    ignored: Iterable[tuple[Path, str]] = (),
 ) -> dict[str, str]:
-    """The report as text, markdown and CSV strings (``comparisons``: computed if None)."""
+    """The report as text, markdown and CSV strings (``comparisons``: computed if None;
+    ``ignored``: run directories that could not be read, with why)."""
+    ignored = list(ignored)
     rows = table_rows(summaries)
     if comparisons is None:
         comparisons = compare_to_baseline(summaries)
@@ -513,6 +620,16 @@ def build_report(
     header = report_header(summaries)
     text = [header, format_text_table(rows), "", wrap(LEGEND, 100)]
     markdown = [header, "", format_markdown_table(rows), "", LEGEND]
+    left_out = left_out_lines(summaries, ignored)
+    if left_out:
+        title = "Runs left out of the table and the tests"
+        text += ["", f"{title}:"]
+        text += [wrap(f"  {line}", 100, subsequent_indent="      ") for line in left_out]
+        markdown += ["", f"## {title}", "", *(f"- {line}" for line in left_out)]
+    not_compared = uncompared(summaries, comparisons)
+    if not_compared:
+        text += ["", *(wrap(line, 100, subsequent_indent="  ") for line in not_compared)]
+        markdown += ["", *(f"- {line}" for line in not_compared)]
     if comparisons:
         text += ["", "Tests (candidate - baseline, paired by seed):"]
         markdown += ["", "## Tests (candidate - baseline, paired by seed)"]
@@ -562,7 +679,7 @@ def build_report(
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, restval="", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(csv_rows(summaries, comparisons))
+    writer.writerows(csv_rows(summaries, comparisons, ignored))
     return {
         "txt": "\n".join(text) + "\n",
         "md": "\n".join(markdown) + "\n",
@@ -580,9 +697,16 @@ def significant_epochs(comparisons: list[Comparison]) -> dict[tuple[str, str, st
 
 
 def write_report(
-    records: list[RunRecord], out_dir: str | Path, *, plots: bool = True
+    records: list[RunRecord],
+    out_dir: str | Path,
+    *,
+    plots: bool = True,
+    ignored: Iterable[tuple[Path, str]] = (),
 ) -> dict[str, Any]:
-    """Write report.txt/.md/.csv (and PNG plots) into ``out_dir``; returns paths and text."""
+    """Write report.txt/.md/.csv (and PNG plots) into ``out_dir``; returns paths and text.
+
+    ``ignored``: run directories that could not be read, with why (named in the report)."""
+    ignored = list(ignored)
     if not records:
         raise ValueError("no runs with metrics to report")
     require_comparable(
@@ -590,11 +714,17 @@ def write_report(
         "report each configuration on its own: give each one its own --name (or move its "
         "runs to another folder) and run `l2bn report` on each folder",
     )
+    summaries = summarize(records)  # DuplicateRunError: one run in two directories
+    if not any(s.runs or s.diverged for s in summaries):
+        lines = "; ".join(left_out_lines(summaries, ignored))
+        raise ValueError(
+            f"no finished runs to report ({lines}): finish them (rerun the same `l2bn "
+            "compare`, or `l2bn train --resume`), then report"
+        )
+    comparisons = compare_to_baseline(summaries)
+    texts = build_report(summaries, comparisons, ignored)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summaries = summarize(records)
-    comparisons = compare_to_baseline(summaries)
-    texts = build_report(summaries, comparisons)
     files = []
     for ext, content in texts.items():
         path = out_dir / f"report.{ext}"

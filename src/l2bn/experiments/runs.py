@@ -10,9 +10,10 @@ finished, a ``done`` marker (JSON summary).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.pt"
 DONE_FILE = "done"
+IDENTITY_FILE = "fingerprint.json"
 
 
 def variant_name(config: ExperimentConfig) -> str:
@@ -50,45 +52,179 @@ def write_done(directory: str | Path, summary: dict[str, Any]) -> None:
 
 @dataclass
 class RunRecord:
-    """A run found on disk: where it is, its config, seed and metric rows."""
+    """A run found on disk: where it is, its config, seed and metric rows.
+
+    ``seed`` is the seed the run recorded (``fingerprint.json``, ``config.yaml``, ``done``),
+    never its directory's name. ``identity`` is the identity stored in ``fingerprint.json``
+    (None when the run has none) and ``recorded`` that file's other entries, if any;
+    ``summary`` is the ``done`` marker's JSON (None while unfinished).
+    """
 
     directory: Path
     config: ExperimentConfig
     seed: int
     rows: list[dict[str, Any]]
     done: bool
+    identity: dict[str, Any] | None = None
+    recorded: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] | None = None
 
     @property
     def variant(self) -> str:
         return variant_name(self.config)
 
+    @property
+    def epochs_done(self) -> int:
+        return len(self.rows)
 
-def load_run(directory: str | Path) -> RunRecord | None:
-    """The run saved in ``directory``, or None when it has no config or no metrics yet."""
+    @property
+    def diverged_epoch(self) -> int | None:
+        """The epoch (1-based) at which the run diverged (a non-finite loss, weight or
+        feature; see ``l2bn.experiments.train``), or None."""
+        for index, row in enumerate(self.rows, start=1):
+            if row.get("diverged"):
+                return int(row.get("epoch") or index)
+        return None
+
+    @property
+    def diverged_reason(self) -> str:
+        """What was not finite when the run diverged ("" when it did not)."""
+        epoch = self.diverged_epoch
+        if epoch is None:
+            return ""
+        reason = self.rows[epoch - 1].get("diverged") if epoch <= len(self.rows) else None
+        return reason if isinstance(reason, str) else "not finite"
+
+    def describe(self) -> str:
+        """``resnet20-l2bn seed 123`` (the run's variant and recorded seed)."""
+        return f"{self.variant} seed {self.seed}"
+
+
+@dataclass
+class RunScan:
+    """What a search for runs found: the runs, and the directories left out with why."""
+
+    records: list[RunRecord]
+    ignored: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _fingerprint(identity: dict[str, Any]) -> str:
+    """SHA-256 of the identity's canonical JSON (as ``identity.fingerprint``, which imports
+    this module: the test suite checks the two agree)."""
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _read_json(path: Path) -> tuple[Any, str]:
+    """(the file's JSON or None, a problem or "") for an optional file."""
+    if not path.is_file():
+        return None, ""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), ""
+    except (OSError, ValueError) as err:
+        return None, f"{path.name} is not readable JSON ({err})"
+
+
+# identity fields that say which comparison a run belongs to: fingerprint.json and
+# config.yaml must agree on them
+_WHICH_RUN = ("dataset", "model", "norm", "norm_kwargs", "l2bn_layers", "epochs")
+
+
+def inspect_run_dir(directory: str | Path) -> tuple[RunRecord | None, str]:
+    """The run saved in ``directory`` and ``""``, or None and why it cannot be reported.
+
+    The seed comes from what the run recorded: ``fingerprint.json`` (its identity, when the
+    file is intact), ``config.yaml`` (``seeds``: the run's one seed) and the ``done``
+    marker; they must agree. The directory's name plays no part.
+    """
     from l2bn.experiments.metrics_log import read_metrics
 
     directory = Path(directory)
     config_path = directory / CONFIG_FILE
-    if not config_path.is_file() or not directory.name.startswith("seed"):
-        return None
-    try:
-        seed = int(directory.name[len("seed") :])
-    except ValueError:
-        return None
+    if not config_path.is_file():
+        return None, f"no {CONFIG_FILE}"
+    import yaml
+
     try:
         config = ExperimentConfig.from_yaml(config_path.read_text(encoding="utf-8"))
-    except ValueError as err:  # e.g. a value the config no longer accepts (NaN lr)
-        raise ValueError(f"{config_path}: {err}") from None
+    except (OSError, ValueError, TypeError, yaml.YAMLError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        return None, f"{CONFIG_FILE} is not a valid config ({first})"
+    stored, problem = _read_json(directory / IDENTITY_FILE)
+    if problem:
+        return None, problem
+    identity: dict[str, Any] | None = None
+    recorded: dict[str, Any] = {}
+    if stored is not None:
+        try:
+            identity = dict(stored["identity"])
+            intact = _fingerprint(identity) == stored["fingerprint"]
+        except (KeyError, TypeError, ValueError):
+            intact = False
+        if not intact:
+            return None, f"{IDENTITY_FILE} is damaged (its fingerprint does not match)"
+        recorded = {k: v for k, v in stored.items() if k not in ("identity", "fingerprint")}
+    summary, problem = _read_json(directory / DONE_FILE)
+    if problem:
+        return None, problem
+    if summary is not None and not isinstance(summary, dict):
+        return None, f"{DONE_FILE} is not a JSON object"
+    seeds: dict[str, int] = {}
+    if identity is not None and "seed" in identity:
+        seeds[IDENTITY_FILE] = identity["seed"]
+    if len(config.seeds) == 1:
+        seeds[CONFIG_FILE] = config.seeds[0]
+    if summary is not None and "seed" in summary:
+        seeds[DONE_FILE] = summary["seed"]
+    if not seeds:
+        return None, (
+            f"its seed is not recorded ({CONFIG_FILE} lists seeds "
+            f"{', '.join(str(s) for s in config.seeds)}, and there is no {IDENTITY_FILE})"
+        )
+    if len({json.dumps(v) for v in seeds.values()}) > 1:
+        said = ", ".join(f"{name} {value!r}" for name, value in seeds.items())
+        return None, f"its files disagree on the seed ({said})"
+    seed = next(iter(seeds.values()))
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        return None, f"its recorded seed {seed!r} is not an integer"
+    if identity is not None:
+        saved = config.to_dict()
+        differ = [k for k in _WHICH_RUN if k in identity and identity[k] != saved.get(k)]
+        if differ:
+            said = "; ".join(f"{k}: {identity[k]!r} vs {saved.get(k)!r}" for k in differ)
+            return None, f"{IDENTITY_FILE} and {CONFIG_FILE} disagree ({said})"
     rows = read_metrics(directory / METRICS_FILE)
     if not rows:
-        return None
-    return RunRecord(directory, config, seed, rows, is_done(directory))
+        return None, "no finished epoch yet"
+    done = summary is not None
+    return RunRecord(directory, config, seed, rows, done, identity, recorded, summary), ""
 
 
-def find_runs(root: str | Path) -> list[RunRecord]:
-    """Every run directory under ``root`` (any depth) that has a config and metrics."""
+def load_run(directory: str | Path) -> RunRecord | None:
+    """The run saved in ``directory``, or None when it cannot be reported (no config or no
+    metrics yet, or files that disagree: :func:`inspect_run_dir` says why)."""
+    return inspect_run_dir(directory)[0]
+
+
+def scan_runs(root: str | Path) -> RunScan:
+    """Every run directory under ``root`` (any depth: any folder holding a run's file), and
+    those that cannot be reported, each with the reason."""
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"runs directory {root} does not exist")
-    records = [load_run(path.parent) for path in sorted(root.rglob(CONFIG_FILE))]
-    return [record for record in records if record is not None]
+    markers = (CONFIG_FILE, IDENTITY_FILE, METRICS_FILE, DONE_FILE, CHECKPOINT_FILE)
+    folders = sorted({path.parent for name in markers for path in root.rglob(name)})
+    scan = RunScan([])
+    for folder in folders:
+        record, why = inspect_run_dir(folder)
+        if record is not None:
+            scan.records.append(record)
+        else:
+            scan.ignored.append((folder, why))
+    return scan
+
+
+def find_runs(root: str | Path) -> list[RunRecord]:
+    """Every run directory under ``root`` (any depth) that has a config and metrics
+    (:func:`scan_runs` also says which directories were left out, and why)."""
+    return scan_runs(root).records

@@ -1,5 +1,11 @@
 """Saved runs grouped into variants: every seed of one (preset, model, norm, placement).
 
+Only finished runs enter the statistics: a variant's ``runs`` are its runs that finished
+every planned epoch, ``diverged`` those that stopped as diverged (a non-finite loss, weight
+or feature: :mod:`l2bn.experiments.train`), ``unfinished`` the others (killed, still
+running). Every statistic compares like with like: finished runs of one configuration, at
+their final epoch.
+
 Shared by the report (tables and tests) and the plots, which import this module and never
 each other's.
 """
@@ -12,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from l2bn.experiments.errors import UsageError
 from l2bn.experiments.runs import RunRecord
 
 NORM_LABELS = {
@@ -41,9 +48,41 @@ def norm_label(norm: str, placement: str, norm_kwargs: dict[str, Any] | None = N
     return label
 
 
+FINISHED = "finished"
+DIVERGED = "diverged"
+UNFINISHED = "unfinished"
+
+
+def run_status(record: RunRecord) -> str:
+    """``finished`` (every planned epoch, ``done`` marker), ``diverged`` (stopped as
+    diverged) or ``unfinished`` (killed, still running, or a ``done`` marker without the
+    planned epochs' metrics)."""
+    if record.diverged_epoch is not None and record.done:
+        return DIVERGED
+    if record.done and len(record.rows) >= record.config.epochs:
+        return FINISHED
+    return UNFINISHED
+
+
+def status_text(record: RunRecord) -> str:
+    """``unfinished (1 of 2 epochs)`` / ``diverged at epoch 1 (training loss not finite)``."""
+    status = run_status(record)
+    if status == DIVERGED:
+        return f"diverged at epoch {record.diverged_epoch} ({record.diverged_reason})"
+    if status == UNFINISHED:
+        done = " (its done marker is there: metrics.jsonl lost epochs?)" if record.done else ""
+        return f"unfinished ({len(record.rows)} of {record.config.epochs} epochs){done}"
+    return f"finished ({len(record.rows)} epochs)"
+
+
+class DuplicateRunError(UsageError):
+    """Two run directories hold the same variant and seed: which to pair is ambiguous."""
+
+
 @dataclass
 class VariantSummary:
-    """All seeds of one (preset, model, norm, placement)."""
+    """All seeds of one (preset, model, norm, placement): ``runs`` the finished ones (the
+    statistics use these only), ``diverged`` and ``unfinished`` the others."""
 
     preset: str
     model: str
@@ -53,10 +92,23 @@ class VariantSummary:
     runs: dict[int, RunRecord] = field(default_factory=dict)
     dataset: str = ""
     norm_kwargs: dict[str, Any] = field(default_factory=dict)
+    diverged: dict[int, RunRecord] = field(default_factory=dict)
+    unfinished: dict[int, RunRecord] = field(default_factory=dict)
 
     @property
     def seeds(self) -> list[int]:
+        """The seeds of the finished runs (the ones summarized and tested)."""
         return sorted(self.runs)
+
+    @property
+    def records(self) -> list[RunRecord]:
+        """Every run of the variant, finished or not, by seed."""
+        every = {**self.unfinished, **self.diverged, **self.runs}
+        return [every[seed] for seed in sorted(every)]
+
+    def record(self, seed: int) -> RunRecord | None:
+        """The run of ``seed`` whatever its status, or None."""
+        return self.runs.get(seed) or self.diverged.get(seed) or self.unfinished.get(seed)
 
     @property
     def is_baseline(self) -> bool:
@@ -64,7 +116,7 @@ class VariantSummary:
 
     @property
     def epochs_planned(self) -> int:
-        return max(run.config.epochs for run in self.runs.values())
+        return max(run.config.epochs for run in self.records)
 
     def best_acc(self, seed: int) -> float:
         return max(float(row["test_acc"]) for row in self.runs[seed].rows)
@@ -86,7 +138,10 @@ class VariantSummary:
         return math.nan if value is None else float(value)
 
     def epochs_done(self) -> str:
+        """Epochs of the summarized (finished) runs: ``5``, or ``-`` when there is none."""
         counts = sorted({len(run.rows) for run in self.runs.values()})
+        if not counts:
+            return "-"
         planned = self.epochs_planned
         text = "/".join(str(c) for c in counts)
         return text if counts == [planned] else f"{text} of {planned}"
@@ -107,16 +162,44 @@ class VariantSummary:
         return self.mean_std(key)[0]
 
 
+def variant_key(config: Any) -> tuple[str, ...]:
+    """(name, model, norm with its options, placement): what one table row summarizes."""
+    norm_key = config.norm
+    if config.norm_kwargs:
+        norm_key += "(" + ",".join(f"{k}={v}" for k, v in sorted(config.norm_kwargs.items()))
+        norm_key += ")"
+    return (config.name, config.model, norm_key, config.l2bn_layers)
+
+
+def duplicate_runs(records: Iterable[RunRecord]) -> list[str]:
+    """``"resnet20-l2bn seed 121 (A, B)"`` for every variant and seed held by two or more
+    run directories (empty when each is held once)."""
+    holders: dict[tuple[Any, ...], list[RunRecord]] = {}
+    for record in records:
+        holders.setdefault((*variant_key(record.config), record.seed), []).append(record)
+    return [
+        f"{group[0].describe()} ({', '.join(str(r.directory) for r in group)})"
+        for group in holders.values()
+        if len(group) > 1
+    ]
+
+
 def summarize(records: Iterable[RunRecord]) -> list[VariantSummary]:
-    """Group runs by preset, model, norm and placement (in first-seen order)."""
+    """Group runs by preset, model, norm and placement (in first-seen order); each run goes
+    to its variant's ``runs``, ``diverged`` or ``unfinished`` (:func:`run_status`).
+
+    Raises DuplicateRunError when two directories hold the same variant and seed."""
+    records = list(records)
+    duplicates = duplicate_runs(records)
+    if duplicates:
+        raise DuplicateRunError(
+            f"two run directories hold the same run ({'; '.join(duplicates)}), so which one "
+            "to pair is ambiguous: move one of them out of the folder"
+        )
     groups: dict[tuple[str, ...], VariantSummary] = {}
     for record in records:
         config = record.config
-        norm_key = config.norm
-        if config.norm_kwargs:
-            norm_key += "(" + ",".join(f"{k}={v}" for k, v in sorted(config.norm_kwargs.items()))
-            norm_key += ")"
-        key = (config.name, config.model, norm_key, config.l2bn_layers)
+        key = variant_key(config)
         if key not in groups:
             label = norm_label(config.norm, config.l2bn_layers, config.norm_kwargs)
             groups[key] = VariantSummary(
@@ -128,5 +211,8 @@ def summarize(records: Iterable[RunRecord]) -> list[VariantSummary]:
                 dataset=config.dataset,
                 norm_kwargs=dict(config.norm_kwargs),
             )
-        groups[key].runs[record.seed] = record
+        status = run_status(record)
+        group = groups[key]
+        target = {FINISHED: group.runs, DIVERGED: group.diverged}.get(status, group.unfinished)
+        target[record.seed] = record
     return list(groups.values())

@@ -248,7 +248,7 @@ def _run(args: argparse.Namespace) -> int:
         check_tensorboard,
         check_world_size,
     )
-    from l2bn.experiments.runs import load_run, run_dir
+    from l2bn.experiments.runs import inspect_run_dir, run_dir
 
     started = time.time()
     config, variants = _plan(args)
@@ -314,14 +314,15 @@ def _run(args: argparse.Namespace) -> int:
             _run_sequential(pending, options)
         else:
             _run_parallel(pending, options, min(jobs, len(pending)), say)
-    records = [load_run(d) for _, _, d in runs]
-    records = [r for r in records if r is not None]
+    found = [(Path(d), *inspect_run_dir(d)) for _, _, d in runs]
+    records = [record for _, record, _ in found if record is not None]
+    ignored = [(d, why) for d, record, why in found if record is None and d.exists()]
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     from l2bn.experiments.report import write_report
 
     out = Path(args.out) if args.out else Path(args.runs_dir) / config.name / "report"
-    result = write_report(records, out, plots=not args.no_plots)
+    result = write_report(records, out, plots=not args.no_plots, ignored=ignored)
     print(result["text"], end="")
     print(f"\nReport files: {', '.join(str(p) for p in result['files'])}")
     if result["plots"]:
