@@ -382,3 +382,47 @@ def test_diverged_runs_are_shown_as_diverged(tmp_path: Path) -> None:
     flat = " ".join(text.split())
     assert "L2BN vs BN (resnet20): not compared, no seed where both finished" in flat
     assert "Claims of the paper" not in text
+
+
+def test_report_states_the_settings_and_where_runs_differ(tmp_path: Path) -> None:
+    from l2bn.experiments.report import write_report
+    from l2bn.experiments.runs import find_runs
+
+    root = tmp_path / "runs"
+    for seed in SEEDS:
+        _write_recorded_run(
+            root / "bn" / str(seed), "bn", seed, threads=1, identity_extra={"commit": "abc123"}
+        )
+        _write_recorded_run(
+            root / "l2bn" / str(seed),
+            "l2bn",
+            seed,
+            threads=2 if seed == 123 else 1,
+            identity_extra={"commit": "abc123"},
+        )
+    out = tmp_path / "out"
+    text = write_report(find_runs(root), out, plots=False)["text"]
+    flat = " ".join(text.split())
+    assert "lr 0.1, momentum 0.9, nesterov true, weight_decay 0.0005, scheduler cosine" in flat
+    assert "batch_size 128" in flat and "augment none" in flat
+    assert "norm layers: resnet20-bn: norm bn, l2bn_layers all; resnet20-l2bn: norm l2bn" in flat
+    assert "metrics true, metrics_max_samples null" in flat
+    assert "l2bn_version " in flat and "torch_version " in flat and "commit abc123" in flat
+    assert "threads differs (below)" in flat
+    differ = "threads: 1 (resnet20-bn, resnet20-l2bn seed 121, 122) vs 2 (resnet20-l2bn seed 123)"
+    assert differ in flat
+    with open(out / "report.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["section"] == "setting"]
+    threads = [(r["value"], r["variant"]) for r in rows if r["quantity"] == "threads"]
+    assert threads == [
+        ("1", "resnet20-bn, resnet20-l2bn seed 121, 122"),
+        ("2", "resnet20-l2bn seed 123"),
+    ]
+    assert ("lr", "0.1", "") in [(r["quantity"], r["value"], r["variant"]) for r in rows]
+
+    # runs without fingerprint.json (older l2bn): said, not guessed
+    bare = tmp_path / "bare"
+    for norm in ("bn", "l2bn"):
+        _write_run(bare, norm, 121)
+    text = write_report(find_runs(bare), tmp_path / "out2", plots=False)["text"]
+    assert "l2bn_version not recorded" in " ".join(text.split())

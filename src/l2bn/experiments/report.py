@@ -15,15 +15,15 @@ Sections of ``report.txt`` / ``report.md``:
 5. Per-epoch evidence: the epochs at which the paired difference is significant
    (Holm-adjusted over epochs); the figures mark them.
 
-Between the table and the tests: the runs left out (unfinished, diverged, unreadable) and the
-comparisons that could not be made and why.
+Between the table and the tests: the runs left out (unfinished, diverged, unreadable), the
+comparisons that could not be made and why, and the settings block.
 
 ``report.csv`` is one long table with a ``section`` column: ``summary`` (one row per
 variant and quantity, with the paper's value where a row matches), ``test`` (one row per
 comparison and quantity: all statistics, verdict, seeds needed, the paper's difference and
-sign agreement), ``epoch`` (one row per comparison, per-epoch quantity and epoch) and ``run``
-(one row per run or unreadable directory, with its status and epochs). The ``epochs``
-column gives the epoch count of the runs summarized or tested.
+sign agreement), ``epoch`` (one row per comparison, per-epoch quantity and epoch), ``run``
+(one row per run or unreadable directory, with its status and epochs) and ``setting``. The
+``epochs`` column gives the epoch count of the runs summarized or tested.
 
 Runs of one name and model are reported together only when they differ in the norm, its
 placement and the seed alone (:func:`l2bn.experiments.identity.comparison_settings`);
@@ -32,7 +32,9 @@ otherwise :func:`write_report` refuses, naming the settings that differ.
 Like with like: the table and the tests use finished runs only (every planned epoch, a
 ``done`` marker), paired by the seed each run recorded. Unfinished runs, runs that
 diverged (:mod:`l2bn.experiments.train`) and directories that could not be read are named
-in the report with why they were left out (``report.csv`` section ``run``).
+in the report with why they were left out (``report.csv`` section ``run``). A settings
+block says how the runs were trained and measured (:mod:`report_settings`; ``report.csv``
+section ``setting``).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from l2bn.experiments.claims import (
     uncompared,
 )
 from l2bn.experiments.identity import require_comparable
+from l2bn.experiments.report_settings import settings_csv_rows, settings_lines
 from l2bn.experiments.runs import RunRecord
 from l2bn.experiments.stats_tests import WHY_TESTS, describe_seeds, fmt_p
 from l2bn.experiments.summary import (
@@ -127,6 +130,7 @@ CSV_COLUMNS = (
     "epochs",
     "status",
     "run_dir",
+    "value",
     "n",
     "seeds",
     "mean",
@@ -549,7 +553,9 @@ def csv_rows(
                         **_result_cells(result),
                     }
                 )
+    records = [record for s in summaries for record in s.records]
     rows += run_rows(summaries, ignored)
+    rows += settings_csv_rows(records) if records else []
     return rows
 
 
@@ -630,6 +636,13 @@ def build_report(
     if not_compared:
         text += ["", *(wrap(line, 100, subsequent_indent="  ") for line in not_compared)]
         markdown += ["", *(f"- {line}" for line in not_compared)]
+    records = [record for s in summaries for record in s.records]
+    settings = settings_lines(records)
+    if settings:
+        text += ["", settings[0], *(wrap(line, 100, subsequent_indent="      ") for line in
+                                    settings[1:])]  # fmt: skip
+        markdown += ["", f"## {settings[0].rstrip(':')}", ""]
+        markdown += [f"- {line.strip()}" for line in settings[1:]]
     if comparisons:
         text += ["", "Tests (candidate - baseline, paired by seed):"]
         markdown += ["", "## Tests (candidate - baseline, paired by seed)"]
