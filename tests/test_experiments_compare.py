@@ -205,3 +205,27 @@ def test_compare_reports_diverged_runs(tmp_path: Path, capsys) -> None:
     assert main([*args, "--no-plots"]) == 0
     assert "2 already finished" in capsys.readouterr().err
     assert (bn / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_compare_removes_its_old_report_before_training_again(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Retraining (here with --overwrite at another lr), interrupted: the report folder no
+    longer holds the old report as if it described the runs."""
+    import l2bn.experiments.train
+
+    config = _tiny_config(tmp_path)
+    runs = tmp_path / "runs"
+    args = ["compare", "--config", str(config), "--runs-dir", str(runs), "--jobs", "1"]
+    assert main([*args, "--no-plots", "--quiet"]) == 0
+    report = runs / "tiny" / "report"
+    (report / "mine.txt").write_text("kept")
+    assert (report / "report.txt").is_file()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(l2bn.experiments.train, "train_run", interrupted)
+    assert main([*args, "--no-plots", "--quiet", "--lr", "0.01", "--overwrite"]) == 130
+    capsys.readouterr()
+    assert sorted(p.name for p in report.iterdir()) == ["mine.txt"]

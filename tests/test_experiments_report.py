@@ -426,3 +426,39 @@ def test_report_states_the_settings_and_where_runs_differ(tmp_path: Path) -> Non
         _write_run(bare, norm, 121)
     text = write_report(find_runs(bare), tmp_path / "out2", plots=False)["text"]
     assert "l2bn_version not recorded" in " ".join(text.split())
+
+
+def test_report_folder_holds_only_the_current_report(runs_root: Path, tmp_path: Path) -> None:
+    """Figures of an earlier report that this one does not draw are removed (the manifest
+    lists what a report wrote); files the report never wrote stay."""
+    from l2bn.experiments.report import MANIFEST, clear_report, write_report
+    from l2bn.experiments.runs import find_runs
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "my_notes.txt").write_text("mine")
+    first = write_report(find_runs(runs_root), out, plots=True)
+    assert sorted(p.name for p in first["plots"]) == [
+        "resnet20_accuracy_loss.png",
+        "resnet20_angles.png",
+        "resnet20_iir.png",
+    ]
+    write_report(find_runs(runs_root), out, plots=False)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "my_notes.txt",
+        "report.csv",
+        MANIFEST,
+        "report.md",
+        "report.txt",
+    ]
+    # before runs change (compare retraining), the old report goes
+    assert sorted(clear_report(out)) == ["report.csv", "report.md", "report.txt"]
+    assert [p.name for p in out.iterdir()] == ["my_notes.txt"]
+
+    # a folder from an older l2bn (no manifest): its stray figure is named, not deleted
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "resnet20_angles.png").write_bytes(b"old")
+    with pytest.warns(RuntimeWarning, match=r"resnet20_angles\.png, not written by this report"):
+        write_report(find_runs(runs_root), legacy, plots=False)
+    assert (legacy / "resnet20_angles.png").read_bytes() == b"old"

@@ -35,14 +35,23 @@ diverged (:mod:`l2bn.experiments.train`) and directories that could not be read 
 in the report with why they were left out (``report.csv`` section ``run``). A settings
 block says how the runs were trained and measured (:mod:`report_settings`; ``report.csv``
 section ``setting``).
+
+The report folder holds the current report only: ``report.manifest.json`` lists the files
+the report wrote, and the next report removes those it does not write again (the figures
+of metrics turned off since, say); files the report did not write are never touched.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+import os
+import shutil
+import tempfile
 import textwrap
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -709,6 +718,92 @@ def significant_epochs(comparisons: list[Comparison]) -> dict[tuple[str, str, st
     return marks
 
 
+# ---- the report folder --------------------------------------------------------------------
+
+MANIFEST = "report.manifest.json"
+_TMP_PREFIX = ".report-tmp-"
+# names an earlier report (before the manifest) may have left: report.{txt,md,csv} and the
+# figures <stem>_{accuracy_loss,angles,iir}.png
+_LEGACY_NAMES = ("report.txt", "report.md", "report.csv")
+_LEGACY_FIGURES = ("_accuracy_loss.png", "_angles.png", "_iir.png")
+
+
+def _read_manifest(out_dir: Path) -> list[str] | None:
+    """The file names the previous report wrote here (None: no manifest)."""
+    path = out_dir / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    # plain names only: a manifest never makes us delete outside the folder
+    return [n for n in names if isinstance(n, str) and n and Path(n).name == n and n[0] != "."]
+
+
+def _write_manifest(out_dir: Path, names: Iterable[str]) -> None:
+    path = out_dir / MANIFEST
+    tmp = path.with_name(MANIFEST + ".tmp")
+    payload = {"written_by": "l2bn report", "files": sorted(set(names))}
+    tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _remove(out_dir: Path, names: Iterable[str]) -> None:
+    for name in names:
+        path = out_dir / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+
+
+def clear_report(out_dir: str | Path) -> list[str]:
+    """Remove the files the previous report wrote into ``out_dir`` (by its manifest), e.g.
+    before the runs it describes change; returns their names. Other files stay."""
+    out_dir = Path(out_dir)
+    names = _read_manifest(out_dir)
+    if not names:
+        return []
+    _remove(out_dir, names)
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    return names
+
+
+def _warn_about_legacy_files(out_dir: Path, written: set[str]) -> None:
+    """A folder without manifest (written by an older l2bn) may hold report files this
+    report does not rewrite: said, not deleted (nothing says the harness wrote them)."""
+    stale = sorted(
+        p.name
+        for p in out_dir.iterdir()
+        if p.is_file()
+        and p.name not in written
+        and (p.name in _LEGACY_NAMES or p.name.endswith(_LEGACY_FIGURES))
+    )
+    if stale:
+        warnings.warn(
+            f"{out_dir} holds {', '.join(stale)}, not written by this report (an older "
+            "report's files?); delete them if they are",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _publish(out_dir: Path, staging: Path) -> list[str]:
+    """Move the files written into ``staging`` into ``out_dir`` and remove the previous
+    report's files that were not written again. The manifest always covers every file of
+    either report that may be in the folder, so an interrupted run leaves nothing that the
+    next report would not clear."""
+    previous = _read_manifest(out_dir)
+    names = sorted(p.name for p in staging.iterdir() if p.is_file())
+    if previous is None:
+        _warn_about_legacy_files(out_dir, set(names))
+    _write_manifest(out_dir, [*(previous or []), *names])
+    for name in names:
+        os.replace(staging / name, out_dir / name)
+    _remove(out_dir, [n for n in previous or [] if n not in names and n != MANIFEST])
+    _write_manifest(out_dir, names)
+    return names
+
+
 def write_report(
     records: list[RunRecord],
     out_dir: str | Path,
@@ -718,7 +813,9 @@ def write_report(
 ) -> dict[str, Any]:
     """Write report.txt/.md/.csv (and PNG plots) into ``out_dir``; returns paths and text.
 
-    ``ignored``: run directories that could not be read, with why (named in the report)."""
+    ``ignored``: run directories that could not be read, with why (named in the report).
+    The folder then holds this report's files (and files the report never wrote) only:
+    see the module docstring."""
     ignored = list(ignored)
     if not records:
         raise ValueError("no runs with metrics to report")
@@ -738,14 +835,22 @@ def write_report(
     texts = build_report(summaries, comparisons, ignored)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = []
-    for ext, content in texts.items():
-        path = out_dir / f"report.{ext}"
-        path.write_text(content, encoding="utf-8")
-        files.append(path)
-    images: list[Path] = []
-    if plots:
-        from l2bn.experiments.plots import plot_curves
+    for stale in out_dir.glob(_TMP_PREFIX + "*"):  # left by an interrupted report
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=out_dir))
+    try:
+        for ext, content in texts.items():
+            (staging / f"report.{ext}").write_text(content, encoding="utf-8")
+        if plots:
+            from l2bn.experiments.plots import plot_curves
 
-        images = plot_curves(summaries, out_dir, marks=significant_epochs(comparisons))
+            written = plot_curves(summaries, staging, marks=significant_epochs(comparisons))
+        else:
+            written = []
+        _publish(out_dir, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    files = [out_dir / f"report.{ext}" for ext in texts]
+    images = [out_dir / path.name for path in written]
     return {"text": texts["txt"], "files": files, "plots": images}

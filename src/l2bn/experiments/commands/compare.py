@@ -301,8 +301,15 @@ def _run(args: argparse.Namespace) -> int:
         f"l2bn compare: preset {config.name}, {len(variants)} variant(s) x "
         f"{len(config.seeds)} seed(s) = {len(runs)} run(s); {skipped} already finished"
     )
+    out = Path(args.out) if args.out else Path(args.runs_dir) / config.name / "report"
     if pending:
         _check_data(config)
+        from l2bn.experiments.report import clear_report
+
+        # the runs are about to change: an interrupted compare must not leave the old
+        # report there as if it described them
+        if int(os.environ.get("RANK", "0")) == 0:
+            clear_report(out)
         options = {
             "resume": True,
             "overwrite": args.overwrite,
@@ -321,7 +328,6 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from l2bn.experiments.report import write_report
 
-    out = Path(args.out) if args.out else Path(args.runs_dir) / config.name / "report"
     result = write_report(records, out, plots=not args.no_plots, ignored=ignored)
     print(result["text"], end="")
     print(f"\nReport files: {', '.join(str(p) for p in result['files'])}")
