@@ -462,3 +462,31 @@ def test_report_folder_holds_only_the_current_report(runs_root: Path, tmp_path: 
     with pytest.warns(RuntimeWarning, match=r"resnet20_angles\.png, not written by this report"):
         write_report(find_runs(runs_root), legacy, plots=False)
     assert (legacy / "resnet20_angles.png").read_bytes() == b"old"
+
+
+def test_readme_says_what_the_main_jobs_angle_metrics_are_computed_from() -> None:
+    """The preset's metrics_max_samples caps the training and the test features alike: the
+    README's main job names both counts, not the accuracy's 2,000-image test subset."""
+    from l2bn.experiments.presets import load_preset
+    from l2bn.experiments.report_settings import metrics_samples
+
+    config = load_preset("fmnist-resnet20")
+    described = metrics_samples(config)
+    assert described == (
+        "angles and IIR from the classifier inputs of 1000 training images and 1000 test "
+        "images (fixed, class-balanced subsets)"
+    )
+    full = config.replace(train_subset=None, test_subset=None, metrics_max_samples=500)
+    assert metrics_samples(full) == (
+        "angles and IIR from the classifier inputs of 500 training images (a fixed, "
+        "class-balanced subset) and the first 500 test images (in the test set's order)"
+    )
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    main_job = " ".join(readme[readme.index("## The main job") :].split("\n## ")[0].split())
+    n_train = min(config.train_subset, config.metrics_max_samples)
+    n_test = min(config.test_subset, config.metrics_max_samples)
+    assert "2,000-image test subset; intra-angle" in main_job
+    assert f"from the classifier inputs of {n_train:,} training and {n_test:,} test images" in (
+        main_job
+    )
+    assert "IIR on train and test data, on a fixed 2,000-image test subset" not in main_job
