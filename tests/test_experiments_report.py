@@ -490,3 +490,20 @@ def test_readme_says_what_the_main_jobs_angle_metrics_are_computed_from() -> Non
         main_job
     )
     assert "IIR on train and test data, on a fixed 2,000-image test subset" not in main_job
+
+
+def test_one_run_in_two_directories_is_refused(tmp_path: Path, capsys) -> None:
+    """L2BN seed 121 in two directories (a copy, or two --run-dir): which one to pair with
+    BN seed 121 is ambiguous, so the report stops (exit 2) naming both, and writes nothing."""
+    from l2bn.cli import main
+
+    root = tmp_path / "runs"
+    _write_recorded_run(root / "bn", "bn", 121)
+    _write_recorded_run(root / "l2bn-a", "l2bn", 121)
+    _write_recorded_run(root / "l2bn-b", "l2bn", 121)
+    out = tmp_path / "out"
+    assert main(["report", str(root), "--out", str(out), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "two run directories hold the same run (resnet20-l2bn seed 121" in err
+    assert str(root / "l2bn-a") in err and str(root / "l2bn-b") in err
+    assert not out.exists()
