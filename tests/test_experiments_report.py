@@ -380,7 +380,7 @@ def test_diverged_runs_are_shown_as_diverged(tmp_path: Path) -> None:
     l2_line = next(line for line in text.splitlines() if line.startswith("resnet20  L2BN"))
     assert l2_line.split()[2:7] == ["0", "(+3", "diverged)", "-", "diverged"]
     flat = " ".join(text.split())
-    assert "L2BN vs BN (resnet20): not compared, no seed where both finished" in flat
+    assert "L2BN vs BN (resnet20): not compared, no seed has a finished run of both" in flat
     assert "Claims of the paper" not in text
 
 

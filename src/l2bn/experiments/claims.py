@@ -290,7 +290,7 @@ def compare_variants(base: VariantSummary, cand: VariantSummary) -> Comparison |
 
 def uncompared(summaries: list[VariantSummary], comparisons: list[Comparison]) -> list[str]:
     """Why each variant that has no comparison has none: ``L2BN vs BN (resnet20): not
-    compared, no seed where both finished (seed 999: no BN run; ...)``."""
+    compared, no seed has a finished run of both (seed 999: no BN run; ...)``."""
     compared = {(c.preset, c.model, c.candidate) for c in comparisons}
     lines = []
     by_model: dict[tuple[str, str], list[VariantSummary]] = {}
@@ -312,8 +312,8 @@ def uncompared(summaries: list[VariantSummary], comparisons: list[Comparison]) -
             base = baselines[0]
             why = "; ".join(left_out_seeds(base, other)) or "no runs"
             lines.append(
-                f"{other.label} vs {base.label} ({model}): not compared, no seed where both "
-                f"finished every epoch ({why})"
+                f"{other.label} vs {base.label} ({model}): not compared, no seed has a "
+                f"finished run of both ({why})"
             )
     return lines
 
