@@ -602,6 +602,13 @@ def report_header(summaries: list[VariantSummary]) -> str:
     return f"Experiment: {', '.join(names)}; data: {'; '.join(sources)}"
 
 
+def _wrap_paths(line: str, indent: str) -> str:
+    """Wrap at 100 columns without breaking a directory path at its hyphens or slashes."""
+    return textwrap.fill(
+        line, 100, subsequent_indent=indent, break_on_hyphens=False, break_long_words=False
+    )
+
+
 def left_out_lines(
     summaries: list[VariantSummary], ignored: Iterable[tuple[Path, str]] = ()
 ) -> list[str]:
@@ -639,11 +646,11 @@ def build_report(
     if left_out:
         title = "Runs left out of the table and the tests"
         text += ["", f"{title}:"]
-        text += [wrap(f"  {line}", 100, subsequent_indent="      ") for line in left_out]
+        text += [_wrap_paths(f"  {line}", "      ") for line in left_out]
         markdown += ["", f"## {title}", "", *(f"- {line}" for line in left_out)]
     not_compared = uncompared(summaries, comparisons)
     if not_compared:
-        text += ["", *(wrap(line, 100, subsequent_indent="  ") for line in not_compared)]
+        text += ["", *(_wrap_paths(line, "  ") for line in not_compared)]
         markdown += ["", *(f"- {line}" for line in not_compared)]
     records = [record for s in summaries for record in s.records]
     settings = settings_lines(records)
