@@ -26,17 +26,19 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The operator `name` with the C++ signature Signature, looked up in the dispatcher.
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
 const c10::TypedOperatorHandle<decltype(train_forward)>& train_forward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("l2bn::train_forward", "")
-                             .typed<decltype(train_forward)>();
+  static const auto op = find_op<decltype(train_forward)>("l2bn::train_forward");
   return op;
 }
 
 const c10::TypedOperatorHandle<decltype(train_backward)>& train_backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("l2bn::train_backward", "")
-                             .typed<decltype(train_backward)>();
+  static const auto op = find_op<decltype(train_backward)>("l2bn::train_backward");
   return op;
 }
 
@@ -46,9 +48,7 @@ using GradsSignature = std::tuple<Tensor, Tensor, Tensor>(
 
 // Its kernel is Python's (l2bn/_impl/cpu.py registers it when it loads l2bn._C).
 const c10::TypedOperatorHandle<GradsSignature>& differentiable_grads_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("l2bn::differentiable_train_grads", "")
-                             .typed<GradsSignature>();
+  static const auto op = find_op<GradsSignature>("l2bn::differentiable_train_grads");
   return op;
 }
 
@@ -57,24 +57,18 @@ using EvalGradsSignature = std::tuple<Tensor, Tensor, Tensor>(
     double, double, bool, std::array<bool, 3>);
 
 const c10::TypedOperatorHandle<decltype(eval_forward)>& eval_forward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("l2bn::eval_forward", "")
-                             .typed<decltype(eval_forward)>();
+  static const auto op = find_op<decltype(eval_forward)>("l2bn::eval_forward");
   return op;
 }
 
 const c10::TypedOperatorHandle<decltype(eval_backward)>& eval_backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("l2bn::eval_backward", "")
-                             .typed<decltype(eval_backward)>();
+  static const auto op = find_op<decltype(eval_backward)>("l2bn::eval_backward");
   return op;
 }
 
 // Its kernel is Python's, as differentiable_train_grads'.
 const c10::TypedOperatorHandle<EvalGradsSignature>& differentiable_eval_grads_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("l2bn::differentiable_eval_grads", "")
-                             .typed<EvalGradsSignature>();
+  static const auto op = find_op<EvalGradsSignature>("l2bn::differentiable_eval_grads");
   return op;
 }
 
@@ -259,9 +253,7 @@ Tensor train_autograd(const Tensor& x, const std::optional<Tensor>& weight,
                                 eps, l2_eps, scale);
   }
   at::AutoDispatchBelowADInplaceOrView below;
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("l2bn::train", "")
-                             .typed<decltype(train_autograd)>();
+  static const auto op = find_op<decltype(train_autograd)>("l2bn::train");
   return op.call(x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale);
 }
 
