@@ -352,3 +352,21 @@ def test_runs_without_angle_metrics_test_accuracy_only(tmp_path: Path) -> None:
     rows = list(csv.DictReader(io.StringIO(report["csv"])))
     inter = next(r for r in rows if r["section"] == "test" and r["quantity"] == "inter")
     assert (inter["verdict"], inter["note"]) == ("not measured", "not measured")
+
+
+def test_a_comparison_without_a_paper_claim_says_so_once(tmp_path: Path) -> None:
+    """A norm the paper makes no claim about (here GN against BN): each line says "no paper
+    claim" once, then the test's outcome (it said it twice)."""
+    from l2bn.experiments.claims import claim_line
+
+    root = tmp_path / "runs"
+    for i, seed in enumerate(SEEDS):
+        base = {"test_acc": 80.0 + i, "intra_train": 20.0, "intra_test": 22.0, "inter": 40.0}
+        cand = {**base, "test_acc": base["test_acc"] + 1.0 + 0.1 * NOISE[i]}
+        write_run(root, norm="bn", seed=seed, final=base)
+        write_run(root, norm="gn", seed=seed, final=cand)
+    (comp,) = compare_to_baseline(summarize(find_runs(root)))
+    lines = [claim_line(t, len(SEEDS)) for t in comp.tests]
+    accuracy = next(line for line in lines if "accuracy" in line)
+    assert "no paper claim: significant" in accuracy or "no paper claim: not" in accuracy
+    assert all(line.count("no paper claim") <= 1 for line in lines), lines

@@ -229,3 +229,11 @@ def test_compare_removes_its_old_report_before_training_again(
     assert main([*args, "--no-plots", "--quiet", "--lr", "0.01", "--overwrite"]) == 130
     capsys.readouterr()
     assert sorted(p.name for p in report.iterdir()) == ["mine.txt"]
+
+
+def test_train_command_says_when_its_run_diverged(tmp_path: Path, capsys) -> None:
+    config = _tiny_config(tmp_path, lr="1.0e+30", metrics="false")
+    run = tmp_path / "run"
+    argv = ["train", "--config", str(config), "--norm", "bn", "--seed", "5"]
+    assert main([*argv, "--run-dir", str(run)]) == 0
+    assert "; diverged at epoch 1 (" in capsys.readouterr().err

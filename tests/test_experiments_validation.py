@@ -150,6 +150,19 @@ def test_folders_that_cannot_be_written_are_found_before_any_work(
     assert f"{role} {folder} (its existing parent" in err and "is not writable (" in err
 
 
+def test_report_out_that_cannot_be_written_is_found_before_reading_runs(
+    tmp_path: Path, capsys
+) -> None:
+    """`l2bn report --out /proc/...` is refused with exit 2 before the runs are read (here
+    there are none: reading them first would say so, exit 1)."""
+    if not Path("/proc").is_dir():
+        pytest.skip("no /proc here")
+    (tmp_path / "runs").mkdir()
+    assert main(["report", str(tmp_path / "runs"), "--out", "/proc/l2bn-report"]) == 2
+    err = _one_error_line(capsys, "report")
+    assert "report folder /proc/l2bn-report" in err and "is not writable (" in err
+
+
 def test_the_folder_check_leaves_nothing_behind(tmp_path: Path) -> None:
     from l2bn.experiments.preflight import check_output_dir
 

@@ -379,6 +379,8 @@ def claim_line(test: QuantityTest, n: int) -> str:
     elif test.expected is not None:
         higher = "higher" if test.expected > 0 else "lower"
         what = f"{q.label}: {higher} in {test.expected_source}"
+    elif test.verdict in (NO_CLAIM_SIG, NO_CLAIM_NS):
+        what = q.label  # the verdict says "no paper claim" itself
     else:
         what = f"{q.label}: no paper claim"
     if r is None:

@@ -102,9 +102,11 @@ def _run(args: argparse.Namespace) -> int:
         sync_bn=args.sync_bn,
     )
     if not args.quiet and int(os.environ.get("RANK", "0")) == 0:
-        print(
+        line = (
             f"{directory}: best test accuracy {summary['best_test_acc']:.2f}% "
-            f"at epoch {summary['best_epoch']}",
-            file=sys.stderr,
+            f"at epoch {summary['best_epoch']}"
         )
+        if "diverged_epoch" in summary:
+            line += f"; diverged at epoch {summary['diverged_epoch']} ({summary['diverged']})"
+        print(line, file=sys.stderr)
     return 0
