@@ -89,8 +89,66 @@ struct Running {
   const std::optional<Tensor>& var;
 };
 
-// What backward needs besides the saved tensors, packed in one saved_data entry.
-enum Flag : int64_t { kScale = 1, kHasWeight = 2, kHasBias = 4 };
+// What both backward formulas need besides the saved tensors, kept in saved_data: the
+// scalars, which optional arguments were given (the autograd edges are those of the defined
+// tensor arguments, in order: x, then the weight and the bias when given) and the bias's
+// dtype.
+struct Settings {
+  bool scale, has_weight, has_bias;
+  at::ScalarType bias_dtype;
+  double eps, l2_eps;
+
+  static void save(AutogradContext* ctx, const Tensor& x, const std::optional<Tensor>& weight,
+                   const std::optional<Tensor>& bias, double eps, double l2_eps, bool scale) {
+    ctx->saved_data["flags"] =
+        (scale ? kScale : 0) | (defined(weight) ? kHasWeight : 0) | (defined(bias) ? kHasBias : 0);
+    ctx->saved_data["bias_dtype"] =
+        static_cast<int64_t>(defined(bias) ? bias->scalar_type() : x.scalar_type());
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["l2_eps"] = l2_eps;
+  }
+
+  static Settings load(AutogradContext* ctx) {
+    const int64_t flags = ctx->saved_data["flags"].toInt();
+    return {(flags & kScale) != 0,
+            (flags & kHasWeight) != 0,
+            (flags & kHasBias) != 0,
+            static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt()),
+            ctx->saved_data["eps"].toDouble(),
+            ctx->saved_data["l2_eps"].toDouble()};
+  }
+
+  // Which of (dx, dweight, dbias) this backward is asked for.
+  std::array<bool, 3> needs(AutogradContext* ctx) const {
+    return {ctx->needs_input_grad(0), has_weight && ctx->needs_input_grad(1),
+            has_bias && ctx->needs_input_grad(has_weight ? 2 : 1)};
+  }
+
+  // One gradient per argument of forward (`arguments` of them): the asked-for ones, dweight
+  // in the weight's dtype and dbias in the bias's; none for the running statistics and the
+  // scalars.
+  variable_list gradients(const std::array<bool, 3>& needs, const Tensor& dx,
+                          const Tensor& dweight, const Tensor& dbias, const Tensor& weight,
+                          size_t arguments) const {
+    const auto in = [](const Tensor& t, at::ScalarType dtype) {
+      return t.scalar_type() == dtype ? t : t.to(dtype);
+    };
+    variable_list out(arguments);
+    if (needs[0]) {
+      out[0] = dx;
+    }
+    if (needs[1]) {
+      out[1] = in(dweight, weight.scalar_type());
+    }
+    if (needs[2]) {
+      out[2] = in(dbias, bias_dtype);
+    }
+    return out;
+  }
+
+ private:
+  enum Flag : int64_t { kScale = 1, kHasWeight = 2, kHasBias = 4 };
+};
 
 class TrainFunction : public torch::autograd::Function<TrainFunction> {
  public:
@@ -105,15 +163,7 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
     }();
     ctx->save_for_backward(
         {x, defined(weight) ? *weight : Tensor(), rho, active, x_mean, x_var, mean, invstd});
-    // The autograd edges are those of the defined tensor arguments, in order: x, then the
-    // weight and the bias when given.
-    const int64_t flags =
-        (scale ? kScale : 0) | (defined(weight) ? kHasWeight : 0) | (defined(bias) ? kHasBias : 0);
-    ctx->saved_data["flags"] = flags;
-    ctx->saved_data["bias_dtype"] =
-        static_cast<int64_t>(defined(bias) ? bias->scalar_type() : x.scalar_type());
-    ctx->saved_data["eps"] = eps;
-    ctx->saved_data["l2_eps"] = l2_eps;
+    Settings::save(ctx, x, weight, bias, eps, l2_eps, scale);
     return y;
   }
 
@@ -121,41 +171,24 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor& x = saved[0];
     const Tensor& weight = saved[1];
-    const int64_t flags = ctx->saved_data["flags"].toInt();
-    const bool has_weight = flags & kHasWeight, has_bias = flags & kHasBias;
-    const bool scale = flags & kScale;
-    const auto bias_dtype = static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt());
-    const bool need_dx = ctx->needs_input_grad(0);
-    const bool need_dw = has_weight && ctx->needs_input_grad(1);
-    const bool need_db = has_bias && ctx->needs_input_grad(has_weight ? 2 : 1);
-    const std::optional<Tensor> w = has_weight ? std::optional<Tensor>(weight) : std::nullopt;
+    const Settings settings = Settings::load(ctx);
+    const std::array<bool, 3> needs = settings.needs(ctx);
+    const std::optional<Tensor> w =
+        settings.has_weight ? std::optional<Tensor>(weight) : std::nullopt;
     const Tensor& dy = grads[0];
 
     Tensor dx, dweight, dbias;
     if (at::GradMode::is_enabled()) {
       // create_graph=True: the gradient must itself be differentiable.
       std::tie(dx, dweight, dbias) = differentiable_grads_op().call(
-          dy, x, w, ctx->saved_data["eps"].toDouble(), ctx->saved_data["l2_eps"].toDouble(),
-          scale, {need_dx, need_dw, need_db});
+          dy, x, w, settings.eps, settings.l2_eps, settings.scale, needs);
     } else {
       at::AutoDispatchBelowADInplaceOrView below;
       std::tie(dx, dweight, dbias) =
           train_backward_op().call(dy, x, w, saved[2], saved[3], saved[4], saved[5], saved[6],
-                                   saved[7], scale, need_dx);
+                                   saved[7], settings.scale, needs[0]);
     }
-    if (!need_dx) {
-      dx = Tensor();
-    }
-    if (!need_dw) {
-      dweight = Tensor();
-    }
-    if (!need_db) {
-      dbias = Tensor();
-    } else if (dbias.scalar_type() != bias_dtype) {
-      dbias = dbias.to(bias_dtype);
-    }
-    // One gradient per argument of forward: none for the running statistics and scalars.
-    return {dx, dweight, dbias, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    return settings.gradients(needs, dx, dweight, dbias, weight, 8);
   }
 };
 
@@ -174,54 +207,35 @@ class EvalFunction : public torch::autograd::Function<EvalFunction> {
     }();
     ctx->save_for_backward(
         {x, *running.mean, *running.var, defined(weight) ? *weight : Tensor()});
-    const int64_t flags =
-        (scale ? kScale : 0) | (defined(weight) ? kHasWeight : 0) | (defined(bias) ? kHasBias : 0);
-    ctx->saved_data["flags"] = flags;
-    ctx->saved_data["bias_dtype"] =
-        static_cast<int64_t>(defined(bias) ? bias->scalar_type() : x.scalar_type());
-    ctx->saved_data["eps"] = eps;
-    ctx->saved_data["l2_eps"] = l2_eps;
+    Settings::save(ctx, x, weight, bias, eps, l2_eps, scale);
     return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &running_mean = saved[1], &running_var = saved[2];
-    const int64_t flags = ctx->saved_data["flags"].toInt();
-    const bool has_weight = flags & kHasWeight, has_bias = flags & kHasBias;
-    const bool scale = flags & kScale;
-    const auto bias_dtype = static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt());
-    const std::array<bool, 3> needs{
-        ctx->needs_input_grad(0), has_weight && ctx->needs_input_grad(1),
-        has_bias && ctx->needs_input_grad(has_weight ? 2 : 1)};
-    const variable_list none(7);
+    const Tensor& weight = saved[3];
+    const Settings settings = Settings::load(ctx);
+    const std::array<bool, 3> needs = settings.needs(ctx);
     if (!needs[0] && !needs[1] && !needs[2]) {
-      return none;
+      return variable_list(7);
     }
-    const std::optional<Tensor> w = has_weight ? std::optional<Tensor>(saved[3]) : std::nullopt;
-    const double eps = ctx->saved_data["eps"].toDouble();
-    const double l2_eps = ctx->saved_data["l2_eps"].toDouble();
+    const std::optional<Tensor> w =
+        settings.has_weight ? std::optional<Tensor>(weight) : std::nullopt;
     const Tensor& dy = grads[0];
     Tensor dx, dweight, dbias;
     if (at::GradMode::is_enabled() || batched(dy)) {
       std::tie(dx, dweight, dbias) = differentiable_eval_grads_op().call(
-          dy, x, running_mean, running_var, w, eps, l2_eps, scale, needs);
+          dy, x, running_mean, running_var, w, settings.eps, settings.l2_eps, settings.scale,
+          needs);
     } else {
       at::AutoDispatchBelowADInplaceOrView below;
       std::tie(dx, dweight, dbias) = eval_backward_op().call(
-          dy, x, running_mean, running_var, w, eps, l2_eps, scale, needs);
+          dy, x, running_mean, running_var, w, settings.eps, settings.l2_eps, settings.scale,
+          needs);
     }
-    variable_list out = none;
-    if (needs[0]) {
-      out[0] = dx;
-    }
-    if (needs[1]) {
-      out[1] = dweight.scalar_type() == w->scalar_type() ? dweight : dweight.to(w->scalar_type());
-    }
-    if (needs[2]) {
-      out[2] = dbias.scalar_type() == bias_dtype ? dbias : dbias.to(bias_dtype);
-    }
-    return out;
+    // dweight and dbias come in float64 (eval_backward) or the accumulation dtype.
+    return settings.gradients(needs, dx, dweight, dbias, weight, 7);
   }
 };
 
