@@ -451,6 +451,18 @@ def _paired_epochs(comp: Comparison) -> str:
     return "/".join(str(c) for c in counts)
 
 
+def _variant_columns(s: VariantSummary) -> dict[str, str]:
+    """The ``report.csv`` columns that name a variant."""
+    return {
+        "preset": s.preset,
+        "dataset": s.dataset,
+        "model": s.model,
+        "variant": s.label,
+        "norm": s.norm,
+        "placement": s.placement,
+    }
+
+
 def run_rows(
     summaries: list[VariantSummary], ignored: Iterable[tuple[Path, str]] = ()
 ) -> list[dict]:
@@ -462,12 +474,7 @@ def run_rows(
             rows.append(
                 {
                     "section": "run",
-                    "preset": s.preset,
-                    "dataset": s.dataset,
-                    "model": s.model,
-                    "variant": s.label,
-                    "norm": s.norm,
-                    "placement": s.placement,
+                    **_variant_columns(s),
                     "seeds": str(record.seed),
                     "epochs": str(len(record.rows)),
                     "status": run_status(record),
@@ -496,12 +503,7 @@ def csv_rows(
             mean, std = s.mean_std(q.key)
             row = {
                 "section": "summary",
-                "preset": s.preset,
-                "dataset": s.dataset,
-                "model": s.model,
-                "variant": s.label,
-                "norm": s.norm,
-                "placement": s.placement,
+                **_variant_columns(s),
                 "quantity": q.key,
                 "epochs": s.epochs_done(),
                 "n": str(len(s.seeds)),
