@@ -371,10 +371,15 @@ def grad_combine(
     ``out`` (the buffer returned by :func:`grad_sums`) is overwritten when given.
     """
     shape = coeff_shape(x)
-    if not _fast(dy, x) and _widened_on_cpu(x, p.dtype):
+    fast = _fast(dy, x)
+    # Computed in p's dtype, x and dy promoted: narrower CPU input off the fast path, and on
+    # it, q ~ 1 / rho^2 of samples of huge norm (float32 values past about 1e19), which
+    # x's dtype would flush.
+    widened = _widened_on_cpu(x, p.dtype) if not fast else p.dtype != x.dtype
+    if widened and (not fast or _underflows(q, x.dtype)):
         dx = torch.addcmul(r.view(shape), x, q.view(shape))  # promoted to p's dtype
         return dx.addcmul_(dy, p.view(shape)).to(x.dtype)
-    if not _fast(dy, x):
+    if not fast:
         # Generic: the x term first, ``q * x + r`` (computed in the accumulation dtype from
         # the exact input, rounded once to x's dtype): q and r nearly cancel under large
         # channel offsets, and only their sum, as small as the input's spread, is rounded;
@@ -384,11 +389,6 @@ def grad_combine(
         torch.addcmul(r.view(shape), x, q.view(shape), out=out)
         return out.addcmul_(dy, p.view(shape))
     if p.dtype != x.dtype:
-        if _underflows(q, x.dtype):
-            # q ~ 1 / rho^2 of samples of huge norm (float32 values past about 1e19) would
-            # lose its bits in x's dtype: the widened formula above, in q's dtype.
-            dx = torch.addcmul(r.view(shape), x, q.view(shape))
-            return dx.addcmul_(dy, p.view(shape)).to(x.dtype)
         p, q, r = p.to(x.dtype), q.to(x.dtype), r.to(x.dtype)
     qs = q.reshape(shape)
     if out is None or _fast(out):

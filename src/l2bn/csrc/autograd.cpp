@@ -82,8 +82,8 @@ bool batched(const Tensor& t) {
                                                   c10::DispatchKey::Batched}));
 }
 
-// The running statistics, passed to TrainFunction as one non-tensor argument: they take
-// no gradient, so they get no autograd edge and no input metadata.
+// The running statistics, passed to TrainFunction and EvalFunction as one non-tensor
+// argument: they take no gradient, so they get no autograd edge and no input metadata.
 struct Running {
   const std::optional<Tensor>& mean;
   const std::optional<Tensor>& var;
