@@ -38,6 +38,8 @@ CASES = {
     "--set norm in compare": (["compare", "--set", "norm=ln"], "--set norm: compare trains"),
     "seed listed twice": (["compare", "--seeds", "121,121", "--jobs", "2"], "seed 121 listed"),
     "seed twice in train": (["train", "--seeds", "7,7"], "seed 7 listed twice"),
+    # --overwrite deletes what --resume would continue: neither may silently win
+    "--resume with --overwrite": (["train", "--resume", "--overwrite"], "either --resume (cont"),
     "norm listed twice": (["compare", "--norms", "bn,l2bn,BN"], "'BN' listed twice"),
     "negative --jobs": (["compare", "--jobs", "-1"], "--jobs: expected 0 (auto) or a positive"),
     # names are case-sensitive: BN would train into resnet20-BN, a variant apart from bn

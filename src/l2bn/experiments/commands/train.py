@@ -73,6 +73,11 @@ def _run(args: argparse.Namespace) -> int:
     from l2bn.experiments.runs import run_dir
     from l2bn.experiments.train import train_run
 
+    if args.resume and args.overwrite:
+        raise UsageError(
+            "pass either --resume (continue the unfinished run) or --overwrite (delete it "
+            "and train afresh), not both"
+        )
     config = resolve_config(args)
     seed = _chosen_seed(args, config.seeds)
     if args.seed is not None:
