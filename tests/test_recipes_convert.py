@@ -87,6 +87,27 @@ def test_lazy_batchnorm_becomes_lazy_l2bn_and_stays_l2bn_after_first_forward():
     assert type(lazy[0]) is nn.LazyBatchNorm2d
 
 
+def test_lazy_l2bn_takes_num_features_where_torch_leaves_it_zero():
+    # torch's _LazyNormBase sets num_features only while a tensor is uninitialized: a lazy
+    # layer without parameters or buffers, or one whose tensors load_state_dict has
+    # materialized, kept num_features == 0, which BatchNorm ignores and L2BN refused.
+    x = torch.randn(4, 3, 5, 5) * torch.logspace(-1, 1, 4).view(-1, 1, 1, 1)
+    bare = l2bn.LazyL2BatchNorm2d(affine=False, track_running_stats=False, l2_eps=1e-6)
+    y = bare(x)
+    assert type(bare) is L2BatchNorm2d and bare.num_features == 3
+    torch.testing.assert_close(y, L2BatchNorm2d(3, affine=False, l2_eps=1e-6)(x))
+    assert (y - nn.functional.batch_norm(x, None, None, training=True)).abs().max() > 0.1
+
+    source = _randomize(L2BatchNorm2d(3)).eval()
+    loaded = LazyL2BatchNorm2d()
+    loaded.load_state_dict(source.state_dict())
+    loaded.eval()
+    torch.testing.assert_close(loaded(x), source(x))
+    assert type(loaded) is L2BatchNorm2d and loaded.num_features == 3
+    with pytest.raises(ValueError, match="expected input with 3 channels"):
+        loaded(torch.randn(4, 5, 5, 5))  # the loaded tensors' size, not the input's
+
+
 def test_timm_norm_act_layers_keep_activation_and_drop():
     timm = import_timm()
     drop = nn.Dropout(0.0)

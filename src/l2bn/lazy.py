@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import Tensor
 from torch.nn.modules.batchnorm import _LazyNormBase
 
 from l2bn.functional import DEFAULT_L2_EPS, checked_l2_eps
@@ -39,6 +40,22 @@ class _LazyL2Init:
         )
         self.l2_eps = checked_l2_eps(l2_eps)
         self.scale = bool(scale)
+
+    def initialize_parameters(self, input: Tensor) -> None:
+        """torch's initialization, then ``num_features`` where torch leaves it 0.
+
+        torch sets ``num_features = C`` (``input`` of shape ``(N, C, *)``) only while a
+        tensor is uninitialized: not for a layer without any (``affine=False,
+        track_running_stats=False``), nor for one whose tensors ``load_state_dict``
+        materialized. BatchNorm ignores ``num_features``; the L2BN layers check the input's
+        channels against it. It is then the loaded tensors' size (the forward rejects an
+        input with another channel count), else ``C``.
+        """
+        super().initialize_parameters(input)  # type: ignore[misc]
+        if self.num_features == 0:
+            tensors = (self.weight, self.bias, self.running_mean, self.running_var)
+            loaded = next((t for t in tensors if t is not None), None)
+            self.num_features = input.shape[1] if loaded is None else loaded.shape[0]
 
 
 class LazyL2BatchNorm1d(_LazyL2Init, _LazyNormBase, L2BatchNorm1d):
