@@ -52,6 +52,29 @@ def test_param_groups_options():
     assert id(model[7].weight) not in decay | {id(p) for p in groups[1]["params"]}
 
 
+def test_param_groups_keep_a_parametrized_norm_weight_without_decay():
+    # torch.nn.utils.parametrize moves a weight to <layer>.parametrizations.weight.original,
+    # a parameter of a child module: it must stay in the norm layer's group.
+    from torch.nn.utils import parametrize
+
+    class Softplus(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return nn.functional.softplus(w)
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), l2bn.L2BatchNorm2d(4), nn.Linear(4, 2))
+    parametrize.register_parametrization(model[1], "weight", Softplus())
+    parametrize.register_parametrization(model[2], "bias", Softplus())
+    groups = l2bn.param_groups(model, 5e-4)
+    decay, no_decay = ({id(p) for p in g["params"]} for g in groups)
+    norm_weight = model[1].parametrizations.weight.original
+    linear_bias = model[2].parametrizations.bias.original
+    assert id(norm_weight) in no_decay and id(linear_bias) in no_decay
+    assert decay == {id(model[0].weight), id(model[2].weight)}
+    named = l2bn.param_groups(model, 5e-4, no_decay_names={"2.weight"}, bias_decay=True)
+    conv = model[0]
+    assert {id(p) for p in named[0]["params"]} == {id(conv.weight), id(conv.bias), id(linear_bias)}
+
+
 def test_timm_weight_decay_groups_reach_l2bn():
     import_timm()
     from timm.optim import param_groups_weight_decay

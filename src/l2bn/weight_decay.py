@@ -9,11 +9,12 @@ its base class (README, "Using L2BN with DDP, timm, torchvision, fusion and free
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.utils import parametrize
 
 from l2bn.kinds import L2BN_TYPES
 
@@ -32,6 +33,19 @@ def is_norm_layer(module: nn.Module, extra: tuple[type[nn.Module], ...] = ()) ->
     """A norm layer: an instance of :data:`NORM_TYPES` (or ``extra``), or any module whose
     class name contains ``Norm`` (the norms of timm, of :mod:`l2bn.norms`, ...)."""
     return isinstance(module, (*NORM_TYPES, *extra)) or "Norm" in type(module).__name__
+
+
+def _own_parameters(module: nn.Module) -> Iterator[tuple[str, str, nn.Parameter]]:
+    """``(tensor name, path under module, parameter)`` for the parameters that hold
+    ``module``'s own tensors: its direct parameters and, for a tensor that
+    ``torch.nn.utils.parametrize`` computes, the stored ``original`` (``original0``, ...)
+    under ``parametrizations.<name>``, which is a child module's parameter."""
+    for name, param in module.named_parameters(recurse=False):
+        yield name, name, param
+    if parametrize.is_parametrized(module):
+        for tensor, stored in module.parametrizations.items():
+            for name, param in stored.named_parameters(recurse=False):
+                yield tensor, f"parametrizations.{tensor}.{name}", param
 
 
 def param_groups(
@@ -59,13 +73,14 @@ def param_groups(
     seen: set[int] = set()
     for module_name, module in model.named_modules():
         norm = is_norm_layer(module, extra)
-        for name, param in module.named_parameters(recurse=False):
+        prefix = f"{module_name}." if module_name else ""
+        for name, path, param in _own_parameters(module):
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            qualified = f"{module_name}.{name}" if module_name else name
+            named = prefix + name in names or prefix + path in names
             is_bias = name == "bias" and not bias_decay
-            (no_decay if norm or is_bias or qualified in names else decay).append(param)
+            (no_decay if norm or is_bias or named else decay).append(param)
     groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
