@@ -233,3 +233,31 @@ def test_huge_finite_float32_features_give_the_float64_angles(magnitude) -> None
         broken[3, 2] = bad
         with pytest.raises(ValueError, match="NaN or inf"):
             angle_metrics(broken, y)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "magnitude"),
+    [
+        (torch.float32, 1e-20),
+        (torch.float32, 1e-24),
+        (torch.float32, 1e-40),
+        (torch.bfloat16, 1e-30),
+        (torch.float64, 1e-170),
+    ],
+)
+def test_tiny_nonzero_features_keep_their_angles(dtype, magnitude) -> None:
+    """Angles are scale-invariant: rows whose squared norm underflows (values ~1e-24 in
+    float32) still have a direction; they are neither zero vectors nor distorted."""
+    torch.manual_seed(0)
+    x = torch.randn(40, 16, dtype=torch.float64) + 2 * torch.randn(4, 16).double().repeat(10, 1)
+    y = torch.arange(4).repeat(10)
+    x[::3] *= magnitude  # some rows tiny, the others at scale 1
+    small = x.to(dtype)
+    assert bool((small[::3] != 0).any(dim=1).all())
+    exact = small.double()
+    rescaled = exact / exact.abs().amax(dim=1, keepdim=True)  # same directions, no underflow
+    want = angle_metrics(rescaled, y)
+    got = angle_metrics(small, y)
+    for key, value in want.items():
+        assert math.isclose(got[key], value, rel_tol=1e-5), (key, got[key], value)
+    torch.testing.assert_close(class_centers(small, y, 4), class_centers(rescaled, y, 4))

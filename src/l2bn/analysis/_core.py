@@ -49,23 +49,34 @@ def chunk_rows(num_features: int, elements: int) -> int:
 
 
 def finite_rows(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``(x', norms)``: the rows of ``x`` and their Euclidean norms, rows whose norm
-    overflows (finite values of magnitude ~1e20 in float32) divided first by their largest
-    absolute value. Angles and unit vectors are scale-invariant, so ``x'`` stands for ``x``.
+    """``(x', norms)``: the rows of ``x`` (``(m, d)``, float32 or float64) and their
+    Euclidean norms, rows whose norm overflows (finite values of magnitude ~1e20 in
+    float32) or underflows (non-zero values of magnitude ~1e-24 in float32, ~1e-170 in
+    float64, whose squares are subnormal or 0) divided first by their largest absolute
+    value. Angles and unit vectors are scale-invariant, so ``x'`` stands for ``x``; a row
+    gets norm 0 only when all its values are 0.
 
     Raises:
         ValueError: a row holds NaN or inf.
     """
     norms = torch.linalg.vector_norm(x, dim=1)
-    overflow = ~torch.isfinite(norms)
-    if not bool(overflow.any()):
+    rescale = ~torch.isfinite(norms) | (norms < _min_exact_norm(x.dtype))
+    if not bool(rescale.any()):
         return x, norms
     peak = x.abs().amax(dim=1)
     if not bool(torch.isfinite(peak).all()):
         bad = torch.nonzero(~torch.isfinite(peak)).flatten()[:5].tolist()
         raise ValueError(f"l2bn.analysis: features contain NaN or inf (e.g. rows {bad})")
-    x = x / torch.where(overflow, peak, 1.0).unsqueeze(1)
+    x = x / torch.where(rescale & (peak > 0), peak, 1.0).unsqueeze(1)
     return x, torch.linalg.vector_norm(x, dim=1)
+
+
+def _min_exact_norm(dtype: torch.dtype) -> float:
+    """Smallest norm computed to full precision: from ``sqrt(tiny) / eps`` up, the squares
+    that underflow (values below ``sqrt(tiny)``) add less than ``eps**2`` to the norm's
+    square (9e-13 in float32, 7e-139 in float64)."""
+    info = torch.finfo(dtype)
+    return math.sqrt(info.tiny) / info.eps
 
 
 def center_sums(
