@@ -84,6 +84,20 @@ def test_given_centers_are_used_for_intra_and_inter() -> None:
     assert own["intra_angle"] != pytest.approx(m["intra_angle"], abs=1.0)
 
 
+@pytest.mark.parametrize("magnitude", [1e-170, 1e-300, 1e300])
+def test_given_centers_of_any_scale_keep_their_direction(magnitude) -> None:
+    """A given center's scale does not matter (eqs. 2-3 use its direction): a center of
+    norm 1e-170 in float64 (square 0) still counts in the inter-angle."""
+    centers = at_angles([0.0, 90.0, 225.0])
+    test = at_angles([30.0, 80.0])
+    y = torch.tensor([0, 1])
+    want = angle_metrics(test, y, centers=centers)
+    assert want["inter_angle"] == pytest.approx(105.0, abs=1e-9)  # 90, 90, 135
+    scaled = centers.clone()
+    scaled[2] *= magnitude
+    assert angle_metrics(test, y, centers=scaled) == pytest.approx(want, rel=1e-12)
+
+
 def test_train_test_metrics_follow_section_4_1() -> None:
     train = at_angles(KNOWN_DEGREES, KNOWN_NORMS)
     # Test samples at 5, 95 and 200 + 40 degrees: 5, 5 and 40 from the training centers;

@@ -139,13 +139,13 @@ def unit_centers(sums: Tensor, counts: Tensor) -> Tensor:
 def center_directions(centers: Tensor) -> tuple[Tensor, Tensor]:
     """Unit centers in float64 and the mask of classes that have a direction.
 
-    A class has a direction when its center is finite with a non-zero norm; rows of
-    classes without one are zero.
+    A class has a direction when its center is finite and not all zero, whatever its
+    scale (norms that overflow or underflow float64 are rescaled, see
+    :func:`finite_rows`); rows of classes without one are zero.
     """
     c = centers.to(accumulation_device(centers.device), ACCUMULATION_DTYPE)
     finite = torch.isfinite(c).all(dim=1)
-    c = torch.where(finite.unsqueeze(1), c, 0.0)
-    norms = torch.linalg.vector_norm(c, dim=1)
+    c, norms = finite_rows(torch.where(finite.unsqueeze(1), c, 0.0))
     valid = finite & (norms > 0)
     unit = c / torch.where(valid, norms, 1.0).unsqueeze(1)
     return unit, valid
