@@ -108,3 +108,14 @@ def test_bad_geometry_input() -> None:
         simulate_intra_class((1.0, 0.0), (1.0,), FIGURE5_OTHERS, "bn")
     with pytest.raises(ValueError, match="zero row"):
         min_pairwise_angle(torch.tensor([[0.0, 0.0], [1.0, 0.0]]))
+
+
+@pytest.mark.parametrize("scale", [1e-170, 1e-300, 1e160, 1e300])
+def test_min_pairwise_angle_does_not_depend_on_the_scale(scale) -> None:
+    """Rows whose float64 norm would underflow or overflow keep their angles (45, 90, 135
+    degrees apart), instead of becoming 'zero rows' or angles of 0."""
+    pts = torch.tensor([[1.0, 0.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)
+    assert min_pairwise_angle(pts * scale) == pytest.approx(45.0, abs=1e-9)
+    mixed = pts.clone()
+    mixed[1] *= scale
+    assert min_pairwise_angle(mixed) == pytest.approx(45.0, abs=1e-9)

@@ -79,8 +79,15 @@ class IntraClassResult:
 
 
 def pairwise_angles(points: Tensor) -> Tensor:
-    """``(N, N)`` angles in degrees between the rows of ``points`` (float64)."""
+    """``(N, N)`` angles in degrees between the rows of ``points`` (float64).
+
+    Each row is divided by its largest absolute value first (angles are scale-invariant),
+    so rows of any finite scale (1e-300, 1e300) keep their angles; a NaN or inf value
+    gives NaN angles. Raises ValueError for an all-zero row.
+    """
     p = _as_rows(points, "points")
+    peak = p.abs().amax(dim=1, keepdim=True) if p.shape[1] else p.new_zeros(p.shape[0], 1)
+    p = p / torch.where(peak > 0, peak, 1.0)
     norms = torch.linalg.vector_norm(p, dim=1)
     if bool((norms == 0).any()):
         raise ValueError("l2bn.analysis: a zero row has no direction, its angles are undefined")
