@@ -119,3 +119,18 @@ def test_min_pairwise_angle_does_not_depend_on_the_scale(scale) -> None:
     mixed = pts.clone()
     mixed[1] *= scale
     assert min_pairwise_angle(mixed) == pytest.approx(45.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1e-13, 1e-200, 1e200])
+def test_intra_class_direction_scale_does_not_matter(scale) -> None:
+    """Figure 5's members have the norms asked for, whatever the direction's length: a
+    direction of norm 1e-13 gave members 10 times shorter (F.normalize's eps)."""
+    want = simulate_intra_class((1.0, 0.0), (0.8, 1.8), FIGURE5_OTHERS, "bn")
+    got = simulate_intra_class((scale, 0.0), (0.8, 1.8), FIGURE5_OTHERS, "bn")
+    torch.testing.assert_close(got.points_before, want.points_before)
+    assert got.spread_after == pytest.approx(want.spread_after, abs=1e-9)
+
+
+def test_intra_class_direction_must_be_finite() -> None:
+    with pytest.raises(ValueError, match="finite"):
+        simulate_intra_class((math.nan, 1.0), (0.8, 1.8), FIGURE5_OTHERS, "bn")

@@ -85,9 +85,7 @@ def pairwise_angles(points: Tensor) -> Tensor:
     so rows of any finite scale (1e-300, 1e300) keep their angles; a NaN or inf value
     gives NaN angles. Raises ValueError for an all-zero row.
     """
-    p = _as_rows(points, "points")
-    peak = p.abs().amax(dim=1, keepdim=True) if p.shape[1] else p.new_zeros(p.shape[0], 1)
-    p = p / torch.where(peak > 0, peak, 1.0)
+    p = _peak_scaled(_as_rows(points, "points"))
     norms = torch.linalg.vector_norm(p, dim=1)
     if bool((norms == 0).any()):
         raise ValueError("l2bn.analysis: a zero row has no direction, its angles are undefined")
@@ -152,18 +150,22 @@ def simulate_intra_class(
 ) -> IntraClassResult:
     """Figure 5: same-direction vectors of different norms through one BN or L2BN layer.
 
-    The batch holds ``norms[i] * direction`` (the class members, first rows) followed by
-    the rows of ``others`` (other classes). After BN the members point different ways;
-    after L2BN they stay aligned, since l2 normalization makes them identical.
+    The batch holds ``norms[i] * u`` with ``u`` the unit vector of ``direction`` (any
+    finite, non-zero length; the class members, first rows) followed by the rows of
+    ``others`` (other classes). After BN the members point different ways; after L2BN
+    they stay aligned, since l2 normalization makes them identical. Raises ValueError
+    for a zero or non-finite ``direction`` or fewer than two positive ``norms``.
     """
     _check_norm(norm)
     d = torch.as_tensor(direction, dtype=torch.float64).flatten()
     scales = torch.as_tensor(norms, dtype=torch.float64).flatten()
     if scales.numel() < 2 or bool((scales <= 0).any()):
         raise ValueError("l2bn.analysis: norms must hold at least two positive values")
-    if float(torch.linalg.vector_norm(d)) == 0.0:
-        raise ValueError("l2bn.analysis: direction must be a non-zero vector")
-    members = scales.unsqueeze(1) * F.normalize(d, dim=0).unsqueeze(0)
+    d = _peak_scaled(d.unsqueeze(0)).squeeze(0)
+    length = float(torch.linalg.vector_norm(d))
+    if not math.isfinite(length) or length == 0.0:
+        raise ValueError("l2bn.analysis: direction must be a finite, non-zero vector")
+    members = scales.unsqueeze(1) * (d / length).unsqueeze(0)
     rest = torch.as_tensor(others, dtype=torch.float64).reshape(-1, d.numel())
     before = torch.cat([members, rest])
     after = normalize_layer(before, norm, eps)
@@ -183,6 +185,16 @@ def _as_rows(points: Tensor | Sequence[Sequence[float]], name: str) -> Tensor:
     if p.dim() != 2:
         raise ValueError(f"l2bn.analysis: {name} must be 2-D (rows, dims), got {tuple(p.shape)}")
     return p
+
+
+def _peak_scaled(rows: Tensor) -> Tensor:
+    """``rows`` ``(N, D)`` each divided by its largest absolute value (all-zero rows kept),
+    so that their norms neither overflow nor underflow; directions are unchanged, NaN and
+    inf give NaN rows."""
+    if rows.shape[1] == 0:
+        return rows
+    peak = rows.abs().amax(dim=1, keepdim=True)
+    return rows / torch.where(peak > 0, peak, 1.0)
 
 
 def _check_norm(norm: str) -> None:
