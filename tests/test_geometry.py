@@ -134,3 +134,15 @@ def test_intra_class_direction_scale_does_not_matter(scale) -> None:
 def test_intra_class_direction_must_be_finite() -> None:
     with pytest.raises(ValueError, match="finite"):
         simulate_intra_class((math.nan, 1.0), (0.8, 1.8), FIGURE5_OTHERS, "bn")
+
+
+def test_intra_class_others_must_match_the_direction() -> None:
+    """Three 2-D others with a 3-D direction were silently read as two 3-D rows."""
+    with pytest.raises(ValueError, match="others"):
+        simulate_intra_class((1.0, 0.0, 0.0), (0.8, 1.8), FIGURE5_OTHERS, "bn")
+    with pytest.raises(ValueError, match="others"):
+        simulate_intra_class((1.0, 0.0), (0.8, 1.8), ((0.6, 0.2, 1.4, 1.1),), "bn")
+    flat = simulate_intra_class((1.0, 0.0), (0.8, 1.8), (0.6, 0.2), "bn")  # one row
+    assert flat.points_before.shape == (3, 2)
+    alone = simulate_intra_class((1.0, 0.0), (0.8, 1.8), (), "bn")
+    assert alone.points_before.shape == (2, 2)

@@ -166,7 +166,7 @@ def simulate_intra_class(
     if not math.isfinite(length) or length == 0.0:
         raise ValueError("l2bn.analysis: direction must be a finite, non-zero vector")
     members = scales.unsqueeze(1) * (d / length).unsqueeze(0)
-    rest = torch.as_tensor(others, dtype=torch.float64).reshape(-1, d.numel())
+    rest = _other_rows(others, d.numel())
     before = torch.cat([members, rest])
     after = normalize_layer(before, norm, eps)
     k = members.shape[0]
@@ -185,6 +185,24 @@ def _as_rows(points: Tensor | Sequence[Sequence[float]], name: str) -> Tensor:
     if p.dim() != 2:
         raise ValueError(f"l2bn.analysis: {name} must be 2-D (rows, dims), got {tuple(p.shape)}")
     return p
+
+
+def _other_rows(others: Sequence[Sequence[float]] | Tensor, dim: int) -> Tensor:
+    """``others`` as float64 rows ``(M, dim)``: empty, one point ``(dim,)`` or ``(M, dim)``.
+
+    Raises ValueError for points of another dimension than the direction's ``dim``.
+    """
+    rest = torch.as_tensor(others, dtype=torch.float64)
+    if rest.numel() == 0:
+        return rest.reshape(0, dim)
+    if rest.dim() == 1:
+        rest = rest.unsqueeze(0)
+    if rest.dim() != 2 or rest.shape[1] != dim:
+        raise ValueError(
+            f"l2bn.analysis: others must be {dim}-D points like the direction, "
+            f"got shape {tuple(rest.shape)}"
+        )
+    return rest
 
 
 def _peak_scaled(rows: Tensor) -> Tensor:
