@@ -146,3 +146,29 @@ def test_intra_class_others_must_match_the_direction() -> None:
     assert flat.points_before.shape == (3, 2)
     alone = simulate_intra_class((1.0, 0.0), (0.8, 1.8), (), "bn")
     assert alone.points_before.shape == (2, 2)
+
+
+def test_python_sequences_are_read_in_float64() -> None:
+    """Points given as Python numbers are not rounded through float32 (the default
+    tensor dtype) before the float64 simulation."""
+    pts = [[1.0, 1.0], [1.0, 1.0000001], [-1.0, 0.5]]
+    exact = torch.tensor(pts, dtype=torch.float64)
+    assert min_pairwise_angle(pts) == min_pairwise_angle(exact)
+    assert min_pairwise_angle([[1e-50, 0.0], [0.0, 1.0]]) == pytest.approx(90.0, abs=1e-12)
+    got = simulate_layers(FIGURE2_CENTERS, 3, "l2bn")
+    want = simulate_layers(torch.tensor(FIGURE2_CENTERS, dtype=torch.float64), 3, "l2bn")
+    assert got.points[0].tolist() == [list(p) for p in FIGURE2_CENTERS]
+    assert got.min_angles == want.min_angles
+
+
+@pytest.mark.parametrize("norm", ["bn", "l2bn"])
+def test_points_whose_statistics_overflow_are_refused(norm) -> None:
+    """A batch variance or row norm past float64's range made BN output zeros (minimum
+    angle 0.00 for every BN layer) and L2BN a wrong angle; it is refused instead."""
+    with pytest.raises(ValueError, match="overflow"):
+        simulate_layers([[1e300, 1.0], [1.0, 0.0], [0.0, 1.0]], 2, norm)
+    with pytest.raises(ValueError, match="overflow"):
+        simulate_layers(torch.tensor([[math.nan, 1.0], [1.0, 0.0]]), 2, norm)
+    big = simulate_layers([[1e150, 0.0], [1e150, 1e150], [-1e150, 2e150]], 2, norm)
+    small = simulate_layers([[1.0, 0.0], [1.0, 1.0], [-1.0, 2.0]], 2, norm)
+    assert big.min_angles == pytest.approx(small.min_angles, abs=1e-3)  # BN eps: 1e-5

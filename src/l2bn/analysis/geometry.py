@@ -128,6 +128,7 @@ def simulate_layers(
     p = _as_rows(points, "points")
     if p.shape[0] < 2:
         raise ValueError("l2bn.analysis: batch normalization needs at least two rows")
+    _check_statistics(p)
     history, normalized = [p], []
     for _ in range(num_layers):
         if norm == "l2bn":
@@ -181,10 +182,25 @@ def simulate_intra_class(
 
 
 def _as_rows(points: Tensor | Sequence[Sequence[float]], name: str) -> Tensor:
-    p = torch.as_tensor(points).to(torch.float64)
+    """``points`` as a float64 ``(N, D)`` tensor; Python numbers are read in float64
+    directly (not through the default float32 dtype). Raises ValueError unless 2-D."""
+    p = torch.as_tensor(points, dtype=torch.float64)
     if p.dim() != 2:
         raise ValueError(f"l2bn.analysis: {name} must be 2-D (rows, dims), got {tuple(p.shape)}")
     return p
+
+
+def _check_statistics(p: Tensor) -> None:
+    """Raise ValueError unless the batch variance and the row norms of ``p`` ``(N, D)``
+    are finite in float64: past ~1e154 they overflow, and BN would output zeros (angle 0)
+    or L2BN divide by an infinite norm, silently. Later layers see normalized rows."""
+    variance = p.var(dim=0, unbiased=False)
+    norms = torch.linalg.vector_norm(p, dim=1)
+    if not (bool(torch.isfinite(variance).all()) and bool(torch.isfinite(norms).all())):
+        raise ValueError(
+            "l2bn.analysis: the points' batch variance or norms overflow float64 "
+            "(values not finite, or above about 1e150)"
+        )
 
 
 def _other_rows(others: Sequence[Sequence[float]] | Tensor, dim: int) -> Tensor:

@@ -92,6 +92,10 @@ def _simulate(points: Any, layers: int) -> tuple[GeometryResult, GeometryResult]
         bn = simulate_layers(points, layers, "bn")
         l2bn = simulate_layers(points, layers, "l2bn")
     except ValueError as err:
+        if "overflow" in str(err):
+            raise ValueError(
+                "--points: the angles are not finite (are the values too large?)"
+            ) from None
         if "zero row" not in str(err):
             raise
         raise ValueError(
