@@ -275,3 +275,8 @@ def test_tiny_nonzero_features_keep_their_angles(dtype, magnitude) -> None:
     for key, value in want.items():
         assert math.isclose(got[key], value, rel_tol=1e-5), (key, got[key], value)
     torch.testing.assert_close(class_centers(small, y, 4), class_centers(rescaled, y, 4))
+
+
+def test_features_without_columns_have_no_direction() -> None:
+    with pytest.raises(ValueError, match="at least two classes"):
+        angle_metrics(torch.zeros(4, 0), torch.tensor([0, 1, 0, 1]))

@@ -61,14 +61,19 @@ def finite_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     """
     norms = torch.linalg.vector_norm(x, dim=1)
     rescale = ~torch.isfinite(norms) | (norms < _min_exact_norm(x.dtype))
-    if not bool(rescale.any()):
+    if x.shape[1] == 0 or not bool(rescale.any()):
         return x, norms
-    peak = x.abs().amax(dim=1)
+    rows = torch.nonzero(rescale).flatten()
+    peak = x[rows].abs().amax(dim=1)
     if not bool(torch.isfinite(peak).all()):
-        bad = torch.nonzero(~torch.isfinite(peak)).flatten()[:5].tolist()
+        bad = rows[~torch.isfinite(peak)][:5].tolist()
         raise ValueError(f"l2bn.analysis: features contain NaN or inf (e.g. rows {bad})")
-    x = x / torch.where(rescale & (peak > 0), peak, 1.0).unsqueeze(1)
-    return x, torch.linalg.vector_norm(x, dim=1)
+    rows, peak = rows[peak > 0], peak[peak > 0]  # all-zero rows stay as they are
+    if rows.numel() == 0:
+        return x, norms
+    scaled = x[rows] / peak.unsqueeze(1)
+    x = x.index_copy(0, rows, scaled)
+    return x, norms.index_copy(0, rows, torch.linalg.vector_norm(scaled, dim=1))
 
 
 def _min_exact_norm(dtype: torch.dtype) -> float:
