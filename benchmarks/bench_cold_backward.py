@@ -1,0 +1,143 @@
+"""The training backward's passes with warm caches and with cold ones.
+
+Times ATen's ``native_batch_norm_backward`` and the fused ``l2bn::train_backward`` on the
+same (N, C) or 4-D input, each called twice a round: without the input gradient (the
+per-channel reduction pass alone) and with it (the reduction, then the dx pass). The
+difference of the two medians is the dx pass. Two states, each its own interleaved loop:
+
+- warm: nothing runs between the calls;
+- cold: before each call every thread writes its share of a buffer of ``--evict`` MB
+  (larger than the last-level cache), then x and dy are read back (``sum``), so that the
+  output dx and the small arrays are cold and the inputs come from the caches, as after a
+  layer whose neighbours moved more data than the caches hold.
+
+Medians in microseconds; "x BN" is L2BN / BatchNorm. glibc keeps freed memory in the
+process, as in ``l2bn bench``. README, "Performance", reads the 1d forward+backward with it.
+
+Usage: python benchmarks/bench_cold_backward.py [--threads 2] [--rounds 400]
+[--shape 1024x512] [--evict 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from l2bn.bench import machine
+from l2bn.bench.contenders import script_shape
+
+STATES = ("warm", "cold")
+
+
+def backward_calls(x: torch.Tensor, dy: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """``{bn,l2bn}_{reduction,both}``: each backward operator without and with dx, on the
+    statistics of one training forward of ``x`` (weight 1, bias 0)."""
+    from l2bn._impl import cpu
+
+    c = x.shape[1]
+    w, b = torch.ones(c, dtype=x.dtype), torch.zeros(c, dtype=x.dtype)
+    running = (torch.zeros(c, dtype=x.dtype), torch.ones(c, dtype=x.dtype))
+    _, *l2_stats = cpu._train_forward(x, w, b, *running, 0.1, 1e-5, 1e-12, True)
+    _, mean, invstd = torch.native_batch_norm(x, w, b, *running, True, 0.1, 1e-5)
+
+    def bn(dx: bool) -> Callable[[], object]:
+        mask = [dx, True, True]
+        return lambda: torch.ops.aten.native_batch_norm_backward(
+            dy, x, w, *running, mean, invstd, True, 1e-5, mask
+        )
+
+    def l2(dx: bool) -> Callable[[], object]:
+        return lambda: cpu._train_backward(dy, x, w, *l2_stats, True, dx)
+
+    return {
+        "bn_reduction": bn(False),
+        "bn_both": bn(True),
+        "l2bn_reduction": l2(False),
+        "l2bn_both": l2(True),
+    }
+
+
+def time_calls(
+    calls: dict[str, Callable[[], object]], rounds: int, before: Callable[[], None]
+) -> dict[str, float]:
+    """Median seconds of each call over ``rounds`` rounds, ``before`` run untimed ahead of
+    every call; the order alternates round by round (forward, then reversed)."""
+    names = list(calls)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            before()
+            start = time.perf_counter()
+            calls[name]()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def evictor(x: torch.Tensor, dy: torch.Tensor, megabytes: int) -> Callable[[], None]:
+    """Writes ``megabytes`` MB with every thread (``fill_`` runs in parallel), then reads x
+    and dy back."""
+    buffer = torch.empty(megabytes * (1 << 20) // 4)
+    value = [0.0]
+
+    def evict() -> None:
+        value[0] += 1.0
+        buffer.fill_(value[0])
+        x.sum()
+        dy.sum()
+
+    return evict
+
+
+def table(medians: dict[str, float]) -> list[tuple[str, float, float, float]]:
+    """``(pass, BatchNorm us, L2BN us, L2BN / BatchNorm)`` for the reduction, the whole
+    backward and the dx pass (whole minus reduction)."""
+    rows = []
+    for label, bn, l2 in (
+        ("reduction", medians["bn_reduction"], medians["l2bn_reduction"]),
+        ("backward", medians["bn_both"], medians["l2bn_both"]),
+        (
+            "dx pass",
+            medians["bn_both"] - medians["bn_reduction"],
+            medians["l2bn_both"] - medians["l2bn_reduction"],
+        ),
+    ):
+        rows.append((label, bn * 1e6, l2 * 1e6, l2 / bn if bn > 0 else float("nan")))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--rounds", type=int, default=400, help="rounds a state (400, >= 1)")
+    parser.add_argument("--shape", default="1024x512", help="NxC or NxCxHxW (default 1024x512)")
+    parser.add_argument(
+        "--evict", type=int, default=64, help="MB written before a cold call (default 64)"
+    )
+    args = parser.parse_args()
+    shape = script_shape(parser, args)
+    if args.evict < 1:
+        parser.error("--evict must be >= 1")
+    torch.set_num_threads(args.threads)
+    allocator = machine.keep_freed_memory()
+    x, dy = torch.randn(shape), torch.randn(shape)
+    calls = backward_calls(x, dy)
+    befores = {"warm": lambda: None, "cold": evictor(x, dy, args.evict)}
+    print(f"{args.shape}, float32, {torch.get_num_threads()} thread(s); allocator: {allocator}")
+    print(f"medians of {args.rounds} interleaved rounds a state, us")
+    print(f"{'state':<6}{'pass':<11}{'BN':>9}{'L2BN':>9}{'x BN':>7}")
+    with torch.no_grad():
+        for state in STATES:
+            for call in calls.values():  # warm-up
+                befores[state]()
+                call()
+            medians = time_calls(calls, args.rounds, befores[state])
+            for label, bn, l2, ratio in table(medians):
+                print(f"{state:<6}{label:<11}{bn:>9.1f}{l2:>9.1f}{ratio:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()
