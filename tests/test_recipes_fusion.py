@@ -7,6 +7,8 @@ every path either leaves the model computing L2BN or refuses with an error that 
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -64,6 +66,35 @@ def test_fusion_guard_leaves_batchnorm_folding_as_it_was():
     assert fusion.fuse_conv_bn_eval.__wrapped__ is not None
     install_fusion_guards()  # idempotent: still one wrapper
     assert not getattr(fusion.fuse_conv_bn_eval.__wrapped__, "_l2bn_guard", False)
+
+
+def test_import_l2bn_alone_guards_the_folding_functions():
+    # README: ``import l2bn`` wraps them; only a name bound *before* ``import l2bn`` keeps
+    # the unwrapped function. So a name bound right after ``import l2bn``, before any layer
+    # module was imported, must refuse an L2BN layer too.
+    code = (
+        "import sys, torch\n"
+        "import l2bn\n"
+        "assert 'l2bn.layers' not in sys.modules\n"
+        "from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval\n"
+        "from torch.nn.utils import fuse_conv_bn_eval as utils_fuse\n"
+        "conv, norm = torch.nn.Conv2d(3, 4, 3).eval(), l2bn.L2BatchNorm2d(4).eval()\n"
+        "for fuse in (fuse_conv_bn_eval, utils_fuse):\n"
+        "    try:\n"
+        "        fuse(conv, norm)\n"
+        "    except TypeError as exc:\n"
+        "        assert 'cannot fold' in str(exc), exc\n"
+        "    else:\n"
+        "        raise SystemExit('folded an L2BN layer')\n"
+        "try:\n"
+        "    fuse_linear_bn_eval(torch.nn.Linear(3, 4).eval(), l2bn.L2BatchNorm1d(4).eval())\n"
+        "except TypeError as exc:\n"
+        "    assert 'cannot fold' in str(exc), exc\n"
+        "else:\n"
+        "    raise SystemExit('folded an L2BN layer')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_fx_fuse_keeps_l2bn():

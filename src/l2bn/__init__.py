@@ -22,6 +22,12 @@ from typing import TYPE_CHECKING, Any
 # is therefore the top-level module ``l2bn_cli``, outside this package, which keeps
 # ``l2bn --help`` free of torch.
 from l2bn._impl import dispatch as _dispatch  # noqa: F401 (loads the backends)
+from l2bn.fusion import install_fusion_guards as _install_fusion_guards
+
+# torch's fuse_conv_bn_eval / fuse_linear_bn_eval refuse L2BN layers from here on, also
+# under names bound after ``import l2bn`` but before the first layer module is imported
+# (l2bn.fusion imports only torch).
+_install_fusion_guards()
 
 __version__ = "0.1.0"
 

@@ -17,12 +17,12 @@ The folding paths a model can reach select layers by exact type or by
 which derives from ``_NormBase``, nor LNBN / INBN / PNBN (exact types; symbolic tracing goes
 through their forward, which ``fuse`` cannot fold). ``torch.nn.utils.fusion.fuse_conv_bn_eval``
 and ``fuse_linear_bn_eval`` check nothing: given such a layer they would return a layer that
-computes plain BatchNorm. :func:`install_fusion_guards` (run when ``l2bn.layers`` or
-``l2bn.norms`` is imported, as it is by every L2BN layer and every pre-normalized BatchNorm)
-wraps them so that they raise a ``TypeError`` that says why for a layer
+computes plain BatchNorm. :func:`install_fusion_guards` (run by ``import l2bn``, and again,
+idempotently, when ``l2bn.layers`` or ``l2bn.norms`` is imported) wraps them so that they
+raise a ``TypeError`` that says why for a layer
 :func:`fold_refusal` refuses and behave exactly as before for anything else. Names bound
-before the layers are imported (``from torch.nn.utils.fusion import fuse_conv_bn_eval`` in a
-script that imports l2bn later) keep the unwrapped function.
+before ``import l2bn`` (``from torch.nn.utils.fusion import fuse_conv_bn_eval`` in a script
+that imports l2bn later) keep the unwrapped function.
 """
 
 from __future__ import annotations
