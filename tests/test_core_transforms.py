@@ -7,6 +7,7 @@ BatchNorm's would fail (the inputs' sample norms differ by orders of magnitude).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -359,6 +360,34 @@ def test_compile_fullgraph_keeps_the_fused_operators(training):
     op = "l2bn.train_forward" if training else "l2bn.eval_forward"
     assert op in graph, graph
     y.sum().backward()  # compiled backward runs (the fused backward operator in training)
+
+
+@pytest.mark.parametrize("case", ["bfloat16 autocast", "pytorch backend"])
+def test_compile_fullgraph_traces_the_pytorch_backend(case):
+    """The PyTorch backend (bfloat16 input, or the fused kernels switched off) compiles into
+    one graph in training: its autograd function's backward holds no check that Dynamo
+    cannot trace (a graph break there ran the whole layer eagerly). Output and gradients
+    match eager, and the float32 output matches the float64 reference."""
+    layer = _layer(dtype=torch.float32)
+    x = _input(dtype=torch.float32)
+    ref = _reference(copy.deepcopy(layer).double(), x.double(), True)
+    bf16 = case == "bfloat16 autocast"
+    compiled_layer = copy.deepcopy(layer)
+    compiled = torch.compile(compiled_layer, backend="aot_eager", fullgraph=True)
+    results = []
+    for module in (compiled, layer):
+        xi = x.clone().requires_grad_()
+        off = l2bn.backends.flags(cpu=False) if not bf16 else contextlib.nullcontext()
+        with off, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            # bfloat16 activations, as a convolution under autocast gives them
+            y = module(xi.to(torch.bfloat16) if bf16 else xi * 1.0)
+        y.float().square().sum().backward()
+        results.append((y, xi.grad, module.weight.grad))
+    tol = {"rtol": 2e-2, "atol": 2e-2} if bf16 else {}
+    for got, want in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(got, want, **tol)
+    if not bf16:
+        torch.testing.assert_close(results[0][0].double(), ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(not l2bn.backends.available("cpu"), reason="fused kernels not built")

@@ -29,7 +29,7 @@ from l2bn._impl import moments as _moments
 from l2bn._impl.composite import differentiable_train_grads
 from l2bn._impl.running import update_from_batch
 from l2bn._impl.sample_scale import norm_divisor
-from l2bn._impl.transforms import exporting, functorch_wrapped
+from l2bn._impl.transforms import compiling, exporting, functorch_wrapped
 
 
 def affine_output(x: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
@@ -277,9 +277,12 @@ class L2BatchNormFunction(torch.autograd.Function):
             weight is not None and ctx.needs_input_grad[1],
             ctx.bias_dtype is not None and ctx.needs_input_grad[2],
         )
-        if torch.is_grad_enabled() or functorch_wrapped(dy):
+        if torch.is_grad_enabled() or (not compiling() and functorch_wrapped(dy)):
             # create_graph=True, or a batched dy (is_grads_batched, which vmaps this
-            # backward: the passes below write into plain buffers in place).
+            # backward: the passes below write into plain buffers in place). Under
+            # torch.compile, whose traced gradients are never batched here, the check is
+            # skipped: Dynamo cannot trace it, and its graph break would run the whole
+            # layer eagerly.
             grads = differentiable_train_grads(dy, x, weight, ctx.eps, ctx.l2_eps, ctx.scale, needs)
             return (*grads, None, None, None)
         if ctx.vector:
