@@ -507,3 +507,26 @@ def test_one_run_in_two_directories_is_refused(tmp_path: Path, capsys) -> None:
     assert "two run directories hold the same run (resnet20-l2bn seed 121" in err
     assert str(root / "l2bn-a") in err and str(root / "l2bn-b") in err
     assert not out.exists()
+
+
+def test_paper_block_summarizes_the_paired_seeds_it_names(tmp_path: Path, monkeypatch) -> None:
+    """BN has a finished seed 123 that L2BN lacks: the paper block ("ours: 2 seed(s)")
+    gives both arms' means over the two paired seeds, so that they differ by its "diff
+    ours"; BN's third seed (80.0) stays in the main table only."""
+    from l2bn.experiments.claims import compare_to_baseline
+    from l2bn.experiments.report import paper_block
+    from l2bn.experiments.summary import summarize
+
+    monkeypatch.setitem(BEST["bn"], 123, 80.0)
+    root = tmp_path / "runs"
+    for norm, seeds in (("bn", SEEDS), ("l2bn", SEEDS[:2])):
+        for seed in seeds:
+            _write_run(root, norm, seed, dataset="cifar100")
+    (comp,) = compare_to_baseline(summarize(find_runs(root)))
+    heading, rows, _ = paper_block(comp)
+    assert "ours: 3 epochs, 2 seed(s)" in heading
+    acc = next(row for row in rows if row[0] == "best accuracy")
+    bn, l2 = [BEST["bn"][s] for s in SEEDS[:2]], [BEST["l2bn"][s] for s in SEEDS[:2]]
+    assert acc[1] == f"{statistics.fmean(bn):.2f} ± {statistics.stdev(bn):.2f}"
+    assert acc[3] == f"{statistics.fmean(l2):.2f} ± {statistics.stdev(l2):.2f}"
+    assert acc[5] == f"{statistics.fmean(l2) - statistics.fmean(bn):+.2f}"

@@ -348,8 +348,10 @@ def paper_block(comp: Comparison) -> tuple[str, list[list[str]] | None, tuple[st
         q = test.quantity
         if math.isnan(test.paper_base) and math.isnan(test.paper_cand):
             continue
-        ours_b = base_v.mean_std(q.key) if base_v is not None else (math.nan, math.nan)
-        ours_c = cand_v.mean_std(q.key) if cand_v is not None else (math.nan, math.nan)
+        # over the paired seeds, as the heading and the difference (not every finished seed)
+        none = (math.nan, math.nan)
+        ours_b = base_v.mean_std(q.key, comp.seeds) if base_v is not None else none
+        ours_c = cand_v.mean_std(q.key, comp.seeds) if cand_v is not None else none
         paper_b = (test.paper_base, p_base.value("acc_std") if q.key == "best_acc" else math.nan)
         paper_c = (test.paper_cand, p_cand.value("acc_std") if q.key == "best_acc" else math.nan)
         std = q.key == "best_acc"  # the paper gives mean ± std for accuracy only

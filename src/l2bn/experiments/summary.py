@@ -149,9 +149,10 @@ class VariantSummary:
     def acc_mean_std(self) -> tuple[float, float]:
         return self.mean_std("best_acc")
 
-    def mean_std(self, key: str) -> tuple[float, float]:
-        """Mean and sample std over seeds of ``best_acc`` or a final value (NaN skipped)."""
-        values = [self.value(s, key) for s in self.seeds]
+    def mean_std(self, key: str, seeds: Iterable[int] | None = None) -> tuple[float, float]:
+        """Mean and sample std over seeds (``seeds``, default every finished one) of
+        ``best_acc`` or a final value (NaN skipped)."""
+        values = [self.value(s, key) for s in (self.seeds if seeds is None else seeds)]
         values = [v for v in values if not math.isnan(v)]
         if not values:
             return math.nan, math.nan
