@@ -330,9 +330,17 @@ def seeds_for_power(
             nobs = math.nan
         if math.isfinite(nobs) and nobs > EXACT_POWER_MAX_PAIRS:
             return float(math.ceil(nobs - 1e-9))
-        for n in range(2, EXACT_POWER_MAX_PAIRS + 2):
-            if paired_t_power(d, n, alpha) >= power:
-                return float(n)
+        # The power grows with n: bisect for the smallest n in [2, max + 1] that reaches it.
+        low, high = 2, EXACT_POWER_MAX_PAIRS + 1
+        if paired_t_power(d, high, alpha) < power:
+            return math.nan
+        while low < high:
+            mid = (low + high) // 2
+            if paired_t_power(d, mid, alpha) >= power:
+                high = mid
+            else:
+                low = mid + 1
+        return float(low)
     return math.nan
 
 
