@@ -64,6 +64,32 @@ def test_torchrun_two_processes_resume_and_checkpoint_portability(
         assert model(torch.randn(4, 1, 8, 8)).shape == (4, 10)
 
 
+def test_torchrun_training_metrics_cover_every_rank(tmp_path: Path) -> None:
+    """train_loss and train_acc are over the samples of all ranks, not rank 0's share.
+
+    32 images, batch 8 in total, 4 per process: rank r takes the positions r, r + 2, ...
+    of the epoch's order, so with --sync-bn each step sees the single process's batch and
+    the two runs train the same model; their training metrics must agree.
+    """
+    root = write_idx(tmp_path / "data", n_train=32, n_test=16)
+    config = tiny_config(data_root=str(root), epochs=1, batch_size=8, lr=0.01, weight_decay=0.0)
+    train_run(config, 3, tmp_path / "single", quiet=True)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(config.to_yaml())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "l2bn.cli", "train", "--config", str(config_path), "--seed", "3"]
+    cmd += ["--run-dir", str(tmp_path / "ddp"), "--quiet", "--sync-bn"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    (single,) = read_metrics(tmp_path / "single" / "metrics.jsonl")
+    (ddp,) = read_metrics(tmp_path / "ddp" / "metrics.jsonl")
+    assert ddp["test_loss"] == pytest.approx(single["test_loss"], rel=1e-4)  # same model
+    assert ddp["train_loss"] == pytest.approx(single["train_loss"], rel=1e-4)
+    assert ddp["train_acc"] == pytest.approx(single["train_acc"], abs=1e-9)
+
+
 def test_sync_conversion_keeps_l2bn_apart_from_bn() -> None:
     from torch import nn
 

@@ -453,11 +453,14 @@ def _train_locked(
                 loss_sum += loss.detach().double() * labels.numel()
                 correct += (logits.detach().argmax(1) == labels).sum()
                 seen += labels.numel()
+            loss_total, correct_total, seen_total = _sum_over_ranks(
+                (loss_sum, correct, seen), context
+            )
             row: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "lr": epoch_lr,
-                "train_loss": float(loss_sum) / max(seen, 1),
-                "train_acc": 100.0 * float(correct) / max(seen, 1),
+                "train_loss": loss_total / max(seen_total, 1),
+                "train_acc": 100.0 * correct_total / max(seen_total, 1),
             }
             diverged = False
             if context.is_main:
@@ -533,6 +536,16 @@ def _on_every_rank(flag: bool, context: DistContext) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=context.device)
     torch.distributed.broadcast(value, 0)
     return bool(value.item())
+
+
+def _sum_over_ranks(values: tuple[Any, ...], context: DistContext) -> list[float]:
+    """The sums over every rank of this rank's ``values`` (numbers or 0-d tensors): the
+    epoch's training loss and accuracy are over the samples of all processes."""
+    totals = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if context.distributed:
+        totals = totals.to(context.device)
+        torch.distributed.all_reduce(totals)
+    return totals.tolist()
 
 
 def _realign_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
