@@ -255,6 +255,21 @@ def test_sync_bn_of_plain_batchnorm_on_cpu_under_torchrun_is_a_usage_error(
     check_sync_bn(ExperimentConfig(norm="l2bn", device="cpu"))
 
 
+def test_compare_jobs_under_torchrun_is_a_usage_error(
+    tmp_path: Path, monkeypatch, capsys, no_data: list[str]
+) -> None:
+    """Every worker of --jobs inherits the job's RANK and WORLD_SIZE and joins the job's
+    process group: workers of different runs paired up (two norms: DDP's "same model across
+    all ranks" error, then a hang)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    argv = ["compare", *no_data, "--runs-dir", str(tmp_path / "r"), "--device", "cpu"]
+    assert main([*argv, "--jobs", "2"]) == 2
+    err = _one_error_line(capsys, "compare")
+    assert "--jobs 2" in err and "torchrun" in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_l2bn_debug_shows_the_exception(tmp_path: Path, monkeypatch, no_data) -> None:
     from l2bn.experiments.errors import UsageError
 

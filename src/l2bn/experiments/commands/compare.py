@@ -163,6 +163,12 @@ def _plan(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     _refuse_variant_options(args)
     if args.jobs < 0:
         raise UsageError(f"--jobs: expected 0 (auto) or a positive count, got {args.jobs}")
+    if args.jobs > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # each worker would join the job's process group: ranks of different runs would pair
+        raise UsageError(
+            f"--jobs {args.jobs}: under torchrun the processes of the job train one run at a "
+            "time together; pass --jobs 1 (or leave it out)"
+        )
     config = resolve_config(args)
     try:
         variants = plan_variants(config, args.norms, args.placements)
