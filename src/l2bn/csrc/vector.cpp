@@ -17,8 +17,8 @@
 namespace l2bn {
 namespace {
 
-// Rows per tile of the channel reductions: a tile's float partials are folded into double
-// once (at most kFold rows). The forward reads a tile twice, its norms and then its sums;
+// Rows per tile of the forward's channel reductions (the backward's: kGradTileRows,
+// kernels.h): a tile's float partials are folded into double once (at most kFold rows). The forward reads a tile twice, its norms and then its sums;
 // at C > kGradSpan the sums go row by row in spans (span_sums), which read the rows
 // contiguously, from L2 where the tile outgrows L1 (tiles of at most 4096 values instead,
 // 2 rows at C = 2048, folded every other row: the forward operator 1.22x / 1.26x ATen's
@@ -28,12 +28,12 @@ constexpr int64_t kRowTile = 8;
 // For each tile of kRowTile rows [t, t + rows) of [i0, i1): prepare(t, rows, inv) fills
 // inv, then sum_tile(t, rows, inv, acc, acc + c) adds the tile's per-channel pair of sums
 // to acc.
-template <typename Prepare, typename SumTile>
+template <int64_t kTile = kRowTile, typename Prepare, typename SumTile>
 void over_tiles(int64_t i0, int64_t i1, int64_t c, double* acc, const Prepare& prepare,
                 const SumTile& sum_tile) {
-  double inv[kRowTile];
-  for (int64_t t = i0; t < i1; t += kRowTile) {
-    const int64_t rows = std::min(kRowTile, i1 - t);
+  double inv[kTile];
+  for (int64_t t = i0; t < i1; t += kTile) {
+    const int64_t rows = std::min(kTile, i1 - t);
     prepare(t, rows, inv);
     sum_tile(t, rows, inv, acc, acc + c);
   }
@@ -237,9 +237,10 @@ Tensor vector_backward(const Tensor& dy, const Tensor& x, const Layout& l,
     }
     Partials sums(2 * c);
     at::parallel_for(0, n, grain(d), [&](int64_t i0, int64_t i1) {
-      over_tiles(i0 * m, i1 * m, c, sums.mine(), InverseScales{rho, m},
-                 [&](int64_t t, int64_t tile, const double* inv, double* t1, double* t2) {
-                   kern.tile_grad(gp + t * c, xp + t * c, tile, c, inv, mu, mu_t.data(), fast,
+      over_tiles<kGradTileRows>(
+          i0 * m, i1 * m, c, sums.mine(), InverseScales{rho, m},
+          [&](int64_t t, int64_t tile, const double* inv, double* t1, double* t2) {
+            kern.tile_grad(gp + t * c, xp + t * c, tile, c, inv, mu, mu_t.data(), fast,
                                   t1, t2);
                  });
     });

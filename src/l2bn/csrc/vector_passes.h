@@ -32,8 +32,10 @@ namespace {  // internal linkage, as passes.h
 
 // The tile reductions are channel_block_sums (passes.h) with rows in place of positions:
 // a tile of at most kMaxTileRows rows stays in cache while blocks of channels are summed
-// in registers. Float input: float lanes, folded into double once per tile (kFold rows).
-constexpr int64_t kMaxTileRows = kFold;
+// in registers. Float input: float lanes, folded into double every kFold rows in channel
+// blocks, and once per tile (at most kMaxTileRows rows: the backward's kGradTileRows,
+// kernels.h) in span_sums.
+constexpr int64_t kMaxTileRows = kGradTileRows;
 
 // Channels per span of the row-by-row float sums (span_sums: tile_grad, and tile_sums at
 // C > kGradSpan): 2 kB of float partials each.
@@ -47,7 +49,7 @@ constexpr int64_t kGradSpan = 512;
 // stored; at C = 32 that chain measured 10% of the backward: 16384x32 backward operator,
 // 1 thread, 1.18 -> 1.03 of ATen's).
 constexpr int64_t kGradBlockMax = 64;
-static_assert(kMaxTileRows <= kFold, "a tile's float partials hold at most kFold terms");
+static_assert(kMaxTileRows >= kFold, "the forward's tiles (kFold rows) fit the row arrays");
 
 // Row by row (rows in order, each read contiguously) into float partial sums of a span of
 // kGradSpan channels kept in L1, then folded into double: o1, o2 += the sums over the
