@@ -8,8 +8,10 @@ difference of the two medians is the dx pass. Two states, each its own interleav
 - warm: nothing runs between the calls;
 - cold: before each call every thread writes its share of a buffer of ``--evict`` MB
   (larger than the last-level cache), then x and dy are read back (``sum``), so that the
-  output dx and the small arrays are cold and the inputs come from the caches, as after a
-  layer whose neighbours moved more data than the caches hold.
+  output dx, the small arrays and the code are cold and the inputs come from the caches,
+  as after a layer whose neighbours moved more data than the caches hold;
+- cold data: as cold, then the same operator runs on the first 64 rows (its code and
+  small arrays warm again, the output's memory still cold).
 
 Medians in microseconds; "x BN" is L2BN / BatchNorm. glibc keeps freed memory in the
 process, as in ``l2bn bench``. README, "Performance", reads the 1d forward+backward with it.
@@ -30,7 +32,8 @@ import torch
 from l2bn.bench import machine
 from l2bn.bench.contenders import script_shape
 
-STATES = ("warm", "cold")
+STATES = ("warm", "cold", "cold data")
+SMALL_ROWS = 64
 
 
 def backward_calls(x: torch.Tensor, dy: torch.Tensor) -> dict[str, Callable[[], object]]:
@@ -62,32 +65,39 @@ def backward_calls(x: torch.Tensor, dy: torch.Tensor) -> dict[str, Callable[[], 
 
 
 def time_calls(
-    calls: dict[str, Callable[[], object]], rounds: int, before: Callable[[], None]
+    calls: dict[str, Callable[[], object]], rounds: int, before: Callable[[str], None]
 ) -> dict[str, float]:
-    """Median seconds of each call over ``rounds`` rounds, ``before`` run untimed ahead of
-    every call; the order alternates round by round (forward, then reversed)."""
+    """Median seconds of each call over ``rounds`` rounds, ``before(name)`` run untimed
+    ahead of every call; the order alternates round by round (forward, then reversed)."""
     names = list(calls)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            before()
+            before(name)
             start = time.perf_counter()
             calls[name]()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def evictor(x: torch.Tensor, dy: torch.Tensor, megabytes: int) -> Callable[[], None]:
-    """Writes ``megabytes`` MB with every thread (``fill_`` runs in parallel), then reads x
-    and dy back."""
+def evictor(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    megabytes: int,
+    then: dict[str, Callable[[], object]] | None = None,
+) -> Callable[[str], None]:
+    """``before(name)``: writes ``megabytes`` MB with every thread (``fill_`` runs in
+    parallel), reads x and dy back, then runs ``then[name]`` (if given)."""
     buffer = torch.empty(megabytes * (1 << 20) // 4)
     value = [0.0]
 
-    def evict() -> None:
+    def evict(name: str) -> None:
         value[0] += 1.0
         buffer.fill_(value[0])
         x.sum()
         dy.sum()
+        if then is not None:
+            then[name]()
 
     return evict
 
@@ -125,18 +135,24 @@ def main() -> None:
     allocator = machine.keep_freed_memory()
     x, dy = torch.randn(shape), torch.randn(shape)
     calls = backward_calls(x, dy)
-    befores = {"warm": lambda: None, "cold": evictor(x, dy, args.evict)}
+    rows = min(SMALL_ROWS, shape[0])
+    small = backward_calls(x[:rows].contiguous(), dy[:rows].contiguous())
+    befores = {
+        "warm": lambda name: None,
+        "cold": evictor(x, dy, args.evict),
+        "cold data": evictor(x, dy, args.evict, small),
+    }
     print(f"{args.shape}, float32, {torch.get_num_threads()} thread(s); allocator: {allocator}")
     print(f"medians of {args.rounds} interleaved rounds a state, us")
-    print(f"{'state':<6}{'pass':<11}{'BN':>9}{'L2BN':>9}{'x BN':>7}")
+    print(f"{'state':<11}{'pass':<11}{'BN':>9}{'L2BN':>9}{'x BN':>7}")
     with torch.no_grad():
         for state in STATES:
-            for call in calls.values():  # warm-up
-                befores[state]()
+            for name, call in calls.items():  # warm-up
+                befores[state](name)
                 call()
             medians = time_calls(calls, args.rounds, befores[state])
             for label, bn, l2, ratio in table(medians):
-                print(f"{state:<6}{label:<11}{bn:>9.1f}{l2:>9.1f}{ratio:>7.2f}")
+                print(f"{state:<11}{label:<11}{bn:>9.1f}{l2:>9.1f}{ratio:>7.2f}")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,10 @@ def test_dx_pass_is_the_whole_backward_minus_the_reduction():
 def test_time_calls_runs_before_ahead_of_every_call_in_alternating_orders():
     order: list[str] = []
     calls = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
-    medians = load("bench_cold_backward").time_calls(calls, 2, lambda: order.append("-"))
-    assert order == ["-", "a", "-", "b", "-", "b", "-", "a"]
+    medians = load("bench_cold_backward").time_calls(
+        calls, 2, lambda name: order.append("-" + name)
+    )
+    assert order == ["-a", "a", "-b", "b", "-b", "b", "-a", "a"]
     assert set(medians) == {"a", "b"} and all(m >= 0 for m in medians.values())
 
 
@@ -37,11 +39,19 @@ def test_backward_calls_compute_what_they_are_named_for():
 
 
 @pytest.mark.skipif(not backends.available("cpu"), reason="times the fused operators")
-def test_command_prints_both_states_and_three_passes():
+def test_command_prints_every_state_and_three_passes():
     out = run("bench_cold_backward", "--rounds", "2", "--shape", "8x16", "--evict", "1").stdout
-    for state in ("warm", "cold"):
+    for state in ("warm", "cold", "cold data"):
         for label in ("reduction", "backward", "dx pass"):
-            assert f"{state:<6}{label}" in out
+            assert f"{state:<11}{label}" in out
+
+
+def test_cold_data_runs_the_same_operator_after_the_eviction():
+    calls: list[str] = []
+    x, dy = torch.zeros(4, 2), torch.zeros(4, 2)
+    before = load("bench_cold_backward").evictor(x, dy, 1, {"op": lambda: calls.append("op")})
+    before("op")
+    assert calls == ["op"]
 
 
 def test_bad_arguments_are_usage_errors():
