@@ -107,3 +107,30 @@ def test_sync_conversion_keeps_l2bn_apart_from_bn() -> None:
     with pytest.raises(ValueError, match=r"plain BatchNorm2d.*CUDA only"):
         convert_sync_norms(bn, torch.device("cpu"))
     assert not any(is_l2_batch_norm(m) for m in bn.modules())  # BN never becomes L2BN
+
+
+def test_resume_with_other_batch_statistics_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint whose BN layers saw the whole batch (one process, or torchrun with
+    --sync-bn) resumed under torchrun without --sync-bn would go on normalizing over each
+    process's share (4 of 8 samples): another training than the one the run started, so
+    it is refused; with --sync-bn it resumes (the test above)."""
+    root = write_idx(tmp_path / "data", n_train=32, n_test=16)
+    config = tiny_config(data_root=str(root), epochs=2, batch_size=8, norm="l2bn")
+    directory = tmp_path / "run"
+    monkeypatch.setattr(ckpt, "SAVE_STEP_HOOK", kill_at(2, "begin", directory))
+    with pytest.raises(Killed):
+        train_run(config, 3, directory, quiet=True)
+    before = (directory / "checkpoint.pt").read_bytes()
+
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(config.to_yaml())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "l2bn.cli", "train", "--config", str(config_path), "--run-dir"]
+    cmd += [str(directory), "--resume", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode != 0, "resumed with per-process batch statistics"
+    assert "--sync-bn" in result.stderr
+    assert (directory / "checkpoint.pt").read_bytes() == before

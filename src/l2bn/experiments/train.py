@@ -358,7 +358,8 @@ def _train_locked(
 
     torch.manual_seed(seed)
     model = build_model(config, num_classes, int(train_set.in_channels)).to(device)
-    if sync_bn and context.distributed:
+    synced = sync_bn and context.distributed
+    if synced:
         model = convert_sync_norms(model, device)
     net = wrap_model(model, context)
     optimizer = torch.optim.SGD(
@@ -396,8 +397,10 @@ def _train_locked(
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
 
     start_epoch, best_acc, best_epoch = 0, -math.inf, 0
+    norm_batch = _norm_batch(config.batch_size, context.world_size, synced)
     if found is not None:
         state = found.state
+        _check_norm_batch(found.path, state, config.batch_size, norm_batch)
         ckpt.load_model_state(model, state["model"], source=f"checkpoint {found.path}")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -487,6 +490,7 @@ def _train_locked(
                         "seed": seed,
                         "fingerprint": run_fingerprint,
                         "world_size": context.world_size,
+                        "norm_batch": norm_batch,
                         "config": config.to_dict(),
                     },
                 )
@@ -546,6 +550,29 @@ def _sum_over_ranks(values: tuple[Any, ...], context: DistContext) -> list[float
         totals = totals.to(context.device)
         torch.distributed.all_reduce(totals)
     return totals.tolist()
+
+
+def _norm_batch(batch_size: int, world_size: int, synced: bool) -> int:
+    """The samples whose statistics a batch norm layer uses at each step: the whole batch
+    in one process or with synchronized norms, else each process's share."""
+    return batch_size if world_size == 1 or synced else batch_size // world_size
+
+
+def _check_norm_batch(path: Path, state: dict[str, Any], batch_size: int, norm_batch: int) -> None:
+    """RunExistsError when the checkpoint's norms used batch statistics over another number
+    of samples (another number of processes, --sync-bn or not): resuming would silently
+    continue another training than the one the run started."""
+    saved = state.get("norm_batch")
+    if saved is None:  # written before checkpoints recorded it: known for one process only
+        saved = batch_size if int(state.get("world_size", 1)) == 1 else None
+    if saved is None or int(saved) == norm_batch:
+        return
+    raise RunExistsError(
+        f"checkpoint {path} was trained with batch statistics over {saved} samples per "
+        f"norm layer (world size {state.get('world_size', 1)}), this process would use "
+        f"{norm_batch}: resume it with the same number of processes and --sync-bn setting "
+        "(--sync-bn under torchrun gives the statistics of the whole batch, as one process)"
+    )
 
 
 def _realign_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
