@@ -403,6 +403,35 @@ def test_strided_and_expanded_gradients(path, launches, ops):
     assert (xg.grad.cpu() - xr.grad).abs().max() < 1e-5
 
 
+def test_strided_parameters_and_running_statistics(path, launches):
+    """Per-channel tensors that are strided views (the columns of a ``(C, 2)`` tensor:
+    weight and bias of one, running mean and variance of another), which the kernels
+    address as contiguous: the output, gradients, running statistics and eval output of
+    the reference (they read and wrote each other's elements: output 50% off)."""
+    g = torch.Generator().manual_seed(14)
+    shape = (3, 4, 3, 3)
+    x = torch.randn(shape, generator=g) * 2 + 0.5
+    dy = torch.randn(shape, generator=g)
+    params = torch.rand(4, 2, generator=g) + 0.5
+    stats = torch.rand(4, 2, generator=g) + 0.5
+    results = []
+    for dtype, device in ((torch.float32, DEVICE), (torch.float64, "cpu")):
+        p = params.to(device, dtype, copy=True).requires_grad_()
+        s = stats.to(device, dtype, copy=True)
+        (w, b), (rm, rv) = p.unbind(1), s.unbind(1)
+        assert not (w.is_contiguous() or rm.is_contiguous())
+        xg = x.to(device, dtype, copy=True).requires_grad_()
+        norm = l2_batch_norm if dtype == torch.float32 else reference_l2bn
+        y = norm(xg, rm, rv, w, b, True, 0.1, 1e-5, 1e-12, True)
+        y.backward(dy.to(device, dtype))
+        with torch.no_grad():
+            y_eval = norm(xg, rm, rv, w, b, False, 0.1, 1e-5, 1e-12, True)
+        results.append([y.detach(), xg.grad, p.grad, s, y_eval])
+    assert launches.take() == expected_launches(x, launches.ops)
+    for name, a, r in zip(["y", "dx", "dparams", "stats", "eval y"], *results, strict=True):
+        assert relative_error(a.cpu(), r) < 1e-5, (name, relative_error(a.cpu(), r))
+
+
 def test_dispatch_rules(launches):
     """What the backend takes: not float64, not eval under autograd, not parameters on
     another device; CPU tensors only when preferred in the interpreter."""

@@ -42,8 +42,9 @@ copied to contiguous first); ``y``, ``dx`` have ``x``'s shape, dtype and layout;
 ``(N, C)`` float32 spatial moments of ``x`` (``train_forward`` leaves them empty, ``(0,)``,
 for 2-D input, whose rows are ``x`` itself); ``mean``, ``invstd`` are ``(C,)`` float32
 statistics of the normalized input. ``dweight``/``dbias`` have the weight's dtype (float32
-without weight). Parameters and running statistics may be of any floating dtype; all
-statistics are float32. The synchronized passes raise ``ValueError`` for samples without
+without weight). Parameters and running statistics may be of any floating dtype and any
+strides (strided ones are read from contiguous copies, running statistics written back);
+all statistics are float32. The synchronized passes raise ``ValueError`` for samples without
 values (no channel or no position).
 
 None of them synchronizes with the host: launch geometry depends on shapes only.
@@ -288,6 +289,20 @@ def _launch(kernel, grid, *args, **meta) -> None:
 def _ncm(x: Tensor) -> tuple[int, int, int]:
     n, c = x.shape[0], x.shape[1]
     return n, c, math.prod(x.shape[2:])
+
+
+def _per_channel(t: Tensor | None) -> Tensor | None:
+    """A ``(C,)`` tensor as the kernels address it (element ``c`` at ``ptr + c``): ``t``
+    itself where contiguous, else a contiguous copy (a strided view, such as a column of a
+    matrix, whose elements lie elsewhere)."""
+    return t if t is None or t.is_contiguous() else t.contiguous()
+
+
+def _write_back(given: Tensor | None, used: Tensor | None) -> None:
+    """Copy a running statistic updated in the contiguous copy :func:`_per_channel` made
+    back into the (strided) tensor that was passed."""
+    if used is not given:
+        given.copy_(used)
 
 
 def _check_samples(x: Tensor) -> None:
@@ -550,21 +565,25 @@ def _train_forward(
     outputs = (y, rho, active, row_mean, row_var, mean, invstd)
     if not launch:
         return outputs
+    weight, bias = _per_channel(weight), _per_channel(bias)
+    rm, rv = _per_channel(running_mean), _per_channel(running_var)
     geo, fold = plan(n, c, m, strides[1] == 1)
     partials = _row_sums(x, strides, geo, write_sums=not vector)
     if fold:
         _folded_affine(
-            x, strides, y, geo, partials, outputs[1:], weight, bias, running_mean, running_var,
+            x, strides, y, geo, partials, outputs[1:], weight, bias, rm, rv,
             momentum, eps, l2_eps, scale, vector, unbiased,
         )  # fmt: skip
-        return outputs
-    gain, shift = _f32(x, c), _f32(x, c)
-    stats = (rho, active, row_mean, row_var, mean, invstd, gain, shift)
-    _forward_finalize(
-        x, strides, geo, partials, stats, weight, bias, running_mean, running_var,
-        momentum, eps, l2_eps, scale, vector, unbiased,
-    )  # fmt: skip
-    _affine(x, strides, y, geo, rho, gain, shift, rows=False)
+    else:
+        gain, shift = _f32(x, c), _f32(x, c)
+        stats = (rho, active, row_mean, row_var, mean, invstd, gain, shift)
+        _forward_finalize(
+            x, strides, geo, partials, stats, weight, bias, rm, rv,
+            momentum, eps, l2_eps, scale, vector, unbiased,
+        )  # fmt: skip
+        _affine(x, strides, y, geo, rho, gain, shift, rows=False)
+    _write_back(running_mean, rm)
+    _write_back(running_var, rv)
     return outputs
 
 
@@ -667,6 +686,7 @@ def _train_backward(
     outputs = (dx, dweight, dbias)
     if not launch:
         return outputs
+    weight = _per_channel(weight)
     geo, fold = plan(n, c, m, x_strides[1] == 1)
     if vector:
         t1 = t2 = _f32(x, 1)  # the finalize reads dy and x directly
@@ -757,6 +777,8 @@ def _eval_forward(
     if not launch:
         return y
     syn, syc, sys_ = ncm_strides(y)
+    running_mean, running_var = _per_channel(running_mean), _per_channel(running_var)
+    weight, bias = _per_channel(weight), _per_channel(bias)
     w = running_mean if weight is None else weight
     b = running_mean if bias is None else bias
     flags = {"HAS_W": weight is not None, "HAS_B": bias is not None}
