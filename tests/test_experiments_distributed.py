@@ -20,26 +20,37 @@ from test_experiments_crash import Killed, kill_at
 from test_experiments_datasets import tiny_config, write_idx
 
 
-def test_torchrun_two_processes_resume_and_checkpoint_portability(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _killed_in_epoch_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tiny L2BN run (batch 8, 2 epochs) whose epoch 1 ran in one process, killed while
+    saving epoch 2; its directory, with its config in ``tmp_path / "config.yaml"``."""
     root = write_idx(tmp_path / "data", n_train=32, n_test=16)
     config = tiny_config(data_root=str(root), epochs=2, batch_size=8, norm="l2bn")
     directory = tmp_path / "run"
-    # epoch 1 in one process, then killed while saving epoch 2
     monkeypatch.setattr(ckpt, "SAVE_STEP_HOOK", kill_at(2, "begin", directory))
     with pytest.raises(Killed):
         train_run(config, 3, directory, quiet=True)
+    (tmp_path / "config.yaml").write_text(config.to_yaml())
+    return directory
+
+
+def _torchrun_resume(directory: Path, *flags: str) -> subprocess.CompletedProcess:
+    """``l2bn train --resume`` of the run in ``directory`` under torchrun, 2 processes."""
+    config_path = directory.parent / "config.yaml"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "l2bn.cli", "train", "--config", str(config_path), "--run-dir"]
+    cmd += [str(directory), "--resume", "--quiet", *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+
+
+def test_torchrun_two_processes_resume_and_checkpoint_portability(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = _killed_in_epoch_2(tmp_path, monkeypatch)
     single = load_checkpoint_file(directory / "checkpoint.pt")
     assert single["world_size"] == 1 and single["epoch"] == 1
 
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(config.to_yaml())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += ["-m", "l2bn.cli", "train", "--config", str(config_path), "--run-dir"]
-    cmd += [str(directory), "--resume", "--quiet", "--sync-bn"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    result = _torchrun_resume(directory, "--sync-bn")
     assert result.returncode == 0, result.stderr[-3000:]
 
     state = load_checkpoint_file(directory / "checkpoint.pt")
@@ -116,21 +127,9 @@ def test_resume_with_other_batch_statistics_is_refused(
     --sync-bn) resumed under torchrun without --sync-bn would go on normalizing over each
     process's share (4 of 8 samples): another training than the one the run started, so
     it is refused; with --sync-bn it resumes (the test above)."""
-    root = write_idx(tmp_path / "data", n_train=32, n_test=16)
-    config = tiny_config(data_root=str(root), epochs=2, batch_size=8, norm="l2bn")
-    directory = tmp_path / "run"
-    monkeypatch.setattr(ckpt, "SAVE_STEP_HOOK", kill_at(2, "begin", directory))
-    with pytest.raises(Killed):
-        train_run(config, 3, directory, quiet=True)
+    directory = _killed_in_epoch_2(tmp_path, monkeypatch)
     before = (directory / "checkpoint.pt").read_bytes()
-
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(config.to_yaml())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += ["-m", "l2bn.cli", "train", "--config", str(config_path), "--run-dir"]
-    cmd += [str(directory), "--resume", "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    result = _torchrun_resume(directory)
     assert result.returncode != 0, "resumed with per-process batch statistics"
     assert "--sync-bn" in result.stderr
     assert (directory / "checkpoint.pt").read_bytes() == before
