@@ -322,6 +322,23 @@ def test_bin_forward_never_mixes_outside_unit_interval():
     torch.testing.assert_close(layer(_input()), bn(_input()), atol=1e-5, rtol=1e-5)
 
 
+def test_training_keeps_bin_gates_in_unit_interval(tmp_path):
+    # Nam & Kim clip rho to [0, 1] after every update. Without the clip a gate pushed past 1
+    # (or below 0) gets no gradient through the forward's clamp: it stays stuck there.
+    from l2bn.experiments.checkpoint import load_checkpoint_file
+    from l2bn.experiments.train import train_run
+    from test_experiments_datasets import tiny_config, write_idx
+
+    root = write_idx(tmp_path / "data", n_train=64, n_test=16)
+    config = tiny_config(data_root=str(root), epochs=1, norm="bin", lr=0.5)
+    train_run(config, 3, tmp_path / "run", quiet=True)
+    state = load_checkpoint_file(tmp_path / "run" / "checkpoint.pt")["model"]
+    gates = torch.cat([v.flatten() for k, v in state.items() if k.endswith(".gate")])
+    assert gates.numel() > 0
+    assert gates.min() >= 0 and gates.max() <= 1
+    assert (gates < 1).any()  # the gates did train
+
+
 def test_mixed_norms_hold_no_plain_batchnorm_child():
     for name in ("sn", "bcn", "bin"):
         layer = create_norm(name, 8)

@@ -369,6 +369,7 @@ def _train_locked(
         nesterov=config.nesterov and config.momentum > 0,
         weight_decay=config.weight_decay,
     )
+    _clip_bin_gates_after_each_step(optimizer, model)
 
     if config.batch_size % context.world_size:
         raise ValueError(
@@ -509,6 +510,20 @@ def _train_locked(
         write_done(directory, summary)
     context.barrier()
     return summary
+
+
+def _clip_bin_gates_after_each_step(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """BIN (Table 5): project every gate ``rho`` back onto [0, 1] after each
+    ``optimizer.step()``, the update rule of Nam & Kim (2018).
+
+    Without it a gate pushed past 1 or below 0 gets no gradient through the forward's
+    ``gate.clamp(0, 1)`` and stays stuck (below 0, weight decay never brings it back).
+    Nothing is installed for a model without BIN layers.
+    """
+    from l2bn.norms import BatchInstanceNorm2d, install_gate_clipping
+
+    if any(isinstance(m, BatchInstanceNorm2d) for m in model.modules()):
+        install_gate_clipping(optimizer, model)
 
 
 def _not_finite_state(model: nn.Module) -> bool:
