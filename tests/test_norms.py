@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -230,6 +232,19 @@ def test_sn_reduces_to_bn_when_bn_weight_dominates():
     layer.eval(), bn.eval()
     x = _input(9)
     torch.testing.assert_close(layer(x), bn(x), atol=1e-5, rtol=1e-5)
+
+
+def test_sn_statistics_keep_float32_accuracy_for_offset_channels():
+    # Channels whose mean is 100 times their spread: E[x^2] - E[x]^2 would lose about four
+    # of float32's seven digits in the LN and BN variances (output error ~2e-3).
+    torch.manual_seed(0)
+    layer = SwitchableNorm2d(16)
+    reference = copy.deepcopy(layer).double()
+    x = torch.randn(8, 16, 8, 8) + 100
+    torch.testing.assert_close(layer(x).double(), reference(x.double()), atol=5e-5, rtol=0)
+    torch.testing.assert_close(
+        layer.running_var.double(), reference.running_var, atol=1e-6, rtol=1e-5
+    )
 
 
 def test_sn_learns_its_importance_weights():
