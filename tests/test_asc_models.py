@@ -18,7 +18,7 @@ from torch import nn
 from l2bn import L2BatchNorm2d, is_l2_batch_norm
 from l2bn.models import create_model, list_models
 from l2bn.models.asc_layers import ChannelAttention, plain_norm
-from l2bn.norms import list_norms
+from l2bn.norms import create_norm, get_norm_layer, list_norms
 
 SMALL = {
     "asc_resnet17": {"base_filters": 2},
@@ -175,6 +175,16 @@ def test_every_registry_norm_plugs_in(norm: str) -> None:
         trainable = [p for p in module.parameters() if p.requires_grad]
         names = {n.split(".")[-1] for n, p in module.named_parameters() if p.requires_grad}
         assert not ({"weight", "bias"} & names), f"{norm}: affine left in {trainable}"
+
+
+@pytest.mark.parametrize("norm", list_norms())
+def test_plain_norm_is_the_norm_built_without_affine(norm: str) -> None:
+    # BCN has two affine pairs (its BatchNorm half's bn_weight / bn_bias too): all go.
+    plain = plain_norm(get_norm_layer(norm), 8)
+    reference = create_norm(norm, 8, affine=False)
+    assert plain.state_dict().keys() == reference.state_dict().keys()
+    x = torch.randn(4, 8, 3, 3)
+    torch.testing.assert_close(plain(x), reference(x))
 
 
 def test_plain_norm_handles_torch_norms_and_unflagged_ones() -> None:

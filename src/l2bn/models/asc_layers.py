@@ -32,9 +32,11 @@ def plain_norm(norm_layer: NormLayer, num_features: int) -> nn.Module:
     """``norm_layer(num_features)`` with its learnable per-channel scale and shift removed.
 
     In every submodule that declares ``affine`` / ``elementwise_affine`` (torch's norms and
-    the registry's), ``weight`` and ``bias`` become None and the flag False, exactly as if
-    built with ``affine=False``. A norm without such a flag keeps them but frozen at their
-    initial values (scale 1, shift 0), which computes the same function.
+    the registry's), ``weight`` and ``bias`` (and the further pairs a registry norm names
+    in ``affine_parameters``, such as BCN's ``bn_weight`` / ``bn_bias``) become None and
+    the flag False, exactly as if built with ``affine=False``. A norm without such a flag
+    keeps them but frozen at their initial values (scale 1, shift 0), which computes the
+    same function.
     """
     module = norm_layer(num_features)
     stripped = False
@@ -42,7 +44,7 @@ def plain_norm(norm_layer: NormLayer, num_features: int) -> nn.Module:
         flag = next((f for f in _AFFINE_FLAGS if getattr(sub, f, False) is True), None)
         if flag is None:
             continue
-        for name in ("weight", "bias"):
+        for name in getattr(sub, "affine_parameters", ("weight", "bias")):
             if isinstance(getattr(sub, name, None), nn.Parameter):
                 sub.register_parameter(name, None)
         setattr(sub, flag, False)

@@ -35,11 +35,15 @@ class BatchStatsNorm2d(nn.Module):
         self.affine = affine
         self.track_running_stats = track_running_stats
         self._factory = {"device": device, "dtype": dtype}
+        # The names of every affine pair (BCN has two), for helpers that strip them.
+        self.affine_parameters: tuple[str, ...] = ()
         self.register_affine("weight", "bias")
         register_running_stats(self, num_features, track_running_stats, device, dtype)
 
     def register_affine(self, weight_name: str, bias_name: str) -> None:
-        """A per-channel scale (ones) and shift (zeros), or None when ``affine`` is off."""
+        """A per-channel scale (ones) and shift (zeros), or None when ``affine`` is off;
+        the names are added to ``affine_parameters``."""
+        self.affine_parameters += (weight_name, bias_name)
         if self.affine:
             ones = torch.ones(self.num_features, **self._factory)
             self.register_parameter(weight_name, nn.Parameter(ones))
