@@ -120,6 +120,18 @@ def test_sync_conversion_keeps_l2bn_apart_from_bn() -> None:
     assert not any(is_l2_batch_norm(m) for m in bn.modules())  # BN never becomes L2BN
 
 
+@pytest.mark.parametrize("norm", ["sn", "bcn", "bin"])
+def test_sync_conversion_says_mixed_norms_stay_per_process(norm: str) -> None:
+    # SN, BCN and BIN keep batch statistics of their own: --sync-bn cannot synchronize them,
+    # and must say so instead of training per-process statistics under a "synced" run.
+    from l2bn.convert import ConversionWarning
+    from l2bn.experiments.distributed import convert_sync_norms
+
+    model = build_model(tiny_config(norm=norm), 10, 1)
+    with pytest.warns(ConversionWarning, match=r"--sync-bn: layer .*not synchronized"):
+        convert_sync_norms(model, torch.device("cpu"))
+
+
 def test_resume_with_other_batch_statistics_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

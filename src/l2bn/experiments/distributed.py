@@ -84,12 +84,14 @@ def convert_sync_norms(model: nn.Module, device: torch.device) -> nn.Module:
     plain BatchNorm layers become ``torch.nn.SyncBatchNorm``, which torch runs on CUDA only:
     on a CPU, a model with plain BatchNorm layers raises ValueError. LNBN, INBN and PNBN
     have no synchronized counterpart: they are left unsynchronized with a
-    ``ConversionWarning`` naming each. Other norms are left alone (their own BatchNorm
-    sub-layers are converted).
+    ``ConversionWarning`` naming each, and so are the mixed norms SN, BCN and BIN, whose
+    batch statistics are their own (each process's part of the batch). Other norms are
+    left alone (their own BatchNorm sub-layers are converted).
     """
     from l2bn.convert import ConversionWarning
     from l2bn.fusion import prenorm_description
     from l2bn.layers import is_l2_batch_norm
+    from l2bn.norms._batch_stats_base import BatchStatsNorm2d
 
     def swap(module: nn.Module, prefix: str) -> None:
         for name, child in module.named_children():
@@ -108,6 +110,16 @@ def convert_sync_norms(model: nn.Module, device: torch.device) -> nn.Module:
                 warnings.warn(
                     f"--sync-bn: layer {qualified} is a {type(child).__name__}, "
                     f"{prenorm_left_reason(child)}",
+                    ConversionWarning,
+                    stacklevel=3,
+                )
+                continue
+            elif isinstance(child, BatchStatsNorm2d):
+                warnings.warn(
+                    f"--sync-bn: layer {qualified} is a {type(child).__name__}, a mixed norm "
+                    "with batch statistics of its own that has no synchronized counterpart: "
+                    "left as it is (not synchronized; its batch statistics are each "
+                    "process's own)",
                     ConversionWarning,
                     stacklevel=3,
                 )
