@@ -65,3 +65,35 @@ def test_download_offline_fails_with_a_message(store, capsys, monkeypatch):
     assert main(["data", "--download", "mnist"]) == 1
     err = capsys.readouterr().err
     assert "download failed" in err and "yann.lecun.com" in err
+
+
+def test_download_fetches_the_split_that_is_missing(tmp_path, monkeypatch, capsys):
+    # A root holding only MNIST's test split: --download must fetch the training files
+    # (not stop at the test split it finds, then fail on the missing training files).
+    import dataclasses
+    import io
+
+    from l2bn.data import mnist as mnist_module
+    from l2bn.data.download import md5_of
+
+    source = write_idx_dataset(tmp_path / "source", train=6, test=4)
+    files = {p.name: p.read_bytes() for p in source.iterdir()}
+    sums = {name.removesuffix(".gz"): md5_of(source / name) for name in files}
+    monkeypatch.setattr(mnist_module, "MNIST", dataclasses.replace(mnist_module.MNIST, md5=sums))
+    requested: list[str] = []
+
+    def serve(url, timeout):
+        requested.append(url)
+        return io.BytesIO(files[url.rsplit("/", 1)[1]])
+
+    monkeypatch.setattr("urllib.request.urlopen", serve)
+    root = tmp_path / "partial"
+    root.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (root / name).write_bytes(files[name])
+    assert main(["data", "--download", "mnist", "--root", str(root)]) == 0
+    assert sorted(url.rsplit("/", 1)[1] for url in requested) == [
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+    ]
+    assert "mnist [train]: 6 samples" in capsys.readouterr().out

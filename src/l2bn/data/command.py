@@ -62,8 +62,10 @@ def _download(name: str, root: str | None) -> int:
     except FileNotFoundError:
         pass
     try:
-        load_dataset(name, root=root, train=False, download=True)
-    except (ConnectionError, ValueError) as err:
+        # Both splits: a folder that holds one of them still lacks the other's files.
+        for train in (True, False):
+            load_dataset(name, root=root, train=train, download=True)
+    except (ConnectionError, ValueError, FileNotFoundError) as err:
         print(f"{name}: download failed\n{err}", file=sys.stderr)
         return 1
     print(f"{name}: downloaded to {locate_dataset(name, root)}")
