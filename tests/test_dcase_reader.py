@@ -203,6 +203,25 @@ def test_too_short_audio_names_the_file(layout: Path) -> None:
     assert str(park) in str(info.value)
 
 
+def test_truncated_audio_is_an_error_not_a_shorter_clip(layout: Path) -> None:
+    # The header declares 1 s of audio, the file holds half of it (an interrupted copy or
+    # download): libsndfile reads the half there is, which must not pass for a short clip.
+    park = layout / "audio" / "park-lisbon-1000-40000-a.wav"
+    whole = park.read_bytes()
+    park.write_bytes(whole[: len(whole) // 2])
+    data = dcase.Dcase2020Task1a(layout, train=True, cache=False)
+    with pytest.raises(ValueError, match="truncated") as info:
+        data[4]
+    assert str(park) in str(info.value)
+    data[3]  # the intact files still read
+    # A RIFF size field left unset by a streaming writer (0xFFFFFFFF) is not a truncation.
+    streamed = bytearray(whole)
+    data_at = streamed.index(b"data") + 4
+    streamed[data_at : data_at + 4] = b"\xff\xff\xff\xff"
+    park.write_bytes(bytes(streamed))
+    assert data[4][0].shape[-1] == dcase_features.feature_frames(SR)
+
+
 def test_augmentations_are_registered(layout: Path) -> None:
     batch = torch.rand(2, 3, 128, 423)
     crop = get_augmentation("asc")

@@ -171,11 +171,51 @@ def _check_files(entries: Sequence[ClipEntry], csv_path: Path) -> None:
         )
 
 
+UNSET_CHUNK_SIZE = 0xFFFFFFFF
+"""The size field of a RIFF chunk that a streaming writer (or RF64) leaves unset."""
+
+
+def wav_shortfall(path: Path) -> str | None:
+    """Why the RIFF/WAVE file at ``path`` is truncated (its ``data`` chunk declares more
+    bytes than the file holds), else None (also for other formats, which libsndfile checks).
+
+    libsndfile reads a truncated WAV as the shorter clip that is there, without an error.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
+            return None
+        offset = 12
+        while True:
+            f.seek(offset)
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            declared = int.from_bytes(chunk[4:], "little")
+            offset += 8
+            if chunk[:4] == b"data":
+                held = size - offset
+                if declared != UNSET_CHUNK_SIZE and declared > held:
+                    return f"its data chunk declares {declared} bytes, the file holds {held}"
+                return None
+            offset += declared + (declared & 1)
+
+
 def read_wav(path: Path, sample_rate: int, duration: float | None, source: str = "") -> Tensor:
-    """The first ``duration`` seconds of a WAV as float64 ``(channels, samples)``."""
+    """The first ``duration`` seconds of a WAV as float64 ``(channels, samples)``; a WAV
+    truncated after its header (shorter than its header says) is a ``ValueError``."""
     import soundfile
 
     listed = f" (listed at {source})" if source else ""
+    try:
+        shortfall = wav_shortfall(path)
+    except OSError as err:
+        raise ValueError(f"{path}{listed}: cannot read the audio file ({err})") from None
+    if shortfall is not None:
+        raise ValueError(
+            f"{path}{listed}: truncated audio file ({shortfall}); copy or download it again"
+        )
     try:
         info = soundfile.info(str(path))
         if info.samplerate != sample_rate:
