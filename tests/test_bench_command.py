@@ -355,6 +355,40 @@ def test_compiled_step_reports_a_compiler_error(monkeypatch):
     assert e2e.time_compiled_training_step(2, 1) == {"error": "RuntimeError: no compiler here"}
 
 
+def test_compiled_step_gives_both_networks_the_same_untimed_calls(monkeypatch):
+    # The profiled step that counts the fused operators must not be one more warm-up call
+    # of the L2BN network than BatchNorm's before the timed rounds.
+    from l2bn.bench import e2e
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)
+    calls = {"bn": 0, "l2bn": 0}
+    step = e2e._step
+
+    def counted(model, opt, x, y):
+        name = "l2bn" if any(isinstance(m, L2BatchNorm2d) for m in model.modules()) else "bn"
+        run = step(model, opt, x, y)
+
+        def call():
+            calls[name] += 1
+            run()
+
+        return call
+
+    monkeypatch.setattr(e2e, "_step", counted)
+    before_timing = {}
+    time_interleaved = e2e.time_interleaved
+
+    def timed(*args, **kwargs):
+        before_timing.update(calls)
+        return time_interleaved(*args, **kwargs)
+
+    monkeypatch.setattr(e2e, "time_interleaved", timed)
+    result = e2e.time_compiled_training_step(2, 1)
+    assert "error" not in result
+    assert before_timing["bn"] == before_timing["l2bn"]
+    assert calls["bn"] + 1 == calls["l2bn"]  # the profiled step, after the timed rounds
+
+
 @pytest.mark.skipif(not backends.available("cpu"), reason="fused kernels not built")
 def test_ops_times_the_operators_alone(tmp_path):
     path = tmp_path / "bench.json"
