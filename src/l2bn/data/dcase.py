@@ -172,7 +172,7 @@ def _check_files(entries: Sequence[ClipEntry], csv_path: Path) -> None:
 
 
 UNSET_CHUNK_SIZE = 0xFFFFFFFF
-"""The size field of a RIFF chunk that a streaming writer (or RF64) leaves unset."""
+"""The size field of a RIFF chunk that a streaming writer leaves unset (the size unknown)."""
 
 
 def wav_shortfall(path: Path) -> str | None:
