@@ -530,3 +530,30 @@ def test_paper_block_summarizes_the_paired_seeds_it_names(tmp_path: Path, monkey
     assert acc[1] == f"{statistics.fmean(bn):.2f} ± {statistics.stdev(bn):.2f}"
     assert acc[3] == f"{statistics.fmean(l2):.2f} ± {statistics.stdev(l2):.2f}"
     assert acc[5] == f"{statistics.fmean(l2) - statistics.fmean(bn):+.2f}"
+
+
+def test_a_run_whose_config_yaml_was_edited_is_not_reported(tmp_path: Path) -> None:
+    """L2BN seed 121 was trained with lr 0.05 (its fingerprint.json says so); config.yaml,
+    edited since, says 0.1 like the other runs. Pairing it with BN seed 121 would compare
+    two learning rates, and the settings block would state the wrong one: the run is left
+    out, named with the settings that disagree."""
+    from l2bn.experiments.report import write_report
+    from l2bn.experiments.runs import scan_runs
+
+    root = tmp_path / "runs"
+    for seed in SEEDS:
+        _write_recorded_run(root / "bn" / str(seed), "bn", seed, threads=1)
+        lr = 0.05 if seed == 121 else 0.1
+        _write_recorded_run(root / "l2bn" / str(seed), "l2bn", seed, threads=1, lr=lr)
+    edited = root / "l2bn" / "121"
+    config = ExperimentConfig(
+        name="demo", model="resnet20", norm="l2bn", epochs=3, seeds=[121], threads=1, lr=0.1
+    )
+    (edited / "config.yaml").write_text(config.to_yaml())
+
+    scan = scan_runs(root)
+    assert dict(scan.ignored) == {
+        edited: "fingerprint.json and config.yaml disagree (lr: 0.05 vs 0.1)"
+    }
+    text = write_report(scan.records, tmp_path / "out", plots=False, ignored=scan.ignored)["text"]
+    assert "L2BN vs BN (resnet20, 2 seed(s) paired: 122, 123)" in " ".join(text.split())

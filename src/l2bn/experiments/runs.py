@@ -125,9 +125,19 @@ def _read_json(path: Path) -> tuple[Any, str]:
         return None, f"{path.name} is not readable JSON ({err})"
 
 
-# identity fields that say which comparison a run belongs to: fingerprint.json and
-# config.yaml must agree on them
-_WHICH_RUN = ("dataset", "model", "norm", "norm_kwargs", "l2bn_layers", "epochs")
+def _config_disagreement(identity: dict[str, Any], config: ExperimentConfig) -> list[str]:
+    """``"lr: 0.05 vs 0.1"`` for every setting that ``fingerprint.json`` (what the run was
+    trained with) and ``config.yaml`` (what the report shows and pairs by) give differently:
+    every identity field that is a config field. A ``threads`` left unset in ``config.yaml``
+    stands for the count the run recorded."""
+    saved = config.to_dict()
+    differ = []
+    for key, value in identity.items():
+        if key not in saved or (key == "threads" and saved[key] is None):
+            continue
+        if json.loads(json.dumps(saved[key])) != value:  # tuples as the JSON's lists
+            differ.append(f"{key}: {value!r} vs {saved[key]!r}")
+    return differ
 
 
 def inspect_run_dir(directory: str | Path) -> tuple[RunRecord | None, str]:
@@ -188,11 +198,9 @@ def inspect_run_dir(directory: str | Path) -> tuple[RunRecord | None, str]:
     if not isinstance(seed, int) or isinstance(seed, bool):
         return None, f"its recorded seed {seed!r} is not an integer"
     if identity is not None:
-        saved = config.to_dict()
-        differ = [k for k in _WHICH_RUN if k in identity and identity[k] != saved.get(k)]
+        differ = _config_disagreement(identity, config)
         if differ:
-            said = "; ".join(f"{k}: {identity[k]!r} vs {saved.get(k)!r}" for k in differ)
-            return None, f"{IDENTITY_FILE} and {CONFIG_FILE} disagree ({said})"
+            return None, f"{IDENTITY_FILE} and {CONFIG_FILE} disagree ({'; '.join(differ)})"
     rows = read_metrics(directory / METRICS_FILE)
     if not rows:
         return None, "no finished epoch yet"
