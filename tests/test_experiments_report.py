@@ -532,6 +532,49 @@ def test_paper_block_summarizes_the_paired_seeds_it_names(tmp_path: Path, monkey
     assert acc[5] == f"{statistics.fmean(l2) - statistics.fmean(bn):+.2f}"
 
 
+def test_a_run_whose_metrics_were_edited_after_it_finished_is_not_reported(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """metrics.jsonl changed after the run finished: an epoch appended (a 4th of 3, with
+    the best accuracy), epochs renumbered (1, 3, 3: epoch 2 gone, epoch 3 twice), another
+    run's file copied in (its last epoch is not the one the done marker recorded). Each
+    run is named with why, and none of its numbers enters the table or the tests."""
+    from l2bn.experiments.report import write_report
+    from l2bn.experiments.runs import scan_runs
+
+    monkeypatch.setitem(BEST["bn"], 124, 90.2)
+    monkeypatch.setitem(BEST["l2bn"], 124, 95.0)
+    monkeypatch.setitem(FINAL_IIR["bn"], 124, 0.6)
+    monkeypatch.setitem(FINAL_IIR["l2bn"], 124, 0.5)
+    root = tmp_path / "runs"
+    runs = {}
+    for seed in (*SEEDS, 124):
+        _write_recorded_run(root / "bn" / str(seed), "bn", seed)
+        runs[seed] = _write_recorded_run(root / "l2bn" / str(seed), "l2bn", seed)
+
+    def rewrite(directory: Path, rows: list[dict]) -> None:
+        (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    rows = _rows("l2bn", 121, 3)
+    rewrite(runs[121], [*rows, {**rows[-1], "epoch": 4, "test_acc": 99.0}])
+    rows = _rows("l2bn", 122, 3)
+    rewrite(runs[122], [rows[0], rows[2], rows[2]])
+    write_done(runs[123], {"seed": 123, "epochs": 3, "final": _rows("l2bn", 123, 3)[-1]})
+    rewrite(runs[123], _rows("l2bn", 124, 3))
+
+    scan = scan_runs(root)
+    why = dict(scan.ignored)
+    assert why[runs[121]].startswith("metrics.jsonl holds 4 epochs, config.yaml plans 3 (edited")
+    assert why[runs[122]].startswith("metrics.jsonl holds epochs 1, 3, 3, not 1 to 3 in order")
+    assert why[runs[123]].startswith("the last epoch in metrics.jsonl is not the final epoch")
+    text = write_report(scan.records, tmp_path / "out", plots=False, ignored=scan.ignored)["text"]
+    flat = " ".join(text.split())
+    assert "L2BN vs BN (resnet20, 1 seed(s) paired: 124)" in flat
+    l2_line = next(line for line in text.splitlines() if line.startswith("resnet20  L2BN"))
+    assert l2_line.split()[2:5] == ["1", "3", "95.00"]
+    assert f"{runs[121]}: not read: metrics.jsonl holds 4 epochs" in flat
+
+
 def test_a_run_whose_config_yaml_was_edited_is_not_reported(tmp_path: Path) -> None:
     """L2BN seed 121 was trained with lr 0.05 (its fingerprint.json says so); config.yaml,
     edited since, says 0.1 like the other runs. Pairing it with BN seed 121 would compare

@@ -140,6 +140,33 @@ def _config_disagreement(identity: dict[str, Any], config: ExperimentConfig) -> 
     return differ
 
 
+def _metrics_problem(
+    rows: list[Any], config: ExperimentConfig, summary: dict[str, Any] | None
+) -> str:
+    """Why ``metrics.jsonl`` is not the record of the run (``""`` when it is): its rows must
+    be epochs 1, 2, ... in order, at most the planned epochs, and the last one the final
+    row that the ``done`` marker recorded (when it recorded one)."""
+    numbers = [row.get("epoch") if isinstance(row, dict) else None for row in rows]
+    if numbers != list(range(1, len(rows) + 1)):
+        shown = ", ".join(str(n) for n in numbers[:10]) + (", ..." if len(numbers) > 10 else "")
+        return (
+            f"{METRICS_FILE} holds epochs {shown}, not 1 to {len(rows)} in order (edited "
+            "after the run?)"
+        )
+    if len(rows) > config.epochs:
+        return (
+            f"{METRICS_FILE} holds {len(rows)} epochs, {CONFIG_FILE} plans {config.epochs} "
+            "(edited after the run?)"
+        )
+    final = summary.get("final") if summary is not None else None
+    if isinstance(final, dict) and final and final != rows[-1]:
+        return (
+            f"the last epoch in {METRICS_FILE} is not the final epoch its {DONE_FILE} marker "
+            "recorded (edited after the run finished?)"
+        )
+    return ""
+
+
 def inspect_run_dir(directory: str | Path) -> tuple[RunRecord | None, str]:
     """The run saved in ``directory`` and ``""``, or None and why it cannot be reported.
 
@@ -204,6 +231,9 @@ def inspect_run_dir(directory: str | Path) -> tuple[RunRecord | None, str]:
     rows = read_metrics(directory / METRICS_FILE)
     if not rows:
         return None, "no finished epoch yet"
+    problem = _metrics_problem(rows, config, summary)
+    if problem:
+        return None, problem
     done = summary is not None
     return RunRecord(directory, config, seed, rows, done, identity, recorded, summary), ""
 
