@@ -600,3 +600,43 @@ def test_a_run_whose_config_yaml_was_edited_is_not_reported(tmp_path: Path) -> N
     }
     text = write_report(scan.records, tmp_path / "out", plots=False, ignored=scan.ignored)["text"]
     assert "L2BN vs BN (resnet20, 2 seed(s) paired: 122, 123)" in " ".join(text.split())
+
+
+def test_variants_that_differ_in_their_norm_options_are_told_apart(tmp_path: Path) -> None:
+    """L2BN with its default options and L2BN with eps 0.001 (``l2bn train --run-dir`` puts
+    both in one folder): two variants, so two labels. The table rows and the tests say which
+    is which, and each figure draws each variant's own curve under its own label."""
+    import matplotlib.axes
+
+    from l2bn.experiments.report import write_report
+
+    root = tmp_path / "runs"
+    for seed in SEEDS:
+        _write_recorded_run(root / "bn" / str(seed), "bn", seed)
+        _write_recorded_run(root / "l2bn" / str(seed), "l2bn", seed)
+        eps = _write_recorded_run(
+            root / "l2bn-eps" / str(seed), "l2bn", seed, norm_kwargs={"eps": 0.001}
+        )
+        rows = [{**row, "test_acc": row["test_acc"] - 10.0} for row in _rows("l2bn", seed, 3)]
+        (eps / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plotted = []
+    original = matplotlib.axes.Axes.plot
+
+    def plot(self, x, y, *args, **kwargs):
+        plotted.append((self, kwargs.get("label"), [float(v) for v in y]))
+        return original(self, x, y, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(matplotlib.axes.Axes, "plot", plot)
+        text = write_report(find_runs(root), tmp_path / "out")["text"]
+    lines = text.splitlines()
+    assert any(line.startswith("resnet20  L2BN(eps=0.001)  3") for line in lines)
+    assert any(line.startswith("resnet20  L2BN  ") for line in lines)
+    flat = " ".join(text.split())
+    assert "L2BN(eps=0.001) vs BN (resnet20, 3 seed(s) paired" in flat
+    assert "L2BN vs BN (resnet20, 3 seed(s) paired" in flat
+    curves = {label: y for ax, label, y in plotted if ax.get_title() == "test accuracy (%)"}
+    for label, shift in (("L2BN", 0.0), ("L2BN(eps=0.001)", -10.0)):
+        epochs = zip(*(_rows("l2bn", seed, 3) for seed in SEEDS), strict=True)
+        expected = [statistics.fmean(r["test_acc"] for r in rows) + shift for rows in epochs]
+        assert curves[label] == pytest.approx(expected)

@@ -40,9 +40,14 @@ ANGLE_KEYS = ("intra_train", "intra_test", "inter", "iir_train", "iir_test")
 
 
 def norm_label(norm: str, placement: str, norm_kwargs: dict[str, Any] | None = None) -> str:
+    """``L2BN``, ``GN-cpg4``, ``L2BN(eps=0.001) [stage1]``: every variant (norm, options,
+    placement) its own label, which the tables, the tests and the figures' curves go by."""
     label = NORM_LABELS.get(norm, norm)
-    if norm == "gn" and norm_kwargs and "channels_per_group" in norm_kwargs:
-        label = f"GN-cpg{norm_kwargs['channels_per_group']}"
+    options = dict(norm_kwargs or {})
+    if norm == "gn" and "channels_per_group" in options:
+        label = f"GN-cpg{options.pop('channels_per_group')}"
+    if options:
+        label += "(" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) + ")"
     if placement != "all":
         label += f" [{placement}]"
     return label
