@@ -640,3 +640,33 @@ def test_variants_that_differ_in_their_norm_options_are_told_apart(tmp_path: Pat
         epochs = zip(*(_rows("l2bn", seed, 3) for seed in SEEDS), strict=True)
         expected = [statistics.fmean(r["test_acc"] for r in rows) + shift for rows in epochs]
         assert curves[label] == pytest.approx(expected)
+
+
+def test_a_report_of_several_names_says_which_rows_and_tests_are_whose(tmp_path: Path) -> None:
+    """Runs of two experiment names, ``demo`` (lr 0.1) and ``fast`` (lr 0.5, its accuracies
+    5 points lower), in one report: each table row and each test names its experiment, so
+    that the two "resnet20 BN" rows and the two "L2BN vs BN" tests can be told apart."""
+    from l2bn.experiments.report import write_report
+
+    root = tmp_path / "runs"
+    for seed in SEEDS:
+        for norm in ("bn", "l2bn"):
+            _write_recorded_run(root / "demo" / norm / str(seed), norm, seed)
+            fast = _write_recorded_run(root / "fast" / norm / str(seed), norm, seed, lr=0.5)
+            config = ExperimentConfig(
+                name="fast", model="resnet20", norm=norm, epochs=3, seeds=[seed], lr=0.5
+            )
+            (fast / "config.yaml").write_text(config.to_yaml())
+            rows = [{**r, "test_acc": r["test_acc"] - 5.0} for r in _rows(norm, seed, 3)]
+            (fast / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = write_report(find_runs(root), tmp_path / "out", plots=False)["text"]
+    lines = text.splitlines()
+    bn = [statistics.fmean(BEST["bn"][s] - shift for s in SEEDS) for shift in (0.0, 5.0)]
+    demo = next(line for line in lines if line.startswith("demo/resnet20  BN "))
+    fast = next(line for line in lines if line.startswith("fast/resnet20  BN "))
+    assert f"{bn[0]:.2f} ±" in demo and f"{bn[1]:.2f} ±" in fast
+    flat = " ".join(text.split())
+    for name in ("demo", "fast"):
+        assert f"L2BN vs BN ({name}/resnet20, 3 seed(s) paired: 121, 122, 123)" in flat
+        assert f"L2BN vs BN ({name}/resnet20, 3 seed(s)):" in flat
+        assert f"L2BN vs BN ({name}/resnet20): test accuracy" in flat

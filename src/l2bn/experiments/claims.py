@@ -50,7 +50,7 @@ from l2bn.experiments.stats_tests import (
     paired_test,
     seeds_for_power,
 )
-from l2bn.experiments.summary import VariantSummary, status_text
+from l2bn.experiments.summary import VariantSummary, model_label, status_text
 
 
 @dataclass(frozen=True)
@@ -156,6 +156,8 @@ class Comparison:
     epochs: dict[str, list[tuple[int, PairedResult]]] = field(default_factory=dict)
     # seeds of either arm left out of the pairing, with why ("seed 123: L2BN unfinished ...")
     left_out: list[str] = field(default_factory=list)
+    # the model as the report names it: ``demo/resnet20`` among several names
+    shown_model: str = ""
 
     @property
     def family_size(self) -> int:
@@ -285,6 +287,7 @@ def compare_variants(base: VariantSummary, cand: VariantSummary) -> Comparison |
         paper_rows=pair,
         epochs=_epoch_tests(base, cand, seeds),
         left_out=left_out_seeds(base, cand),
+        shown_model=cand.model,
     )
 
 
@@ -296,12 +299,14 @@ def uncompared(summaries: list[VariantSummary], comparisons: list[Comparison]) -
     by_model: dict[tuple[str, str], list[VariantSummary]] = {}
     for s in summaries:
         by_model.setdefault((s.preset, s.model), []).append(s)
-    for (preset, model), variants in by_model.items():
+    presets = [preset for preset, _ in by_model]
+    for (preset, name), variants in by_model.items():
+        model = model_label(preset, name, presets)
         baselines = [v for v in variants if v.is_baseline]
         for other in variants:
             if baselines and other is baselines[0]:
                 continue
-            if (preset, model, other.label) in compared:
+            if (preset, name, other.label) in compared:
                 continue
             if not baselines:
                 lines.append(
@@ -324,6 +329,7 @@ def compare_to_baseline(summaries: list[VariantSummary]) -> list[Comparison]:
     by_model: dict[tuple[str, str], list[VariantSummary]] = {}
     for s in summaries:
         by_model.setdefault((s.preset, s.model), []).append(s)
+    presets = [preset for preset, _ in by_model]
     for variants in by_model.values():
         baselines = [v for v in variants if v.is_baseline]
         if not baselines:
@@ -334,6 +340,7 @@ def compare_to_baseline(summaries: list[VariantSummary]) -> list[Comparison]:
                 continue
             comparison = compare_variants(base, other)
             if comparison is not None:
+                comparison.shown_model = model_label(base.preset, base.model, presets)
                 comparisons.append(comparison)
     return comparisons
 
@@ -401,7 +408,7 @@ def claim_line(test: QuantityTest, n: int) -> str:
 
 def claim_lines(comparison: Comparison) -> list[str]:
     header = (
-        f"{comparison.candidate} vs {comparison.baseline} ({comparison.model}, "
+        f"{comparison.candidate} vs {comparison.baseline} ({comparison.shown_model}, "
         f"{len(comparison.seeds)} seed(s)):"
     )
     n = len(comparison.seeds)

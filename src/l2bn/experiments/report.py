@@ -74,6 +74,7 @@ from l2bn.experiments.summary import (
     ANGLE_KEYS,
     NORM_LABELS,
     VariantSummary,
+    model_label,
     norm_label,
     run_status,
     status_text,
@@ -184,6 +185,7 @@ def table_rows(summaries: list[VariantSummary]) -> list[list[str]]:
     """One row per variant with a finished run; a variant whose every finished run
     diverged shows ``diverged`` (its runs are named below the table)."""
     rows = []
+    presets = [s.preset for s in summaries]
     for s in summaries:
         if not s.runs and not s.diverged:
             continue  # nothing finished: named among the runs left out
@@ -197,7 +199,7 @@ def table_rows(summaries: list[VariantSummary]) -> list[list[str]]:
             seeds += f" (+{len(s.diverged)} diverged)"
         rows.append(
             [
-                s.model,
+                model_label(s.preset, s.model, presets),
                 s.label,
                 seeds,
                 s.epochs_done(),
@@ -233,7 +235,7 @@ def comparison_header(comp: Comparison) -> str:
     k = comp.family_size
     family = f"Holm over {k} tested quantit{'y' if k == 1 else 'ies'}" if k else "nothing testable"
     return (
-        f"{comp.candidate} vs {comp.baseline} ({comp.model}, {len(comp.seeds)} seed(s) "
+        f"{comp.candidate} vs {comp.baseline} ({comp.shown_model}, {len(comp.seeds)} seed(s) "
         f"paired: {', '.join(str(s) for s in comp.seeds)}), {family}"
     )
 
@@ -319,7 +321,7 @@ def paper_block(comp: Comparison) -> tuple[str, list[list[str]] | None, tuple[st
         covered = ", ".join(paper_tables.datasets())
         return (
             f"The paper beside us, {comp.candidate} vs {comp.baseline}: the paper has no row "
-            f"for {comp.model} on {comp.dataset or 'this dataset'} with these norms (its "
+            f"for {comp.shown_model} on {comp.dataset or 'this dataset'} with these norms (its "
             f"tables cover {covered}).",
             None,
             (),
@@ -328,7 +330,7 @@ def paper_block(comp: Comparison) -> tuple[str, list[list[str]] | None, tuple[st
     ours_epochs = cand_v.epochs_planned if cand_v is not None else 0
     seeds = f"{p_cand.seeds} seed(s)" if p_cand.seeds else "seeds not stated"
     heading = (
-        f"The paper beside us, {comp.candidate} vs {comp.baseline} ({comp.model} on "
+        f"The paper beside us, {comp.candidate} vs {comp.baseline} ({comp.shown_model} on "
         f"{comp.dataset}; paper Table {p_cand.table}, {p_cand.paper_model}: "
         f"{p_base.paper_label} vs {p_cand.paper_label}, {p_cand.epochs} epochs, {seeds}; "
         f"ours: {ours_epochs} epochs, {len(comp.seeds)} seed(s)):"
@@ -705,9 +707,9 @@ def build_report(
         markdown += ["", "## Per-epoch paired t-tests", "", per_epoch]
         for comp in comparisons:
             lines = epoch_lines(comp)
-            text.append(f"{comp.candidate} vs {comp.baseline} ({comp.model}):")
+            text.append(f"{comp.candidate} vs {comp.baseline} ({comp.shown_model}):")
             text += [f"  {line}" for line in lines] or ["  no per-epoch values"]
-            markdown += ["", f"**{comp.candidate} vs {comp.baseline} ({comp.model})**", ""]
+            markdown += ["", f"**{comp.candidate} vs {comp.baseline} ({comp.shown_model})**", ""]
             markdown += [f"- {line}" for line in lines] or ["- no per-epoch values"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, restval="", lineterminator="\n")

@@ -53,6 +53,12 @@ def norm_label(norm: str, placement: str, norm_kwargs: dict[str, Any] | None = N
     return label
 
 
+def model_label(preset: str, model: str, presets: Iterable[str]) -> str:
+    """``resnet20``, or ``demo/resnet20`` when the report holds runs of several experiment
+    names (``presets``): their rows and tests would look alike otherwise."""
+    return f"{preset}/{model}" if len(set(presets)) > 1 else model
+
+
 FINISHED = "finished"
 DIVERGED = "diverged"
 UNFINISHED = "unfinished"
