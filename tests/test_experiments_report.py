@@ -670,3 +670,28 @@ def test_a_report_of_several_names_says_which_rows_and_tests_are_whose(tmp_path:
         assert f"L2BN vs BN ({name}/resnet20, 3 seed(s) paired: 121, 122, 123)" in flat
         assert f"L2BN vs BN ({name}/resnet20, 3 seed(s)):" in flat
         assert f"L2BN vs BN ({name}/resnet20): test accuracy" in flat
+
+
+def test_figure_titles_count_the_seeds_of_each_curve(tmp_path: Path) -> None:
+    """BN has 3 finished seeds, L2BN 2 (seed 123 unfinished): the figures' curves are means
+    over 3 and 2 seeds, and their title says so (not "mean over 3 seed(s)" for both)."""
+    import matplotlib.figure
+
+    from l2bn.experiments.report import write_report
+
+    root = tmp_path / "runs"
+    for seed in SEEDS:
+        _write_recorded_run(root / "bn" / str(seed), "bn", seed)
+        _write_recorded_run(root / "l2bn" / str(seed), "l2bn", seed, done=seed != 123)
+    titles = []
+    original = matplotlib.figure.Figure.suptitle
+
+    def suptitle(self, text, *args, **kwargs):
+        titles.append(text)
+        return original(self, text, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(matplotlib.figure.Figure, "suptitle", suptitle)
+        write_report(find_runs(root), tmp_path / "out")
+    assert len(titles) == 3
+    assert all(t.startswith("resnet20 (demo): mean over seeds (BN 3, L2BN 2)") for t in titles)

@@ -108,8 +108,12 @@ def plot_curves(
                 ax.set_title(title)
                 ax.grid(alpha=0.3)
                 ax.legend(fontsize="small")
-            seeds = max(len(v.seeds) for v in variants)
-            title = f"{model} ({preset}): mean over {seeds} seed(s), band = min..max"
+            counts = {v.label: len(v.seeds) for v in variants if v.seeds}
+            if len(set(counts.values())) == 1:
+                seeds = f"{next(iter(counts.values()))} seed(s)"
+            else:  # each curve is the mean over its own variant's finished seeds
+                seeds = "seeds (" + ", ".join(f"{k} {n}" for k, n in counts.items()) + ")"
+            title = f"{model} ({preset}): mean over {seeds}, band = min..max"
             tested = any((preset, model, v.label, k) in marks for v in variants for k, _ in panels)
             if tested and baseline:
                 title += (
