@@ -280,3 +280,15 @@ def test_tiny_nonzero_features_keep_their_angles(dtype, magnitude) -> None:
 def test_features_without_columns_have_no_direction() -> None:
     with pytest.raises(ValueError, match="at least two classes"):
         angle_metrics(torch.zeros(4, 0), torch.tensor([0, 1, 0, 1]))
+
+
+def test_collapsed_features_raise_undefined_angle_error():
+    """All-zero (finite) features give no class center: a ValueError of its own kind, so
+    that training can record the angles as undefined and go on."""
+    from l2bn.analysis import UndefinedAngleError
+
+    x, y = torch.zeros(6, 4), torch.tensor([0, 0, 1, 1, 2, 2])
+    with pytest.raises(UndefinedAngleError, match="at least two classes"):
+        train_test_metrics(x, y, x, y, 3)
+    with pytest.raises(ValueError, match="NaN or inf"):  # not finite: a plain ValueError
+        train_test_metrics(x.fill_(math.nan), y, x, y, 3)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+import torch
+
 from l2bn.cli import main
 from l2bn.experiments.metrics_log import read_metrics
 from test_experiments_datasets import write_idx
@@ -187,6 +190,33 @@ def test_a_diverged_run_is_recorded_and_stops(tmp_path: Path) -> None:
     assert train_run(config, 5, run, quiet=True)["diverged_epoch"] == 1
     assert len(read_metrics(run / "metrics.jsonl")) == 1
     assert (run / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_collapsed_features_leave_the_angles_undefined_and_training_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finite classifier features that give the angles no value (here all zero, as after a
+    collapse) raised from the angle metrics and stopped the run: the epoch now records null
+    angles with the reason, and the next epoch trains."""
+    import l2bn.analysis
+    from l2bn.experiments.config import ExperimentConfig
+    from l2bn.experiments.train import train_run
+
+    collect = l2bn.analysis.collect_features
+
+    def zero_features(*args, **kwargs):
+        features, labels = collect(*args, **kwargs)
+        return torch.zeros_like(features), labels
+
+    monkeypatch.setattr(l2bn.analysis, "collect_features", zero_features)
+    text = _tiny_config(tmp_path, epochs=2).read_text()
+    config = ExperimentConfig.from_yaml(text).replace(norm="l2bn")
+    train_run(config, 5, tmp_path / "run", quiet=True)
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["iir_train"] is None and row["inter"] is None and not row["diverged"]
+        assert "at least two classes" in row["angles_undefined"]
 
 
 def test_compare_reports_diverged_runs(tmp_path: Path, capsys) -> None:

@@ -9,6 +9,7 @@
 Importable with torch alone; the ``l2bn geometry`` command draws with matplotlib.
 """
 
+from l2bn.analysis._core import UndefinedAngleError
 from l2bn.analysis.angles import angle_metrics, class_centers, train_test_metrics
 from l2bn.analysis.capture import collect_features
 from l2bn.analysis.geometry import (
@@ -24,6 +25,7 @@ __all__ = [
     "AngleAccumulator",
     "GeometryResult",
     "IntraClassResult",
+    "UndefinedAngleError",
     "angle_metrics",
     "class_centers",
     "collect_features",

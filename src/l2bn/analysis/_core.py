@@ -34,6 +34,14 @@ MATMUL_MAX_CLASSES = 256
 _NEAR_ALIGNED_COS = 0.999
 
 
+class UndefinedAngleError(ValueError):
+    """The features give an angle no value: a class of the samples has no center (no
+    training sample, or only zero vectors), no feature vector is non-zero, or fewer than
+    two classes have a center (the inter-angle, supplement eq. 3). Raised for finite
+    features that have collapsed, e.g. to zeros after a ReLU; NaN and inf raise a plain
+    ValueError."""
+
+
 def compute_dtype(features: Tensor) -> torch.dtype:
     """float64 for float64 features, float32 for every other floating dtype."""
     return torch.float64 if features.dtype == torch.float64 else torch.float32
@@ -203,7 +211,7 @@ def _check_centers_exist(y: Tensor, valid: Tensor) -> None:
     missing = ~valid[y]
     if bool(missing.any()):
         classes = sorted(set(y[missing].tolist()))
-        raise ValueError(
+        raise UndefinedAngleError(
             "l2bn.analysis: samples of classes "
             f"{classes[:10]} have no class center (no training sample, or a zero center); "
             "their intra-angle is undefined"
@@ -241,7 +249,7 @@ def inter_angle(unit: Tensor, valid: Tensor) -> float:
     """
     present = unit[valid]
     if present.shape[0] < 2:
-        raise ValueError(
+        raise UndefinedAngleError(
             "l2bn.analysis: the inter-angle needs at least two classes with samples "
             f"(classes with a center: {torch.nonzero(valid).flatten().tolist()})"
         )

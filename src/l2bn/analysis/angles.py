@@ -107,5 +107,7 @@ def train_test_metrics(
 def _intra_angle(features: Tensor, labels: Tensor, unit: Tensor, valid: Tensor) -> float:
     total, count, _ = _core.intra_angle_sum(features, labels, unit, valid)
     if int(count) == 0:
-        raise ValueError("l2bn.analysis: no non-zero feature vector, the intra-angle is undefined")
+        raise _core.UndefinedAngleError(
+            "l2bn.analysis: no non-zero feature vector, the intra-angle is undefined"
+        )
     return float(torch.rad2deg(total / count))

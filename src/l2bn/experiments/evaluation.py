@@ -108,7 +108,9 @@ def evaluate_epoch(
     """Test loss/accuracy and, with metrics on, intra/inter angles and IIR (section 4.1).
 
     ``not_finite`` (a list, maybe empty) names the test loss and the classifier features
-    when they are NaN or infinite; the angle metrics are then None."""
+    when they are NaN or infinite; the angle metrics are then None. Finite features that
+    give an angle no value (collapsed, e.g. all zero) leave the angle metrics None too,
+    with ``angles_undefined`` saying why."""
     from l2bn.data import build_loader
 
     model = ckpt.unwrap(model)
@@ -136,7 +138,7 @@ def evaluate_epoch(
         row["not_finite"].append("test loss")
     if not config.metrics:
         return row
-    from l2bn.analysis import collect_features, train_test_metrics
+    from l2bn.analysis import UndefinedAngleError, collect_features, train_test_metrics
 
     limit = [v for v in (config.train_subset, config.metrics_max_samples) if v is not None]
     subset = min(limit) if limit else None
@@ -159,8 +161,18 @@ def evaluate_epoch(
         row["not_finite"].append("classifier features")
         row.update(dict.fromkeys(ANGLE_METRICS))
         return row
-    metrics = train_test_metrics(
-        train_features, train_labels, test["features"], test["labels"], int(train_set.num_classes)
-    )
+    try:
+        metrics = train_test_metrics(
+            train_features,
+            train_labels,
+            test["features"],
+            test["labels"],
+            int(train_set.num_classes),
+        )
+    except UndefinedAngleError as err:
+        # finite features that have collapsed (e.g. all zero): no angle, the run goes on
+        row.update(dict.fromkeys(ANGLE_METRICS))
+        row["angles_undefined"] = str(err).removeprefix("l2bn.analysis: ")
+        return row
     row.update({key: float(metrics[key]) for key in metrics})
     return row

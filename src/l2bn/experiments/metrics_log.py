@@ -4,8 +4,9 @@ Keys: epoch (1-based), lr (at the epoch's first step), train_loss, train_acc, te
 test_acc, intra_train, intra_test, inter, iir_train, iir_test (angles in degrees, supplement
 eqs. 2-3; IIR paper eq. 4; null when metrics are off or the epoch diverged), seconds (wall
 time of the epoch), diverged (null, or what was NaN or infinite at the end of the epoch,
-e.g. ``"training loss, weights not finite"``: the run stopped there). Non-finite numbers are
-written as null.
+e.g. ``"training loss, weights not finite"``: the run stopped there), angles_undefined (null,
+or why finite features gave the angles no value, e.g. features collapsed to zeros: the
+angles are null and the run goes on). Non-finite numbers are written as null.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ METRIC_KEYS = (
     "iir_test",
     "seconds",
     "diverged",
+    "angles_undefined",
 )
 
 

@@ -610,6 +610,8 @@ def _epoch_line(label: str, row: dict[str, Any], epochs: int) -> str:
     )
     if row.get("iir_test") is not None:
         line += f" | IIR train {row['iir_train']:.3f} test {row['iir_test']:.3f}"
+    if row.get("angles_undefined"):
+        line += f" | angles undefined ({row['angles_undefined']})"
     if row.get("diverged"):
         line += f" | DIVERGED ({row['diverged']}): the run stops here"
     return line + f" ({row['seconds']:.1f} s)"
