@@ -20,6 +20,25 @@ BEST = {"bn": {121: 90.0, 122: 90.5, 123: 89.8}, "l2bn": {121: 90.6, 122: 90.9, 
 FINAL_IIR = {"bn": {121: 0.60, 122: 0.62, 123: 0.61}, "l2bn": {121: 0.55, 122: 0.58, 123: 0.54}}
 
 
+def _metrics_row(epoch: int, acc: float, iir_train: float, iir_test: float) -> dict:
+    """One epoch's metrics.jsonl row: test accuracy ``acc``, the given IIRs, and losses and
+    angles that follow the epoch."""
+    return {
+        "epoch": epoch,
+        "lr": 0.1,
+        "train_loss": 1.0 / epoch,
+        "train_acc": acc + 1,
+        "test_loss": 1.2 / epoch,
+        "test_acc": acc,
+        "intra_train": 30.0 - epoch,
+        "intra_test": 32.0 - epoch,
+        "inter": 40.0 + epoch,
+        "iir_train": iir_train,
+        "iir_test": iir_test,
+        "seconds": 1.0,
+    }
+
+
 def _write_run(root: Path, norm: str, seed: int, **settings) -> None:
     config = ExperimentConfig(
         name="demo", model="resnet20", norm=norm, epochs=3, seeds=[seed], **settings
@@ -32,22 +51,7 @@ def _write_run(root: Path, norm: str, seed: int, **settings) -> None:
     rows = []
     for epoch, acc in enumerate(accs, start=1):
         iir = FINAL_IIR[norm][seed] + 0.1 * (3 - epoch)
-        rows.append(
-            {
-                "epoch": epoch,
-                "lr": 0.1,
-                "train_loss": 1.0 / epoch,
-                "train_acc": acc + 1,
-                "test_loss": 1.2 / epoch,
-                "test_acc": acc,
-                "intra_train": 30.0 - epoch,
-                "intra_test": 32.0 - epoch,
-                "inter": 40.0 + epoch,
-                "iir_train": iir,
-                "iir_test": iir + 0.05,
-                "seconds": 1.0,
-            }
-        )
+        rows.append(_metrics_row(epoch, acc, iir, iir + 0.05))
     (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     write_done(directory, {"seed": seed})
 
@@ -191,21 +195,9 @@ def _rows(norm: str, seed: int, epochs: int, diverged_at: int | None = None) -> 
     rows = []
     for epoch in range(1, epochs + 1):
         acc = BEST[norm][seed] - (epochs - epoch)
-        row = {
-            "epoch": epoch,
-            "lr": 0.1,
-            "train_loss": 1.0 / epoch,
-            "train_acc": acc + 1,
-            "test_loss": 1.2 / epoch,
-            "test_acc": acc,
-            "intra_train": 30.0 - epoch,
-            "intra_test": 32.0 - epoch,
-            "inter": 40.0 + epoch,
-            "iir_train": FINAL_IIR[norm][seed] + 0.1 * (epochs - epoch),
-            "iir_test": FINAL_IIR[norm][seed] + 0.05,
-            "seconds": 1.0,
-            "diverged": None,
-        }
+        iir_train = FINAL_IIR[norm][seed] + 0.1 * (epochs - epoch)
+        row = _metrics_row(epoch, acc, iir_train, FINAL_IIR[norm][seed] + 0.05)
+        row["diverged"] = None
         if epoch == diverged_at:
             row.update(dict.fromkeys(("test_loss", "intra_train", "intra_test", "inter"), None))
             row.update(iir_train=None, iir_test=None, diverged="training loss, weights not finite")

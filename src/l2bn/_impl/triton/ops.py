@@ -295,7 +295,7 @@ def _per_channel(t: Tensor | None) -> Tensor | None:
     """A ``(C,)`` tensor as the kernels address it (element ``c`` at ``ptr + c``): ``t``
     itself where contiguous, else a contiguous copy (a strided view, such as a column of a
     matrix, whose elements lie elsewhere)."""
-    return t if t is None or t.is_contiguous() else t.contiguous()
+    return None if t is None else t.contiguous()  # t itself where already contiguous
 
 
 def _write_back(given: Tensor | None, used: Tensor | None) -> None:
