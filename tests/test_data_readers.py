@@ -337,6 +337,42 @@ def test_image_folder_errors(tmp_path):
         data.load_dataset("imagefolder", root=broken)[0]
 
 
+def test_hidden_folders_and_files_are_neither_classes_nor_images(tmp_path):
+    # Jupyter's .ipynb_checkpoints/ sorts first: as a class it would shift every label by 1
+    write_image_folder(tmp_path, num_classes=2, per_class=2, size=(8, 8), ext="png", seed=1)
+    image_bytes = (tmp_path / "train" / "class_001" / "img_0000.png").read_bytes()
+    for split in ("train", "val"):
+        (tmp_path / split / ".ipynb_checkpoints").mkdir()
+        (tmp_path / split / ".ipynb_checkpoints" / "img-checkpoint.png").write_bytes(image_bytes)
+    (tmp_path / "train" / "class_001" / "._img_0000.png").write_bytes(b"AppleDouble junk")
+    for train in (True, False):
+        dataset = data.load_dataset("imagefolder", root=tmp_path, train=train)
+        assert dataset.classes == ["class_000", "class_001"] and dataset.num_classes == 2
+        assert len(dataset) == 4 and sorted(dataset.labels.tolist()) == [0, 0, 1, 1]
+        for path, label in dataset.samples:
+            assert Path(path).parent.name == dataset.classes[label]
+            assert not Path(path).name.startswith(".")
+
+
+@pytest.mark.parametrize("change", ["val lacks a class", "val has an extra class"])
+def test_train_and_val_must_have_the_same_class_folders(tmp_path, change):
+    write_image_folder(tmp_path, num_classes=3, per_class=1, size=(8, 8), ext="png")
+    if change == "val lacks a class":
+        for image in (tmp_path / "val" / "class_001").iterdir():
+            image.unlink()
+        (tmp_path / "val" / "class_001").rmdir()
+        expected = f"{tmp_path / 'val'} lacks class folder 'class_001' of {tmp_path / 'train'}"
+    else:
+        (tmp_path / "val" / "class_003").mkdir()
+        moved = next((tmp_path / "val" / "class_000").iterdir())
+        moved.rename(tmp_path / "val" / "class_003" / moved.name)
+        expected = f"{tmp_path / 'val'} has class folder 'class_003' that {tmp_path / 'train'}"
+    assert len(data.load_dataset("imagefolder", root=tmp_path, train=True)) == 3
+    with pytest.raises(ValueError, match="must have the same class folders") as err:
+        data.load_dataset("imagefolder", root=tmp_path, train=False)
+    assert expected in str(err.value)
+
+
 # --- registry --------------------------------------------------------------------------
 
 

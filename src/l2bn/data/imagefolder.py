@@ -1,7 +1,9 @@
 """Image-folder trees (``root/train/<class>/*.JPEG``, ``root/val/<class>/...``), e.g. ImageNet.
 
 Images are read lazily, one file per item, with PIL (imported on first read). Class
-names are the sorted sub-folders of ``train/`` (so train and val share label numbers).
+names are the sorted sub-folders of ``train/`` (so train and val share label numbers); the
+val split must have the same class folders. Hidden entries (names starting with ``.``, such
+as ``.ipynb_checkpoints/`` or macOS's ``._x.JPEG``) are neither classes nor images.
 An item is the image normalized per channel and, when ``image_size`` is set, resized so
 its shorter side is ``resize`` and centre-cropped to ``image_size`` (ImageNet: 256 / 224).
 :meth:`ImageFolderDataset.read_full` gives the image at its stored size, for augmentations
@@ -41,13 +43,21 @@ SPLIT_DIRS = {True: ("train",), False: ("val", "validation", "test")}
 _PIL_MODES = {1: "L", 3: "RGB"}
 
 
+def _is_hidden(name: str) -> bool:
+    """Dot-names (``.ipynb_checkpoints``, ``.DS_Store``, ``._x.JPEG``) are not data."""
+    return name.startswith(".")
+
+
 def _image_names(folder: Path) -> list[str]:
-    """Sorted names of the image files in ``folder`` (one ``scandir``, no stat per file)."""
+    """Sorted names of the visible image files in ``folder`` (one ``scandir``, no stat per
+    file)."""
     with os.scandir(folder) as entries:
         return sorted(
             e.name
             for e in entries
-            if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and e.is_file()
+            if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+            and not _is_hidden(e.name)
+            and e.is_file()
         )
 
 
@@ -59,7 +69,36 @@ def _split_dir(root: Path, train: bool) -> Path | None:
 
 
 def _class_dirs(folder: Path) -> list[Path]:
-    return sorted((d for d in folder.iterdir() if d.is_dir()), key=lambda d: d.name)
+    """The class folders of a split: its visible sub-folders, sorted by name."""
+    dirs = (d for d in folder.iterdir() if not _is_hidden(d.name) and d.is_dir())
+    return sorted(dirs, key=lambda d: d.name)
+
+
+def _folders(names: list[str], shown: int = 5) -> str:
+    """``class folders 'a', 'b' and 3 more`` (at most ``shown`` names)."""
+    text = ", ".join(repr(name) for name in names[:shown])
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"class folder{'s' if len(names) > 1 else ''} {text}{more}"
+
+
+def _check_same_classes(split: Path, reference: Path, classes: list[str]) -> list[Path]:
+    """The class folders of ``split``; ValueError unless they are those of ``reference``
+    (labels are numbered by ``reference``'s classes: a class folder that only one split
+    has would give the splits different classes). A split without class folders passes,
+    for the error on its missing images, which names loose images."""
+    class_dirs = _class_dirs(split)
+    names = {d.name for d in class_dirs}
+    extra = sorted(names - set(classes))
+    lacking = [name for name in classes if name not in names]
+    if not class_dirs or (not extra and not lacking):
+        return class_dirs
+    parts = [f"{split} has {_folders(extra)} that {reference} lacks"] if extra else []
+    if lacking:
+        parts.append(f"{split} lacks {_folders(lacking)} of {reference}")
+    raise ValueError(
+        f"{'; '.join(parts)}. Both splits must have the same class folders (the "
+        f"{len(classes)} classes of {reference} number the labels of both)"
+    )
 
 
 def _loose_hint(folder: Path) -> str:
@@ -86,12 +125,7 @@ def scan_image_folder(root: Path, train: bool) -> tuple[list[str], list[tuple[st
         raise ValueError(f"{reference}: no class sub-folders{_loose_hint(reference)}")
     index = {name: i for i, name in enumerate(classes)}
     samples: list[tuple[str, int]] = []
-    for class_dir in _class_dirs(split):
-        if class_dir.name not in index:
-            raise ValueError(
-                f"{class_dir}: class {class_dir.name!r} is not among the {len(classes)} "
-                f"classes of {reference}"
-            )
+    for class_dir in _check_same_classes(split, reference, classes):
         label = index[class_dir.name]
         samples += [(os.path.join(class_dir, name), label) for name in _image_names(class_dir)]
     if not samples:
