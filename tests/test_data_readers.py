@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
 import pickle
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 
 import l2bn.data as data
 from l2bn.data import mnist as mnist_module
+from l2bn.data.download import md5_of
 from l2bn.data.idx import parse_idx, read_idx
 from l2bn.data.synthetic import (
     synthetic_images,
@@ -143,6 +145,66 @@ def test_an_explicit_root_is_used_alone(tmp_path, monkeypatch):
     first = str(err.value).split(". ")[0]
     assert f"{only_train} lacks t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte" in first
     assert "train-images" not in first
+
+
+def _drop_split(folder: Path, train: bool) -> None:
+    for stem in mnist_module.SPLIT_STEMS[train]:
+        next(folder.glob(stem + "*")).unlink()
+
+
+def test_both_idx_splits_come_from_one_copy(tmp_path, monkeypatch):
+    # $L2BN_DATA holds only a (different) training split; the system copy holds both: the
+    # test split must not be taken from the system copy to go with the other training split
+    store = tmp_path / "store" / "fashion-mnist"
+    write_idx_dataset(store, train=10, test=10)
+    _drop_split(store, train=False)
+    system = write_idx_dataset(tmp_path / "system", train=30, test=12)
+    spec = dataclasses.replace(mnist_module.FASHION_MNIST, system_dirs=(str(system),))
+    monkeypatch.setattr(mnist_module, "FASHION_MNIST", spec)
+    monkeypatch.setenv("L2BN_DATA", str(tmp_path / "store"))
+    train = data.load_dataset("fashion-mnist", train=True)
+    assert len(train) == 10 and Path(train.source).parent == store
+    for load in (
+        lambda: data.load_dataset("fashion-mnist", train=False),
+        lambda: data.locate_dataset("fashion-mnist"),
+    ):
+        with pytest.raises(FileNotFoundError) as err:
+            load()
+        message = str(err.value)
+        assert f"{store} lacks t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]" in message
+        assert "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz" in message  # what it has
+        assert f"the test split is in {system}" in message
+
+
+def test_both_idx_splits_come_from_one_folder_of_a_root(tmp_path):
+    root = write_idx_dataset(tmp_path / "root", train=10, test=10)
+    _drop_split(root, train=False)
+    write_idx_dataset(root / "raw", train=30, test=12)
+    _drop_split(root / "raw", train=True)
+    assert len(data.load_dataset("mnist", root=root, train=True)) == 10
+    with pytest.raises(FileNotFoundError) as err:
+        data.load_dataset("mnist", root=root, train=False)
+    assert f"{root} lacks t10k-images-idx3-ubyte[.gz]" in str(err.value)
+    assert f"the test split is in {root / 'raw'}" in str(err.value)
+
+
+def test_download_completes_the_copy_in_use(tmp_path, monkeypatch):
+    # root/raw holds the training split: the test split is fetched into root/raw, where the
+    # training split is read from, not into root (which would then hold a second copy)
+    source = write_idx_dataset(tmp_path / "source", train=6, test=4)
+    files = {p.name: p.read_bytes() for p in source.iterdir()}
+    sums = {name.removesuffix(".gz"): md5_of(source / name) for name in files}
+    monkeypatch.setattr(mnist_module, "MNIST", dataclasses.replace(mnist_module.MNIST, md5=sums))
+    monkeypatch.setattr(
+        "urllib.request.urlopen", lambda url, timeout: io.BytesIO(files[url.rsplit("/", 1)[1]])
+    )
+    root = tmp_path / "root"
+    write_idx_dataset(root / "raw", train=6, test=4)
+    _drop_split(root / "raw", train=False)
+    test = data.load_dataset("mnist", root=root, train=False, download=True)
+    assert len(test) == 4 and Path(test.source).parent == root / "raw"
+    assert sorted(p.name for p in root.iterdir()) == ["raw"]
+    assert data.locate_dataset("mnist", root) == root / "raw"
 
 
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):

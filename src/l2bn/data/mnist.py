@@ -4,6 +4,9 @@ Files: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-i
 and ``t10k-labels-idx1-ubyte``, each gzipped (``.gz``) or raw (the ``name.idx3-ubyte``
 spelling is accepted too). Searched in a folder and in its ``raw/`` and torchvision-style
 ``MNIST/raw`` / ``FashionMNIST/raw`` sub-folders; see :mod:`l2bn.data.paths` for the order.
+Both splits are read from one folder, the first that holds a whole split (images and
+labels): a split that folder lacks is an error naming where it was found instead, never
+read from another copy.
 """
 
 from __future__ import annotations
@@ -119,16 +122,45 @@ def _expected(spec: IdxSpec) -> str:
     return f"{spec.name} IDX files ({', '.join(s + '[.gz]' for s in stems)})"
 
 
+def _holds_a_split(folder: Path) -> bool:
+    return _has_split(folder, True) or _has_split(folder, False)
+
+
+def _files(folder: Path, stems: tuple[str, ...]) -> list[str]:
+    """The names of the files of ``stems`` that ``folder`` holds."""
+    return [found.name for stem in stems if (found := _find_file(folder, stem)) is not None]
+
+
+def _incomplete_copy(spec: IdxSpec, copy: Path, train: bool, dirs: list[Path]) -> str:
+    """Why ``copy`` (the first folder holding a whole split) cannot give the ``train`` split,
+    naming the files it holds and the other folders that hold that split."""
+    split = "train" if train else "test"
+    lacking = [f"{stem}[.gz]" for stem in SPLIT_STEMS[train] if _find_file(copy, stem) is None]
+    folders = [d / sub if sub else d for d in dirs for sub in spec.subdirs]
+    others = [str(f) for f in folders if f != copy and _has_split(f, train)]
+    found = f"; the {split} split is in {', '.join(others)}" if others else ""
+    return (
+        f"{spec.name}: {copy} lacks {', '.join(lacking)}, which the {split} split needs. "
+        f"{copy} is the first folder searched that holds a whole split (it has "
+        f"{', '.join(_files(copy, SPLIT_STEMS[True] + SPLIT_STEMS[False]))}), and both splits "
+        f"are read from that one folder, never from two copies{found}. Put the four files in "
+        f"one folder. {spec.how_to_get}"
+    )
+
+
+def find_copy(spec: IdxSpec, root: str | Path | None = None) -> Path | None:
+    """The folder of the copy of ``spec`` that is used: the first searched that holds a
+    whole split (images and labels), or None."""
+    return find_dir(_search_dirs(spec, root), spec.subdirs, _holds_a_split)
+
+
 def locate_idx(spec: IdxSpec, root: str | Path | None = None, train: bool | None = None) -> Path:
-    """The folder holding the split's files (both splits when ``train`` is None)."""
+    """The folder holding the split's files (both splits when ``train`` is None): the one
+    copy that :func:`find_copy` picks for both splits. FileNotFoundError if there is no
+    copy, or if that copy lacks the split (naming where the split was found instead)."""
     dirs = _search_dirs(spec, root)
-
-    def complete(folder: Path) -> bool:
-        splits = (True, False) if train is None else (train,)
-        return all(_has_split(folder, s) for s in splits)
-
-    found = find_dir(dirs, spec.subdirs, complete)
-    if found is None:
+    copy = find_copy(spec, root)
+    if copy is None:
         if root is not None:
             # both splits belong in a data root: name every file it lacks
             stems = [*SPLIT_STEMS[True], *SPLIT_STEMS[False]]
@@ -138,12 +170,18 @@ def locate_idx(spec: IdxSpec, root: str | Path | None = None, train: bool | None
 
             raise missing_in_root(spec.name, root, spec.subdirs, lacking, spec.how_to_get)
         raise not_found(_expected(spec), dirs, spec.how_to_get)
-    return found
+    for split in (True, False) if train is None else (train,):
+        if not _has_split(copy, split):
+            raise FileNotFoundError(_incomplete_copy(spec, copy, split, dirs))
+    return copy
 
 
 def download_idx(spec: IdxSpec, root: str | Path | None = None) -> Path:
-    """Download the four gzipped IDX files into ``root`` (or the default download folder)."""
-    dest = Path(root).expanduser() if root is not None else download_dir(spec.name)
+    """Download the missing gzipped IDX files into the copy in use (:func:`find_copy`), so
+    that it gets both splits, else into ``root`` (or the default download folder)."""
+    dest = find_copy(spec, root)
+    if dest is None:
+        dest = Path(root).expanduser() if root is not None else download_dir(spec.name)
     for stem in SPLIT_STEMS[True] + SPLIT_STEMS[False]:
         if _find_file(dest, stem) is None:
             try:
