@@ -1,6 +1,7 @@
 """The DCASE feature cache keys on every parameter of the features (duration, sample rate,
-the recipe): a dataset built with one configuration never returns features cached for
-another, in either order, and entries of the previous key scheme are not reused."""
+the recipe) and on the WAV itself (path, size, time): a dataset built with one configuration
+or from one root never returns features cached for another, in either order, and entries of
+the previous key scheme are not reused."""
 
 from __future__ import annotations
 
@@ -71,6 +72,27 @@ def test_sample_rates_sharing_a_cache_dir_match_the_uncached_features(
             root, train=True, sample_rate=sr, duration=2.0, cache_dir=cache_dir
         )
         assert torch.equal(data[0][0], expected[key]), key
+
+
+@pytest.mark.parametrize("first", [0, 1])
+def test_two_roots_sharing_a_cache_dir_each_get_their_own_features(
+    tmp_path: Path, first: int
+) -> None:
+    # same settings, same file names, sizes and times, different audio: the second root
+    # must not be given the features cached for the first
+    roots = []
+    for name, seed in (("a", 5), ("b", 6)):
+        root = write_layout(tmp_path / name, {True: 1}, seconds=0.1)
+        for wav in (root / "audio").glob("*.wav"):
+            soundfile.write(wav, synthetic_clip(3, 1.0, seed), SR, subtype="PCM_16")
+            os.utime(wav, ns=(10**18, 10**18))
+        roots.append(root)
+    expected = [_reference(root) for root in roots]
+    assert not torch.equal(expected[0], expected[1])
+    cache_dir = tmp_path / "shared-cache"
+    for index in (first, 1 - first, first):
+        got = dcase.Dcase2020Task1a(roots[index], train=True, cache_dir=cache_dir)[0][0]
+        assert torch.equal(got, expected[index]), index
 
 
 def test_cached_features_do_not_hide_a_sample_rate_mismatch(tmp_path: Path) -> None:

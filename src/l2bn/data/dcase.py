@@ -18,10 +18,12 @@ The scaled log-mel of each clip is cached on disk as ``<cache folder>/<tag>/<fil
 (cache folder: ``cache_dir``, default ``root/l2bn_cache``), where ``<tag>`` names the
 :class:`~l2bn.data.dcase_features.FeatureRecipe` (recipe version, sample rate, duration and a
 digest of every feature parameter), so each configuration has its own entries. An entry
-stores the recipe's parameters and the WAV's size and modification time, and is reused only
-when all of them match: an entry of another configuration or of an earlier cache format
-is never returned (the clip is recomputed; the old ``root/l2bn_cache/<recipe>`` folders of
-the first format are ignored and may be deleted). Deltas are computed when an item is read (cheap).
+stores the recipe's parameters and the WAV's resolved path, size and modification time, and
+is reused only when all of them match: an entry of another configuration, of another copy of
+the dataset (two roots sharing one ``cache_dir``: same file names, sizes and times, other
+audio) or of an earlier cache format is never returned (the clip is recomputed and its entry
+overwritten; the old ``root/l2bn_cache/<recipe>`` folders of the first format are ignored and
+may be deleted). Deltas are computed when an item is read (cheap).
 WAVs are read with ``soundfile`` (imported when first needed).
 
 Registered as dataset ``dcase2020-1a``, with the augmentations ``asc`` (random 400-frame
@@ -232,9 +234,10 @@ def read_wav(path: Path, sample_rate: int, duration: float | None, source: str =
     return torch.from_numpy(data.T.copy())
 
 
-CACHE_FORMAT = 2
-"""Layout of a cache entry; entries of another format (the first one keyed on the recipe tag
-and the WAV alone) are never returned."""
+CACHE_FORMAT = 3
+"""Layout of a cache entry; entries of another format are never returned (format 1 was keyed
+on the recipe tag and the WAV's size and time alone, format 2 added the recipe's parameters
+but not the WAV's path, so two roots sharing a ``cache_dir`` shared entries)."""
 
 
 class FeatureCache:
@@ -255,10 +258,13 @@ class FeatureCache:
         return self.folder / relative.with_suffix(".pt")
 
     def _stamp(self, wav: Path) -> dict[str, object]:
+        """What identifies an entry: the cache format, the recipe, and the WAV (its resolved
+        path, so another root's file of the same name, size and time does not match)."""
         stat = wav.stat()
         return {
             "format": CACHE_FORMAT,
             "recipe": self.recipe.params(),
+            "wav": str(wav.resolve()),
             "bytes": stat.st_size,
             "mtime_ns": stat.st_mtime_ns,
         }
@@ -267,13 +273,14 @@ class FeatureCache:
         path = self.entry_path(wav)
         if not self.enabled or not path.is_file():
             return None
+        expected = self._stamp(wav)
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
-            stamp = {k: saved[k] for k in ("format", "recipe", "bytes", "mtime_ns")}
+            stamp = {k: saved[k] for k in expected}
             features = saved["log_mel"]
         except Exception:  # unreadable or foreign file: recompute and overwrite
             return None
-        return features if stamp == self._stamp(wav) else None
+        return features if stamp == expected else None
 
     def save(self, wav: Path, features: Tensor) -> None:
         if not self.enabled:
