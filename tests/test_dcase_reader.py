@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import soundfile
 import torch
 
-from l2bn.data import dcase, dcase_features
+from l2bn.data import command, dcase, dcase_features
 from l2bn.data.registry import get_augmentation, list_datasets, load_dataset
 
 SR = 44100
@@ -220,6 +221,32 @@ def test_truncated_audio_is_an_error_not_a_shorter_clip(layout: Path) -> None:
     streamed[data_at : data_at + 4] = b"\xff\xff\xff\xff"
     park.write_bytes(bytes(streamed))
     assert data[4][0].shape[-1] == dcase_features.feature_frames(SR)
+
+
+def _data_check(root: Path) -> int:
+    """``l2bn data --check dcase2020-1a --root ROOT`` through the subcommand's parser."""
+    parser = argparse.ArgumentParser(prog="l2bn data")
+    command.configure(parser)
+    return command.run(parser.parse_args(["--check", "dcase2020-1a", "--root", str(root)]))
+
+
+def test_data_check_opens_every_wav_without_decoding(layout: Path, monkeypatch, capsys) -> None:
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the check decoded audio; it reads headers only")
+
+    monkeypatch.setattr(soundfile, "read", no_decoding)
+    assert _data_check(layout) == 0
+    park = layout / "audio" / "park-lisbon-1000-40000-a.wav"
+    park.write_bytes(park.read_bytes()[:3000])  # an interrupted copy
+    bus = layout / "audio" / "bus-lisbon-1000-40000-a.wav"
+    bus.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk")
+    capsys.readouterr()
+    assert _data_check(layout) == 1
+    err = capsys.readouterr().err
+    assert "dcase2020-1a: unavailable" in err and "2 of the 10 audio files" in err
+    assert f"{park} (listed at {layout / 'evaluation_setup' / 'fold1_train.csv'}:6)" in err
+    assert f"{bus} (listed at {layout / 'evaluation_setup' / 'fold1_train.csv'}:3)" in err
+    assert "truncated audio file" in err and "cannot read the audio file" in err
 
 
 def test_augmentations_are_registered(layout: Path) -> None:

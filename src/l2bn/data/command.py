@@ -2,8 +2,10 @@
 
 ``l2bn data`` lists every registered dataset with its folder (or the error saying where
 it looked and how to get it) and always exits 0. ``l2bn data --check NAME`` reads both
-splits of NAME and exits 1 if that fails. ``l2bn data --download NAME`` fetches MNIST,
-Fashion-MNIST, CIFAR-10 or CIFAR-100 when the network allows (checksums verified).
+splits of NAME (a dataset read lazily that has ``verify_files()``, such as DCASE, also checks
+every file with it: DCASE opens each WAV's headers) and exits 1 if that fails. ``l2bn data
+--download NAME`` fetches MNIST, Fashion-MNIST, CIFAR-10 or CIFAR-100 when the network allows
+(checksums verified).
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def _check(name: str, root: str | None) -> int:
         for train in (True, False):
             start = time.perf_counter()
             dataset = load_dataset(name, root=root, train=train)
+            verify_files = getattr(dataset, "verify_files", None)
+            if verify_files is not None:  # files read lazily: open each one now
+                verify_files()
             took = time.perf_counter() - start
             split = "train" if train else "test"
             print(f"{name} [{split}]: {_describe(dataset)} (read in {took:.2f} s)")

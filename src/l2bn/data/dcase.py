@@ -60,6 +60,7 @@ from l2bn.data.registry import register_augmentation, register_dataset
 __all__ = [
     "CLASSES",
     "Dcase2020Task1a",
+    "check_wav",
     "clip_features",
     "load_dcase2020_1a",
     "locate",
@@ -204,9 +205,11 @@ def wav_shortfall(path: Path) -> str | None:
             offset += declared + (declared & 1)
 
 
-def read_wav(path: Path, sample_rate: int, duration: float | None, source: str = "") -> Tensor:
-    """The first ``duration`` seconds of a WAV as float64 ``(channels, samples)``; a WAV
-    truncated after its header (shorter than its header says) is a ``ValueError``."""
+def check_wav(path: Path, sample_rate: int, source: str = "") -> None:
+    """What :func:`read_wav` checks before decoding, from the headers alone: the file opens as
+    audio, is not truncated (shorter than its header says), holds samples, at
+    ``sample_rate``; a ``ValueError`` naming ``path`` (and ``source``, where it is listed)
+    otherwise."""
     import soundfile
 
     listed = f" (listed at {source})" if source else ""
@@ -220,11 +223,25 @@ def read_wav(path: Path, sample_rate: int, duration: float | None, source: str =
         )
     try:
         info = soundfile.info(str(path))
-        if info.samplerate != sample_rate:
-            raise ValueError(
-                f"{path}{listed}: sample rate {info.samplerate} Hz, expected {sample_rate} Hz "
-                "(the recipe's frame count and mel bands assume it)"
-            )
+    except RuntimeError as err:  # soundfile.LibsndfileError and friends
+        raise ValueError(f"{path}{listed}: cannot read the audio file ({err})") from None
+    if info.samplerate != sample_rate:
+        raise ValueError(
+            f"{path}{listed}: sample rate {info.samplerate} Hz, expected {sample_rate} Hz "
+            "(the recipe's frame count and mel bands assume it)"
+        )
+    if info.frames == 0:
+        raise ValueError(f"{path}{listed}: the audio file has no samples")
+
+
+def read_wav(path: Path, sample_rate: int, duration: float | None, source: str = "") -> Tensor:
+    """The first ``duration`` seconds of a WAV as float64 ``(channels, samples)``; a file
+    that :func:`check_wav` rejects (e.g. truncated after its header) is a ``ValueError``."""
+    import soundfile
+
+    check_wav(path, sample_rate, source)
+    listed = f" (listed at {source})" if source else ""
+    try:
         stop = None if duration is None else clip_samples(sample_rate, duration)
         data, _ = soundfile.read(str(path), stop=stop, dtype="float64", always_2d=True)
     except RuntimeError as err:  # soundfile.LibsndfileError and friends
@@ -387,6 +404,24 @@ class Dcase2020Task1a(torch.utils.data.Dataset):
                 f"({scaled.shape[-1]} frames, need more than 8)"
             )
         return stack_deltas(scaled), int(self.entries[index].label)
+
+    def verify_files(self) -> None:
+        """Open every listed WAV's headers (:func:`check_wav`: unreadable, truncated, empty or
+        at another sample rate) without decoding the audio; one ``ValueError`` naming each
+        bad file and where it is listed. ``l2bn data --check`` calls it."""
+        problems: list[str] = []
+        for entry in self.entries:
+            try:
+                check_wav(entry.path, self.sample_rate, entry.source)
+            except ValueError as err:
+                problems.append(f"  - {err}")
+        if problems:
+            shown = "\n".join(problems[:5])
+            more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+            raise ValueError(
+                f"{len(problems)} of the {len(self.entries)} audio files listed in "
+                f"{self.csv_path} are unusable:\n{shown}{more}"
+            )
 
     def build_cache(self) -> int:
         """Compute every missing cache entry now; returns the number of clips."""
