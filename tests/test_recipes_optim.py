@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim.swa_utils import AveragedModel
 
 import l2bn
 from _timm import import_timm
+from l2bn.norms import create_norm, list_norms
 
 
 def _model() -> nn.Sequential:
@@ -109,3 +112,70 @@ def test_update_bn_recomputes_l2bn_statistics():
     frozen = l2bn.freeze(nn.Sequential(l2bn.L2BatchNorm2d(3)))
     l2bn.update_bn([torch.randn(2, 3, 2, 2)], frozen)  # frozen layers are left alone
     assert torch.equal(frozen[0].running_var, torch.ones(3))
+
+
+def _has_running_stats(norm: str) -> bool:
+    return getattr(create_norm(norm, 4), "running_mean", None) is not None
+
+
+_RUNNING_NORMS = [n for n in list_norms() if _has_running_stats(n)]
+"""Every registry norm with running statistics: BN, L2BN, LNBN/INBN/PNBN, SN, BCN, BIN."""
+
+
+def test_running_norms_include_the_mixed_norms():
+    assert {"bn", "l2bn", "lnbn", "sn", "bcn", "bin"} <= set(_RUNNING_NORMS)
+
+
+def _swa_averaged(norm: str) -> AveragedModel:
+    """A conv and the norm ``norm`` whose running statistics are those of other weights:
+    trained once on a shifted batch, then SWA-averaged with a rescaled convolution."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), create_norm(norm, 4), nn.BatchNorm2d(4))
+    model.train()(torch.randn(8, 3, 6, 6) * 5 + 3)
+    averaged = AveragedModel(model)
+    with torch.no_grad():
+        model[0].weight.mul_(0.3)
+    averaged.update_parameters(model)
+    return averaged
+
+
+@pytest.mark.parametrize("norm", _RUNNING_NORMS)
+def test_update_bn_recomputes_every_norm_with_running_statistics(norm: str):
+    averaged = _swa_averaged(norm)
+    batches = [torch.randn(4, 3, 6, 6) * s for s in (0.5, 1.0, 2.0)]
+    l2bn.update_bn(batches, averaged)
+    layer = averaged.module[1]
+    # A reference pass: a fresh layer with a cumulative average (momentum=None).
+    reference = create_norm(norm, 4, momentum=None)
+    with torch.no_grad():
+        features = [averaged.module[0](b) for b in batches]
+        for f in features:
+            reference(f)
+    torch.testing.assert_close(layer.running_mean, reference.running_mean)
+    torch.testing.assert_close(layer.running_var, reference.running_var)
+    assert layer.momentum == 0.1 and layer.num_batches_tracked == len(batches)
+    if norm in ("sn", "bcn", "bin"):  # their BN statistics are the input's, by hand
+        mean = torch.stack([f.mean((0, 2, 3)) for f in features]).mean(0)
+        var = torch.stack([f.var((0, 2, 3)) for f in features]).mean(0)
+        torch.testing.assert_close(layer.running_mean, mean)
+        torch.testing.assert_close(layer.running_var, var)
+
+
+def test_update_bn_recomputes_a_model_without_batchnorm_or_l2bn():
+    # A model whose only norm with running statistics is a mixed norm (no BN, no L2BN).
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), create_norm("sn", 4))
+    model.train()(torch.randn(8, 3, 6, 6) * 5 + 3)
+    batches = [torch.randn(4, 3, 6, 6)]
+    l2bn.update_bn(batches, model)
+    with torch.no_grad():
+        features = model[0](batches[0])
+    torch.testing.assert_close(model[1].running_mean, features.mean((0, 2, 3)))
+    torch.testing.assert_close(model[1].running_var, features.var((0, 2, 3)))
+    assert model[1].num_batches_tracked == 1
+
+
+def test_update_bn_skips_mixed_norms_without_running_statistics():
+    model = nn.Sequential(create_norm("sn", 3, track_running_stats=False), nn.BatchNorm2d(3))
+    l2bn.update_bn([torch.randn(2, 3, 4, 4)], model)
+    assert model[0].running_mean is None and model[1].num_batches_tracked == 1

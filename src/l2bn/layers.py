@@ -38,6 +38,7 @@ class _L2BatchNorm(_NormBase):
 
     _expected_dims: tuple[int, ...] = ()
     l2bn_per_sample_norm = True  # marks every L2BN layer (see l2bn.kinds.is_l2bn_layer)
+    l2bn_batch_running_stats = True  # l2bn.update_bn recomputes its statistics (l2bn.swa)
 
     def __init__(
         self,

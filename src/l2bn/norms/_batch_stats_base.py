@@ -12,11 +12,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from l2bn.norms._running import register_running_stats
+from l2bn.norms._running import register_running_stats, reset_running_stats
 
 
 class BatchStatsNorm2d(nn.Module):
     """Base of the mixed norms for (N, C, H, W) maps."""
+
+    l2bn_batch_running_stats = True  # l2bn.update_bn recomputes its statistics (l2bn.swa)
 
     def __init__(
         self,
@@ -51,6 +53,11 @@ class BatchStatsNorm2d(nn.Module):
         else:
             self.register_parameter(weight_name, None)
             self.register_parameter(bias_name, None)
+
+    def reset_running_stats(self) -> None:
+        """Running mean 0, running variance 1 and no batch counted, as BatchNorm's
+        ``reset_running_stats``; nothing when the layer tracks no running statistics."""
+        reset_running_stats(self)
 
     def extra_repr(self) -> str:
         return (

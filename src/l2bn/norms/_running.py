@@ -31,6 +31,16 @@ def register_running_stats(
         module.register_buffer("num_batches_tracked", None)
 
 
+@torch.no_grad()
+def reset_running_stats(module: nn.Module) -> None:
+    """Zero ``running_mean`` and ``num_batches_tracked`` and fill ``running_var`` with ones
+    (the buffers :func:`register_running_stats` added); nothing when they are None."""
+    if module.running_mean is not None:
+        module.running_mean.zero_()
+        module.running_var.fill_(1)
+        module.num_batches_tracked.zero_()
+
+
 def momentum_factor(module: nn.Module, momentum: float | None) -> float:
     """Count one more training batch and return the update factor, as BatchNorm does
     (the rule of :func:`l2bn._impl.running.momentum_factor`)."""
