@@ -285,6 +285,53 @@ def _worker(rank: int, port: int) -> None:
         dist.destroy_process_group()
 
 
+def _check_one_value_over_the_group(rank: int) -> None:
+    """One value per channel over both ranks (rank 0 holds one, rank 1 none): both ranks
+    raise L2BatchNorm's ValueError and keep their running statistics; then one value on
+    each rank (two in all) trains as L2BatchNorm on those two samples, so no collective
+    was left out of step (float64: the input gradient of two samples nearly cancels)."""
+    sync = SyncL2BatchNorm(3, momentum=0.5, dtype=torch.float64)
+    before = {k: v.clone() for k, v in sync.state_dict().items()}
+    for one, none in (((1, 3), (0, 3)), ((1, 3, 1, 1), (2, 3, 0, 1))):
+        x = torch.randn(one if rank == 0 else none, dtype=torch.float64, requires_grad=True)
+        try:
+            sync(x)
+        except ValueError as error:
+            assert "more than 1 value per channel" in str(error), error
+        else:
+            raise AssertionError(f"rank {rank}: {one} next to {none} was accepted")
+        for key, value in sync.state_dict().items():
+            assert torch.equal(value, before[key]), f"rank {rank}: {key} moved"
+    x, dy = _batch((2, 3), torch.float64, seed=61)
+    ref = L2BatchNorm1d(3, momentum=0.5, dtype=torch.float64)
+    x_ref = x.clone().requires_grad_()
+    y_ref = ref(x_ref)
+    (y_ref * dy).sum().backward()
+    part = slice(rank, rank + 1)
+    x_loc = x[part].clone().requires_grad_()
+    y = sync(x_loc)
+    (y * dy[part]).sum().backward()
+    _close(y, y_ref[part], TOL64, f"output, one value on each rank (rank {rank})")
+    _close(x_loc.grad, x_ref.grad[part], TOL64, f"input grad (rank {rank})")
+    _close(sync.running_var, ref.running_var, TOL64, f"running_var (rank {rank})")
+    assert int(sync.num_batches_tracked) == 1
+
+
+def _one_value_worker(rank: int, port: int) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=timedelta(seconds=60),
+    )
+    try:
+        _check_one_value_over_the_group(rank)
+    finally:
+        dist.destroy_process_group()
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -300,3 +347,8 @@ def test_sync_matches_single_process() -> None:
     momentum None.
     """
     mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD, join=True)
+
+
+def test_one_value_per_channel_over_the_group_is_refused_on_every_rank() -> None:
+    """A spawn of 2 gloo processes without DDP (a few seconds)."""
+    mp.spawn(_one_value_worker, args=(_free_port(),), nprocs=WORLD, join=True)

@@ -239,3 +239,42 @@ def test_sync_passes_follow_the_dispatcher():
             for t in (x, x[:0], x.double(), x.bfloat16()):
                 assert dispatch.sync_backend(t, None, None, True) is pytorch
                 assert sync_passes(t, None, None) is PYTORCH_PASSES
+
+
+def test_one_value_over_the_group_is_refused_after_the_gather(monkeypatch) -> None:
+    """A one-process gloo group the layer is told holds two ranks (so it synchronizes):
+    one value per channel over the group is L2BatchNorm's ValueError, with the running
+    statistics and the batch count untouched; test_sync_distributed.py checks two ranks."""
+    dist = torch.distributed
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(SyncL2BatchNorm, "_group_size", lambda self: 2)
+        sync = SyncL2BatchNorm(3)
+        before = {k: v.clone() for k, v in sync.state_dict().items()}
+        for shape in ((1, 3), (1, 3, 1, 1)):
+            with pytest.raises(ValueError, match="more than 1 value per channel"):
+                sync(torch.randn(shape))
+            for key, value in sync.state_dict().items():
+                assert torch.equal(value, before[key]), key
+        sync(torch.randn(2, 3))
+        assert int(sync.num_batches_tracked) == 1
+    finally:
+        dist.destroy_process_group()
+
+
+def test_global_count_is_read_only_by_ranks_with_at_most_one_value() -> None:
+    """A rank with two or more values knows the group's total exceeds one: it never reads
+    the gathered count back (no host synchronization in the usual step)."""
+    from l2bn._impl.sync_stats import check_global_count
+
+    class Unreadable:
+        def __int__(self) -> int:
+            raise AssertionError("the global count was read back")
+
+    check_global_count(2, Unreadable(), 4)
+    for local in (0, 1):
+        with pytest.raises(ValueError, match="1 value per channel over the 4 ranks"):
+            check_global_count(local, torch.tensor(1.0), 4)
+        check_global_count(local, torch.tensor(2.0), 4)
+        check_global_count(local, torch.tensor(0.0), 4)

@@ -34,9 +34,11 @@ class SyncL2BatchNorm(_L2BatchNorm):
     mean and variance of eq. (2) are taken over the samples of all ranks of
     ``process_group`` (default: the whole world); ranks may hold different numbers of
     samples, including none, but every rank must call the layer (and its backward)
-    the same number of times. The running statistics receive the global unbiased
-    variance and stay identical on all ranks. Outside a process group, with one
-    process, or in eval mode it computes exactly what ``L2BatchNorm`` computes.
+    the same number of times, and the group's batch must hold more than one value per
+    channel (else every rank raises ``ValueError``, as ``L2BatchNorm`` does in one
+    process). The running statistics receive the global unbiased variance and stay
+    identical on all ranks. Outside a process group, with one process, or in eval mode it
+    computes exactly what ``L2BatchNorm`` computes.
 
     Weight and bias gradients are each rank's share of the global sums, as in
     ``torch.nn.SyncBatchNorm``: wrap the model in ``DistributedDataParallel`` (which
@@ -86,11 +88,9 @@ class SyncL2BatchNorm(_L2BatchNorm):
             return traced
         if not self.training or self._group_size() <= 1:
             return super().forward(input)
-        # Local checks only: a rank may hold 1 value per channel, or none at all.
+        # Local checks only: a rank may hold 1 value per channel, or none at all (one value
+        # over the whole group is refused after the gather, on every rank).
         validate_input(input, self.num_features, False)
-        factor = 0.0
-        if self.track_running_stats:
-            factor = momentum_factor(self.momentum, self.num_batches_tracked)
         group = self.process_group or dist.group.WORLD
         # No value on this rank (no sample, or a zero-size spatial dim): it adds nothing to
         # the statistics but joins the collectives, forward and backward, as a share of no
@@ -103,7 +103,9 @@ class SyncL2BatchNorm(_L2BatchNorm):
         )
         out = out.reshape(input.shape)
         if self.track_running_stats:
-            # The global count is a tensor: no host synchronization.
+            # Counted after the statistics pass, which may refuse the batch. The global
+            # count is a tensor: no host synchronization.
+            factor = momentum_factor(self.momentum, self.num_batches_tracked)
             update_running_stats(self.running_mean, self.running_var, mean, var, count, factor)
         return out
 

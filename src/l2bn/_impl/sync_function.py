@@ -19,7 +19,8 @@ operations. :func:`sync_l2_batch_norm` asks :func:`l2bn._impl.dispatch.sync_back
 backend's passes run them: the Triton kernels (:mod:`l2bn._impl.triton.sync`, statistics
 in float32) where the Triton backend would run the call, else the PyTorch passes
 (:data:`PYTORCH_PASSES`). Either way one all-gather runs in forward and one all-reduce in
-backward, and nothing reads a value back to the host.
+backward, and nothing reads a value back to the host, except the group's count on a rank
+holding at most one value per channel (:func:`l2bn._impl.sync_stats.check_global_count`).
 """
 
 from __future__ import annotations
@@ -96,7 +97,11 @@ def sync_l2_batch_norm(
     statistics of every rank of ``group``. Returns ``(y, mean, var, count)``: the output
     and the group's biased statistics of ``xh`` with its count of values per channel (a
     0-d tensor; no host synchronization). Every rank of ``group`` must call it, and its
-    backward, the same number of times."""
+    backward, the same number of times.
+
+    Raises:
+        ValueError: the group's batch holds one value per channel (on every rank alike).
+    """
     chosen = sync_passes(x, weight, bias)
     return SyncL2BatchNormFunction.apply(x, weight, bias, eps, l2_eps, scale, group, chosen)
 

@@ -19,6 +19,10 @@ payload is ``world_size * (2C + 1)`` numbers, the same as ``torch.nn.SyncBatchNo
 all-gather (a few MB at C = 2048 on 256 GPUs). Counts travel in the accumulation dtype
 with the moments (exact up to 2**24 values per channel and rank in float32; beyond, a
 relative rounding of 6e-8 in a weight).
+
+A group's batch of one value per channel is refused after the gather, on every rank
+(:func:`check_global_count`); only a rank holding at most one value per channel reads the
+gathered count back to the host for that.
 """
 
 from __future__ import annotations
@@ -96,7 +100,12 @@ def _all_gather(output: Tensor, local: Tensor, group: Any) -> None:
 
 
 def gather_channel_stats(local: LocalStats, group: Any) -> GlobalStats:
-    """One all-gather of ``(count, mean, M2)`` per rank, merged by Chan's pairwise rule."""
+    """One all-gather of ``(count, mean, M2)`` per rank, merged by Chan's pairwise rule.
+
+    Raises:
+        ValueError: the group's batch holds exactly one value per channel (on every rank
+            alike; see :func:`check_global_count`).
+    """
     c = local.mean.numel()
     packed = torch.cat([local.mean.new_full((1,), float(local.count)), local.mean, local.m2])
     world = dist.get_world_size(group)
@@ -105,7 +114,32 @@ def gather_channel_stats(local: LocalStats, group: Any) -> GlobalStats:
     table = table.view(world, 2 * c + 1)
     counts, means, m2s = table[:, :1], table[:, 1 : c + 1], table[:, c + 1 :]
     total = counts.sum()
+    check_global_count(local.count, total, world)
     denom = total.clamp(min=1)
     mean = (counts * means).sum(dim=0) / denom
     m2 = m2s.sum(dim=0) + (counts * (means - mean).square()).sum(dim=0)
     return GlobalStats(mean, m2 / denom, total)
+
+
+def check_global_count(local_count: int, total: Tensor, world: int) -> None:
+    """Refuse a training batch of one value per channel over the whole group, as
+    :func:`l2bn.functional.validate_input` refuses it in one process (its variance is 0 and
+    its unbiased variance undefined: the output would be the bias and the running variance
+    would move towards 0).
+
+    ``local_count``: this rank's values per channel; ``total``: the gathered count over the
+    ``world`` ranks (0-d). Only a rank holding at most one value reads ``total`` back to the
+    host: a rank with more knows the total exceeds one, so the usual step keeps no host
+    synchronization. Every rank sees the same ``total``, so all ranks raise or none does
+    (none is left waiting in a collective).
+
+    Raises:
+        ValueError: ``total`` is 1.
+    """
+    if local_count > 1 or int(total) != 1:
+        return
+    raise ValueError(
+        "l2bn: expected more than 1 value per channel when training, got 1 value per "
+        f"channel over the {world} ranks of the process group (this rank holds "
+        f"{local_count})"
+    )

@@ -15,7 +15,8 @@ as the single-process training path), with the signatures of the PyTorch passes:
 
 Statistics are float32 for float32, float16 and bfloat16 input. A process holding no
 sample launches nothing and contributes a count of 0. Nothing reads a value back to the
-host.
+host, except the group's count on a process holding at most one value per channel
+(:func:`l2bn._impl.sync_stats.check_global_count`).
 """
 
 from __future__ import annotations
