@@ -435,3 +435,93 @@ def test_this_process_maps_its_own_libraries():
     if not files:
         pytest.skip("no /proc/self/maps here")
     assert any("libtorch" in path for path in files)  # torch is imported
+
+
+# The options the GPU benchmark reads (l2bn.bench.gpu.run); every other one is CPU only.
+GPU_OPTIONS = {"help", "quick", "rounds", "cases", "modes", "no_e2e", "e2e_batch", "device"}
+GPU_OPTIONS |= {"json", "output"}
+
+
+def _bench_parser():
+    from l2bn_cli import build_parser
+
+    parser = build_parser("bench")
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return sub.choices["bench"]
+
+
+def test_every_option_is_either_read_by_the_gpu_benchmark_or_cpu_only():
+    """A new option must be classified: one the GPU benchmark ignores is CPU only, and
+    defaults to None so that ``--device cuda`` sees it given."""
+    from l2bn.bench.command import CPU_ONLY_OPTIONS
+
+    parser = _bench_parser()
+    dests = {a.dest for a in parser._actions}
+    assert dests == GPU_OPTIONS | set(CPU_ONLY_OPTIONS), dests ^ (
+        GPU_OPTIONS | set(CPU_ONLY_OPTIONS)
+    )
+    assert not GPU_OPTIONS & set(CPU_ONLY_OPTIONS)
+    defaults = vars(parser.parse_args([]))
+    assert all(defaults[dest] is None for dest in CPU_ONLY_OPTIONS), defaults
+
+
+def test_cpu_only_options_get_their_defaults_on_the_cpu():
+    from l2bn.bench.command import with_cpu_defaults
+
+    args = with_cpu_defaults(_bench_parser().parse_args([]))
+    assert (args.threads, args.clock, args.ops, args.default_malloc) == (2, "wall", False, False)
+    assert args.contenders == ",".join(cn.CONTENDERS)
+    assert with_cpu_defaults(_bench_parser().parse_args(["--threads", "1"])).threads == 1
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--threads", "2"],
+        ["--threads", "8"],
+        ["--shape", "8x4"],
+        ["--contenders", "bn,l2bn"],
+        ["--clock", "wall"],
+        ["--ops"],
+        ["--compile"],
+        ["--no-compile"],
+        ["--isa", "default"],
+        ["--aten-capability", "default"],
+        ["--default-malloc"],
+    ],
+)
+def test_cpu_only_option_with_device_cuda_is_one_line_and_exit_2(option, monkeypatch, capsys):
+    """Refused before anything touches CUDA (no GPU needed), naming the option; even a
+    value equal to the CPU default (``--threads 2``) is refused, not ignored."""
+    from l2bn.bench import gpu
+
+    def touched(*_args, **_kwargs):
+        raise AssertionError("the GPU benchmark was reached")
+
+    monkeypatch.setattr(gpu, "run", touched)
+    monkeypatch.setattr(torch.cuda, "is_available", touched)
+    assert main(["bench", "--device", "cuda", "--quick", *option]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert err.startswith("l2bn bench: error: ") and "\n" not in err, err
+    assert option[0] in err and "CPU benchmark only" in err and "--device cuda" in err
+
+
+def test_cpu_only_options_with_device_cuda_are_all_named(monkeypatch, capsys):
+    from l2bn.bench import gpu
+
+    monkeypatch.setattr(gpu, "run", lambda args: pytest.fail("the GPU benchmark was reached"))
+    argv = ["bench", "--device", "cuda", "--isa", "default", "--threads", "1", "--ops"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--threads, --ops, --isa are options of the CPU benchmark only" in err, err
+
+
+def test_device_cuda_without_cpu_only_options_reaches_the_gpu_benchmark(monkeypatch):
+    from l2bn.bench import gpu
+
+    seen = []
+    monkeypatch.setattr(gpu, "run", lambda args: seen.append(args) or 0)
+    assert main(["bench", "--device", "cuda", "--quick", "--rounds", "2", "--cases", "x"]) == 0
+    assert len(seen) == 1 and seen[0].rounds == 2

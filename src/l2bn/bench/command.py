@@ -21,12 +21,38 @@ from l2bn.bench.timing import schedule, time_interleaved
 DEFAULT_ROUNDS = 18
 """Three whole periods of the rounds of three contenders (``l2bn.bench.timing.schedule``)."""
 
+CPU_ONLY_OPTIONS: dict[str, str] = {
+    "threads": "--threads",
+    "shape": "--shape",
+    "contenders": "--contenders",
+    "clock": "--clock",
+    "ops": "--ops",
+    "compile": "--compile/--no-compile",
+    "isa": "--isa",
+    "aten_capability": "--aten-capability",
+    "default_malloc": "--default-malloc",
+}
+"""The options the GPU benchmark (:func:`l2bn.bench.gpu.run`) does not read, by ``dest``:
+each defaults to None, so that one given with ``--device cuda`` is seen and refused
+(:func:`cpu_only_options_given`) rather than ignored."""
+
+CPU_DEFAULTS: dict[str, Any] = {
+    "threads": 2,
+    "contenders": ",".join(cn.CONTENDERS),
+    "clock": "wall",
+    "ops": False,
+    "default_malloc": False,
+}
+"""What the CPU benchmark runs with where a CPU-only option is not given (None)."""
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="tiny shapes and 2 rounds (proves the command runs)"
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default 2; CPU only)"
+    )
     parser.add_argument(
         "--rounds",
         type=int,
@@ -43,13 +69,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="NxC[xL|xHxW]",
         help="time this shape instead of the standard cases (repeatable; 4-D in both "
-        "layouts), e.g. --shape 16384x32 --shape 32x64x28x28",
+        "layouts), e.g. --shape 16384x32 --shape 32x64x28x28 (CPU only)",
     )
     parser.add_argument(
         "--contenders",
-        default=",".join(cn.CONTENDERS),
-        help=f"comma-separated subset of {', '.join(cn.CONTENDERS)} (bn and l2bn required); "
-        "without naive, no call follows the composite, which evicts the caches",
+        default=None,
+        help=f"comma-separated subset of {', '.join(cn.CONTENDERS)} (default: all; bn and "
+        "l2bn required); without naive, no call follows the composite, which evicts the "
+        "caches (CPU only)",
     )
     parser.add_argument(
         "--modes",
@@ -59,15 +86,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--clock",
         choices=("wall", "cpu"),
-        default="wall",
+        default=None,
         help="wall: elapsed time (default); cpu: process CPU time, robust on a shared "
-        "machine when used with --threads 1",
+        "machine when used with --threads 1 (CPU only)",
     )
     parser.add_argument(
         "--ops",
         action="store_true",
+        default=None,
         help="also time the operators alone (ATen's native_batch_norm vs the fused L2BN "
-        "operators, no modules or autograd), each ratio to native_batch_norm",
+        "operators, no modules or autograd), each ratio to native_batch_norm (CPU only)",
     )
     parser.add_argument("--no-e2e", action="store_true", help="skip the ResNet-20 step")
     parser.add_argument(
@@ -75,7 +103,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="also time the ResNet-20 step under torch.compile(fullgraph=True) (default: on, "
-        "off with --quick; compiling takes a minute or more)",
+        "off with --quick; compiling takes a minute or more; CPU only)",
     )
     parser.add_argument(
         "--e2e-batch",
@@ -88,7 +116,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         choices=("cpu", "cuda"),
         default="cpu",
         help="cpu (default) or cuda: the GPU benchmark of l2bn.bench.gpu (Triton kernels "
-        "vs cuDNN and native BatchNorm)",
+        "vs cuDNN and native BatchNorm), which refuses the options marked CPU only",
     )
     parser.add_argument(
         "--isa",
@@ -96,19 +124,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="run the fused kernels at this instruction set (L2BN_CPU_ISA), and native "
         "BatchNorm at the same ATen capability unless --aten-capability says otherwise: "
-        "measures a lower processor on this one (a fresh process is started)",
+        "measures a lower processor on this one (a fresh process is started; CPU only)",
     )
     parser.add_argument(
         "--aten-capability",
         choices=machine.ISAS,
         default=None,
-        help="ATen's CPU capability (ATEN_CPU_CAPABILITY) for native BatchNorm and torch ops",
+        help="ATen's CPU capability (ATEN_CPU_CAPABILITY) for native BatchNorm and torch ops "
+        "(CPU only)",
     )
     parser.add_argument(
         "--default-malloc",
         action="store_true",
+        default=None,
         help="leave glibc's malloc settings alone (by default freed memory stays in the "
-        "process, so that no contender page-faults memory another one returned)",
+        "process, so that no contender page-faults memory another one returned; CPU only)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--output", default=None, help="also write the JSON to this file")
@@ -277,11 +307,38 @@ def check_options(args: argparse.Namespace) -> None:
     selected_cases(args)
 
 
+def cpu_only_options_given(args: argparse.Namespace) -> list[str]:
+    """The flags of the :data:`CPU_ONLY_OPTIONS` given in ``args`` (those not None)."""
+    return [
+        flag for dest, flag in CPU_ONLY_OPTIONS.items() if getattr(args, dest, None) is not None
+    ]
+
+
+def with_cpu_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with each CPU-only option not given set to :data:`CPU_DEFAULTS`."""
+    resolved = dict(vars(args))
+    for dest, default in CPU_DEFAULTS.items():
+        if resolved.get(dest) is None:
+            resolved[dest] = default
+    return argparse.Namespace(**resolved)
+
+
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "device", "cpu") == "cuda":
+        given = cpu_only_options_given(args)
+        if given:
+            # As argparse reports a bad option, before anything touches CUDA.
+            what = "is an option" if len(given) == 1 else "are options"
+            print(
+                f"l2bn bench: error: {', '.join(given)} {what} of the CPU benchmark only, "
+                "which --device cuda would ignore",
+                file=sys.stderr,
+            )
+            return 2
         from l2bn.bench import gpu
 
         return gpu.run(args)
+    args = with_cpu_defaults(args)
     try:
         check_options(args)
         # An --isa the processor or the build lacks is a bad option too.
