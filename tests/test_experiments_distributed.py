@@ -33,14 +33,20 @@ def _killed_in_epoch_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return directory
 
 
-def _torchrun_resume(directory: Path, *flags: str) -> subprocess.CompletedProcess:
-    """``l2bn train --resume`` of the run in ``directory`` under torchrun, 2 processes."""
+def _torchrun_train(directory: Path, *flags: str) -> subprocess.CompletedProcess:
+    """``l2bn train`` of the run in ``directory`` under torchrun, 2 processes, with the
+    config in ``directory.parent / "config.yaml"``."""
     config_path = directory.parent / "config.yaml"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     cmd += ["-m", "l2bn.cli", "train", "--config", str(config_path), "--run-dir"]
-    cmd += [str(directory), "--resume", "--quiet", *flags]
+    cmd += [str(directory), "--quiet", *flags]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+
+
+def _torchrun_resume(directory: Path, *flags: str) -> subprocess.CompletedProcess:
+    """``l2bn train --resume`` of the run in ``directory`` under torchrun, 2 processes."""
+    return _torchrun_train(directory, "--resume", *flags)
 
 
 def test_torchrun_two_processes_resume_and_checkpoint_portability(
@@ -73,6 +79,30 @@ def test_torchrun_two_processes_resume_and_checkpoint_portability(
     model.eval()
     with torch.no_grad():
         assert model(torch.randn(4, 1, 8, 8)).shape == (4, 10)
+
+
+def test_torchrun_reuses_a_finished_run_only_with_its_norm_batch(tmp_path: Path) -> None:
+    """A run finished in one process (batch 8: its norms see 8 samples) is not the run of a
+    torchrun job of 2 processes without --sync-bn (each normalizes over its 4): refused,
+    naming the norm batch, nothing retrained; with --sync-bn (8 again) it is reused."""
+    root = write_idx(tmp_path / "data", n_train=32, n_test=16)
+    config = tiny_config(data_root=str(root), epochs=1, batch_size=8, norm="l2bn")
+    directory = tmp_path / "run"
+    train_run(config, 3, directory, quiet=True)
+    (tmp_path / "config.yaml").write_text(config.to_yaml())
+    done = (directory / "done").read_text()
+    stamp = (directory / "checkpoint.pt").stat().st_mtime_ns
+
+    result = _torchrun_train(directory)
+    assert result.returncode == 1, "a run of another norm batch was reported as this one"
+    assert "norm_batch: 8 -> 4" in result.stderr and "--sync-bn setting" in result.stderr
+    assert (directory / "done").read_text() == done
+    assert (directory / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+    result = _torchrun_train(directory, "--sync-bn")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (directory / "done").read_text() == done
+    assert (directory / "checkpoint.pt").stat().st_mtime_ns == stamp  # reused, not retrained
 
 
 def test_torchrun_training_metrics_cover_every_rank(tmp_path: Path) -> None:

@@ -67,6 +67,59 @@ def test_identity_covers_what_changes_results_and_nothing_else() -> None:
     assert run_identity(base.replace(threads=None), 3)["threads"] == torch.get_num_threads()
 
 
+def test_identity_names_the_norm_batch_when_not_the_whole_batch() -> None:
+    # batch 16: one process and torchrun with --sync-bn normalize over 16 samples, torchrun
+    # without it over each process's share
+    base = tiny_config()
+    single = run_identity(base, 3)
+    assert "norm_batch" not in single  # as before: runs of one process stay valid
+    assert run_identity(base, 3, world_size=2, sync_bn=True) == single
+    assert run_identity(base, 3, sync_bn=True) == single
+    per_process = run_identity(base, 3, world_size=2)
+    assert per_process["norm_batch"] == 8 and fingerprint(per_process) != fingerprint(single)
+    assert run_identity(base, 3, world_size=4)["norm_batch"] == 4
+
+
+def _as_before_the_norm_batch_identity(run: Path, world_size: int, norm_batch: int | None) -> None:
+    """Make the finished run in ``run`` look written before the identity named the norm
+    batch: a ``done`` marker without it, a checkpoint recording the job it ran in."""
+    import json
+
+    summary = json.loads((run / "done").read_text())
+    summary.pop("norm_batch", None)
+    (run / "done").write_text(json.dumps(summary))
+    state = load_checkpoint_file(run / "checkpoint.pt")
+    state["world_size"] = world_size
+    state.pop("norm_batch", None)
+    if norm_batch is not None:
+        state["norm_batch"] = norm_batch
+    torch.save(state, run / "checkpoint.pt")
+
+
+def test_finished_run_from_before_the_norm_batch_identity(tmp_path: Path) -> None:
+    from l2bn.experiments.identity import inspect_run
+
+    root = write_idx(tmp_path / "data", n_train=32, n_test=16)
+    config = tiny_config(data_root=str(root), epochs=1)  # batch 16
+    run = tmp_path / "run"
+    train_run(config, 3, run, quiet=True)
+    assert '"norm_batch": 16' in (run / "done").read_text()
+    single, per_process = run_identity(config, 3), run_identity(config, 3, world_size=2)
+
+    _as_before_the_norm_batch_identity(run, 1, None)  # one process, norm batch not recorded
+    assert inspect_run(run, single).same  # still reused
+    state = inspect_run(run, per_process)
+    assert not state.same and state.differing == ["norm_batch: 16 -> 8"]
+
+    # a torchrun job of 2 processes without --sync-bn: its fingerprint names no norm batch
+    _as_before_the_norm_batch_identity(run, 2, 8)
+    assert inspect_run(run, per_process).same
+    state = inspect_run(run, single)
+    assert not state.same and state.differing[0].startswith("norm_batch: 8 -> 16 (recorded")
+    with pytest.raises(RunMismatchError, match=r"norm_batch: 8 -> 16 .*--sync-bn setting"):
+        train_run(config, 3, run, quiet=True)
+
+
 def test_identity_names_the_code_and_the_backend(monkeypatch) -> None:
     from l2bn import backends
     from l2bn.experiments import identity as ident

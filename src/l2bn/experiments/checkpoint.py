@@ -241,6 +241,17 @@ def check_checkpoint_belongs(
         )
 
 
+def recorded_norm_batch(state: dict[str, Any], batch_size: int) -> int | None:
+    """The norm batch (:func:`l2bn.experiments.distributed.norm_batch`) the checkpoint
+    ``state`` of a run with total batch ``batch_size`` was trained with. A checkpoint
+    written before checkpoints recorded it knows it for one process only (the whole
+    batch); under torchrun it is unknown (None): ``--sync-bn`` was not recorded."""
+    saved = state.get("norm_batch")
+    if saved is not None:
+        return int(saved)
+    return int(batch_size) if int(state.get("world_size", 1)) == 1 else None
+
+
 def scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
     """The scheduler's state without its lambda objects (they are rebuilt from the config)."""
     state = dict(scheduler.state_dict())

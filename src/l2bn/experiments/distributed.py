@@ -51,9 +51,22 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def env_world_size() -> int:
+    """The number of processes of the torchrun job this process belongs to (``WORLD_SIZE``;
+    1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def norm_batch(batch_size: int, world_size: int, sync_bn: bool) -> int:
+    """The norm batch: the samples whose statistics a batch norm layer uses at each step.
+    The whole batch in one process, or under torchrun with ``--sync-bn``; else each
+    process's share of it (``batch_size`` is the total over all processes)."""
+    return batch_size if world_size <= 1 or sync_bn else batch_size // world_size
+
+
 def init_distributed(device_name: str = "auto") -> DistContext:
     """Join the torchrun job described by the environment, or return a one-process context."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = env_world_size()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)

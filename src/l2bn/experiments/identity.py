@@ -17,7 +17,18 @@ A run's identity is everything that changes its numbers:
   ``cpu`` for the fused C++ kernels, ``pytorch`` when they are unavailable, switched off or
   ``L2BN_DISABLE_FUSED=1``, ``triton`` on a GPU), and on a CPU the instruction sets of the
   fused kernels and of ATen and the number of torch threads (a reduction split over another
-  number of threads sums in another order, and training amplifies the last-bit difference).
+  number of threads sums in another order, and training amplifies the last-bit difference);
+* the norm batch (:func:`l2bn.experiments.distributed.norm_batch`), the samples each batch
+  norm layer computes its statistics over, as ``norm_batch`` when it is not the whole batch:
+  under torchrun without ``--sync-bn``, each process's share. One process and torchrun with
+  ``--sync-bn`` normalize over the same batch and share the identity (and the identities
+  of runs from before the norm batch was part of it).
+
+A ``fingerprint.json`` written before the norm batch was part of the identity names none,
+also for a torchrun run without ``--sync-bn``: a finished run's norm batch is then the one
+its ``done`` marker or last checkpoint recorded (:func:`run_norm_batch`), and it is reused
+only by a run with that norm batch (an unfinished one of another norm batch than the whole
+batch cannot be continued: its checkpoints carry the older fingerprint).
 
 The thread count of a CPU run is decided once, when the run starts (:func:`settle_threads`):
 the ``threads`` setting when given, else the caller's default (``l2bn compare``: the cores
@@ -25,8 +36,9 @@ divided by its parallel runs). A run that is resumed or reused without a ``threa
 setting keeps the count it started with; an explicit other count is a mismatch.
 
 ``fingerprint.json`` in a run directory stores the identity and its SHA-256 fingerprint; the
-checkpoints carry the fingerprint too. A run is reused or resumed only when the fingerprints
-match; otherwise :class:`RunMismatchError` names the fields that differ.
+checkpoints carry the fingerprint too. A run is reused or resumed only when the identities
+match (the fingerprints, but for the norm batch above); otherwise :class:`RunMismatchError`
+names the fields that differ.
 """
 
 from __future__ import annotations
@@ -70,15 +82,18 @@ class IncomparableRunsError(UsageError):
     """Runs to be reported together differ in more than the norm, placement and seed."""
 
 
-def run_identity(config: ExperimentConfig, seed: int) -> dict[str, Any]:
-    """The fields that determine the result of seed ``seed`` of ``config``.
+def run_identity(
+    config: ExperimentConfig, seed: int, *, world_size: int = 1, sync_bn: bool = False
+) -> dict[str, Any]:
+    """The fields that determine the result of seed ``seed`` of ``config``, trained by
+    ``world_size`` processes (torchrun), with ``--sync-bn`` or not.
 
     On a CPU, ``config.threads`` None stands for the torch threads of this process (what a
     run leaves unset uses); :func:`settle_threads` sets it before a run starts."""
     import torch
 
     import l2bn
-    from l2bn.experiments.distributed import resolve_device
+    from l2bn.experiments.distributed import norm_batch, resolve_device
 
     fields = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_ONLY}
     device_type = resolve_device(config.device).type
@@ -94,7 +109,15 @@ def run_identity(config: ExperimentConfig, seed: int) -> dict[str, Any]:
     if device_type == "cpu":
         threads = config.threads if config.threads is not None else torch.get_num_threads()
         identity["threads"] = int(threads)
+    samples = norm_batch(config.batch_size, world_size, sync_bn)
+    if samples != config.batch_size:
+        identity["norm_batch"] = samples
     return identity
+
+
+def identity_norm_batch(identity: dict[str, Any]) -> int | None:
+    """The norm batch of a run of ``identity`` (None when the identity has no batch size)."""
+    return identity.get("norm_batch", identity.get("batch_size"))
 
 
 def compute_backend(device_type: str) -> dict[str, Any]:
@@ -167,6 +190,9 @@ def settle_threads(
     directory: str | Path,
     default: int,
     adopt: bool = True,
+    *,
+    world_size: int = 1,
+    sync_bn: bool = False,
 ) -> ExperimentConfig:
     """``config`` with the thread count its CPU run uses, decided once per run.
 
@@ -175,7 +201,7 @@ def settle_threads(
     directory when that holds this run started with another count and otherwise the same
     identity (with ``adopt``: not when the run is to be trained afresh), else ``default``.
     Off the CPU the thread count is not part of the result, and ``config`` is returned as
-    it is."""
+    it is. ``world_size`` and ``sync_bn`` are the run's (:func:`run_identity`)."""
     from l2bn.experiments.distributed import resolve_device
 
     if config.threads is not None or resolve_device(config.device).type != "cpu":
@@ -185,7 +211,8 @@ def settle_threads(
         recorded = stored.get("threads") if stored is not None else None
         if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 1:
             candidate = config.replace(threads=recorded)
-            if run_identity(candidate, seed) == stored:
+            job = {"world_size": world_size, "sync_bn": sync_bn}
+            if run_identity(candidate, seed, **job) == stored:
                 return candidate
     return config.replace(threads=max(1, int(default)))
 
@@ -318,13 +345,69 @@ def inspect_run(directory: str | Path, identity: dict[str, Any]) -> RunState:
             "so its configuration is unknown"
         )
         return RunState(True, False, done, [reason])
-    return RunState(
-        True,
-        stored == identity,
-        done,
-        differences(stored, identity),
-        differing_keys(stored, identity),
-    )
+    seen, legacy = _with_recorded_norm_batch(directory, stored, identity, done)
+    lines = _norm_batch_lines(differences(seen, identity), seen, identity, legacy)
+    if legacy and not done and seen == identity:
+        lines = [
+            f"norm_batch {identity_norm_batch(seen)!r}, recorded by its checkpoint: its "
+            f"{IDENTITY_FILE} predates the norm batch in the identity, and its checkpoints "
+            "carry that older fingerprint, so this l2bn cannot continue it (finish it with "
+            "the l2bn that started it)"
+        ]
+        return RunState(True, False, done, lines)
+    return RunState(True, seen == identity, done, lines, differing_keys(seen, identity))
+
+
+def _with_recorded_norm_batch(
+    directory: Path, stored: dict[str, Any], identity: dict[str, Any], done: bool
+) -> tuple[dict[str, Any], bool]:
+    """``stored``, with the norm batch the run recorded (:func:`run_norm_batch`) when its
+    identity names none although it was not the whole batch: a ``fingerprint.json`` from
+    before the norm batch was part of the identity, of a torchrun run without --sync-bn.
+    Looked up for a finished run, and for an unfinished one when this run's norm batch is
+    not the whole batch (to say what differs). True when that changed ``stored``."""
+    if "norm_batch" in stored or not (done or "norm_batch" in identity):
+        return stored, False
+    recorded = run_norm_batch(directory, stored.get("batch_size"))
+    if recorded is None or recorded == stored.get("batch_size"):
+        return stored, False
+    return {**stored, "norm_batch": recorded}, True
+
+
+def _norm_batch_lines(
+    lines: list[str], seen: dict[str, Any], identity: dict[str, Any], legacy: bool
+) -> list[str]:
+    """:func:`differences` with the ``norm_batch`` line in samples on both sides (an
+    identity without one normalizes over the whole batch)."""
+    if seen.get("norm_batch") == identity.get("norm_batch"):
+        return lines
+    where = f" (recorded by its checkpoint; its {IDENTITY_FILE} predates it)" if legacy else ""
+    line = f"norm_batch: {identity_norm_batch(seen)!r} -> {identity_norm_batch(identity)!r}"
+    return [line + where if text.startswith("norm_batch: ") else text for text in lines]
+
+
+def run_norm_batch(directory: str | Path, batch_size: Any) -> int | None:
+    """The norm batch the run in ``directory`` recorded: its ``done`` marker's, else (a
+    marker written before it recorded one, or an unfinished run) its last checkpoint's
+    (:func:`l2bn.experiments.checkpoint.recorded_norm_batch`); None when unknown (no
+    readable checkpoint, or one of a torchrun job from before checkpoints recorded it)."""
+    from l2bn.experiments import checkpoint as ckpt
+
+    directory = Path(directory)
+    try:
+        summary = json.loads((directory / DONE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summary = None
+    recorded = summary.get("norm_batch") if isinstance(summary, dict) else None
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        return recorded
+    if not isinstance(batch_size, int):
+        return None
+    try:
+        found = ckpt.find_latest_checkpoint(directory)
+    except ckpt.CheckpointError:
+        return None
+    return None if found is None else ckpt.recorded_norm_batch(found.state, batch_size)
 
 
 def mismatch_error(directory: str | Path, state: RunState) -> RunMismatchError:
@@ -335,10 +418,19 @@ def mismatch_error(directory: str | Path, state: RunState) -> RunMismatchError:
             "; a CPU run keeps the number of threads it started with (its numbers depend on "
             "it): leave out --threads (and the threads setting) to continue it with its own"
         )
+    norm_batch = ""
+    if "norm_batch" in state.differing_keys:
+        norm_batch = (
+            "; the norm batch is the number of samples each batch norm layer computes its "
+            "statistics over (the whole batch in one process or under torchrun with "
+            "--sync-bn, each process's share under torchrun without it): rerun with the "
+            "run's number of processes and --sync-bn setting to reuse or continue it"
+        )
     return RunMismatchError(
         f"{directory} holds a run with a different configuration "
-        f"({'; '.join(state.differing)}){threads}; keep it and choose another run directory "
-        "(--name or --runs-dir), or pass --overwrite to delete it and train afresh"
+        f"({'; '.join(state.differing)}){threads}{norm_batch}; keep it and choose another "
+        "run directory (--name or --runs-dir), or pass --overwrite to delete it and train "
+        "afresh"
     )
 
 

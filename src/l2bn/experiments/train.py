@@ -44,7 +44,9 @@ from l2bn.experiments.config import ExperimentConfig
 from l2bn.experiments.distributed import (
     DistContext,
     convert_sync_norms,
+    env_world_size,
     init_distributed,
+    norm_batch,
     shutdown_distributed,
     wrap_model,
 )
@@ -201,11 +203,17 @@ def train_run(
 
     On a CPU, ``config.threads`` None means: the thread count the directory's run started
     with, or for a new run this process's torch threads (:func:`settle_threads`).
+
+    The number of processes (``context``'s, else the torchrun job's) and ``sync_bn`` decide
+    the norm batch, part of the run's identity: a finished run with another norm batch is
+    not this one.
     """
     directory = Path(directory)
     config = config.replace(seeds=[seed])
-    config = settle_threads(config, seed, directory, torch.get_num_threads(), not overwrite)
-    identity = run_identity(config, seed)
+    world_size = context.world_size if context is not None else env_world_size()
+    job = {"world_size": world_size, "sync_bn": sync_bn}
+    config = settle_threads(config, seed, directory, torch.get_num_threads(), not overwrite, **job)
+    identity = run_identity(config, seed, **job)
     state = inspect_run(directory, identity)
     if state.holds_run and not state.same and not overwrite:
         raise mismatch_error(directory, state)
@@ -398,10 +406,10 @@ def _train_locked(
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
 
     start_epoch, best_acc, best_epoch = 0, -math.inf, 0
-    norm_batch = _norm_batch(config.batch_size, context.world_size, synced)
+    run_norm_batch = norm_batch(config.batch_size, context.world_size, synced)
     if found is not None:
         state = found.state
-        _check_norm_batch(found.path, state, config.batch_size, norm_batch)
+        _check_norm_batch(found.path, state, config.batch_size, run_norm_batch)
         ckpt.load_model_state(model, state["model"], source=f"checkpoint {found.path}")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -491,7 +499,7 @@ def _train_locked(
                         "seed": seed,
                         "fingerprint": run_fingerprint,
                         "world_size": context.world_size,
-                        "norm_batch": norm_batch,
+                        "norm_batch": run_norm_batch,
                         "config": config.to_dict(),
                     },
                 )
@@ -505,7 +513,7 @@ def _train_locked(
             if _on_every_rank(diverged, context):
                 break
 
-    summary = _summary(directory, config, seed, time.time() - started)
+    summary = _summary(directory, config, seed, time.time() - started, run_norm_batch)
     if context.is_main:
         write_done(directory, summary)
     context.barrier()
@@ -567,20 +575,12 @@ def _sum_over_ranks(values: tuple[Any, ...], context: DistContext) -> list[float
     return totals.tolist()
 
 
-def _norm_batch(batch_size: int, world_size: int, synced: bool) -> int:
-    """The samples whose statistics a batch norm layer uses at each step: the whole batch
-    in one process or with synchronized norms, else each process's share."""
-    return batch_size if world_size == 1 or synced else batch_size // world_size
-
-
 def _check_norm_batch(path: Path, state: dict[str, Any], batch_size: int, norm_batch: int) -> None:
     """RunExistsError when the checkpoint's norms used batch statistics over another number
     of samples (another number of processes, --sync-bn or not): resuming would silently
     continue another training than the one the run started."""
-    saved = state.get("norm_batch")
-    if saved is None:  # written before checkpoints recorded it: known for one process only
-        saved = batch_size if int(state.get("world_size", 1)) == 1 else None
-    if saved is None or int(saved) == norm_batch:
+    saved = ckpt.recorded_norm_batch(state, batch_size)
+    if saved is None or saved == norm_batch:
         return
     raise RunExistsError(
         f"checkpoint {path} was trained with batch statistics over {saved} samples per "
@@ -617,12 +617,17 @@ def _epoch_line(label: str, row: dict[str, Any], epochs: int) -> str:
     return line + f" ({row['seconds']:.1f} s)"
 
 
-def _summary(directory: Path, config: ExperimentConfig, seed: int, seconds: float) -> dict:
+def _summary(
+    directory: Path, config: ExperimentConfig, seed: int, seconds: float, norm_batch: int
+) -> dict:
+    """The ``done`` marker's summary; it records the run's norm batch (which a finished
+    run's identity names only when it is not the whole batch)."""
     rows = read_metrics(directory / METRICS_FILE)
     best = max(rows, key=lambda r: r["test_acc"]) if rows else {}
     summary = {
         "seed": seed,
         "epochs": config.epochs,
+        "norm_batch": norm_batch,
         "best_test_acc": best.get("test_acc"),
         "best_epoch": best.get("epoch"),
         "final": rows[-1] if rows else {},

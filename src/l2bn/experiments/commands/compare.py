@@ -242,6 +242,7 @@ def _require_comparable_with_saved(args: argparse.Namespace, runs: list[Any]) ->
 
 
 def _run(args: argparse.Namespace) -> int:
+    from l2bn.experiments.distributed import env_world_size
     from l2bn.experiments.identity import (
         inspect_run,
         mismatch_error,
@@ -261,12 +262,14 @@ def _run(args: argparse.Namespace) -> int:
     planned = [(v, seed) for v in variants for seed in config.seeds]
     jobs = args.jobs if args.jobs > 0 else _auto_jobs(config, len(planned))
     threads = _default_threads(jobs)
+    job = {"world_size": env_world_size(), "sync_bn": args.sync_bn}  # the norm batch
     runs = []
     for variant, seed in planned:
         directory = run_dir(args.runs_dir, variant, seed)
-        variant = settle_threads(variant, seed, directory, threads, adopt=not args.overwrite)
+        adopt = not args.overwrite
+        variant = settle_threads(variant, seed, directory, threads, adopt, **job)
         runs.append((variant, seed, directory))
-    states = [inspect_run(d, run_identity(v, seed)) for v, seed, d in runs]
+    states = [inspect_run(d, run_identity(v, seed, **job)) for v, seed, d in runs]
     if args.dry_run:
         sys.stdout.write(_planned_yaml(config, args))
         for (variant, _, directory), state in zip(runs, states, strict=True):
