@@ -131,6 +131,25 @@ def test_training_shards_cover_everything_with_equal_sizes(count):
         assert len(union) == count + (4 - count % 4)  # wrapped padding only
 
 
+@pytest.mark.parametrize("subset", [None, 29])
+def test_padding_marks_the_repeats_of_training_shards(subset):
+    # 50 samples (or a subset of 29) over 4 ranks: 2 (3) repeats pad the ranks to 13 (8)
+    dataset = tiny_dataset(count=50)
+    counted = []
+    for rank in range(4):
+        loader = data.build_loader(
+            dataset, batch_size=5, train=True, seed=3, num_replicas=4, rank=rank, subset=subset
+        )
+        batches = [i for i, _ in enumerate(collect(loader)[0].split(5))]
+        marks = torch.cat([loader.padding(b) for b in batches])
+        assert marks.shape == (loader.num_samples,)
+        counted += loader.indices[~marks].tolist()
+    assert sorted(counted) == sorted(loader.base_indices.tolist())  # each sample once
+    assert len(counted) == (subset or 50)
+    single = data.build_loader(dataset, batch_size=5, train=True, seed=3)
+    assert not any(bool(single.padding(b).any()) for b in range(len(single)))
+
+
 def test_evaluation_shards_are_disjoint_and_covering():
     dataset = tiny_dataset(count=50)
     parts = [

@@ -131,6 +131,27 @@ def test_torchrun_training_metrics_cover_every_rank(tmp_path: Path) -> None:
     assert ddp["train_acc"] == pytest.approx(single["train_acc"], abs=1e-9)
 
 
+def test_torchrun_training_metrics_count_each_sample_once(tmp_path: Path) -> None:
+    """31 images over 2 processes: the sampler pads rank 1 with a repeat of the epoch's
+    first image, which must not count twice in train_loss and train_acc.
+
+    LN has no batch statistics and lr 0 keeps the weights: every image gets the same
+    logits in one process and under torchrun, so the metrics over the 31 images agree. The
+    test set (15 images) is evaluated by rank 0 alone, each image once."""
+    root = write_idx(tmp_path / "data", n_train=31, n_test=15)
+    config = tiny_config(data_root=str(root), epochs=1, batch_size=8, norm="ln", lr=0.0)
+    train_run(config, 3, tmp_path / "single", quiet=True)
+    (tmp_path / "config.yaml").write_text(config.to_yaml())
+    result = _torchrun_train(tmp_path / "ddp", "--seed", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    (single,) = read_metrics(tmp_path / "single" / "metrics.jsonl")
+    (ddp,) = read_metrics(tmp_path / "ddp" / "metrics.jsonl")
+    assert ddp["train_loss"] == pytest.approx(single["train_loss"], rel=1e-6)
+    assert ddp["train_acc"] == pytest.approx(single["train_acc"], abs=1e-9)
+    assert ddp["test_acc"] == pytest.approx(single["test_acc"], abs=1e-9)  # all 15, once
+
+
 def test_sync_conversion_keeps_l2bn_apart_from_bn() -> None:
     from torch import nn
 

@@ -146,6 +146,14 @@ class EpochLoader:
         """Samples this rank visits per epoch (before ``drop_last``)."""
         return int(self.indices.numel())
 
+    def padding(self, batch: int) -> Tensor:
+        """Which samples of batch ``batch`` (0-based) are padding (True): the repeats of
+        the epoch's first samples that give every rank of a training epoch as many samples
+        as the others (``DistributedSampler``'s padding). Over all ranks, the samples that
+        are not padding are the epoch's (or the subset's) samples, each once."""
+        slots = self.slots[batch * self.batch_size : (batch + 1) * self.batch_size]
+        return slots >= self.base_indices.numel()
+
     def __len__(self) -> int:
         full, rest = divmod(self.num_samples, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)

@@ -462,9 +462,13 @@ def _train_locked(
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                loss_sum += loss.detach().double() * labels.numel()
-                correct += (logits.detach().argmax(1) == labels).sum()
-                seen += labels.numel()
+                padding = loader.padding(step).to(device)
+                batch_loss, batch_correct, batch_seen = _batch_sums(
+                    loss, logits, labels, targets, padding
+                )
+                loss_sum += batch_loss
+                correct += batch_correct
+                seen += batch_seen
             loss_total, correct_total, seen_total = _sum_over_ranks(
                 (loss_sum, correct, seen), context
             )
@@ -565,9 +569,35 @@ def _on_every_rank(flag: bool, context: DistContext) -> bool:
     return bool(value.item())
 
 
+def _batch_sums(
+    loss: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    targets: torch.Tensor | None,
+    padding: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A training batch's part of the epoch's loss and accuracy: summed loss, correct
+    predictions and sample count over its samples that are not ``padding`` (True: a repeat
+    that gives this rank as many samples as the others, ``EpochLoader.padding``), so that
+    over all ranks the epoch's metrics count each sample once. ``loss`` is the batch's mean
+    loss (what trains), ``targets`` the soft targets (None: ``labels``)."""
+    logits = logits.detach()
+    keep = ~padding
+    correct = (logits.argmax(1) == labels)[keep].sum()
+    count = int(keep.sum())
+    if count == labels.numel():
+        return loss.detach().double() * count, correct, count
+    if targets is None:
+        losses = F.cross_entropy(logits, labels, reduction="none")
+    else:
+        losses = -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1)
+    return losses[keep].double().sum(), correct, count
+
+
 def _sum_over_ranks(values: tuple[Any, ...], context: DistContext) -> list[float]:
     """The sums over every rank of this rank's ``values`` (numbers or 0-d tensors): the
-    epoch's training loss and accuracy are over the samples of all processes."""
+    epoch's training loss and accuracy are over the samples of all processes, each counted
+    once (:func:`_batch_sums` leaves the sampler's padding out)."""
     totals = torch.tensor([float(v) for v in values], dtype=torch.float64)
     if context.distributed:
         totals = totals.to(context.device)
