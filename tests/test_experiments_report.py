@@ -420,6 +420,41 @@ def test_report_states_the_settings_and_where_runs_differ(tmp_path: Path) -> Non
     assert "l2bn_version not recorded" in " ".join(text.split())
 
 
+def test_a_mean_over_fewer_seeds_says_over_how_many(runs_root: Path, tmp_path: Path) -> None:
+    """L2BN seed 122 finished, but its features collapsed at the last epoch: its angles are
+    null there (angles_undefined). The table's Seeds column says 3; its angle means are
+    over seeds 121 and 123 only, and must say so (n=2 of 3) and which seed lacks them."""
+    from l2bn.experiments.report import write_report
+
+    run = runs_root / "demo" / "resnet20-l2bn" / "seed122"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows[-1].update(dict.fromkeys(("intra_train", "intra_test", "inter", "iir_train")))
+    rows[-1].update(iir_test=None, angles_undefined="every feature is zero")
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    text = write_report(find_runs(runs_root), tmp_path / "out", plots=False)["text"]
+    l2_line = next(line for line in text.splitlines() if line.startswith("resnet20  L2BN"))
+    mean = statistics.fmean(FINAL_IIR["l2bn"][s] for s in (121, 123))
+    assert f"{mean:.3f} (n=2 of 3)" in l2_line
+    assert l2_line.split()[2] == "3" and l2_line.count("(n=2 of 3)") == 5  # not accuracy
+    flat = " ".join(text.split())
+    assert (
+        "L2BN (resnet20): intra-angle train, intra-angle test, inter-angle, IIR train, IIR "
+        "test averaged over 2 of 3 finished seeds (n=2 of 3); no value at the final epoch "
+        "for seed 122: angles undefined (every feature is zero)"
+    ) in flat
+    bn_line = next(line for line in text.splitlines() if line.startswith("resnet20  BN "))
+    assert "(n=" not in bn_line
+    with open(tmp_path / "out" / "report.csv") as fh:
+        summary = [r for r in csv.DictReader(fh) if r["section"] == "summary"]
+    iir = next(r for r in summary if r["norm"] == "l2bn" and r["quantity"] == "iir_train")
+    assert (iir["n"], iir["seeds"]) == ("2", "121 123")
+    assert float(iir["mean"]) == pytest.approx(mean)
+    assert "mean over 2 of 3 finished seeds" in iir["note"] and "seed 122" in iir["note"]
+    acc = next(r for r in summary if r["norm"] == "l2bn" and r["quantity"] == "best_acc")
+    assert (acc["n"], acc["note"]) == ("3", "")
+
+
 def test_report_folder_holds_only_the_current_report(runs_root: Path, tmp_path: Path) -> None:
     """Figures of an earlier report that this one does not draw are removed (the manifest
     lists what a report wrote); files the report never wrote stay."""

@@ -181,9 +181,20 @@ def _signed(value: float, digits: int) -> str:
     return "-" if math.isnan(value) else f"{value:+.{digits}f}"
 
 
+def _over(s: VariantSummary, key: str, seeds: Iterable[int] | None = None) -> str:
+    """`` (n=2 of 3)`` when the mean of ``key`` over ``seeds`` (default every finished one)
+    leaves out seeds without a value (:meth:`VariantSummary.measured_seeds`), else ``""``
+    (every seed has one, or none has: the cell reads ``-``)."""
+    chosen = s.seeds if seeds is None else list(seeds)
+    measured = len(s.measured_seeds(key, chosen))
+    return f" (n={measured} of {len(chosen)})" if 0 < measured < len(chosen) else ""
+
+
 def table_rows(summaries: list[VariantSummary]) -> list[list[str]]:
     """One row per variant with a finished run; a variant whose every finished run
-    diverged shows ``diverged`` (its runs are named below the table)."""
+    diverged shows ``diverged`` (its runs are named below the table). A mean over fewer
+    seeds than the Seeds column (finished runs without a value) says over how many:
+    ``41.20 (n=2 of 3)``, and :func:`partial_mean_lines` says which seed lacks it, and why."""
     rows = []
     presets = [s.preset for s in summaries]
     for s in summaries:
@@ -194,24 +205,53 @@ def table_rows(summaries: list[VariantSummary]) -> list[list[str]]:
             acc = "diverged"
         else:
             acc = f"{mean:.2f} ± {std:.2f}" if not math.isnan(std) else f"{mean:.2f}"
+            acc += _over(s, "best_acc")
         seeds = str(len(s.seeds))
         if s.diverged:
             seeds += f" (+{len(s.diverged)} diverged)"
-        rows.append(
-            [
-                model_label(s.preset, s.model, presets),
-                s.label,
-                seeds,
-                s.epochs_done(),
-                acc,
-                _fmt(s.final_mean("intra_train"), 2),
-                _fmt(s.final_mean("intra_test"), 2),
-                _fmt(s.final_mean("inter"), 2),
-                _fmt(s.final_mean("iir_train"), 3),
-                _fmt(s.final_mean("iir_test"), 3),
-            ]
-        )
+        angles = [
+            _fmt(s.final_mean(key), digits) + _over(s, key)
+            for key, digits in (
+                ("intra_train", 2),
+                ("intra_test", 2),
+                ("inter", 2),
+                ("iir_train", 3),
+                ("iir_test", 3),
+            )
+        ]
+        label = model_label(s.preset, s.model, presets)
+        rows.append([label, s.label, seeds, s.epochs_done(), acc, *angles])
     return rows
+
+
+def partial_mean_lines(summaries: list[VariantSummary]) -> list[str]:
+    """One line per variant and set of seeds left out of some of its table means because
+    their finished runs have no value at the final epoch (e.g. angles undefined: collapsed
+    features): which quantities, over how many seeds, and why."""
+    presets = [s.preset for s in summaries]
+    lines = []
+    for s in summaries:
+        groups: dict[tuple[int, str], list[str]] = {}  # (seeds averaged, why) -> labels
+        for q in QUANTITIES:
+            count = len(s.measured_seeds(q.key))
+            if 0 < count < len(s.seeds):
+                groups.setdefault((count, _missing(s, q.key)), []).append(q.label)
+        for (count, why), labels in groups.items():
+            lines.append(
+                f"{s.label} ({model_label(s.preset, s.model, presets)}): {', '.join(labels)} "
+                f"averaged over {count} of {len(s.seeds)} finished seeds (n={count} of "
+                f"{len(s.seeds)}); no value at the final epoch for {why}"
+            )
+    return lines
+
+
+def _missing(s: VariantSummary, key: str) -> str:
+    """``seed 122: angles undefined (...)`` for every finished seed without a value of
+    ``key`` (``; `` between them)."""
+    measured = s.measured_seeds(key)
+    return "; ".join(
+        f"seed {seed}: {s.missing_reason(seed, key)}" for seed in s.seeds if seed not in measured
+    )
 
 
 def format_text_table(rows: list[list[str]], columns: tuple[str, ...] = COLUMNS) -> str:
@@ -358,10 +398,16 @@ def paper_block(comp: Comparison) -> tuple[str, list[list[str]] | None, tuple[st
         paper_c = (test.paper_cand, p_cand.value("acc_std") if q.key == "best_acc" else math.nan)
         std = q.key == "best_acc"  # the paper gives mean ± std for accuracy only
         diff = test.result.mean_diff if test.result is not None else math.nan
+        # a mean over fewer of the paired seeds (some without a value) says over how many
+        over_b = _over(base_v, q.key, comp.seeds) if base_v is not None else ""
+        over_c = _over(cand_v, q.key, comp.seeds) if cand_v is not None else ""
         rows.append(
             [
                 q.label,
-                *(_mean_std(v, q.digits, std) for v in (ours_b, paper_b, ours_c, paper_c)),
+                _mean_std(ours_b, q.digits, std) + over_b,
+                _mean_std(paper_b, q.digits, std),
+                _mean_std(ours_c, q.digits, std) + over_c,
+                _mean_std(paper_c, q.digits, std),
                 _signed(diff, q.digits),
                 _signed(test.paper_diff, q.digits),
                 "NO" if test.sign_text == "no" else test.sign_text,
@@ -505,20 +551,27 @@ def csv_rows(
         )
         for q in QUANTITIES:
             mean, std = s.mean_std(q.key)
+            measured = s.measured_seeds(q.key)
             row = {
                 "section": "summary",
                 **_variant_columns(s),
                 "quantity": q.key,
                 "epochs": s.epochs_done(),
-                "n": str(len(s.seeds)),
-                "seeds": " ".join(str(x) for x in s.seeds),
+                "n": str(len(measured)),
+                "seeds": " ".join(str(x) for x in measured),
                 "mean": _num(mean),
                 "std": _num(std),
             }
+            notes = []
             if s.diverged:
-                row["note"] = "diverged, left out: seed " + ", ".join(
-                    str(seed) for seed in sorted(s.diverged)
+                notes.append(f"diverged, left out: seed {', '.join(map(str, sorted(s.diverged)))}")
+            if measured and len(measured) < len(s.seeds):
+                notes.append(
+                    f"mean over {len(measured)} of {len(s.seeds)} finished seeds; no value at "
+                    f"the final epoch for {_missing(s, q.key)}"
                 )
+            if notes:
+                row["note"] = "; ".join(notes)
             if paper is not None:
                 row["paper_table"] = str(paper.table)
                 row["paper_value"] = _num(paper.value(q.paper_key))
@@ -646,8 +699,14 @@ def build_report(
         comparisons = compare_to_baseline(summaries)
     wrap = textwrap.fill
     header = report_header(summaries)
-    text = [header, format_text_table(rows), "", wrap(LEGEND, 100)]
-    markdown = [header, "", format_markdown_table(rows), "", LEGEND]
+    text = [header, format_text_table(rows)]
+    markdown = [header, "", format_markdown_table(rows)]
+    partial = partial_mean_lines(summaries)
+    if partial:
+        text += [wrap(f"  {line}", 100, subsequent_indent="      ") for line in partial]
+        markdown += ["", *(f"- {line}" for line in partial)]
+    text += ["", wrap(LEGEND, 100)]
+    markdown += ["", LEGEND]
     left_out = left_out_lines(summaries, ignored)
     if left_out:
         title = "Runs left out of the table and the tests"

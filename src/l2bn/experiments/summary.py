@@ -160,11 +160,26 @@ class VariantSummary:
     def acc_mean_std(self) -> tuple[float, float]:
         return self.mean_std("best_acc")
 
+    def measured_seeds(self, key: str, seeds: Iterable[int] | None = None) -> list[int]:
+        """The seeds (``seeds``, default every finished one) that have a value of
+        ``best_acc`` or the final ``key`` (not NaN): those :meth:`mean_std` averages."""
+        chosen = self.seeds if seeds is None else seeds
+        return [seed for seed in chosen if not math.isnan(self.value(seed, key))]
+
+    def missing_reason(self, seed: int, key: str) -> str:
+        """Why the finished run of ``seed`` has no value of ``key`` at its final epoch:
+        ``angles undefined (...)`` when its features gave the angles none, else ``not
+        recorded``."""
+        undefined = self.runs[seed].rows[-1].get("angles_undefined")
+        if key in ANGLE_KEYS and undefined:
+            return f"angles undefined ({undefined})"
+        return "not recorded"
+
     def mean_std(self, key: str, seeds: Iterable[int] | None = None) -> tuple[float, float]:
         """Mean and sample std over seeds (``seeds``, default every finished one) of
-        ``best_acc`` or a final value (NaN skipped)."""
-        values = [self.value(s, key) for s in (self.seeds if seeds is None else seeds)]
-        values = [v for v in values if not math.isnan(v)]
+        ``best_acc`` or a final value (NaN skipped: :meth:`measured_seeds` says over which
+        seeds)."""
+        values = [self.value(s, key) for s in self.measured_seeds(key, seeds)]
         if not values:
             return math.nan, math.nan
         std = statistics.stdev(values) if len(values) > 1 else math.nan
