@@ -519,6 +519,42 @@ def test_readme_says_what_the_main_jobs_angle_metrics_are_computed_from() -> Non
     assert "IIR on train and test data, on a fixed 2,000-image test subset" not in main_job
 
 
+def test_a_refused_report_removes_the_previous_one(runs_root: Path, tmp_path: Path, capsys):
+    """A report that refuses (one run in two directories; every run's metrics edited, so
+    none is left to report) must not leave the previous, successful report in its folder,
+    where it would pass for a report of the runs as they are now: it is removed, and the
+    error says so. Files the report never wrote stay."""
+    from l2bn.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "my_notes.txt").write_text("mine")
+    args = ["report", str(runs_root), "--out", str(out), "--no-plots"]
+    assert main(args) == 0
+    assert (out / "report.txt").is_file()
+    capsys.readouterr()
+
+    copy = runs_root / "copy-of-l2bn-121"
+    shutil.copytree(runs_root / "demo" / "resnet20-l2bn" / "seed121", copy)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "two run directories hold the same run" in err
+    assert f"the previous report in {out} (report.csv, report.md, report.txt) was removed" in err
+    assert sorted(p.name for p in out.iterdir()) == ["my_notes.txt"]
+
+    shutil.rmtree(copy)
+    assert main(args) == 0 and (out / "report.txt").is_file()
+    capsys.readouterr()
+    for directory in runs_root.glob("demo/*/seed*"):
+        with open(directory / "metrics.jsonl", "a") as fh:  # a 4th epoch of 3 planned
+            fh.write(json.dumps(_metrics_row(4, 99.0, 0.1, 0.1)) + "\n")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "no runs with metrics found" in err and "holds 4 epochs" in err
+    assert f"the previous report in {out} (report.csv, report.md, report.txt) was removed" in err
+    assert sorted(p.name for p in out.iterdir()) == ["my_notes.txt"]
+
+
 def test_one_run_in_two_directories_is_refused(tmp_path: Path, capsys) -> None:
     """L2BN seed 121 in two directories (a copy, or two --run-dir): which one to pair with
     BN seed 121 is ambiguous, so the report stops (exit 2) naming both, and writes nothing."""

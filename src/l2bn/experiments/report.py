@@ -38,7 +38,9 @@ section ``setting``).
 
 The report folder holds the current report only: ``report.manifest.json`` lists the files
 the report wrote, and the next report removes those it does not write again (the figures
-of metrics turned off since, say); files the report did not write are never touched.
+of metrics turned off since, say); a report that refuses removes the previous one, which
+would otherwise pass for a report of the runs as they are now; files the report did not
+write are never touched.
 """
 
 from __future__ import annotations
@@ -840,16 +842,49 @@ def clear_report(out_dir: str | Path) -> list[str]:
     return names
 
 
-def _warn_about_legacy_files(out_dir: Path, written: set[str]) -> None:
-    """A folder without manifest (written by an older l2bn) may hold report files this
-    report does not rewrite: said, not deleted (nothing says the harness wrote them)."""
-    stale = sorted(
+def refuse_report(out_dir: str | Path, error: Exception) -> Exception:
+    """``error``, a refusal to report, once the previous report in ``out_dir`` is removed
+    (:func:`clear_report`): left there, it would pass for a report of the runs as they are
+    now. Its message then says so, and names report files of an older l2bn (no manifest)
+    that stay. Returns the error, for the caller to raise."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return error
+    said = []
+    removed = clear_report(out_dir)
+    if removed:
+        said.append(
+            f"the previous report in {out_dir} ({', '.join(sorted(removed))}) was removed, "
+            "so that it is not taken for a report of these runs"
+        )
+    legacy = _legacy_files(out_dir, set())
+    if legacy:
+        said.append(
+            f"{out_dir} still holds {', '.join(legacy)}, not written by this l2bn (an older "
+            "report's files?): not a report of these runs"
+        )
+    if said:
+        error.args = (f"{error}; {'; '.join(said)}",)
+    return error
+
+
+def _legacy_files(out_dir: Path, written: set[str]) -> list[str]:
+    """Files named like report files in a folder without manifest, other than ``written``."""
+    if (out_dir / MANIFEST).is_file():
+        return []
+    return sorted(
         p.name
         for p in out_dir.iterdir()
         if p.is_file()
         and p.name not in written
         and (p.name in _LEGACY_NAMES or p.name.endswith(_LEGACY_FIGURES))
     )
+
+
+def _warn_about_legacy_files(out_dir: Path, written: set[str]) -> None:
+    """A folder without manifest (written by an older l2bn) may hold report files this
+    report does not rewrite: said, not deleted (nothing says the harness wrote them)."""
+    stale = _legacy_files(out_dir, written)
     if stale:
         warnings.warn(
             f"{out_dir} holds {', '.join(stale)}, not written by this report (an older "
@@ -876,21 +911,13 @@ def _publish(out_dir: Path, staging: Path) -> list[str]:
     return names
 
 
-def write_report(
-    records: list[RunRecord],
-    out_dir: str | Path,
-    *,
-    plots: bool = True,
-    ignored: Iterable[tuple[Path, str]] = (),
-) -> dict[str, Any]:
-    """Write report.txt/.md/.csv (and PNG plots) into ``out_dir``; returns paths and text.
-
-    ``ignored``: run directories that could not be read, with why (named in the report).
-    The folder then holds this report's files (and files the report never wrote) only:
-    see the module docstring."""
-    ignored = list(ignored)
+def _reportable(records: list[RunRecord], ignored: list[tuple[Path, str]]) -> list[VariantSummary]:
+    """The runs summarized by variant; ValueError (or a UsageError) when they cannot be
+    reported: none, runs that differ in more than the norm, one run in two directories, or
+    no finished run."""
     if not records:
-        raise ValueError("no runs with metrics to report")
+        why = "; ".join(f"{directory}: {reason}" for directory, reason in ignored)
+        raise ValueError("no runs with metrics to report" + (f" ({why})" if why else ""))
     require_comparable(
         [(record.config, record.seed) for record in records],
         "report each configuration on its own: give each one its own --name (or move its "
@@ -903,6 +930,27 @@ def write_report(
             f"no finished runs to report ({lines}): finish them (rerun the same `l2bn "
             "compare`, or `l2bn train --resume`), then report"
         )
+    return summaries
+
+
+def write_report(
+    records: list[RunRecord],
+    out_dir: str | Path,
+    *,
+    plots: bool = True,
+    ignored: Iterable[tuple[Path, str]] = (),
+) -> dict[str, Any]:
+    """Write report.txt/.md/.csv (and PNG plots) into ``out_dir``; returns paths and text.
+
+    ``ignored``: run directories that could not be read, with why (named in the report).
+    The folder then holds this report's files (and files the report never wrote) only:
+    see the module docstring. When the runs cannot be reported (ValueError, UsageError),
+    the previous report is removed first (:func:`refuse_report`)."""
+    ignored = list(ignored)
+    try:
+        summaries = _reportable(records, ignored)
+    except ValueError as err:  # UsageError too
+        raise refuse_report(out_dir, err) from None
     comparisons = compare_to_baseline(summaries)
     texts = build_report(summaries, comparisons, ignored)
     out_dir = Path(out_dir)

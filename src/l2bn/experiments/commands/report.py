@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from l2bn.experiments.preflight import check_output_dir
-    from l2bn.experiments.report import write_report
+    from l2bn.experiments.report import refuse_report, write_report
     from l2bn.experiments.runs import scan_runs
 
     out = Path(args.out) if args.out else Path(args.runs_dir) / "report"
@@ -28,8 +28,11 @@ def _run(args: argparse.Namespace) -> int:
     scan = scan_runs(args.runs_dir)
     if not scan.records:
         why = "; ".join(f"{d}: {reason}" for d, reason in scan.ignored)
-        raise ValueError(
-            f"no runs with metrics found under {args.runs_dir}" + (f" ({why})" if why else "")
+        raise refuse_report(
+            out,
+            ValueError(
+                f"no runs with metrics found under {args.runs_dir}" + (f" ({why})" if why else "")
+            ),
         )
     result = write_report(scan.records, out, plots=not args.no_plots, ignored=scan.ignored)
     print(result["text"], end="")
