@@ -267,3 +267,15 @@ def test_train_command_says_when_its_run_diverged(tmp_path: Path, capsys) -> Non
     argv = ["train", "--config", str(config), "--norm", "bn", "--seed", "5"]
     assert main([*argv, "--run-dir", str(run)]) == 0
     assert "; diverged at epoch 1 (" in capsys.readouterr().err
+
+
+def test_compare_refuses_two_entries_that_build_one_layer(tmp_path: Path, capsys) -> None:
+    """``--norms gn,gn-cpg4`` with ``channels_per_group`` 4 for every norm lists one variant
+    twice: refused before anything is planned or written, naming both entries and the
+    layer."""
+    runs = tmp_path / "runs"
+    args = [*_tiny_compare(tmp_path), "--norms", "gn,gn-cpg4", "--dry-run"]
+    assert main([*args, "--set", "norm_kwargs.channels_per_group=4"]) == 2
+    err = capsys.readouterr().err
+    assert "--norms: 'gn' and 'gn-cpg4' build one layer (GN-cpg4)" in err, err
+    assert not runs.exists()

@@ -758,3 +758,41 @@ def test_figure_titles_count_the_seeds_of_each_curve(tmp_path: Path) -> None:
         write_report(find_runs(root), tmp_path / "out")
     assert len(titles) == 3
     assert all(t.startswith("resnet20 (demo): mean over seeds (BN 3, L2BN 2)") for t in titles)
+
+
+def test_one_layer_spelled_two_ways_is_one_variant_and_two_layers_have_two_labels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``gn-cpg4`` and ``gn`` with ``channels_per_group`` 4 build one layer: their runs are one
+    variant (one GN-cpg4 row and one test, over the seeds of both), and one seed under both
+    spellings is one run in two directories. ``gn`` with 8 channels per group is GN-cpg8,
+    and an option given as a string is labelled apart from the number."""
+    from l2bn.experiments.report import write_report
+    from l2bn.experiments.summary import DuplicateRunError, norm_label
+
+    for norm in ("gn", "gn-cpg4"):
+        monkeypatch.setitem(BEST, norm, BEST["l2bn"])
+        monkeypatch.setitem(FINAL_IIR, norm, FINAL_IIR["l2bn"])
+    root = tmp_path / "runs"
+    for seed in SEEDS:
+        _write_recorded_run(root / "bn" / str(seed), "bn", seed)
+        cpg8 = {"channels_per_group": 8}
+        _write_recorded_run(root / "cpg8" / str(seed), "gn", seed, norm_kwargs=cpg8)
+    _write_recorded_run(root / "alias" / "121", "gn-cpg4", 121)
+    _write_recorded_run(root / "alias" / "122", "gn-cpg4", 122)
+    cpg4 = {"channels_per_group": 4}
+    _write_recorded_run(root / "spelled" / "123", "gn", 123, norm_kwargs=cpg4)
+    text = write_report(find_runs(root), tmp_path / "out", plots=False)["text"]
+    labels = [line.split()[1] for line in text.splitlines() if line.startswith("resnet20  ")]
+    assert sorted(labels) == ["BN", "GN-cpg4", "GN-cpg8"]
+    flat = " ".join(text.split())
+    assert "GN-cpg4 vs BN (resnet20, 3 seed(s) paired: 121, 122, 123)" in flat
+    assert flat.count("GN-cpg4 vs BN (resnet20, 3 seed(s)):") == 1
+    _write_recorded_run(root / "spelled" / "121", "gn", 121, norm_kwargs=cpg4)
+    with pytest.raises(DuplicateRunError, match="two run directories hold the same run"):
+        write_report(find_runs(root), tmp_path / "out", plots=False)
+
+    assert norm_label("gn-cpg4", "all", {"channels_per_group": 8}) == "GN-cpg8"
+    assert norm_label("gn", "all", {"channels_per_group": 16}) == "GN-cpg16"
+    assert norm_label("gn", "all", {**cpg4, "eps": 0.001}) == "GN-cpg4(eps=0.001)"
+    assert norm_label("l2bn", "stage1", {"eps": "0.001"}) == "L2BN(eps='0.001') [stage1]"

@@ -78,10 +78,11 @@ def load_paper_rows() -> tuple[PaperRow, ...]:
 
 
 def norm_key(norm: str, norm_kwargs: dict[str, Any] | None = None) -> str:
-    """The paper-table name of a norm: ``gn`` with ``channels_per_group=4`` is ``gn-cpg4``."""
-    if norm == "gn" and norm_kwargs and set(norm_kwargs) == {"channels_per_group"}:
-        return f"gn-cpg{norm_kwargs['channels_per_group']}"
-    return norm
+    """The paper-table name of a norm: ``gn`` with ``channels_per_group=4`` is ``gn-cpg4``
+    (:func:`l2bn.norms.canonical_norm`; other options are not part of the name)."""
+    from l2bn.norms import canonical_norm
+
+    return canonical_norm(norm, norm_kwargs)[0]
 
 
 def _key(dataset: str, model: str, norm: str, placement: str) -> tuple[str, str, str, str]:

@@ -12,6 +12,7 @@ each other's.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Iterable
@@ -39,15 +40,29 @@ NORM_LABELS = {
 ANGLE_KEYS = ("intra_train", "intra_test", "inter", "iir_train", "iir_test")
 
 
+def variant_norm(
+    norm: str, norm_kwargs: dict[str, Any] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The norm and its options in the one spelling of the layer they build
+    (:func:`l2bn.norms.canonical_norm`): ``gn`` with ``channels_per_group`` 4 and ``gn-cpg4``
+    are one variant, ``gn-cpg4``."""
+    from l2bn.norms import canonical_norm
+
+    return canonical_norm(norm, norm_kwargs)
+
+
 def norm_label(norm: str, placement: str, norm_kwargs: dict[str, Any] | None = None) -> str:
     """``L2BN``, ``GN-cpg4``, ``L2BN(eps=0.001) [stage1]``: every variant (norm, options,
-    placement) its own label, which the tables, the tests and the figures' curves go by."""
+    placement) its own label, which the tables, the tests and the figures' curves go by.
+    Two spellings of one layer (``gn-cpg4``, and ``gn`` with ``channels_per_group`` 4) get
+    one label; option values are written as Python literals (``mode='x'``), so that a
+    string is not taken for a number."""
+    norm, options = variant_norm(norm, norm_kwargs)
     label = NORM_LABELS.get(norm, norm)
-    options = dict(norm_kwargs or {})
     if norm == "gn" and "channels_per_group" in options:
-        label = f"GN-cpg{options.pop('channels_per_group')}"
+        label = f"GN-cpg{options.pop('channels_per_group')!r}"
     if options:
-        label += "(" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) + ")"
+        label += "(" + ",".join(f"{k}={v!r}" for k, v in sorted(options.items())) + ")"
     if placement != "all":
         label += f" [{placement}]"
     return label
@@ -93,7 +108,8 @@ class DuplicateRunError(UsageError):
 @dataclass
 class VariantSummary:
     """All seeds of one (preset, model, norm, placement): ``runs`` the finished ones (the
-    statistics use these only), ``diverged`` and ``unfinished`` the others."""
+    statistics use these only), ``diverged`` and ``unfinished`` the others. ``norm`` and
+    ``norm_kwargs`` are the variant's one spelling (:func:`variant_norm`)."""
 
     preset: str
     model: str
@@ -190,12 +206,12 @@ class VariantSummary:
 
 
 def variant_key(config: Any) -> tuple[str, ...]:
-    """(name, model, norm with its options, placement): what one table row summarizes."""
-    norm_key = config.norm
-    if config.norm_kwargs:
-        norm_key += "(" + ",".join(f"{k}={v}" for k, v in sorted(config.norm_kwargs.items()))
-        norm_key += ")"
-    return (config.name, config.model, norm_key, config.l2bn_layers)
+    """(name, model, norm, its options, placement): what one table row summarizes, with the
+    norm and options in their one spelling (:func:`variant_norm`), so that two spellings of
+    one layer are one variant."""
+    norm, options = variant_norm(config.norm, config.norm_kwargs)
+    options_key = json.dumps(options, sort_keys=True, default=repr)
+    return (config.name, config.model, norm, options_key, config.l2bn_layers)
 
 
 def duplicate_runs(records: Iterable[RunRecord]) -> list[str]:
@@ -228,15 +244,15 @@ def summarize(records: Iterable[RunRecord]) -> list[VariantSummary]:
         config = record.config
         key = variant_key(config)
         if key not in groups:
-            label = norm_label(config.norm, config.l2bn_layers, config.norm_kwargs)
+            norm, options = variant_norm(config.norm, config.norm_kwargs)
             groups[key] = VariantSummary(
                 config.name,
                 config.model,
-                config.norm,
+                norm,
                 config.l2bn_layers,
-                label,
+                norm_label(norm, config.l2bn_layers, options),
                 dataset=config.dataset,
-                norm_kwargs=dict(config.norm_kwargs),
+                norm_kwargs=options,
             )
         status = run_status(record)
         group = groups[key]

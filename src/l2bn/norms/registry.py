@@ -4,7 +4,8 @@
 ``get_norm_layer("l2bn")`` returns ``f(num_features) -> nn.Module`` for model builders.
 Names follow the paper: ``bn``, ``l2bn``; Table 3's ``lnbn``, ``inbn``, ``pnbn``;
 Table 5's ``ln``, ``in``, ``gn`` (``gn-cpg4`` / ``gn-cpg8`` fix ``channels_per_group``),
-``sn``, ``bcn``, ``bin``.
+``sn``, ``bcn``, ``bin``. ``canonical_norm`` gives one spelling per layer (``gn`` with
+``channels_per_group=4`` is ``gn-cpg4``).
 """
 
 from __future__ import annotations
@@ -67,6 +68,28 @@ def _resolve(name: str) -> tuple[Callable[..., nn.Module], dict[str, Any]]:
     if key in _FACTORIES:
         return _FACTORIES[key], {}
     raise ValueError(f"unknown norm {name!r}; valid names: {', '.join(list_norms())}")
+
+
+def canonical_norm(
+    name: str, norm_kwargs: dict[str, Any] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The one spelling of the layer that ``name`` with ``norm_kwargs`` builds: an alias's
+    options are merged under the given ones, and options that are an alias's are folded
+    into its name. ``("gn", {"channels_per_group": 4})`` and ``("gn-cpg4", {})`` are both
+    ``("gn-cpg4", {})``; ``("gn-cpg4", {"channels_per_group": 8})`` is ``("gn-cpg8", {})``.
+    A name that is no norm here is returned as given."""
+    options = dict(norm_kwargs or {})
+    key = name.strip().lower()
+    if key in _ALIASES:
+        name, preset = _ALIASES[key]
+        options = {**preset, **options}
+    elif key in _FACTORIES:
+        name = key
+    for alias, (base, preset) in _ALIASES.items():
+        if name == base and all(options.get(k) == v for k, v in preset.items()):
+            rest = {k: v for k, v in options.items() if k not in preset}
+            return alias, rest
+    return name, options
 
 
 def create_norm(name: str, num_features: int, **kwargs: Any) -> nn.Module:

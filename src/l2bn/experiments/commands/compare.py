@@ -87,7 +87,25 @@ def plan_variants(config: Any, norms: str, placements: str | None) -> list[Any]:
                 variants.append(config.replace(norm="l2bn", l2bn_layers=where))
     else:
         variants = [config.replace(norm=norm, l2bn_layers="all") for norm in _split(norms)]
+    _refuse_one_variant_twice(variants)
     return variants
+
+
+def _refuse_one_variant_twice(variants: list[Any]) -> None:
+    """ValueError when two entries are one variant (``gn-cpg4``, and ``gn`` with
+    ``norm_kwargs.channels_per_group=4``): their runs would be one run trained twice, and
+    the report would refuse them as one run in two directories."""
+    from l2bn.experiments.summary import norm_label, variant_key
+
+    seen: dict[tuple[str, ...], Any] = {}
+    for variant in variants:
+        first = seen.setdefault(variant_key(variant), variant)
+        if first is not variant:
+            label = norm_label(variant.norm, variant.l2bn_layers, variant.norm_kwargs)
+            raise ValueError(
+                f"{first.norm!r} and {variant.norm!r} build one layer ({label}) with "
+                f"norm_kwargs {dict(variant.norm_kwargs)}: list it once"
+            )
 
 
 def _split(text: str) -> list[str]:
