@@ -279,3 +279,12 @@ def test_compare_refuses_two_entries_that_build_one_layer(tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert "--norms: 'gn' and 'gn-cpg4' build one layer (GN-cpg4)" in err, err
     assert not runs.exists()
+
+
+def test_compare_reports_the_variants_in_the_order_it_lists_them(tmp_path: Path, capsys) -> None:
+    """``--norms l2bn,bn``: the table lists L2BN, then BN (the run folders sort the other
+    way, as does the paper)."""
+    args = [*_tiny_compare(tmp_path), "--norms", "l2bn,bn", "--jobs", "1", "--threads", "1"]
+    assert main([*args, "--no-plots", "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in lines if line.startswith("resnet20  ")] == ["L2BN", "BN"]

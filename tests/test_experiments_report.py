@@ -796,3 +796,44 @@ def test_one_layer_spelled_two_ways_is_one_variant_and_two_layers_have_two_label
     assert norm_label("gn", "all", {"channels_per_group": 16}) == "GN-cpg16"
     assert norm_label("gn", "all", {**cpg4, "eps": 0.001}) == "GN-cpg4(eps=0.001)"
     assert norm_label("l2bn", "stage1", {"eps": "0.001"}) == "L2BN(eps='0.001') [stage1]"
+
+
+def test_rows_come_in_the_experiments_order_not_the_order_found_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs kept in folders whose names sort L2BN, LN, L2BN with eps 0.001, BN: the table,
+    the tests and report.csv list BN first, LN, then L2BN (the paper's tables' order), the
+    variant the paper has no row for after its own norm, by label. Given the experiment's
+    own order (``l2bn compare --norms l2bn,ln,bn``), the rows follow that."""
+    from l2bn.experiments.report import write_report
+    from l2bn.experiments.summary import summarize
+
+    monkeypatch.setitem(BEST, "ln", BEST["l2bn"])
+    monkeypatch.setitem(FINAL_IIR, "ln", FINAL_IIR["l2bn"])
+    root = tmp_path / "runs"
+    for seed in SEEDS:
+        _write_recorded_run(root / "a" / str(seed), "l2bn", seed)
+        _write_recorded_run(root / "b" / str(seed), "ln", seed)
+        eps = {"eps": 0.001}
+        _write_recorded_run(root / "c" / str(seed), "l2bn", seed, norm_kwargs=eps)
+        _write_recorded_run(root / "d" / str(seed), "bn", seed)
+    records = find_runs(root)
+    assert [r.config.norm for r in records[::3]] == ["l2bn", "ln", "l2bn", "bn"]
+    out = tmp_path / "out"
+    text = write_report(records, out, plots=False)["text"]
+    labels = [line.split()[1] for line in text.splitlines() if line.startswith("resnet20  ")]
+    assert labels == ["BN", "LN", "L2BN", "L2BN(eps=0.001)"]
+    tests = [line.split(" vs ")[0] for line in text.splitlines() if " seed(s) paired" in line]
+    assert tests == ["LN", "L2BN", "L2BN(eps=0.001)"]
+    with open(out / "report.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["section"] == "summary"]
+    assert list(dict.fromkeys(r["variant"] for r in rows)) == labels
+    # the same runs found in another order make the same report
+    assert write_report(records[::-1], out, plots=False)["text"] == text
+
+    def config(norm: str) -> ExperimentConfig:
+        return ExperimentConfig(name="demo", model="resnet20", norm=norm, epochs=3)
+
+    listed = [config("l2bn"), config("ln"), config("bn")]
+    summaries = summarize(records, order=listed)
+    assert [s.label for s in summaries] == ["L2BN", "LN", "BN", "L2BN(eps=0.001)"]

@@ -91,6 +91,37 @@ def _key(dataset: str, model: str, norm: str, placement: str) -> tuple[str, str,
     return (dataset, model, norm, placement)
 
 
+@functools.cache
+def variant_order() -> tuple[tuple[str, str], ...]:
+    """Every (norm, placement) of the paper's tables in one order that keeps the order of
+    each table's rows: BN first, L2BN last, the other variants in between as the tables
+    list them (Table 3's, Table 4's placements, Table 5's)."""
+    before: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    previous: dict[tuple[int, str, str], tuple[str, str]] = {}
+    for row in load_paper_rows():
+        variant = (row.norm, row.placement)
+        needs = before.setdefault(variant, set())
+        table = (row.table, row.dataset, row.model)
+        if table in previous:
+            needs.add(previous[table])
+        previous[table] = variant
+    order: list[tuple[str, str]] = []
+    while len(order) < len(before):
+        # the first variant (in the tables' order) whose predecessors are all placed
+        order.append(
+            next(v for v, needs in before.items() if v not in order and needs <= set(order))
+        )
+    return tuple(order)
+
+
+def variant_rank(norm: str, placement: str) -> int:
+    """Where a variant comes in :func:`variant_order` (placement ``none`` is BN; a variant
+    the paper has no row for comes after every one it has)."""
+    _, _, norm, placement = _key("", "", norm, placement)
+    order = variant_order()
+    return order.index((norm, placement)) if (norm, placement) in order else len(order)
+
+
 def find_row(
     dataset: str, model: str, norm: str, placement: str = "all", table: int | None = None
 ) -> PaperRow | None:

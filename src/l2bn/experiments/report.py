@@ -911,10 +911,12 @@ def _publish(out_dir: Path, staging: Path) -> list[str]:
     return names
 
 
-def _reportable(records: list[RunRecord], ignored: list[tuple[Path, str]]) -> list[VariantSummary]:
+def _reportable(
+    records: list[RunRecord], ignored: list[tuple[Path, str]], order: Iterable[Any] = ()
+) -> list[VariantSummary]:
     """The runs summarized by variant; ValueError (or a UsageError) when they cannot be
     reported: none, runs that differ in more than the norm, one run in two directories, or
-    no finished run."""
+    no finished run. ``order``: as :func:`write_report`'s."""
     if not records:
         why = "; ".join(f"{directory}: {reason}" for directory, reason in ignored)
         raise ValueError("no runs with metrics to report" + (f" ({why})" if why else ""))
@@ -923,7 +925,7 @@ def _reportable(records: list[RunRecord], ignored: list[tuple[Path, str]]) -> li
         "report each configuration on its own: give each one its own --name (or move its "
         "runs to another folder) and run `l2bn report` on each folder",
     )
-    summaries = summarize(records)  # DuplicateRunError: one run in two directories
+    summaries = summarize(records, order)  # DuplicateRunError: one run in two directories
     if not any(s.runs or s.diverged for s in summaries):
         lines = "; ".join(left_out_lines(summaries, ignored))
         raise ValueError(
@@ -939,16 +941,19 @@ def write_report(
     *,
     plots: bool = True,
     ignored: Iterable[tuple[Path, str]] = (),
+    order: Iterable[Any] = (),
 ) -> dict[str, Any]:
     """Write report.txt/.md/.csv (and PNG plots) into ``out_dir``; returns paths and text.
 
     ``ignored``: run directories that could not be read, with why (named in the report).
+    ``order``: the configs of the experiment's variants in its order, when known (the rows
+    follow it, else the paper's order: :func:`~l2bn.experiments.summary.summarize`).
     The folder then holds this report's files (and files the report never wrote) only:
     see the module docstring. When the runs cannot be reported (ValueError, UsageError),
     the previous report is removed first (:func:`refuse_report`)."""
     ignored = list(ignored)
     try:
-        summaries = _reportable(records, ignored)
+        summaries = _reportable(records, ignored, order)
     except ValueError as err:  # UsageError too
         raise refuse_report(out_dir, err) from None
     comparisons = compare_to_baseline(summaries)

@@ -227,9 +227,11 @@ def duplicate_runs(records: Iterable[RunRecord]) -> list[str]:
     ]
 
 
-def summarize(records: Iterable[RunRecord]) -> list[VariantSummary]:
-    """Group runs by preset, model, norm and placement (in first-seen order); each run goes
-    to its variant's ``runs``, ``diverged`` or ``unfinished`` (:func:`run_status`).
+def summarize(records: Iterable[RunRecord], order: Iterable[Any] = ()) -> list[VariantSummary]:
+    """Group runs by preset, model, norm and placement (in :func:`variant_sort_key`'s
+    order); each run goes to its variant's ``runs``, ``diverged`` or ``unfinished``
+    (:func:`run_status`). ``order``: the configs of the experiment's variants in the order
+    it lists them (``l2bn compare --norms``), when known.
 
     Raises DuplicateRunError when two directories hold the same variant and seed."""
     records = list(records)
@@ -258,4 +260,22 @@ def summarize(records: Iterable[RunRecord]) -> list[VariantSummary]:
         group = groups[key]
         target = {FINISHED: group.runs, DIVERGED: group.diverged}.get(status, group.unfinished)
         target[record.seed] = record
-    return list(groups.values())
+    listed = [variant_key(config) for config in order]
+    return [
+        groups[key]
+        for key in sorted(groups, key=lambda key: variant_sort_key(key, groups[key], listed))
+    ]
+
+
+def variant_sort_key(
+    key: tuple[str, ...], summary: VariantSummary, listed: list[tuple[str, ...]]
+) -> tuple[Any, ...]:
+    """Where a variant's rows, tests and curves come, whatever the order the runs were found
+    in: by experiment name and model, then in the order the experiment lists its variants
+    (``listed``, their :func:`variant_key`), then in the paper's order (BN first, L2BN last:
+    :func:`l2bn.experiments.paper_tables.variant_rank`), then by label."""
+    from l2bn.experiments import paper_tables
+
+    position = listed.index(key) if key in listed else len(listed)
+    rank = paper_tables.variant_rank(summary.norm, summary.placement)
+    return (summary.preset, summary.model, position, rank, summary.label)

@@ -355,7 +355,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from l2bn.experiments.report import write_report
 
-    result = write_report(records, out, plots=not args.no_plots, ignored=ignored)
+    result = write_report(records, out, plots=not args.no_plots, ignored=ignored, order=variants)
     print(result["text"], end="")
     print(f"\nReport files: {', '.join(str(p) for p in result['files'])}")
     if result["plots"]:
