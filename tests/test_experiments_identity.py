@@ -120,6 +120,32 @@ def test_finished_run_from_before_the_norm_batch_identity(tmp_path: Path) -> Non
         train_run(config, 3, run, quiet=True)
 
 
+def test_fingerprint_has_one_definition_and_keeps_its_values() -> None:
+    """The report (runs.py) checks fingerprint.json with the function that writes it
+    (identity.py), and the hash of an identity is what it was when the runs on disk were
+    written: a changed value would orphan them (pinned before the two copies were made
+    one)."""
+    from l2bn.experiments import identity, runs
+
+    assert identity.fingerprint is runs.fingerprint
+    assert identity.IDENTITY_FILE == runs.IDENTITY_FILE == "fingerprint.json"
+    known = {
+        "seed": 121,
+        "name_does_not_matter": None,
+        "lr": 0.1,
+        "norm": "l2bn",
+        "norm_kwargs": {"eps": 0.001},
+        "seeds_list": [1, 2],
+        "nesterov": True,
+        "threads": 1,
+        "l2bn_source": "git:0123456789abcdef",
+        "label": "\u00dcn\u00efcode \u03bc",
+    }
+    pinned = "21182394c106e13910eb123d294d9a79996e0a0e4da026ffb38d6475a83b6211"
+    assert fingerprint(known) == pinned
+    assert fingerprint(dict(reversed(known.items()))) == pinned  # key order plays no part
+
+
 def test_identity_names_the_code_and_the_backend(monkeypatch) -> None:
     from l2bn import backends
     from l2bn.experiments import identity as ident

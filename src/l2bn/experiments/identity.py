@@ -59,11 +59,12 @@ from l2bn.experiments.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     DONE_FILE,
+    IDENTITY_FILE,
     METRICS_FILE,
     PREVIOUS_CHECKPOINT_FILE,
+    fingerprint,  # defined once, in runs (which reads fingerprint.json without this module)
 )
 
-IDENTITY_FILE = "fingerprint.json"
 EXECUTION_ONLY = ("name", "seeds", "data_root", "device", "threads", "num_workers", "notes")
 # The fields the report compares: runs under one name and model may differ in these (and in
 # their seed) only.
@@ -286,12 +287,6 @@ def require_comparable(runs: list[tuple[ExperimentConfig, int]], advice: str) ->
             "these runs differ in more than the norm and the seed, so their comparison "
             f"would not be like for like ({'; '.join(lines)}); {advice}"
         )
-
-
-def fingerprint(identity: dict[str, Any]) -> str:
-    """SHA-256 of the identity's canonical JSON."""
-    text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def differing_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

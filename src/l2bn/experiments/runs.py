@@ -108,9 +108,10 @@ class RunScan:
     ignored: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def _fingerprint(identity: dict[str, Any]) -> str:
-    """SHA-256 of the identity's canonical JSON (as ``identity.fingerprint``, which imports
-    this module: the test suite checks the two agree)."""
+def fingerprint(identity: dict[str, Any]) -> str:
+    """SHA-256 of the identity's canonical JSON: what ``fingerprint.json`` and checkpoints
+    store (:mod:`l2bn.experiments.identity` uses this one definition). Changing it would
+    orphan every saved run."""
     text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -195,7 +196,7 @@ def inspect_run_dir(directory: str | Path) -> tuple[RunRecord | None, str]:
     if stored is not None:
         try:
             identity = dict(stored["identity"])
-            intact = _fingerprint(identity) == stored["fingerprint"]
+            intact = fingerprint(identity) == stored["fingerprint"]
         except (KeyError, TypeError, ValueError):
             intact = False
         if not intact:
