@@ -92,6 +92,32 @@ def test_unwritable_out_is_found_before_drawing(
     assert "--out " in captured.err and "(Operation not permitted)" in captured.err
 
 
+def test_geometry_and_the_experiments_check_folders_with_one_write_probe(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """``l2bn geometry --out`` and the experiments' folder check (``compare``, ``report``)
+    write the same probe file, from ``l2bn._files``: one definition for both. Each keeps
+    its own behaviour: geometry keeps the folder it made for its figures, the experiments'
+    check leaves nothing behind."""
+    import tempfile
+
+    from l2bn._files import PROBE_PREFIX
+    from l2bn.experiments.preflight import check_output_dir
+
+    prefixes = []
+    real = tempfile.mkstemp
+
+    def spy(*args, **kwargs):
+        prefixes.append(kwargs.get("prefix"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", spy)
+    geometry_command._check_out(tmp_path / "figs")
+    check_output_dir(tmp_path / "runs" / "demo", "runs folder")
+    assert prefixes == [PROBE_PREFIX, PROBE_PREFIX]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["figs"]
+
+
 def test_l2bn_debug_shows_the_exception(monkeypatch) -> None:
     monkeypatch.setenv("L2BN_DEBUG", "1")
     with pytest.raises(ValueError, match="--layers"):

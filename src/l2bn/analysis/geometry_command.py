@@ -6,10 +6,10 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from l2bn._files import make_writable_dir
 from l2bn.analysis.geometry import (
     FIGURE2_CENTERS,
     FIGURE5_DIRECTION,
@@ -111,10 +111,7 @@ def _check_out(out: Path) -> None:
     """``out`` is a folder the figures can be written to: created if missing, and a probe
     file written and removed in it (a permission check alone would pass for root)."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".l2bn-probe-", dir=out)
-        os.close(fd)
-        os.unlink(probe)
+        make_writable_dir(out)
     except OSError as err:
         reason = err.strerror or str(err)
         if isinstance(err, FileExistsError) or (out.exists() and not out.is_dir()):

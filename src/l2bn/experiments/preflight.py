@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from l2bn._files import make_writable_dir
 from l2bn.experiments.config import ExperimentConfig
 from l2bn.experiments.errors import UsageError
 
@@ -120,10 +120,7 @@ def check_output_dir(path: str | Path, what: str) -> None:
     missing = [path, *path.parents]
     missing = missing[: missing.index(existing)]  # deepest first
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=".l2bn-write-probe-", dir=path)
-        os.close(handle)
-        os.unlink(probe)
+        make_writable_dir(path)
     except OSError as err:
         place = "" if existing == path else f" (its existing parent {existing})"
         reason = err.strerror or str(err)
