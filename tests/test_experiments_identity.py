@@ -236,6 +236,43 @@ def test_finished_run_of_another_backend_or_code_is_not_reused(
     assert (run / "checkpoint.pt").stat().st_mtime_ns == stamp  # nothing retrained
 
 
+def test_a_source_change_is_named_without_the_threads_it_did_not_change(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A finished run started with 1 thread (the count compare chose); after a source change
+    the same command, where a new run would get 2 threads, refuses it naming the source
+    alone: a run left without a threads setting keeps its own count, whatever else differs
+    (the count was compared as if the run were trained afresh). ``--dry-run`` shows that
+    count; ``--overwrite`` trains afresh with the count a new run gets."""
+    from l2bn.experiments import identity as ident
+
+    root = write_idx(tmp_path / "data", n_train=32, n_test=16)
+    config = tmp_path / "tiny.yaml"
+    settings = {"name": "tiny", "data_root": str(root), "epochs": 1, "seeds": [5], "threads": None}
+    config.write_text(tiny_config(**settings).to_yaml())
+    runs = tmp_path / "runs"
+    args = ["compare", "--config", str(config), "--runs-dir", str(runs), "--norms", "bn"]
+    args += ["--jobs", "1", "--no-plots", "--quiet"]
+    run = runs / "tiny" / "resnet20-bn" / "seed5"
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert main(args) == 0
+        capsys.readouterr()
+        torch.set_num_threads(2)  # a new run would now take 2
+        monkeypatch.setattr(ident, "source_version", lambda: "git:fedcba9876543210+dirty:00")
+        assert main(args) == 1
+        err = _error_line(capsys)
+        assert "l2bn_source: " in err and "threads" not in err, err
+        assert main([*args, "--dry-run"]) == 0
+        assert "(holds another configuration; threads 1)" in capsys.readouterr().out
+        assert main([*args, "--dry-run", "--overwrite"]) == 0
+        assert "trained afresh: --overwrite; threads 2)" in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(threads)
+    assert "threads: 1" in (run / "config.yaml").read_text()
+
+
 def test_resumed_run_keeps_the_threads_it_started_with(tmp_path: Path, monkeypatch, capsys) -> None:
     root = write_idx(tmp_path / "data", n_train=32, n_test=16)
     config = tiny_config(data_root=str(root), epochs=2, threads=None)

@@ -187,22 +187,20 @@ def git_source(directory: Path) -> str | None:
 
 def settle_threads(
     config: ExperimentConfig,
-    seed: int,
     directory: str | Path,
     default: int,
     adopt: bool = True,
-    *,
-    world_size: int = 1,
-    sync_bn: bool = False,
 ) -> ExperimentConfig:
     """``config`` with the thread count its CPU run uses, decided once per run.
 
     A set ``threads`` is kept (when it differs from the count the directory's run started
-    with, the identities differ: a mismatch). Unset, it becomes the count recorded in the
-    directory when that holds this run started with another count and otherwise the same
-    identity (with ``adopt``: not when the run is to be trained afresh), else ``default``.
-    Off the CPU the thread count is not part of the result, and ``config`` is returned as
-    it is. ``world_size`` and ``sync_bn`` are the run's (:func:`run_identity`)."""
+    with, the identities differ: a mismatch). Unset, it becomes the count that the
+    directory's run recorded (with ``adopt``: not when the run is to be trained afresh),
+    else ``default``. The recorded count is taken whether or not the rest of the run's
+    identity matches: a run that matches is then reused or resumed with its own count, and
+    one that does not is refused naming only what differs (a source change, say), not also
+    a count nobody asked to change. Off the CPU the thread count is not part of the result,
+    and ``config`` is returned as it is."""
     from l2bn.experiments.distributed import resolve_device
 
     if config.threads is not None or resolve_device(config.device).type != "cpu":
@@ -211,10 +209,7 @@ def settle_threads(
         stored = _read_identity(Path(directory))
         recorded = stored.get("threads") if stored is not None else None
         if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 1:
-            candidate = config.replace(threads=recorded)
-            job = {"world_size": world_size, "sync_bn": sync_bn}
-            if run_identity(candidate, seed, **job) == stored:
-                return candidate
+            return config.replace(threads=recorded)
     return config.replace(threads=max(1, int(default)))
 
 

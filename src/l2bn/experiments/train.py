@@ -212,7 +212,7 @@ def train_run(
     config = config.replace(seeds=[seed])
     world_size = context.world_size if context is not None else env_world_size()
     job = {"world_size": world_size, "sync_bn": sync_bn}
-    config = settle_threads(config, seed, directory, torch.get_num_threads(), not overwrite, **job)
+    config = settle_threads(config, directory, torch.get_num_threads(), not overwrite)
     identity = run_identity(config, seed, **job)
     state = inspect_run(directory, identity)
     if state.holds_run and not state.same and not overwrite:

@@ -284,8 +284,7 @@ def _run(args: argparse.Namespace) -> int:
     runs = []
     for variant, seed in planned:
         directory = run_dir(args.runs_dir, variant, seed)
-        adopt = not args.overwrite
-        variant = settle_threads(variant, seed, directory, threads, adopt, **job)
+        variant = settle_threads(variant, directory, threads, adopt=not args.overwrite)
         runs.append((variant, seed, directory))
     states = [inspect_run(d, run_identity(v, seed, **job)) for v, seed, d in runs]
     if args.dry_run:
