@@ -7,6 +7,7 @@ every path either leaves the model computing L2BN or refuses with an error that 
 from __future__ import annotations
 
 import copy
+import pickle
 import subprocess
 import sys
 
@@ -176,3 +177,101 @@ def test_fusion_refuses_prenormalized_batchnorm(name):
     else:
         torch.testing.assert_close(fused(x), before)
     torch.testing.assert_close(model(x), before)  # untouched
+
+
+class _RepBlock(nn.Module):
+    """A RepVGG-style block as model code writes it: ``switch_to_deploy`` folds its norm
+    into the convolution by reading the norm's tensors, with no class check."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x)) if hasattr(self, "bn") else self.conv(x)
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        std = (self.bn.running_var + self.bn.eps).sqrt()
+        conv = nn.Conv2d(3, 4, 3)
+        conv.weight.copy_(self.conv.weight * (self.bn.weight / std).view(-1, 1, 1, 1))
+        conv.bias.copy_(self.bn.bias - self.bn.running_mean * self.bn.weight / std)
+        self.conv = conv
+        del self.bn
+
+
+def _rep_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(_RepBlock(), nn.ReLU())
+    model(torch.randn(8, 3, 6, 6) * torch.logspace(-1, 1, 8).view(-1, 1, 1, 1))
+    with torch.no_grad():
+        model[0].bn.weight.uniform_(0.5, 1.5)
+        model[0].bn.bias.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def test_model_code_reparameterization_refuses_converted_l2bn():
+    # Without the refusal, switch_to_deploy folded the L2BN layer as BatchNorm: the deployed
+    # model computed BatchNorm (max difference 3.1 times the L2BN output's largest value).
+    x = _input()
+    model = l2bn.convert_bn_to_l2bn(_rep_model())
+    expected = model(x)
+    for copied in (model, copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        with pytest.raises(
+            TypeError,
+            match=r"_RepBlock '0'\.switch_to_deploy\(\) would fold the L2BatchNorm2d layer "
+            r"'bn'.*l2 norm.*convert_l2bn_to_bn",
+        ):
+            copied[0].switch_to_deploy()
+        torch.testing.assert_close(copied(x), expected)  # untouched
+    # frozen and synchronized L2BN layers cannot be folded either
+    frozen = l2bn.freeze(copy.deepcopy(model))
+    with pytest.raises(TypeError, match="FrozenL2BatchNorm2d layer 'bn'"):
+        frozen[0].switch_to_deploy()
+    synced = l2bn.convert_sync_l2batchnorm(copy.deepcopy(model))
+    with pytest.raises(TypeError, match="SyncL2BatchNorm layer 'bn'"):
+        synced[0].switch_to_deploy()
+    # excluded by the predicate: still BatchNorm, still foldable
+    kept = l2bn.convert_bn_to_l2bn(_rep_model(), lambda name, m: False)
+    assert "switch_to_deploy" not in kept[0].__dict__
+    # converted back: the method is the class's again, and folds BatchNorm exactly
+    back = l2bn.convert_l2bn_to_bn(model)
+    assert "switch_to_deploy" not in back[0].__dict__
+    bn_out = back(x)
+    back[0].switch_to_deploy()
+    torch.testing.assert_close(back(x), bn_out, rtol=1e-5, atol=1e-5)
+
+
+def test_timm_reparameterize_model_refuses_converted_l2bn():
+    # timm's reparameterize_model calls fuse / reparameterize on every block that has one;
+    # RepViT's ConvNorm.fuse read the L2BN layer's tensors as BatchNorm's and returned a
+    # Conv2d computing BatchNorm, silently; RepVGG's reparameterize failed with a bare
+    # AssertionError.
+    from _timm import import_timm
+
+    timm = import_timm()
+    from timm.models.byobnet import RepVggBlock
+    from timm.models.repvit import ConvNorm
+    from timm.utils.model import reparameterize_model
+
+    torch.manual_seed(0)
+    x = _input()
+    for block, method, layer in (
+        (ConvNorm(3, 4, 3), "fuse", "'bn'"),
+        (RepVggBlock(3, 3), "reparameterize", "'identity'"),
+    ):
+        model = nn.Sequential(block, nn.ReLU())
+        model(x)
+        bn_out = model.eval()(x)
+        model = l2bn.convert_bn_to_l2bn(model)
+        with pytest.raises(
+            TypeError, match=rf"{type(block).__name__} '0'\.{method}\(\) would fold .* {layer}"
+        ):
+            reparameterize_model(model)
+        with pytest.raises(TypeError, match="would fold"):
+            timm.models.reparameterize_model(model, inplace=True)
+        assert l2bn.is_l2bn_layer(dict(model.named_modules())["0." + layer.strip("'")])
+        back = reparameterize_model(l2bn.convert_l2bn_to_bn(model))
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in back.modules())
+        torch.testing.assert_close(back(x), bn_out, rtol=1e-4, atol=1e-4)

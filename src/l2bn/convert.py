@@ -44,6 +44,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 
 from l2bn.frozen import is_frozen_l2_batch_norm
+from l2bn.fusion import guard_reparameterization
 from l2bn.kinds import is_l2bn_layer
 from l2bn.layers import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d
 from l2bn.lazy import LazyL2BatchNorm1d, LazyL2BatchNorm2d, LazyL2BatchNorm3d
@@ -411,6 +412,8 @@ class _Walk:
         return module
 
     def finish(self, module: nn.Module, return_report: bool) -> Any:
+        # timm's reparameterize_model and models' fuse() would fold L2BN as BatchNorm.
+        guard_reparameterization(module)
         if self.report.converted or self.report.left:
             logger.info("%s", self.report)
         return (module, self.report) if return_report else module

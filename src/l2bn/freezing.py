@@ -22,7 +22,7 @@ from l2bn.frozen import (
     FrozenL2BatchNorm2d,
     FrozenL2BatchNorm3d,
 )
-from l2bn.fusion import prenorm_description
+from l2bn.fusion import guard_reparameterization, prenorm_description
 from l2bn.layers import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, _L2BatchNorm
 from l2bn.norm_act import FrozenL2BatchNormAct2d, L2BatchNormAct2d, SyncL2BatchNormAct
 from l2bn.sync import SyncL2BatchNorm
@@ -173,6 +173,7 @@ def freeze(module: nn.Module, predicate: Predicate | None = None) -> nn.Module:
             unknown.append(f"{path or '<root>'} ({type(m).__name__})")
 
     out = _swap(module, freezing, _frozen_from, predicate, on_other)
+    guard_reparameterization(out)  # frozen L2BN cannot be folded either (l2bn.fusion)
     if plain:
         warnings.warn(
             "l2bn.freeze froze the L2BN layers only; these BatchNorm layers keep training: "
@@ -211,7 +212,9 @@ def unfreeze(module: nn.Module, predicate: Predicate | None = None) -> nn.Module
     ``momentum`` are those of the frozen layer.
     """
     _, unfreezing = _tables()
-    return _swap(module, unfreezing, _unfrozen_from, predicate, None)
+    out = _swap(module, unfreezing, _unfrozen_from, predicate, None)
+    guard_reparameterization(out)
+    return out
 
 
 __all__ = ["freeze", "unfreeze"]

@@ -23,6 +23,15 @@ raise a ``TypeError`` that says why for a layer
 :func:`fold_refusal` refuses and behave exactly as before for anything else. Names bound
 before ``import l2bn`` (``from torch.nn.utils.fusion import fuse_conv_bn_eval`` in a script
 that imports l2bn later) keep the unwrapped function.
+
+Model code folds its own BatchNorms too, by hand: timm's ``reparameterize_model`` calls each
+block's ``fuse`` / ``reparameterize`` / ``switch_to_deploy`` (RepViT, MobileOne, FastViT,
+RepVGG, ...), and those read the norm's tensors without a class check, so they would fold an
+L2BN layer as BatchNorm without a word. :func:`guard_reparameterization` (run by every
+converter of l2bn, and by ``freeze`` / ``unfreeze``) shadows such a method, on each module
+that has a refused layer below it, with a :class:`FoldRefused` that raises the
+``TypeError``; ``convert_l2bn_to_bn`` gives the method back. L2BN layers placed in such a
+block without an l2bn converter (built in by the model's own code) are not guarded.
 """
 
 from __future__ import annotations
@@ -102,4 +111,89 @@ def install_fusion_guards() -> None:
             setattr(nn_utils, name, original)
 
 
-__all__ = ["fold_refusal", "install_fusion_guards", "prenorm_description", "refuse_fold"]
+# --- re-parameterization methods of model code ---------------------------------------------
+
+# The methods by which model code folds its BatchNorms for deployment: timm's
+# ``reparameterize_model`` calls the first of them that a child module has (``fuse`` in
+# RepViT, LeViT, TinyViT, EfficientViT-MSRA, SHViT, iFormer, EfficientViM;
+# ``reparameterize`` in MobileOne, FastViT, RepVGG (byobnet), NextViT, RepGhost;
+# ``switch_to_deploy`` in the original RepVGG code), and some models' own ``fuse()`` walks
+# the same way. They read a norm layer's ``weight``, ``bias``, ``running_mean``,
+# ``running_var`` and ``eps`` directly, with no class check, so an L2BN layer below one of
+# them would be folded silently as if it were BatchNorm.
+REPARAMETERIZATION_METHODS = ("fuse", "reparameterize", "switch_to_deploy")
+
+
+class FoldRefused:
+    """Stands in for a module's re-parameterization method (an instance attribute that
+    shadows the class's method) while a layer that cannot be folded sits below it.
+
+    Calling it raises the ``TypeError`` of :func:`refuse_fold`, naming the module, the
+    method and the layer. Picklable and copyable (plain strings), so a model keeps it
+    through ``copy.deepcopy`` and ``torch.save``.
+    """
+
+    def __init__(self, owner: str, method: str, layer_path: str, layer_cls: str) -> None:
+        self.owner = owner
+        self.method = method
+        self.layer_path = layer_path
+        self.layer_cls = layer_cls
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"l2bn: {self.owner}.{self.method}() would fold the {self.layer_cls} layer "
+            f"{self.layer_path!r} below it into a convolution or linear layer as if it were "
+            f"BatchNorm (timm's reparameterize_model, a model's fuse()): "
+            f"{_l2bn_reason('convolution')}; to deploy, convert the layers back with "
+            "l2bn.convert_l2bn_to_bn first (which gives the method back), or leave the "
+            "model unfused"
+        )
+
+    def __repr__(self) -> str:
+        return f"<l2bn refusal of {self.owner}.{self.method}() ({self.layer_path!r})>"
+
+
+def guard_reparameterization(model: Any) -> None:
+    """Refuse every re-parameterization method that would fold a layer :func:`fold_refusal`
+    refuses, and give back those that no longer would (after ``convert_l2bn_to_bn``).
+
+    For each module of ``model`` (``model`` included) whose class defines one of
+    :data:`REPARAMETERIZATION_METHODS`: where a refused layer lies below it, that method is
+    shadowed on the instance by a :class:`FoldRefused`; where none does, a shadow left by
+    an earlier call is removed. Every converter of l2bn calls this on the model it returns.
+    """
+    for path, module in model.named_modules(remove_duplicate=False):
+        methods = [
+            name
+            for name in REPARAMETERIZATION_METHODS
+            if callable(getattr(type(module), name, None))
+        ]
+        if not methods:
+            continue
+        below = next(
+            (
+                (sub_path, sub)
+                for sub_path, sub in module.named_modules()
+                if sub is not module and fold_refusal(sub) is not None
+            ),
+            None,
+        )
+        for name in methods:
+            current = module.__dict__.get(name)
+            if below is None:
+                if isinstance(current, FoldRefused):
+                    del module.__dict__[name]
+            elif current is None or isinstance(current, FoldRefused):
+                owner = f"{type(module).__name__} {path!r}" if path else type(module).__name__
+                module.__dict__[name] = FoldRefused(owner, name, below[0], type(below[1]).__name__)
+
+
+__all__ = [
+    "REPARAMETERIZATION_METHODS",
+    "FoldRefused",
+    "fold_refusal",
+    "guard_reparameterization",
+    "install_fusion_guards",
+    "prenorm_description",
+    "refuse_fold",
+]
