@@ -53,6 +53,35 @@ def test_classifier_converts_only_the_bn_feeding_the_classification_layer():
     assert order[-2:] == ["layer3.8.norm2", "classifier"]
 
 
+def _norms_run_before_classifier(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """The norms executed before ``model.classifier`` (names), in execution order."""
+    order: list[str] = []
+    for name, m in model.named_modules():
+        if isinstance(m, _NormBase) or m is model.classifier:
+            m.register_forward_pre_hook(lambda mod, i, name=name: order.append(name))
+    with torch.no_grad():
+        model.eval()(x)
+    classifier = next(n for n, m in model.named_modules() if m is model.classifier)
+    return order[: order.index(classifier)]
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "shape"),
+    [
+        ("asc_resnet17", {"base_filters": 2}, (2, 3, 4, 16)),
+        ("fcnn", {"widths": (4, 4, 4)}, (2, 3, 16, 16)),
+        ("fsfcnn", {"widths": (4, 4, 4, 4)}, (2, 3, 8, 32)),
+    ],
+)
+def test_classifier_placement_skips_the_norms_after_the_classification_layer(name, kwargs, shape):
+    # The acoustic models normalize their class maps after the classification layer (a 1x1
+    # convolution): the last BatchNorm registered is one of those, not the one feeding it.
+    torch.manual_seed(0)
+    model = apply_l2bn(create_model(name, num_classes=4, **kwargs), "classifier")
+    before = _norms_run_before_classifier(model, torch.randn(shape))
+    assert _converted(model) == {before[-1]}
+
+
 def test_stage1_converts_exactly_the_first_residual_stage():
     model = apply_l2bn(_resnet56(), "stage1")
     converted = _converted(model)

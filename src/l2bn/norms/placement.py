@@ -5,11 +5,15 @@ The model is built with plain BatchNorm and then converted with
 
 * ``"none"``: the BN baseline; ``"all"``: every BatchNorm;
 * ``"classifier"`` ("only classification layer"): the BatchNorm whose output feeds the
-  classification layer, i.e. the last BatchNorm of the network. In the CIFAR ResNet it
+  classification layer, i.e. the last BatchNorm before it. In the CIFAR ResNet it
   is the second BN of the last residual block: its output, plus the shortcut, through
   ReLU and global pooling, is the classifier's input, the feature whose angles the
-  paper measures. The last BN is taken in registration order, which is the order of
-  execution for every model of :mod:`l2bn.models`;
+  paper measures. The classification layer is ``model.classifier`` (else the last
+  ``nn.Linear``, as the angle metrics take it) and the BN is the last one registered
+  before it, registration order being the order of execution for every model of
+  :mod:`l2bn.models`. The acoustic models have norms after their classification layer
+  (on the class maps): those are not it. A model with no classification layer: the
+  last BatchNorm;
 * ``"stage1"`` / ``"stage2-3"`` ("ResStage 1" / "ResStage 2-3"): the BatchNorms inside
   the residual stages ``layer1`` / ``layer2`` and ``layer3``. The stem's BN (after the
   first convolution, outside any residual stage) is in neither.
@@ -27,8 +31,32 @@ _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm
 _STAGES = {"stage1": ("layer1",), "stage2-3": ("layer2", "layer3")}
 
 
-def _batch_norm_names(model: nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules() if type(m) in _BATCH_NORMS]
+def _classification_layer(model: nn.Module) -> nn.Module | None:
+    """``model.classifier``, else the last ``nn.Linear`` (the layer whose input the angle
+    metrics read), else None."""
+    classifier = getattr(model, "classifier", None)
+    if isinstance(classifier, nn.Module):
+        return classifier
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def _norm_feeding_classifier(model: nn.Module) -> str:
+    """The name of the last BatchNorm registered before the classification layer (the
+    last BatchNorm when the model has no such layer)."""
+    classifier = _classification_layer(model)
+    names: list[str] = []
+    for name, m in model.named_modules():
+        if m is classifier:
+            break
+        if type(m) in _BATCH_NORMS:
+            names.append(name)
+    if not names:
+        raise ValueError(
+            "placement 'classifier': the model has no BatchNorm layer before its "
+            "classification layer"
+        )
+    return names[-1]
 
 
 def placement_predicate(model: nn.Module, where: str) -> Predicate:
@@ -40,11 +68,8 @@ def placement_predicate(model: nn.Module, where: str) -> Predicate:
     if where == "all":
         return lambda name, module: True
     if where == "classifier":
-        names = _batch_norm_names(model)
-        if not names:
-            raise ValueError("placement 'classifier': the model has no BatchNorm layer")
-        last = names[-1]
-        return lambda name, module: name == last
+        feeding = _norm_feeding_classifier(model)
+        return lambda name, module: name == feeding
     stages = _STAGES[where]
     children = dict(model.named_children())
     missing = [s for s in stages if s not in children]
