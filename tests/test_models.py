@@ -128,6 +128,24 @@ def test_regnet_400mf_parameter_count(name, millions):
     assert abs(count / 1e6 - millions) <= 0.02 * millions, f"{name}: {count}"
 
 
+@pytest.mark.parametrize(
+    ("name", "config", "cifar", "imagenet"),
+    [
+        ("regnetx", "200mf", 2_684_792, 2_684_792),
+        ("regnety", "200mf", 3_162_996, 3_162_996),
+        ("regnetx", "400mf", 5_156_424, 5_157_512),  # stage 1 as wide as the stem
+        ("regnety", "400mf", 4_344_144, 4_344_144),
+    ],
+)
+def test_regnet_parameter_count_at_cifar_and_imagenet_strides(name, config, cifar, imagenet):
+    with torch.device("meta"):
+        small = create_model(name, num_classes=1000, config=config)
+        large = create_model(
+            name, num_classes=1000, config=config, stem_stride=2, stage_strides=(2, 2, 2, 2)
+        )
+    assert (_count(small), _count(large)) == (cifar, imagenet)
+
+
 def test_bn_model_forward_backward(zoo):
     torch.manual_seed(0)
     _forward_backward(zoo.bn, _train_input(zoo.name, 3), zoo.classes)

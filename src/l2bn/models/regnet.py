@@ -15,9 +15,12 @@ exact same widths in X and Y, so that the pair differs only by the SE blocks; th
 400MF settings are available with ``config="400mf"``. For CIFAR images the stem and
 the first two stages keep the resolution (strides 1; 1, 1, 2, 2), so a 32x32 image
 ends on an 8x8 map as in the CIFAR ResNets, the usual adaptation of these models
-to CIFAR. ``stem_stride=2, stage_strides=(2, 2, 2, 2)`` gives the ImageNet model;
-strides do not change the parameter count (published: 2.7M X-200MF, 3.2M
-Y-200MF, 5.2M X-400MF, 4.3M Y-400MF at 1000 classes).
+to CIFAR. ``stem_stride=2, stage_strides=(2, 2, 2, 2)`` gives the ImageNet model
+(published: 2.7M X-200MF, 3.2M Y-200MF, 5.2M X-400MF, 4.3M Y-400MF at 1000 classes).
+Strides change the parameter count only where a block keeps its width: RegNetX-400MF's
+first stage is as wide as the stem (32), so at stride 1 its first block has an identity
+shortcut instead of the conv1x1-norm projection (5,156,424 parameters instead of
+5,157,512); the other three configurations are the same at any strides.
 """
 
 from __future__ import annotations
