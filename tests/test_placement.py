@@ -135,3 +135,12 @@ def test_stage_placement_needs_residual_stages():
     with pytest.raises(ValueError, match="layer1"):
         apply_l2bn(vgg, "stage1")
     assert len(_converted(apply_l2bn(vgg, "classifier"))) == 1
+
+
+@pytest.mark.parametrize("where", ["stage1", "stage2-3"])
+def test_stage_placements_refuse_a_model_with_a_fourth_stage(where):
+    # ImageNet ResNet-50 has layer1..layer4: 'stage2-3' left layer4 as BatchNorm silently.
+    with torch.device("meta"):
+        model = create_model("resnet50", num_classes=10)
+    with pytest.raises(ValueError, match="also has layer4"):
+        placement_predicate(model, where)

@@ -21,6 +21,8 @@ The model is built with plain BatchNorm and then converted with
 
 from __future__ import annotations
 
+import re
+
 from torch import nn
 
 from l2bn.convert import Predicate, convert_bn_to_l2bn
@@ -29,6 +31,8 @@ PLACEMENTS = ("none", "all", "classifier", "stage1", "stage2-3")
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 _STAGES = {"stage1": ("layer1",), "stage2-3": ("layer2", "layer3")}
+_CIFAR_STAGES = ("layer1", "layer2", "layer3")
+_STAGE_NAME = re.compile(r"layer\d+")
 
 
 def _classification_layer(model: nn.Module) -> nn.Module | None:
@@ -77,6 +81,14 @@ def placement_predicate(model: nn.Module, where: str) -> Predicate:
         raise ValueError(
             f"placement {where!r} needs residual stages named {', '.join(stages)} "
             f"(as in l2bn.models' CIFAR ResNets); the model has no {', '.join(missing)}"
+        )
+    extra = sorted(n for n in children if _STAGE_NAME.fullmatch(n) and n not in _CIFAR_STAGES)
+    if extra:
+        raise ValueError(
+            f"placement {where!r} is defined for the three residual stages "
+            f"({', '.join(_CIFAR_STAGES)}) of l2bn.models' CIFAR ResNets (paper Table 4); "
+            f"this model also has {', '.join(extra)}, which neither 'stage1' nor 'stage2-3' "
+            "would convert: use 'all', or a predicate with l2bn.convert_bn_to_l2bn"
         )
     prefixes = tuple(f"{s}." for s in stages)
     return lambda name, module: name.startswith(prefixes)
