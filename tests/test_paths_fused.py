@@ -610,3 +610,36 @@ def test_extreme_magnitudes_match_the_reference(shape, layout, magnitude, calls)
     rm, rv = layer.running_mean.double(), layer.running_var.double()
     assert relative_error(y_eval, reference_l2bn(x.double(), rm, rv)) < 1e-5
     assert calls["evaluate"] == 1
+
+
+@needs_fused
+@pytest.mark.parametrize("magnitude", [1e-20, 1e-22, 1e-25, 1e-30])
+@pytest.mark.parametrize(("shape", "layout"), MAGNITUDE_CASES)
+def test_tiny_magnitudes_match_the_reference_without_l2_eps(shape, layout, magnitude, calls):
+    """Float32 values below about 1e-19 square below float's smallest normal (below about
+    2.6e-23, to zero): a float lane's sum of squares loses them, and with ``l2_eps=0``
+    nothing clamps such a norm (before: eval outputs 1.8x off at 1e-25). Such samples are
+    summed again in double: outputs and running statistics, training and eval, for one
+    tiny sample among ordinary ones. (The backward: see the next test.)"""
+    g = torch.Generator().manual_seed(0)
+    scales = torch.ones(shape[0], dtype=torch.float64)
+    scales[0] = magnitude
+    view = (-1,) + (1,) * (len(shape) - 1)
+    x = _arrange(
+        (torch.randn(shape, generator=g, dtype=torch.float64) * scales.view(view)).float(), layout
+    )
+    layer = LAYER[len(shape)](shape[1], l2_eps=0.0)
+    rm, rv = layer.running_mean.double(), layer.running_var.double()
+    with torch.no_grad():
+        if shape[0] > 1:
+            y = layer(x)
+            ref = reference_l2bn(x.double(), rm, rv, training=True, l2_eps=0.0)
+            assert relative_error(y, ref) < 1e-5
+            assert relative_error(layer.running_mean, rm) < 1e-5
+            assert relative_error(layer.running_var, rv) < 1e-5
+            assert calls["train"] == 1
+        layer.eval()
+        y_eval = layer(x)
+    ref_eval = reference_l2bn(x.double(), rm, rv, l2_eps=0.0)
+    assert relative_error(y_eval, ref_eval) < 1e-5
+    assert calls["evaluate"] == 1

@@ -126,6 +126,17 @@ L2BN_INLINE bool row_moment(double s1, double s2, double inv_m, int64_t r, doubl
   return ill;
 }
 
+// Float input: a float-lane sum below kTinySquares per value may hold squares that fell
+// below float's smallest normal (values under about 1e-19; under 2^-75, about 2.6e-23, they
+// square to 0): its norm could be off by any amount (a sample of values near 1e-25 had a
+// norm 1.8x too small), which matters where l2_eps does not clamp it (l2_eps = 0 or below
+// about 1e-19). Each square loses at most 2^-149 there, so above this bound the loss is
+// below 2^-49 of the sum. Below it a block is summed again with its squares in double
+// (finite_squares; all-zero samples included, one more read of such a sample), and a
+// channel-last row that is not all zeros is flagged for the centred pass in double
+// (shifted_row_moment; an all-zero row is exact as it is).
+constexpr double kTinySquares = 0x1p-100;
+
 // row_moment from sums of d = x - shift computed in float lanes (float_block): the variance
 // is trusted while E[d^2] <= kCondLimitShifted * var, a bound that keeps the error of the
 // float partial sums (at most kFold terms each) below 1e-5 of the variance. The shift is
@@ -144,8 +155,10 @@ L2BN_INLINE bool shifted_row_moment(double s1, double s2, double shift, double i
   // A row holding an infinite value has an infinite second moment (E[(x - shift)^2] is,
   // where v + mu^2 is inf - inf); NaN input stays NaN.
   second[r] = sq == std::numeric_limits<double>::infinity() ? sq : v + mu * mu;
-  // Branch-free (& rather than &&), so that loops over rows vectorize.
-  const bool ill = (sq > 0) & (d * kCondLimitShifted <= sq);
+  // Branch-free (& rather than &&), so that loops over rows vectorize. A row of values so
+  // small that their float squares underflow (kTinySquares) is ill too, unless all zeros.
+  const bool tiny = (second[r] > 0) & (second[r] < kTinySquares);
+  const bool ill = ((sq > 0) & (d * kCondLimitShifted <= sq)) | tiny;
   flags[r] = ill;
   return ill;
 }
@@ -754,13 +767,15 @@ L2BN_INLINE double exact_sum_squares(const T* x, int64_t len) {
 }
 
 // `sum`, the float-lane sum of the squares of the block x[0, len), or the block summed again
-// with every square in double where it came out infinite: float lanes overflow where values
-// pass about 1e19 (infinite input stays infinite). Every sum of a whole block's squares
-// (sum_squares, the next sample's of sample_output_next, row_output_next's, rows_scales')
-// returns through here.
+// with every square in double where it came out infinite (float lanes overflow where values
+// pass about 1e19; infinite input stays infinite) or, for float input, too small to trust
+// (kTinySquares). Every sum of a whole block's squares (sum_squares, the next sample's of
+// sample_output_next, row_output_next's, rows_scales') returns through here.
 template <typename T>
 L2BN_INLINE double finite_squares(double sum, const T* x, int64_t len) {
-  return std::isinf(sum) ? exact_sum_squares<T>(x, len) : sum;
+  const bool tiny =
+      std::is_same_v<T, float> && sum < kTinySquares * static_cast<double>(len);
+  return (std::isinf(sum) || tiny) ? exact_sum_squares<T>(x, len) : sum;
 }
 
 template <typename T>
