@@ -645,22 +645,36 @@ def test_tiny_magnitudes_match_the_reference_without_l2_eps(shape, layout, magni
     assert calls["evaluate"] == 1
 
 
+# (N, C), (N, C, L), (N, C, H, W) contiguous and channels_last: the vector, contiguous and
+# channel-last backward kernels.
+TINY_NORM_CASES = {
+    "nc": ((6, 40), None),
+    "ncl": ((6, 5, 7), None),
+    "nchw": ((6, 5, 4, 3), None),
+    "nhwc": ((6, 16, 4, 3), torch.channels_last),
+}
+
+
 @needs_fused
-@pytest.mark.xfail(
-    strict=True,
-    reason="float32 training backward with l2_eps=0: a sample of norm below about 1e-19 "
-    "gets an infinite input gradient (its 1 / rho^2 overflows float32 in the coefficients; "
-    "the true gradient, about 2.4e20 here, is finite), on the fused and pytorch backends",
-)
+@pytest.mark.parametrize("case", list(TINY_NORM_CASES))
+@pytest.mark.parametrize("scale", [1e-20, 1e-30])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "pytorch"])
-def test_tiny_norm_input_gradient_without_l2_eps(fused):
+def test_tiny_norm_input_gradient_without_l2_eps(fused, scale, case):
+    # With l2_eps=0 a float32 sample of norm below about 1e-19 had 1 / rho^2 overflow
+    # float32 in the backward's coefficients: an infinite input gradient where the true one
+    # (about 2.4e20 at 1e-20) is finite.
+    shape, layout = TINY_NORM_CASES[case]
     g = torch.Generator().manual_seed(0)
-    x64 = torch.randn(6, 5, 4, 3, generator=g, dtype=torch.float64) + 0.5
-    x64[1] *= 1e-20
+    x64 = torch.randn(shape, generator=g, dtype=torch.float64) + 0.5
+    x64[1] *= scale
     dy = torch.randn(x64.shape, generator=g)
-    x = x64.float().requires_grad_()
+    x = x64.float()
+    if layout is not None:
+        x, dy = x.contiguous(memory_format=layout), dy.contiguous(memory_format=layout)
+    x.requires_grad_()
     with backends.flags(cpu=fused):
         l2_batch_norm(x, None, None, training=True, l2_eps=0.0).backward(dy)
     xr = x.detach().double().requires_grad_()
     reference_l2bn(xr, None, None, training=True, l2_eps=0.0).backward(dy.double())
+    assert torch.isfinite(x.grad).all()
     assert relative_error(x.grad, xr.grad) < 1e-4

@@ -374,9 +374,10 @@ def grad_combine(
     fast = _fast(dy, x)
     # Computed in p's dtype, x and dy promoted: narrower CPU input off the fast path, and on
     # it, q ~ 1 / rho^2 of samples of huge norm (float32 values past about 1e19), which
-    # x's dtype would flush.
+    # x's dtype would flush, or of tiny norm (below about 1e-19 with l2_eps near 0), which
+    # would overflow it (an infinite gradient where the true one is finite).
     widened = _widened_on_cpu(x, p.dtype) if not fast else p.dtype != x.dtype
-    if widened and (not fast or _underflows(q, x.dtype)):
+    if widened and (not fast or _underflows(q, x.dtype) or _overflows(q, x.dtype)):
         dx = torch.addcmul(r.view(shape), x, q.view(shape))  # promoted to p's dtype
         return dx.addcmul_(dy, p.view(shape)).to(x.dtype)
     if not fast:
@@ -413,6 +414,12 @@ def _underflows(t: Tensor, dtype: torch.dtype) -> bool:
     limit = torch.finfo(dtype).tiny * 2.0**24
     magnitude = t.abs()
     return bool(((magnitude > 0) & (magnitude < limit)).any())
+
+
+def _overflows(t: Tensor, dtype: torch.dtype) -> bool:
+    """Whether a finite value of ``t`` (CPU, ``O(N * C)``) is too large for ``dtype``."""
+    magnitude = t.abs()
+    return bool(((magnitude > torch.finfo(dtype).max) & magnitude.isfinite()).any())
 
 
 def _grad_combine_fast(

@@ -34,14 +34,18 @@ namespace {
 // or flush to zero; gradients of float32 input of 1e22 were 5% off, of 1e25 18%. Such
 // samples take it as (-inv * (...)) * (x * inv), each factor a normal number. Other samples
 // keep -inv^2 * (...) and x_scale 1 (x * 1 is x: the same bits as before).
+// The same split serves a sample of tiny norm (1 / rho above 2^40 in float, 2^400 in double;
+// float32 values below about 1e-12 with l2_eps near 0): there inv^2 would overflow T (from
+// about 1e19 in float) and the input gradient, finite, came out infinite.
 template <typename T>
 struct SquareFactor {
   static constexpr double kBelow = std::is_same_v<T, float> ? 0x1p-40 : 0x1p-400;
+  static constexpr double kAbove = 1.0 / kBelow;
   double rest;  // inv^2, or inv where x_scale carries the other inv
   T x_scale;
   explicit SquareFactor(double inv)
-      : rest(inv < kBelow ? inv : inv * inv),
-        x_scale(inv < kBelow ? static_cast<T>(inv) : T(1)) {}
+      : rest(split(inv) ? inv : inv * inv), x_scale(split(inv) ? static_cast<T>(inv) : T(1)) {}
+  static bool split(double inv) { return inv < kBelow || inv > kAbove; }
 };
 
 // ---- reductions ---------------------------------------------------------------------------
