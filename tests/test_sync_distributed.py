@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import socket
+from collections.abc import Callable
 from datetime import timedelta
 
 import torch
@@ -269,7 +270,8 @@ def _scenario_float64(rank: int) -> None:
             _check_split(rank, split, layer_cls, shape, torch.float64, TOL64, False, **kwargs)
 
 
-def _worker(rank: int, port: int) -> None:
+def _in_group(rank: int, port: int, *scenarios: Callable[[int], None]) -> None:
+    """Run ``scenarios`` on ``rank`` of a gloo group of ``WORLD`` processes, one thread."""
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
@@ -279,10 +281,14 @@ def _worker(rank: int, port: int) -> None:
         timeout=timedelta(seconds=60),
     )
     try:
-        _scenario_float32(rank)
-        _scenario_float64(rank)
+        for scenario in scenarios:
+            scenario(rank)
     finally:
         dist.destroy_process_group()
+
+
+def _worker(rank: int, port: int) -> None:
+    _in_group(rank, port, _scenario_float32, _scenario_float64)
 
 
 def _check_one_value_over_the_group(rank: int) -> None:
@@ -318,18 +324,7 @@ def _check_one_value_over_the_group(rank: int) -> None:
 
 
 def _one_value_worker(rank: int, port: int) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=60),
-    )
-    try:
-        _check_one_value_over_the_group(rank)
-    finally:
-        dist.destroy_process_group()
+    _in_group(rank, port, _check_one_value_over_the_group)
 
 
 def _free_port() -> int:
