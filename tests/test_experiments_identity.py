@@ -80,6 +80,23 @@ def test_identity_names_the_norm_batch_when_not_the_whole_batch() -> None:
     assert run_identity(base, 3, world_size=4)["norm_batch"] == 4
 
 
+@pytest.mark.parametrize("norm", ["sn", "bcn", "bin", "lnbn", "inbn", "pnbn"])
+def test_sync_bn_leaves_the_norm_batch_per_process_for_norms_it_cannot_synchronize(norm):
+    # --sync-bn leaves these layers normalizing over each process's share (a
+    # ConversionWarning): a torchrun --sync-bn run of them is not the one-process run.
+    config = tiny_config().replace(norm=norm)
+    single = run_identity(config, 3)
+    synced = run_identity(config, 3, world_size=2, sync_bn=True)
+    assert synced["norm_batch"] == 8 and fingerprint(synced) != fingerprint(single)
+    assert synced == run_identity(config, 3, world_size=2)
+
+
+@pytest.mark.parametrize("norm", ["bn", "l2bn", "gn"])
+def test_sync_bn_keeps_the_whole_batch_for_norms_it_synchronizes(norm):
+    config = tiny_config().replace(norm=norm)
+    assert run_identity(config, 3, world_size=2, sync_bn=True) == run_identity(config, 3)
+
+
 def _as_before_the_norm_batch_identity(run: Path, world_size: int, norm_batch: int | None) -> None:
     """Make the finished run in ``run`` look written before the identity named the norm
     batch: a ``done`` marker without it, a checkpoint recording the job it ran in."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,11 +58,37 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def norm_batch(batch_size: int, world_size: int, sync_bn: bool) -> int:
+def norm_batch(
+    batch_size: int,
+    world_size: int,
+    sync_bn: bool,
+    norm: str = "bn",
+    norm_kwargs: dict[str, Any] | None = None,
+) -> int:
     """The norm batch: the samples whose statistics a batch norm layer uses at each step.
-    The whole batch in one process, or under torchrun with ``--sync-bn``; else each
-    process's share of it (``batch_size`` is the total over all processes)."""
-    return batch_size if world_size <= 1 or sync_bn else batch_size // world_size
+    The whole batch in one process, or under torchrun with ``--sync-bn`` when the norm
+    ``norm`` (with ``norm_kwargs``) is one that ``--sync-bn`` synchronizes
+    (:func:`synchronizes`); else each process's share of it (``batch_size`` is the total
+    over all processes)."""
+    if world_size <= 1 or (sync_bn and synchronizes(norm, norm_kwargs)):
+        return batch_size
+    return batch_size // world_size
+
+
+def synchronizes(norm: str, norm_kwargs: dict[str, Any] | None = None) -> bool:
+    """Whether ``--sync-bn`` makes a layer of ``norm`` compute its batch statistics over
+    the whole batch: :func:`convert_sync_norms` converts it (BN, L2BN), or it has none (LN,
+    IN, GN), rather than leaving it per process with a ``ConversionWarning`` (LNBN, INBN,
+    PNBN, SN, BCN, BIN). Decided by converting one layer built on the meta device."""
+    from l2bn.convert import ConversionWarning
+    from l2bn.norms import create_norm
+
+    with torch.device("meta"):
+        model = nn.Sequential(create_norm(norm, 16, **(norm_kwargs or {})))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert_sync_norms(model, torch.device("cuda"))  # no CPU refusal of plain BN here
+    return not any(issubclass(w.category, ConversionWarning) for w in caught)
 
 
 def init_distributed(device_name: str = "auto") -> DistContext:

@@ -110,7 +110,7 @@ def run_identity(
     if device_type == "cpu":
         threads = config.threads if config.threads is not None else torch.get_num_threads()
         identity["threads"] = int(threads)
-    samples = norm_batch(config.batch_size, world_size, sync_bn)
+    samples = norm_batch(config.batch_size, world_size, sync_bn, config.norm, config.norm_kwargs)
     if samples != config.batch_size:
         identity["norm_batch"] = samples
     return identity

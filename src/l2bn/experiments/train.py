@@ -406,7 +406,9 @@ def _train_locked(
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
 
     start_epoch, best_acc, best_epoch = 0, -math.inf, 0
-    run_norm_batch = norm_batch(config.batch_size, context.world_size, synced)
+    run_norm_batch = norm_batch(
+        config.batch_size, context.world_size, synced, config.norm, config.norm_kwargs
+    )
     if found is not None:
         state = found.state
         _check_norm_batch(found.path, state, config.batch_size, run_norm_batch)
