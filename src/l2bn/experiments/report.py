@@ -304,6 +304,19 @@ def _wilcoxon_ran(comp: Comparison) -> bool:
     return len(comp.seeds) >= 6
 
 
+def _why_missing(comp: Comparison, key: str) -> str:
+    """Which paired seeds lack ``key`` and why (``missing_reason``), else ``metrics off?``
+    when the comparison carries no summaries to ask."""
+    reasons = []
+    for variant in (comp.base_variant, comp.cand_variant):
+        if variant is None:
+            continue
+        for seed in comp.seeds:
+            if seed in variant.seeds and seed not in variant.measured_seeds(key, [seed]):
+                reasons.append(f"{variant.label} seed {seed}: {variant.missing_reason(seed, key)}")
+    return "; ".join(reasons) if reasons else "metrics off?"
+
+
 def test_rows(comp: Comparison) -> tuple[list[list[str]], list[str]]:
     """Rows of the tests table (``test_columns``), and notes (untestable quantities,
     the Wilcoxon method where not exact)."""
@@ -315,7 +328,9 @@ def test_rows(comp: Comparison) -> tuple[list[list[str]], list[str]]:
         label = f"{q.label}{' (' + q.unit.strip() + ')' if q.unit.strip() else ''}"
         if r is None:
             rows.append([label, *["-"] * (width - 1)])
-            notes.append(f"{q.label}: not measured on every paired seed (metrics off?)")
+            notes.append(
+                f"{q.label}: not measured on every paired seed ({_why_missing(comp, q.key)})"
+            )
             continue
         digits = q.digits + 1
         ci = "-" if math.isnan(r.ci_low) else f"[{r.ci_low:+.{digits}f}, {r.ci_high:+.{digits}f}]"
