@@ -97,3 +97,11 @@ def test_download_fetches_the_split_that_is_missing(tmp_path, monkeypatch, capsy
         "train-labels-idx1-ubyte.gz",
     ]
     assert "mnist [train]: 6 samples" in capsys.readouterr().out
+
+
+def test_help_says_an_explicit_root_is_used_alone():
+    parser = argparse.ArgumentParser(prog="l2bn data")
+    command.configure(parser)
+    text = " ".join(parser.format_help().split())
+    assert "used alone" in text and "look here first" not in text
+    assert "$L2BN_DATA/NAME, $L2BN_DATA" in text and "~/.cache/l2bn/NAME" in text

@@ -18,7 +18,13 @@ DOWNLOADABLE = ("fashion-mnist", "mnist", "cifar10", "cifar100")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", default=None, help="look here first (default: $L2BN_DATA)")
+    parser.add_argument(
+        "--root",
+        default=None,
+        help="the dataset's folder, used alone (--download: download into it); without it "
+        "NAME is searched in $L2BN_DATA/NAME, $L2BN_DATA, system folders and the download "
+        "cache ~/.cache/l2bn/NAME",
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--check", metavar="NAME", help="read both splits of NAME; exit 1 if unavailable"
