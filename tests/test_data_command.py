@@ -105,3 +105,24 @@ def test_help_says_an_explicit_root_is_used_alone():
     text = " ".join(parser.format_help().split())
     assert "used alone" in text and "look here first" not in text
     assert "$L2BN_DATA/NAME, $L2BN_DATA" in text and "~/.cache/l2bn/NAME" in text
+
+
+@pytest.mark.parametrize(
+    ("name", "downloadable"),
+    [("cifar10", True), ("cifar100", True), ("imagenet", False), ("dcase2020-1a", False)],
+)
+def test_missing_data_names_both_spellings(store, capsys, name, downloadable):
+    assert main(["data", "--check", name]) == 1
+    err = capsys.readouterr().err
+    assert "--data-root (command line) or root= (Python)" in err, err
+    assert f"$L2BN_DATA/{name}" in err and "pass root" not in err and "as root" not in err
+    assert (f"`l2bn data --download {name}` or download=True" in err) == downloadable, err
+    # the reason is one line, after "NAME: unavailable"
+    assert err.splitlines()[0] == f"{name}: unavailable" and len(err.splitlines()) == 2, err
+    # an explicit root that lacks the files: the same hint
+    assert main(["data", "--check", "mnist", "--root", str(store / "elsewhere")]) == 1
+    err = capsys.readouterr().err
+    assert "--data-root (command line) or root= (Python)" in err
+    assert "`l2bn data --download mnist` or download=True" in err
+    # the hint's --data-root works for l2bn data too
+    assert main(["data", "--check", "mnist", "--data-root", str(store / "mnist")]) == 0

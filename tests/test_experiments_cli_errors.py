@@ -79,3 +79,20 @@ def test_checkpoint_messages_never_advise_weights_only_false(tmp_path: Path) -> 
     with pytest.raises(CheckpointError, match="truncated or corrupted") as err:
         load_checkpoint_file(garbage)
     assert "weights_only" not in str(err.value)
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_missing_data_is_one_line_in_the_command_lines_words(
+    command: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    # No CIFAR-100 anywhere: the error says how to get it, as the command line spells it
+    # (--data-root, `l2bn data --download`) and as Python does (root=, download=True).
+    monkeypatch.setenv("L2BN_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    argv = [command, "--preset", "cifar100-vgg", "--runs-dir", str(tmp_path / "runs"), "--quiet"]
+    assert main(argv) == 1
+    err = _one_line(capsys)
+    assert err.startswith(f"l2bn {command}: error: cifar100 python batches not found"), err
+    assert "--data-root (command line) or root= (Python)" in err
+    assert "`l2bn data --download cifar100` or download=True" in err
+    assert "pass root=" not in err

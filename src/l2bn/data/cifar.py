@@ -17,7 +17,14 @@ import torch
 
 from l2bn.data.base import InMemoryImageDataset
 from l2bn.data.download import extract_tar, fetch
-from l2bn.data.paths import candidate_dirs, download_dir, find_dir, missing_in_root, not_found
+from l2bn.data.paths import (
+    candidate_dirs,
+    download_dir,
+    find_dir,
+    how_to_get,
+    missing_in_root,
+    not_found,
+)
 from l2bn.data.registry import register_dataset
 from l2bn.data.safe_pickle import load_array_pickle
 
@@ -73,13 +80,16 @@ CIFAR100 = CifarSpec(
 MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
 
 
-def _how_to_get(spec: CifarSpec) -> str:
+def _by_hand(spec: CifarSpec) -> str:
     return (
         f"Expected the folder {spec.folder}/ with files "
         f"{', '.join(spec.train_files + spec.test_files)}: extract {spec.archive} from "
-        "https://www.cs.toronto.edu/~kriz/cifar.html into $L2BN_DATA (or pass root=), "
-        "or pass download=True."
+        "https://www.cs.toronto.edu/~kriz/cifar.html into a folder"
     )
+
+
+def _how_to_get(spec: CifarSpec) -> str:
+    return how_to_get(spec.name, _by_hand(spec), downloadable=True)
 
 
 def locate_cifar(spec: CifarSpec, root: str | Path | None = None) -> Path:

@@ -20,6 +20,8 @@ DOWNLOADABLE = ("fashion-mnist", "mnist", "cifar10", "cifar100")
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--root",
+        "--data-root",  # the spelling of l2bn train and compare (and of the data hints)
+        dest="root",
         default=None,
         help="the dataset's folder, used alone (--download: download into it); without it "
         "NAME is searched in $L2BN_DATA/NAME, $L2BN_DATA, system folders and the download "

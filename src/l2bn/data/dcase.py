@@ -54,7 +54,7 @@ from l2bn.data.dcase_features import (
     log_mel,
     stack_deltas,
 )
-from l2bn.data.paths import candidate_dirs, find_dir, not_found
+from l2bn.data.paths import candidate_dirs, find_dir, how_to_get, not_found
 from l2bn.data.registry import register_augmentation, register_dataset
 
 __all__ = [
@@ -84,10 +84,11 @@ CLASSES = (
 )
 SPLITS = {True: "fold1_train.csv", False: "fold1_evaluate.csv"}
 DEVELOPMENT_DIR = "TAU-urban-acoustic-scenes-2020-mobile-development"
-HOW_TO_GET = (
+HOW_TO_GET = how_to_get(
+    NAME,
     "Download TAU Urban Acoustic Scenes 2020 Mobile, development dataset "
-    "(https://zenodo.org/record/3819968: the audio.*.zip and meta.zip archives), unzip them "
-    "into one folder and pass it as root (or set L2BN_DATA to its parent)."
+    "(https://zenodo.org/record/3819968: the audio.*.zip and meta.zip archives) and unzip "
+    "them into a folder",
 )
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from l2bn.data.base import check_channel_constants, uint8_to_normalized
-from l2bn.data.paths import candidate_dirs, find_dir, not_found
+from l2bn.data.paths import candidate_dirs, find_dir, how_to_get, not_found
 from l2bn.data.registry import register_dataset
 from l2bn.data.transforms import resize_center_crop
 
@@ -215,9 +215,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
 
 def _how_to_get(name: str) -> str:
-    return (
-        f"Expected an image-folder tree <root>/train/<class>/<image> and <root>/val/<class>/"
-        f"<image>: pass root= or put it in $L2BN_DATA/{name}."
+    return how_to_get(
+        name,
+        "Expected an image-folder tree: a folder with train/<class>/<image> and "
+        "val/<class>/<image>",
     )
 
 

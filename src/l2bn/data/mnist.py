@@ -20,7 +20,14 @@ import torch
 from l2bn.data.base import InMemoryImageDataset
 from l2bn.data.download import fetch
 from l2bn.data.idx import read_idx
-from l2bn.data.paths import candidate_dirs, download_dir, find_dir, missing_in_root, not_found
+from l2bn.data.paths import (
+    candidate_dirs,
+    download_dir,
+    find_dir,
+    how_to_get,
+    missing_in_root,
+    not_found,
+)
 from l2bn.data.registry import register_dataset
 
 SPLIT_STEMS = {
@@ -39,7 +46,12 @@ class IdxSpec:
     system_dirs: tuple[str, ...]
     mirrors: tuple[str, ...]
     md5: dict[str, str]  # of the official .gz files, checked after a download
-    how_to_get: str
+    by_hand: str  # which files to get, from where, into what (see paths.how_to_get)
+
+    @property
+    def how_to_get(self) -> str:
+        """The remedy when the files are missing: by hand, with a data root, or downloaded."""
+        return how_to_get(self.name, self.by_hand, downloadable=True)
 
 
 FASHION_MNIST = IdxSpec(
@@ -70,10 +82,9 @@ FASHION_MNIST = IdxSpec(
         "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
         "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310",
     },
-    how_to_get=(
-        "Get it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or "
-        "`l2bn data --download fashion-mnist`, or put the four IDX .gz files from "
-        "https://github.com/zalandoresearch/fashion-mnist in $L2BN_DATA/fashion-mnist."
+    by_hand=(
+        "Install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the "
+        "four IDX .gz files from https://github.com/zalandoresearch/fashion-mnist in a folder"
     ),
 )
 
@@ -94,9 +105,8 @@ MNIST = IdxSpec(
         "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
         "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
     },
-    how_to_get=(
-        "Get it with `l2bn data --download mnist`, or put the four IDX files "
-        "(train-images-idx3-ubyte.gz, ...) in $L2BN_DATA/mnist or pass root=."
+    by_hand=(
+        "Put the four IDX .gz files from https://ossci-datasets.s3.amazonaws.com/mnist/ in a folder"
     ),
 )
 

@@ -56,10 +56,27 @@ def find_dir(
     return None
 
 
+def how_to_get(name: str, by_hand: str, *, downloadable: bool = False) -> str:
+    """The remedy for a missing dataset ``name``, the same for every reader and in both
+    spellings where they differ (the ``l2bn`` command's and Python's).
+
+    ``by_hand`` says which files to get, from where, and into which folder ("... in a
+    folder"); the rest says how to point at that folder and, for a ``downloadable`` dataset,
+    how to fetch it.
+    """
+    text = (
+        f"{by_hand}; give that folder as --data-root (command line) or root= (Python), or "
+        f"make it $L2BN_DATA/{name}"
+    )
+    if downloadable:
+        text += f"; or fetch it: `l2bn data --download {name}` or download=True"
+    return text + "."
+
+
 def not_found(what: str, dirs: Sequence[Path], how_to_get: str) -> FileNotFoundError:
-    """A FileNotFoundError listing what was expected, every place looked, and a remedy."""
-    looked = "\n".join(f"  - {d}" for d in dirs)
-    return FileNotFoundError(f"{what} not found. Looked in:\n{looked}\n{how_to_get}")
+    """A FileNotFoundError, one line: what was expected, every place looked, and a remedy."""
+    looked = ", ".join(str(d) for d in dirs)
+    return FileNotFoundError(f"{what} not found (looked in {looked}). {how_to_get}".rstrip())
 
 
 def missing_in_root(
