@@ -126,3 +126,33 @@ def test_missing_data_names_both_spellings(store, capsys, name, downloadable):
     assert "`l2bn data --download mnist` or download=True" in err
     # the hint's --data-root works for l2bn data too
     assert main(["data", "--check", "mnist", "--data-root", str(store / "mnist")]) == 0
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_failed_download_says_how_to_place_the_files_and_leaves_no_empty_folder(
+    name, tmp_path, monkeypatch, capsys
+):
+    import socket
+    import urllib.error
+
+    def offline(url, timeout):
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    monkeypatch.delenv("L2BN_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the download folder's parent
+    assert main(["data", "--download", name]) == 1
+    err = capsys.readouterr().err
+    assert "Name or service not known" in err
+    # not the command that just failed: how to place the files by hand, and where
+    assert "l2bn data --download" not in err and "download=True" not in err, err
+    assert f"into {tmp_path / 'cache' / 'l2bn' / name}" in err
+    expected = "cifar-10-python.tar.gz" if name == "cifar10" else "t10k-labels-idx1-ubyte.gz"
+    assert expected in err and "https://" in err
+    # the folders the download created are gone again (nothing was written in them) ...
+    assert not (tmp_path / "cache").exists()
+    # ... but a folder that existed is kept, and so is an explicit root
+    root = tmp_path / "root"
+    root.mkdir()
+    assert main(["data", "--download", name, "--root", str(root)]) == 1
+    assert root.is_dir() and f"into {root}" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from l2bn.data.base import InMemoryImageDataset
-from l2bn.data.download import extract_tar, fetch
+from l2bn.data.download import by_hand, extract_tar, fetch, removed_if_left_empty
 from l2bn.data.paths import (
     candidate_dirs,
     download_dir,
@@ -114,11 +114,16 @@ def locate_cifar(spec: CifarSpec, root: str | Path | None = None) -> Path:
 def download_cifar(spec: CifarSpec, root: str | Path | None = None) -> Path:
     """Download and extract the official archive into ``root`` (or the download folder)."""
     dest = Path(root).expanduser() if root is not None else download_dir(spec.name)
-    archive = fetch(spec.archive, MIRRORS, dest, md5=spec.archive_md5)
-    try:
-        extract_tar(archive, dest)
-    finally:
-        archive.unlink(missing_ok=True)
+    with removed_if_left_empty(dest):
+        try:
+            archive = fetch(spec.archive, MIRRORS, dest, md5=spec.archive_md5)
+        except ConnectionError as err:
+            what = f"download {MIRRORS[0]}{spec.archive} and extract it"
+            raise ConnectionError(f"{err}\n{by_hand(what, dest)}") from err
+        try:
+            extract_tar(archive, dest)
+        finally:
+            archive.unlink(missing_ok=True)
     return locate_cifar(spec, dest)
 
 

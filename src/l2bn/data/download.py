@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tarfile
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 DEFAULT_TIMEOUT = 15.0
@@ -57,6 +58,35 @@ def fetch(
             partial.unlink(missing_ok=True)
     raise ConnectionError(
         f"could not download {filename} (offline or blocked?). Tried:\n" + "\n".join(failures)
+    )
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(folder: Path) -> Iterator[None]:
+    """On an exception, remove ``folder`` and the parents it lacked on entry (those a
+    download creates) as far as they are still empty; a folder that existed is kept, and
+    so is one holding anything (a file downloaded before the failure)."""
+    created: list[Path] = []
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        created.append(path)
+    try:
+        yield
+    except BaseException:
+        for path in created:  # deepest first
+            try:
+                path.rmdir()
+            except OSError:  # not empty (or gone): keep it and its parents
+                break
+        raise
+
+
+def by_hand(what: str, dest: Path) -> str:
+    """The hint after a failed download: place the files by hand (never: download again)."""
+    return (
+        f"To place it by hand: {what} into {dest}, or into a folder given as --data-root "
+        "(command line) or root= (Python)."
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from l2bn.data.base import InMemoryImageDataset
-from l2bn.data.download import fetch
+from l2bn.data.download import by_hand, fetch, removed_if_left_empty
 from l2bn.data.idx import read_idx
 from l2bn.data.paths import (
     candidate_dirs,
@@ -192,12 +192,15 @@ def download_idx(spec: IdxSpec, root: str | Path | None = None) -> Path:
     dest = find_copy(spec, root)
     if dest is None:
         dest = Path(root).expanduser() if root is not None else download_dir(spec.name)
-    for stem in SPLIT_STEMS[True] + SPLIT_STEMS[False]:
-        if _find_file(dest, stem) is None:
+    missing = [s for s in SPLIT_STEMS[True] + SPLIT_STEMS[False] if _find_file(dest, s) is None]
+    with removed_if_left_empty(dest):
+        for stem in missing:
             try:
                 fetch(stem + ".gz", spec.mirrors, dest, md5=spec.md5[stem])
             except ConnectionError as err:
-                raise ConnectionError(f"{err}\n{spec.how_to_get}") from err
+                lacking = [s + ".gz" for s in missing if _find_file(dest, s) is None]
+                what = f"download {', '.join(lacking)} from {spec.mirrors[0]}"
+                raise ConnectionError(f"{err}\n{by_hand(what, dest)}") from err
     return dest
 
 
