@@ -525,3 +525,17 @@ def test_device_cuda_without_cpu_only_options_reaches_the_gpu_benchmark(monkeypa
     monkeypatch.setattr(gpu, "run", lambda args: seen.append(args) or 0)
     assert main(["bench", "--device", "cuda", "--quick", "--rounds", "2", "--cases", "x"]) == 0
     assert len(seen) == 1 and seen[0].rounds == 2
+
+
+def test_quick_says_its_timings_are_not_measurements(quick_results):
+    note = "--quick: 2 rounds on tiny shapes, timings are not measurements"
+    lines = format_table(quick_results).splitlines()
+    assert lines[0].startswith(note)
+    # above the table of timings and ratios, and above the ResNet-20 step's ratio
+    header = next(i for i, line in enumerate(lines) if line.startswith("case "))
+    assert lines[header - 1].startswith(note)
+    step = next(i for i, line in enumerate(lines) if line.startswith("ResNet-20 (CIFAR-100"))
+    assert lines[step - 1].startswith(note)
+    # a full run's output is unchanged: no such line
+    full = {**quick_results, "meta": {**quick_results["meta"], "quick": False}}
+    assert "--quick" not in format_table(full)

@@ -164,3 +164,13 @@ def test_a_training_step_that_raises_gets_a_failed_row(monkeypatch):
     assert "resnet20 SGD step, batch 2: failed: RuntimeError: step failed" in (
         gpu.format_table(results)
     )
+
+
+def test_quick_says_its_timings_are_not_measurements(cpu_results):
+    quick = {**cpu_results, "meta": {**cpu_results["meta"], "quick": True}}
+    lines = gpu.format_table(quick).splitlines()
+    assert lines[0].startswith("--quick: ") and "timings are not measurements" in lines[0]
+    header = next(i for i, line in enumerate(lines) if line.startswith("case "))
+    assert lines[header - 1] == lines[0]
+    full = {**cpu_results, "meta": {**cpu_results["meta"], "quick": False}}
+    assert "--quick" not in gpu.format_table(full)

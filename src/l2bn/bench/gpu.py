@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from l2bn import backends
 from l2bn.bench.contenders import MODE_LABELS, MODES, NaiveComposite
-from l2bn.bench.report import to_json
+from l2bn.bench.report import quick_note, to_json
 from l2bn.bench.timing import round_orders
 from l2bn.layers import L2BatchNorm2d
 
@@ -539,12 +539,15 @@ def format_table(results: dict[str, Any]) -> str:
     """Fixed-width text of ``results`` (the dict that ``--json`` prints)."""
     meta = results["meta"]
     where = f"{meta['device']} ({meta['gpu']})" if meta.get("gpu") else meta["device"]
+    note = quick_note(meta)
     lines = [
+        *note,
         f"l2bn bench --device {where}: torch {meta['torch']}, triton {meta.get('triton')}, "
         f"{meta['rounds']} interleaved rounds, {meta['clock']}",
         "l2bn implementation:",
         *(f"  {line}" for line in str(meta["l2bn_implementation"]).splitlines()),
         "",
+        *note,
         f"{'case':<26} {'mode':<14} {'contender':<14} {'median us':>10} {'kernels':>7} "
         f"{'x cuDNN':>8} {'x native':>8} {'x best':>8}",
     ]
@@ -571,6 +574,8 @@ def format_table(results: dict[str, Any]) -> str:
             f"{row['case']:<26} {label:<14} {row['contender']:<14} {row['median_us']:>10.1f} "
             f"{kernels:>7} {' '.join(ratios)}"
         )
+    if note and results.get("training_steps"):
+        lines += ["", *note]
     for step in results.get("training_steps", []):
         if "error" in step:
             lines += [

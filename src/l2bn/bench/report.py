@@ -26,10 +26,24 @@ def timing_row(case: str, mode: str, name: str, t: Timing, base: Timing, naive: 
     return row
 
 
+def quick_note(meta: dict[str, Any]) -> list[str]:
+    """For a --quick run, the line saying that its numbers are no measurements (printed at
+    the top and above each table of timings or ratios); nothing otherwise."""
+    if not meta.get("quick"):
+        return []
+    rounds = f"{meta['rounds']} round{'' if meta['rounds'] == 1 else 's'}"
+    return [
+        f"--quick: {rounds} on tiny shapes, timings are not measurements "
+        "(this only proves the command runs)"
+    ]
+
+
 def format_table(results: dict[str, Any]) -> str:
     """Fixed-width text table of ``results`` (the dict that ``--json`` prints)."""
     meta = results["meta"]
+    note = quick_note(meta)
     lines = [
+        *note,
         f"l2bn bench: torch {meta['torch']}, {meta['threads']} threads, "
         f"{meta['rounds']} interleaved rounds, {meta['clock']} clock, device {meta['device']}",
         f"contenders: {', '.join(meta.get('contenders', ['bn', 'naive', 'l2bn']))}",
@@ -44,6 +58,7 @@ def format_table(results: dict[str, Any]) -> str:
         "l2bn implementation:",
         *(f"  {line}" for line in str(meta.get("l2bn_implementation", "unknown")).splitlines()),
         "",
+        *note,
         f"{'case':<24} {'mode':<14} {'contender':<7} {'median ms':>10} {'min-max ms':>17} "
         f"{'x BN':>6} {'naive/l2bn':>10}",
         "(bn_op, l2bn_op with --ops: the operators alone; their x BN is to bn_op)",
@@ -71,6 +86,7 @@ def format_table(results: dict[str, Any]) -> str:
     if e2e:
         lines += [
             "",
+            *note,
             f"ResNet-20 (CIFAR-100 head) SGD step, batch {e2e['batch']}, "
             f"{e2e['rounds']} interleaved rounds:",
         ]
@@ -85,6 +101,7 @@ def format_table(results: dict[str, Any]) -> str:
     if compiled:
         lines += [
             "",
+            *note,
             f"ResNet-20 SGD step under torch.compile(fullgraph=True), batch {compiled['batch']}, "
             f"{compiled['rounds']} interleaved rounds:",
         ]
