@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -56,6 +57,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; a closed standard output (``l2bn ... | head``) ends it quietly."""
+    try:
+        try:
+            return _main(argv)  # argparse's --help and errors leave by SystemExit
+        finally:
+            sys.stdout.flush()  # here, not at exit: a closed pipe shows up inside the try
+    except BrokenPipeError:
+        # The reader went away. As the signal module's "Note on SIGPIPE" does: point stdout
+        # at devnull, so that flushing it at exit raises nothing, and exit with 1.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_chosen_command(argv))
     args = parser.parse_args(argv)

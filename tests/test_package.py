@@ -158,3 +158,28 @@ def test_lazy_public_names_are_the_library_objects():
 
     assert l2bn.L2BatchNorm2d is L2BatchNorm2d
     assert set(l2bn.__all__) <= set(dir(l2bn))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["compare", "--preset", "list"],
+        ["data"],
+        # through run_guarded, which reports other OSErrors as `l2bn compare: error: ...`
+        ["compare", "--dry-run", "--runs-dir", "{tmp}"],
+    ],
+    ids=" ".join,
+)
+def test_a_closed_stdout_ends_the_command_quietly(argv, tmp_path):
+    # `l2bn ... | head -3`: the reader closes the pipe before the command has written all.
+    # (argparse's --help ignores a failed write itself: it exits 0, quietly too.)
+    argv = [arg.format(tmp=tmp_path / "runs") for arg in argv]
+    module, function = _console_entry_point()
+    code = f"import sys\nfrom {module} import {function} as main\nsys.exit(main())"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # before the command writes anything: every write fails (EPIPE)
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait() == 1 and err == "", err

@@ -60,6 +60,8 @@ def _check(name: str, root: str | None) -> int:
             took = time.perf_counter() - start
             split = "train" if train else "test"
             print(f"{name} [{split}]: {_describe(dataset)} (read in {took:.2f} s)")
+    except BrokenPipeError:  # stdout closed (a ConnectionError too): not the dataset's fault
+        raise
     except (FileNotFoundError, ValueError, ConnectionError, ModuleNotFoundError) as err:
         print(f"{name}: unavailable\n{err}", file=sys.stderr)
         return 1

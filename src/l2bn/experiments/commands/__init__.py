@@ -152,6 +152,8 @@ def run_guarded(command: str, body: Callable[[], int], resume_hint: str = "") ->
             raise
         print(f"l2bn {command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # stdout closed (`| head`): the l2bn entry point ends quietly
+        raise
     except working_errors as err:
         if debug:
             raise
