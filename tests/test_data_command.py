@@ -48,7 +48,9 @@ def test_check_available_and_missing(store, capsys):
     write_cifar_dataset(store / "cifar100", "cifar100", per_file=5)
     assert main(["data", "--check", "cifar100"]) == 0
     assert main(["data", "--check", "svhn"]) == 2
-    assert "valid names" in capsys.readouterr().err
+    err = capsys.readouterr().err  # as argparse reports a bad argument: one line
+    assert err.startswith("l2bn data: error: unknown dataset 'svhn'; valid names: "), err
+    assert len(err.splitlines()) == 1
 
 
 def test_download_offline_fails_with_a_message(store, capsys, monkeypatch):

@@ -838,3 +838,18 @@ def test_rows_come_in_the_experiments_order_not_the_order_found_on_disk(
     listed = [config("l2bn"), config("ln"), config("bn")]
     summaries = summarize(records, order=listed)
     assert [s.label for s in summaries] == ["L2BN", "LN", "BN", "L2BN(eps=0.001)"]
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_a_runs_dir_that_is_no_folder_is_a_bad_argument(kind: str, tmp_path: Path, capsys) -> None:
+    from l2bn.cli import main
+
+    runs = tmp_path / "runs"
+    if kind == "file":
+        runs.write_text("not a folder")
+    assert main(["report", str(runs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    state = "does not exist" if kind == "missing" else "is not a directory"
+    assert err == f"l2bn report: error: runs directory {runs} {state}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if kind == "missing" else ["runs"])

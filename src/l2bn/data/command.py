@@ -111,7 +111,10 @@ def run(args: argparse.Namespace) -> int:
 
         if args.check.lower() not in list_datasets():
             valid = ", ".join(list_datasets())
-            print(f"unknown dataset {args.check!r}; valid names: {valid}", file=sys.stderr)
+            print(
+                f"l2bn data: error: unknown dataset {args.check!r}; valid names: {valid}",
+                file=sys.stderr,
+            )
             return 2
         return _check(args.check, args.root)
     if args.download:

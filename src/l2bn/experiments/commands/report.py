@@ -19,13 +19,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from l2bn.experiments.errors import UsageError
     from l2bn.experiments.preflight import check_output_dir
     from l2bn.experiments.report import refuse_report, write_report
     from l2bn.experiments.runs import scan_runs
 
-    out = Path(args.out) if args.out else Path(args.runs_dir) / "report"
+    runs_dir = Path(args.runs_dir).expanduser()
+    if not runs_dir.is_dir():  # a bad argument (exit code 2), before anything is created
+        state = "is not a directory" if runs_dir.exists() else "does not exist"
+        raise UsageError(f"runs directory {runs_dir} {state}")
+    out = Path(args.out) if args.out else runs_dir / "report"
     check_output_dir(out, "report folder")  # before reading any run
-    scan = scan_runs(args.runs_dir)
+    scan = scan_runs(runs_dir)
     if not scan.records:
         why = "; ".join(f"{d}: {reason}" for d, reason in scan.ignored)
         raise refuse_report(
