@@ -122,3 +122,12 @@ def test_l2bn_debug_shows_the_exception(monkeypatch) -> None:
     monkeypatch.setenv("L2BN_DEBUG", "1")
     with pytest.raises(ValueError, match="--layers"):
         geometry_command.run(parse("--layers", "0", "--no-figures"))
+
+
+def test_the_default_output_folder_is_ignored_by_git() -> None:
+    # like runs/ (where the reports go by default): the figures are outputs, not sources
+    gitignore = Path(__file__).resolve().parents[1] / ".gitignore"
+    if not gitignore.is_file():
+        pytest.skip("no .gitignore (not a checkout)")
+    default = parse().out
+    assert f"/{default}/" in gitignore.read_text().splitlines()
