@@ -37,6 +37,16 @@ def test_status_names_every_backend_and_what_runs():
     assert "cpu bfloat16: training -> pytorch, eval -> pytorch" in text
 
 
+def test_status_gives_the_reason_a_backend_is_unavailable_without_nested_parentheses(
+    monkeypatch,
+):
+    reason = "no CUDA device (torch.cuda.is_available() is False)"
+    monkeypatch.setattr(dispatch.BACKENDS["triton"], "UNAVAILABLE_REASON", reason)
+    lines = backends.status("cpu").splitlines()
+    assert f"triton: unavailable: {reason}" in lines
+    assert not any("((" in line or "))" in line for line in lines), lines
+
+
 def test_flags_switch_a_backend_off_and_restore_it(chosen):
     x = torch.randn(4, 3, 5, 5)
     layer = L2BatchNorm2d(3)

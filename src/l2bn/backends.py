@@ -123,7 +123,8 @@ def prefer(name: str | None, strict: bool = False) -> Iterator[None]:
 def _describe(name: str) -> str:
     backend = _backend(name)
     if backend.UNAVAILABLE_REASON is not None:
-        return f"{name}: unavailable ({backend.UNAVAILABLE_REASON})"
+        # after a colon, not in parentheses: a reason may hold some of its own
+        return f"{name}: unavailable: {backend.UNAVAILABLE_REASON}"
     state = "enabled" if is_enabled(name) else "disabled"
     return f"{name}: {state}, {backend.DESCRIPTION}"
 

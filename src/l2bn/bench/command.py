@@ -296,9 +296,9 @@ def check_options(args: argparse.Namespace) -> None:
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if getattr(args, "ops", False) and not backends.available("cpu"):
-        why = [line for line in backends.status("cpu").splitlines() if line.startswith("cpu:")]
         raise ValueError(
-            "--ops times the fused operators, which are unavailable (" + "; ".join(why) + ")"
+            "--ops times the fused operators, which are unavailable: "
+            f"{backends.unavailable_reason('cpu')}"
         )
     if args.e2e_batch is not None and args.e2e_batch < 1:
         raise ValueError(f"--e2e-batch must be >= 1, got {args.e2e_batch}")
