@@ -135,6 +135,45 @@ def test_mixup_targets_sum_to_one_and_match_the_images():
     assert torch.equal(plain_images, images) and torch.equal(one_hot, F.one_hot(labels, 8).float())
 
 
+def test_mixup_per_sample_draws_one_lambda_per_sample():
+    """The acoustic recipes' generators mix with np.random.beta(alpha, alpha, batch_size):
+    each sample its own lambda (``per_sample=True``), images and targets alike."""
+    count = 16
+    images = batch(4, count=count)
+    labels = torch.arange(count)  # one class per sample: targets reveal pairs and lambdas
+    mixed, targets = data.mixup(images, labels, count, 0.4, gen(21), per_sample=True)
+    assert torch.allclose(targets.sum(1), torch.ones(count))
+    lams = []
+    for i in range(count):
+        other = targets[i].clone()
+        other[i] = 0
+        if float(other.sum()) == 0:  # paired with itself
+            assert torch.allclose(mixed[i], images[i], atol=1e-6)
+            continue
+        lam, j = float(targets[i, i]), int(other.argmax())
+        assert torch.allclose(mixed[i], lam * images[i] + (1 - lam) * images[j], atol=1e-5)
+        lams.append(lam)
+    assert len(lams) > 2 and len({round(v, 6) for v in lams}) == len(lams)
+    again = data.mixup(images, labels, count, 0.4, gen(21), per_sample=True)
+    assert torch.equal(again[0], mixed) and torch.equal(again[1], targets)
+
+
+def test_asc_presets_mix_with_one_lambda_per_clip():
+    from l2bn.experiments.presets import load_preset
+    from l2bn.experiments.train import _train_batch_inputs
+
+    for name in ("asc-resnet17", "asc-fcnn", "asc-fsfcnn"):
+        config = load_preset(name)
+        _, targets = _train_batch_inputs(batch(2, count=12), torch.arange(12), config, 12, gen(22))
+        own = targets.diagonal()
+        mixed_rows = own[own < 1 - 1e-6]
+        assert len(set(mixed_rows.tolist())) == mixed_rows.numel() > 2, name
+    regnet = load_preset("cifar100-regnet").replace(label_smoothing=0.0)
+    _, targets = _train_batch_inputs(batch(2, count=12), torch.arange(12), regnet, 12, gen(22))
+    own = targets.diagonal()
+    assert len(set(own[own < 1 - 1e-6].tolist())) == 1  # Zhang et al., pycls: one per batch
+
+
 def test_beta_sampler_moments():
     generator = gen(12)
     draws = torch.tensor([sample_beta(0.5, 0.5, generator) for _ in range(3000)])

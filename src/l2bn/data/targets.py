@@ -72,10 +72,14 @@ def mixup(
     num_classes: int,
     alpha: float,
     generator: torch.Generator | None = None,
+    *,
+    per_sample: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Mix each sample with a random partner of the same batch.
 
-    ``lam ~ Beta(alpha, alpha)`` (one per batch), partner order ``randperm(B)``; returns
+    ``lam ~ Beta(alpha, alpha)`` (one per batch, as in Zhang et al.'s code and pycls; with
+    ``per_sample`` one per sample, as the acoustic recipes' Keras generators draw
+    ``np.random.beta(alpha, alpha, batch_size)``), partner order ``randperm(B)``; returns
     ``lam * x + (1 - lam) * x[perm]`` and the same mix of one-hot targets ``(B, K)``,
     which sum to 1. ``alpha <= 0`` disables mixing (one-hot targets).
     """
@@ -84,11 +88,21 @@ def mixup(
     )
     if alpha <= 0:
         return images, targets
-    lam = sample_beta(alpha, alpha, generator)
+    if per_sample:
+        lams = [sample_beta(alpha, alpha, generator) for _ in range(images.shape[0])]
+    else:
+        lam = sample_beta(alpha, alpha, generator)
     device = generator.device if generator is not None else "cpu"
     perm = torch.randperm(images.shape[0], generator=generator, device=device).to(images.device)
-    mixed = images.mul(lam).add_(images[perm], alpha=1.0 - lam)
-    mixed_targets = targets.mul(lam).add_(targets[perm.to(targets.device)], alpha=1.0 - lam)
+    if not per_sample:
+        mixed = images.mul(lam).add_(images[perm], alpha=1.0 - lam)
+        mixed_targets = targets.mul(lam).add_(targets[perm.to(targets.device)], alpha=1.0 - lam)
+        return mixed, mixed_targets
+    weight = torch.tensor(lams, dtype=torch.float64)
+    x_weight = weight.to(images.device, images.dtype).view(-1, *([1] * (images.dim() - 1)))
+    t_weight = weight.to(targets.device, targets.dtype).view(-1, 1)
+    mixed = images * x_weight + images[perm] * (1.0 - x_weight)
+    mixed_targets = targets * t_weight + targets[perm.to(targets.device)] * (1.0 - t_weight)
     return mixed, mixed_targets
 
 

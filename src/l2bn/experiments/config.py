@@ -54,6 +54,7 @@ class ExperimentConfig:
     restart_epochs: list[int] = field(default_factory=list)
     augment: str = "none"
     mixup_alpha: float = 0.0
+    mixup_per_sample: bool = False
     label_smoothing: float = 0.0
     seeds: list[int] = field(default_factory=lambda: [121, 122, 123, 124, 125])
     train_subset: int | None = None

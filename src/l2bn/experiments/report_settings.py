@@ -46,6 +46,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "test_subset",
             "augment",
             "mixup_alpha",
+            "mixup_per_sample",
             "label_smoothing",
         ),
     ),
@@ -71,6 +72,8 @@ def _used(field: str, config: Any) -> bool:
         return config.scheduler == "multistep"
     if field == "restart_epochs":
         return config.scheduler == "cosine_restarts"
+    if field == "mixup_per_sample":
+        return config.mixup_alpha > 0
     if field == "notes":
         return bool(config.notes)
     return True

@@ -151,7 +151,14 @@ def _train_batch_inputs(
     from l2bn.data import mixup, smooth_targets
 
     if config.mixup_alpha > 0:
-        images, targets = mixup(images, labels, num_classes, config.mixup_alpha, generator)
+        images, targets = mixup(
+            images,
+            labels,
+            num_classes,
+            config.mixup_alpha,
+            generator,
+            per_sample=config.mixup_per_sample,
+        )
         if config.label_smoothing > 0:
             targets = (
                 targets * (1.0 - config.label_smoothing) + config.label_smoothing / num_classes
