@@ -25,7 +25,7 @@ def test_crop_takes_one_window_per_clip_and_varies() -> None:
     for clip in range(64):
         s = int(starts[clip])
         assert torch.equal(out[clip], images[clip, :, :, s : s + 400])
-    assert int(starts.min()) >= 0 and int(starts.max()) <= 23
+    assert int(starts.min()) >= 0 and int(starts.max()) <= 22
     assert len(set(starts.tolist())) > 5
 
 
@@ -37,13 +37,23 @@ def test_crop_is_reproducible_and_seed_dependent() -> None:
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_crop_reaches_both_ends() -> None:
-    images = ramp_batch(1, frames=402)  # offsets 0, 1, 2
+def test_crop_offsets_are_the_recipes_randint_0_to_t_minus_400() -> None:
+    """McDonnell & Gao's and Hu et al.'s generators: ``np.random.randint(0, T - 400)``, the
+    upper bound excluded (of 402 frames, offsets 0 and 1; of 423, 0 to 22)."""
+    images = ramp_batch(1, frames=402)
     seen = {
         int(aug.random_time_crop(images, torch.Generator().manual_seed(s))[0, 0, 0, 0])
         for s in range(60)
     }
-    assert seen == {0, 1, 2}
+    assert seen == {0, 1}
+    one_more = ramp_batch(1, frames=401)
+    assert {
+        int(aug.random_time_crop(one_more, torch.Generator().manual_seed(s))[0, 0, 0, 0])
+        for s in range(20)
+    } == {0}
+    frames = torch.arange(423, dtype=torch.float32).expand(2000, 1, 1, 423)
+    starts = aug.random_time_crop(frames, torch.Generator().manual_seed(5))[:, 0, 0, 0]
+    assert set(starts.long().tolist()) == set(range(23))
 
 
 def test_short_clips_are_not_cropped() -> None:

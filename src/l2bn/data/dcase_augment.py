@@ -47,12 +47,14 @@ def _below(high: Tensor | int, shape: tuple[int, ...], generator: torch.Generato
 def random_time_crop(
     images: Tensor, generator: torch.Generator | None, length: int = CROP_FRAMES
 ) -> Tensor:
-    """A random ``length``-frame window per clip (offsets uniform in ``[0, T - length]``)."""
+    """A random ``length``-frame window per clip, its offset uniform in ``[0, T - length)``:
+    the recipes' ``np.random.randint(0, T - length)`` (upper bound excluded, so the window
+    never ends on the last frame)."""
     _check(images)
     batch, channels, bands, frames = images.shape
     if frames <= length:
         return images
-    start = _below(frames - length + 1, (batch,), generator).to(images.device)
+    start = _below(frames - length, (batch,), generator).to(images.device)
     index = start[:, None] + torch.arange(length, device=images.device)
     index = index[:, None, None, :].expand(batch, channels, bands, length)
     return images.gather(3, index)
