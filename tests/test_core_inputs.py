@@ -144,6 +144,20 @@ def test_eps_must_be_positive_in_training():
         L2BatchNorm2d(3, eps=0.0)(torch.randn(2, 3, 4, 4))
 
 
+def test_negative_eps_is_refused_in_eval():
+    """As F.batch_norm: eps may be 0 in eval mode, never negative (it would give NaN where
+    running_var < -eps, silently)."""
+    x = torch.randn(2, 3, 4, 4)
+    rm, rv = torch.zeros(3), torch.full((3,), 0.5)
+    with pytest.raises(ValueError, match="non-negative"):
+        torch.nn.functional.batch_norm(x, rm, rv, training=False, eps=-1.0)
+    with pytest.raises(ValueError, match=r"l2bn: eps must be non-negative, got -1\.0"):
+        l2_batch_norm(x, rm, rv, training=False, eps=-1.0)
+    with pytest.raises(ValueError, match=r"l2bn: eps must be non-negative, got -1\.0"):
+        L2BatchNorm2d(3, eps=-1.0).eval()(x)
+    assert torch.isfinite(l2_batch_norm(x, rm, rv, training=False, eps=0.0)).all()
+
+
 @pytest.mark.parametrize("l2_eps", [-1.0, float("nan"), float("inf")])
 def test_bad_l2_eps_is_rejected(l2_eps):
     """A NaN bound would be ignored by the clamp, an infinite one would zero every sample."""

@@ -131,7 +131,8 @@ def l2_batch_norm(
     Raises:
         ValueError: wrong shapes of the per-channel tensors, one running statistic without
             the other, missing running statistics in eval mode, ``eps <= 0`` or one value
-            per channel in training, a negative, NaN or infinite ``l2_eps``.
+            per channel in training, ``eps < 0`` in eval mode (as
+            :func:`torch.nn.functional.batch_norm`), a negative, NaN or infinite ``l2_eps``.
         TypeError: non-tensor, integer, bool or complex input; integer running statistics;
             a ``momentum`` that is not a number.
 
@@ -185,8 +186,13 @@ def checked_l2_batch_norm(
 ) -> Tensor:
     """:func:`l2_batch_norm` on arguments already checked (by it, or by a layer that owns
     the parameters and has validated ``input``)."""
-    if training and eps <= 0:
-        raise ValueError(f"l2bn: eps must be positive during training, got {eps}")
+    # torch's rule (F.batch_norm): a positive eps in training, a non-negative one in eval
+    # (a negative eps in eval would make the output NaN wherever running_var < -eps).
+    if training:
+        if eps <= 0:
+            raise ValueError(f"l2bn: eps must be positive during training, got {eps}")
+    elif eps < 0:
+        raise ValueError(f"l2bn: eps must be non-negative, got {eps}")
     if input.numel() == 0:
         # As BatchNorm: an empty input (no sample, or samples of no value, e.g. (N, C, 0, W))
         # gives an empty output and leaves the running statistics alone.

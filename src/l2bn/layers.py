@@ -184,7 +184,8 @@ _ARGS = """
 
     Raises:
         ValueError: for input of the wrong dimension or channel count, one value per
-            channel in training, ``eps <= 0`` in training, or ``l2_eps < 0``.
+            channel in training, ``eps <= 0`` in training, ``eps < 0`` in eval mode (as
+            BatchNorm), or ``l2_eps < 0``.
         TypeError: for non-tensor, integer, bool or complex input.
         RuntimeError: from :func:`torch.jit.script` (use :func:`torch.jit.trace` or
             :func:`torch.export.export`).
