@@ -190,6 +190,21 @@ def test_functional_integer_running_statistics_are_refused():
         l2_batch_norm(x, torch.zeros(3), torch.ones(3, dtype=torch.int64), training=True)
 
 
+@pytest.mark.parametrize("name", ["weight", "bias"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.float16])
+def test_functional_non_floating_affine_parameters_are_refused(name, dtype, training, x_dtype):
+    """On every backend: the fused kernels raised NotImplementedError, the PyTorch ones
+    promoted an integer or bool weight or bias silently (float16 input, or L2BN_DISABLE_FUSED).
+    torch's F.batch_norm refuses them too."""
+    x = torch.randn(4, 3, 2, 2, dtype=x_dtype)
+    rm, rv = torch.zeros(3), torch.ones(3)
+    kwargs = {name: torch.ones(3, dtype=dtype)}
+    with pytest.raises(TypeError, match=f"l2bn: {name} must be a floating-point tensor"):
+        l2_batch_norm(x, rm, rv, training=training, **kwargs)
+
+
 @pytest.mark.parametrize("momentum", [None, "0.1", True])
 def test_functional_momentum_must_be_a_number(momentum):
     x = torch.randn(4, 3, 2, 2)

@@ -79,7 +79,9 @@ def checked_l2_eps(l2_eps: float) -> float:
     return value
 
 
-def _check_statistic(name: str, t: Tensor | None) -> None:
+def _check_floating(name: str, t: Tensor | None) -> None:
+    """Refuse an integer, bool or complex per-channel tensor, whichever backend would run:
+    the fused kernels raise on one, the PyTorch operations would promote it silently."""
     if t is not None and not t.dtype.is_floating_point:
         raise TypeError(
             f"l2bn: {name} must be a floating-point tensor, got {t.dtype} "
@@ -133,8 +135,8 @@ def l2_batch_norm(
             the other, missing running statistics in eval mode, ``eps <= 0`` or one value
             per channel in training, ``eps < 0`` in eval mode (as
             :func:`torch.nn.functional.batch_norm`), a negative, NaN or infinite ``l2_eps``.
-        TypeError: non-tensor, integer, bool or complex input; integer running statistics;
-            a ``momentum`` that is not a number.
+        TypeError: non-tensor, integer, bool or complex input; integer, bool or complex
+            running statistics, weight or bias; a ``momentum`` that is not a number.
 
     Example::
 
@@ -157,8 +159,13 @@ def l2_batch_norm(
         )
     if not training and running_mean is None:
         raise ValueError("l2bn: running_mean and running_var are required when training=False")
-    _check_statistic("running_mean", running_mean)
-    _check_statistic("running_var", running_var)
+    for name, t in (
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("weight", weight),
+        ("bias", bias),
+    ):
+        _check_floating(name, t)
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
         raise TypeError(
             f"l2bn: momentum must be a number (this batch's weight in the running "
