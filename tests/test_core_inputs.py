@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import l2bn
+from _reference import reference_l2bn
 from l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, backends, l2_batch_norm
 
 # Every test runs on the fused C++ kernels and on the pure-PyTorch path.
@@ -215,3 +216,39 @@ def test_functional_momentum_must_be_a_number(momentum):
 def test_eval_requires_running_stats_in_functional_form():
     with pytest.raises(ValueError, match="running_mean and running_var are required"):
         l2_batch_norm(torch.randn(2, 3, 4, 4), None, None, training=False)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize(
+    "x_dtype,param_dtype,stat_dtype",
+    [
+        (torch.float64, torch.float32, torch.float32),
+        (torch.float32, torch.float64, torch.float16),
+        (torch.float16, torch.float32, torch.float64),
+    ],
+)
+def test_mixed_floating_dtypes_are_accepted_as_documented(
+    training, x_dtype, param_dtype, stat_dtype
+):
+    """The documented difference from F.batch_norm (which raises for these mixes): the
+    output in the input's dtype, running statistics and gradients in their own."""
+    torch.manual_seed(0)
+    x = (torch.randn(4, 3, 5, 5) + 0.5).to(x_dtype).requires_grad_()
+    w = torch.randn(3, dtype=param_dtype, requires_grad=True)
+    b = torch.randn(3, dtype=param_dtype, requires_grad=True)
+    rm0, rv0 = torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5
+    rm, rv = rm0.to(stat_dtype), rv0.to(stat_dtype)
+    ref_rm, ref_rv = rm.double().clone(), rv.double().clone()
+    y = l2_batch_norm(x, rm, rv, w, b, training=training)
+    y.sum().backward()
+    assert y.dtype == x_dtype and rm.dtype == rv.dtype == stat_dtype
+    assert x.grad.dtype == x_dtype and w.grad.dtype == b.grad.dtype == param_dtype
+    expected = reference_l2bn(
+        x.detach().double(), ref_rm, ref_rv, w.detach().double(), b.detach().double(), training
+    )
+    tol = {torch.float16: 2e-3, torch.float32: 1e-5, torch.float64: 1e-8}
+    torch.testing.assert_close(y.double(), expected, rtol=0, atol=10 * tol[x_dtype])
+    # Statistics accumulate in float32 for float32 and half input, in float64 for float64.
+    atol = max(2 * tol[stat_dtype], 0 if x_dtype == torch.float64 else 1e-6)
+    torch.testing.assert_close(rm.double(), ref_rm, rtol=atol, atol=atol)
+    torch.testing.assert_close(rv.double(), ref_rv, rtol=atol, atol=atol)

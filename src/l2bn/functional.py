@@ -121,6 +121,13 @@ def l2_batch_norm(
             accumulated in float32).
         running_mean, running_var: ``(C,)`` tensors, or None (required in eval mode).
         weight, bias: ``(C,)`` affine parameters, or None.
+
+            Unlike :func:`torch.nn.functional.batch_norm`, which raises for most mixes of
+            dtypes (it accepts float16/bfloat16 input with float32 parameters only), these
+            four may have any floating dtype, also one other than ``input``'s (float64
+            input with float32 parameters, float32 input with float64 or float16 running
+            statistics): the output keeps ``input``'s dtype, the running statistics are
+            updated in their own dtype and the parameters' gradients come in theirs.
         training: use batch statistics (and update the running ones).
         momentum: weight of this batch in the running statistics.
         eps: added to the variance (eq. 2).

@@ -173,7 +173,10 @@ _ARGS = """
         affine: learnable per-channel ``gamma`` (weight) and ``beta`` (bias). Default: True.
         track_running_stats: keep running mean and variance for eval mode; without them
             eval mode uses batch statistics, as BatchNorm. Default: True.
-        device, dtype: of the parameters and buffers.
+        device, dtype: of the parameters and buffers. Input of another floating dtype is
+            accepted (BatchNorm raises for it unless the input is float16/bfloat16 and the
+            layer float32): the output keeps the input's dtype, see
+            :func:`l2bn.l2_batch_norm`.
         l2_eps: lower bound of each sample's l2 norm (eq. 3): a sample whose norm is below
             it is divided by ``l2_eps`` and passes no gradient through its norm. Default:
             1e-12, as :func:`torch.nn.functional.normalize`.
