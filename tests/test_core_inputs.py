@@ -252,3 +252,24 @@ def test_mixed_floating_dtypes_are_accepted_as_documented(
     atol = max(2 * tol[stat_dtype], 0 if x_dtype == torch.float64 else 1e-6)
     torch.testing.assert_close(rm.double(), ref_rm, rtol=atol, atol=atol)
     torch.testing.assert_close(rv.double(), ref_rv, rtol=atol, atol=atol)
+
+
+def test_running_statistics_that_require_grad_behave_alike_on_every_path():
+    """torch's BatchNorm refuses running statistics that require grad; L2BN has one rule
+    on every backend (the composite raised torch's error where the others ran): eval mode
+    differentiates through them, training updates them in place outside the graph."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 3, 2, dtype=torch.float64) + 0.3
+    rm = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    rv = (torch.rand(2, dtype=torch.float64) + 0.5).requires_grad_()
+    w = torch.randn(2, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda m, v: l2_batch_norm(x, m, v, w, None, training=False), (rm, rv)
+    )
+    expected_rm, expected_rv = rm.detach().clone(), rv.detach().clone()
+    reference_l2bn(x, expected_rm, expected_rv, w, None, True)
+    y = l2_batch_norm(x.clone().requires_grad_(), rm, rv, w, None, training=True)
+    y.pow(2).sum().backward()
+    assert rm.grad is None and rv.grad is None
+    torch.testing.assert_close(rm.detach(), expected_rm)
+    torch.testing.assert_close(rv.detach(), expected_rv)

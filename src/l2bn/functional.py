@@ -120,6 +120,9 @@ def l2_batch_norm(
         input: ``(N, C, *)`` floating-point tensor (float16/bfloat16 statistics are
             accumulated in float32).
         running_mean, running_var: ``(C,)`` tensors, or None (required in eval mode).
+            Unlike BatchNorm, which refuses them, running statistics that require grad are
+            accepted on every backend: eval mode passes them their gradient, training
+            mode updates them in place outside the autograd graph.
         weight, bias: ``(C,)`` affine parameters, or None.
 
             Unlike :func:`torch.nn.functional.batch_norm`, which raises for most mixes of

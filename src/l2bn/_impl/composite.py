@@ -75,9 +75,20 @@ def l2_batch_norm(
 
     Running statistics of another dtype than the accumulation dtype (a bfloat16 model's
     buffers) are updated in the accumulation dtype and copied back, rounded once.
+
+    Running statistics that require grad get the gradient of eval mode, as on the other
+    backends (``F.batch_norm`` would refuse them): eval mode then applies them in plain
+    operations; training mode updates them in place outside the graph (the output does
+    not depend on them).
     """
     xh = normalize_samples(x, l2_eps, scale)
     acc = xh.dtype
+    if running_mean is not None and (running_mean.requires_grad or running_var.requires_grad):
+        if not training:
+            return _eval_with_differentiable_stats(
+                x, xh, running_mean, running_var, weight, bias, eps
+            )
+        running_mean, running_var = running_mean.detach(), running_var.detach()
     mean, var = _in_dtype(running_mean, acc), _in_dtype(running_var, acc)
     y = F.batch_norm(
         xh,
@@ -94,6 +105,26 @@ def l2_batch_norm(
             if updated is not buffer:
                 buffer.copy_(updated)
     return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def _eval_with_differentiable_stats(
+    x: Tensor,
+    xh: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> Tensor:
+    """Eval-mode BN of ``xh`` (eq. 2) differentiable in the running statistics too."""
+    acc = xh.dtype
+    shape = (1, -1) + (1,) * (xh.dim() - 2)
+    y = (xh - running_mean.to(acc).view(shape)) * (running_var.to(acc) + eps).rsqrt().view(shape)
+    if weight is not None:
+        y = y * weight.to(acc).view(shape)
+    if bias is not None:
+        y = y + bias.to(acc).view(shape)
+    return y.to(x.dtype)
 
 
 def _in_dtype(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
