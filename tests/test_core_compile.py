@@ -139,3 +139,31 @@ def test_bare_training_operators_refuse_backward(op):
         )[0]
     with pytest.raises(RuntimeError, match=f"derivative for l2bn::{op} is not implemented"):
         out.sum().backward()
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_compiled_func_grad_takes_the_composite(training):
+    """``torch.compile(torch.func.grad(f))``: dynamo traces the transform, so the call runs
+    under it and must take the composite, as it does in eager. Before, the fused CPU
+    operators were chosen there and tracing failed ("cannot use C++
+    torch::autograd::Function with functorch transforms")."""
+    torch.manual_seed(0)
+    layer = L2BatchNorm2d(4).train(training)
+    with torch.no_grad():
+        layer.running_mean.normal_()
+        layer.running_var.uniform_(0.5, 2)
+    x = torch.randn(4, 4, 5, 6) * 2 + 0.3
+    probe = torch.randn(4, 4, 5, 6)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+
+    def loss(p, buffers, x):
+        return (torch.func.functional_call(layer, (p, buffers), (x,)) * probe).sum()
+
+    grad = torch.func.grad(loss, argnums=(0, 2))
+    buffers = {k: v.clone() for k, v in layer.named_buffers()}
+    expected = grad(params, buffers, x)
+    compiled_buffers = {k: v.clone() for k, v in layer.named_buffers()}
+    found = torch.compile(grad, backend="eager", fullgraph=True)(params, compiled_buffers, x)
+    torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-5)
+    for name, value in buffers.items():
+        torch.testing.assert_close(compiled_buffers[name], value, msg=name)

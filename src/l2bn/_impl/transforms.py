@@ -44,11 +44,14 @@ def _onnx_exporting() -> bool:
 
 
 def composite_required() -> bool:
-    """True when the call must run as plain differentiable tensor operations (never under
-    torch.compile / torch.export, which keep the registered operators)."""
+    """True when the call must run as plain differentiable tensor operations (under
+    torch.compile / torch.export only inside a ``torch.func`` transform that they trace,
+    such as ``torch.compile(torch.func.grad(f))``; otherwise they keep the registered
+    operators)."""
     if compiling():
-        # ONNX's exporter runs torch.export, then needs operations it can translate.
-        return exporting() and _onnx_exporting()
+        # ONNX's exporter runs torch.export, then needs operations it can translate. Dynamo
+        # traces a torch.func transform by running it, so the call is inside it here too.
+        return (exporting() and _onnx_exporting()) or _functorch_active()
     # The ONNX exporters need no check of their own here: the legacy one runs under
     # torch.jit tracing, the dynamo one under torch.export (handled above).
     return _functorch_active() or _forward_ad._current_level >= 0 or _jit_tracing()
