@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from l2bn._impl.sample_scale import sample_scale
+from l2bn._impl.transforms import exporting
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -89,6 +90,8 @@ def l2_batch_norm(
                 x, xh, running_mean, running_var, weight, bias, eps
             )
         running_mean, running_var = running_mean.detach(), running_var.detach()
+    if training and running_mean is not None and exporting():
+        return _exported_training(x, xh, running_mean, running_var, weight, bias, momentum, eps)
     mean, var = _in_dtype(running_mean, acc), _in_dtype(running_var, acc)
     y = F.batch_norm(
         xh,
@@ -104,6 +107,43 @@ def l2_batch_norm(
         for buffer, updated in ((running_mean, mean), (running_var, var)):
             if updated is not buffer:
                 buffer.copy_(updated)
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def _exported_training(
+    x: Tensor,
+    xh: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    momentum: float,
+    eps: float,
+) -> Tensor:
+    """Training-mode BN of ``xh`` as ``torch.export`` records it: the output from the batch
+    statistics alone, then the running statistics updated by plain operations outside the
+    graph. ``F.batch_norm`` with the running statistics would write them back in place
+    inside its operator, which a decomposed program (``run_decompositions()``) then saves
+    and bumps (torch 2.13: its backward fails; compiled, gradients went missing)."""
+    acc = xh.dtype
+    y = F.batch_norm(
+        xh,
+        None,
+        None,
+        None if weight is None else weight.to(acc),
+        None if bias is None else bias.to(acc),
+        True,
+        momentum,
+        eps,
+    )
+    with torch.no_grad():
+        values = xh.detach()
+        dims = (0, *range(2, values.dim()))
+        count = values.numel() // values.shape[1]
+        mean = values.mean(dim=dims)
+        var = values.var(dim=dims, correction=1 if count > 1 else 0)
+        for buffer, batch in ((running_mean, mean), (running_var, var)):
+            buffer.copy_((buffer.to(acc) * (1 - momentum) + batch * momentum).to(buffer.dtype))
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 

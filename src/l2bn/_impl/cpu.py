@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from l2bn._impl import composite
 from l2bn._impl.composite import differentiable_train_grads
 from l2bn._impl.operator_backward import train_grads
 from l2bn._impl.passes import accumulation_dtype
@@ -284,9 +285,23 @@ def run(
         if compiling():
             if exporting():
                 # torch.export inlines a Python autograd function's forward and drops its
-                # backward: the program records l2bn::train, whose autograd kernel is C++
-                # (also when traced under no_grad: the program may be trained later).
-                return _train(*args)
+                # backward, and l2bn::train (its own C++ autograd formula, mutating the
+                # running statistics) loses its gradient once the program is decomposed and
+                # compiled (auto_functionalized carries none): the program records the
+                # composite, which autograd differentiates everywhere (also when traced
+                # under no_grad: the program may be trained later).
+                return composite.l2_batch_norm(
+                    x,
+                    running_mean,
+                    running_var,
+                    weight,
+                    bias,
+                    True,
+                    momentum,
+                    eps,
+                    l2_eps,
+                    scale,
+                )
             # torch.compile's graphs record train_forward (and, for training graphs,
             # train_backward) through the Python autograd function.
             if grad:
