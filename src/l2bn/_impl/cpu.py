@@ -19,10 +19,11 @@ gradients ``l2bn::train`` and ``eval_forward`` take when their backward runs wit
 ``create_graph=True`` or on a batched gradient); and :class:`FusedL2BatchNormFunction`, the
 autograd function that torch.compile's training graphs record (they then show
 ``train_forward`` and ``train_backward``, whose running-statistics mutation the compiler
-handles). ``torch.export`` records ``l2bn::train`` instead: it keeps no Python autograd
-function, and ``train_forward`` has no autograd formula (its schema mutates the running
-statistics, which ``torch.library.register_autograd`` refuses), so an exported training
-program would otherwise get no gradients.
+handles). ``torch.export`` of a training call records the composite instead: it keeps no
+Python autograd function, ``train_forward`` has no autograd formula (its schema mutates the
+running statistics, which ``torch.library.register_autograd`` refuses), and
+``l2bn::train``'s C++ autograd formula does not survive functionalization (a decomposed
+program, compiled, gave no gradients).
 """
 
 from __future__ import annotations
