@@ -93,21 +93,29 @@ def l2_batch_norm(
     if training and running_mean is not None and exporting():
         return _exported_training(x, xh, running_mean, running_var, weight, bias, momentum, eps)
     mean, var = _in_dtype(running_mean, acc), _in_dtype(running_var, acc)
-    y = F.batch_norm(
-        xh,
-        mean,
-        var,
-        None if weight is None else weight.to(acc),
-        None if bias is None else bias.to(acc),
-        training,
-        momentum,
-        eps,
-    )
+    y = _batch_norm(xh, mean, var, weight, bias, training, momentum, eps)
     if training:
         for buffer, updated in ((running_mean, mean), (running_var, var)):
             if updated is not buffer:
                 buffer.copy_(updated)
     return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def _batch_norm(
+    xh: Tensor,
+    mean: Tensor | None,
+    var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+) -> Tensor:
+    """``F.batch_norm`` of ``xh`` (eq. 2) with the affine parameters in its dtype."""
+    acc = xh.dtype
+    weight = None if weight is None else weight.to(acc)
+    bias = None if bias is None else bias.to(acc)
+    return F.batch_norm(xh, mean, var, weight, bias, training, momentum, eps)
 
 
 def _exported_training(
@@ -126,16 +134,7 @@ def _exported_training(
     inside its operator, which a decomposed program (``run_decompositions()``) then saves
     and bumps (torch 2.13: its backward fails; compiled, gradients went missing)."""
     acc = xh.dtype
-    y = F.batch_norm(
-        xh,
-        None,
-        None,
-        None if weight is None else weight.to(acc),
-        None if bias is None else bias.to(acc),
-        True,
-        momentum,
-        eps,
-    )
+    y = _batch_norm(xh, None, None, weight, bias, True, momentum, eps)
     with torch.no_grad():
         values = xh.detach()
         dims = (0, *range(2, values.dim()))
