@@ -283,6 +283,11 @@ def _in_group(rank: int, port: int, *scenarios: Callable[[int], None]) -> None:
     try:
         for scenario in scenarios:
             scenario(rank)
+        # Both ranks done before either tears its group down: a rank that destroyed it
+        # while the other still talked to it once aborted in gloo ("terminate called
+        # without an active exception", CI 2026-12-01). Not after a failure: the other
+        # rank may never arrive.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
