@@ -417,6 +417,7 @@ def _two_process_checks(rank: int, port: int) -> None:
                 assert sync_passes(local, layer.weight, layer.bias) is not PYTORCH_PASSES
                 kernels = _step(layer, x64, dy64, part, dtype, layout, recorder, counter, WORLD)
                 assert kernels == (KERNELS if split[rank] else []), (rank, split, kernels)
+        dist.barrier()  # both ranks done before either tears the group down
     finally:
         dist.destroy_process_group()
 
