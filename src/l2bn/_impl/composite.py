@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from l2bn._impl.running import update_from_batch
 from l2bn._impl.sample_scale import sample_scale
 from l2bn._impl.transforms import exporting
 
@@ -133,16 +134,10 @@ def _exported_training(
     graph. ``F.batch_norm`` with the running statistics would write them back in place
     inside its operator, which a decomposed program (``run_decompositions()``) then saves
     and bumps (torch 2.13: its backward fails; compiled, gradients went missing)."""
-    acc = xh.dtype
     y = _batch_norm(xh, None, None, weight, bias, True, momentum, eps)
     with torch.no_grad():
-        values = xh.detach()
-        dims = (0, *range(2, values.dim()))
-        count = values.numel() // values.shape[1]
-        mean = values.mean(dim=dims)
-        var = values.var(dim=dims, correction=1 if count > 1 else 0)
-        for buffer, batch in ((running_mean, mean), (running_var, var)):
-            buffer.copy_((buffer.to(acc) * (1 - momentum) + batch * momentum).to(buffer.dtype))
+        var, mean = torch.var_mean(xh.detach(), dim=(0, *range(2, xh.dim())), correction=0)
+        update_from_batch(running_mean, running_var, mean, var, xh, momentum)
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
