@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from l2bn._classification import classification_layer
+
 
 def find_classifier(model: nn.Module, layer: str | nn.Module | None = None) -> nn.Module:
     """The module whose input is captured.
@@ -35,16 +37,13 @@ def find_classifier(model: nn.Module, layer: str | nn.Module | None = None) -> n
         return modules[layer]
     if layer is not None:
         raise TypeError(f"l2bn.analysis: layer must be a str, an nn.Module or None, got {layer!r}")
-    classifier = getattr(model, "classifier", None)
-    if isinstance(classifier, nn.Module):
-        return classifier
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
+    classifier = classification_layer(model)
+    if classifier is None:
         raise ValueError(
             "l2bn.analysis: model has no `classifier` attribute and no nn.Linear; "
             "pass layer= (a module name or a module)"
         )
-    return linears[-1]
+    return classifier
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from l2bn._classification import classification_layer
 from l2bn.experiments import checkpoint as ckpt
 from l2bn.experiments.config import ExperimentConfig
 from l2bn.experiments.progress import progress
@@ -27,13 +28,10 @@ ANGLE_METRICS = ("intra_train", "intra_test", "inter", "iir_train", "iir_test")
 
 def classifier_module(model: nn.Module) -> nn.Module:
     """The classification layer (``model.classifier``, else the last ``nn.Linear``)."""
-    layer = getattr(model, "classifier", None)
-    if isinstance(layer, nn.Module):
-        return layer
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
+    layer = classification_layer(model)
+    if layer is None:
         raise ValueError(f"{type(model).__name__} has no classifier attribute and no nn.Linear")
-    return linears[-1]
+    return layer
 
 
 @torch.no_grad()

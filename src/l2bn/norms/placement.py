@@ -25,6 +25,7 @@ import re
 
 from torch import nn
 
+from l2bn._classification import classification_layer
 from l2bn.convert import Predicate, convert_bn_to_l2bn
 
 PLACEMENTS = ("none", "all", "classifier", "stage1", "stage2-3")
@@ -35,20 +36,10 @@ _CIFAR_STAGES = ("layer1", "layer2", "layer3")
 _STAGE_NAME = re.compile(r"layer\d+")
 
 
-def _classification_layer(model: nn.Module) -> nn.Module | None:
-    """``model.classifier``, else the last ``nn.Linear`` (the layer whose input the angle
-    metrics read), else None."""
-    classifier = getattr(model, "classifier", None)
-    if isinstance(classifier, nn.Module):
-        return classifier
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linears[-1] if linears else None
-
-
 def _norm_feeding_classifier(model: nn.Module) -> str:
     """The name of the last BatchNorm registered before the classification layer (the
     last BatchNorm when the model has no such layer)."""
-    classifier = _classification_layer(model)
+    classifier = classification_layer(model)
     names: list[str] = []
     for name, m in model.named_modules():
         if m is classifier:
