@@ -596,10 +596,9 @@ def _batch_sums(
     count = int(keep.sum())
     if count == labels.numel():
         return loss.detach().double() * count, correct, count
-    if targets is None:
-        losses = F.cross_entropy(logits, labels, reduction="none")
-    else:
-        losses = -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1)
+    # F.cross_entropy takes soft targets too (class probabilities: soft_cross_entropy's sum)
+    target = labels if targets is None else targets
+    losses = F.cross_entropy(logits, target, reduction="none")
     return losses[keep].double().sum(), correct, count
 
 
