@@ -247,12 +247,17 @@ def partial_mean_lines(summaries: list[VariantSummary]) -> list[str]:
     return lines
 
 
-def _missing(s: VariantSummary, key: str) -> str:
-    """``seed 122: angles undefined (...)`` for every finished seed without a value of
-    ``key`` (``; `` between them)."""
-    measured = s.measured_seeds(key)
+def _missing(
+    s: VariantSummary, key: str, seeds: Iterable[int] | None = None, prefix: str = ""
+) -> str:
+    """``seed 122: angles undefined (...)`` for every finished seed (of ``seeds``, default
+    all) without a value of ``key`` (``; `` between them, each after ``prefix``)."""
+    chosen = s.seeds if seeds is None else [seed for seed in seeds if seed in s.runs]
+    measured = s.measured_seeds(key, chosen)
     return "; ".join(
-        f"seed {seed}: {s.missing_reason(seed, key)}" for seed in s.seeds if seed not in measured
+        f"{prefix}seed {seed}: {s.missing_reason(seed, key)}"
+        for seed in chosen
+        if seed not in measured
     )
 
 
@@ -307,14 +312,12 @@ def _wilcoxon_ran(comp: Comparison) -> bool:
 def _why_missing(comp: Comparison, key: str) -> str:
     """Which paired seeds lack ``key`` and why (``missing_reason``), else ``metrics off?``
     when the comparison carries no summaries to ask."""
-    reasons = []
-    for variant in (comp.base_variant, comp.cand_variant):
-        if variant is None:
-            continue
-        for seed in comp.seeds:
-            if seed in variant.seeds and seed not in variant.measured_seeds(key, [seed]):
-                reasons.append(f"{variant.label} seed {seed}: {variant.missing_reason(seed, key)}")
-    return "; ".join(reasons) if reasons else "metrics off?"
+    reasons = [
+        _missing(variant, key, comp.seeds, f"{variant.label} ")
+        for variant in (comp.base_variant, comp.cand_variant)
+        if variant is not None
+    ]
+    return "; ".join(r for r in reasons if r) or "metrics off?"
 
 
 def test_rows(comp: Comparison) -> tuple[list[list[str]], list[str]]:
