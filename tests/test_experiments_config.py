@@ -134,6 +134,38 @@ def test_set_overrides_and_config_file(tmp_path) -> None:
     assert from_file.model == "vgg16" and from_file.epochs == 5 and from_file.lr == 0.1
 
 
+def test_numbers_in_exponent_notation_reach_the_layers_as_numbers(tmp_path) -> None:
+    """YAML 1.1 (PyYAML) reads ``1e-3`` as a string. The typed fields converted it back, but
+    ``norm_kwargs`` and ``dataset_kwargs`` go to the layers as read: ``--set
+    norm_kwargs.eps=1e-3`` gave L2BN the string ``'1e-3'`` (a TypeError inside its forward).
+    Every way in (``--set``, a config file, a mapping given to ``--set``) reads a float; a
+    quoted value stays a string."""
+    base = load_preset("fmnist-resnet20")
+    changed = apply_assignments(
+        base, ["norm_kwargs.eps=1e-3", "norm_kwargs.l2_eps=1E-6", "dataset_kwargs={a: 2.5e3}"]
+    )
+    assert changed.norm_kwargs == {"eps": 1e-3, "l2_eps": 1e-6}
+    assert changed.dataset_kwargs == {"a": 2500.0}
+    path = tmp_path / "over.yaml"
+    path.write_text("norm: l2bn\nnorm_kwargs: {eps: 1e-3, l2_eps: -3e+2, tag: '1e-3'}\n")
+    from_file = load_config_file(path)
+    assert from_file.norm_kwargs == {"eps": 1e-3, "l2_eps": -300.0, "tag": "1e-3"}
+    assert ExperimentConfig.from_yaml(changed.to_yaml()) == changed  # round trip
+
+    import torch
+
+    from l2bn.models import create_model
+
+    model = create_model(
+        changed.model,
+        num_classes=10,
+        in_channels=1,
+        norm_layer="l2bn",
+        norm_kwargs=changed.norm_kwargs,
+    )
+    assert model(torch.randn(4, 1, 28, 28)).shape == (4, 10)  # a string eps raised here
+
+
 def test_dry_run_prints_yaml_that_parses_back_to_the_same_config(tmp_path, capsys) -> None:
     from l2bn.cli import main
 

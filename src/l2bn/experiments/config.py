@@ -158,9 +158,9 @@ class ExperimentConfig:
 
     @classmethod
     def from_yaml(cls, text: str) -> ExperimentConfig:
-        import yaml
+        from l2bn.experiments import yaml_text
 
-        data = yaml.safe_load(text) or {}
+        data = yaml_text.load(text) or {}
         if not isinstance(data, dict):
             raise ValueError(f"a config must be a YAML mapping, got {type(data).__name__}")
         return cls.from_dict(data)
@@ -216,9 +216,9 @@ def _coerce_to(kind: Any, value: Any, name: str) -> Any:
         return [_coerce_to(item, v, name) for v in value]
     if origin is dict:
         if isinstance(value, str):
-            import yaml
+            from l2bn.experiments import yaml_text
 
-            value = yaml.safe_load(value) or {}
+            value = yaml_text.load(value) or {}
         if not isinstance(value, dict):
             raise ValueError(f"{name} must be a mapping, got {value!r}")
         return dict(value)
@@ -290,8 +290,10 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 def _yaml_value(text: str, raw: str) -> Any:
     import yaml
 
+    from l2bn.experiments import yaml_text
+
     try:
-        return yaml.safe_load(raw)
+        return yaml_text.load(raw)
     except yaml.YAMLError as err:
         raise ValueError(
             f"--set {text}: the value is not valid YAML ({yaml_problem(err)})"
