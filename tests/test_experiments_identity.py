@@ -400,3 +400,26 @@ def test_checkpoint_of_another_architecture_names_the_file(
     with pytest.raises(CheckpointError, match=r"another architecture") as err:
         train_run(config, 3, run, quiet=True, resume=True)
     assert str(path) in str(err.value) and len(str(err.value).splitlines()) == 1
+
+
+def test_runs_that_differ_in_norm_options_get_their_own_directories(tmp_path: Path, capsys) -> None:
+    """A sweep over an L2BN option (``--set norm_kwargs.l2_eps=...``) trains one run per
+    value, each in its own directory that records its value, instead of the second run
+    finding the first one's directory and being refused as another configuration."""
+    import yaml
+
+    root = write_idx(tmp_path / "data", n_train=32, n_test=16)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(tiny_config(name="tiny", data_root=str(root), epochs=1, seeds=[5]).to_yaml())
+    runs = tmp_path / "runs"
+    base = ["train", "--config", str(config), "--runs-dir", str(runs), "--norm", "l2bn"]
+    base += ["--quiet"]
+    for value in ("1e-6", "1e-3"):
+        assert main([*base, "--set", f"norm_kwargs.l2_eps={value}"]) == 0, capsys.readouterr()
+    folders = sorted(p.name for p in (runs / "tiny").iterdir())
+    assert folders == ["resnet20-l2bn-l2_eps=0.001", "resnet20-l2bn-l2_eps=1e-06"]
+    for value in (1e-6, 1e-3):
+        run = runs / "tiny" / f"resnet20-l2bn-l2_eps={value}" / "seed5"
+        assert is_done(run)
+        recorded = yaml.safe_load((run / "config.yaml").read_text())
+        assert recorded["norm_kwargs"] == {"l2_eps": value}

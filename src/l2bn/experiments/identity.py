@@ -63,6 +63,7 @@ from l2bn.experiments.runs import (
     METRICS_FILE,
     PREVIOUS_CHECKPOINT_FILE,
     fingerprint,  # defined once, in runs (which reads fingerprint.json without this module)
+    norm_variant,
 )
 
 EXECUTION_ONLY = ("name", "seeds", "data_root", "device", "threads", "num_workers", "notes")
@@ -221,21 +222,12 @@ def comparison_settings(config: ExperimentConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in skip}
 
 
-def _variant_tag(config: ExperimentConfig) -> str:
-    tag = config.norm
-    if config.norm_kwargs:
-        tag += "(" + ",".join(f"{k}={v}" for k, v in sorted(config.norm_kwargs.items())) + ")"
-    if config.l2bn_layers != "all":
-        tag += f"-{config.l2bn_layers}"
-    return tag
-
-
 def _holders(runs: list[tuple[ExperimentConfig, int]], members: list[int]) -> str:
     """The variants (``bn``, ``l2bn-stage1``) of ``members``, with their seeds when only
     some of a variant's runs are among them."""
     by_tag: dict[str, list[int]] = {}
     for i, (config, _) in enumerate(runs):
-        by_tag.setdefault(_variant_tag(config), []).append(i)
+        by_tag.setdefault(norm_variant(config), []).append(i)
     parts = []
     for tag, indices in by_tag.items():
         inside = [i for i in indices if i in members]

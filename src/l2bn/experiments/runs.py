@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,27 @@ CHECKPOINT_FILE = "checkpoint.pt"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.pt"
 DONE_FILE = "done"
 IDENTITY_FILE = "fingerprint.json"
+_PATH_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
 
-def variant_name(config: ExperimentConfig) -> str:
-    """``<model>-<norm>``, plus ``-<placement>`` when L2BN is placed in some layers only."""
-    name = f"{config.model}-{config.norm}"
+def norm_variant(config: ExperimentConfig) -> str:
+    """``<norm>``, then each of its ``norm_kwargs`` as ``-<key>=<value>`` in key order, then
+    ``-<placement>`` when L2BN is placed in some layers only: ``l2bn``,
+    ``l2bn-l2_eps=1e-06``, ``l2bn-stage1``. Runs that differ in any of these get different
+    names (and directories). Characters other than letters, digits and ``._+-`` in a value
+    are written ``_``; two values that meet that way share a directory, whose recorded
+    identity then refuses the other run (never a silent mix)."""
+    name = config.norm
+    for key, value in sorted(config.norm_kwargs.items()):
+        name += f"-{key}={_PATH_UNSAFE.sub('_', str(value))}"
     if config.l2bn_layers != "all":
         name += f"-{config.l2bn_layers}"
     return name
+
+
+def variant_name(config: ExperimentConfig) -> str:
+    """``<model>-<norm variant>`` (:func:`norm_variant`): ``resnet20-l2bn-stage1``."""
+    return f"{config.model}-{norm_variant(config)}"
 
 
 def run_dir(root: str | Path, config: ExperimentConfig, seed: int) -> Path:

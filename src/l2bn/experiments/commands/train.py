@@ -24,7 +24,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, None)
     add_run_arguments(parser)
     parser.add_argument("--seed", type=int, help="the seed to run (default: the first of seeds)")
-    parser.add_argument("--run-dir", help="run directory (default: RUNS_DIR/NAME/MODEL-NORM/seedK)")
+    parser.add_argument(
+        "--run-dir",
+        help="run directory (default: RUNS_DIR/NAME/MODEL-NORM[-KEY=VALUE...][-PLACEMENT]/seedK)",
+    )
     parser.add_argument(
         "--resume", action="store_true", help="continue an unfinished run from its checkpoint"
     )
