@@ -10,7 +10,7 @@ from torch import nn
 
 from _export_training import case as export_case
 from _export_training import training_step
-from _reference import relative_error
+from _reference import reference_l2bn, relative_error
 from l2bn import L2BatchNorm2d, backends, convert_bn_to_l2bn
 
 
@@ -83,10 +83,11 @@ def test_export_training_mode_under_no_grad():
 
 # ----- torch.export in training mode: the exported program trains as eager does ------
 
-# (backend, dtype, run_decompositions). Both backends record the composite, whose running
-# statistics are updated outside BatchNorm's operator: a decomposed nn.BatchNorm2d program
-# itself fails in backward in torch 2.13 (its running-statistics write-back bumps a saved
-# tensor).
+# (backend, dtype, run_decompositions). The CPU backend records l2bn::train_stats (the
+# fused kernels, functional, with an autograd formula), the PyTorch backend the composite;
+# both update the running statistics after the operator: a decomposed nn.BatchNorm2d
+# program itself fails in backward in torch 2.13 (its running-statistics write-back bumps
+# a saved tensor).
 _EXPORT_TRAINING = [
     ("cpu", torch.float32, False),
     ("cpu", torch.float32, True),
@@ -111,6 +112,8 @@ def test_exported_training_program_trains_as_eager(backend, dtype, decompose):
         program = torch.export.export(copy.deepcopy(net), (x,))
         if decompose:
             program = program.run_decompositions()
+        if backend == "cpu":  # the fused kernels, not the composite
+            assert "l2bn.train_stats" in str(program.graph), program.graph
         exported = training_step(program.module(), x, probe)
         eager = training_step(copy.deepcopy(net), x, probe)
     limit = 1e-4 if dtype == torch.float32 else 3e-2  # bfloat16: 2**-8 per rounding
@@ -140,6 +143,34 @@ def test_compiled_decomposed_training_program_trains_as_eager(backend):
         assert value is not None, f"{name}: no gradient"
         for expected in (eager[name], reference[name]):
             assert relative_error(value, expected) < 1e-4, (name, value, expected)
+
+
+@pytest.mark.skipif(not backends.available("cpu"), reason="needs the fused CPU operators")
+@pytest.mark.parametrize("shape", [(4, 3, 3, 2), (6, 3)])
+def test_functional_training_operator_is_differentiable(shape):
+    """``l2bn::train_stats`` (what exported training programs record): its output and
+    batch statistics match the float64 reference, and its registered autograd formula
+    passes gradcheck and gradgradcheck in every argument, with or without the affine
+    parameters."""
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5).requires_grad_()
+    w = (torch.rand(3, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
+    b = torch.randn(3, generator=g, dtype=torch.float64).requires_grad_()
+    y, *_stats, mean, invstd, var = torch.ops.l2bn.train_stats(x, w, b, 1e-5, 1e-12, True)
+    rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    expected = reference_l2bn(x, rm, rv, w, b, True, 1.0, 1e-5)  # momentum 1: the batch's
+    count = x.numel() // 3
+    assert relative_error(y, expected) < 1e-12
+    assert relative_error(mean, rm) < 1e-12
+    assert relative_error(var * count / (count - 1), rv) < 1e-12
+    assert relative_error(invstd, (var + 1e-5).rsqrt()) < 1e-12
+
+    def fn(*tensors):
+        return torch.ops.l2bn.train_stats(*tensors, 1e-5, 1e-12, True)[0]
+
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+    assert torch.autograd.gradgradcheck(fn, (x, w, b))
+    assert torch.autograd.gradcheck(lambda t: fn(t, None, None), (x,))
 
 
 @pytest.mark.skipif(not backends.available("cpu"), reason="needs the fused CPU operators")

@@ -332,6 +332,11 @@ def test_opcheck_fused_operators(shape, channels_last):
     torch.library.opcheck(ops.train, (xg, wg, bg, rm.clone(), rv.clone(), 0.1, 1e-5, 1e-12, True))
     torch.library.opcheck(ops.train, (xg, None, None, None, None, 0.1, 1e-5, 1e-12, False))
     torch.library.opcheck(ops.train, (x, w, b, rm, rv, 0.1, 1e-5, 1e-12, True))
+    # l2bn::train_stats, functional, with its autograd formula registered from Python (what
+    # exported training programs record).
+    torch.library.opcheck(ops.train_stats, (xg, wg, bg, 1e-5, 1e-12, True))
+    torch.library.opcheck(ops.train_stats, (xg, None, None, 1e-5, 1e-12, False))
+    torch.library.opcheck(ops.train_stats, (x, w, b, 1e-5, 1e-12, True))
     # eval_forward's C++ autograd kernel (frozen-norm fine-tuning), and the differentiable
     # gradient its backward takes under create_graph=True.
     torch.library.opcheck(ops.eval_forward, (xg, rm, rv + 1, wg, bg, 1e-5, 1e-12, True))

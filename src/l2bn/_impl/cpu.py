@@ -19,9 +19,12 @@ gradients ``l2bn::train`` and ``eval_forward`` take when their backward runs wit
 ``create_graph=True`` or on a batched gradient); and :class:`FusedL2BatchNormFunction`, the
 autograd function that torch.compile's training graphs record (they then show
 ``train_forward`` and ``train_backward``, whose running-statistics mutation the compiler
-handles). ``torch.export`` of a training call records the composite instead: it keeps no
-Python autograd function, ``train_forward`` has no autograd formula (its schema mutates the
-running statistics, which ``torch.library.register_autograd`` refuses), and
+handles). ``torch.export`` of a training call records ``l2bn::train_stats`` instead, the
+same kernels without running statistics (it returns the batch variance, from which the
+program then updates them), with an autograd formula registered here
+(:func:`l2bn._impl.operator_backward.register_train_autograd`): an exported program keeps
+no Python autograd function, ``train_forward`` can carry no autograd formula (its schema
+mutates the running statistics, which ``torch.library.register_autograd`` refuses), and
 ``l2bn::train``'s C++ autograd formula does not survive functionalization (a decomposed
 program, compiled, gave no gradients).
 """
@@ -36,10 +39,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from l2bn._impl import composite
 from l2bn._impl.composite import differentiable_train_grads
-from l2bn._impl.operator_backward import train_grads
+from l2bn._impl.operator_backward import register_train_autograd, train_grads
 from l2bn._impl.passes import accumulation_dtype
+from l2bn._impl.running import update_from_batch
 from l2bn._impl.sample_scale import norm_divisor, sample_scale
 from l2bn._impl.transforms import compiling, exporting
 
@@ -124,6 +127,10 @@ def _register_fakes() -> None:
     def train_fake(x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale):
         return _output_like(x)
 
+    def train_stats_fake(x, weight, bias, eps, l2_eps, scale):
+        outputs = train_forward_fake(x, weight, bias, None, None, 0.0, eps, l2_eps, scale)
+        return (*outputs, x.new_empty((x.shape[1],), dtype=torch.float64))
+
     def eval_backward_fake(dy, x, running_mean, running_var, weight, eps, l2_eps, scale, mask):
         c = x.shape[1]
         dx = _output_like(x) if mask[0] else x.new_empty((0,))
@@ -136,6 +143,7 @@ def _register_fakes() -> None:
 
     torch.library.register_fake("l2bn::train", train_fake)
     torch.library.register_fake("l2bn::train_forward", train_forward_fake)
+    torch.library.register_fake("l2bn::train_stats", train_stats_fake)
     torch.library.register_fake("l2bn::train_backward", train_backward_fake)
     torch.library.register_fake("l2bn::eval_forward", eval_forward_fake)
     torch.library.register_fake("l2bn::eval_backward", eval_backward_fake)
@@ -235,8 +243,10 @@ if UNAVAILABLE_REASON is None:
     )
     # The overloads themselves: calling them skips the packet's overload resolution.
     _train = torch.ops.l2bn.train.default
+    _train_stats = torch.ops.l2bn.train_stats.default
     _train_forward = torch.ops.l2bn.train_forward.default
     _train_backward = torch.ops.l2bn.train_backward.default
+    register_train_autograd("l2bn::train_stats", _train_backward)
     _eval_forward = torch.ops.l2bn.eval_forward.default
     # The same two calls without torch.ops (csrc/entry_points.cpp).
     from l2bn._C import eval_forward as _eval_entry
@@ -289,20 +299,12 @@ def run(
                 # backward, and l2bn::train (its own C++ autograd formula, mutating the
                 # running statistics) loses its gradient once the program is decomposed and
                 # compiled (auto_functionalized carries none): the program records the
-                # composite, which autograd differentiates everywhere (also when traced
-                # under no_grad: the program may be trained later).
-                return composite.l2_batch_norm(
-                    x,
-                    running_mean,
-                    running_var,
-                    weight,
-                    bias,
-                    True,
-                    momentum,
-                    eps,
-                    l2_eps,
-                    scale,
-                )
+                # functional l2bn::train_stats, whose autograd formula is registered here,
+                # then the running-statistics update (also when traced under no_grad: the
+                # program may be trained later).
+                y, *_saved, mean, _invstd, var = _train_stats(x, weight, bias, eps, l2_eps, scale)
+                update_from_batch(running_mean, running_var, mean, var, x, momentum)
+                return y
             # torch.compile's graphs record train_forward (and, for training graphs,
             # train_backward) through the Python autograd function.
             if grad:

@@ -2,7 +2,10 @@
 
 Both backends save ``x``, the weight and their ``O(N * C)`` statistics in forward and run
 a backward operator ``train_backward(dy, x, weight, *stats, scale, input_grad) -> (dx,
-dweight, dbias)``; what surrounds that call is the same for both and written here once.
+dweight, dbias)``; what surrounds that call is the same for both and written here once,
+and so is the autograd formula of their functional training operators
+(:func:`register_train_autograd`: ``l2bn::train_stats``, ``l2bn_triton::train``), which
+exported training programs record.
 """
 
 from __future__ import annotations
@@ -42,3 +45,43 @@ def train_grads(
     elif dbias.dtype != ctx.bias_dtype:
         dbias = dbias.to(ctx.bias_dtype)
     return dx, dweight, dbias
+
+
+def save_for_backward(
+    ctx: Any,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    stats: tuple,
+    eps: float,
+    l2_eps: float,
+    scale: bool,
+) -> None:
+    """What the training autograd formulas keep: ``x``, the weight and the ``O(N * C)``
+    statistics (non-differentiable outputs), as :func:`train_grads` reads them."""
+    ctx.save_for_backward(x, weight, *stats)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients of the statistics
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.eps, ctx.l2_eps, ctx.scale = eps, l2_eps, scale
+
+
+def register_train_autograd(
+    name: str, train_backward: Callable[..., tuple[Tensor, Tensor, Tensor]]
+) -> None:
+    """Register the autograd formula of the functional training operator ``name``:
+    ``(x, weight?, bias?, eps, l2_eps, scale) -> (y, rho, active, row_mean, row_var, mean,
+    invstd, var)``, differentiable in ``y`` alone, whose gradient :func:`train_grads`
+    computes with ``train_backward`` (the differentiable composite under
+    ``create_graph=True``)."""
+
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        x, weight, bias, eps, l2_eps, scale = inputs
+        save_for_backward(ctx, x, weight, bias, output[1:7], eps, l2_eps, scale)
+        ctx.mark_non_differentiable(*output[1:])
+
+    def backward(ctx: Any, dy: Tensor, *_stats: Tensor) -> tuple[Tensor | None, ...]:
+        if dy is None:  # the output was not used: no gradient flows
+            return (None,) * 6
+        return (*train_grads(ctx, dy, train_backward), None, None, None)
+
+    torch.library.register_autograd(name, backward, setup_context=setup_context)

@@ -24,6 +24,16 @@ ForwardResult train_forward(const Tensor& x, const std::optional<Tensor>& weight
                             const std::optional<Tensor>& running_var, double momentum,
                             double eps, double l2_eps, bool scale);
 
+// train_forward without running statistics, with the biased batch variance of each channel
+// (C,) in float64 as an eighth output: torch.ops.l2bn.train_stats, a functional operator that
+// carries an autograd formula (l2bn/_impl/cpu.py), which exported training programs record;
+// the caller updates the running statistics from its mean and variance.
+using StatsResult =
+    std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+StatsResult train_stats(const Tensor& x, const std::optional<Tensor>& weight,
+                        const std::optional<Tensor>& bias, double eps, double l2_eps,
+                        bool scale);
+
 // (dx, dweight, dbias); dx is empty unless input_grad.
 std::tuple<Tensor, Tensor, Tensor> train_backward(
     const Tensor& dy, const Tensor& x, const std::optional<Tensor>& weight, const Tensor& rho,

@@ -35,6 +35,12 @@ TORCH_LIBRARY(l2bn, m) {
       "train_backward(Tensor dy, Tensor x, Tensor? weight, Tensor rho, Tensor active, "
       "Tensor? x_mean, Tensor? x_var, Tensor mean, Tensor invstd, bool scale, "
       "bool input_grad) -> (Tensor, Tensor, Tensor)");
+  // train_forward without running statistics, returning the batch variance too: functional,
+  // so that an autograd formula can be registered for it (l2bn/_impl/cpu.py), which
+  // exported training programs record.
+  m.def(
+      "train_stats(Tensor x, Tensor? weight, Tensor? bias, float eps, float l2_eps, "
+      "bool scale) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // train_forward with its autograd formula in C++ (autograd.cpp): returns y only.
   m.def(
       "train(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
@@ -70,6 +76,7 @@ TORCH_LIBRARY_IMPL(l2bn, CPU, m) {
   m.impl("train_forward", &l2bn::train_forward);
   m.impl("train_backward", &l2bn::train_backward);
   m.impl("train", &l2bn::train);
+  m.impl("train_stats", &l2bn::train_stats);
   m.impl("eval_forward", &l2bn::eval_forward);
   m.impl("eval_backward", &l2bn::eval_backward);
 }

@@ -108,25 +108,31 @@ Statistics channel_statistics(const Layout& l, const double* second, const Tenso
 
 }  // namespace
 
-ForwardResult train_forward(const Tensor& input, const std::optional<Tensor>& weight,
-                            const std::optional<Tensor>& bias,
-                            const std::optional<Tensor>& running_mean,
-                            const std::optional<Tensor>& running_var, double momentum,
-                            double eps, double l2_eps, bool scale) {
-  check_input(input, "train_forward");
+namespace {
+
+// train_forward's outputs and the biased batch variance of each channel, with the running
+// statistics left alone (train_forward and train_stats apply or return the variance).
+struct BatchForward {
+  ForwardResult out;
+  std::vector<double> var;  // biased, per channel
+};
+
+BatchForward batch_forward(const Tensor& input, const std::optional<Tensor>& weight,
+                           const std::optional<Tensor>& bias, double eps, double l2_eps,
+                           bool scale, const char* op) {
+  check_input(input, op);
   const Tensor x = supported_layout(input);
   const Layout l = layout_of(x);
   const int64_t n = l.n, c = l.c;
   const std::vector<double> w = channel_values(weight, c, 1.0);
   const std::vector<double> b = channel_values(bias, c, 0.0);
-  const double count = static_cast<double>(n * l.m);
 
   if (!keeps_row_moments(l)) {
     VectorForward f = vector_forward(x, l, w, b, eps, l2_eps, scale);
-    update_running_stats(running_mean, running_var, f.mean, std::move(f.var), count, momentum);
     // Empty row moments (a defined tensor, so that every output has a fake implementation
     // of fixed rank).
-    return {f.y, f.rho, f.active, doubles({0}), doubles({0}), f.mean, f.invstd};
+    return {{f.y, f.rho, f.active, doubles({0}), doubles({0}), f.mean, f.invstd},
+            std::move(f.var)};
   }
 
   // Two parallel passes: the moments of every (n, c) row (one read of x), then the output
@@ -174,9 +180,32 @@ ForwardResult train_forward(const Tensor& input, const std::optional<Tensor>& we
                        i0, i1, scratch.data());
     });
   });
-  update_running_stats(running_mean, running_var, stats.mean, std::move(stats.var), count,
+  return {{y, stats.rho, stats.active, x_mean, x_var, stats.mean, stats.invstd},
+          std::move(stats.var)};
+}
+
+}  // namespace
+
+ForwardResult train_forward(const Tensor& x, const std::optional<Tensor>& weight,
+                            const std::optional<Tensor>& bias,
+                            const std::optional<Tensor>& running_mean,
+                            const std::optional<Tensor>& running_var, double momentum,
+                            double eps, double l2_eps, bool scale) {
+  BatchForward f = batch_forward(x, weight, bias, eps, l2_eps, scale, "train_forward");
+  const double count = static_cast<double>(x.numel() / x.size(1));
+  update_running_stats(running_mean, running_var, std::get<5>(f.out), std::move(f.var), count,
                        momentum);
-  return {y, stats.rho, stats.active, x_mean, x_var, stats.mean, stats.invstd};
+  return f.out;
+}
+
+StatsResult train_stats(const Tensor& x, const std::optional<Tensor>& weight,
+                        const std::optional<Tensor>& bias, double eps, double l2_eps,
+                        bool scale) {
+  BatchForward f = batch_forward(x, weight, bias, eps, l2_eps, scale, "train_stats");
+  Tensor var = doubles({static_cast<int64_t>(f.var.size())});
+  std::copy(f.var.begin(), f.var.end(), var.data_ptr<double>());
+  const auto& [y, rho, active, x_mean, x_var, mean, invstd] = f.out;
+  return {y, rho, active, x_mean, x_var, mean, invstd, var};
 }
 
 std::tuple<Tensor, Tensor, Tensor> train_backward(

@@ -33,7 +33,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from l2bn._impl.operator_backward import train_grads
+from l2bn._impl.operator_backward import (
+    register_train_autograd,
+    save_for_backward,
+    train_grads,
+)
 from l2bn._impl.running import update_from_batch
 from l2bn._impl.transforms import compiling, exporting, functorch_wrapped
 from l2bn._impl.triton import ops  # registers torch.ops.l2bn_triton.*
@@ -173,42 +177,7 @@ def _exported_train(
     return y
 
 
-def _save_for_backward(
-    ctx: Any,
-    x: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    stats: tuple,
-    eps: float,
-    l2_eps: float,
-    scale: bool,
-) -> None:
-    """What both training autograd formulas keep: ``x``, the weight and the ``O(N * C)``
-    statistics (non-differentiable outputs), as :func:`train_grads` reads them."""
-    ctx.save_for_backward(x, weight, *stats)
-    ctx.set_materialize_grads(False)  # no zero-filled gradients of the statistics
-    ctx.bias_dtype = None if bias is None else bias.dtype
-    ctx.eps, ctx.l2_eps, ctx.scale = eps, l2_eps, scale
-
-
-def _train_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-    x, weight, bias, eps, l2_eps, scale = inputs
-    _save_for_backward(ctx, x, weight, bias, output[1:7], eps, l2_eps, scale)
-    ctx.mark_non_differentiable(*output[1:])
-
-
-def _train_backward_formula(ctx: Any, dy: Tensor, *_stats: Tensor) -> tuple[Tensor | None, ...]:
-    """The autograd formula of ``l2bn_triton::train``: that of
-    :class:`TritonL2BatchNormFunction` (``train_backward``, or the differentiable composite
-    under ``create_graph=True``)."""
-    if dy is None:  # the output was not used: no gradient flows
-        return (None,) * 6
-    return (*train_grads(ctx, dy, _backward), None, None, None)
-
-
-torch.library.register_autograd(
-    "l2bn_triton::train", _train_backward_formula, setup_context=_train_setup_context
-)
+register_train_autograd("l2bn_triton::train", _backward)
 
 
 class TritonL2BatchNormFunction(torch.autograd.Function):
@@ -232,7 +201,7 @@ class TritonL2BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
         x, weight, bias, _rm, _rv, _momentum, eps, l2_eps, scale = inputs
-        _save_for_backward(ctx, x, weight, bias, output[1:], eps, l2_eps, scale)
+        save_for_backward(ctx, x, weight, bias, output[1:], eps, l2_eps, scale)
         ctx.mark_non_differentiable(*output[1:])
 
     @staticmethod
