@@ -76,6 +76,30 @@ def test_layer_by_name_or_module_and_default_last_linear() -> None:
     torch.testing.assert_close(by_module, expected)
 
 
+def test_captures_the_input_before_the_classifier_changes_it_in_place() -> None:
+    """A classification layer that modifies its input in place (here an in-place ReLU
+    in front of the Linear) must not change what is recorded: the features are the
+    input as it enters the layer, negative values included."""
+
+    class InPlaceHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Linear(6, 8)
+            self.classifier = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(8, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.classifier(self.features(x))
+
+    torch.manual_seed(0)
+    model = InPlaceHead()
+    data = [(torch.randn(4, 6), torch.tensor([0, 1, 2, 0]))]
+    feats, _ = collect_features(model, data)
+    with torch.no_grad():
+        expected = model.features(data[0][0])
+    assert bool((expected < 0).any())
+    torch.testing.assert_close(feats, expected)
+
+
 def test_max_samples_truncates() -> None:
     feats, labels = collect_features(Net(), loader(4, 5), max_samples=7)
     assert feats.shape[0] == labels.shape[0] == 7

@@ -2,7 +2,7 @@
 
 The paper measures intra- and inter-angles on the features that enter the classification
 layer ("only meaningful for the classification layer"); :func:`collect_features` records
-them with a forward hook.
+them with a forward pre-hook.
 """
 
 from __future__ import annotations
@@ -69,13 +69,15 @@ def collect_features(
     device = torch.device(device) if device is not None else _model_device(model)
     captured: list[Tensor] = []
 
-    def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+    def hook(module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        # A pre-hook, and a copy: the input as it enters the layer, which the layer (e.g.
+        # an in-place ReLU at its start) could otherwise change before it is read.
         if not inputs or not isinstance(inputs[0], Tensor):
             raise TypeError("l2bn.analysis: the captured layer's first input is not a tensor")
-        captured.append(inputs[0].detach())
+        captured.append(inputs[0].detach().clone())
 
     modes = {m: m.training for m in model.modules()}
-    handle = target.register_forward_hook(hook)
+    handle = target.register_forward_pre_hook(hook)
     features: list[Tensor] = []
     labels: list[Tensor] = []
     kept = 0
