@@ -120,3 +120,15 @@ def test_bad_layers_are_reported() -> None:
     with pytest.raises(TypeError, match=r"\(images, labels\)"):
         collect_features(model, [torch.randn(2, 1, 6, 6)])
     assert model.training  # restored after an error too
+
+
+@pytest.mark.parametrize(
+    "targets",
+    [torch.tensor([0.7, 1.9, 0.2, 1.0, 2.5]), [0.5, 1.0, 2.0, 0.0, 1.0], torch.ones(5).bool()],
+)
+def test_non_integer_labels_are_refused(targets) -> None:
+    """Labels must be class indices, as for angle_metrics: float labels (soft or mixed
+    targets, regression values) are not rounded down to some class silently."""
+    images = torch.randn(5, 1, 6, 6)
+    with pytest.raises(TypeError, match="integers"):
+        collect_features(Net(), [(images, targets)])

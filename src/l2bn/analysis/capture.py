@@ -95,7 +95,10 @@ def collect_features(
                     "forward pass; pass layer= to choose a layer that runs exactly once"
                 )
             x = captured[0].flatten(1).float()
-            y = torch.as_tensor(targets).to(device=x.device, dtype=torch.int64).flatten()
+            y = torch.as_tensor(targets)
+            if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+                raise TypeError(f"l2bn.analysis: labels must be integers, got {y.dtype}")
+            y = y.to(device=x.device, dtype=torch.int64).flatten()
             if y.shape[0] != x.shape[0]:
                 raise ValueError(
                     f"l2bn.analysis: batch of {y.shape[0]} labels for {x.shape[0]} features"
