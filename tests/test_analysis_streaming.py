@@ -81,3 +81,18 @@ def test_misuse_is_reported() -> None:
         AngleAccumulator(0)
     with pytest.raises(ValueError, match="rows"):
         AngleAccumulator(5, centers=acc.centers)
+
+
+def test_collapsed_features_raise_undefined_angle_error() -> None:
+    """All-zero (finite) features in pass 2 are UndefinedAngleError, as in angle_metrics,
+    so that a caller that records undefined angles and goes on catches both."""
+    from l2bn.analysis import UndefinedAngleError
+
+    centers = torch.eye(3, 4, dtype=torch.float64)
+    x, y = torch.zeros(6, 4), torch.tensor([0, 0, 1, 1, 2, 2])
+    with pytest.raises(UndefinedAngleError, match="no non-zero feature"):
+        angle_metrics(x, y, centers=centers)
+    acc = AngleAccumulator(3, centers=centers)
+    acc.update_angles(x, y)
+    with pytest.raises(UndefinedAngleError, match="no non-zero sample"):
+        acc.compute()

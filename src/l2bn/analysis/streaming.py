@@ -118,7 +118,7 @@ class AngleAccumulator:
         unit, valid = self._center_directions()
         inter = _core.inter_angle(unit, valid)
         if self._angle_count == 0:
-            raise ValueError(
+            raise _core.UndefinedAngleError(
                 "l2bn.analysis: no non-zero sample in pass 2 (update_angles), "
                 "the intra-angle is undefined"
             )
