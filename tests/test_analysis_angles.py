@@ -149,6 +149,20 @@ def test_chunked_and_gathered_paths_agree(monkeypatch: pytest.MonkeyPatch) -> No
     assert angle_metrics(x, y) == pytest.approx(whole, abs=1e-10)
 
 
+def test_float32_center_sums_stay_within_their_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-class sums run in float32 over at most PARTIAL_SUM_ROWS samples, whatever the
+    feature width (a chunk of narrow features holds far more rows than that): identical
+    float32 vectors keep an intra-angle of 0 and their inter-angle to float32 precision,
+    not the rounding of one float32 sum over a whole class."""
+    monkeypatch.setattr(_core, "PARTIAL_SUM_ROWS", 256)
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(2, 8, generator=g) + 0.1
+    x, y = base.repeat(1 << 14, 1), torch.arange(2).repeat(1 << 14)
+    m = angle_metrics(x, y)
+    assert m["intra_angle"] < 5e-4
+    assert m["inter_angle"] == pytest.approx(angle_metrics(x.double(), y)["inter_angle"], abs=5e-4)
+
+
 def test_tiny_angles_are_accurate() -> None:
     # arccos cannot resolve 1e-6 degrees in float64; the chord form must.
     x = at_angles([1e-6, -1e-6, 90.0])

@@ -105,7 +105,9 @@ def center_sums(
     sums = torch.zeros(num_classes, d, dtype=ACCUMULATION_DTYPE, device=dev)
     counts = torch.zeros(num_classes, dtype=torch.int64, device=dev)
     num_zero = torch.zeros((), dtype=torch.int64, device=dev)
-    step = chunk_rows(d, CENTER_CHUNK_ELEMENTS)
+    # No chunk, and no block of chunks summed in the compute dtype, exceeds
+    # PARTIAL_SUM_ROWS rows (narrow features would otherwise give chunks of millions).
+    step = min(chunk_rows(d, CENTER_CHUNK_ELEMENTS), PARTIAL_SUM_ROWS)
     partial, partial_rows = None, 0
     for start in range(0, n, step):
         x = features[start : start + step].to(compute_dtype(features))
@@ -114,11 +116,11 @@ def center_sums(
         nonzero = norms > 0
         inv = torch.where(nonzero, 1.0 / norms.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
         part = _weighted_class_sum(x, y, inv, num_classes)
-        partial = part if partial is None else partial.add_(part)
-        partial_rows += x.shape[0]
-        if partial_rows >= PARTIAL_SUM_ROWS:
+        if partial is not None and partial_rows + x.shape[0] > PARTIAL_SUM_ROWS:
             sums += partial.to(dev, ACCUMULATION_DTYPE)
             partial, partial_rows = None, 0
+        partial = part if partial is None else partial.add_(part)
+        partial_rows += x.shape[0]
         counts += torch.bincount(y[nonzero], minlength=num_classes).to(dev)
         num_zero += (~nonzero).sum().to(dev)
     if partial is not None:
