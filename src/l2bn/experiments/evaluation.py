@@ -58,7 +58,8 @@ def evaluate(
     if capture is not None:
 
         def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            captured.append(inputs[0].detach().flatten(1).float())
+            # A copy: the layer (an in-place activation at its start) may change its input.
+            captured.append(inputs[0].detach().flatten(1).float().clone())
 
         handle = capture.register_forward_pre_hook(hook)
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -68,7 +69,13 @@ def evaluate(
         for images, labels in progress(loader, total=len(loader), desc=desc, enabled=show_progress):
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
+            before = len(captured)
             logits = model(images)
+            if capture is not None and len(captured) != before + 1:
+                raise RuntimeError(
+                    f"l2bn: the classification layer ran {len(captured) - before} times in "
+                    "one forward pass; the angle metrics need a layer that runs exactly once"
+                )
             total_loss += F.cross_entropy(logits.float(), labels, reduction="sum").double()
             correct += (logits.argmax(1) == labels).sum()
             count += labels.numel()
