@@ -52,3 +52,29 @@ def test_a_classifier_that_runs_twice_a_forward_is_refused() -> None:
     with pytest.raises(RuntimeError, match="ran 2 times in one forward pass"):
         evaluate(model, _batches(), torch.device("cpu"), capture=classifier_module(model))
     assert model.training  # the mode is restored
+
+
+def test_a_test_class_without_training_features_leaves_the_training_angles() -> None:
+    """A metrics subset of the training set that misses a class gives that class no
+    center: the test-side angles are undefined (and say why), the training side is not.
+    Before, every angle metric of the epoch was None."""
+    from l2bn.analysis import angle_metrics, train_test_metrics
+    from l2bn.experiments.evaluation import ANGLE_METRICS, angle_row
+
+    g = torch.Generator().manual_seed(1)
+    features = torch.randn(60, 8, generator=g, dtype=torch.float64)
+    labels = torch.arange(60) % 3
+    seen = labels != 2  # class 2 is in the test set only
+    row = angle_row(features[seen], labels[seen], features, labels, 3)
+    train = angle_metrics(features[seen], labels[seen], num_classes=3)
+    assert row["intra_train"] == train["intra_angle"] and row["inter"] == train["inter_angle"]
+    assert row["iir_train"] == train["iir"]
+    assert row["intra_test"] is None and row["iir_test"] is None
+    assert "[2] have no class center" in row["angles_undefined"]
+    # Every class seen: the metrics of train_test_metrics, nothing undefined.
+    full = angle_row(features, labels, features, labels, 3)
+    assert full == train_test_metrics(features, labels, features, labels, 3)
+    # Collapsed features: every metric None.
+    zeros = torch.zeros_like(features)
+    collapsed = angle_row(zeros, labels, zeros, labels, 3)
+    assert all(collapsed[key] is None for key in ANGLE_METRICS) and collapsed["angles_undefined"]

@@ -143,7 +143,7 @@ def evaluate_epoch(
         row["not_finite"].append("test loss")
     if not config.metrics:
         return row
-    from l2bn.analysis import UndefinedAngleError, collect_features, train_test_metrics
+    from l2bn.analysis import collect_features
 
     limit = [v for v in (config.train_subset, config.metrics_max_samples) if v is not None]
     subset = min(limit) if limit else None
@@ -166,18 +166,44 @@ def evaluate_epoch(
         row["not_finite"].append("classifier features")
         row.update(dict.fromkeys(ANGLE_METRICS))
         return row
-    try:
-        metrics = train_test_metrics(
+    row.update(
+        angle_row(
             train_features,
             train_labels,
             test["features"],
             test["labels"],
             int(train_set.num_classes),
         )
+    )
+    return row
+
+
+def angle_row(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+) -> dict[str, Any]:
+    """The epoch's angle metrics (``ANGLE_METRICS``) from finite features, None where the
+    features give one no value, with ``angles_undefined`` saying why: features collapsed
+    (e.g. all zero) leave every one None; a test class absent from the training features
+    (a small metrics subset) has no center, which leaves only the test-side metrics None
+    (``intra_test``, ``iir_test``). The run goes on either way."""
+    from l2bn.analysis import UndefinedAngleError, angle_metrics, train_test_metrics
+
+    try:
+        metrics = train_test_metrics(
+            train_features, train_labels, test_features, test_labels, num_classes
+        )
+        return {key: float(metrics[key]) for key in metrics}
     except UndefinedAngleError as err:
-        # finite features that have collapsed (e.g. all zero): no angle, the run goes on
-        row.update(dict.fromkeys(ANGLE_METRICS))
+        row: dict[str, Any] = dict.fromkeys(ANGLE_METRICS)
         row["angles_undefined"] = str(err).removeprefix("l2bn.analysis: ")
+    try:
+        train = angle_metrics(train_features, train_labels, num_classes=num_classes)
+    except UndefinedAngleError:
         return row
-    row.update({key: float(metrics[key]) for key in metrics})
+    row.update(intra_train=train["intra_angle"], inter=train["inter_angle"])
+    row["iir_train"] = train["iir"]
     return row
