@@ -159,6 +159,18 @@ def test_negative_eps_is_refused_in_eval():
     assert torch.isfinite(l2_batch_norm(x, rm, rv, training=False, eps=0.0)).all()
 
 
+@pytest.mark.parametrize("eps", ["1e-5", None])
+def test_eps_that_is_not_a_number_is_named(eps):
+    """A string eps (a config value read as text) raised "'<=' not supported between
+    instances of 'str' and 'int'" from inside the layer; now a TypeError naming eps."""
+    x = torch.randn(2, 3, 4, 4)
+    for layer in (L2BatchNorm2d(3, eps=eps), L2BatchNorm2d(3, eps=eps).eval()):
+        with pytest.raises(TypeError, match=r"l2bn: eps must be a number, got "):
+            layer(x)
+    with pytest.raises(TypeError, match=r"l2bn: eps must be a number, got "):
+        l2_batch_norm(x, None, None, training=True, eps=eps)
+
+
 @pytest.mark.parametrize("l2_eps", [-1.0, float("nan"), float("inf")])
 def test_bad_l2_eps_is_rejected(l2_eps):
     """A NaN bound would be ignored by the clamp, an infinite one would zero every sample."""

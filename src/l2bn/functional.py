@@ -146,7 +146,8 @@ def l2_batch_norm(
             per channel in training, ``eps < 0`` in eval mode (as
             :func:`torch.nn.functional.batch_norm`), a negative, NaN or infinite ``l2_eps``.
         TypeError: non-tensor, integer, bool or complex input; integer, bool or complex
-            running statistics, weight or bias; a ``momentum`` that is not a number.
+            running statistics, weight or bias; a ``momentum`` or ``eps`` that is not a
+            number.
 
     Example::
 
@@ -205,11 +206,13 @@ def checked_l2_batch_norm(
     the parameters and has validated ``input``)."""
     # torch's rule (F.batch_norm): a positive eps in training, a non-negative one in eval
     # (a negative eps in eval would make the output NaN wherever running_var < -eps).
-    if training:
-        if eps <= 0:
-            raise ValueError(f"l2bn: eps must be positive during training, got {eps}")
-    elif eps < 0:
-        raise ValueError(f"l2bn: eps must be non-negative, got {eps}")
+    try:
+        refused = eps <= 0 if training else eps < 0
+    except TypeError:  # a string, None, ...: checked here only, off the path of every call
+        raise TypeError(f"l2bn: eps must be a number, got {eps!r}") from None
+    if refused:
+        state = "positive during training" if training else "non-negative"
+        raise ValueError(f"l2bn: eps must be {state}, got {eps}")
     if input.numel() == 0:
         # As BatchNorm: an empty input (no sample, or samples of no value, e.g. (N, C, 0, W))
         # gives an empty output and leaves the running statistics alone.
