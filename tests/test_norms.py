@@ -129,6 +129,20 @@ def test_gn_falls_back_to_the_nearest_divisor():
     assert 150 % nearest_divisor(150, 37.5) == 0
 
 
+@pytest.mark.parametrize(
+    ("channels", "cpg", "groups"),
+    [(124, 8, 31), (148, 8, 37), (244, 8, 61), (388, 8, 97), (60, 8, 6), (150, 4, 30)],
+)
+def test_gn_cpg_fallback_keeps_the_group_size_near_channels_per_group(channels, cpg, groups):
+    # DenseNet-BC widths: the group count nearest to C / 8 (15.5 for 124 channels) among
+    # 124's divisors was 4, i.e. 4 groups of 31 channels for "gn-cpg8"; 31 groups of 4
+    # channels is the group size nearest to 8 (by ratio: 2x against 3.9x).
+    layer = create_norm(f"gn-cpg{cpg}", channels)
+    assert layer.num_groups == groups
+    size = channels // layer.num_groups
+    assert max(size / cpg, cpg / size) <= 2
+
+
 def test_ln_normalizes_each_whole_sample():
     x = _input()
     expected = F.layer_norm(x, x.shape[1:], eps=1e-5)

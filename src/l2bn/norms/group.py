@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from l2bn.norms.groups import nearest_divisor
+from l2bn.norms.groups import groups_for_channels_per_group, nearest_divisor
 
 GN_PAPER_GROUPS = 32
 """Wu & He's default group count, used when neither groups nor channels per group is given."""
@@ -43,8 +43,10 @@ def group_norm_2d(
     """GN with ``channels_per_group`` channels per group (paper Table 5 uses 4 and 8).
 
     Give ``channels_per_group`` or ``num_groups`` (not both); with neither, GN's
-    default of 32 groups. When the wanted count does not divide ``num_features``,
-    the nearest divisor is used (:func:`l2bn.norms.groups.nearest_divisor`).
+    default of 32 groups. When ``channels_per_group`` does not divide ``num_features``,
+    the group size nearest to it by ratio is used
+    (:func:`l2bn.norms.groups.groups_for_channels_per_group`); when a group count does
+    not, the nearest divisor (:func:`l2bn.norms.groups.nearest_divisor`).
     ``factory``: ``device`` and ``dtype``, as for torch layers.
     """
     if channels_per_group is not None and num_groups is not None:
@@ -52,8 +54,9 @@ def group_norm_2d(
     if channels_per_group is not None:
         if channels_per_group < 1:
             raise ValueError(f"gn: channels_per_group must be >= 1, got {channels_per_group}")
-        target = num_features / channels_per_group
-    elif num_groups is not None:
+        groups = groups_for_channels_per_group(num_features, channels_per_group)
+        return nn.GroupNorm(groups, num_features, eps=eps, affine=affine, **factory)
+    if num_groups is not None:
         if num_groups < 1:
             raise ValueError(f"gn: num_groups must be >= 1, got {num_groups}")
         target = num_groups
