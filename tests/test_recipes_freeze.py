@@ -142,3 +142,21 @@ def test_freeze_does_not_advise_plain_frozen_batchnorm_for_prenormalized_batchno
     assert type(frozen[1]) is cls
     assert not any("Freeze them with timm" in str(m.message) for m in w)
     assert all("Do not freeze" in str(m.message) for m in w if cls.__name__ in str(m.message))
+
+
+def test_unfreeze_gives_a_synchronized_norm_act_layer_back_its_synchronization():
+    """freeze then unfreeze of a SyncL2BatchNormAct (what l2bn.convert_sync_batchnorm makes
+    of a timm model's norm-act layers) gives back a SyncL2BatchNormAct, as for
+    SyncL2BatchNorm: not an L2BatchNormAct2d, which would silently normalize over each
+    process's own batch under DDP."""
+    group = object()
+    model = nn.Sequential(
+        l2bn.SyncL2BatchNormAct(4, act_layer=nn.ReLU, process_group=group),
+        l2bn.L2BatchNormAct2d(4, act_layer=nn.ReLU),
+    )
+    frozen = l2bn.freeze(model)
+    assert [type(m) for m in frozen] == [l2bn.FrozenL2BatchNormAct2d] * 2
+    back = l2bn.unfreeze(frozen)
+    assert type(back[0]) is l2bn.SyncL2BatchNormAct and back[0].process_group is group
+    assert isinstance(back[0].act, nn.ReLU)
+    assert type(back[1]) is l2bn.L2BatchNormAct2d

@@ -84,10 +84,16 @@ def _frozen_from(layer: _L2BatchNorm, cls: type[nn.Module], path: str) -> nn.Mod
         frozen.num_batches_tracked = layer.num_batches_tracked
     frozen.train(layer.training)
     _move_act(layer, frozen)
+    if isinstance(frozen, FrozenL2BatchNormAct2d):
+        # One frozen norm-act class serves both norm-act layers: remember which, so that
+        # unfreeze gives a SyncL2BatchNormAct its synchronization back.
+        frozen.synchronized = isinstance(layer, SyncL2BatchNorm)
     return frozen
 
 
 def _unfrozen_from(frozen: FrozenL2BatchNorm, cls: type, path: str) -> nn.Module:
+    if cls is L2BatchNormAct2d and getattr(frozen, "synchronized", False):
+        cls = SyncL2BatchNormAct
     ref = frozen.running_mean
     kwargs: dict[str, Any] = {"device": ref.device, "dtype": ref.dtype}
     if frozen.affine and frozen.bias is None:
@@ -207,7 +213,8 @@ def unfreeze(module: nn.Module, predicate: Predicate | None = None) -> nn.Module
 
     The inverse of :func:`freeze`: ``FrozenL2BatchNorm1d/2d/3d`` become
     ``L2BatchNorm1d/2d/3d``, ``FrozenL2BatchNorm`` a ``SyncL2BatchNorm`` (with the process
-    group it had), ``FrozenL2BatchNormAct2d`` an ``L2BatchNormAct2d``; weight and bias
+    group it had), ``FrozenL2BatchNormAct2d`` an ``L2BatchNormAct2d``, or the
+    ``SyncL2BatchNormAct`` it was frozen from (with its process group); weight and bias
     become new parameters (build the optimizer afterwards), the running statistics and
     ``momentum`` are those of the frozen layer.
     """

@@ -173,7 +173,10 @@ class SyncL2BatchNormAct(SyncL2BatchNorm):
 class FrozenL2BatchNormAct2d(FrozenL2BatchNorm2d):
     """:class:`~l2bn.FrozenL2BatchNorm2d`, then ``drop``, then ``act``: timm's
     ``FrozenBatchNormAct2d`` with L2BN; what :func:`l2bn.freeze` makes of an
-    :class:`L2BatchNormAct2d`."""
+    :class:`L2BatchNormAct2d` or a :class:`SyncL2BatchNormAct`."""
+
+    # True when frozen from a SyncL2BatchNormAct: l2bn.unfreeze then gives that class back.
+    synchronized = False
 
     def __init__(
         self,
