@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+
+import pytest
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
@@ -200,3 +203,16 @@ def test_converting_the_root_layer_keeps_its_hooks():
     layer = convert_bn_to_l2bn(bn)
     layer(torch.randn(4, 3))
     assert calls == [layer]
+
+
+def test_converting_a_model_without_batchnorm_warns():
+    """A model with no BatchNorm (a norm-free or GroupNorm network) is left as it was: say so,
+    instead of returning it as if it now had L2BN. Converting twice stays quiet."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.ReLU())
+    with pytest.warns(l2bn.ConversionWarning, match="no BatchNorm layer.*nothing converted"):
+        out, report = convert_bn_to_l2bn(model, return_report=True)
+    assert out is model and not report.converted
+    converted = convert_bn_to_l2bn(TinyResNet())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convert_bn_to_l2bn(converted)  # already L2BN: nothing to say

@@ -438,7 +438,8 @@ def convert_bn_to_l2bn(
     apply it again. A BatchNorm-like layer of a class the converter does not
     know is left as it is with a :class:`ConversionWarning` naming its class and path (it
     still computes BatchNorm), or raises ``TypeError`` with ``strict=True``; exclude it with
-    ``predicate`` or add its class with :func:`register_conversion`. Returns the converted
+    ``predicate`` or add its class with :func:`register_conversion`. A module with no
+    BatchNorm (nor L2BN) layer at all gets a :class:`ConversionWarning`. Returns the converted
     module (a new object only when ``module`` itself is a BatchNorm), or
     ``(module, ConversionReport)`` with ``return_report=True``.
     """
@@ -470,7 +471,16 @@ def convert_bn_to_l2bn(
             )
         return None
 
-    return walk.finish(walk.run(module, decide), return_report)
+    out = walk.run(module, decide)
+    report = walk.report
+    if not report.converted and not report.left and not any(map(is_l2bn_kind, out.modules())):
+        warnings.warn(
+            f"l2bn.convert_bn_to_l2bn: the {type(module).__name__} holds no BatchNorm layer "
+            "(nor an L2BN one): nothing converted, it normalizes as before",
+            ConversionWarning,
+            stacklevel=2,
+        )
+    return walk.finish(out, return_report)
 
 
 def convert_l2bn_to_bn(
