@@ -50,6 +50,19 @@ def test_cli_help_lists_commands():
         assert command in out
 
 
+def test_an_unknown_option_of_a_command_names_the_command_with_its_usage(capsys):
+    # argparse reports it from the top-level parser: "usage: l2bn [-h] COMMAND ..." and
+    # "l2bn: error: ...", which neither names the command nor lists its options.
+    from l2bn.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["geometry", "--no-figures", "--bogus", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: l2bn geometry ")
+    assert err.splitlines()[-1] == "l2bn geometry: error: unrecognized arguments: --bogus 1"
+
+
 def _console_entry_point() -> tuple[str, str]:
     """``(module, function)`` of the ``l2bn`` command, as pyproject.toml declares it."""
     tomllib = pytest.importorskip("tomllib")
