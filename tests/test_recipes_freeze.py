@@ -160,3 +160,23 @@ def test_unfreeze_gives_a_synchronized_norm_act_layer_back_its_synchronization()
     assert type(back[0]) is l2bn.SyncL2BatchNormAct and back[0].process_group is group
     assert isinstance(back[0].act, nn.ReLU)
     assert type(back[1]) is l2bn.L2BatchNormAct2d
+
+
+def test_freeze_and_unfreeze_keep_the_hooks_of_the_layers_they_replace():
+    """As every l2bn converter: a hook registered on an L2BN layer (feature capture,
+    activation logging) still fires after freeze and unfreeze, and its handle removes it."""
+    calls: list[str] = []
+    model = _model()
+    handle = model[1].register_forward_hook(lambda *args: calls.append("forward"))
+    model[1].register_forward_pre_hook(lambda *args: calls.append("pre"))
+    frozen = l2bn.freeze(model)
+    frozen(_input())
+    assert calls == ["pre", "forward"]
+    back = l2bn.unfreeze(frozen)
+    calls.clear()
+    back(_input())
+    assert calls == ["pre", "forward"]
+    handle.remove()
+    calls.clear()
+    back(_input())
+    assert calls == ["pre"]

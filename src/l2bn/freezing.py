@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from l2bn.convert import Predicate
+from l2bn.convert import Predicate, move_hooks
 from l2bn.frozen import (
     FrozenL2BatchNorm,
     FrozenL2BatchNorm1d,
@@ -134,7 +134,9 @@ def _swap(
     target = table.get(type(module))
     if target is not None:
         if predicate is None or predicate(prefix, module):
-            return make(module, target, prefix)
+            new = make(module, target, prefix)
+            move_hooks(module, new)  # as every converter does: the layer's hooks stay on it
+            return new
         return module
     if on_other is not None:
         on_other(prefix, module)
