@@ -105,6 +105,22 @@ def test_bad_option_is_one_line_and_exit_2(option, capsys):
     assert err.startswith("l2bn bench: error: ") and option[0] in err and "\n" not in err
 
 
+@pytest.mark.parametrize("where", ["under a file", "a folder"])
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_2_before_any_work(
+    where, tmp_path, capsys
+):
+    """--output is written after the whole benchmark: a path that cannot take the file
+    must stop the command at once, not end a long run with a traceback and no results."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    output = blocker / "bench.json" if where == "under a file" else tmp_path
+    assert main(["bench", "--quick", "--no-e2e", "--output", str(output)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert err.startswith(f"l2bn bench: error: --output {output}: ") and "\n" not in err
+
+
 def test_isa_the_processor_lacks_is_one_line_and_exit_2(monkeypatch, capsys):
     """On a processor without AVX-512, --isa avx512 is a bad option, not a traceback."""
     if not machine.kernel_isas():

@@ -6,11 +6,13 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from l2bn import backends
+from l2bn._files import make_writable_dir
 from l2bn.bench import contenders as cn
 from l2bn.bench import machine
 from l2bn.bench.e2e import time_compiled_training_step, time_training_step
@@ -307,6 +309,26 @@ def check_options(args: argparse.Namespace) -> None:
     selected_cases(args)
 
 
+def check_output(path: str | None) -> None:
+    """Raise ``ValueError`` when ``--output`` cannot take the file: checked before any work,
+    since the file is written after the whole benchmark (its folder is created if missing,
+    and a probe file written and removed in it)."""
+    if not path:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"--output {path}: cannot write the JSON there (a folder of that name)")
+    try:
+        make_writable_dir(target.parent)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        if isinstance(err, FileExistsError) or (
+            target.parent.exists() and not target.parent.is_dir()
+        ):
+            reason = f"{target.parent} is a file"
+        raise ValueError(f"--output {path}: cannot write the JSON there ({reason})") from None
+
+
 def cpu_only_options_given(args: argparse.Namespace) -> list[str]:
     """The flags of the :data:`CPU_ONLY_OPTIONS` given in ``args`` (those not None)."""
     return [
@@ -324,6 +346,11 @@ def with_cpu_defaults(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        check_output(getattr(args, "output", None))
+    except ValueError as error:
+        print(f"l2bn bench: error: {error}", file=sys.stderr)
+        return 2
     if getattr(args, "device", "cpu") == "cuda":
         given = cpu_only_options_given(args)
         if given:
