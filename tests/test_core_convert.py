@@ -216,3 +216,19 @@ def test_converting_a_model_without_batchnorm_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         convert_bn_to_l2bn(converted)  # already L2BN: nothing to say
+
+
+@pytest.mark.parametrize("given", [None, nn.Sequential, lambda: None])
+def test_converters_name_an_argument_that_is_not_a_module(given):
+    """A class, a function or None failed inside the walk ("'NoneType' object has no
+    attribute 'named_children'", "missing 1 required positional argument: 'self'")."""
+    for name, convert in (
+        ("convert_bn_to_l2bn", l2bn.convert_bn_to_l2bn),
+        ("convert_l2bn_to_bn", l2bn.convert_l2bn_to_bn),
+        ("convert_sync_l2batchnorm", l2bn.convert_sync_l2batchnorm),
+        ("convert_sync_batchnorm", l2bn.convert_sync_batchnorm),
+        ("freeze", l2bn.freeze),
+        ("unfreeze", l2bn.unfreeze),
+    ):
+        with pytest.raises(TypeError, match=rf"l2bn.{name}: expected a torch.nn.Module instance"):
+            convert(given)

@@ -350,6 +350,16 @@ def is_l2bn_kind(module: nn.Module) -> bool:
 # --- the walk -----------------------------------------------------------------------------
 
 
+def check_module(converter: str, module: Any) -> None:
+    """``TypeError`` naming ``converter`` when ``module`` is not an ``nn.Module`` instance
+    (a class, a function, None), which would otherwise fail deep inside the walk."""
+    if not isinstance(module, nn.Module):
+        what = f"the class {module.__name__}" if isinstance(module, type) else repr(module)
+        raise TypeError(
+            f"{converter}: expected a torch.nn.Module instance (a model or a layer), got {what}"
+        )
+
+
 class _Walk:
     def __init__(self, converter: str, predicate: Predicate | None, strict: bool) -> None:
         self.report = ConversionReport(converter)
@@ -402,6 +412,8 @@ class _Walk:
         decide: Callable[[str, nn.Module], nn.Module | None],
         prefix: str = "",
     ) -> nn.Module:
+        if not prefix:
+            check_module(self.report.converter, module)
         new = decide(prefix, module)
         if new is not None:
             return new

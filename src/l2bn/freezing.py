@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from l2bn.convert import Predicate, move_hooks
+from l2bn.convert import Predicate, check_module, move_hooks
 from l2bn.frozen import (
     FrozenL2BatchNorm,
     FrozenL2BatchNorm1d,
@@ -162,6 +162,7 @@ def freeze(module: nn.Module, predicate: Predicate | None = None) -> nn.Module:
     BatchNorm. Returns the module (a
     new object when ``module`` itself is an L2BN layer).
     """
+    check_module("l2bn.freeze", module)
     freezing, _ = _tables()
     plain: list[str] = []
 
@@ -220,6 +221,7 @@ def unfreeze(module: nn.Module, predicate: Predicate | None = None) -> nn.Module
     become new parameters (build the optimizer afterwards), the running statistics and
     ``momentum`` are those of the frozen layer.
     """
+    check_module("l2bn.unfreeze", module)
     _, unfreezing = _tables()
     out = _swap(module, unfreezing, _unfrozen_from, predicate, None)
     guard_reparameterization(out)
