@@ -171,6 +171,22 @@ def test_eps_that_is_not_a_number_is_named(eps):
         l2_batch_norm(x, None, None, training=True, eps=eps)
 
 
+@pytest.mark.parametrize("scale", ["no", "False", 2, None, 1.0])
+def test_scale_that_is_not_a_bool_is_refused(scale):
+    """``bool("no")`` is True: a string scale silently chose the scaled form of eq. 3."""
+    match = r"l2bn: scale must be True or False, got "
+    for make in (
+        lambda: L2BatchNorm2d(3, scale=scale),
+        lambda: l2bn.LazyL2BatchNorm2d(scale=scale),
+        lambda: l2bn.FrozenL2BatchNorm2d(3, scale=scale),
+    ):
+        with pytest.raises(TypeError, match=match):
+            make()
+    with pytest.raises(TypeError, match=match):
+        l2_batch_norm(torch.randn(2, 3, 4, 4), None, None, training=True, scale=scale)
+    assert L2BatchNorm2d(3, scale=0).scale is False and L2BatchNorm2d(3, scale=1).scale is True
+
+
 @pytest.mark.parametrize("l2_eps", [-1.0, float("nan"), float("inf")])
 def test_bad_l2_eps_is_rejected(l2_eps):
     """A NaN bound would be ignored by the clamp, an infinite one would zero every sample."""

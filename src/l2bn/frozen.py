@@ -16,7 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from l2bn.functional import DEFAULT_L2_EPS, checked_l2_eps, l2_batch_norm, validate_input
+from l2bn.functional import (
+    DEFAULT_L2_EPS,
+    checked_l2_eps,
+    checked_scale,
+    l2_batch_norm,
+    validate_input,
+)
 
 
 class FrozenL2BatchNorm(nn.Module):
@@ -54,7 +60,7 @@ class FrozenL2BatchNorm(nn.Module):
         self.eps = eps
         self.affine = affine
         self.l2_eps = checked_l2_eps(l2_eps)
-        self.scale = bool(scale)
+        self.scale = checked_scale(scale)
         self.momentum = momentum
         self.process_group = process_group
         self.register_buffer("weight", torch.ones(num_features, **factory) if affine else None)

@@ -79,6 +79,20 @@ def checked_l2_eps(l2_eps: float) -> float:
     return value
 
 
+def checked_scale(scale: bool) -> bool:
+    """``scale`` (the ``sqrt(D)`` form of eq. 3, or plain ``x / ||x||``) as a bool.
+
+    Raises:
+        TypeError: anything but a bool or the integers 0 and 1 (``bool("no")`` would be
+            True: a string, silently the scaled form).
+    """
+    if isinstance(scale, bool):
+        return scale
+    if isinstance(scale, numbers.Integral) and scale in (0, 1):
+        return bool(scale)
+    raise TypeError(f"l2bn: scale must be True or False, got {scale!r}")
+
+
 def _check_floating(name: str, t: Tensor | None) -> None:
     """Refuse an integer, bool or complex per-channel tensor, whichever backend would run:
     the fused kernels raise on one, the PyTorch operations would promote it silently."""
@@ -184,6 +198,7 @@ def l2_batch_norm(
             "momentum=None, as torch's BatchNorm"
         )
     l2_eps = checked_l2_eps(l2_eps)
+    scale = checked_scale(scale)
 
     return checked_l2_batch_norm(
         input, running_mean, running_var, weight, bias, training, momentum, eps, l2_eps, scale

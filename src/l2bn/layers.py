@@ -27,6 +27,7 @@ from l2bn.functional import (
     DEFAULT_L2_EPS,
     checked_l2_batch_norm,
     checked_l2_eps,
+    checked_scale,
     validate_input,
 )
 from l2bn.fusion import install_fusion_guards
@@ -67,7 +68,7 @@ class _L2BatchNorm(_NormBase):
             **extra,
         )
         self.l2_eps = checked_l2_eps(l2_eps)
-        self.scale = bool(scale)
+        self.scale = checked_scale(scale)
 
     def _check_input_dim(self, input: Tensor) -> None:
         validate_input(input, None, False, self._expected_dims)

@@ -15,7 +15,7 @@ from typing import Any
 from torch import Tensor
 from torch.nn.modules.batchnorm import _LazyNormBase
 
-from l2bn.functional import DEFAULT_L2_EPS, checked_l2_eps
+from l2bn.functional import DEFAULT_L2_EPS, checked_l2_eps, checked_scale
 from l2bn.layers import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d
 
 
@@ -39,7 +39,7 @@ class _LazyL2Init:
             eps, momentum, affine, track_running_stats, device, dtype, bias=bias
         )
         self.l2_eps = checked_l2_eps(l2_eps)
-        self.scale = bool(scale)
+        self.scale = checked_scale(scale)
 
     def initialize_parameters(self, input: Tensor) -> None:
         """torch's initialization, then ``num_features`` where torch leaves it 0.
