@@ -17,7 +17,7 @@ from torch import nn
 
 from l2bn import L2BatchNorm2d, is_l2_batch_norm
 from l2bn.models import create_model, list_models
-from l2bn.models.asc_layers import ChannelAttention, plain_norm
+from l2bn.models.asc_layers import ChannelAttention, init_keras_style, plain_norm
 from l2bn.norms import create_norm, get_norm_layer, list_norms
 
 SMALL = {
@@ -212,6 +212,26 @@ def test_channel_attention_is_cbam_channel_branch() -> None:
     gate = torch.sigmoid(mlp(x.mean(dim=(2, 3))) + mlp(x.amax(dim=(2, 3))))
     assert torch.allclose(attention(x), x * gate[:, :, None, None])
     assert mlp[0].out_features == 5
+
+
+def test_kernels_follow_keras_he_normal() -> None:
+    # The recipes ran Keras 2.2.4, whose he_normal is VarianceScaling(2, "fan_in", "normal"):
+    # a normal of std sqrt(2 / fan_in) / 0.8796 cut at two of its standard deviations, so
+    # that the kept samples have std sqrt(2 / fan_in) (0.8796 is the std of a unit normal
+    # truncated to [-2, 2]). A cut at 2 * sqrt(2 / fan_in) leaves them 12% narrower.
+    torch.manual_seed(0)
+    kernel = nn.Conv2d(64, 64, 3, bias=False)  # fan_in 576, 36,864 samples
+    dense = nn.Linear(512, 128)  # fan_in 512, 65,536 samples
+    init_keras_style(nn.Sequential(kernel, dense))
+    for weight, fan_in in ((kernel.weight, 64 * 9), (dense.weight, 512)):
+        target = (2.0 / fan_in) ** 0.5
+        assert abs(weight.std().item() / target - 1) < 0.02
+        cut = 2 * target / 0.87962566103423978
+        assert 2 * target < weight.abs().max().item() <= cut
+    assert torch.equal(dense.bias, torch.zeros(128))
+    model = create_model("asc_resnet17", base_filters=16)  # fusion conv: 128 -> 512, 1x1
+    weight = model.fusion[-1].weight
+    assert abs(weight.std().item() / (2.0 / weight[0].numel()) ** 0.5 - 1) < 0.02
 
 
 def test_bad_arguments() -> None:

@@ -6,8 +6,8 @@ translate their conventions:
 * :func:`plain_norm`: a norm layer without learnable scale and shift, Keras'
   ``BatchNormalization(center=False, scale=False)`` (torch: ``affine=False``), built from any
   ``norm_layer`` factory so that ``bn``, ``l2bn`` and every registry norm plug in.
-* :func:`init_keras_style`: Keras' ``he_normal`` (normal with std ``sqrt(2 / fan_in)``
-  truncated at two standard deviations) for conv and dense kernels, zero biases.
+* :func:`init_keras_style`: Keras' ``he_normal`` (a truncated normal whose samples have
+  std ``sqrt(2 / fan_in)``) for conv and dense kernels, zero biases.
 * :class:`ChannelAttention`: the channel attention of Hu et al. (CBAM's channel branch:
   a shared two-layer MLP on the average- and max-pooled maps, summed, sigmoid).
 
@@ -26,6 +26,8 @@ from torch import Tensor, nn
 NormLayer = Callable[[int], nn.Module]
 
 _AFFINE_FLAGS = ("affine", "elementwise_affine")
+_TRUNCATED_STD = 0.87962566103423978
+"""Standard deviation of a unit normal truncated to [-2, 2] (Keras' VarianceScaling)."""
 
 
 def plain_norm(norm_layer: NormLayer, num_features: int) -> nn.Module:
@@ -58,11 +60,16 @@ def plain_norm(norm_layer: NormLayer, num_features: int) -> nn.Module:
 
 
 def init_keras_style(module: nn.Module) -> None:
-    """Keras ``he_normal`` kernels (truncated normal, std ``sqrt(2 / fan_in)``), zero biases."""
+    """Keras ``he_normal`` kernels, zero biases.
+
+    Keras >= 2.2 (the recipes ran 2.2.4) draws ``he_normal`` as a normal of std
+    ``sqrt(2 / fan_in) / 0.8796`` cut at two of its standard deviations, so that the kept
+    samples have std ``sqrt(2 / fan_in)``.
+    """
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             fan_in = m.weight[0].numel()
-            std = math.sqrt(2.0 / fan_in)
+            std = math.sqrt(2.0 / fan_in) / _TRUNCATED_STD
             nn.init.trunc_normal_(m.weight, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
