@@ -5,7 +5,8 @@ high and low frequency paths": the log-mel input ``(B, 3, 128, T)`` (channels: s
 delta, delta-delta) is split into its low (bins 0-63) and high (64-127) frequency halves,
 each processed by its own residual path; the two are fused late, by concatenation along
 frequency, two convolutions before the output. Structure (as in the authors' public Keras
-code, reused by Hu et al. and the L2BN authors; 48 base filters in section 4.2):
+code, reused by Hu et al. and the L2BN authors; 48 base filters as in Hu et al.'s
+train_resnet.py, which the paper does not state; McDonnell & Gao's own code used 24):
 
 * each path: norm (with learnable affine) -> conv 3x3 stride (1, 2) [17 convs per path:
   this one + 4 stages x 2 blocks x 2]; stages of 48, 96, 192, 384 filters; blocks are
