@@ -186,6 +186,26 @@ def test_half_parameters_and_running_statistics(path, launches):
     compare(x, dy, launches, tol_stats=2e-3, param_dtype=torch.float16)
 
 
+@pytest.mark.parametrize("weight_dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_bias_gradient_in_its_own_dtype_beside_a_narrower_weight(weight_dtype, path, launches):
+    """A float32 bias beside a float16 or bfloat16 weight (mixed parameter dtypes are
+    accepted): the bias gradient is the float32 sum of ``dy``, not one rounded to the
+    weight's dtype (bfloat16 was 0.4% off; float16 overflowed to inf past 65504)."""
+    g = torch.Generator().manual_seed(15)
+    shape = (4, 3, 8, 8)
+    x = torch.randn(shape, generator=g) * 2 + 0.5
+    dy = torch.randn(shape, generator=g) + 3.0
+    dy[:, 2] = 300.0  # channel 2: sum 76800, past float16's largest value
+    w = (torch.rand(3, generator=g) + 0.5).to(DEVICE, weight_dtype).requires_grad_()
+    b = torch.zeros(3, device=DEVICE).requires_grad_()
+    xg = x.to(DEVICE).requires_grad_()
+    l2_batch_norm(xg, None, None, w, b, training=True).backward(dy.to(DEVICE))
+    assert launches.take() == forward_launches(x, launches.ops) + backward_launches(x, launches.ops)
+    assert b.grad.dtype == torch.float32 and w.grad.dtype == weight_dtype
+    expected = dy.double().sum((0, 2, 3))
+    assert relative_error(b.grad.cpu(), expected) < 1e-6, (b.grad, expected)
+
+
 @pytest.mark.parametrize("kind", ["offset", "norms"])
 @pytest.mark.parametrize(
     "shape,layout",

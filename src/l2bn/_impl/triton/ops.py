@@ -41,10 +41,12 @@ copied to contiguous first); ``y``, ``dx`` have ``x``'s shape, dtype and layout;
 ``rho``, ``active`` (0/1) are ``(N,)`` float32; ``row_mean``, ``row_var`` are the
 ``(N, C)`` float32 spatial moments of ``x`` (``train_forward`` leaves them empty, ``(0,)``,
 for 2-D input, whose rows are ``x`` itself); ``mean``, ``invstd`` are ``(C,)`` float32
-statistics of the normalized input. ``dweight``/``dbias`` have the weight's dtype (float32
-without weight). Parameters and running statistics may be of any floating dtype and any
-strides (strided ones are read from contiguous copies, running statistics written back);
-all statistics are float32. The synchronized passes raise ``ValueError`` for samples without
+statistics of the normalized input. ``dweight`` has the weight's dtype (float32 without
+weight), ``dbias`` that dtype or float32, whichever is wider (the bias's own dtype is not
+known here; a float32 bias beside a float16 weight must not get a float16 sum).
+Parameters and running statistics may be of any floating dtype and any strides (strided
+ones are read from contiguous copies, running statistics written back); all statistics
+are float32. The synchronized passes raise ``ValueError`` for samples without
 values (no channel or no position).
 
 None of them synchronizes with the host: launch geometry depends on shapes only.
@@ -681,7 +683,9 @@ def _train_backward(
     vector = x.dim() == 2
     grad_dtype = torch.float32 if weight is None else weight.dtype
     dweight = torch.empty((c,), dtype=grad_dtype, device=x.device)
-    dbias = torch.empty((c,), dtype=grad_dtype, device=x.device)
+    # Not narrower than float32: the bias may be wider than the weight (train_grads casts).
+    bias_grad_dtype = torch.float64 if grad_dtype == torch.float64 else torch.float32
+    dbias = torch.empty((c,), dtype=bias_grad_dtype, device=x.device)
     dx = torch.empty_like(x) if input_grad else x.new_empty((0,))
     outputs = (dx, dweight, dbias)
     if not launch:
