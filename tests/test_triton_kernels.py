@@ -10,6 +10,7 @@ Shapes are tiny: the interpreter is slow.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -450,6 +451,41 @@ def test_strided_parameters_and_running_statistics(path, launches):
     assert launches.take() == expected_launches(x, launches.ops)
     for name, a, r in zip(["y", "dx", "dparams", "stats", "eval y"], *results, strict=True):
         assert relative_error(a.cpu(), r) < 1e-5, (name, relative_error(a.cpu(), r))
+
+
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided"])
+@pytest.mark.parametrize("x_grad", [False, True], ids=["x", "x_grad"])
+@pytest.mark.parametrize("operator", [False, True], ids=["direct", "operator"])
+def test_running_statistics_that_require_grad(strided, x_grad, operator, launches):
+    """Running statistics that require grad (accepted on every backend: training updates
+    them in place outside the graph), contiguous or the columns of a ``(C, 2)`` tensor,
+    with or without an input that requires grad, on the direct path and through the
+    operators (``torch.device`` is a ``TorchFunctionMode``, as ``set_default_device``):
+    the running statistics of the reference, and the output requires grad only through
+    the input (the direct path raised for strided statistics without one, "a view of a
+    leaf Variable that requires grad is being used in an in-place operation"; the
+    operators' output required grad and its backward raised "no autograd formula")."""
+    g = torch.Generator().manual_seed(16)
+    x = torch.randn(4, 3, 3, 3, generator=g) * 2 + 0.5
+    stats = torch.stack([torch.randn(3, generator=g) * 0.1, torch.rand(3, generator=g) + 0.5])
+    expected = stats.double().clone()
+    reference_l2bn(x.double(), expected[0], expected[1], training=True)
+    if strided:
+        leaves = [stats.t().contiguous().to(DEVICE).requires_grad_()]
+        rm, rv = leaves[0].unbind(1)
+    else:
+        leaves = rm, rv = [s.to(DEVICE).requires_grad_() for s in stats]
+    xg = x.to(DEVICE).requires_grad_(x_grad)
+    with torch.device(DEVICE) if operator else contextlib.nullcontext():
+        y = l2_batch_norm(xg, rm, rv, training=True)
+        assert y.requires_grad == x_grad
+        if x_grad:
+            y.square().sum().backward()
+    kernels = forward_launches(x, launches.ops) + (backward_launches(x, launches.ops) * x_grad)
+    assert launches.take() == kernels
+    got = torch.stack([rm.detach(), rv.detach()]).cpu()
+    assert relative_error(got, expected) < 1e-6, (got, expected)
+    assert all(t.grad is None for t in leaves)
 
 
 def test_dispatch_rules(launches):

@@ -152,6 +152,13 @@ def run(
             return _exported_train(
                 x, running_mean, running_var, weight, bias, momentum, eps, l2_eps, scale
             )
+        # Running statistics that require grad are updated outside the graph, as on every
+        # backend: detached, so that neither the in-place update nor the operator's output
+        # is recorded by autograd.
+        if running_mean is not None and running_mean.requires_grad:
+            running_mean = running_mean.detach()
+        if running_var is not None and running_var.requires_grad:
+            running_var = running_var.detach()
         args = (x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale)
         if grad:
             return TritonL2BatchNormFunction.apply(*args)[0]
