@@ -550,6 +550,52 @@ def _op_samples(ops):
     }
 
 
+def test_operators_refuse_arguments_they_cannot_address(launches):
+    """The operators called directly (``l2bn.functional`` and the layers check their
+    arguments first): a clear error, as the CPU operators give, for input of another dtype,
+    too few dimensions or no value, per-channel tensors of another length, a gradient or
+    saved statistics of another shape, and nothing launched (the kernels read such
+    arguments out of bounds or as another dtype: silently wrong results)."""
+    op = torch.ops.l2bn_triton
+    x = torch.randn(3, 4, 5, device=DEVICE)
+    c4, c5 = torch.ones(4, device=DEVICE), torch.ones(5, device=DEVICE)
+    args = (0.1, 1e-5, 1e-12, True)
+    _y, *stats = op.train_forward(x, c4, None, None, None, *args)
+    launches.take()
+    rho, active, row_mean, row_var, mean, invstd = stats
+    dtype, dims, empty = "float32, float16 or bfloat16", r"shape \(N, C, \*\)", "non-empty"
+    cases = [
+        (TypeError, dtype, lambda: op.train_forward(x.int(), None, None, None, None, *args)),
+        (TypeError, dtype, lambda: op.eval_forward(x.double(), c4, c4, None, None, 1e-5, 0, True)),
+        (ValueError, dims, lambda: op.train(x[0, 0], None, None, 1e-5, 1e-12, True)),
+        (ValueError, empty, lambda: op.train_forward(x[:0], None, None, None, None, *args)),
+        (ValueError, "weight", lambda: op.train_forward(x, c5, None, None, None, *args)),
+        (ValueError, "running_mean", lambda: op.train_forward(x, None, None, c5, c4, *args)),
+        (ValueError, "bias", lambda: op.train(x, None, c4.view(2, 2), 1e-5, 1e-12, True)),
+        (ValueError, "running_var", lambda: op.eval_forward(x, c4, c5, None, None, 1e-5, 0, True)),
+        (TypeError, "weight", lambda: op.eval_forward(x, c4, c4, c4.int(), None, 1e-5, 0, True)),
+        (ValueError, "dy", lambda: op.train_backward(x[:2], x, c4, *stats, True, True)),
+        (ValueError, "weight", lambda: op.train_backward(x, x, c5, *stats, True, True)),
+        (ValueError, "rho", lambda: op.train_backward(x, x, None, rho[:2], *stats[1:], True, True)),
+        (
+            ValueError,
+            "row_mean",
+            lambda: op.train_backward(
+                x, x, None, rho, active, row_mean[:2], row_var, mean, invstd, True, True
+            ),
+        ),
+        (
+            ValueError,
+            "invstd",
+            lambda: op.train_backward(x, x, None, *stats[:5], invstd[:3], True, True),
+        ),
+    ]
+    for error, match, call in cases:
+        with pytest.raises(error, match=match):
+            call()
+    assert launches.take() == []
+
+
 @pytest.mark.parametrize("name", ["train_forward", "train", "train_backward", "eval_forward"])
 def test_opcheck(name, path, ops):
     """Schema, fake-tensor (meta) and autograd-registration checks of each operator; on

@@ -379,6 +379,34 @@ def test_operators_compute_their_formulas(launches):
         torch.ops.l2bn_triton.row_moments(torch.empty(2, 3, 0, device=DEVICE), 1e-12, True)
 
 
+def test_operators_refuse_arguments_they_cannot_address(launches):
+    """The synchronized passes' operators called with arguments their kernels would read
+    out of bounds or as another dtype: a clear error, nothing launched."""
+    op = torch.ops.l2bn_triton
+    x = torch.randn(3, 4, 5, device=DEVICE)
+    rows, c4 = torch.ones(3, 4, device=DEVICE), torch.ones(4, device=DEVICE)
+    rho = torch.ones(3, device=DEVICE)
+    dtype = "float32, float16 or bfloat16"
+    cases = [
+        (TypeError, dtype, lambda: op.row_moments(x.int(), 1e-12, True)),
+        (ValueError, r"shape \(N, C, \*\)", lambda: op.row_moments(x[0, 0], 1e-12, True)),
+        (ValueError, "a of shape", lambda: op.scale_shift(x, rows[:2], c4)),
+        (ValueError, "b of shape", lambda: op.scale_shift(x, rows, rows)),
+        (ValueError, "dy", lambda: op.grad_row_sums(x[:2], x, c4, rho)),
+        (ValueError, "mean", lambda: op.grad_row_sums(x, x, c4[:3], rho)),
+        (ValueError, "rho", lambda: op.grad_row_sums(x, x, c4, c4)),
+        (TypeError, "q", lambda: op.grad_combine(x, x, rows, rows.int(), rows)),
+        (ValueError, "r of shape", lambda: op.grad_combine(x, x, rows, rows, c4)),
+        (ValueError, "p of shape", lambda: op.grad_combine(x[:, :, 0], x[:, :, 0], c4, rows, rows)),
+    ]
+    for error, match, call in cases:
+        with pytest.raises(error, match=match):
+            call()
+    assert launches.take() == []
+    # A process holding no sample passes (nothing to launch).
+    assert op.row_moments(x[:0], 1e-12, True)[0].shape == (0,)
+
+
 # --------------------------------------------------------------------------------------
 # Two gloo processes (CPU tensors in the interpreter)
 

@@ -47,7 +47,11 @@ known here; a float32 bias beside a float16 weight must not get a float16 sum).
 Parameters and running statistics may be of any floating dtype and any strides (strided
 ones are read from contiguous copies, running statistics written back); all statistics
 are float32. The synchronized passes raise ``ValueError`` for samples without
-values (no channel or no position).
+values (no channel or no position). Called as operators, all of them refuse what their
+kernels cannot address (``TypeError``/``ValueError``, as the CPU operators: input of
+another dtype, too few dimensions or no value; per-channel, per-sample or per-row
+tensors of another shape; a gradient of another shape); the eager calls of the layers,
+checked by ``l2bn.functional`` first, run their bodies directly without these checks.
 
 None of them synchronizes with the host: launch geometry depends on shapes only.
 """
@@ -305,6 +309,90 @@ def _write_back(given: Tensor | None, used: Tensor | None) -> None:
     back into the (strided) tensor that was passed."""
     if used is not given:
         given.copy_(used)
+
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check_operands(
+    op: str,
+    x: Tensor,
+    channels: tuple[tuple[str, Tensor | None], ...] = (),
+    samples: tuple[tuple[str, Tensor | None], ...] = (),
+    rows: tuple[tuple[str, Tensor | None], ...] = (),
+    dy: Tensor | None = None,
+    no_sample: bool = False,
+    empty_rows: bool = False,
+) -> None:
+    """Refuse, as the CPU operators do, arguments that the kernels cannot address (they
+    would read them out of bounds or as another dtype). Run by the operators and their
+    fakes; the eager calls of the layers and ``l2bn.functional``, whose arguments are
+    checked before, run the bodies directly (``function._direct``) without it.
+
+    ``channels``, ``samples``, ``rows``: ``(name, tensor)`` of ``(C,)``, ``(N,)`` and
+    ``(N, C)`` tensors (None: absent); ``dy``: a gradient of ``x``'s shape;
+    ``no_sample``: ``N = 0`` is accepted; ``empty_rows``: ``rows`` of 2-D input may be
+    empty, ``(0,)`` (``train_forward``'s row moments, which the kernels do not read).
+    """
+    where = f"{NAMESPACE}.{op}"
+    if x.dtype not in DTYPES:
+        raise TypeError(f"{where}: expected float32, float16 or bfloat16 input, got {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(f"{where}: expected input of shape (N, C, *), got {tuple(x.shape)}")
+    if x.numel() == 0 and not (no_sample and x.shape[0] == 0):
+        raise ValueError(f"{where}: expected a non-empty input, got shape {tuple(x.shape)}")
+    n, c = x.shape[0], x.shape[1]
+    if dy is not None and dy.shape != x.shape:
+        raise ValueError(f"{where}: dy of shape {tuple(dy.shape)}, input {tuple(x.shape)}")
+    no_rows = (0,) if empty_rows and x.dim() == 2 else None
+    for pairs, shape, other in (
+        (channels, (c,), None),
+        (samples, (n,), None),
+        (rows, (n, c), no_rows),
+    ):
+        for name, t in pairs:
+            if t is None:
+                continue
+            if not t.dtype.is_floating_point:
+                raise TypeError(f"{where}: {name} must be a floating-point tensor, got {t.dtype}")
+            if tuple(t.shape) not in (shape, other):
+                raise ValueError(f"{where}: expected {name} of shape {shape}, got {tuple(t.shape)}")
+            if t.device != x.device:
+                raise ValueError(f"{where}: {name} is on {t.device}, the input on {x.device}")
+
+
+def _check_forward(
+    op: str,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None = None,
+    running_var: Tensor | None = None,
+) -> None:
+    channels = (
+        ("weight", weight),
+        ("bias", bias),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    )
+    _check_operands(op, x, channels)
+
+
+def _check_backward(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    rho: Tensor,
+    active: Tensor,
+    row_mean: Tensor,
+    row_var: Tensor,
+    mean: Tensor,
+    invstd: Tensor,
+) -> None:
+    channels = (("weight", weight), ("mean", mean), ("invstd", invstd))
+    samples = (("rho", rho), ("active", active))
+    rows = (("row_mean", row_mean), ("row_var", row_var))
+    _check_operands("train_backward", x, channels, samples, rows, dy, empty_rows=True)
 
 
 def _check_samples(x: Tensor) -> None:
@@ -603,6 +691,7 @@ def train_forward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Training-mode L2BN (eqs. 2-3), running statistics updated: two kernel launches
     where the finalize is folded into the output pass (:func:`plan`), else three."""
+    _check_forward("train_forward", x, weight, bias, running_mean, running_var)
     return _train_forward(
         x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale, True
     )
@@ -610,6 +699,7 @@ def train_forward(
 
 @train_forward.register_fake
 def _train_forward_fake(x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale):
+    _check_forward("train_forward", x, weight, bias, running_mean, running_var)
     return _train_forward(
         x, weight, bias, running_mean, running_var, momentum, eps, l2_eps, scale, False
     )
@@ -651,11 +741,13 @@ def train(
     ``train_forward`` and the biased batch variance ``var`` (``(C,)`` float32), from
     which the caller updates the running statistics; the launches of ``train_forward``.
     Its autograd formula is registered by :mod:`l2bn._impl.triton.function`."""
+    _check_forward("train", x, weight, bias)
     return _train(x, weight, bias, eps, l2_eps, scale, True)
 
 
 @train.register_fake
 def _train_fake(x, weight, bias, eps, l2_eps, scale):
+    _check_forward("train", x, weight, bias)
     return _train(x, weight, bias, eps, l2_eps, scale, False)
 
 
@@ -745,6 +837,7 @@ def train_backward(
     (:func:`plan`; one for ``(N, C)`` input), else three (two for ``(N, C)``);
     without ``input_grad`` the row sums and the finalize (the finalize alone for
     ``(N, C)``)."""
+    _check_backward(dy, x, weight, rho, active, row_mean, row_var, mean, invstd)
     return _train_backward(
         dy, x, weight, rho, active, row_mean, row_var, mean, invstd, scale, input_grad, True
     )
@@ -754,6 +847,7 @@ def train_backward(
 def _train_backward_fake(
     dy, x, weight, rho, active, row_mean, row_var, mean, invstd, scale, input_grad
 ):
+    _check_backward(dy, x, weight, rho, active, row_mean, row_var, mean, invstd)
     return _train_backward(
         dy, x, weight, rho, active, row_mean, row_var, mean, invstd, scale, input_grad, False
     )
@@ -820,11 +914,13 @@ def eval_forward(
 ) -> Tensor:
     """Eval-mode L2BN with the running statistics: one launch when a sample fits in one
     tile, else two (partial norms, then the output pass with the statistics folded in)."""
+    _check_forward("eval_forward", x, weight, bias, running_mean, running_var)
     return _eval_forward(x, running_mean, running_var, weight, bias, eps, l2_eps, scale, True)
 
 
 @eval_forward.register_fake
 def _eval_forward_fake(x, running_mean, running_var, weight, bias, eps, l2_eps, scale):
+    _check_forward("eval_forward", x, weight, bias, running_mean, running_var)
     return _eval_forward(x, running_mean, running_var, weight, bias, eps, l2_eps, scale, False)
 
 
@@ -837,6 +933,7 @@ def _row_moments(
     x: Tensor, l2_eps: float, scale: bool, launch: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     _check_samples(x)
+    _check_operands("row_moments", x, no_sample=True)
     x, strides = addressable(x)
     n, c, m = _ncm(x)
     rho, active = _f32(x, n), _f32(x, n)
@@ -874,6 +971,7 @@ def _row_moments_fake(x, l2_eps, scale):
 
 def _scale_shift(x: Tensor, a: Tensor, b: Tensor, launch: bool) -> Tensor:
     _check_samples(x)
+    _check_operands("scale_shift", x, channels=(("b", b),), rows=(("a", a),), no_sample=True)
     x, strides = addressable(x)
     n, c, m = _ncm(x)
     y = torch.empty_like(x)
@@ -901,6 +999,8 @@ def _grad_row_sums(
     dy: Tensor, x: Tensor, mean: Tensor, rho: Tensor, launch: bool
 ) -> tuple[Tensor, Tensor]:
     _check_samples(x)
+    channels, samples = (("mean", mean),), (("rho", rho),)
+    _check_operands("grad_row_sums", x, channels, samples, dy=dy, no_sample=True)
     x, x_strides = addressable(x)
     dy, dy_strides = addressable(dy)
     n, c, m = _ncm(x)
@@ -930,6 +1030,8 @@ def _grad_row_sums_fake(dy, x, mean, rho):
 
 def _grad_combine(dy: Tensor, x: Tensor, p: Tensor, q: Tensor, r: Tensor, launch: bool) -> Tensor:
     _check_samples(x)
+    rows = (("p", p), ("q", q), ("r", r))
+    _check_operands("grad_combine", x, rows=rows, dy=dy, no_sample=True)
     x, x_strides = addressable(x)
     dy, dy_strides = addressable(dy)
     n, c, m = _ncm(x)
