@@ -69,6 +69,7 @@ import torch
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
+from l2bn._impl.triton import DTYPES  # the backend's one list of input dtypes
 from l2bn._impl.triton import kernels as K
 
 NAMESPACE = "l2bn_triton"
@@ -309,9 +310,6 @@ def _write_back(given: Tensor | None, used: Tensor | None) -> None:
     back into the (strided) tensor that was passed."""
     if used is not given:
         given.copy_(used)
-
-
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _check_operands(
