@@ -272,6 +272,27 @@ def test_train_operator_gradients_for_each_argument_subset(grads, given, calls):
 
 
 @needs_fused
+@pytest.mark.parametrize("weight_dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(4, 3, 8, 8), (64, 3)])
+def test_bias_gradient_in_its_own_dtype_beside_a_narrower_weight(weight_dtype, shape, calls):
+    """A float32 bias beside a float16 or bfloat16 weight (mixed parameter dtypes are
+    accepted): the bias gradient is the sum of ``dy`` in float32, not one rounded to the
+    weight's dtype first (float16 overflowed to inf past 65504, bfloat16 lost bits)."""
+    g = torch.Generator().manual_seed(15)
+    x = torch.randn(shape, generator=g) * 2 + 0.5
+    dy = torch.randn(shape, generator=g) + 3.0
+    dy[:, 2] = 1300.0  # channel 2: a sum past float16's largest value
+    w = (torch.rand(3, generator=g) + 0.5).to(weight_dtype).requires_grad_()
+    b = torch.zeros(3).requires_grad_()
+    xg = x.clone().requires_grad_()
+    l2_batch_norm(xg, None, None, w, b, training=True).backward(dy)
+    assert calls["train"] == 1, "the fused operator did not run"
+    assert b.grad.dtype == torch.float32 and w.grad.dtype == weight_dtype
+    expected = dy.double().sum([d for d in range(x.dim()) if d != 1])
+    assert relative_error(b.grad, expected) < 1e-6, (b.grad, expected)
+
+
+@needs_fused
 def test_fused_grad_output_in_other_layouts(calls):
     """autograd may hand back dy expanded or in another memory format."""
     x = torch.randn(4, 3, 5, 6).contiguous(memory_format=torch.channels_last)

@@ -118,8 +118,9 @@ def _register_fakes() -> None:
     ):
         c = x.shape[1]
         dtype = x.dtype if weight is None else weight.dtype
+        bias_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
         dx = _output_like(x) if input_grad else x.new_empty((0,))
-        return dx, x.new_empty((c,), dtype=dtype), x.new_empty((c,), dtype=dtype)
+        return dx, x.new_empty((c,), dtype=dtype), x.new_empty((c,), dtype=bias_dtype)
 
     def eval_forward_fake(x, running_mean, running_var, weight, bias, eps, l2_eps, scale):
         return _output_like(x)

@@ -142,11 +142,17 @@ class Partials {
   double* base_;
 };
 
-// dweight and dbias in the weight's dtype (the input's without a weight).
+// dweight in the weight's dtype (the input's without a weight); dbias (at_least_float) in
+// that dtype or float32, whichever is wider: the bias may be wider than the weight (a
+// float32 bias beside a float16 weight, whose sum of dy would overflow float16 past 65504),
+// and the autograd kernels cast it to the bias's own dtype.
 inline Tensor parameter_grad(const std::vector<double>& values, const Tensor& x,
-                             const std::optional<Tensor>& weight) {
-  const auto dtype = weight.has_value() && weight->defined() ? weight->scalar_type()
-                                                              : x.scalar_type();
+                             const std::optional<Tensor>& weight, bool at_least_float = false) {
+  auto dtype = weight.has_value() && weight->defined() ? weight->scalar_type()
+                                                        : x.scalar_type();
+  if (at_least_float && (dtype == at::kHalf || dtype == at::kBFloat16)) {
+    dtype = at::kFloat;
+  }
   const int64_t c = static_cast<int64_t>(values.size());
   Tensor out = at::empty({c}, at::TensorOptions(dtype));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "l2bn", [&] {

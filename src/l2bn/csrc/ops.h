@@ -34,7 +34,8 @@ StatsResult train_stats(const Tensor& x, const std::optional<Tensor>& weight,
                         const std::optional<Tensor>& bias, double eps, double l2_eps,
                         bool scale);
 
-// (dx, dweight, dbias); dx is empty unless input_grad.
+// (dx, dweight, dbias); dx is empty unless input_grad. dweight in the weight's dtype (the
+// input's without one), dbias in that dtype or float32, whichever is wider.
 std::tuple<Tensor, Tensor, Tensor> train_backward(
     const Tensor& dy, const Tensor& x, const std::optional<Tensor>& weight, const Tensor& rho,
     const Tensor& active, const std::optional<Tensor>& x_mean,

@@ -234,7 +234,7 @@ std::tuple<Tensor, Tensor, Tensor> train_backward(
                 kSmallMapPositions, " positions)");
     Tensor dx = vector_backward(dy, x, l, w, rho, active, mean, invstd, scale, input_grad,
                                 &dgamma, &dbeta);
-    return {dx, parameter_grad(dgamma, x, weight), parameter_grad(dbeta, x, weight)};
+    return {dx, parameter_grad(dgamma, x, weight), parameter_grad(dbeta, x, weight, true)};
   }
   TORCH_CHECK(x_mean.has_value() && x_var.has_value() && x_mean->numel() == n * c &&
                   x_var->numel() == n * c,
@@ -330,7 +330,7 @@ std::tuple<Tensor, Tensor, Tensor> train_backward(
                        r_c.data(), c, l.m, l.channels_last, i0, i1, scratch.data());
     });
   });
-  return {dx, parameter_grad(dgamma, x, weight), parameter_grad(dbeta, x, weight)};
+  return {dx, parameter_grad(dgamma, x, weight), parameter_grad(dbeta, x, weight, true)};
 }
 
 }  // namespace l2bn
