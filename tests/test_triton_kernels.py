@@ -228,6 +228,27 @@ def test_adversarial_float32(kind, shape, layout, path, launches):
             assert e_ours < 1e-5, (name, e_ours)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_rows_whose_first_value_is_an_outlier(layout, path, launches):
+    """Rows of 1000 + N(0, 1) whose first position holds 0: the row sums' shift was that
+    first value, 1000 away from the row's mean, and the sums of x - k cancelled (row
+    variance 7e-4 off, outputs and gradients 7e-5). Within twice the float32 composite's
+    error, and 1e-5."""
+    g = torch.Generator().manual_seed(11)
+    shape = (4, 2, 64, 64)
+    x64 = torch.randn(shape, generator=g, dtype=torch.float64) + 1000.0
+    x64[:, :, 0, 0] = 0.0
+    x64 = arrange(x64, layout)
+    dy = arrange(torch.randn(shape, generator=g), layout)
+    ours = run_triton(x64.float(), dy)
+    assert launches.take() == expected_launches(x64, launches.ops)
+    reference = run_reference(x64, dy)
+    composite = run_reference(x64, dy, dtype=torch.float32)
+    for name, a, r, c in zip(NAMES, ours, reference, composite, strict=True):
+        e_ours, e_comp = relative_error(a.cpu(), r), relative_error(c, r)
+        assert e_ours < max(1e-5, 2 * e_comp), (name, e_ours, e_comp)
+
+
 @pytest.mark.parametrize("shape", [(5, 4, 3, 3), (8, 6)])
 def test_zero_and_nan_samples(shape, path, launches):
     """An all-zero sample (norm clamped by l2_eps) stays finite and matches the reference;

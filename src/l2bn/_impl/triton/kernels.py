@@ -11,8 +11,9 @@ the sample offset is int64.
 Training forward (three launches):
 
 1. ``row_sums``: per ``(n, c)`` and split of the positions, the sums of ``x - k`` and
-   ``(x - k)**2`` with the per-row shift ``k = x[n, c, 0]`` (so that channel offsets do
-   not cancel in float32), and per program the plain sum of squares (for ``||x[n]||``);
+   ``(x - k)**2`` with the per-row shift ``k``, the mean of the row's first ``BLOCK_S``
+   positions (so that channel offsets do not cancel in float32), and per program the
+   plain sum of squares (for ``||x[n]||``);
 2. ``forward_finalize``: the ``O(N * C)`` step per block of channels. Each program
    rebuilds ``rho[n] = max(||x[n]||, l2_eps) / sqrt(D)`` (eq. 3) from the partial sums of
    squares, the row mean and variance of ``x``, then the channel mean and variance of
@@ -107,8 +108,9 @@ def row_sums_kernel(
     rows ``(n, c)`` of its block.
 
     Writes ``s1[split, n, c] = sum (x - k)``, ``s2[split, n, c] = sum (x - k)**2`` and the
-    shift ``k[n, c] = x[n, c, 0]`` (when ``WRITE_SUMS``; the finalize then reads the shifts
-    contiguously instead of gathering them from ``x``), and ``sq[pid] = sum x**2`` over
+    shift ``k[n, c]``, the mean of the row's first ``BLOCK_S`` positions (when
+    ``WRITE_SUMS``; the finalize then reads the shifts contiguously instead of gathering
+    them from ``x``), and ``sq[pid] = sum x**2`` over
     the tile, so that ``sq`` read as ``(N, n_cblocks * n_splits)`` holds each sample's
     partial squares.
     """
@@ -122,7 +124,15 @@ def row_sums_kernel(
     rows = x_ptr + n.to(tl.int64) * sxn + cs[:, None] * sxc
     acc_sq = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
     if WRITE_SUMS:
-        shift = tl.load(rows, mask=cmask[:, None], other=0.0).to(tl.float32)
+        # The shift k: the mean of the row's first BLOCK_S positions (the same in every
+        # split), not its first value, which an outlier can put far from the row's mean:
+        # the sums of x - k then cancel (rows of 1000 + N(0, 1) starting with a 0: 7e-4 of
+        # the row variance). The first tile is read once more by each split.
+        ss = tl.arange(0, BLOCK_S)
+        first_mask = cmask[:, None] & (ss < M)[None, :]
+        first = tl.load(rows + ss[None, :] * sxs, mask=first_mask, other=0.0).to(tl.float32)
+        count = tl.sum(first_mask.to(tl.float32), 1, keep_dims=True)
+        shift = tl.sum(first, 1, keep_dims=True) / tl.maximum(count, 1.0)
         acc1 = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
         acc2 = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
     start = split * split_len
