@@ -197,3 +197,29 @@ def test_wilcoxon_keeps_ties_that_subtraction_roundoff_would_break() -> None:
     rounded = [round(d, 10) for d in raw]
     assert result.p_wilcoxon == pytest.approx(stats.wilcoxon(rounded).pvalue)
     assert result.wilcoxon_stat == pytest.approx(stats.wilcoxon(rounded).statistic)
+
+
+@pytest.mark.parametrize("p", [0.0496, 0.04996, 0.0499999, 0.0504, 0.05004, 0.05])
+def test_a_printed_p_value_is_on_the_same_side_of_alpha_as_the_p_value(p: float) -> None:
+    """Three decimals round 0.0496 (significant) and 0.0504 (not) both to "0.050": a table
+    row and a claim line read "Holm p = 0.050" beside "supported". Near 0.05 the printed
+    value keeps the digits that put it on its own side of alpha."""
+    from l2bn.experiments.stats_tests import ALPHA, fmt_p, p_is
+
+    text = fmt_p(p)
+    assert (float(text) < ALPHA) == (p < ALPHA), text
+    assert p_is(p) == f"= {text}"
+    assert abs(float(text) - p) <= 0.0005  # still p, rounded
+
+
+def test_p_values_away_from_alpha_keep_three_decimals() -> None:
+    from l2bn.experiments.stats_tests import fmt_p
+
+    assert [fmt_p(p) for p in (0.0123, 0.0449, 0.0551, 0.5, 1.0)] == [
+        "0.012",
+        "0.045",
+        "0.055",
+        "0.500",
+        "1.000",
+    ]
+    assert fmt_p(0.0009) == "< 0.001" and fmt_p(math.nan) == "-"

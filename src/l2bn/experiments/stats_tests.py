@@ -136,10 +136,18 @@ def p_is(p: float) -> str:
 
 
 def fmt_p(p: float) -> str:
-    """A p-value with three decimals, or ``< 0.001``; ``-`` for NaN."""
+    """A p-value with three decimals, or ``< 0.001``; ``-`` for NaN. Just below alpha it
+    keeps the decimals that leave it below (``0.0496``, not ``0.050``, which would read as
+    not significant beside a "supported")."""
     if math.isnan(p):
         return "-"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+    if p < 0.001:
+        return "< 0.001"
+    for digits in range(3, 16):
+        text = f"{p:.{digits}f}"
+        if (float(text) < ALPHA) == (p < ALPHA):
+            return text
+    return repr(p)
 
 
 def _wilcoxon(diffs: Sequence[float], quantum: float) -> tuple[float, float, str]:
