@@ -420,3 +420,18 @@ def test_l2bn_claims_follow_the_papers_exceptions_for_densenet(tmp_path: Path) -
     intra_test = next(t for t in comp.tests if t.quantity.key == "intra_test")
     assert intra_test.expected is None
     assert intra_test.verdict == "no paper claim: significant"
+
+
+def test_l2bn_placed_nowhere_makes_no_claim_off_the_papers_datasets(tmp_path: Path) -> None:
+    """L2BN ``[none]`` (Table 4's baseline) holds no L2BN layer: beside BN on a dataset the
+    paper does not cover, it expected the paper's "raises accuracy" anyway."""
+    for i, seed in enumerate(SEEDS):
+        final = {"test_acc": 80.0 + i + 0.3 * NOISE[i], "intra_train": 27.0 + i}
+        final |= {"intra_test": 29.0 + i, "inter": 23.0 + i}
+        write_run(tmp_path, norm="bn", seed=seed, final=final)
+        lower = {**final, "test_acc": final["test_acc"] - 1.0 - 0.1 * NOISE[(i + 1) % 6]}
+        write_run(tmp_path, norm="l2bn", seed=seed, final=lower, placement="none")
+    (comp,) = compare_to_baseline(summarize(find_runs(tmp_path)))
+    assert all(t.expected is None for t in comp.tests)
+    acc = next(t for t in comp.tests if t.quantity.key == "best_acc")
+    assert acc.verdict == "no paper claim: significant"

@@ -270,7 +270,9 @@ def compare_variants(base: VariantSummary, cand: VariantSummary) -> Comparison |
         # the paper's claim, unless its own row for this model says otherwise (the
         # intra-angle "for most of the models except the DenseNet": Table 1)
         excepted = not math.isnan(test.paper_diff) and test.paper_diff * q.direction <= 0.0
-        if cand.norm == "l2bn" and not excepted:
+        # (L2BN placed nowhere, Table 4's "none", holds no L2BN layer: no claim of its own)
+        claims = cand.norm == "l2bn" and cand.placement != "none"
+        if claims and not excepted:
             test.expected, test.expected_source = q.direction, "paper's claim"
         elif not math.isnan(test.paper_diff) and test.paper_diff != 0.0:
             test.expected = 1 if test.paper_diff > 0 else -1
