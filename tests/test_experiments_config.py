@@ -166,6 +166,19 @@ def test_numbers_in_exponent_notation_reach_the_layers_as_numbers(tmp_path) -> N
     assert model(torch.randn(4, 1, 28, 28)).shape == (4, 10)  # a string eps raised here
 
 
+def test_strings_that_look_like_exponent_numbers_round_trip_through_yaml() -> None:
+    """``to_yaml`` wrote the string ``'1e5'`` unquoted (a string under YAML 1.1), which
+    :mod:`l2bn.experiments.yaml_text` reads back as the float 100000.0: a run's
+    ``config.yaml`` did not give back its config (a string option became a number)."""
+    config = ExperimentConfig(
+        name="1e5",
+        notes="2E3",
+        norm_kwargs={"tag": "1e-3", "eps": 1e-3},
+        dataset_kwargs={"file": "5e10", "n": 3},
+    )
+    assert ExperimentConfig.from_yaml(config.to_yaml()) == config
+
+
 def test_dry_run_prints_yaml_that_parses_back_to_the_same_config(tmp_path, capsys) -> None:
     from l2bn.cli import main
 

@@ -152,9 +152,11 @@ class ExperimentConfig:
         return ExperimentConfig.from_dict(merged)
 
     def to_yaml(self) -> str:
-        import yaml
+        from l2bn.experiments import yaml_text
 
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        # yaml_text's dumper: a string such as '1e5' is quoted, so that from_yaml (which
+        # reads 1e5 as a number) gives it back.
+        return yaml_text.dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
     @classmethod
     def from_yaml(cls, text: str) -> ExperimentConfig:

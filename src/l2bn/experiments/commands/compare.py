@@ -224,7 +224,7 @@ def _planned_yaml(config: Any, args: argparse.Namespace) -> str:
     """The resolved config as compare runs it: the single ``norm`` (which no variant takes
     from it) replaced by the ``norms`` list, or ``norm`` and ``l2bn_layers`` by the
     ``placements`` list (``none`` is the BN model, the others L2BN placed there)."""
-    import yaml
+    from l2bn.experiments import yaml_text
 
     shown: dict[str, Any] = {}
     for key, value in config.to_dict().items():
@@ -235,7 +235,7 @@ def _planned_yaml(config: Any, args: argparse.Namespace) -> str:
                 shown["norms"] = _split(args.norms)
         elif not (key == "l2bn_layers" and args.placements):
             shown[key] = value
-    return yaml.safe_dump(shown, sort_keys=False, default_flow_style=None)
+    return yaml_text.dump(shown, sort_keys=False, default_flow_style=None)
 
 
 def _require_comparable_with_saved(args: argparse.Namespace, runs: list[Any]) -> None:
