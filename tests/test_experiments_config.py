@@ -179,6 +179,21 @@ def test_strings_that_look_like_exponent_numbers_round_trip_through_yaml() -> No
     assert ExperimentConfig.from_yaml(config.to_yaml()) == config
 
 
+def test_string_fields_keep_exponent_like_text_as_written(tmp_path) -> None:
+    """Exponent notation is read as a number for the options that reach the layers as read
+    (``norm_kwargs``, ``dataset_kwargs``); a string field keeps its text: ``--set
+    name=1e5`` named the run folder ``100000.0`` (``'1e5'`` before), and so did ``name:
+    1e5`` in a config file or in an existing run's ``config.yaml`` (written unquoted)."""
+    base = ExperimentConfig()
+    changed = apply_assignments(base, ["name=1e5", "notes=2E3", "norm_kwargs.eps=1e-3"])
+    assert (changed.name, changed.notes, changed.norm_kwargs) == ("1e5", "2E3", {"eps": 1e-3})
+    path = tmp_path / "over.yaml"
+    path.write_text("name: 1e5\nnotes: 2E3\nlr: 1e-2\nnorm_kwargs: {eps: 1e-3}\n")
+    for config in (load_config_file(path), ExperimentConfig.from_yaml(path.read_text())):
+        assert (config.name, config.notes, config.lr) == ("1e5", "2E3", 0.01)
+        assert config.norm_kwargs == {"eps": 1e-3}
+
+
 def test_dry_run_prints_yaml_that_parses_back_to_the_same_config(tmp_path, capsys) -> None:
     from l2bn.cli import main
 

@@ -160,12 +160,35 @@ class ExperimentConfig:
 
     @classmethod
     def from_yaml(cls, text: str) -> ExperimentConfig:
-        from l2bn.experiments import yaml_text
-
-        data = yaml_text.load(text) or {}
+        data = load_config_text(text) or {}
         if not isinstance(data, dict):
             raise ValueError(f"a config must be a YAML mapping, got {type(data).__name__}")
         return cls.from_dict(data)
+
+
+def load_config_text(text: str) -> Any:
+    """A config document (``config.yaml``, a ``--config`` file) as YAML: the free-form
+    mappings (``norm_kwargs``, ``dataset_kwargs``), which reach the layers and datasets as
+    read, with numbers in exponent notation as numbers (:mod:`l2bn.experiments.yaml_text`);
+    every other entry as PyYAML reads it (YAML 1.1), which the typed fields convert, so that
+    a string field keeps ``1e5`` as written. Raises ``yaml.YAMLError`` on invalid YAML."""
+    import yaml
+
+    from l2bn.experiments import yaml_text
+
+    data = yaml.safe_load(text)
+    if isinstance(data, dict) and any(key in _mapping_fields() for key in data):
+        numbers = yaml_text.load(text)
+        for key in _mapping_fields():
+            if key in data:
+                data[key] = numbers[key]
+    return data
+
+
+@functools.cache
+def _mapping_fields() -> tuple[str, ...]:
+    """The fields of free-form options (``dict`` typed)."""
+    return tuple(name for name in field_names() if typing.get_origin(_field_type(name)) is dict)
 
 
 def _check_run_name(name: str) -> None:
@@ -277,25 +300,29 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ValueError(f"--set expects key=value, got {text!r}")
     if key.startswith("norm_kwargs.") and key != "norm_kwargs.":
-        return key, _yaml_value(text, raw)
+        return key, _yaml_value(text, raw, numbers=True)
     if key not in field_names():
         raise ValueError(
             f"--set {text}: unknown config key {key!r}; valid: {', '.join(field_names())}"
         )
-    value = _yaml_value(text, raw) if raw.strip() else ""
+    # Exponent notation as numbers for the free-form mappings only (load_config_text).
+    numbers = key in _mapping_fields()
+    value = _yaml_value(text, raw, numbers=numbers) if raw.strip() else ""
     try:
         return key, coerce(key, value)
     except ValueError as err:
         raise ValueError(f"--set {text}: {err}") from None
 
 
-def _yaml_value(text: str, raw: str) -> Any:
+def _yaml_value(text: str, raw: str, *, numbers: bool) -> Any:
+    """``raw`` read as YAML; with ``numbers``, exponent notation as numbers
+    (:mod:`l2bn.experiments.yaml_text`)."""
     import yaml
 
     from l2bn.experiments import yaml_text
 
     try:
-        return yaml_text.load(raw)
+        return yaml_text.load(raw) if numbers else yaml.safe_load(raw)
     except yaml.YAMLError as err:
         raise ValueError(
             f"--set {text}: the value is not valid YAML ({yaml_problem(err)})"

@@ -6,8 +6,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from l2bn.experiments import yaml_text
-from l2bn.experiments.config import ExperimentConfig, yaml_problem
+from l2bn.experiments.config import ExperimentConfig, load_config_text, yaml_problem
 
 DEFAULT_PRESET = "fmnist-resnet20"
 
@@ -56,7 +55,7 @@ def load_config_file(
         state = "is not a file" if path.exists() else "does not exist"
         raise FileNotFoundError(f"config file {path} {state}")
     try:
-        data = yaml_text.load(path.read_text(encoding="utf-8")) or {}
+        data = load_config_text(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML ({yaml_problem(err)})") from None
     if not isinstance(data, dict):
