@@ -187,6 +187,28 @@ def test_scale_that_is_not_a_bool_is_refused(scale):
     assert L2BatchNorm2d(3, scale=0).scale is False and L2BatchNorm2d(3, scale=1).scale is True
 
 
+def test_numpy_and_tensor_bools_are_bools_for_scale():
+    """A NumPy bool (a flag read from an array, ``np.bool_``) or a one-value bool tensor is
+    a bool: the layers took ``bool(scale)`` of them before ``checked_scale``, which refused
+    both as not ``True`` or ``False``."""
+    import numpy as np
+
+    x = torch.randn(2, 3, 4, 4)
+    for value in (True, False):
+        for scale in (np.bool_(value), torch.tensor(value)):
+            for layer in (
+                L2BatchNorm2d(3, scale=scale),
+                l2bn.LazyL2BatchNorm2d(scale=scale),
+                l2bn.FrozenL2BatchNorm2d(3, scale=scale),
+            ):
+                assert layer.scale is value
+            expected = l2_batch_norm(x, None, None, training=True, scale=value)
+            found = l2_batch_norm(x, None, None, training=True, scale=scale)
+            torch.testing.assert_close(found, expected, rtol=0, atol=0)
+    with pytest.raises(TypeError, match=r"l2bn: scale must be True or False, got "):
+        L2BatchNorm2d(3, scale=torch.tensor([True, False]))
+
+
 @pytest.mark.parametrize("l2_eps", [-1.0, float("nan"), float("inf")])
 def test_bad_l2_eps_is_rejected(l2_eps):
     """A NaN bound would be ignored by the clamp, an infinite one would zero every sample."""

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 
+import torch
 from torch import Tensor
 
 from l2bn._impl import dispatch
@@ -83,12 +85,18 @@ def checked_scale(scale: bool) -> bool:
     """``scale`` (the ``sqrt(D)`` form of eq. 3, or plain ``x / ||x||``) as a bool.
 
     Raises:
-        TypeError: anything but a bool or the integers 0 and 1 (``bool("no")`` would be
-            True: a string, silently the scaled form).
+        TypeError: anything but a bool (a NumPy bool or a one-value bool tensor included)
+            or the integers 0 and 1 (``bool("no")`` would be True: a string, silently the
+            scaled form).
     """
     if isinstance(scale, bool):
         return scale
     if isinstance(scale, numbers.Integral) and scale in (0, 1):
+        return bool(scale)
+    numpy = sys.modules.get("numpy")  # a NumPy bool exists only once NumPy is imported
+    if numpy is not None and isinstance(scale, numpy.bool_):
+        return bool(scale)
+    if isinstance(scale, Tensor) and scale.dtype == torch.bool and scale.numel() == 1:
         return bool(scale)
     raise TypeError(f"l2bn: scale must be True or False, got {scale!r}")
 
