@@ -325,8 +325,8 @@ def run(
 class FusedL2BatchNormFunction(torch.autograd.Function):
     """Training-mode L2BN on the fused operators. Saves ``x`` and ``O(N * C)`` statistics.
 
-    What torch.compile traces; eager calls and ``torch.export`` run ``l2bn::train``, the
-    same formula in C++ (csrc/autograd.cpp).
+    What torch.compile traces; eager calls run ``l2bn::train``, the same formula in C++
+    (csrc/autograd.cpp), and ``torch.export`` records ``l2bn::train_stats``.
 
     A backward run with ``create_graph=True`` returns the differentiable gradient of the
     composite (:func:`l2bn._impl.composite.differentiable_train_grads`), so that gradient

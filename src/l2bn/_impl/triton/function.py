@@ -178,7 +178,8 @@ def _exported_train(
     scale: bool,
 ) -> Tensor:
     """Training L2BN as ``torch.export`` records it: ``l2bn_triton::train`` (autograd
-    through :func:`_train_backward_formula`), then the running-statistics update."""
+    through :func:`l2bn._impl.operator_backward.register_train_autograd`), then the
+    running-statistics update."""
     y, *_saved, mean, _invstd, var = _train(x, weight, bias, eps, l2_eps, scale)
     update_from_batch(running_mean, running_var, mean, var, x, momentum)
     return y
