@@ -217,15 +217,25 @@ def test_adversarial_float32(kind, shape, layout, path, launches):
     float32 composite (F.normalize + native F.batch_norm), and 1e-5 where it reaches it."""
     x64 = arrange(adversarial_input(kind, shape), layout)
     dy = arrange(torch.randn(shape, generator=torch.Generator().manual_seed(3)), layout)
+    errors = within_the_float32_composite(x64, dy, launches)
+    if kind == "norms":
+        assert all(e < 1e-5 for e in errors.values()), errors
+
+
+def within_the_float32_composite(x64, dy, launches) -> dict[str, float]:
+    """The Triton path on ``x64`` in float32: each output within twice the error of the
+    float32 composite (F.normalize + native F.batch_norm) against the float64 reference,
+    or 1e-5; returns the relative errors by output."""
     ours = run_triton(x64.float(), dy)
     assert launches.take() == expected_launches(x64, launches.ops)
     reference = run_reference(x64, dy)
     composite = run_reference(x64, dy, dtype=torch.float32)
+    errors = {}
     for name, a, r, c in zip(NAMES, ours, reference, composite, strict=True):
         e_ours, e_comp = relative_error(a.cpu(), r), relative_error(c, r)
         assert e_ours < max(1e-5, 2 * e_comp), (name, e_ours, e_comp)
-        if kind == "norms":
-            assert e_ours < 1e-5, (name, e_ours)
+        errors[name] = e_ours
+    return errors
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -240,13 +250,7 @@ def test_rows_whose_first_value_is_an_outlier(layout, path, launches):
     x64[:, :, 0, 0] = 0.0
     x64 = arrange(x64, layout)
     dy = arrange(torch.randn(shape, generator=g), layout)
-    ours = run_triton(x64.float(), dy)
-    assert launches.take() == expected_launches(x64, launches.ops)
-    reference = run_reference(x64, dy)
-    composite = run_reference(x64, dy, dtype=torch.float32)
-    for name, a, r, c in zip(NAMES, ours, reference, composite, strict=True):
-        e_ours, e_comp = relative_error(a.cpu(), r), relative_error(c, r)
-        assert e_ours < max(1e-5, 2 * e_comp), (name, e_ours, e_comp)
+    within_the_float32_composite(x64, dy, launches)
 
 
 @pytest.mark.parametrize("shape", [(5, 4, 3, 3), (8, 6)])
