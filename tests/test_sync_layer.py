@@ -278,3 +278,26 @@ def test_global_count_is_read_only_by_ranks_with_at_most_one_value() -> None:
             check_global_count(local, torch.tensor(1.0), 4)
         check_global_count(local, torch.tensor(2.0), 4)
         check_global_count(local, torch.tensor(0.0), 4)
+
+
+def test_eps_is_checked_when_synchronizing(monkeypatch) -> None:
+    """``eps <= 0`` in training is L2BatchNorm's ValueError in a group of several processes
+    too (it was only checked on the one-process path: eps=0 trained silently and a
+    negative eps gave NaN), raised before any collective, every buffer untouched."""
+    dist = torch.distributed
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(SyncL2BatchNorm, "_group_size", lambda self: 2)
+        x = torch.ones(4, 3) + torch.arange(3.0)  # constant channels: variance 0
+        for eps in (0.0, -1e-3):
+            sync = SyncL2BatchNorm(3, eps=eps)
+            before = {k: v.clone() for k, v in sync.state_dict().items()}
+            with pytest.raises(ValueError, match="eps must be positive during training"):
+                sync(x)
+            for key, value in sync.state_dict().items():
+                assert torch.equal(value, before[key]), key
+            with pytest.raises(ValueError, match="eps must be positive during training"):
+                L2BatchNorm1d(3, eps=eps)(x)  # what one process says
+    finally:
+        dist.destroy_process_group()

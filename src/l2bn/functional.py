@@ -213,6 +213,24 @@ def l2_batch_norm(
     )
 
 
+def check_eps(eps: float, training: bool) -> None:
+    """Refuse BatchNorm's ``eps`` where torch's rule (F.batch_norm) does: a positive eps in
+    training, a non-negative one in eval (a negative eps in eval would make the output NaN
+    wherever running_var < -eps).
+
+    Raises:
+        TypeError: ``eps`` is not a number.
+        ValueError: ``eps <= 0`` in training, ``eps < 0`` in eval.
+    """
+    try:
+        refused = eps <= 0 if training else eps < 0
+    except TypeError:  # a string, None, ...: checked here only, off the path of every call
+        raise TypeError(f"l2bn: eps must be a number, got {eps!r}") from None
+    if refused:
+        state = "positive during training" if training else "non-negative"
+        raise ValueError(f"l2bn: eps must be {state}, got {eps}")
+
+
 def checked_l2_batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -227,15 +245,7 @@ def checked_l2_batch_norm(
 ) -> Tensor:
     """:func:`l2_batch_norm` on arguments already checked (by it, or by a layer that owns
     the parameters and has validated ``input``)."""
-    # torch's rule (F.batch_norm): a positive eps in training, a non-negative one in eval
-    # (a negative eps in eval would make the output NaN wherever running_var < -eps).
-    try:
-        refused = eps <= 0 if training else eps < 0
-    except TypeError:  # a string, None, ...: checked here only, off the path of every call
-        raise TypeError(f"l2bn: eps must be a number, got {eps!r}") from None
-    if refused:
-        state = "positive during training" if training else "non-negative"
-        raise ValueError(f"l2bn: eps must be {state}, got {eps}")
+    check_eps(eps, training)
     if input.numel() == 0:
         # As BatchNorm: an empty input (no sample, or samples of no value, e.g. (N, C, 0, W))
         # gives an empty output and leaves the running statistics alone.

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from l2bn._impl.running import momentum_factor, update_running_stats
 from l2bn._impl.sync_function import sync_l2_batch_norm
-from l2bn.functional import DEFAULT_L2_EPS, validate_input
+from l2bn.functional import DEFAULT_L2_EPS, check_eps, validate_input
 from l2bn.fx_leaf import as_fx_leaf
 from l2bn.layers import _L2BatchNorm
 
@@ -91,6 +91,7 @@ class SyncL2BatchNorm(_L2BatchNorm):
         # Local checks only: a rank may hold 1 value per channel, or none at all (one value
         # over the whole group is refused after the gather, on every rank).
         validate_input(input, self.num_features, False)
+        check_eps(self.eps, True)  # as L2BatchNorm, before any collective (same eps everywhere)
         group = self.process_group or dist.group.WORLD
         # No value on this rank (no sample, or a zero-size spatial dim): it adds nothing to
         # the statistics but joins the collectives, forward and backward, as a share of no
