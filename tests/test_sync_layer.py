@@ -301,3 +301,25 @@ def test_eps_is_checked_when_synchronizing(monkeypatch) -> None:
                 L2BatchNorm1d(3, eps=eps)(x)  # what one process says
     finally:
         dist.destroy_process_group()
+
+
+def test_input_on_a_device_the_group_cannot_serve_is_a_clear_error(monkeypatch) -> None:
+    """A process group without a backend for the input's device (an NCCL group given CPU
+    input, the model not moved to the GPU; here a ``cuda:gloo`` group) is a ValueError that
+    names the layer, the input's device and the group's devices, not c10d's bare "No
+    backend type associated with device type cpu" from inside the all-gather (torch's
+    SyncBatchNorm also refuses such input with a ValueError); the buffers are untouched."""
+    dist = torch.distributed
+    assert not dist.is_initialized()
+    dist.init_process_group("cuda:gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(SyncL2BatchNorm, "_group_size", lambda self: 2)
+        sync = SyncL2BatchNorm(3)
+        before = {k: v.clone() for k, v in sync.state_dict().items()}
+        with pytest.raises(ValueError, match=r"SyncL2BatchNorm.*input on cpu.*cuda") as info:
+            sync(torch.randn(4, 3, 2))
+        assert isinstance(info.value.__cause__, RuntimeError)
+        for key, value in sync.state_dict().items():
+            assert torch.equal(value, before[key]), key
+    finally:
+        dist.destroy_process_group()

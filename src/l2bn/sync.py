@@ -99,9 +99,15 @@ class SyncL2BatchNorm(_L2BatchNorm):
         share = input
         if input.numel() == 0:
             share = input.reshape((0, input.shape[1]) + (1,) * (input.dim() - 2))
-        out, mean, var, count = sync_l2_batch_norm(
-            share, self.weight, self.bias, self.eps, self.l2_eps, self.scale, group
-        )
+        try:
+            out, mean, var, count = sync_l2_batch_norm(
+                share, self.weight, self.bias, self.eps, self.l2_eps, self.scale, group
+            )
+        except RuntimeError as err:
+            refusal = _device_refusal(group, input)
+            if refusal is None:
+                raise
+            raise refusal from err
         out = out.reshape(input.shape)
         if self.track_running_stats:
             # Counted after the statistics pass, which may refuse the batch. The global
@@ -109,6 +115,22 @@ class SyncL2BatchNorm(_L2BatchNorm):
             factor = momentum_factor(self.momentum, self.num_batches_tracked)
             update_running_stats(self.running_mean, self.running_var, mean, var, count, factor)
         return out
+
+
+def _device_refusal(group: Any, input: Tensor) -> ValueError | None:
+    """The error for input on a device that ``group`` has no backend for (e.g. CPU input in
+    an NCCL group), or None when the group serves the input's device (or does not say which
+    devices it serves). Asked only after a collective failed: no cost on the usual step."""
+    devices = getattr(group, "_device_types", None)
+    if not devices or input.device.type in {d.type for d in devices}:
+        return None
+    served = ", ".join(sorted({d.type for d in devices}))
+    return ValueError(
+        f"l2bn: SyncL2BatchNorm got input on {input.device.type}, but its process group "
+        f"(backend {dist.get_backend(group)!r}) has no backend for that device, only for: "
+        f"{served}. Move the model and its input to such a device (e.g. .cuda() for an "
+        "NCCL group), or synchronize over a group that serves it (gloo on CPU)"
+    )
 
 
 __all__ = ["SyncL2BatchNorm"]
