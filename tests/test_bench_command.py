@@ -342,6 +342,51 @@ def test_forced_isa_runs_in_a_process_that_reports_it(tmp_path, capfd):
     assert "l2bn bench: error: --modes" in captured.err and "Traceback" not in captured.err
 
 
+@pytest.mark.skipif(not backends.available("cpu"), reason="fused kernels not built")
+@pytest.mark.parametrize(
+    ("option", "kernels", "aten"),
+    [
+        # ATen ignores an ATEN_CPU_CAPABILITY above the processor's (an AVX2-only one here)
+        (["--aten-capability", "avx512"], "avx512", "avx2"),
+        (["--isa", "avx2"], "avx512", "avx2"),
+    ],
+)
+def test_the_process_isa_starts_does_not_start_another_one(
+    option, kernels, aten, monkeypatch, capsys
+):
+    """The process that --isa / --aten-capability starts, still running other instruction
+    sets than asked for, must say so and stop: starting another process with the same
+    environment would repeat that without end (one more torch process each time)."""
+    import runpy
+    import subprocess
+    import sys
+    import warnings
+
+    from l2bn.bench.command import with_cpu_defaults
+
+    args = with_cpu_defaults(_bench_parser().parse_args(["--quick", "--no-e2e", *option]))
+    options = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    monkeypatch.setattr(machine, "kernel_isa", lambda: kernels)
+    monkeypatch.setattr(machine, "aten_capability", lambda: aten)
+    started = []
+
+    def start(cmd, **kwargs):
+        started.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", start)
+    monkeypatch.setattr(sys, "argv", ["l2bn.bench.command", json.dumps(options)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is imported
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_module("l2bn.bench.command", run_name="__main__")
+    assert started == []
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"l2bn bench: error: {option[0]} {option[1]}") and "\n" not in err
+    assert f"kernels at {kernels}" in err and f"ATen at {aten}" in err
+
+
 def test_quick_skips_the_compiled_step_and_the_table_reports_it(quick_results):
     assert "resnet20_compiled" not in quick_results  # --quick: off unless --compile
     results = dict(quick_results)

@@ -374,13 +374,26 @@ def run(args: argparse.Namespace) -> int:
         # As argparse reports a bad option: one line, exit status 2.
         print(f"l2bn bench: error: {error}", file=sys.stderr)
         return 2
+    if env is not None and getattr(args, "_forced", False):
+        # The process started for them still runs others (ATen ignores a capability above
+        # the processor's): another process with that environment would do the same.
+        asked = " ".join(
+            f"{flag} {value}"
+            for flag, value in (("--isa", args.isa), ("--aten-capability", args.aten_capability))
+            if value is not None
+        )
+        print(
+            f"l2bn bench: error: {asked}: the process started for it runs the fused kernels "
+            f"at {machine.kernel_isa()} and ATen at {machine.aten_capability()} (the "
+            "processor or torch's build lacks the instruction set asked for)",
+            file=sys.stderr,
+        )
+        return 2
     if env is not None:
         # Both instruction sets are fixed at load time: rerun in a process that loads them.
         options = {k: v for k, v in vars(args).items() if not k.startswith("_")}
         child = [sys.executable, "-m", "l2bn.bench.command", json.dumps(options)]
         return subprocess.run(child, env=env, check=False).returncode
-    if args.isa is not None and args.isa != machine.kernel_isa():
-        raise RuntimeError(f"--isa {args.isa}: the kernels run {machine.kernel_isa()}")
     previous = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -397,4 +410,4 @@ def run(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     # The process started by run() for --isa / --aten-capability: the options as JSON.
-    sys.exit(run(argparse.Namespace(**json.loads(sys.argv[1]))))
+    sys.exit(run(argparse.Namespace(**json.loads(sys.argv[1]), _forced=True)))
