@@ -465,6 +465,32 @@ def test_ops_times_the_operators_alone(tmp_path):
         )
 
 
+@pytest.mark.skipif(not backends.available("cpu"), reason="fused kernels not built")
+@pytest.mark.parametrize("mode", cn.MODES)
+def test_ops_call_both_operators_through_the_same_python_path(mode, monkeypatch):
+    """--ops compares the kernels: a call through ``torch.ops`` (an OpOverload's Python
+    ``__call__`` and the boxed call, about 2 us more than torch's own binding) made by one
+    contender and not by the other would be counted against it in every ratio."""
+    import torch._ops
+
+    through_torch_ops: list[str] = []
+    for cls in (torch._ops.OpOverload, torch._ops.OpOverloadPacket):
+
+        def counted(self, *args, _call=cls.__call__, **kwargs):
+            through_torch_ops.append(str(self))
+            return _call(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__call__", counted)
+    gen = torch.Generator().manual_seed(0)
+    x, dy = torch.randn(8, 4, 3, 3, generator=gen), torch.randn(8, 4, 3, 3, generator=gen)
+    counts = {}
+    for name, call in cn.op_calls(mode, x, dy).items():
+        through_torch_ops.clear()
+        call()
+        counts[name] = list(through_torch_ops)
+    assert len(counts["bn_op"]) == len(counts["l2bn_op"]), counts
+
+
 def test_ops_without_the_fused_kernels_is_an_error_not_a_silent_drop(monkeypatch, capsys):
     """--ops asks for the fused operators' timings: without them, a one-line error (exit 2)
     rather than tables that silently lack the rows asked for."""
