@@ -3,10 +3,10 @@ calls recorded, BatchNorm against L2BN, in training mode.
 
 For each contender, five calls interleaved round by round (``l2bn bench``'s timing and
 allocator settings): ``op fwd`` (ATen's ``native_batch_norm`` / the fused
-``l2bn::train_forward`` on detached tensors), ``recorded fwd`` (``torch.batch_norm`` /
-``l2bn::train`` through its entry point, as the layer calls it, on tensors that require
-grad: autograd records the call), ``op fwd+bwd``
-(the forward and backward operators, ``l2bn bench --ops``), ``recorded fwd+bwd`` (the
+``l2bn::train_forward`` on detached tensors, both through ``torch.ops``), ``recorded
+fwd`` (``torch.batch_norm`` / ``l2bn::train`` through its entry point, as the layer
+calls it, on tensors that require grad: autograd records the call), ``op fwd+bwd`` (the
+forward and backward operators, ``l2bn bench --ops``), ``recorded fwd+bwd`` (the
 recorded forward, then ``backward``) and ``layer fwd+bwd`` (``BatchNorm1d/2d`` /
 ``L2BatchNorm1d/2d`` in training mode, then ``backward``). Medians in microseconds, the
 ratio L2BN / BatchNorm of each call, what recording adds to each contender, and how many
@@ -54,7 +54,8 @@ def contender_calls(
         if name == "bn":
             if recorded:
                 return torch.batch_norm(xg, w, b, rm, rv, True, momentum, eps, False)
-            return torch.native_batch_norm(x, wd, bd, rm, rv, True, momentum, eps)
+            # Through torch.ops, as the fused operator is (it has no other Python entry).
+            return torch.ops.aten.native_batch_norm.default(x, wd, bd, rm, rv, True, momentum, eps)
         if recorded:
             return cpu._train_entry(xg, w, b, rm, rv, momentum, eps, l2_eps, True)
         return cpu._train_forward(x, wd, bd, rm, rv, momentum, eps, l2_eps, True)
@@ -68,7 +69,7 @@ def contender_calls(
         out = forward(name, False)
         rm, rv = stats[name]
         if name == "bn":
-            return torch.ops.aten.native_batch_norm_backward(
+            return torch.ops.aten.native_batch_norm_backward.default(
                 dy, x, wd, rm, rv, out[1], out[2], True, eps, [True, True, True]
             )
         return cpu._train_backward(dy, x, wd, *out[1:], True, True)

@@ -34,6 +34,34 @@ def test_calls_compute_what_they_name():
 
 
 @needs_fused
+def test_bn_and_l2bn_calls_cross_the_same_python_layers(monkeypatch):
+    """A call through ``torch.ops`` (an OpOverload's Python ``__call__`` and the boxed
+    call: about 2 us over torch's own binding) made by one contender and not the other
+    would be counted against it in the call's ratio and in what recording adds."""
+    import torch._ops
+
+    module = load("bench_recorded")
+    through_torch_ops: list[str] = []
+    for cls in (torch._ops.OpOverload, torch._ops.OpOverloadPacket):
+
+        def counted(self, *args, _call=cls.__call__, **kwargs):
+            through_torch_ops.append(str(self))
+            return _call(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__call__", counted)
+    x, dy = torch.randn(6, 5, 3), torch.randn(6, 5, 3)
+    calls, drop_grads = module.contender_calls(x, dy, {"bn": set(), "l2bn": set()})
+    for call in module.CALLS:
+        counts = {}
+        for name in ("bn", "l2bn"):
+            drop_grads()
+            through_torch_ops.clear()
+            calls[f"{name} {call}"]()
+            counts[name] = list(through_torch_ops)
+        assert len(counts["bn"]) == len(counts["l2bn"]), (call, counts)
+
+
+@needs_fused
 def test_command_prints_every_call_and_the_recording_cost():
     out = run("bench_recorded", "--rounds", "2", "--shape", "8x16", "--threads", "1").stdout
     for call in (
