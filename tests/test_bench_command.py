@@ -626,3 +626,17 @@ def test_quick_says_its_timings_are_not_measurements(quick_results):
     # a full run's output is unchanged: no such line
     full = {**quick_results, "meta": {**quick_results["meta"], "quick": False}}
     assert "--quick" not in format_table(full)
+
+
+def test_processor_line_counts_the_cpus_this_process_may_use(monkeypatch):
+    """Under an affinity mask (taskset, a container's cpuset) the header said the machine's
+    count alone, which overstates what the benchmark ran on."""
+    import os
+
+    from l2bn.bench import machine
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert machine.processor().endswith(", 8 logical CPUs, 2 usable by this process")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert machine.processor().endswith(", 8 logical CPUs")

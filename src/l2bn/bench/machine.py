@@ -22,7 +22,8 @@ ISAS = ("avx512", "avx2", "default")
 
 
 def processor() -> str:
-    """The processor's model name (``/proc/cpuinfo`` on Linux) and its logical CPU count."""
+    """The processor's model name (``/proc/cpuinfo`` on Linux), its logical CPU count and,
+    when an affinity mask leaves this process fewer, how many it may use."""
     name = ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -33,7 +34,12 @@ def processor() -> str:
     except OSError:
         pass
     name = name or platform.processor() or platform.machine() or "unknown processor"
-    return f"{name}, {os.cpu_count()} logical CPUs"
+    total = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else total
+    if usable == total:
+        return f"{name}, {total} logical CPUs"
+    # Under an affinity mask (taskset, a container's cpuset) the process runs on fewer.
+    return f"{name}, {total} logical CPUs, {usable} usable by this process"
 
 
 def _reports_isa() -> bool:
