@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import statistics
 from pathlib import Path
@@ -853,3 +854,14 @@ def test_a_runs_dir_that_is_no_folder_is_a_bad_argument(kind: str, tmp_path: Pat
     state = "does not exist" if kind == "missing" else "is not a directory"
     assert err == f"l2bn report: error: runs directory {runs} {state}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ([] if kind == "missing" else ["runs"])
+
+
+def test_seeds_needed_are_written_as_exact_counts_in_the_csv() -> None:
+    """report.csv wrote seed counts through the 6-significant-digit number format:
+    1,234,567 seeds became 1.23457e+06."""
+    from l2bn.experiments.report import _count
+
+    assert _count(1234567.0) == "1234567"
+    assert _count(7.0) == "7"
+    assert _count(math.inf) == "inf"
+    assert _count(math.nan) == "" and _count(None) == ""

@@ -484,6 +484,14 @@ def _num(value: float | None, digits: int = 6) -> str:
     return f"{value:.{digits}g}"
 
 
+def _count(value: float | None) -> str:
+    """A whole count (seeds needed) written exactly: ``1234567``, not ``1.23457e+06``;
+    ``inf`` (no effect observed) and empty (no estimate) as :func:`_num` writes them."""
+    if value is None or not math.isfinite(value) or value != int(value):
+        return _num(value)
+    return str(int(value))
+
+
 def _result_cells(result: Any) -> dict[str, str]:
     if result is None:
         return {}
@@ -619,8 +627,8 @@ def csv_rows(
                 **_result_cells(test.result),
                 "expected_direction": {1: "+", -1: "-"}.get(test.expected or 0, ""),
                 "verdict": test.verdict,
-                "seeds_80_observed": _num(test.seeds_observed),
-                "seeds_80_paper": _num(test.seeds_paper),
+                "seeds_80_observed": _count(test.seeds_observed),
+                "seeds_80_paper": _count(test.seeds_paper),
                 "paper_table": "" if test.paper_table is None else str(test.paper_table),
                 "paper_value": _num(test.paper_cand),
                 "paper_baseline": _num(test.paper_base),
