@@ -423,6 +423,26 @@ def test_fused_cumulative_running_average():
 
 
 @needs_fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("momentum", [1.0, None])
+def test_fused_running_variance_exact_at_full_momentum(momentum, dtype, calls):
+    """A batch weight of 1 (momentum=1.0, or momentum=None on the first batch) makes the
+    running statistics the batch's own: ``1 + (v - 1)`` lost the digits of a batch variance
+    far below the old value of 1 (1e-8 here: 1e-8 relative error in float64)."""
+    g = torch.Generator().manual_seed(9)
+    x = 1 + 1e-4 * torch.randn(4, 3, 5, generator=g, dtype=torch.float64)
+    layer = L2BatchNorm1d(3, momentum=momentum).to(dtype)
+    with torch.no_grad():
+        layer(x.to(dtype))
+    assert calls["train"] == 1
+    rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    reference_l2bn(x.to(dtype).double(), rm, rv, training=True, momentum=1.0)
+    tol = 1e-10 if dtype == torch.float64 else 1e-6
+    assert relative_error(layer.running_mean, rm) < tol
+    assert relative_error(layer.running_var, rv) < tol
+
+
+@needs_fused
 @pytest.mark.parametrize(
     "shape,layout,row_moments",
     [

@@ -63,7 +63,9 @@ inline std::vector<double> channel_values(const std::optional<Tensor>& t, int64_
   return out;
 }
 
-// t <- t + momentum * (values - t) over its c values, as BatchNorm's running statistics.
+// t <- lerp(t, values, momentum) over its c values, as BatchNorm's running statistics, in
+// torch.lerp's two forms: t + m * (v - t) for m < 0.5, v - (v - t) * (1 - m) from 0.5 on, so
+// that m = 1 gives v exactly (t + (v - t) loses v's digits where v << t).
 inline void update_running(const std::optional<Tensor>& t, const double* values, int64_t c,
                            double momentum) {
   if (!t.has_value() || !t->defined()) {
@@ -77,7 +79,10 @@ inline void update_running(const std::optional<Tensor>& t, const double* values,
     const int64_t stride = buffer.stride(0);
     for (int64_t k = 0; k < c; ++k) {
       const double old = static_cast<double>(p[k * stride]);
-      p[k * stride] = static_cast<scalar_t>(old + momentum * (values[k] - old));
+      const double v = values[k];
+      const double next = std::abs(momentum) < 0.5 ? old + momentum * (v - old)
+                                                   : v - (v - old) * (1.0 - momentum);
+      p[k * stride] = static_cast<scalar_t>(next);
     }
   });
 }
