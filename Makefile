@@ -45,12 +45,15 @@ format: setup
 # L2BN_REQUIRE_FUSED: a test fails if the fused kernels were not built (no silent fallback).
 # The core parity and gradient suites run again under ATen's lower CPU capabilities, so
 # that no result depends on the processor the tests happen to run on.
+# Each capability gets its own inductor cache: torch's does not tell kernels compiled under
+# one ATen capability from another's (an AVX-512 kernel reused under avx2 computed garbage).
 # L2BN_REQUIRE_TEST_EXTRAS: the recipe tests fail, rather than skip, without timm.
 CORE_SUITES := tests/test_core_parity.py tests/test_core_gradcheck.py tests/test_paths_eval_backward.py
 test: setup
 	for cap in default avx2; do \
 	  echo "== core suites under ATEN_CPU_CAPABILITY=$$cap"; \
-	  ATEN_CPU_CAPABILITY=$$cap L2BN_REQUIRE_FUSED=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(CORE_SUITES) || exit 1; \
+	  ATEN_CPU_CAPABILITY=$$cap TORCHINDUCTOR_CACHE_DIR=$${TMPDIR:-/tmp}/l2bn-inductor-$$cap \
+	    L2BN_REQUIRE_FUSED=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(CORE_SUITES) || exit 1; \
 	done
 	L2BN_REQUIRE_FUSED=1 L2BN_REQUIRE_TEST_EXTRAS=1 $(BIN)/python -m pytest -q
 

@@ -640,3 +640,19 @@ def test_processor_line_counts_the_cpus_this_process_may_use(monkeypatch):
     assert machine.processor().endswith(", 8 logical CPUs, 2 usable by this process")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     assert machine.processor().endswith(", 8 logical CPUs")
+
+
+def test_a_forced_aten_capability_gets_its_own_inductor_cache(monkeypatch):
+    """torch 2.13's inductor cache does not tell kernels compiled under one ATen capability
+    from another's: the compile row of ``--isa avx2`` reused AVX-512 kernels and computed
+    garbage. The process started for another capability gets a cache of its own, unless
+    the user chose one."""
+    from l2bn.bench import machine
+
+    monkeypatch.setattr(machine, "aten_capability", lambda: "avx512")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    env = machine.forced_environment(None, "avx2")
+    assert env["ATEN_CPU_CAPABILITY"] == "avx2"
+    assert env["TORCHINDUCTOR_CACHE_DIR"].endswith("aten-avx2")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/mine")
+    assert machine.forced_environment(None, "avx2")["TORCHINDUCTOR_CACHE_DIR"] == "/tmp/mine"

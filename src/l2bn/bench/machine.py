@@ -101,6 +101,16 @@ def forced_environment(isa: str | None, aten: str | None) -> dict[str, str] | No
         env["L2BN_CPU_ISA"] = isa
     if aten is not None:
         env["ATEN_CPU_CAPABILITY"] = aten
+        if "TORCHINDUCTOR_CACHE_DIR" not in env:
+            # Inductor's cache does not tell kernels compiled under one ATen capability
+            # from another's: torch 2.13 reused the AVX-512 kernels of an earlier run under
+            # ATEN_CPU_CAPABILITY=avx2 and computed garbage (a compiled Conv-BatchNorm
+            # model off by 1e35). The compile row then gets a cache of its own.
+            try:
+                from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+            except ImportError:  # another torch: its own cache, as before
+                return env
+            env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(default_cache_dir(), f"aten-{aten}")
     return env
 
 
