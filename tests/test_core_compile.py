@@ -221,3 +221,16 @@ def test_compiled_func_grad_takes_the_composite(training):
     torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-5)
     for name, value in buffers.items():
         torch.testing.assert_close(compiled_buffers[name], value, msg=name)
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_converting_a_compiled_batch_norm_computes_l2bn(backend):
+    # torch.compile(bn) binds its forward to bn.__call__: replacing _orig_mod alone kept
+    # running the old BatchNorm, silently.
+    x = torch.randn(4, 5, 8, 8) * torch.linspace(0.5, 3, 4).view(-1, 1, 1, 1)
+    compiled = torch.compile(nn.BatchNorm2d(5), backend=backend, fullgraph=True)
+    compiled(x)
+    converted = convert_bn_to_l2bn(compiled)
+    assert isinstance(converted._orig_mod, L2BatchNorm2d)
+    torch.testing.assert_close(converted(x), L2BatchNorm2d(5)(x))
+    assert converted._orig_mod.num_batches_tracked.item() == 2

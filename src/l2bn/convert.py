@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 import warnings
 import weakref
 from collections.abc import Callable
@@ -360,6 +361,13 @@ def check_module(converter: str, module: Any) -> None:
         )
 
 
+def _is_compiled_wrapper(module: nn.Module) -> bool:
+    """Whether ``module`` is what ``torch.compile(layer)`` returns (torch._dynamo's
+    ``OptimizedModule``; not imported here: only a loaded dynamo can have made one)."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return eval_frame is not None and isinstance(module, eval_frame.OptimizedModule)
+
+
 class _Walk:
     def __init__(self, converter: str, predicate: Predicate | None, strict: bool) -> None:
         self.report = ConversionReport(converter)
@@ -421,6 +429,10 @@ class _Walk:
             replaced = self.run(child, decide, f"{prefix}.{name}" if prefix else name)
             if replaced is not child:
                 setattr(module, name, replaced)
+                if name == "_orig_mod" and _is_compiled_wrapper(module):
+                    # torch.compile(layer) binds its forward to the old layer's __call__:
+                    # rebind it, or the wrapper keeps running the old layer.
+                    module._initialize()
         return module
 
     def finish(self, module: nn.Module, return_report: bool) -> Any:
