@@ -127,6 +127,19 @@ def test_frozen_timm_layout_keeps_activation():
     assert type(l2bn.unfreeze(frozen)) is l2bn.L2BatchNormAct2d
 
 
+def test_frozen_norm_act_takes_timm_frozen_norm_act_positional_arguments():
+    # timm's FrozenBatchNormAct2d(num_features, eps, apply_act, act_layer, act_kwargs,
+    # inplace, drop_layer, device, dtype): a one-line swap keeps its meaning.
+    timm = import_timm()
+    args = (4, 1e-3, True, "silu", None, False, nn.Dropout, "cpu", torch.float64)
+    ours, theirs = l2bn.FrozenL2BatchNormAct2d(*args), timm.layers.FrozenBatchNormAct2d(*args)
+    assert ours.eps == theirs.eps == 1e-3 and ours.affine and ours.weight.dtype == torch.float64
+    assert repr(ours.act) == repr(theirs.act) and type(ours.drop) is nn.Dropout
+    no_act = l2bn.FrozenL2BatchNormAct2d(4, 1e-5, False)
+    assert no_act.affine and type(no_act.act) is nn.Identity
+    assert type(timm.layers.FrozenBatchNormAct2d(4, 1e-5, False).act) is nn.Identity
+
+
 @pytest.mark.parametrize("name", ["lnbn", "inbn", "pnbn"])
 def test_freeze_does_not_advise_plain_frozen_batchnorm_for_prenormalized_batchnorm(name):
     """l2bn.freeze leaves LNBN / INBN / PNBN training, and its warning must not send them to

@@ -65,7 +65,7 @@ def _frozen_from(layer: _L2BatchNorm, cls: type[nn.Module], path: str) -> nn.Mod
     frozen = cls(
         layer.num_features,
         layer.eps,
-        layer.affine,
+        affine=layer.affine,
         device=ref.device,
         dtype=ref.dtype,
         l2_eps=layer.l2_eps,

@@ -173,7 +173,11 @@ class SyncL2BatchNormAct(SyncL2BatchNorm):
 class FrozenL2BatchNormAct2d(FrozenL2BatchNorm2d):
     """:class:`~l2bn.FrozenL2BatchNorm2d`, then ``drop``, then ``act``: timm's
     ``FrozenBatchNormAct2d`` with L2BN; what :func:`l2bn.freeze` makes of an
-    :class:`L2BatchNormAct2d` or a :class:`SyncL2BatchNormAct`."""
+    :class:`L2BatchNormAct2d` or a :class:`SyncL2BatchNormAct`.
+
+    The positional arguments are those of timm's ``FrozenBatchNormAct2d`` (``apply_act``
+    third, not ``affine``), then ``l2_eps`` and ``scale``; ``affine`` is keyword-only.
+    """
 
     # True when frozen from a SyncL2BatchNormAct: l2bn.unfreeze then gives that class back.
     synchronized = False
@@ -182,20 +186,20 @@ class FrozenL2BatchNormAct2d(FrozenL2BatchNorm2d):
         self,
         num_features: int,
         eps: float = 1e-5,
-        affine: bool = True,
-        device: Any = None,
-        dtype: Any = None,
-        l2_eps: float = DEFAULT_L2_EPS,
-        scale: bool = True,
-        *,
-        bias: bool = True,
-        momentum: float | None = 0.1,
-        process_group: Any = None,
         apply_act: bool = True,
         act_layer: Any = nn.ReLU,
         act_kwargs: dict[str, Any] | None = None,
         inplace: bool = True,
         drop_layer: type[nn.Module] | None = None,
+        device: Any = None,
+        dtype: Any = None,
+        l2_eps: float = DEFAULT_L2_EPS,
+        scale: bool = True,
+        *,
+        affine: bool = True,
+        bias: bool = True,
+        momentum: float | None = 0.1,
+        process_group: Any = None,
     ) -> None:
         super().__init__(
             num_features,
