@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 
+from _torch_ops_calls import record_torch_ops_calls
 from l2bn import L2BatchNorm2d, backends
 from l2bn.bench import contenders as cn
 from l2bn.bench import machine
@@ -471,16 +472,7 @@ def test_ops_call_both_operators_through_the_same_python_path(mode, monkeypatch)
     """--ops compares the kernels: a call through ``torch.ops`` (an OpOverload's Python
     ``__call__`` and the boxed call, about 2 us more than torch's own binding) made by one
     contender and not by the other would be counted against it in every ratio."""
-    import torch._ops
-
-    through_torch_ops: list[str] = []
-    for cls in (torch._ops.OpOverload, torch._ops.OpOverloadPacket):
-
-        def counted(self, *args, _call=cls.__call__, **kwargs):
-            through_torch_ops.append(str(self))
-            return _call(self, *args, **kwargs)
-
-        monkeypatch.setattr(cls, "__call__", counted)
+    through_torch_ops = record_torch_ops_calls(monkeypatch)
     gen = torch.Generator().manual_seed(0)
     x, dy = torch.randn(8, 4, 3, 3, generator=gen), torch.randn(8, 4, 3, 3, generator=gen)
     counts = {}

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from _benchmark_scripts import load, run
+from _torch_ops_calls import record_torch_ops_calls
 from l2bn import backends
 
 needs_fused = pytest.mark.skipif(not backends.available("cpu"), reason="times the fused operators")
@@ -38,17 +39,8 @@ def test_bn_and_l2bn_calls_cross_the_same_python_layers(monkeypatch):
     """A call through ``torch.ops`` (an OpOverload's Python ``__call__`` and the boxed
     call: about 2 us over torch's own binding) made by one contender and not the other
     would be counted against it in the call's ratio and in what recording adds."""
-    import torch._ops
-
     module = load("bench_recorded")
-    through_torch_ops: list[str] = []
-    for cls in (torch._ops.OpOverload, torch._ops.OpOverloadPacket):
-
-        def counted(self, *args, _call=cls.__call__, **kwargs):
-            through_torch_ops.append(str(self))
-            return _call(self, *args, **kwargs)
-
-        monkeypatch.setattr(cls, "__call__", counted)
+    through_torch_ops = record_torch_ops_calls(monkeypatch)
     x, dy = torch.randn(6, 5, 3), torch.randn(6, 5, 3)
     calls, drop_grads = module.contender_calls(x, dy, {"bn": set(), "l2bn": set()})
     for call in module.CALLS:
