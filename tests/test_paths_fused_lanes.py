@@ -220,3 +220,29 @@ def test_training_of_channels_far_from_zero_takes_exact_norms(shape, channels_la
     for name in ("y", "eval y"):
         assert ours.pop(name) <= max(1e-5, 2 * theirs[name]), name
     assert max(ours.values()) < 1e-5, ours
+
+
+# The (N, C) input gradient of rows of 32 to 1024 values runs each row's projection in one
+# loop with the output of the row before it (pipelined_grad_rows, vector_passes.h), the
+# other C row by row in tiles. Rows whose norms are 1e-3 to 1e3 apart, so that a row finished
+# with its neighbour's norm or projection is off by far more than the tolerance in its own
+# scale (the error is taken row by row), a zero row (clamped by l2_eps) among them, C with
+# and without values after the whole vectors, and 200 rows: a range of rows a thread, each
+# with a first and a last row.
+@pytest.mark.parametrize("c", [32, 40, 100, 512, 1024, 1100])
+def test_vector_input_gradient_row_by_row(c):
+    g = torch.Generator().manual_seed(11)
+    n = 200
+    scales = 10.0 ** torch.empty(n, 1, dtype=torch.float64).uniform_(-3, 3, generator=g)
+    x64 = (torch.randn(n, c, generator=g, dtype=torch.float64) + 0.3) * scales
+    x64[n // 3] = 0
+    dy64 = torch.randn(n, c, generator=g, dtype=torch.float64)
+    w = torch.empty(c, dtype=torch.float64).uniform_(0.5, 1.5, generator=g)
+    b = torch.empty(c, dtype=torch.float64).uniform_(-1, 1, generator=g)
+    x = x64.float().requires_grad_()
+    with backends.flags(cpu=True, pytorch=False):
+        l2_batch_norm(x, None, None, w.float(), b.float(), training=True).backward(dy64.float())
+    xr = x64.clone().requires_grad_()
+    reference_l2bn(xr, None, None, w, b, training=True).backward(dy64)
+    rows = [relative_error(x.grad[i], xr.grad[i]) for i in range(n)]
+    assert max(rows) < 1e-5, max(rows)

@@ -355,12 +355,22 @@ L2BN_INLINE void tile_grad(
       t1, t2);
 }
 
+// What projection_lanes also does at each vector (and each value after the vectors) of its
+// row: nothing, or the finish_row of the row before (FinishedRow, below).
+struct NoOtherRow {
+  L2BN_INLINE void vector(int64_t) const {}
+  L2BN_INLINE void one(int64_t) const {}
+};
+
 // The fast float projection of one row before its lanes are added: g written to g_out
 // (when given), x * g summed into se (float lanes folded into double: FoldedLanes) and, for
-// the values after the whole vectors, returned in double. projection adds them.
+// the values after the whole vectors, returned in double. projection adds them. `other`
+// runs at the same positions of another row.
+template <typename OtherRow = NoOtherRow>
 L2BN_INLINE double projection_lanes(
     const float* dy, const float* x, int64_t c, float inv_f, const float* gain_t,
-    const float* alpha_t, const float* beta2_t, float* g_out, FoldedLanes& se) {
+    const float* alpha_t, const float* beta2_t, float* g_out, FoldedLanes& se,
+    const OtherRow& other = OtherRow{}) {
   constexpr int kN = static_cast<int>(32 / kVF);
   vf pe[kN];
 #pragma GCC unroll 8
@@ -377,6 +387,7 @@ L2BN_INLINE double projection_lanes(
       __builtin_memcpy(g_out + i, &g, sizeof(vf));
     }
     pe[q] += xq * g;
+    other.vector(i);
   };
   int64_t k = 0;
   int steps = 0;
@@ -411,6 +422,7 @@ L2BN_INLINE double projection_lanes(
       g_out[k] = g;
     }
     te += static_cast<double>(x[k]) * g;
+    other.one(k);
   }
   return te;
 }
@@ -493,6 +505,55 @@ L2BN_INLINE void finish_row(T* out, const T* x, int64_t c, T inv, T q, T x_scale
 // (Coefficient rows p, q, r per sample, dx = p * dy + q * x + r as grad_output, measured no
 // faster on 2x2 to 4x4 maps: slower at 2x2 and 3x3, within the noise at 4x4.)
 constexpr int64_t kGradTile = 16;
+
+// finish_row of a row whose g the projection wrote to out, a vector (or a value) at a
+// time: projection_lanes runs it inside the next row's projection (pipelined_grad_rows).
+struct FinishedRow {
+  float* out;
+  const float* x;
+  float inv, q, x_scale;
+  L2BN_INLINE void vector(int64_t i) const {
+    const vf r = inv * load<vf>(out + i) - q * (load<vf>(x + i) * x_scale);
+    __builtin_memcpy(out + i, &r, sizeof(vf));
+  }
+  L2BN_INLINE void one(int64_t k) const { out[k] = inv * out[k] - q * (x[k] * x_scale); }
+};
+
+// grad_rows of rows of kPipelinedMin to kPipelinedMax values, one a sample (fast float):
+// each row's projection runs in one loop with the finish of the row before it, so that the
+// loads of dy and x keep coming while the previous row's dx is written from L1. With the
+// projections of a tile first and then their rows of dx, the memory streams stopped for
+// each tile's second pass: from cold caches (the output's memory, and dy and x, out of L2)
+// that pass cost 1.16-1.21x ATen's at 1024x512, 2 threads, 1.00-1.02x pipelined
+// (benchmarks/bench_cold_backward.py). The loop keeps five rows in L1 (dy, x and dx of one
+// row, x and dx of the one before): 20 kB at 1024 values. At 4096 they no longer fit, and
+// the pipelined pass measured slower than tiles of one row (64x4096: 0.91-1.15x ATen's
+// warm against 0.74x).
+constexpr int64_t kPipelinedMin = 32;
+constexpr int64_t kPipelinedMax = 1024;
+L2BN_INLINE void pipelined_grad_rows(float* out, const float* dy, const float* x, int64_t c,
+                                     int64_t i0, int64_t i1, const RowGradCoefs<float>& k,
+                                     double per_value) {
+  FinishedRow before{};
+  for (int64_t i = i0; i < i1; ++i) {
+    const double inv = 1.0 / k.rho[i];
+    const float inv_f = static_cast<float>(inv);
+    FoldedLanes se;
+    const double te =
+        i == i0 ? projection_lanes(dy + i * c, x + i * c, c, inv_f, k.gain_t, k.alpha_t,
+                                   k.beta2_t, out + i * c, se)
+                : projection_lanes(dy + i * c, x + i * c, c, inv_f, k.gain_t, k.alpha_t,
+                                   k.beta2_t, out + i * c, se, before);
+    const double proj = k.active[i] ? inv * (te + se.sum()) * per_value : 0.0;
+    const SquareFactor<float> f(inv);
+    before = FinishedRow{out + i * c, x + i * c, inv_f, static_cast<float>(f.rest * proj),
+                         f.x_scale};
+  }
+  if (i1 > i0) {
+    finish_row<float>(before.out, before.x, c, before.inv, before.q, before.x_scale);
+  }
+}
+
 template <typename T>
 L2BN_INLINE void grad_rows(
     T* out, const T* dy, const T* x, int64_t c, int64_t i0, int64_t i1,
@@ -503,6 +564,12 @@ L2BN_INLINE void grad_rows(
   const int64_t tile = std::clamp<int64_t>(8 * 1024 / (d * static_cast<int64_t>(sizeof(T))), 1,
                                            kGradTile);
   const bool store = std::is_same_v<T, float> && k.fast;
+  if constexpr (std::is_same_v<T, float>) {
+    if (store && k.m == 1 && c >= kPipelinedMin && c <= kPipelinedMax) {
+      pipelined_grad_rows(out, dy, x, c, i0, i1, k, per_value);
+      return;
+    }
+  }
   // Rows shorter than 32 values, one a sample: their projections a group at a time.
   const bool short_rows = store && k.m == 1 && c < 32;
   double inv[kGradTile], proj[kGradTile], short_e[kGradTile];
