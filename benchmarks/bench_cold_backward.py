@@ -17,7 +17,7 @@ Medians in microseconds; "x BN" is L2BN / BatchNorm. glibc keeps freed memory in
 process, as in ``l2bn bench``. README, "Performance", reads the 1d forward+backward with it.
 
 Usage: python benchmarks/bench_cold_backward.py [--threads 2] [--rounds 400]
-[--shape 1024x512] [--evict 64]
+[--shape 1024x512] [--layout contiguous|channels_last] [--evict 64]
 """
 
 from __future__ import annotations
@@ -125,24 +125,40 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=400, help="rounds a state (400, >= 1)")
     parser.add_argument("--shape", default="1024x512", help="NxC or NxCxHxW (default 1024x512)")
     parser.add_argument(
+        "--layout",
+        choices=("contiguous", "channels_last"),
+        default="contiguous",
+        help="memory layout of a 4-D shape (default contiguous)",
+    )
+    parser.add_argument(
         "--evict", type=int, default=64, help="MB written before a cold call (default 64)"
     )
     args = parser.parse_args()
     shape = script_shape(parser, args)
     if args.evict < 1:
         parser.error("--evict must be >= 1")
+    if args.layout == "channels_last" and len(shape) != 4:
+        parser.error("--layout channels_last takes a 4-D --shape (NxCxHxW)")
+    memory_format = (
+        torch.channels_last if args.layout == "channels_last" else torch.contiguous_format
+    )
     torch.set_num_threads(args.threads)
     allocator = machine.keep_freed_memory()
-    x, dy = torch.randn(shape), torch.randn(shape)
+    x = torch.randn(shape).contiguous(memory_format=memory_format)
+    dy = torch.randn(shape).contiguous(memory_format=memory_format)
     calls = backward_calls(x, dy)
     rows = min(SMALL_ROWS, shape[0])
-    small = backward_calls(x[:rows].contiguous(), dy[:rows].contiguous())
+    small = backward_calls(
+        x[:rows].contiguous(memory_format=memory_format),
+        dy[:rows].contiguous(memory_format=memory_format),
+    )
     befores = {
         "warm": lambda name: None,
         "cold": evictor(x, dy, args.evict),
         "cold data": evictor(x, dy, args.evict, small),
     }
-    print(f"{args.shape}, float32, {torch.get_num_threads()} thread(s); allocator: {allocator}")
+    threads = torch.get_num_threads()
+    print(f"{args.shape} {args.layout}, float32, {threads} thread(s); allocator: {allocator}")
     print(f"medians of {args.rounds} interleaved rounds a state, us")
     print(f"{'state':<11}{'pass':<11}{'BN':>9}{'L2BN':>9}{'x BN':>7}")
     with torch.no_grad():

@@ -46,6 +46,35 @@ def test_command_prints_every_state_and_three_passes():
             assert f"{state:<11}{label}" in out
 
 
+@pytest.mark.skipif(not backends.available("cpu"), reason="times the fused operators")
+def test_channels_last_layout_is_timed_in_that_layout(monkeypatch):
+    module = load("bench_cold_backward")
+    formats = []
+    real = module.backward_calls
+
+    def spy(x, dy):
+        formats.append((x.is_contiguous(memory_format=torch.channels_last), x.is_contiguous()))
+        return real(x, dy)
+
+    monkeypatch.setattr(module, "backward_calls", spy)
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "bench_cold_backward",
+            "--rounds",
+            "1",
+            "--shape",
+            "4x16x3x3",
+            "--evict",
+            "1",
+            "--layout",
+            "channels_last",
+        ],
+    )
+    module.main()
+    assert formats == [(True, False), (True, False)]  # the whole input and its first rows
+
+
 def test_cold_data_runs_the_same_operator_after_the_eviction():
     calls: list[str] = []
     x, dy = torch.zeros(4, 2), torch.zeros(4, 2)
@@ -57,5 +86,7 @@ def test_cold_data_runs_the_same_operator_after_the_eviction():
 def test_bad_arguments_are_usage_errors():
     result = run("bench_cold_backward", "--shape", "1x3", check=False)
     assert result.returncode == 2 and "N >= 2" in result.stderr
+    result = run("bench_cold_backward", "--layout", "channels_last", check=False)
+    assert result.returncode == 2 and "4-D" in result.stderr
     result = run("bench_cold_backward", "--evict", "0", check=False)
     assert result.returncode == 2 and "--evict must be >= 1" in result.stderr
