@@ -74,10 +74,18 @@ def _errors(
     return {name: relative_error(a, r) for name, (a, r) in pairs.items()}
 
 
-# Channel counts that use blocks of 32 and 16 channels and leftovers; maps and batches with
-# several fold groups and remainders; rows shorter than a step of 32 values (4x4: whole
-# vectors only; 3x8: whole vectors and a tail).
-SHAPES_2D = [(6, 48, 9, 7), (5, 37, 6, 6), (3, 16, 17, 17), (7, 40, 4, 4), (9, 24, 3, 8)]
+# Channel counts that use channel blocks (64 channels under AVX-512, 32 under AVX2, 16
+# otherwise), single vectors and leftovers; maps and batches with several fold groups and
+# remainders; rows shorter than a step of 32 values (4x4: whole vectors only; 3x8: whole
+# vectors and a tail).
+SHAPES_2D = [
+    (6, 48, 9, 7),
+    (5, 37, 6, 6),
+    (3, 16, 17, 17),
+    (7, 40, 4, 4),
+    (9, 24, 3, 8),
+    (4, 100, 6, 6),
+]
 
 
 @pytest.mark.parametrize("shape", SHAPES_2D)
