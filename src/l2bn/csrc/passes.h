@@ -420,8 +420,24 @@ L2BN_INLINE void add_channel_block_sums_f(
     for (; k0 + kBlockF <= c; k0 += kBlockF) {
       float_block<kBlockVectors>(k0, j0, j1, term, out_u, out_v);
     }
-    for (; k0 + kVF <= c; k0 += kVF) {
-      float_block<1>(k0, j0, j1, term, out_u, out_v);
+    // The whole vectors left, fewer than a block's: one block of them, one sweep (a sweep
+    // each measured 1.09x BatchNorm's layer at channel-last 128x32x16x16 forward+backward).
+    static_assert(kBlockVectors == 4, "blocks of 1 to 3 vectors take the rest");
+    switch ((c - k0) / kVF) {
+      case 3:
+        float_block<3>(k0, j0, j1, term, out_u, out_v);
+        k0 += 3 * kVF;
+        break;
+      case 2:
+        float_block<2>(k0, j0, j1, term, out_u, out_v);
+        k0 += 2 * kVF;
+        break;
+      case 1:
+        float_block<1>(k0, j0, j1, term, out_u, out_v);
+        k0 += kVF;
+        break;
+      default:
+        break;
     }
     for (int64_t j = j0; j < j1; ++j) {
       for (int64_t k = k0; k < c; ++k) {
