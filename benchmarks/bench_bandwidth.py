@@ -2,8 +2,8 @@
 sees it: the median time of summing a float32 buffer of each size, kept hot by repetition
 (16 kB-768 kB: L1/L2; 8 MB: L3; 64 MB: memory on the machines this project runs on).
 
-Used by the README ("What is not at 1.0x, and why") to put a bandwidth on the second
-read of each sample that eval-mode L2BN makes. ``python benchmarks/bench_bandwidth.py
+Used by docs/performance.md ("What is not at 1.0x, and why") to put a bandwidth on the
+second read of each sample that eval-mode L2BN makes. ``python benchmarks/bench_bandwidth.py
 [--threads N]``; each line gives the size, the median time of one sum and bytes / time.
 """
 

@@ -14,7 +14,8 @@ difference of the two medians is the dx pass. Two states, each its own interleav
   small arrays warm again, the output's memory still cold).
 
 Medians in microseconds; "x BN" is L2BN / BatchNorm. glibc keeps freed memory in the
-process, as in ``l2bn bench``. README, "Performance", reads the 1d forward+backward with it.
+process, as in ``l2bn bench``. The README ("Where L2BN is not at 1.0x") and
+docs/performance.md read the 1d forward+backward with it.
 
 Usage: python benchmarks/bench_cold_backward.py [--threads 2] [--rounds 400]
 [--shape 1024x512] [--layout contiguous|channels_last] [--evict 64]

@@ -14,8 +14,8 @@ plain tensor operations (``F.normalize``, then the batch statistics by ``mean`` 
 ``var``; no affine parameters, no running statistics, more intermediate tensors), which
 runs none of BatchNorm's code. The composite runs BatchNorm's (its second half is a
 BatchNorm layer), so it leaves that code warm for the next ``bn`` call and not for
-``l2bn``; after ``plain`` neither finds its code warm (README, "What is not at 1.0x, and
-why", the 1d bullet).
+``l2bn``; after ``plain`` neither finds its code warm (docs/performance.md, "What is not
+at 1.0x, and why", the 1d bullet).
 
 Usage: python benchmarks/bench_history.py [--shape 128x64x8x8] [--layout channels_last]
 [--mode train_fwd_bwd] [--threads 2] [--rounds 240] [--marker naive|plain|bn|l2bn]
